@@ -1,0 +1,47 @@
+# Fieldpass developer entry points. Two commands do all the set-up on a fresh machine:
+#   make demo   HQ and a simulated device, end to end, on embedded defaults (SQLite)
+#   make test   system packages, virtualenv, ruff, mypy and the whole pytest suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+BIN    := $(VENV)/bin
+
+.PHONY: all venv install sysdeps lint test demo bench vectors clean
+
+all: test
+
+$(VENV)/.deps: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q '.[hq,test]'
+	touch $@
+
+venv: $(VENV)/.deps
+
+# A real (non-editable) install, so that tests and benchmarks run the same
+# console scripts an image would ship, with precompiled .pyc files.
+install: venv
+	$(PY) -m pip install -q --no-deps --force-reinstall .
+
+sysdeps:
+	./scripts/install-test-deps
+
+lint: venv
+	$(BIN)/ruff check agent provisioning tests
+	$(BIN)/ruff format --check agent provisioning tests
+	$(BIN)/mypy
+
+test: sysdeps install lint
+	$(PY) -m pytest -q -p no:cacheprovider
+
+demo: install
+	./scripts/demo
+
+bench: sysdeps install
+	$(PY) -m tests.bench.run
+
+vectors: venv
+	$(PY) -m tests.vectors.generate
+
+clean:
+	rm -rf $(VENV) build *.egg-info demo-run bench-out
