@@ -10,7 +10,6 @@ Keyring file (text, UTF-8; ``#`` comments and blank lines ignored, CRLF accepted
 """
 
 import binascii
-from dataclasses import dataclass, field
 
 from . import sodium
 from .errors import FormatError
@@ -23,15 +22,23 @@ def key_id(public_key: bytes) -> str:
     return "fpk_" + sodium.sha256(b"fieldpass/key-id\0" + public_key)[:8].hex()
 
 
-@dataclass(frozen=True)
 class SigningKey:
     """An Ed25519 signing key. ``repr`` never shows the seed."""
 
-    seed: bytes = field(repr=False)
+    __slots__ = ("seed",)
 
-    def __post_init__(self) -> None:
-        if len(self.seed) != sodium.SEED_BYTES:
+    def __init__(self, seed: bytes) -> None:
+        if len(seed) != sodium.SEED_BYTES:
             raise ValueError("an Ed25519 seed is 32 bytes")
+        self.seed = seed
+
+    def __repr__(self) -> str:
+        return f"SigningKey(kid={self.kid})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SigningKey) and other.seed == self.seed
+
+    __hash__ = None  # type: ignore[assignment]
 
     @classmethod
     def generate(cls) -> "SigningKey":
@@ -49,11 +56,18 @@ class SigningKey:
         return sodium.ed25519_sign(sodium.ed25519_keypair_from_seed(self.seed)[1], message)
 
 
-@dataclass(frozen=True)
 class Keyring:
     """Trusted public keys by key id."""
 
-    keys: dict[str, bytes]
+    __slots__ = ("keys",)
+
+    def __init__(self, keys: dict[str, bytes]) -> None:
+        self.keys = dict(keys)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Keyring) and other.keys == self.keys
+
+    __hash__ = None  # type: ignore[assignment]
 
     def get(self, kid: str) -> bytes | None:
         return self.keys.get(kid)

@@ -12,9 +12,6 @@ claims parse, and the claims checked against this device, license and key id.
 docs/wire-format.md specifies every byte.
 """
 
-from dataclasses import dataclass, field
-from typing import Any
-
 from . import cbor, sodium
 from .errors import (
     ClaimMismatchError,
@@ -37,40 +34,101 @@ _ENVELOPE_KEYS = frozenset({"v", "alg", "kid", "enc", "sig"})
 _MAX_TEXT = 200
 
 
-@dataclass(frozen=True)
 class Entitlement:
-    feature: str
-    expires_at: int | None = None
+    """A feature flag, with an optional expiry of its own (Unix seconds)."""
+
+    __slots__ = ("expires_at", "feature")
+
+    def __init__(self, feature: str, expires_at: int | None = None) -> None:
+        self.feature = feature
+        self.expires_at = expires_at
 
     def active_at(self, now: int) -> bool:
         return self.expires_at is None or now < self.expires_at
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Entitlement) and (other.feature, other.expires_at) == (
+            self.feature,
+            self.expires_at,
+        )
 
-@dataclass(frozen=True)
+    def __repr__(self) -> str:
+        return f"Entitlement({self.feature!r}, {self.expires_at!r})"
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+_TEXT_CLAIMS = ("license_id", "product", "plan", "activation_id", "kid")
+_INT_CLAIMS = ("issued_at", "not_before", "expires_at", "grace_s", "warn_s", "serial")
+CLAIM_NAMES = frozenset(
+    (*_TEXT_CLAIMS, *_INT_CLAIMS, "fingerprint", "license_expires_at", "entitlements")
+)
+
+
 class Claims:
-    """What HQ asserts about one activation. Times are Unix seconds (UTC)."""
+    """What HQ asserts about one activation. Times are Unix seconds (UTC).
 
-    license_id: str
-    product: str
-    plan: str
-    activation_id: str
-    fingerprint: str
-    issued_at: int
-    not_before: int
-    expires_at: int
-    grace_s: int
-    warn_s: int
-    serial: int
-    kid: str
-    license_expires_at: int | None = None
-    entitlements: tuple[Entitlement, ...] = field(default_factory=tuple)
+    Plain slotted class, not a dataclass: ``dataclasses`` costs the boot gate 20 ms of
+    imports. Invariants are checked in the constructor, as python-tuf's model does.
+    """
 
-    def __post_init__(self) -> None:
-        for name in ("license_id", "product", "plan", "activation_id", "kid"):
+    __slots__ = (
+        "activation_id",
+        "entitlements",
+        "expires_at",
+        "fingerprint",
+        "grace_s",
+        "issued_at",
+        "kid",
+        "license_expires_at",
+        "license_id",
+        "not_before",
+        "plan",
+        "product",
+        "serial",
+        "warn_s",
+    )
+
+    def __init__(
+        self,
+        *,
+        license_id: str,
+        product: str,
+        plan: str,
+        activation_id: str,
+        fingerprint: str,
+        issued_at: int,
+        not_before: int,
+        expires_at: int,
+        grace_s: int,
+        warn_s: int,
+        serial: int,
+        kid: str,
+        license_expires_at: int | None = None,
+        entitlements: tuple[Entitlement, ...] = (),
+    ) -> None:
+        self.license_id = license_id
+        self.product = product
+        self.plan = plan
+        self.activation_id = activation_id
+        self.fingerprint = fingerprint
+        self.issued_at = issued_at
+        self.not_before = not_before
+        self.expires_at = expires_at
+        self.grace_s = grace_s
+        self.warn_s = warn_s
+        self.serial = serial
+        self.kid = kid
+        self.license_expires_at = license_expires_at
+        self.entitlements = tuple(entitlements)
+        self._check()
+
+    def _check(self) -> None:
+        for name in _TEXT_CLAIMS:
             value = getattr(self, name)
             if type(value) is not str or not 0 < len(value) <= _MAX_TEXT:
                 raise FormatError(f"claim {name!r} must be a short non-empty text")
-        for name in ("issued_at", "not_before", "expires_at", "grace_s", "warn_s", "serial"):
+        for name in _INT_CLAIMS:
             value = getattr(self, name)
             if type(value) is not int or not 0 <= value < 1 << 63:
                 raise FormatError(f"claim {name!r} must be a non-negative integer")
@@ -90,11 +148,19 @@ class Claims:
             if ent.expires_at is not None and type(ent.expires_at) is not int:
                 raise FormatError("an entitlement's expiry must be an integer or null")
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Claims) and other.to_dict() == self.to_dict()
+
+    def __repr__(self) -> str:
+        return f"Claims(activation_id={self.activation_id!r}, serial={self.serial})"
+
+    __hash__ = None  # type: ignore[assignment]
+
     @property
     def grace_ends_at(self) -> int:
         return self.expires_at + self.grace_s
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {
             "v": FORMAT_VERSION,
             "license_id": self.license_id,
@@ -119,7 +185,7 @@ class Claims:
     def from_dict(cls, d: object) -> "Claims":
         if not isinstance(d, dict):
             raise FormatError("claims are not a map")
-        expected = set(cls.__dataclass_fields__) | {"v"}
+        expected = CLAIM_NAMES | {"v"}
         if d.get("v") != FORMAT_VERSION:
             raise UnsupportedVersionError(f"claims version {d.get('v')!r} is not supported")
         if set(d) != expected:
@@ -136,11 +202,15 @@ class Claims:
         return cls(entitlements=tuple(ents), **fields)
 
 
-@dataclass(frozen=True)
 class Envelope:
-    kid: str
-    enc: bytes
-    sig: bytes
+    """The outer, signed layer of a machine file."""
+
+    __slots__ = ("enc", "kid", "sig")
+
+    def __init__(self, kid: str, enc: bytes, sig: bytes) -> None:
+        self.kid = kid
+        self.enc = enc
+        self.sig = sig
 
     @classmethod
     def parse(cls, data: bytes) -> "Envelope":

@@ -1,0 +1,5 @@
+"""``python -m agent`` is ``fieldpass``."""
+
+from .main import main
+
+main()

@@ -1,0 +1,275 @@
+"""The ``fieldpass`` command line (everything but the boot gate's fast path).
+
+Commands parse options, call the device library, and hand a result to a reporter
+(text or ``--json``). Exit codes are decided in ``run`` from typed errors, nowhere
+else; data goes to stdout, messages to stderr.
+"""
+
+import json
+import sys
+import time
+from typing import NoReturn
+
+import click
+
+from . import __version__, exitcodes, fsio, gate, report
+from .config import Config, ConfigError, load
+from .device import Device, InstallRefused
+from .identity import IdentityError
+from .verdict import EXIT_CODES
+from .wire import license_key
+
+EPILOG_EXIT = "Exit codes: see `fieldpass check --help` and the README."
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Context:
+    def __init__(self, root: str, config: str | None, state_dir: str | None) -> None:
+        self.root = root
+        self.config_path = config
+        self.state_dir = state_dir
+        self._cfg: Config | None = None
+
+    @property
+    def cfg(self) -> Config:
+        if self._cfg is None:
+            self._cfg = load(self.root, self.config_path, self.state_dir)
+        return self._cfg
+
+    def device(self) -> Device:
+        return Device(self.cfg)
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def emit(data: object, as_json: bool, text: str) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        click.echo(text)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--root",
+    default="",
+    metavar="DIR",
+    help="Treat DIR as the device's root: every device path (config, keyring, state, "
+    "verdict, /sys, /etc/machine-id) is read below it. For image builds and tests.",
+)
+@click.option("--config", metavar="FILE", help="Config file [default: /etc/fieldpass/agent.toml].")
+@click.option(
+    "--state-dir", metavar="DIR", help="Persistent state directory [default: /data/fieldpass]."
+)
+@click.version_option(__version__, prog_name="fieldpass")
+@click.pass_context
+def cli(ctx: click.Context, root: str, config: str | None, state_dir: str | None) -> None:
+    """Fieldpass device agent: offline license check for this equipment.
+
+    \b
+    Examples:
+      fieldpass fingerprint --json
+      fieldpass install machine.file --license-key-file key.txt
+      fieldpass check
+      fieldpass status --json
+    """
+    ctx.obj = Context(root, config, state_dir)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True}, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@pass_ctx
+def check(c: Context, args: tuple[str, ...]) -> None:
+    """The boot gate: decide, write the verdict files, exit with the verdict.
+
+    \b
+    Exit: 0 valid, 10 grace (limited mode), 20 expired, 30 not activated,
+    31 invalid, 32 revoked, 40 clock rollback, 2/64-78 usage or configuration.
+
+    \b
+    Examples:
+      fieldpass check
+      fieldpass check --json
+    """
+    sys.exit(gate.main(c.root, c.config_path, c.state_dir, list(args)))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help='Print {"fingerprint", "source"}.')
+@pass_ctx
+def fingerprint(c: Context, as_json: bool) -> None:
+    """Print this device's fingerprint (the source used goes to stderr).
+
+    The fingerprint is an application-specific hash of the raw hardware id; the raw
+    id itself is never shown.
+
+    \b
+    Examples:
+      fieldpass fingerprint
+      fieldpass fingerprint --json
+      fieldpass --root /mnt/image fingerprint
+    """
+    identity = c.device().identity
+    if as_json:
+        emit({"fingerprint": identity.fingerprint, "source": identity.source}, True, "")
+    else:
+        click.echo(identity.fingerprint)
+        click.echo(f"fieldpass: fingerprint source: {identity.source}", err=True)
+
+
+def _read_input(path: str) -> bytes:
+    limit = 256 * 1024
+    if path == "-":
+        data = sys.stdin.buffer.read(limit + 1)
+    else:
+        try:
+            with open(path, "rb") as f:
+                data = f.read(limit + 1)
+        except OSError as e:
+            raise CliError(f"{path}: {e.strerror}", exitcodes.EX_NOINPUT) from None
+    if len(data) > limit:
+        raise CliError(f"{path}: larger than any machine file", EXIT_CODES["invalid"])
+    return data
+
+
+def _read_key(key: str | None, key_file: str | None) -> str | None:
+    if key and key_file:
+        raise CliError("give --license-key or --license-key-file, not both", exitcodes.EX_USAGE)
+    if key_file:
+        try:
+            with open(key_file, encoding="ascii", errors="replace") as f:
+                key = f.read(256)
+        except OSError as e:
+            raise CliError(f"{key_file}: {e.strerror}", exitcodes.EX_NOINPUT) from None
+    if key is None:
+        return None
+    try:
+        return license_key.normalize(key)
+    except ValueError as e:
+        raise CliError(str(e), exitcodes.EX_USAGE) from None
+
+
+def _refresh_verdict(c: Context, device: Device) -> dict[str, object]:
+    now = int(time.time())
+    outcome = device.evaluate(now, record=False)
+    doc = report.document(outcome, now)
+    doc["notes"] = [*outcome.notes, *report.write_files(c.cfg, doc)]
+    return doc
+
+
+@cli.command()
+@click.argument("file", metavar="FILE|-")
+@click.option("--license-key-file", metavar="FILE", help="File holding the license key.")
+@click.option(
+    "--license-key",
+    metavar="KEY",
+    help="The license key (visible in the process list: prefer --license-key-file).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_ctx
+def install(
+    c: Context, file: str, license_key_file: str | None, license_key: str | None, as_json: bool
+) -> None:
+    """Verify a machine file (binary or armored text) and store it on this device.
+
+    The license key is needed the first time (it is stored beside the file, mode
+    0600). An invalid file, another device's file or an older serial than the stored
+    one is refused with the verdict's exit code (31), and the stored file stays.
+
+    \b
+    Examples:
+      fieldpass install machine.file --license-key-file key.txt
+      fieldpass install - < renewal.txt
+    """
+    data = _read_input(file)
+    key = _read_key(license_key, license_key_file)
+    device = c.device()
+    with device.writer_lock():
+        claims, result = device.install(data, key, int(time.time()))
+        doc = _refresh_verdict(c, device)
+    what = (
+        f"Installed machine file serial {claims.serial} (activation {claims.activation_id})"
+        if result == "installed"
+        else f"Machine file serial {claims.serial} is already installed: nothing changed"
+    )
+    doc["install"] = result
+    emit(doc, as_json, f"{what}.\n{doc['message']}\nNext: run `fieldpass check` (the boot gate).")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@pass_ctx
+def status(c: Context, as_json: bool) -> None:
+    """Show what the gate decides now and why, without counting a boot.
+
+    \b
+    Examples:
+      fieldpass status
+      fieldpass status --json
+    """
+    device = c.device()
+    now = int(time.time())
+    outcome = device.evaluate(now, record=False)
+    doc = report.document(outcome, now)
+    doc["fingerprint"] = outcome.identity.fingerprint
+    doc["clock_policy"] = c.cfg.clock_policy
+    doc["clock_tolerance_s"] = c.cfg.tolerance_s
+    st = outcome.state
+    doc["high_water_mark"] = report.iso(st.hwm) if st else None
+    if as_json:
+        emit(doc, True, "")
+        return
+    lines = [f"Verdict:       {doc['verdict']} (exit {doc['exit_code']})", f"  {doc['message']}"]
+    if doc["warning"]:
+        lines.append(f"  {doc['warning']}")
+    if doc["license_id"]:
+        lines += [
+            f"License:       {doc['license_id']} (product {doc['product']}, plan {doc['plan']})",
+            f"Activation:    {doc['activation_id']}, serial {doc['serial']}",
+            f"Valid until:   {doc['expires_at']} ({doc['days_left']} days left)",
+            f"Grace ends:    {doc['grace_ends_at']}",
+            f"Entitlements:  {', '.join(doc['entitlements']) or '-'}",  # type: ignore[arg-type]
+        ]
+    lines += [
+        f"Fingerprint:   {doc['fingerprint']} (source: {doc['fingerprint_source']})",
+        f"Boot counter:  {doc['boot_counter'] if doc['boot_counter'] is not None else '-'}",
+        f"Clock:         policy {c.cfg.clock_policy}, tolerance {c.cfg.tolerance_s} s, "
+        f"trusted mark {doc['high_water_mark'] or '-'}",
+    ]
+    click.echo("\n".join(lines))
+    sys.exit(int(str(doc["exit_code"])))
+
+
+def _die(message: str, code: int) -> NoReturn:
+    click.echo(f"fieldpass: error: {message}", err=True)
+    sys.exit(code)
+
+
+def run(args: list[str]) -> None:
+    """Run the CLI and map every typed error to its exit code (the one place)."""
+    try:
+        cli.main(args, prog_name="fieldpass", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.UsageError as e:
+        e.show()
+        sys.exit(exitcodes.USAGE)
+    except click.Abort:
+        _die("aborted", 130)
+    except CliError as e:
+        _die(str(e), e.code)
+    except InstallRefused as e:
+        _die(str(e), EXIT_CODES[e.verdict_name])
+    except (ConfigError, IdentityError) as e:
+        _die(str(e), exitcodes.EX_CONFIG)
+    except fsio.LockTimeout as e:
+        _die(str(e), exitcodes.EX_TEMPFAIL)
+    except fsio.StorageError as e:
+        _die(str(e), exitcodes.EX_CANTCREAT)
+    sys.exit(0)

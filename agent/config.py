@@ -1,0 +1,154 @@
+"""The device configuration (``/etc/fieldpass/agent.toml``) and the device paths.
+
+Every device path is resolved under ``--root`` when one is given, so an image build or a
+test can run the agent on a staged root. Nothing in the config can move the gate's
+clock or skip the gate: the clock keys only choose how a wrong clock is treated.
+
+Unknown keys are an error (a typo must not silently fall back to a default).
+"""
+
+import os
+
+from . import tomlsubset
+
+DEFAULT_CONFIG = "/etc/fieldpass/agent.toml"
+DEFAULT_KEYRING = "/etc/fieldpass/keyring"
+DEFAULT_STATE_DIR = "/data/fieldpass"
+DEFAULT_VERDICT_DIR = "/run/fieldpass"
+DEFAULT_HOOKS_DIR = "/etc/fieldpass/on-verdict.d"
+DEFAULT_IDENTITY_HOOK = "/usr/libexec/fieldpass/identity-hook"
+CLOCK_POLICIES = ("strict", "floor")
+DEFAULT_TOLERANCE_S = 300
+MAX_CONFIG_BYTES = 64 * 1024
+
+
+class ConfigError(Exception):
+    """The device configuration is missing something or holds a bad value (exit 78)."""
+
+
+# section -> key -> (type, default)
+_SCHEMA: dict[str, dict[str, tuple[type, object]]] = {
+    "": {
+        "state_dir": (str, DEFAULT_STATE_DIR),
+        "keyring": (str, DEFAULT_KEYRING),
+        "verdict_dir": (str, DEFAULT_VERDICT_DIR),
+        "hooks_dir": (str, DEFAULT_HOOKS_DIR),
+        "device_name": (str, ""),
+    },
+    "clock": {
+        "policy": (str, "strict"),
+        "tolerance_s": (int, DEFAULT_TOLERANCE_S),
+    },
+    "identity": {
+        "allow_override": (bool, False),
+        "hook": (str, DEFAULT_IDENTITY_HOOK),
+    },
+    "online": {
+        "server": (str, ""),
+        "timeout_s": (int, 5),
+        "ca_file": (str, ""),
+    },
+    "tpm": {
+        "enabled": (bool, False),
+        "nv_index": (str, "0x01500016"),
+        "tcti": (str, ""),
+    },
+}
+
+
+class Config:
+    """Resolved settings. Paths are absolute host paths (already under ``root``)."""
+
+    def __init__(self, values: dict[str, dict[str, object]], root: str, path: str) -> None:
+        self.root = root
+        self.path = path
+        top, clock, identity = values[""], values["clock"], values["identity"]
+        self.state_dir = self.device_path(str(top["state_dir"]))
+        self.keyring = self.device_path(str(top["keyring"]))
+        self.verdict_dir = self.device_path(str(top["verdict_dir"]))
+        self.hooks_dir = self.device_path(str(top["hooks_dir"]))
+        self.device_name = str(top["device_name"])
+        self.clock_policy = str(clock["policy"])
+        self.tolerance_s = int(str(clock["tolerance_s"]))
+        self.allow_identity_override = bool(identity["allow_override"])
+        self.identity_hook = self.device_path(str(identity["hook"]))
+        online = values["online"]
+        self.server = str(online["server"])
+        self.online_timeout_s = int(str(online["timeout_s"]))
+        ca_file = str(online["ca_file"])
+        self.ca_file = self.device_path(ca_file) if ca_file else ""
+        tpm = values["tpm"]
+        self.tpm_enabled = bool(tpm["enabled"])
+        self.tpm_nv_index = str(tpm["nv_index"])
+        self.tpm_tcti = str(tpm["tcti"])
+        if self.clock_policy not in CLOCK_POLICIES:
+            raise ConfigError(f"{path}: [clock] policy must be one of {', '.join(CLOCK_POLICIES)}")
+        if not 0 <= self.tolerance_s <= 86400:
+            raise ConfigError(f"{path}: [clock] tolerance_s must be between 0 and 86400")
+        if not 1 <= self.online_timeout_s <= 120:
+            raise ConfigError(f"{path}: [online] timeout_s must be between 1 and 120")
+
+    def device_path(self, path: str) -> str:
+        """A device path as seen from this host: under ``root`` when there is one."""
+        if not self.root:
+            return path
+        return os.path.join(self.root, path.lstrip("/"))
+
+    @property
+    def machine_file(self) -> str:
+        return os.path.join(self.state_dir, "machine.file")
+
+    @property
+    def license_key_file(self) -> str:
+        return os.path.join(self.state_dir, "license.key")
+
+
+def _validate(doc: dict[str, object], path: str) -> dict[str, dict[str, object]]:
+    values: dict[str, dict[str, object]] = {
+        section: {key: default for key, (_, default) in keys.items()}
+        for section, keys in _SCHEMA.items()
+    }
+    for name, value in doc.items():
+        if isinstance(value, dict):
+            section, items = name, value
+        else:
+            section, items = "", {name: value}
+        if section not in _SCHEMA:
+            raise ConfigError(f"{path}: unknown section [{section}]")
+        for key, item in items.items():
+            if key not in _SCHEMA[section]:
+                where = f"[{section}] " if section else ""
+                raise ConfigError(f"{path}: unknown key {where}{key!r}")
+            expected = _SCHEMA[section][key][0]
+            if type(item) is not expected:
+                raise ConfigError(f"{path}: {key!r} must be a {expected.__name__}")
+            values[section][key] = item
+    return values
+
+
+def load(root: str = "", config_path: str | None = None, state_dir: str | None = None) -> Config:
+    """Load the config; a missing default config file means all defaults."""
+    explicit = config_path is not None
+    path = config_path or DEFAULT_CONFIG
+    host_path = os.path.join(root, path.lstrip("/")) if root else path
+    try:
+        with open(host_path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"{host_path}: no such config file") from None
+        raw = b""
+    except OSError as e:
+        raise ConfigError(f"{host_path}: cannot read: {e.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{host_path}: config file is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        doc = tomlsubset.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{host_path}: not UTF-8 text") from None
+    except ValueError as e:  # tomllib.TOMLDecodeError is a ValueError
+        raise ConfigError(f"{host_path}: {e}") from None
+    values = _validate(doc, host_path)
+    if state_dir is not None:
+        values[""]["state_dir"] = state_dir
+    return Config(values, root, host_path)

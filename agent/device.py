@@ -1,0 +1,237 @@
+"""The device's licensing store: the one place that combines the pure core with files.
+
+``Device.evaluate`` is the boot gate's decision; ``Device.install`` takes a new machine
+file. Both hold the state directory's lock while they write, so the gate, the daemon
+and ``install`` never interleave. Write order on install (crash-safe at every point):
+the state exists before the first machine file, the machine file is replaced
+atomically, then the state absorbs it; a crash between the last two is repaired by the
+next check, which absorbs a newer file the same way.
+"""
+
+import os
+
+from . import fsio, state, verdict
+from .config import Config, ConfigError
+from .identity import Identity, read_identity
+from .state import State, StateError
+from .verdict import INVALID, NOT_ACTIVATED, Verdict
+from .wire import armor, license_key
+from .wire.errors import FormatError, WireError
+from .wire.keys import Keyring
+from .wire.machine_file import MAX_MACHINE_FILE_BYTES, Claims, open_machine_file
+
+MAX_LICENSE_KEY_BYTES = 256
+
+
+class InstallRefused(Exception):
+    """A machine file was refused; the stored one is untouched."""
+
+    def __init__(self, verdict_name: str, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.verdict_name = verdict_name
+        self.reason = reason
+
+
+class Outcome:
+    """A verdict plus what the device knows around it (for files, status and hooks)."""
+
+    __slots__ = ("identity", "notes", "previous_verdict", "state", "verdict")
+
+    def __init__(
+        self,
+        verdict: Verdict,
+        identity: Identity,
+        state: State | None,
+        previous_verdict: str = "",
+        notes: list[str] | None = None,
+    ) -> None:
+        self.verdict = verdict
+        self.identity = identity
+        self.state = state
+        self.previous_verdict = previous_verdict
+        self.notes = notes or []
+
+
+class Device:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self._identity: Identity | None = None
+
+    @property
+    def identity(self) -> Identity:
+        if self._identity is None:
+            self._identity = read_identity(self.cfg)
+        return self._identity
+
+    def keyring(self) -> Keyring:
+        try:
+            data = fsio.read_bytes(self.cfg.keyring, 64 * 1024)
+        except fsio.StorageError as e:
+            raise ConfigError(f"{self.cfg.keyring}: {e.strerror}") from None
+        if data is None:
+            raise ConfigError(f"{self.cfg.keyring}: no keyring: the image must install one")
+        try:
+            return Keyring.loads(data)
+        except FormatError as e:
+            raise ConfigError(f"{self.cfg.keyring}: {e}") from None
+
+    def stored_license_key(self) -> str | None:
+        try:
+            data = fsio.read_bytes(self.cfg.license_key_file, MAX_LICENSE_KEY_BYTES)
+        except fsio.StorageError:
+            return None
+        if data is None:
+            return None
+        try:
+            return license_key.normalize(data.decode("ascii", "replace"))
+        except ValueError:
+            return None
+
+    def stored_machine_file(self) -> bytes | None:
+        return fsio.read_bytes(self.cfg.machine_file, MAX_MACHINE_FILE_BYTES)
+
+    def load_state(self) -> State | None:
+        return state.load(self.cfg.state_dir, self.identity.state_key)
+
+    def save_state(self, st: State) -> State:
+        return state.save(self.cfg.state_dir, self.identity.state_key, st)
+
+    # -- the gate -------------------------------------------------------------
+
+    def evaluate(self, now: int, *, record: bool) -> Outcome:
+        """Decide the verdict at ``now``; with ``record``, count the boot and move the
+        high-water mark (write failures become notes, never a worse verdict)."""
+        identity = self.identity
+        try:
+            data = self.stored_machine_file()
+        except fsio.StorageError as e:
+            return Outcome(
+                Verdict(INVALID, f"Machine file unreadable: {e.strerror}"), identity, None
+            )
+        key = self.stored_license_key()
+        if data is None or key is None:
+            what = "no machine file" if data is None else "no license key"
+            return Outcome(
+                Verdict(
+                    NOT_ACTIVATED,
+                    f"This device is not activated ({what}): activate it with a license key",
+                ),
+                identity,
+                None,
+            )
+        keyring = self.keyring()
+        try:
+            st = self.load_state()
+        except StateError as e:
+            return Outcome(
+                Verdict(INVALID, f"Device state refused: {e}", reason=e.reason), identity, None
+            )
+        try:
+            claims = open_machine_file(data, keyring, key, identity.fingerprint)
+        except WireError as e:
+            return Outcome(
+                Verdict(INVALID, f"Machine file refused: {e}", reason=e.reason), identity, st
+            )
+        if st is None:
+            return Outcome(
+                Verdict(
+                    INVALID,
+                    "Device state is missing beside the machine file: "
+                    "install a machine file from HQ again",
+                    reason="state_missing",
+                    claims=claims,
+                ),
+                identity,
+                None,
+            )
+        order = verdict.compare(claims, st)
+        if order == verdict.OLDER:
+            return Outcome(
+                Verdict(
+                    INVALID,
+                    f"Machine file is older than the one this device accepted "
+                    f"(serial {claims.serial} < {st.serial}): install the newest file",
+                    reason="downgrade",
+                    claims=claims,
+                ),
+                identity,
+                st,
+            )
+        if order == verdict.NEWER:
+            st = verdict.absorb(claims, st)
+        result = verdict.decide(
+            claims, st, now, policy=self.cfg.clock_policy, tolerance_s=self.cfg.tolerance_s
+        )
+        outcome = Outcome(result, identity, st, previous_verdict=st.last_verdict)
+        if record:
+            try:
+                outcome.state = self.save_state(verdict.advance(st, now, result))
+            except OSError as e:
+                outcome.notes.append(f"could not record the check in {self.cfg.state_dir}: {e}")
+        return outcome
+
+    def writer_lock(self) -> fsio.ExclusiveLock:
+        """The lock a writer other than the gate takes; creates the state directory."""
+        try:
+            os.makedirs(self.cfg.state_dir, mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise fsio.StorageError(
+                e.errno, f"cannot create {self.cfg.state_dir}: {e.strerror}"
+            ) from None
+        return fsio.ExclusiveLock(self.cfg.state_dir)
+
+    # -- install --------------------------------------------------------------
+
+    def install(self, data: bytes, new_key: str | None, now: int) -> tuple[Claims, str]:
+        """Verify and store a machine file; return its claims and "installed"/"same".
+
+        Raises InstallRefused (nothing stored changed), ConfigError, StorageError.
+        """
+        if armor.is_armored(data):
+            try:
+                data = armor.unarmor(data, armor.MACHINE_FILE)
+            except FormatError as e:
+                raise InstallRefused(INVALID, e.reason, f"not a machine file: {e}") from None
+        key = new_key or self.stored_license_key()
+        if key is None:
+            raise InstallRefused(
+                NOT_ACTIVATED,
+                "no_license_key",
+                "no license key on this device: pass --license-key-file (or --license-key)",
+            )
+        identity = self.identity
+        try:
+            claims = open_machine_file(data, self.keyring(), key, identity.fingerprint)
+        except WireError as e:
+            raise InstallRefused(INVALID, e.reason, f"machine file refused: {e}") from None
+        try:
+            st = self.load_state()
+        except StateError:
+            st = None  # the documented way out: a valid file from HQ rebuilds the state
+        order = verdict.compare(claims, st)
+        if order == verdict.OLDER:
+            assert st is not None
+            raise InstallRefused(
+                INVALID,
+                "downgrade",
+                f"machine file is older than the installed one (serial {claims.serial} < "
+                f"{st.serial}); the installed file stays in force",
+            )
+        if order == verdict.SAME and key == self.stored_license_key():
+            return claims, "same"
+        if st is None:
+            st = self.save_state(State())
+        if key != self.stored_license_key():
+            fsio.atomic_write(self.cfg.license_key_file, key.encode("ascii") + b"\n", 0o600)
+        fsio.atomic_write(self.cfg.machine_file, data, 0o600)
+        self.save_state(verdict.absorb(claims, st))
+        return claims, "installed"
+
+    def remove(self) -> None:
+        """Forget the local activation (after HQ freed the seat)."""
+        for path in (self.cfg.machine_file, self.cfg.license_key_file):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        fsio.fsync_dir(self.cfg.state_dir)

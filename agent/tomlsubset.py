@@ -1,0 +1,131 @@
+"""Read agent.toml fast: a parser for the small TOML subset configs actually use, with
+``tomllib`` as the fallback for everything else.
+
+Why: ``import tomllib`` costs the boot gate 23 ms (it pulls in ``re``, ``datetime`` and
+``typing``), more than the gate's whole budget. The fast path understands comments,
+``[table]`` headers, bare keys, basic and literal strings without escapes, decimal
+integers, booleans and one-line arrays of those. The moment it meets anything else
+(escapes, floats, dates, dotted keys, inline tables, multi-line values, a duplicate) it
+hands the whole text to ``tomllib``, which decides. ``tests/test_tomlsubset.py`` proves
+with hypothesis that whenever the fast path returns, ``tomllib`` returns the same.
+"""
+
+TomlValue = str | int | bool | list["TomlValue"]
+
+_BARE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+_DIGITS = frozenset("0123456789")
+_WS = " \t"
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def loads(text: str) -> dict[str, object]:
+    try:
+        return _fast(text)
+    except _Unsupported:
+        import tomllib
+
+        return tomllib.loads(text)
+
+
+def _is_bare(key: str) -> bool:
+    return bool(key) and all(c in _BARE for c in key)
+
+
+def _plain_char(c: str) -> bool:
+    o = ord(c)
+    return c == "\t" or (o >= 0x20 and o != 0x7F)
+
+
+def _string(s: str, i: int) -> tuple[str, int]:
+    quote = s[i]
+    end = s.find(quote, i + 1)
+    if end < 0:
+        raise _Unsupported
+    body = s[i + 1 : end]
+    if (quote == '"' and "\\" in body) or not all(_plain_char(c) for c in body):
+        raise _Unsupported
+    if s.startswith(quote * 3, i):
+        raise _Unsupported  # multi-line strings: leave them to tomllib
+    return body, end + 1
+
+
+def _scalar(s: str, i: int) -> tuple[TomlValue, int]:
+    if i >= len(s):
+        raise _Unsupported
+    if s[i] in "\"'":
+        return _string(s, i)
+    j = i
+    while j < len(s) and s[j] not in _WS + ",]#":
+        j += 1
+    word = s[i:j]
+    if word == "true":
+        return True, j
+    if word == "false":
+        return False, j
+    digits = word[1:] if word[:1] in "+-" else word
+    if digits and all(c in _DIGITS for c in digits) and (digits == "0" or digits[0] != "0"):
+        return int(word), j
+    raise _Unsupported
+
+
+def _skip_ws(s: str, i: int) -> int:
+    while i < len(s) and s[i] in _WS:
+        i += 1
+    return i
+
+
+def _value(s: str, i: int) -> tuple[TomlValue, int]:
+    if i < len(s) and s[i] == "[":
+        items: list[TomlValue] = []
+        i = _skip_ws(s, i + 1)
+        while True:
+            if i < len(s) and s[i] == "]":
+                return items, i + 1
+            item, i = _scalar(s, i)
+            if items and type(item) is not type(items[0]):
+                raise _Unsupported
+            items.append(item)
+            i = _skip_ws(s, i)
+            if i < len(s) and s[i] == ",":
+                i = _skip_ws(s, i + 1)
+            elif not (i < len(s) and s[i] == "]"):
+                raise _Unsupported
+    return _scalar(s, i)
+
+
+def _fast(text: str) -> dict[str, object]:
+    root: dict[str, object] = {}
+    table = root
+    for raw in text.split("\n"):
+        line = raw[:-1] if raw.endswith("\r") else raw
+        line = line.strip(_WS)
+        if not line:
+            continue
+        if line[0] == "#":
+            if not all(_plain_char(c) for c in line):
+                raise _Unsupported
+            continue
+        if line[0] == "[":
+            close = line.find("]")
+            name = line[1:close].strip(_WS) if close > 0 else ""
+            rest = line[close + 1 :].strip(_WS) if close > 0 else "x"
+            if not _is_bare(name) or name in root or (rest and rest[0] != "#"):
+                raise _Unsupported
+            if not all(_plain_char(c) for c in rest):
+                raise _Unsupported
+            table = {}
+            root[name] = table
+            continue
+        eq = line.find("=")
+        key = line[:eq].strip(_WS) if eq > 0 else ""
+        if not _is_bare(key) or key in table:
+            raise _Unsupported
+        value, end = _value(line, _skip_ws(line, eq + 1))
+        rest = line[end:].strip(_WS)
+        if rest and (rest[0] != "#" or not all(_plain_char(c) for c in rest)):
+            raise _Unsupported
+        table[key] = value
+    return root
