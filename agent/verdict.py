@@ -130,7 +130,8 @@ def decide_at(claims: Claims, t: int) -> Verdict:
         more = days_ceil(claims.grace_ends_at - t)
         return Verdict(
             GRACE,
-            f"License expired {ago_text}: limited mode for {_days(more)} more",
+            f"License expired {ago_text}: limited mode for {more} more "
+            + ("day" if more == 1 else "days"),
             warning="Offline license expired: connect to HQ to restore all features",
             claims=claims,
             effective_now=t,
