@@ -1,0 +1,80 @@
+"""HQ-signed current time: what ``POST /v1/validate`` returns for the device to re-anchor
+its clock's high-water mark on.
+
+Format (canonical CBOR, see docs/hq.md)::
+
+    token = {"kid": KEY-ID, "msg": MSG, "sig": Ed25519(b"time/" || MSG)}
+    MSG   = canonical CBOR {"v": 1, "type": "time", "t": UNIX-SECONDS,
+                            "fingerprint": FP, "nonce": NONCE-OR-NULL}
+
+The signature covers the exact bytes of ``msg``, and is checked before ``msg`` is parsed.
+The fingerprint binds the time to one device and the nonce (chosen by the device, up to
+128 characters) to one request, so a recorded answer cannot be replayed later to hold a
+device's clock back. Pure functions: nothing here reads a clock.
+"""
+
+from . import cbor, sodium
+from .errors import (
+    ClaimMismatchError,
+    FormatError,
+    SignatureError,
+    UnknownKeyError,
+    UnsupportedVersionError,
+)
+from .keys import Keyring, SigningKey
+from .license_key import is_fingerprint
+
+FORMAT_VERSION = 1
+SIGNATURE_CONTEXT = b"time/"
+MAX_TOKEN_BYTES = 1024
+MAX_NONCE_CHARS = 128
+_TOKEN_KEYS = frozenset({"kid", "msg", "sig"})
+_MSG_KEYS = frozenset({"v", "type", "t", "fingerprint", "nonce"})
+
+
+def _check_nonce(nonce: object) -> None:
+    if nonce is not None and (type(nonce) is not str or len(nonce) > MAX_NONCE_CHARS):
+        raise FormatError(f"a nonce is a text of at most {MAX_NONCE_CHARS} characters")
+
+
+def sign_time(signing_key: SigningKey, t: int, fingerprint: str, nonce: str | None) -> bytes:
+    """The signed time token (HQ side)."""
+    if not is_fingerprint(fingerprint):
+        raise ValueError("a fingerprint is 64 lowercase hex characters")
+    _check_nonce(nonce)
+    if type(t) is not int or not 0 <= t < 1 << 63:
+        raise ValueError("a time is a non-negative integer of Unix seconds")
+    msg = cbor.dumps(
+        {"v": FORMAT_VERSION, "type": "time", "t": t, "fingerprint": fingerprint, "nonce": nonce}
+    )
+    sig = signing_key.sign(SIGNATURE_CONTEXT + msg)
+    return cbor.dumps({"kid": signing_key.kid, "msg": msg, "sig": sig})
+
+
+def verify_time(data: bytes, keyring: Keyring, fingerprint: str, nonce: str | None) -> int:
+    """The HQ time in ``data`` if it is signed by a trusted key for this device and this
+    nonce; otherwise a ``WireError``."""
+    doc = cbor.loads(data, max_size=MAX_TOKEN_BYTES, max_depth=1)
+    if not isinstance(doc, dict) or set(doc) != _TOKEN_KEYS:
+        raise FormatError("a signed time is a map of kid, msg and sig")
+    kid, msg, sig = doc["kid"], doc["msg"], doc["sig"]
+    if type(kid) is not str or type(msg) is not bytes or type(sig) is not bytes:
+        raise FormatError("signed time fields have the wrong types")
+    public_key = keyring.get(kid)
+    if public_key is None:
+        raise UnknownKeyError(f"time signed by key {kid}, which this device does not trust")
+    if not sodium.ed25519_verify(public_key, sig, SIGNATURE_CONTEXT + msg):
+        raise SignatureError("signed time does not verify")
+    body = cbor.loads(msg, max_size=MAX_TOKEN_BYTES, max_depth=1)
+    if not isinstance(body, dict) or body.get("v") != FORMAT_VERSION:
+        raise UnsupportedVersionError("unsupported signed time version")
+    if set(body) != _MSG_KEYS or body["type"] != "time":
+        raise FormatError("signed time has missing or unknown fields")
+    t = body["t"]
+    if type(t) is not int or not 0 <= t < 1 << 63:
+        raise FormatError("signed time is not a non-negative integer")
+    if body["fingerprint"] != fingerprint:
+        raise ClaimMismatchError("signed time is for another device")
+    if body["nonce"] != nonce:
+        raise ClaimMismatchError("signed time answers another request")
+    return t

@@ -1,0 +1,78 @@
+"""The fast config parser never disagrees with tomllib (the reference)."""
+
+import tomllib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent import tomlsubset
+
+bare = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABC_-0123456789", min_size=1, max_size=12)
+plain = st.text(
+    alphabet=st.characters(blacklist_characters="\"'\\\n\r", blacklist_categories=("Cs",)),
+    max_size=20,
+)
+scalar = (
+    plain.map(lambda s: f'"{s}"')
+    | plain.map(lambda s: f"'{s}'")
+    | st.integers(-(1 << 63), (1 << 63) - 1).map(str)
+    | st.sampled_from(["true", "false"])
+)
+value = scalar | st.lists(scalar, max_size=4).map(lambda xs: "[" + ", ".join(xs) + "]")
+line = (
+    st.tuples(bare, value, st.sampled_from(["", " # note", "\t#x"])).map(
+        lambda t: f"{t[0]} = {t[1]}{t[2]}"
+    )
+    | bare.map(lambda k: f"[{k}]")
+    | st.sampled_from(["", "# comment", "   ", "\t# x"])
+)
+document = st.lists(line, max_size=12).map("\n".join)
+
+
+def reference(text: str) -> object:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return "error"
+
+
+def ours(text: str) -> object:
+    try:
+        return tomlsubset.loads(text)
+    except tomllib.TOMLDecodeError:
+        return "error"
+
+
+@given(document)
+def test_agrees_with_tomllib_on_config_shaped_text(text: str) -> None:
+    assert ours(text) == reference(text)
+
+
+@given(st.text(max_size=200))
+def test_agrees_with_tomllib_on_any_text(text: str) -> None:
+    assert ours(text) == reference(text)
+
+
+@given(document)
+def test_fast_path_handles_the_subset_without_tomllib(text: str) -> None:
+    try:
+        fast = tomlsubset._fast(text)
+    except tomlsubset._Unsupported:
+        return  # duplicates and mixed arrays go to tomllib; the test above covers them
+    assert fast == tomllib.loads(text)
+
+
+def test_typical_agent_toml_takes_the_fast_path() -> None:
+    text = (
+        '# Fieldpass\nstate_dir = "/data/fieldpass"\n\n[clock]\npolicy = "floor"\n'
+        "tolerance_s = 600 # ten minutes\r\n[identity]\nallow_override = false\n"
+    )
+    assert tomlsubset._fast(text) == tomllib.loads(text)
+
+
+@pytest.mark.parametrize("text", ['a = "\\u00e9"', "a = 1.5", "a.b = 1", "a = {x = 1}"])
+def test_everything_else_falls_back_to_tomllib(text: str) -> None:
+    with pytest.raises(tomlsubset._Unsupported):
+        tomlsubset._fast(text)
+    assert tomlsubset.loads(text) == tomllib.loads(text)

@@ -1,0 +1,143 @@
+"""The verdict rules over arbitrary times (pure core: no files, no clock)."""
+
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from agent import verdict as v
+from agent.state import State
+from agent.wire.machine_file import Claims
+
+FP = "ab" * 32
+DAY = 86400
+
+
+def claims(issued_at: int, ttl: int, grace: int, warn: int, **kw: object) -> Claims:
+    return Claims(
+        license_id="lic_x",
+        product="p",
+        plan="q",
+        activation_id="act",
+        fingerprint=FP,
+        issued_at=issued_at,
+        not_before=issued_at,
+        expires_at=issued_at + ttl,
+        grace_s=grace,
+        warn_s=warn,
+        serial=kw.pop("serial", 1),  # type: ignore[arg-type]
+        kid="fpk_x",
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+times = st.integers(1_600_000_000, 2_200_000_000)
+ttls = st.integers(DAY, 400 * DAY)
+graces = st.integers(0, 60 * DAY)
+tolerances = st.integers(0, 3600)
+
+
+@given(times, ttls, graces, st.integers(0, 400 * DAY), st.integers(0, 800 * DAY), tolerances)
+def test_truthful_clock_follows_the_table(
+    t0: int, ttl: int, grace: int, warn: int, elapsed: int, tol: int
+) -> None:
+    c = claims(t0, ttl, grace, warn)
+    now = t0 + elapsed
+    result = v.decide(c, State(hwm=t0), now, tolerance_s=tol)
+    if now < c.expires_at:
+        assert result.name == v.VALID and result.exit_code == 0
+        assert bool(result.warning) == (c.expires_at - now <= warn)
+    elif now < c.expires_at + grace:
+        assert result.name == v.GRACE and result.exit_code == 10 and result.limited
+    else:
+        assert result.name == v.EXPIRED and result.exit_code == 20
+
+
+@given(times, ttls, graces, st.integers(1, 400 * DAY), tolerances, st.sampled_from(["strict"]))
+def test_clock_behind_the_mark_beyond_tolerance_is_rollback(
+    t0: int, ttl: int, grace: int, back: int, tol: int, policy: str
+) -> None:
+    c = claims(t0, ttl, grace, 0)
+    hwm = t0 + ttl // 2
+    now = hwm - tol - back
+    assert v.decide(c, State(hwm=hwm), now, policy=policy, tolerance_s=tol).name == v.ROLLBACK
+
+
+@given(times, ttls, st.integers(0, 3600), st.integers(0, 3600))
+def test_clock_behind_within_tolerance_is_fine(t0: int, ttl: int, tol: int, back: int) -> None:
+    assume(back <= tol)
+    c = claims(t0, ttl, 0, 0)
+    hwm = t0 + ttl // 2
+    assert v.decide(c, State(hwm=hwm), hwm - back, tolerance_s=tol).name == v.VALID
+
+
+@given(times, ttls, graces, st.integers(0, 2_000 * DAY), st.integers(0, 2_000 * DAY))
+def test_floor_policy_never_gains_time_from_a_reset(
+    t0: int, ttl: int, grace: int, hwm_after: int, back: int
+) -> None:
+    """Under floor, a clock set back decides as if it read the mark: never better."""
+    c = claims(t0, ttl, grace, 0)
+    hwm = t0 + hwm_after
+    at_mark = v.decide(c, State(hwm=hwm), hwm, policy="floor", tolerance_s=0)
+    set_back = v.decide(c, State(hwm=hwm), max(0, hwm - back), policy="floor", tolerance_s=0)
+    assert set_back.name == at_mark.name
+    assert set_back.name != v.ROLLBACK
+
+
+@given(times, ttls, st.integers(301, 100 * DAY))
+def test_issued_in_the_future_is_rollback(t0: int, ttl: int, ahead: int) -> None:
+    c = claims(t0, ttl, 0, 0)
+    assert v.decide(c, State(), t0 - ahead, tolerance_s=300).name == v.ROLLBACK
+
+
+@given(times, ttls, st.integers(0, 800 * DAY))
+def test_revoked_wins_over_everything(t0: int, ttl: int, elapsed: int) -> None:
+    c = claims(t0, ttl, 0, 0)
+    st_ = State(hwm=t0, revoked="revoked", revoked_at=t0)
+    assert v.decide(c, st_, t0 + elapsed).exit_code == 32
+
+
+@given(times, ttls, st.integers(0, 800 * DAY), st.integers(1, 400 * DAY))
+def test_license_term_ends_hard(t0: int, ttl: int, elapsed: int, term: int) -> None:
+    c = claims(t0, ttl, 30 * DAY, 0, license_expires_at=t0 + term)
+    result = v.decide(c, State(hwm=t0), t0 + elapsed)
+    if elapsed >= term:
+        assert result.name == v.EXPIRED and result.reason == "license_expired"
+
+
+@given(times, st.integers(0, 1 << 40), st.integers(0, 10_000_000))
+def test_advance_never_lowers_the_mark_and_counts_boots(hwm: int, now: int, boots: int) -> None:
+    c = claims(1_600_000_000, DAY, 0, 0)
+    st_ = State(hwm=hwm, boot=boots)
+    result = v.decide(c, st_, now)
+    after = v.advance(st_, now, result)
+    assert after.hwm >= hwm and after.boot == boots + 1
+    if result.name == v.ROLLBACK:
+        assert after.hwm == hwm
+
+
+def test_downgrade_ordering() -> None:
+    a1, a2 = claims(1000, DAY, 0, 0, serial=1), claims(2000, DAY, 0, 0, serial=2)
+    st_ = v.absorb(a2, State())
+    assert v.compare(a1, st_) == v.OLDER
+    assert v.compare(a2, st_) == v.SAME
+    assert v.compare(claims(3000, DAY, 0, 0, serial=3), st_) == v.NEWER
+    assert v.compare(a1, None) == v.NEWER
+
+
+def test_absorb_reanchors_on_hq_time_and_lifts_a_revocation_hq_superseded() -> None:
+    st_ = State(hwm=5_000_000_000, revoked="revoked", revoked_at=1500)
+    after = v.absorb(claims(2000, DAY, 0, 0, serial=2), st_)
+    assert after.hwm == 2000 and after.revoked == ""
+    still = v.absorb(claims(1000, DAY, 0, 0, serial=2), State(revoked="revoked", revoked_at=1500))
+    assert still.revoked == "revoked"
+
+
+def test_messages_read_as_the_brief_says() -> None:
+    t0 = 1_800_000_000
+    c = claims(t0, 365 * DAY, 30 * DAY, 90 * DAY)
+    assert v.decide(c, State(hwm=t0), t0).message == "License valid until 2028-01-15 (365 days left)"
+    warned = v.decide(c, State(hwm=t0), t0 + 300 * DAY)
+    assert warned.warning == "Offline license expires in 65 days: connect to extend"
+    grace = v.decide(c, State(hwm=t0), t0 + 367 * DAY)
+    assert grace.message == "License expired 2 days ago: limited mode for 28 more days"
+    three = v.decide(claims(t0, 30 * DAY, 0, 10 * DAY), State(hwm=t0), t0 + 27 * DAY)
+    assert three.warning == "Offline license expires in 3 days: connect to extend"
