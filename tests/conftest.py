@@ -1,0 +1,166 @@
+"""Shared fixtures: simulated device roots, an in-process HQ signer, the installed CLIs.
+
+A simulated device is a directory used as ``--root``: it has its own /etc/machine-id
+(the identity source; real DMI is what this machine lacks), keyring, state directory
+and /run. Subprocess tests run the installed ``fieldpass`` from the virtualenv, the
+same script an image ships.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.config import Config, load
+from agent.identity import Identity
+from agent.wire import license_key as lk
+from agent.wire.keys import Keyring, SigningKey
+from agent.wire.machine_file import Claims, Entitlement, seal_machine_file
+
+BIN = Path(sys.executable).parent
+FIELDPASS = str(BIN / "fieldpass")
+FIELDPASS_HQ = str(BIN / "fieldpass-hq")
+DAY = 86400
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FIELDPASS", "FAKETIME"))}
+    env["FAKETIME_DONT_FAKE_MONOTONIC"] = "1"
+    env.update(extra)
+    return env
+
+
+def faketime_prefix(offset: str | None) -> list[str]:
+    """``faketime -f +300d`` style: move the clock as an attacker would have to."""
+    return ["faketime", "-f", offset] if offset else []
+
+
+class DeviceRoot:
+    def __init__(self, path: Path, machine_id: str) -> None:
+        self.path = path
+        (path / "etc/fieldpass").mkdir(parents=True, exist_ok=True)
+        (path / "etc/machine-id").write_text(machine_id + "\n")
+        self.machine_id = machine_id
+
+    @property
+    def state_dir(self) -> Path:
+        return self.path / "data/fieldpass"
+
+    @property
+    def verdict_dir(self) -> Path:
+        return self.path / "run/fieldpass"
+
+    @property
+    def machine_file(self) -> Path:
+        return self.state_dir / "machine.file"
+
+    def config(self) -> Config:
+        return load(str(self.path))
+
+    @property
+    def fingerprint(self) -> str:
+        return Identity(self.machine_id, "machine-id").fingerprint
+
+    def write_config(self, text: str) -> None:
+        (self.path / "etc/fieldpass/agent.toml").write_text(text)
+
+    def trust(self, keyring_text: str) -> None:
+        (self.path / "etc/fieldpass/keyring").write_text(keyring_text)
+
+    def run(
+        self,
+        *args: str,
+        faketime: str | None = None,
+        input: bytes | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = [*faketime_prefix(faketime), FIELDPASS, "--root", str(self.path), *args]
+        return subprocess.run(
+            cmd,
+            input=input.decode() if input is not None else None,
+            capture_output=True,
+            text=True,
+            env=clean_env(**(env or {})),
+            timeout=timeout,
+            check=False,
+        )
+
+    def check(self, faketime: str | None = None) -> subprocess.CompletedProcess[str]:
+        return self.run("check", faketime=faketime)
+
+    def verdict(self) -> dict[str, object]:
+        return json.loads((self.verdict_dir / "verdict.json").read_text())  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def make_device(tmp_path: Path) -> Callable[..., DeviceRoot]:
+    counter = iter(range(1000))
+
+    def make(machine_id: str | None = None) -> DeviceRoot:
+        n = next(counter)
+        return DeviceRoot(tmp_path / f"device{n}", machine_id or os.urandom(16).hex())
+
+    return make
+
+
+class Signer:
+    """HQ's signing side, in process (the wire format's own seal function): for device
+    tests that need files HQ would issue at chosen times. End-to-end tests use the real
+    ``fieldpass-hq`` instead."""
+
+    def __init__(self) -> None:
+        self.key = SigningKey.generate()
+        self.license_key = lk.generate()
+        self.keyring = Keyring.of(self.key.public_key).dumps()
+
+    def claims(self, fingerprint: str, **kw: object) -> Claims:
+        issued_at = int(kw.pop("issued_at", time.time()))  # type: ignore[call-overload]
+        ttl = int(kw.pop("ttl", 365 * DAY))  # type: ignore[call-overload]
+        base: dict[str, object] = {
+            "license_id": lk.license_id(self.license_key),
+            "product": "robot-os",
+            "plan": "industrial",
+            "activation_id": "act_1",
+            "fingerprint": fingerprint,
+            "issued_at": issued_at,
+            "not_before": issued_at,
+            "expires_at": issued_at + ttl,
+            "grace_s": 30 * DAY,
+            "warn_s": 90 * DAY,
+            "serial": 1,
+            "kid": self.key.kid,
+            "entitlements": (Entitlement("navigation"),),
+        }
+        base.update(kw)
+        return Claims(**base)  # type: ignore[arg-type]
+
+    def issue(self, fingerprint: str, **kw: object) -> bytes:
+        return seal_machine_file(self.claims(fingerprint, **kw), self.license_key, self.key)
+
+    def provision(self, device: DeviceRoot, **kw: object) -> bytes:
+        """Trust this signer on the device and install a file through the real CLI."""
+        device.trust(self.keyring)
+        data = self.issue(device.fingerprint, **kw)
+        key_file = device.path.parent / f"{device.path.name}.key"
+        key_file.write_text(self.license_key + "\n")
+        path = device.path.parent / f"{device.path.name}.machine"
+        path.write_bytes(data)
+        result = device.run("install", str(path), "--license-key-file", str(key_file))
+        assert result.returncode == 0, result.stderr
+        return data
+
+
+@pytest.fixture
+def signer() -> Signer:
+    return Signer()
+
+
+@pytest.fixture
+def device(make_device: Callable[..., DeviceRoot]) -> Iterator[DeviceRoot]:
+    yield make_device()
