@@ -1,0 +1,110 @@
+"""Benchmark: the installed ``fieldpass check`` against ``python -I -S -c pass``.
+
+Both run interleaved in the same loop, so a noisy shared machine slows both alike; the
+ratio of medians is the figure that counts. Peak RSS comes from wait4(2)'s rusage of
+each child. Goals (issue 2): ratio <= 2.5, peak RSS <= 14 MiB.
+"""
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from agent.identity import Identity
+from agent.wire import license_key as lk
+from agent.wire.keys import Keyring, SigningKey
+from agent.wire.machine_file import Claims, Entitlement, seal_machine_file
+
+FIELDPASS = str(Path(sys.executable).parent / "fieldpass")
+RATIO_GOAL = 2.5
+RSS_GOAL_MIB = 14.0
+
+
+def staged_device(root: Path) -> None:
+    machine_id = os.urandom(16).hex()
+    (root / "etc/fieldpass").mkdir(parents=True)
+    (root / "etc/machine-id").write_text(machine_id + "\n")
+    key, license_key = SigningKey.generate(), lk.generate()
+    (root / "etc/fieldpass/keyring").write_text(Keyring.of(key.public_key).dumps())
+    now = int(time.time())
+    claims = Claims(
+        license_id=lk.license_id(license_key), product="robot-os", plan="industrial",
+        activation_id="act_bench", fingerprint=Identity(machine_id, "machine-id").fingerprint,
+        issued_at=now, not_before=now, expires_at=now + 365 * 86400, grace_s=30 * 86400,
+        warn_s=90 * 86400, serial=1, kid=key.kid, entitlements=(Entitlement("navigation"),),
+    )
+    mf = root / "incoming.machine"
+    mf.write_bytes(seal_machine_file(claims, license_key, key))
+    kf = root / "incoming.key"
+    kf.write_text(license_key)
+    subprocess.run(
+        [FIELDPASS, "--root", str(root), "install", str(mf), "--license-key-file", str(kf)],
+        check=True, capture_output=True,
+    )
+
+
+def wall_time(cmd: list[str]) -> tuple[float, int]:
+    start = time.perf_counter()
+    code = subprocess.call(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start, code
+
+
+def peak_rss_mib(cmd: list[str], rss_file: str) -> float:
+    """Peak RSS of one run, measured by GNU time: a child forked straight from this
+    (large) Python process would inherit its RSS high-water mark across exec."""
+    subprocess.call(
+        ["/usr/bin/time", "-f", "%M", "-o", rss_file, *cmd],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    with open(rss_file) as f:
+        return int(f.read().split()[-1]) / 1024.0
+
+
+def measure(cmd: list[str], baseline: list[str], rounds: int, rss_file: str) -> dict[str, float]:
+    gate_t, base_t = [], []
+    for _ in range(5):  # warm the page cache
+        wall_time(cmd), wall_time(baseline)
+    for _ in range(rounds):  # interleaved: noise hits both alike
+        t, code = wall_time(cmd)
+        if code != 0:
+            raise SystemExit(f"benchmark command failed with exit {code}: {cmd}")
+        gate_t.append(t)
+        base_t.append(wall_time(baseline)[0])
+    gate_rss = [peak_rss_mib(cmd, rss_file) for _ in range(10)]
+    base_rss = [peak_rss_mib(baseline, rss_file) for _ in range(10)]
+    gate_ms, base_ms = statistics.median(gate_t) * 1e3, statistics.median(base_t) * 1e3
+    return {
+        "gate_median_ms": round(gate_ms, 2),
+        "baseline_median_ms": round(base_ms, 2),
+        "ratio": round(gate_ms / base_ms, 2),
+        "gate_peak_rss_mib": round(max(gate_rss), 2),
+        "baseline_peak_rss_mib": round(max(base_rss), 2),
+        "rounds": rounds,
+    }
+
+
+def main(rounds: int = 60) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        staged_device(root)
+        result = measure(
+            [FIELDPASS, "--root", str(root), "check"],
+            [sys.executable, "-I", "-S", "-c", "pass"],
+            rounds,
+            str(root / "rss"),
+        )
+    result["ratio_goal"] = RATIO_GOAL
+    result["rss_goal_mib"] = RSS_GOAL_MIB
+    result["meets_goals"] = float(
+        result["ratio"] <= RATIO_GOAL and result["gate_peak_rss_mib"] <= RSS_GOAL_MIB
+    )
+    return result
+
+
+if __name__ == "__main__":
+    for k, v in main().items():
+        print(f"{k:24} {v}")
