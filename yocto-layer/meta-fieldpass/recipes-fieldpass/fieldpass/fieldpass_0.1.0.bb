@@ -19,6 +19,7 @@ SRC_URI = "\
     file://pyproject.toml;subdir=fieldpass-${PV} \
     file://README.md;subdir=fieldpass-${PV} \
     file://agent;subdir=fieldpass-${PV} \
+    file://bin/fieldpass;subdir=fieldpass-${PV} \
     file://firmware-hooks;subdir=fieldpass-${PV} \
     file://docs/firmware-integration.md;subdir=fieldpass-${PV} \
 "
@@ -31,7 +32,7 @@ S = "${UNPACKDIR}/fieldpass-${PV}"
 # export`). Mandatory: the recipe is skipped, with this message, until it is set.
 FIELDPASS_KEYRING ??= ""
 # Persistent data partition for the machine file, license key and clock state.
-# Never under /var/lib, which is volatile on a read-only root.
+# Not the volatile system state directory of a read-only root: a persistent partition.
 FIELDPASS_DATA_DIR ??= "/data/fieldpass"
 
 inherit python_setuptools_build_meta systemd update-rc.d
@@ -116,12 +117,11 @@ RDEPENDS:${PN} = "\
     python3-cbor2 \
     python3-click \
     python3-core \
-    python3-crypt \
-    python3-datetime \
     python3-fcntl \
     python3-json \
     python3-paho-mqtt \
     python3-pynacl \
+    python3-tomllib \
 "
 RDEPENDS:${PN}-daemon = "${PN}"
 

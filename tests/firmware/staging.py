@@ -1,0 +1,73 @@
+"""A staged device root for the firmware tests: the systemd units, the gating drop-in,
+the hooks and the scripts installed where the Yocto recipe installs them.
+
+The systemd manager's own units (sysinit.target, basic.target, ...) are copied from the
+host's systemd package so that `systemd-analyze verify --root` can resolve the default
+dependencies, as it would on the image.
+"""
+
+import shutil
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+HOOKS = REPO / "firmware-hooks"
+LAYER = REPO / "yocto-layer" / "meta-fieldpass"
+BIN = Path(sys.executable).parent
+HOST_UNIT_DIRS = (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system"))
+
+UNIT_DIR = "usr/lib/systemd/system"
+APP_UNIT = "robot-app.service"
+DROP_IN = f"etc/systemd/system/{APP_UNIT}.d/50-fieldpass-gate.conf"
+ALLOWS = "usr/libexec/fieldpass/fieldpass-verdict-allows"
+
+# repository file -> path in the device root (mode)
+INSTALLED = {
+    "systemd/fieldpass-gate.service": (f"{UNIT_DIR}/fieldpass-gate.service", 0o644),
+    "systemd/fieldpass-agent.service": (f"{UNIT_DIR}/fieldpass-agent.service", 0o644),
+    "systemd/examples/robot-app.service": (f"{UNIT_DIR}/{APP_UNIT}", 0o644),
+    "systemd/50-fieldpass-gate.conf": (DROP_IN, 0o644),
+    "systemd/fieldpass.tmpfiles.conf": ("usr/lib/tmpfiles.d/fieldpass.conf", 0o644),
+    "libexec/fieldpass-verdict-allows": (ALLOWS, 0o755),
+    "identity/fieldpass-identity-hook": ("usr/libexec/fieldpass/identity-hook", 0o755),
+    "on-verdict.d/50-hmi-message": ("etc/fieldpass/on-verdict.d/50-hmi-message", 0o755),
+    "sysvinit/fieldpass-gate": ("etc/init.d/fieldpass-gate", 0o755),
+    "sysvinit/fieldpass-agent": ("etc/init.d/fieldpass-agent", 0o755),
+    "sysvinit/examples/robot-app": ("etc/init.d/robot-app", 0o755),
+}
+
+
+def host_unit_dir() -> Path:
+    for candidate in HOST_UNIT_DIRS:
+        if (candidate / "sysinit.target").exists():
+            return candidate
+    raise AssertionError("the systemd package's units are missing: run scripts/install-test-deps")
+
+
+def stage_root(root: Path, *, with_manager_units: bool = True) -> Path:
+    """Install the firmware hooks into ``root`` and return it."""
+    if with_manager_units:
+        shutil.copytree(host_unit_dir(), root / UNIT_DIR, symlinks=True, dirs_exist_ok=True)
+    for source, (target, mode) in INSTALLED.items():
+        dest = root / target
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(HOOKS / source, dest)
+        dest.chmod(mode)
+    for stub in ("usr/bin/fieldpass", "usr/bin/robot-app"):
+        path = root / stub
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("#!/bin/sh\nexit 0\n")
+        path.chmod(0o755)
+    (root / "data/fieldpass").mkdir(parents=True, exist_ok=True)
+    (root / "run/fieldpass").mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def unit_values(path: Path, key: str) -> list[str]:
+    """Every value of ``key=`` in a unit file (no section awareness needed here)."""
+    values = []
+    for line in path.read_text().splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name.strip() == key:
+            values.append(value.strip())
+    return values
