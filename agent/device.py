@@ -164,6 +164,7 @@ class Device:
         )
         outcome = Outcome(result, identity, st, previous_verdict=st.last_verdict)
         if record:
+            fsio.remove_stale_temps(self.cfg.state_dir)
             try:
                 outcome.state = self.save_state(verdict.advance(st, now, result))
             except OSError as e:
@@ -219,6 +220,7 @@ class Device:
             )
         if order == verdict.SAME and key == self.stored_license_key():
             return claims, "same"
+        fsio.remove_stale_temps(self.cfg.state_dir)
         if st is None:
             st = self.save_state(State())
         if key != self.stored_license_key():

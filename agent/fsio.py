@@ -67,6 +67,17 @@ def _remove_quietly(path: str) -> None:
         pass
 
 
+def remove_stale_temps(directory: str) -> None:
+    """Remove temp files left by a writer that was killed (call with the lock held)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if ".tmp." in name:
+            _remove_quietly(os.path.join(directory, name))
+
+
 def read_bytes(path: str, max_bytes: int) -> bytes | None:
     """The file's content, None if it does not exist; ``StorageError`` if it is larger
     than ``max_bytes`` (read no more than that) or unreadable."""

@@ -14,7 +14,9 @@ def test_not_activated_is_30(device: DeviceRoot) -> None:
     assert device.verdict()["verdict"] == "not_activated"
 
 
-def test_valid_then_warning_grace_expired_under_faketime(device: DeviceRoot, signer: Signer) -> None:
+def test_valid_then_warning_grace_expired_under_faketime(
+    device: DeviceRoot, signer: Signer
+) -> None:
     signer.provision(device)
     ok = device.check()
     assert ok.returncode == 0, ok.stderr
@@ -50,9 +52,7 @@ def test_file_issued_in_the_future_is_rollback(device: DeviceRoot, signer: Signe
     assert device.check().returncode == 40
 
 
-def test_second_device_with_the_same_file_is_31(
-    make_device: "object", signer: Signer
-) -> None:
+def test_second_device_with_the_same_file_is_31(make_device: "object", signer: Signer) -> None:
     first, second = make_device(), make_device()  # type: ignore[operator]
     data = signer.provision(first)
     second.trust(signer.keyring)
@@ -62,8 +62,12 @@ def test_second_device_with_the_same_file_is_31(
     result = second.check()
     assert result.returncode == 31
     assert "another device" in result.stdout
-    refused = second.run("install", str(first.path.parent / f"{first.path.name}.machine"),
-                         "--license-key", signer.license_key)
+    refused = second.run(
+        "install",
+        str(first.path.parent / f"{first.path.name}.machine"),
+        "--license-key",
+        signer.license_key,
+    )
     assert refused.returncode == 31
 
 
@@ -123,8 +127,11 @@ def test_json_output_and_verdict_files_hold_no_secrets(device: DeviceRoot, signe
     doc = json.loads(result.stdout)
     assert doc["verdict"] == "valid" and doc["exit_code"] == 0
     assert doc["entitlements"] == ["navigation"]
-    for text in (result.stdout, (device.verdict_dir / "verdict.env").read_text(),
-                 (device.verdict_dir / "verdict.json").read_text()):
+    for text in (
+        result.stdout,
+        (device.verdict_dir / "verdict.env").read_text(),
+        (device.verdict_dir / "verdict.json").read_text(),
+    ):
         assert signer.license_key not in text
         assert device.machine_id not in text
 
@@ -133,15 +140,21 @@ def test_verdict_env_is_sourceable_by_sh(device: DeviceRoot, signer: Signer) -> 
     signer.provision(device)
     device.check(faketime="+300d")
     out = subprocess.run(
-        ["sh", "-c", f". {device.verdict_dir}/verdict.env; echo \"$FIELDPASS_VERDICT|$FIELDPASS_WARNING\""],
-        capture_output=True, text=True, check=True,
+        [
+            "sh",
+            "-c",
+            f'. {device.verdict_dir}/verdict.env; echo "$FIELDPASS_VERDICT|$FIELDPASS_WARNING"',
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert out.strip() == "valid|Offline license expires in 65 days: connect to extend"
 
 
 def test_bad_usage_and_config_have_documented_codes(device: DeviceRoot) -> None:
     assert device.run("check", "--bogus").returncode == 2
-    device.write_config("[clock]\npolicy = \"sometimes\"\n")
+    device.write_config('[clock]\npolicy = "sometimes"\n')
     result = device.check()
     assert result.returncode == 78
     assert result.stderr.startswith("fieldpass: error:") and result.stderr.count("\n") == 1

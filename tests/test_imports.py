@@ -11,15 +11,31 @@ from tests.conftest import FIELDPASS, DeviceRoot, Signer, clean_env
 REPO = Path(__file__).resolve().parents[1]
 # Heavy or off-limits on the boot path (docs/performance.md has the measured costs).
 FORBIDDEN_ON_GATE = {
-    "click", "paho", "provisioning", "cbor2", "json", "tomllib", "dataclasses", "typing",
-    "re", "hashlib", "nacl.bindings", "contextlib", "subprocess", "datetime", "http",
+    "click",
+    "paho",
+    "provisioning",
+    "cbor2",
+    "json",
+    "tomllib",
+    "dataclasses",
+    "typing",
+    "re",
+    "hashlib",
+    "nacl.bindings",
+    "contextlib",
+    "subprocess",
+    "datetime",
+    "http",
 }
 
 
 def gate_modules(device: DeviceRoot) -> set[str]:
     result = subprocess.run(
         [sys.executable, "-X", "importtime", FIELDPASS, "--root", str(device.path), "check"],
-        capture_output=True, text=True, env=clean_env(), check=False,
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     names = set()
@@ -70,7 +86,11 @@ def test_agent_never_imports_provisioning_and_wire_stays_pure() -> None:
 def test_python_dash_m_agent_works(device: DeviceRoot) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "agent", "--root", str(device.path), "fingerprint", "--json"],
-        capture_output=True, text=True, env=clean_env(), check=False, cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        check=False,
+        cwd=REPO,
     )
     assert result.returncode == 0
     assert '"source": "machine-id"' in result.stdout

@@ -134,7 +134,9 @@ def test_absorb_reanchors_on_hq_time_and_lifts_a_revocation_hq_superseded() -> N
 def test_messages_read_as_the_brief_says() -> None:
     t0 = 1_800_000_000
     c = claims(t0, 365 * DAY, 30 * DAY, 90 * DAY)
-    assert v.decide(c, State(hwm=t0), t0).message == "License valid until 2028-01-15 (365 days left)"
+    assert (
+        v.decide(c, State(hwm=t0), t0).message == "License valid until 2028-01-15 (365 days left)"
+    )
     warned = v.decide(c, State(hwm=t0), t0 + 300 * DAY)
     assert warned.warning == "Offline license expires in 65 days: connect to extend"
     grace = v.decide(c, State(hwm=t0), t0 + 367 * DAY)

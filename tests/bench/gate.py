@@ -31,10 +31,19 @@ def staged_device(root: Path) -> None:
     (root / "etc/fieldpass/keyring").write_text(Keyring.of(key.public_key).dumps())
     now = int(time.time())
     claims = Claims(
-        license_id=lk.license_id(license_key), product="robot-os", plan="industrial",
-        activation_id="act_bench", fingerprint=Identity(machine_id, "machine-id").fingerprint,
-        issued_at=now, not_before=now, expires_at=now + 365 * 86400, grace_s=30 * 86400,
-        warn_s=90 * 86400, serial=1, kid=key.kid, entitlements=(Entitlement("navigation"),),
+        license_id=lk.license_id(license_key),
+        product="robot-os",
+        plan="industrial",
+        activation_id="act_bench",
+        fingerprint=Identity(machine_id, "machine-id").fingerprint,
+        issued_at=now,
+        not_before=now,
+        expires_at=now + 365 * 86400,
+        grace_s=30 * 86400,
+        warn_s=90 * 86400,
+        serial=1,
+        kid=key.kid,
+        entitlements=(Entitlement("navigation"),),
     )
     mf = root / "incoming.machine"
     mf.write_bytes(seal_machine_file(claims, license_key, key))
@@ -42,7 +51,8 @@ def staged_device(root: Path) -> None:
     kf.write_text(license_key)
     subprocess.run(
         [FIELDPASS, "--root", str(root), "install", str(mf), "--license-key-file", str(kf)],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
 
 
