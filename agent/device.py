@@ -206,28 +206,58 @@ class Device:
         except WireError as e:
             raise InstallRefused(INVALID, e.reason, f"machine file refused: {e}") from None
         try:
-            st = self.load_state()
+            st: State | None = self.load_state()
         except StateError:
-            st = None  # the documented way out: a valid file from HQ rebuilds the state
-        order = verdict.compare(claims, st)
+            st = None
+        stored = self._stored_claims(key)
+        if st is not None:
+            if stored is not None and verdict.compare(stored, st) == verdict.NEWER:
+                st = verdict.absorb(stored, st)  # an install cut short before its state
+            baseline: State | None = st
+        else:
+            baseline = verdict.absorb(stored, State()) if stored is not None else None
+        order = verdict.compare(claims, baseline)
         if order == verdict.OLDER:
-            assert st is not None
+            assert baseline is not None
             raise InstallRefused(
                 INVALID,
                 "downgrade",
                 f"machine file is older than the installed one (serial {claims.serial} < "
-                f"{st.serial}); the installed file stays in force",
+                f"{baseline.serial}); the installed file stays in force",
             )
-        if order == verdict.SAME and key == self.stored_license_key():
+        if order == verdict.SAME and st is None:
+            raise InstallRefused(
+                INVALID,
+                "state_damaged",
+                "the device state is missing or damaged and this file is the one already "
+                "installed: install a newer machine file from HQ (a renewal)",
+            )
+        stored_key = self.stored_license_key()
+        if order == verdict.SAME and key == stored_key and data == self.stored_machine_file():
             return claims, "same"
         fsio.remove_stale_temps(self.cfg.state_dir)
         if st is None:
-            st = self.save_state(State())
-        if key != self.stored_license_key():
+            # A new or rebuilt state is written first: a crash before the file leaves
+            # "not activated" or the refusal the device already had, never acceptance.
+            self.save_state(verdict.absorb(claims, State()))
+        if key != stored_key:
             fsio.atomic_write(self.cfg.license_key_file, key.encode("ascii") + b"\n", 0o600)
         fsio.atomic_write(self.cfg.machine_file, data, 0o600)
-        self.save_state(verdict.absorb(claims, st))
+        if st is not None and order == verdict.NEWER:
+            # The file first, then the state: a crash between them leaves a newer file
+            # that the next check absorbs; never an older file beside a newer state.
+            self.save_state(verdict.absorb(claims, st))
         return claims, "installed"
+
+    def _stored_claims(self, key: str) -> Claims | None:
+        """The stored machine file's claims, or None if there is none or it is invalid."""
+        try:
+            data = self.stored_machine_file()
+            if data is None:
+                return None
+            return open_machine_file(data, self.keyring(), key, self.identity.fingerprint)
+        except (WireError, fsio.StorageError):
+            return None
 
     def remove(self) -> None:
         """Forget the local activation (after HQ freed the seat)."""

@@ -67,7 +67,7 @@ def test_any_mutation_is_refused(data: st.DataObject) -> None:
         op = data.draw(st.sampled_from(["set", "insert", "delete"]))
         pos = data.draw(st.integers(0, len(mutated) - (op != "insert")))
         if op == "set":
-            mutated[pos] = data.draw(st.integers(0, 255).filter(lambda b, p=pos: b != GOOD[p]))
+            mutated[pos] = data.draw(st.integers(0, 255).filter(lambda b, p=pos: b != mutated[p]))
         elif op == "insert":
             mutated[pos:pos] = data.draw(st.binary(min_size=1, max_size=4))
         else:

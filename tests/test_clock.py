@@ -1,0 +1,96 @@
+"""Clocks that lie and clocks that are simply wrong, with the real libfaketime."""
+
+from tests.conftest import DeviceRoot, Signer
+
+
+def test_board_without_rtc_booting_at_the_epoch(device: DeviceRoot, signer: Signer) -> None:
+    signer.provision(device)
+    assert device.check().returncode == 0
+    strict = device.check(faketime="@1970-01-01 00:00:10")
+    assert strict.returncode == 40
+    device.write_config('[clock]\npolicy = "floor"\n')
+    floor = device.check(faketime="@1970-01-01 00:00:10")
+    assert floor.returncode == 0, floor.stdout
+    assert "(365 days left)" in floor.stdout  # decided at the mark: no time gained
+
+
+def test_floor_never_gains_time_from_a_reset(device: DeviceRoot, signer: Signer) -> None:
+    signer.provision(device)
+    device.write_config('[clock]\npolicy = "floor"\n')
+    assert device.check(faketime="+370d").returncode == 10  # grace, and the mark moves
+    reset = device.check(faketime="@1970-01-01 00:00:10")
+    assert reset.returncode == 10  # still grace: the reset bought nothing
+    assert device.check(faketime="+400d").returncode == 20
+
+
+def test_ntp_sized_corrections_never_trip_rollback(device: DeviceRoot, signer: Signer) -> None:
+    signer.provision(device)
+    assert device.check(faketime="+10d").returncode == 0
+    for back in ("+9.9999d", "+9.998d"):  # ~9 s and ~3 min behind the mark
+        assert device.check(faketime=back).returncode == 0
+    device.write_config("[clock]\ntolerance_s = 60\n")
+    assert device.check(faketime="+9.998d").returncode == 40  # 3 min > 60 s tolerance
+
+
+def test_clock_far_ahead_then_back_is_healed_only_by_hq_time(
+    device: DeviceRoot, signer: Signer
+) -> None:
+    signer.provision(device, serial=1)
+    assert device.check(faketime="+3000d").returncode == 20  # someone set 2035; mark follows
+    stuck = device.check()
+    assert stuck.returncode == 40  # the true clock now looks rolled back
+    assert device.check().returncode == 40  # and the device's own clock cannot heal it
+    renewal = device.path.parent / "renewal.machine"
+    renewal.write_bytes(signer.issue(device.fingerprint, serial=2))
+    assert device.run("install", str(renewal)).returncode == 0
+    healed = device.check()
+    assert healed.returncode == 0, healed.stdout
+
+
+def test_edited_state_is_tampering(device: DeviceRoot, signer: Signer) -> None:
+    signer.provision(device)
+    device.check()
+    for slot in ("state.a", "state.b"):
+        path = device.state_dir / slot
+        data = bytearray(path.read_bytes())
+        data[-40] ^= 0x01  # inside the authenticated body
+        path.write_bytes(bytes(data))
+    result = device.check()
+    assert result.returncode == 31
+    assert device.verdict()["reason"] in ("state_foreign", "state_corrupt")
+
+
+def test_state_copied_from_another_device_is_refused(make_device: "object", signer: Signer) -> None:
+    a, b = make_device(), make_device()  # type: ignore[operator]
+    signer.provision(a)
+    signer.provision(b)
+    a.check()
+    for slot in ("state.a", "state.b"):
+        (b.state_dir / slot).write_bytes((a.state_dir / slot).read_bytes())
+    result = b.check()
+    assert result.returncode == 31
+    assert b.verdict()["reason"] == "state_foreign"
+
+
+def test_operator_way_out_a_file_from_hq_rebuilds_bad_state(
+    device: DeviceRoot, signer: Signer
+) -> None:
+    signer.provision(device, serial=1)
+    (device.state_dir / "state.a").write_bytes(b"junk")
+    (device.state_dir / "state.b").unlink()
+    assert device.check().returncode == 31
+    renewal = device.path.parent / "renewal.machine"
+    renewal.write_bytes(signer.issue(device.fingerprint, serial=2))
+    assert device.run("install", str(renewal)).returncode == 0
+    assert device.check().returncode == 0
+
+
+def test_future_versioned_state_has_a_clear_message(device: DeviceRoot, signer: Signer) -> None:
+    from agent.wire import cbor
+
+    signer.provision(device)
+    for slot in ("state.a", "state.b"):
+        (device.state_dir / slot).write_bytes(cbor.dumps({"v": 9, "body": b"", "mac": b""}))
+    result = device.check()
+    assert result.returncode == 31
+    assert "newer Fieldpass" in result.stdout
