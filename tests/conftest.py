@@ -164,3 +164,59 @@ def signer() -> Signer:
 @pytest.fixture
 def device(make_device: Callable[..., DeviceRoot]) -> Iterator[DeviceRoot]:
     yield make_device()
+
+
+class HQ:
+    """The real ``fieldpass-hq`` CLI on a home directory of its own (SQLite)."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+
+    def run(
+        self, *args: str, faketime: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = [*faketime_prefix(faketime), FIELDPASS_HQ, "--home", str(self.home), *args]
+        result = subprocess.run(
+            cmd, capture_output=True, text=True, env=clean_env(), timeout=120, check=False
+        )
+        if check:
+            assert result.returncode == 0, f"{args}: {result.stderr}"
+        return result
+
+    def json(self, *args: str, faketime: str | None = None) -> dict[str, object]:
+        return json.loads(self.run(*args, "--json", faketime=faketime).stdout)  # type: ignore[no-any-return]
+
+    def setup(
+        self, seats: int = 10, ttl: str = "365d", grace: str = "30d", warn: str = "90d"
+    ) -> str:
+        """A key, a plan and a license; returns the license key."""
+        self.run("keys", "generate")
+        self.run(
+            "plans",
+            "create",
+            "industrial",
+            "--offline-ttl",
+            ttl,
+            "--grace",
+            grace,
+            "--seats",
+            str(seats),
+            "--warn",
+            warn,
+        )
+        doc = self.json("licenses", "create", "--plan", "industrial", "--entitlement", "navigation")
+        return str(doc["key"])
+
+    def image(self, device: DeviceRoot) -> None:
+        """What the image build does: install HQ's public keyring on the device."""
+        self.run("keys", "export", "-o", str(device.path / "etc/fieldpass/keyring"))
+
+    def activate(self, key: str, device: DeviceRoot, out: Path) -> subprocess.CompletedProcess[str]:
+        return self.run(
+            "activate", key, "--fingerprint", device.fingerprint, "-o", str(out), check=False
+        )
+
+
+@pytest.fixture
+def hq(tmp_path: Path) -> HQ:
+    return HQ(tmp_path / "hq-home")
