@@ -8,7 +8,8 @@ else; data goes to stdout, messages to stderr.
 import json
 import sys
 import time
-from typing import NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -246,6 +247,129 @@ def status(c: Context, as_json: bool) -> None:
     sys.exit(int(str(doc["exit_code"])))
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def server_options(f: F) -> F:
+    """--server and --timeout, shared by every command that talks to HQ."""
+    f = click.option(
+        "--timeout",
+        "timeout_s",
+        type=click.IntRange(1, 120),
+        help="Seconds to wait for HQ [default: [online] timeout_s, 5].",
+    )(f)
+    return click.option(
+        "--server", metavar="URL", help="HQ's URL [default: [online] server in agent.toml]."
+    )(f)
+
+
+def _report_install(c: Context, device: Device, claims: object, result: str, as_json: bool) -> None:
+    doc = _refresh_verdict(c, device)
+    doc["install"] = result
+    serial = doc.get("serial")
+    what = (
+        f"Installed machine file serial {serial} (activation {doc.get('activation_id')})"
+        if result == "installed"
+        else f"Machine file serial {serial} is already installed: nothing changed"
+    )
+    emit(doc, as_json, f"{what}.\n{doc['message']}")
+
+
+@cli.command()
+@click.argument("license_key", metavar="LICENSE_KEY")
+@server_options
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_ctx
+def activate(
+    c: Context, license_key: str, server: str | None, timeout_s: int | None, as_json: bool
+) -> None:
+    """Activate this device online (takes one seat) and install its machine file.
+
+    \b
+    Examples:
+      fieldpass activate FP-ABCDE-FGHJK-LMNPQ-RSTUV-WXYZ2 --server https://hq.example.com
+      fieldpass activate "$(cat key.txt)"
+    """
+    from . import online, sync
+
+    key = _read_key(license_key, None)
+    assert key is not None
+    device = c.device()
+    claims, result = sync.activate(device, online.Hq(c.cfg, server, timeout_s), key, _now())
+    _report_install(c, device, claims, result, as_json)
+
+
+@cli.command()
+@server_options
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_ctx
+def refresh(c: Context, server: str | None, timeout_s: int | None, as_json: bool) -> None:
+    """Renew the machine file from HQ now (no seat is taken).
+
+    \b
+    Examples:
+      fieldpass refresh
+      fieldpass refresh --server https://hq.example.com --timeout 10
+    """
+    from . import online, sync
+
+    device = c.device()
+    claims, result = sync.refresh(device, online.Hq(c.cfg, server, timeout_s), _now())
+    _report_install(c, device, claims, result, as_json)
+
+
+@cli.command("prepare-offline")
+@click.option(
+    "--days",
+    type=click.IntRange(1, 3650),
+    help="Days of offline validity to ask for [default: the longest the plan allows].",
+)
+@server_options
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_ctx
+def prepare_offline(
+    c: Context, days: int | None, server: str | None, timeout_s: int | None, as_json: bool
+) -> None:
+    """Before going offline: ask HQ for the longest machine file the plan allows.
+
+    \b
+    Examples:
+      fieldpass prepare-offline
+      fieldpass prepare-offline --days 30
+    """
+    from . import online, sync
+
+    device = c.device()
+    ttl_s = days * 86400 if days else None
+    claims, result = sync.refresh(device, online.Hq(c.cfg, server, timeout_s), _now(), ttl_s)
+    _report_install(c, device, claims, result, as_json)
+
+
+@cli.command()
+@server_options
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_ctx
+def deactivate(c: Context, server: str | None, timeout_s: int | None, as_json: bool) -> None:
+    """Free this device's seat at HQ and remove the local machine file and key.
+
+    \b
+    Examples:
+      fieldpass deactivate
+    """
+    from . import online, sync
+
+    sync.deactivate(c.device(), online.Hq(c.cfg, server, timeout_s))
+    emit(
+        {"deactivated": True},
+        as_json,
+        "Deactivated: HQ freed the seat and the local machine file was removed.",
+    )
+
+
+def _now() -> int:
+    return int(time.time())
+
+
 def _die(message: str, code: int) -> NoReturn:
     click.echo(f"fieldpass: error: {message}", err=True)
     sys.exit(code)
@@ -268,6 +392,20 @@ def run(args: list[str]) -> None:
         _die(str(e), EXIT_CODES[e.verdict_name])
     except (ConfigError, IdentityError) as e:
         _die(str(e), exitcodes.EX_CONFIG)
+    except Exception as e:  # online errors, imported lazily
+        from . import online
+
+        if isinstance(e, online.Refused):
+            _die(f"HQ refused: {e} ({e.code})", exitcodes.EX_NOPERM)
+        if isinstance(e, online.Unreachable):
+            _die(str(e), exitcodes.EX_UNAVAILABLE)
+        if isinstance(e, online.OnlineError):
+            _die(str(e), exitcodes.EX_USAGE)
+        if isinstance(e, fsio.LockTimeout):
+            _die(str(e), exitcodes.EX_TEMPFAIL)
+        if isinstance(e, fsio.StorageError):
+            _die(str(e), exitcodes.EX_CANTCREAT)
+        raise
     except fsio.LockTimeout as e:
         _die(str(e), exitcodes.EX_TEMPFAIL)
     except fsio.StorageError as e:

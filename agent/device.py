@@ -259,6 +259,29 @@ class Device:
         except (WireError, fsio.StorageError):
             return None
 
+    def record_hq_status(self, status: str, hq_time: int | None) -> None:
+        """Record an authoritative answer from HQ (call with the writer lock held).
+
+        "active" lifts a recorded revocation; "revoked", "suspended", "deactivated" record
+        one (the license's own end of term is in the machine file already). A verified
+        HQ time re-anchors the clock mark.
+        """
+        try:
+            st = self.load_state()
+        except StateError:
+            return  # damaged state: the gate refuses anyway; nothing trustworthy to amend
+        if st is None:
+            return
+        changes: dict[str, object] = {}
+        if hq_time is not None:
+            changes["hwm"] = hq_time
+        if status == "active":
+            changes.update(revoked="", revoked_at=0)
+        elif status in ("revoked", "suspended", "deactivated"):
+            changes.update(revoked=status, revoked_at=hq_time if hq_time is not None else st.hwm)
+        if changes:
+            self.save_state(st.replace(**changes))
+
     def remove(self) -> None:
         """Forget the local activation (after HQ freed the seat)."""
         for path in (self.cfg.machine_file, self.cfg.license_key_file):

@@ -1,0 +1,123 @@
+"""The device's online path: HTTP to HQ with the standard library only.
+
+``Hq`` speaks the device endpoints of the HQ API (docs/hq.md): activate, machine-file
+(renewal), validate, deactivate. TLS is verified against the system store, or the CA
+file named in the config. Failures are typed by who must act:
+
+- ``Unreachable``: the network, a timeout, or a server error. The caller falls back to
+  the offline verdict, as the product document says.
+- ``Refused``: an authoritative answer from HQ (revoked, suspended, not found, seat
+  limit, ...) with HQ's stable error code.
+
+The license key travels only in request bodies over the connection to HQ; it is never
+logged, printed or put in a URL.
+"""
+
+import base64
+import json
+import os
+import ssl
+import urllib.error
+import urllib.request
+
+from . import __version__
+from .config import Config
+
+MAX_RESPONSE_BYTES = 256 * 1024
+AUTHORITATIVE = {
+    "license_revoked": "revoked",
+    "license_suspended": "suspended",
+    "activation_not_found": "deactivated",
+}
+
+
+class OnlineError(Exception):
+    pass
+
+
+class Unreachable(OnlineError):
+    """HQ could not be asked: fall back to the offline verdict."""
+
+
+class Refused(OnlineError):
+    """HQ answered and said no. ``code`` is HQ's stable error code."""
+
+    def __init__(self, code: str, message: str, status: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+class Hq:
+    def __init__(self, cfg: Config, server: str | None = None, timeout_s: float | None = None):
+        self.server = (server or cfg.server).rstrip("/")
+        if not self.server:
+            raise OnlineError(
+                "no HQ server: pass --server URL or set [online] server in agent.toml"
+            )
+        if not self.server.startswith(("https://", "http://")):
+            raise OnlineError(f"HQ server must be an http(s) URL, not {self.server!r}")
+        self.timeout_s = timeout_s if timeout_s is not None else cfg.online_timeout_s
+        self.context: ssl.SSLContext | None = None
+        if self.server.startswith("https://"):
+            self.context = ssl.create_default_context(cafile=cfg.ca_file or None)
+
+    def post(self, path: str, body: dict[str, object]) -> dict[str, object]:
+        request = urllib.request.Request(  # noqa: S310 - the scheme is checked in __init__
+            self.server + path,
+            data=json.dumps(body).encode("utf-8"),
+            headers={
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+                "User-Agent": f"fieldpass-agent/{__version__}",
+            },
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(  # noqa: S310 - the scheme is checked in __init__
+                request, timeout=self.timeout_s, context=self.context
+            ) as response:
+                return _json(response.read(MAX_RESPONSE_BYTES + 1))
+        except urllib.error.HTTPError as e:
+            payload = _json(e.read(MAX_RESPONSE_BYTES + 1), strict=False)
+            if e.code >= 500:
+                raise Unreachable(f"HQ answered with a server error ({e.code})") from None
+            error = payload.get("error")
+            code, message = "http_" + str(e.code), f"HQ refused the request ({e.code})"
+            if isinstance(error, dict):
+                code = str(error.get("code", code))
+                message = str(error.get("message", message))
+            raise Refused(code, message, e.code) from None
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)
+            raise Unreachable(f"HQ at {self.server} is unreachable ({reason})") from None
+
+    def machine_file(self, path: str, body: dict[str, object]) -> tuple[bytes, dict[str, object]]:
+        doc = self.post(path, body)
+        encoded = doc.get("machine_file")
+        if not isinstance(encoded, str):
+            raise Unreachable("HQ's answer holds no machine file")
+        try:
+            return base64.b64decode(encoded, validate=True), doc
+        except ValueError:
+            raise Unreachable("HQ's answer holds a malformed machine file") from None
+
+
+def _json(raw: bytes, strict: bool = True) -> dict[str, object]:
+    if len(raw) > MAX_RESPONSE_BYTES:
+        raise Unreachable("HQ's answer is too large")
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        if strict:
+            raise Unreachable("HQ's answer is not JSON") from None
+        return {}
+    if not isinstance(doc, dict):
+        if strict:
+            raise Unreachable("HQ's answer is not a JSON object")
+        return {}
+    return doc
+
+
+def new_nonce() -> str:
+    return base64.urlsafe_b64encode(os.urandom(18)).decode("ascii")
