@@ -366,6 +366,29 @@ def deactivate(c: Context, server: str | None, timeout_s: int | None, as_json: b
     )
 
 
+@cli.command("run")
+@click.option(
+    "--once",
+    is_flag=True,
+    help="Do one pass (connect, renew if due, report) and exit: for cron and tests.",
+)
+@pass_ctx
+def run_daemon(c: Context, once: bool) -> None:
+    """The long-running agent: renews over MQTT or HTTP when connectivity appears.
+
+    Under systemd it is Type=notify with watchdog pings; without systemd a plain
+    foreground process. SIGTERM stops it cleanly. See docs/daemon.md.
+
+    \b
+    Examples:
+      fieldpass run
+      fieldpass --root /mnt/image run --once
+    """
+    from .daemon.main import main as daemon_main
+
+    sys.exit(daemon_main(c.cfg, once=once))
+
+
 def _now() -> int:
     return int(time.time())
 
