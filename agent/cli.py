@@ -366,6 +366,57 @@ def deactivate(c: Context, server: str | None, timeout_s: int | None, as_json: b
     )
 
 
+@cli.command()
+@click.option("-o", "--output", metavar="FILE", help="Write the request to FILE [default: stdout].")
+@pass_ctx
+def request(c: Context, output: str | None) -> None:
+    """Write an activation or renewal request for the air-gapped flow.
+
+    The armored text holds the fingerprint, the current activation and serial (if
+    any), the device name and the agent version: nothing secret. Carry it to HQ, where
+    `fieldpass-hq activate --request FILE` (first time) or `fieldpass-hq machine-file
+    --request FILE` (renewal) answers it; then `fieldpass install` the answer here.
+
+    \b
+    Examples:
+      fieldpass request
+      fieldpass request -o /media/usb/robot-17.request
+    """
+    from .state import StateError
+    from .wire.request import Request
+
+    device = c.device()
+    try:
+        st = device.load_state()
+    except StateError:
+        st = None
+    activated = st is not None and device.stored_machine_file() is not None
+    req = Request(
+        device.identity.fingerprint,
+        activation_id=st.activation_id if activated and st else "",
+        serial=st.serial if activated and st else 0,
+        device_name=c.cfg.device_name,
+        agent_version=__version__,
+        created_at=_now(),
+    )
+    kind = "renewal" if req.activation_id else "activation"
+    hq_command = "machine-file --request" if req.activation_id else "activate LICENSE_KEY --request"
+    if output:
+        import os
+
+        fsio.atomic_write(os.path.abspath(output), req.armored().encode("ascii"))
+        where = output
+    else:
+        click.echo(req.armored(), nl=False)
+        where = "the text above"
+    click.echo(
+        f"fieldpass: {kind} request written to {where}. Next: at HQ run "
+        f"`fieldpass-hq {hq_command} FILE -o answer.txt`, "
+        "then here `fieldpass install answer.txt`.",
+        err=True,
+    )
+
+
 @cli.command("run")
 @click.option(
     "--once",
