@@ -118,7 +118,9 @@ RDEPENDS:${PN} = "\
     python3-click \
     python3-core \
     python3-fcntl \
+    python3-io \
     python3-json \
+    python3-netclient \
     python3-paho-mqtt \
     python3-pynacl \
     python3-tomllib \
