@@ -7,7 +7,7 @@ HOMEPAGE = "https://fieldpass.invalid/"
 BUGTRACKER = "https://fieldpass.invalid/issues"
 SECTION = "console/utils"
 LICENSE = "Apache-2.0"
-LIC_FILES_CHKSUM = "file://firmware-hooks/README.md;beginline=1;endline=4;md5=ecbc2413b333dbe0a85bb7aa3dec9dba"
+LIC_FILES_CHKSUM = "file://LICENSE;md5=3b83ef96387f14655fc854ddc3c6bd57"
 CVE_PRODUCT = "fieldpass"
 
 DEPENDS += "python3-wheel-native"
@@ -18,6 +18,7 @@ DEPENDS += "python3-wheel-native"
 SRC_URI = "\
     file://pyproject.toml;subdir=fieldpass-${PV} \
     file://README.md;subdir=fieldpass-${PV} \
+    file://LICENSE;subdir=fieldpass-${PV} \
     file://agent;subdir=fieldpass-${PV} \
     file://bin/fieldpass;subdir=fieldpass-${PV} \
     file://firmware-hooks;subdir=fieldpass-${PV} \
