@@ -1,0 +1,106 @@
+"""Typed HQ errors: every refusal has a stable code, an HTTP status and a CLI exit code.
+
+The CLI and the server never decide exit codes or statuses on their own: they read them
+from the error. Messages never contain a license key or a private key.
+"""
+
+# CLI exit codes (documented in docs/hq.md).
+EXIT_OK = 0
+EXIT_REFUSED = 1  # a licensing rule refused: seat limit, suspended, revoked, expired...
+EXIT_USAGE = 2  # bad command line or bad argument value
+EXIT_NOT_FOUND = 3  # no such license, activation, plan or key
+EXIT_DATAERR = 65  # input data malformed (sysexits EX_DATAERR)
+EXIT_NOINPUT = 66  # an input file cannot be read
+EXIT_SOFTWARE = 70  # internal error (a bug)
+EXIT_CANTCREAT = 73  # an output file cannot be written
+EXIT_IOERR = 74  # the database or the key store failed
+EXIT_CONFIG = 78  # HQ home not usable, no signing key yet, database too new
+
+
+class HQError(Exception):
+    code = "error"
+    http_status = 400
+    exit_code = EXIT_REFUSED
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(HQError):
+    code = "invalid_request"
+    http_status = 422
+    exit_code = EXIT_USAGE
+
+
+class SeatLimitReached(HQError):
+    code = "seat_limit_reached"
+    http_status = 409
+
+
+class LicenseSuspended(HQError):
+    code = "license_suspended"
+    http_status = 403
+
+
+class LicenseRevoked(HQError):
+    code = "license_revoked"
+    http_status = 403
+
+
+class LicenseExpired(HQError):
+    code = "license_expired"
+    http_status = 403
+
+
+class FingerprintMismatch(HQError):
+    code = "fingerprint_mismatch"
+    http_status = 403
+
+
+class Conflict(HQError):
+    code = "conflict"
+    http_status = 409
+
+
+class NotFound(HQError):
+    code = "not_found"
+    http_status = 404
+    exit_code = EXIT_NOT_FOUND
+
+
+class LicenseNotFound(NotFound):
+    code = "license_not_found"
+
+
+class ActivationNotFound(NotFound):
+    code = "activation_not_found"
+
+
+class PlanNotFound(NotFound):
+    code = "plan_not_found"
+
+
+class Unauthorized(HQError):
+    code = "unauthorized"
+    http_status = 401
+
+
+class ConfigError(HQError):
+    """HQ cannot work as set up: no signing key yet, unusable home, newer database."""
+
+    code = "hq_not_configured"
+    http_status = 503
+    exit_code = EXIT_CONFIG
+
+
+class StorageError(HQError):
+    code = "storage_error"
+    http_status = 503
+    exit_code = EXIT_IOERR
+
+
+class CannotWrite(HQError):
+    code = "cannot_write"
+    http_status = 500
+    exit_code = EXIT_CANTCREAT

@@ -1,0 +1,79 @@
+"""Plain records that the store returns and the service works on. No I/O here."""
+
+from dataclasses import dataclass, field
+
+LICENSE_ACTIVE = "active"
+LICENSE_SUSPENDED = "suspended"
+LICENSE_REVOKED = "revoked"
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    kid: str
+    public_key: bytes
+    created_at: int
+    active: bool
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    product: str
+    offline_ttl_s: int
+    grace_s: int
+    seats: int
+    warn_s: int | None
+    created_at: int
+
+
+@dataclass(frozen=True)
+class EntitlementRow:
+    feature: str
+    expires_at: int | None
+
+
+@dataclass(frozen=True)
+class License:
+    """A license. ``license_key`` is a secret: never log or print it (``repr`` hides it)."""
+
+    id: str
+    license_key: str = field(repr=False)
+    plan: str
+    status: str
+    expires_at: int | None
+    created_at: int
+    updated_at: int
+    entitlements: tuple[EntitlementRow, ...] = ()
+    seats_used: int = 0
+
+
+@dataclass(frozen=True)
+class Activation:
+    id: str
+    license_id: str
+    fingerprint: str
+    serial: int
+    created_at: int
+    last_issued_at: int
+    last_expires_at: int
+    deactivated_at: int | None
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    at: int
+    actor: str
+    source: str
+    action: str
+    license_id: str | None = None
+    activation_id: str | None = None
+    detail: str | None = None
+    id: int | None = None
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who asks, and from where: recorded in the audit log."""
+
+    who: str
+    source: str
