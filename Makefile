@@ -34,7 +34,7 @@ lint: venv
 test: sysdeps install lint
 	$(PY) -m pytest -q -p no:cacheprovider
 
-demo: install
+demo: sysdeps install
 	./scripts/demo
 
 bench: sysdeps install
