@@ -93,13 +93,17 @@ class Hq:
             raise Unreachable(f"HQ at {self.server} is unreachable ({reason})") from None
 
     def machine_file(self, path: str, body: dict[str, object]) -> tuple[bytes, dict[str, object]]:
+        """POST and return the machine file HQ answered with (armored in the JSON)."""
+        from .wire import armor
+        from .wire.errors import FormatError
+
         doc = self.post(path, body)
-        encoded = doc.get("machine_file")
-        if not isinstance(encoded, str):
+        text = doc.get("machine_file")
+        if not isinstance(text, str):
             raise Unreachable("HQ's answer holds no machine file")
         try:
-            return base64.b64decode(encoded, validate=True), doc
-        except ValueError:
+            return armor.unarmor(text, armor.MACHINE_FILE), doc
+        except FormatError:
             raise Unreachable("HQ's answer holds a malformed machine file") from None
 
 

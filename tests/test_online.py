@@ -1,0 +1,152 @@
+"""The device's online path against the real HQ server (uvicorn on a free loopback
+port): activation, renewal, validation with fallback, revocation kept offline,
+deactivation, and HQ's signed time re-anchoring the clock."""
+
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import HQ, DeviceRoot
+from tests.hq.server import Server, start_server
+
+
+@pytest.fixture
+def server(hq: HQ) -> Iterator[Server]:
+    hq.setup(seats=2)
+    srv = start_server(hq.home)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def license_key(hq: HQ) -> str:
+    return str(hq.json("licenses", "create", "--plan", "industrial")["key"])
+
+
+def online_device(make_device: Callable[..., DeviceRoot], hq: HQ, url: str) -> DeviceRoot:
+    device = make_device()
+    hq.image(device)
+    device.write_config(f'[online]\nserver = "{url}"\ntimeout_s = 2\n')
+    return device
+
+
+def test_activate_refresh_prepare_offline_deactivate(
+    hq: HQ, server: Server, make_device: Callable[..., DeviceRoot]
+) -> None:
+    key = license_key(hq)
+    robot = online_device(make_device, hq, server.url)
+    activated = robot.run("activate", key)
+    assert activated.returncode == 0, activated.stderr
+    assert key not in activated.stdout + activated.stderr
+    assert robot.check().returncode == 0
+    assert robot.verdict()["serial"] == 1
+    assert robot.run("refresh").returncode == 0
+    assert robot.check().returncode == 0 and robot.verdict()["serial"] == 2
+    assert robot.run("prepare-offline", "--days", "30").returncode == 0
+    robot.check()
+    assert robot.verdict()["days_left"] == 30
+    assert robot.run("prepare-offline").returncode == 0
+    robot.check()
+    assert robot.verdict()["days_left"] == 365  # the longest the plan allows
+    assert robot.run("deactivate").returncode == 0
+    assert robot.check().returncode == 30
+    # the seat is free again: two more devices fit a two-seat license
+    for _ in range(2):
+        assert online_device(make_device, hq, server.url).run("activate", key).returncode == 0
+    third = online_device(make_device, hq, server.url).run("activate", key)
+    assert third.returncode == 77
+    assert "seat_limit_reached" in third.stderr
+
+
+def test_revocation_seen_online_and_kept_offline(
+    hq: HQ, server: Server, make_device: Callable[..., DeviceRoot]
+) -> None:
+    key = license_key(hq)
+    robot = online_device(make_device, hq, server.url)
+    assert robot.run("activate", key).returncode == 0
+    assert robot.run("check", "--online").returncode == 0
+    lic = str(hq.json("licenses", "show", key)["id"])
+    hq.run("licenses", "revoke", lic)
+    revoked = robot.run("check", "--online")
+    assert revoked.returncode == 32, revoked.stdout + revoked.stderr
+    server.stop()
+    offline = robot.check()
+    assert offline.returncode == 32  # recorded: offline too
+    offline_online = robot.run("check", "--online")
+    assert offline_online.returncode == 32
+    assert "unreachable" in offline_online.stderr
+
+
+def test_suspend_then_reinstate(
+    hq: HQ, server: Server, make_device: Callable[..., DeviceRoot]
+) -> None:
+    key = license_key(hq)
+    robot = online_device(make_device, hq, server.url)
+    assert robot.run("activate", key).returncode == 0
+    lic = str(hq.json("licenses", "show", key)["id"])
+    hq.run("licenses", "suspend", lic)
+    assert robot.run("check", "--online").returncode == 32
+    assert robot.check().returncode == 32
+    hq.run("licenses", "reinstate", lic)
+    assert robot.run("check", "--online").returncode == 0
+    assert robot.check().returncode == 0
+
+
+def test_unreachable_and_hanging_server_fall_back_to_offline(
+    hq: HQ, server: Server, make_device: Callable[..., DeviceRoot]
+) -> None:
+    key = license_key(hq)
+    robot = online_device(make_device, hq, server.url)
+    assert robot.run("activate", key).returncode == 0
+    # a server that accepts and never answers: the 2 s timeout, then the offline verdict
+    hang = socket.socket()
+    hang.bind(("127.0.0.1", 0))
+    hang.listen(8)
+    stop = threading.Event()
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        hang.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(hang.accept()[0])
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        port = hang.getsockname()[1]
+        robot.write_config(f'[online]\nserver = "http://127.0.0.1:{port}"\ntimeout_s = 2\n')
+        result = robot.run("check", "--online")
+        assert result.returncode == 0
+        assert "offline verdict" in result.stderr
+        refresh = robot.run("refresh")
+        assert refresh.returncode == 69
+        assert refresh.stderr.count("\n") == 1
+    finally:
+        stop.set()
+        thread.join()
+        for s in held:
+            s.close()
+        hang.close()
+    # nothing listening at all
+    robot.write_config('[online]\nserver = "http://127.0.0.1:9"\ntimeout_s = 2\n')
+    assert robot.run("check", "--online").returncode == 0
+
+
+def test_hq_signed_time_reanchors_a_clock_once_set_ahead(
+    hq: HQ, server: Server, make_device: Callable[..., DeviceRoot], tmp_path: Path
+) -> None:
+    key = license_key(hq)
+    robot = online_device(make_device, hq, server.url)
+    assert robot.run("activate", key).returncode == 0
+    assert robot.check(faketime="+3000d").returncode == 20  # the clock was set to 2035
+    assert robot.check().returncode == 40  # the true time now looks rolled back
+    healed = robot.run("check", "--online")
+    assert healed.returncode == 0, healed.stdout + healed.stderr
+    assert robot.check().returncode == 0
