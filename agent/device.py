@@ -21,6 +21,7 @@ from .wire.keys import Keyring
 from .wire.machine_file import MAX_MACHINE_FILE_BYTES, Claims, open_machine_file
 
 MAX_LICENSE_KEY_BYTES = 256
+INCOMING = "incoming"  # the factory's spool: fieldpass-hq provision writes here
 
 
 class InstallRefused(Exception):
@@ -258,6 +259,29 @@ class Device:
             return open_machine_file(data, self.keyring(), key, self.identity.fingerprint)
         except (WireError, fsio.StorageError):
             return None
+
+    def adopt_provisioned(self, now: int) -> list[str]:
+        """First boot after the factory: install what ``fieldpass-hq provision`` left in
+        ``state_dir/incoming/`` (call with the lock held). The same checks as
+        ``fieldpass install``; the spool is removed once installed, kept (and reported)
+        if refused. Does nothing when the device already holds a machine file."""
+        incoming = os.path.join(self.cfg.state_dir, INCOMING)
+        mf = os.path.join(incoming, "machine.file")
+        if not os.path.exists(mf) or os.path.exists(self.cfg.machine_file):
+            return []
+        try:
+            data = fsio.read_bytes(mf, MAX_MACHINE_FILE_BYTES) or b""
+            raw_key = fsio.read_bytes(os.path.join(incoming, "license.key"), 256) or b""
+            key = license_key.normalize(raw_key.decode("ascii", "replace"))
+            claims, _ = self.install(data, key, now)
+        except (InstallRefused, ValueError, OSError) as e:
+            return [f"provisioned machine file in {incoming} not installed: {e}"]
+        for name in ("machine.file", "license.key"):
+            try:
+                os.unlink(os.path.join(incoming, name))
+            except OSError:
+                pass
+        return [f"installed the provisioned machine file (serial {claims.serial})"]
 
     def record_hq_status(self, status: str, hq_time: int | None) -> None:
         """Record an authoritative answer from HQ (call with the writer lock held).

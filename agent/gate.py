@@ -64,6 +64,7 @@ def main(root: str, config_path: str | None, state_dir: str | None, args: list[s
             online_notes = _ask_hq(device)
         now = int(time.time())
         with fsio.ExclusiveLock(cfg.state_dir):
+            online_notes += device.adopt_provisioned(now)
             outcome = device.evaluate(now, record=True)
     except (ConfigError, IdentityError) as e:
         return _fail(str(e), exitcodes.EX_CONFIG)

@@ -740,3 +740,7 @@ def main(argv: list[str] | None = None) -> int:
 def _error(message: str) -> None:
     one_line = " ".join(message.split())
     sys.stderr.write(f"{PROG}: error: {one_line}\n")
+
+
+# Commands kept in modules of their own register themselves on `cli` when imported.
+from . import factory  # noqa: E402,F401  (fieldpass-hq provision)
