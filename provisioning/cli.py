@@ -14,12 +14,15 @@ from typing import Any, TypeVar
 import click
 
 from agent.wire import armor
+from agent.wire.errors import WireError
+from agent.wire.request import Request
 
 from . import output
 from .errors import (
     EXIT_NOINPUT,
     EXIT_SOFTWARE,
     EXIT_USAGE,
+    FingerprintMismatch,
     HQError,
     InvalidRequest,
 )
@@ -503,15 +506,45 @@ def _deliver(issued: Any, out: Path | None, armored: bool, as_json: bool) -> Non
         output.emit_text(output.issued_text(issued, str(out)))
 
 
+request_option = click.option(
+    "--request",
+    "request_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="A request written on the device by `fieldpass request` (air-gapped flow).",
+)
+
+
+def _read_request(path: Path) -> Request:
+    try:
+        data = path.read_bytes()[: 64 * 1024]
+    except OSError as e:
+        raise click.FileError(str(path), e.strerror) from None
+    try:
+        return Request.parse(data)
+    except WireError as e:
+        raise InvalidRequest(f"{path}: not a Fieldpass request ({e})") from None
+
+
+def _next_step(out: Path | None) -> None:
+    where = str(out) if out else "the text above"
+    click.echo(
+        f"Next: carry {where} to the device and run `fieldpass install FILE` there; "
+        "`fieldpass check` then exits 0.",
+        err=True,
+    )
+
+
 @cli.command()
 @click.argument("license_key")
-@click.option("--fingerprint", required=True, help="The device fingerprint (64 hex).")
+@click.option("--fingerprint", help="The device fingerprint (64 hex).")
+@request_option
 @_with_options(machine_file_options)
 @click.pass_context
 def activate(
     ctx: click.Context,
     license_key: str,
-    fingerprint: str,
+    fingerprint: str | None,
+    request_file: Path | None,
     out: Path | None,
     armored: bool,
     as_json: bool,
@@ -528,17 +561,25 @@ def activate(
       fieldpass-hq activate FP-XXXXX-XXXXX-XXXXX-XXXXX-XXXXX --fingerprint 3f2a... -o m.lic
       fieldpass-hq activate FP-XXXXX-... --fingerprint 3f2a... > machine-file.txt
       fieldpass-hq activate FP-XXXXX-... --fingerprint 3f2a... -o m.lic --json
+      fieldpass-hq activate FP-XXXXX-... --request robot-17.request --armor -o answer.txt
     """
+    if request_file is not None:
+        if fingerprint:
+            raise InvalidRequest("give --fingerprint or --request, not both")
+        fingerprint = _read_request(request_file).fingerprint
     if not fingerprint or len(fingerprint) != 64:
         raise click.BadParameter(
-            "a fingerprint is 64 lowercase hex characters", param_hint="--fingerprint"
+            "a fingerprint is 64 lowercase hex characters (or give --request)",
+            param_hint="--fingerprint",
         )
     issued = _state(ctx).hq.activate(license_key, fingerprint, _now(), _actor())
     _deliver(issued, out, armored, as_json)
+    if not as_json:
+        _next_step(out)
 
 
 @cli.command("machine-file")
-@click.argument("activation_id")
+@click.argument("activation_id", required=False)
 @click.option(
     "--ttl",
     callback=_duration(),
@@ -546,12 +587,14 @@ def activate(
     default=None,
     help="Validity of the new file, capped by the plan's offline TTL.",
 )
+@request_option
 @_with_options(machine_file_options)
 @click.pass_context
 def machine_file(
     ctx: click.Context,
-    activation_id: str,
+    activation_id: str | None,
     ttl: int | None,
+    request_file: Path | None,
     out: Path | None,
     armored: bool,
     as_json: bool,
@@ -564,9 +607,27 @@ def machine_file(
       fieldpass-hq machine-file act_0123456789abcdef0123 -o renewal.lic
       fieldpass-hq machine-file act_0123456789abcdef0123 --ttl 30d --armor -o renewal.txt
       fieldpass-hq machine-file act_0123456789abcdef0123 --json
+      fieldpass-hq machine-file --request robot-17.request --armor -o renewal.txt
     """
-    issued = _state(ctx).hq.renew(_now(), _actor(), activation_id=activation_id, ttl_s=ttl)
+    hq = _state(ctx).hq
+    if request_file is not None:
+        if activation_id:
+            raise InvalidRequest("give ACTIVATION_ID or --request, not both")
+        req = _read_request(request_file)
+        if not req.activation_id:
+            raise InvalidRequest(
+                f"{request_file} is an activation request: answer it with "
+                "`fieldpass-hq activate LICENSE_KEY --request FILE`"
+            )
+        if hq.get_activation(req.activation_id).fingerprint != req.fingerprint:
+            raise FingerprintMismatch("the request's activation belongs to another device")
+        activation_id = req.activation_id
+    if not activation_id:
+        raise InvalidRequest("name an ACTIVATION_ID or give --request")
+    issued = hq.renew(_now(), _actor(), activation_id=activation_id, ttl_s=ttl)
     _deliver(issued, out, armored, as_json)
+    if not as_json:
+        _next_step(out)
 
 
 @cli.command()
