@@ -24,11 +24,6 @@ from . import __version__
 from .config import Config
 
 MAX_RESPONSE_BYTES = 256 * 1024
-AUTHORITATIVE = {
-    "license_revoked": "revoked",
-    "license_suspended": "suspended",
-    "activation_not_found": "deactivated",
-}
 
 
 class OnlineError(Exception):

@@ -8,7 +8,7 @@ otherwise; and HQ's signed time re-anchors the clock's high-water mark.
 """
 
 from .device import Device
-from .online import AUTHORITATIVE, Hq, Refused, Unreachable, new_nonce
+from .online import Hq, Refused, Unreachable, new_nonce
 from .wire.errors import WireError
 from .wire.machine_file import Claims
 from .wire.signed_time import verify_time
@@ -66,24 +66,20 @@ def validate(device: Device, hq: Hq) -> list[str]:
             "/v1/validate", {"license_key": key, "fingerprint": fingerprint, "nonce": nonce}
         )
     except Refused as e:
-        status = AUTHORITATIVE.get(e.code)
-        if status is None:
-            return [f"HQ refused validation: {e}"]
-        with device.writer_lock():
-            device.record_hq_status(status, None)
-        return [f"HQ says this license is {status}"]
+        # An unsigned refusal (unknown license, bad request) changes nothing stored:
+        # anyone between the device and HQ could forge one.
+        return [f"HQ refused validation: {e} ({e.code}): offline verdict"]
     token = doc.get("signed_time")
-    hq_time: int | None = None
-    if isinstance(token, str):
-        import base64
+    if not isinstance(token, str):
+        raise Unreachable("HQ's answer carries no signed status: answer ignored")
+    import base64
 
-        try:
-            hq_time = verify_time(base64.b64decode(token), device.keyring(), fingerprint, nonce)
-        except (WireError, ValueError):
-            raise Unreachable("HQ's signed time does not verify: answer ignored") from None
-    status = str(doc.get("status", ""))
-    if doc.get("activation_id") is None and doc.get("activation") is None and status == "active":
-        status = "deactivated"
+    try:
+        hq_time, status = verify_time(
+            base64.b64decode(token, validate=True), device.keyring(), fingerprint, nonce
+        )
+    except (WireError, ValueError):
+        raise Unreachable("HQ's signed status does not verify: answer ignored") from None
     with device.writer_lock():
         device.record_hq_status(status, hq_time)
     return [] if status == "active" else [f"HQ says this license is {status}"]

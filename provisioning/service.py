@@ -490,8 +490,10 @@ class HQ:
                 raise LicenseNotFound("no license with this key")
             act = tx.find_live_activation(lic.id, fingerprint)
             signing = self._signing_key(tx)
-        token = signed_time.sign_time(signing, now, fingerprint, nonce)
-        return Validation(lic.id, license_status(lic, now), lic.expires_at, act, now, token)
+        status = license_status(lic, now)
+        signed_status = "deactivated" if status == "active" and act is None else status
+        token = signed_time.sign_time(signing, now, fingerprint, nonce, signed_status)
+        return Validation(lic.id, status, lic.expires_at, act, now, token)
 
     # -- audit and tokens ------------------------------------------------------------
     def audit(self, limit: int, license_id: str | None = None) -> list[AuditEvent]:

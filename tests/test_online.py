@@ -150,3 +150,76 @@ def test_hq_signed_time_reanchors_a_clock_once_set_ahead(
     healed = robot.run("check", "--online")
     assert healed.returncode == 0, healed.stdout + healed.stderr
     assert robot.check().returncode == 0
+
+
+class _Spoofer:
+    """Someone on the local link answering as HQ, without HQ's key."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        import http.server
+
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                self.send_response(outer.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(outer.body)))
+                self.end_headers()
+                self.wfile.write(outer.body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.status, self.body = status, body
+        self.httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (200, b'{"status": "revoked", "valid": false}'),
+        (200, b'{"status": "revoked", "signed_time": "AAAA"}'),
+        (403, b'{"error": {"code": "license_revoked", "message": "revoked"}}'),
+        (200, b"not json"),
+    ],
+)
+def test_unsigned_or_forged_answers_change_nothing(
+    hq: HQ, server: Server, make_device: Callable[..., DeviceRoot], status: int, body: bytes
+) -> None:
+    key = license_key(hq)
+    robot = online_device(make_device, hq, server.url)
+    assert robot.run("activate", key).returncode == 0
+    spoof = _Spoofer(status, body)
+    try:
+        robot.write_config(f'[online]\nserver = "{spoof.url}"\ntimeout_s = 2\n')
+        result = robot.run("check", "--online")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "offline verdict" in result.stderr
+        assert robot.check().returncode == 0
+    finally:
+        spoof.close()
+
+
+def test_a_forged_active_answer_cannot_lift_a_revocation(
+    hq: HQ, server: Server, make_device: Callable[..., DeviceRoot]
+) -> None:
+    key = license_key(hq)
+    robot = online_device(make_device, hq, server.url)
+    assert robot.run("activate", key).returncode == 0
+    hq.run("licenses", "revoke", str(hq.json("licenses", "show", key)["id"]))
+    assert robot.run("check", "--online").returncode == 32
+    spoof = _Spoofer(200, b'{"status": "active", "valid": true}')
+    try:
+        robot.write_config(f'[online]\nserver = "{spoof.url}"\ntimeout_s = 2\n')
+        assert robot.run("check", "--online").returncode == 32
+    finally:
+        spoof.close()

@@ -1,16 +1,20 @@
-"""HQ-signed current time: what ``POST /v1/validate`` returns for the device to re-anchor
-its clock's high-water mark on.
+"""HQ-signed current time and license status: what ``POST /v1/validate`` returns for the
+device to re-anchor its clock's high-water mark on and to record a revocation by.
 
 Format (canonical CBOR, see docs/hq.md)::
 
     token = {"kid": KEY-ID, "msg": MSG, "sig": Ed25519(b"time/" || MSG)}
     MSG   = canonical CBOR {"v": 1, "type": "time", "t": UNIX-SECONDS,
-                            "fingerprint": FP, "nonce": NONCE-OR-NULL}
+                            "fingerprint": FP, "nonce": NONCE-OR-NULL, "status": STATUS}
+
+STATUS is the license's status for this device as HQ sees it: "active", "suspended",
+"revoked", "expired", or "deactivated" (no live activation for this fingerprint). The
+device acts on the signed status only, never on unsigned JSON next to it.
 
 The signature covers the exact bytes of ``msg``, and is checked before ``msg`` is parsed.
-The fingerprint binds the time to one device and the nonce (chosen by the device, up to
+The fingerprint binds the answer to one device and the nonce (chosen by the device, up to
 128 characters) to one request, so a recorded answer cannot be replayed later to hold a
-device's clock back. Pure functions: nothing here reads a clock.
+device's clock back or to lift a revocation. Pure functions: nothing here reads a clock.
 """
 
 from . import cbor, sodium
@@ -29,7 +33,8 @@ SIGNATURE_CONTEXT = b"time/"
 MAX_TOKEN_BYTES = 1024
 MAX_NONCE_CHARS = 128
 _TOKEN_KEYS = frozenset({"kid", "msg", "sig"})
-_MSG_KEYS = frozenset({"v", "type", "t", "fingerprint", "nonce"})
+_MSG_KEYS = frozenset({"v", "type", "t", "fingerprint", "nonce", "status"})
+STATUSES = frozenset({"active", "suspended", "revoked", "expired", "deactivated"})
 
 
 def _check_nonce(nonce: object) -> None:
@@ -37,23 +42,36 @@ def _check_nonce(nonce: object) -> None:
         raise FormatError(f"a nonce is a text of at most {MAX_NONCE_CHARS} characters")
 
 
-def sign_time(signing_key: SigningKey, t: int, fingerprint: str, nonce: str | None) -> bytes:
-    """The signed time token (HQ side)."""
+def sign_time(
+    signing_key: SigningKey, t: int, fingerprint: str, nonce: str | None, status: str
+) -> bytes:
+    """The signed time-and-status token (HQ side)."""
+    if status not in STATUSES:
+        raise ValueError(f"unknown license status {status!r}")
     if not is_fingerprint(fingerprint):
         raise ValueError("a fingerprint is 64 lowercase hex characters")
     _check_nonce(nonce)
     if type(t) is not int or not 0 <= t < 1 << 63:
         raise ValueError("a time is a non-negative integer of Unix seconds")
     msg = cbor.dumps(
-        {"v": FORMAT_VERSION, "type": "time", "t": t, "fingerprint": fingerprint, "nonce": nonce}
+        {
+            "v": FORMAT_VERSION,
+            "type": "time",
+            "t": t,
+            "fingerprint": fingerprint,
+            "nonce": nonce,
+            "status": status,
+        }
     )
     sig = signing_key.sign(SIGNATURE_CONTEXT + msg)
     return cbor.dumps({"kid": signing_key.kid, "msg": msg, "sig": sig})
 
 
-def verify_time(data: bytes, keyring: Keyring, fingerprint: str, nonce: str | None) -> int:
-    """The HQ time in ``data`` if it is signed by a trusted key for this device and this
-    nonce; otherwise a ``WireError``."""
+def verify_time(
+    data: bytes, keyring: Keyring, fingerprint: str, nonce: str | None
+) -> tuple[int, str]:
+    """HQ's time and the license status in ``data``, if it is signed by a trusted key for
+    this device and this nonce; otherwise a ``WireError``."""
     doc = cbor.loads(data, max_size=MAX_TOKEN_BYTES, max_depth=1)
     if not isinstance(doc, dict) or set(doc) != _TOKEN_KEYS:
         raise FormatError("a signed time is a map of kid, msg and sig")
@@ -77,4 +95,6 @@ def verify_time(data: bytes, keyring: Keyring, fingerprint: str, nonce: str | No
         raise ClaimMismatchError("signed time is for another device")
     if body["nonce"] != nonce:
         raise ClaimMismatchError("signed time answers another request")
-    return t
+    if body["status"] not in STATUSES:
+        raise FormatError("signed time carries an unknown status")
+    return t, str(body["status"])
