@@ -259,7 +259,9 @@ def server_options(f: F) -> F:
         help="Seconds to wait for HQ [default: [online] timeout_s, 5].",
     )(f)
     return click.option(
-        "--server", metavar="URL", help="HQ's URL [default: [online] server in agent.toml]."
+        "--server",
+        metavar="URL",
+        help="HQ's URL [default: [online] server, then servers, in agent.toml].",
     )(f)
 
 
@@ -295,7 +297,7 @@ def activate(
     key = _read_key(license_key, None)
     assert key is not None
     device = c.device()
-    claims, result = sync.activate(device, online.Hq(c.cfg, server, timeout_s), key, _now())
+    claims, result = sync.activate(device, online.hqs(c.cfg, server, timeout_s), key, _now())
     _report_install(c, device, claims, result, as_json)
 
 
@@ -314,7 +316,7 @@ def refresh(c: Context, server: str | None, timeout_s: int | None, as_json: bool
     from . import online, sync
 
     device = c.device()
-    claims, result = sync.refresh(device, online.Hq(c.cfg, server, timeout_s), _now())
+    claims, result = sync.refresh(device, online.hqs(c.cfg, server, timeout_s), _now())
     _report_install(c, device, claims, result, as_json)
 
 
@@ -341,7 +343,7 @@ def prepare_offline(
 
     device = c.device()
     ttl_s = days * 86400 if days else None
-    claims, result = sync.refresh(device, online.Hq(c.cfg, server, timeout_s), _now(), ttl_s)
+    claims, result = sync.refresh(device, online.hqs(c.cfg, server, timeout_s), _now(), ttl_s)
     _report_install(c, device, claims, result, as_json)
 
 
@@ -358,7 +360,7 @@ def deactivate(c: Context, server: str | None, timeout_s: int | None, as_json: b
     """
     from . import online, sync
 
-    sync.deactivate(c.device(), online.Hq(c.cfg, server, timeout_s))
+    sync.deactivate(c.device(), online.hqs(c.cfg, server, timeout_s))
     emit(
         {"deactivated": True},
         as_json,

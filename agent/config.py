@@ -45,6 +45,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, object]]] = {
     },
     "online": {
         "server": (str, ""),
+        "servers": (list, []),
         "timeout_s": (int, 5),
         "ca_file": (str, ""),
     },
@@ -74,6 +75,12 @@ class Config:
         self.identity_hook = self.device_path(str(identity["hook"]))
         online = values["online"]
         self.server = str(online["server"])
+        extra = online["servers"]
+        assert isinstance(extra, list)
+        if not all(isinstance(url, str) and url for url in extra):
+            raise ConfigError(f"{path}: [online] servers must be a list of URLs")
+        # HQ first, then the others (a technician's laptop on the local link), in order.
+        self.servers = [u for u in dict.fromkeys([self.server, *extra]) if u]
         self.online_timeout_s = int(str(online["timeout_s"]))
         ca_file = str(online["ca_file"])
         self.ca_file = self.device_path(ca_file) if ca_file else ""

@@ -43,13 +43,18 @@ class Refused(OnlineError):
         self.status = status
 
 
+def hqs(cfg: Config, server: str | None = None, timeout_s: float | None = None) -> list["Hq"]:
+    """The servers to ask, in order: ``--server``, else the config's ``server`` then
+    ``servers`` (a technician's laptop on the local link, for one)."""
+    urls = [server] if server else cfg.servers
+    if not urls:
+        raise OnlineError("no HQ server: pass --server URL or set [online] server in agent.toml")
+    return [Hq(cfg, url, timeout_s) for url in urls]
+
+
 class Hq:
-    def __init__(self, cfg: Config, server: str | None = None, timeout_s: float | None = None):
-        self.server = (server or cfg.server).rstrip("/")
-        if not self.server:
-            raise OnlineError(
-                "no HQ server: pass --server URL or set [online] server in agent.toml"
-            )
+    def __init__(self, cfg: Config, server: str, timeout_s: float | None = None):
+        self.server = server.rstrip("/")
         if not self.server.startswith(("https://", "http://")):
             raise OnlineError(f"HQ server must be an http(s) URL, not {self.server!r}")
         self.timeout_s = timeout_s if timeout_s is not None else cfg.online_timeout_s

@@ -7,11 +7,33 @@ authenticated state, so that the gate gives 32 from then on even offline, until 
 otherwise; and HQ's signed time re-anchors the clock's high-water mark.
 """
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from .device import Device
-from .online import Hq, Refused, Unreachable, new_nonce
+from .online import Hq, OnlineError, Refused, Unreachable, new_nonce
 from .wire.errors import WireError
 from .wire.machine_file import Claims
 from .wire.signed_time import verify_time
+
+T = TypeVar("T")
+
+
+def first_answer(servers: list[Hq], ask: Callable[[Hq], T]) -> T:
+    """Ask each server in turn; the first that gives a usable answer wins. If none does,
+    the last refusal (HQ's word) is raised in preference to "unreachable"."""
+    refused: Refused | None = None
+    unreachable: OnlineError | None = None
+    for hq in servers:
+        try:
+            return ask(hq)
+        except Refused as e:
+            refused = e
+        except Unreachable as e:
+            unreachable = e
+    error = refused or unreachable
+    assert error is not None, "no servers to ask"
+    raise error
 
 
 def _key(device: Device) -> str:
@@ -21,37 +43,41 @@ def _key(device: Device) -> str:
     return key
 
 
-def activate(device: Device, hq: Hq, license_key: str, now: int) -> tuple[Claims, str]:
-    fingerprint = device.identity.fingerprint
-    data, _ = hq.machine_file(
-        "/v1/activate", {"license_key": license_key, "fingerprint": fingerprint}
-    )
+def activate(device: Device, servers: list[Hq], license_key: str, now: int) -> tuple[Claims, str]:
+    body: dict[str, object] = {
+        "license_key": license_key,
+        "fingerprint": device.identity.fingerprint,
+    }
+    data, _ = first_answer(servers, lambda hq: hq.machine_file("/v1/activate", body))
     with device.writer_lock():
         return device.install(data, license_key, now)
 
 
-def refresh(device: Device, hq: Hq, now: int, ttl_s: int | None = None) -> tuple[Claims, str]:
+def refresh(
+    device: Device, servers: list[Hq], now: int, ttl_s: int | None = None
+) -> tuple[Claims, str]:
     body: dict[str, object] = {
         "license_key": _key(device),
         "fingerprint": device.identity.fingerprint,
     }
     if ttl_s is not None:
         body["ttl_s"] = ttl_s
-    data, _ = hq.machine_file("/v1/machine-file", body)
+    data, _ = first_answer(servers, lambda hq: hq.machine_file("/v1/machine-file", body))
     with device.writer_lock():
         return device.install(data, None, now)
 
 
-def deactivate(device: Device, hq: Hq) -> None:
-    hq.post(
-        "/v1/deactivate",
-        {"license_key": _key(device), "fingerprint": device.identity.fingerprint},
-    )
+def deactivate(device: Device, servers: list[Hq]) -> None:
+    body: dict[str, object] = {
+        "license_key": _key(device),
+        "fingerprint": device.identity.fingerprint,
+    }
+    first_answer(servers, lambda hq: hq.post("/v1/deactivate", body))
     with device.writer_lock():
         device.remove()
 
 
-def validate(device: Device, hq: Hq) -> list[str]:
+def validate(device: Device, servers: list[Hq]) -> list[str]:
     """Ask HQ about this license; record what it said. Returns notes for the report.
 
     Raises ``Unreachable`` when HQ cannot be asked (the caller falls back offline).
@@ -61,10 +87,9 @@ def validate(device: Device, hq: Hq) -> list[str]:
         return []
     nonce = new_nonce()
     fingerprint = device.identity.fingerprint
+    body: dict[str, object] = {"license_key": key, "fingerprint": fingerprint, "nonce": nonce}
     try:
-        doc = hq.post(
-            "/v1/validate", {"license_key": key, "fingerprint": fingerprint, "nonce": nonce}
-        )
+        doc = first_answer(servers, lambda hq: hq.post("/v1/validate", body))
     except Refused as e:
         # An unsigned refusal (unknown license, bad request) changes nothing stored:
         # anyone between the device and HQ could forge one.

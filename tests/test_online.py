@@ -223,3 +223,17 @@ def test_a_forged_active_answer_cannot_lift_a_revocation(
         assert robot.run("check", "--online").returncode == 32
     finally:
         spoof.close()
+
+
+def test_servers_are_tried_in_turn(
+    hq: HQ, server: Server, make_device: Callable[..., DeviceRoot]
+) -> None:
+    key = license_key(hq)
+    robot = online_device(make_device, hq, server.url)
+    assert robot.run("activate", key).returncode == 0
+    robot.write_config(
+        f'[online]\nserver = "http://127.0.0.1:9"\nservers = ["{server.url}"]\ntimeout_s = 2\n'
+    )
+    assert robot.run("refresh").returncode == 0
+    assert robot.check().returncode == 0 and robot.verdict()["serial"] == 2
+    assert robot.run("check", "--online").returncode == 0
