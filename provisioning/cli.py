@@ -803,5 +803,6 @@ def _error(message: str) -> None:
     sys.stderr.write(f"{PROG}: error: {one_line}\n")
 
 
-# Commands kept in modules of their own register themselves on `cli` when imported.
-from . import factory  # noqa: E402,F401  (fieldpass-hq provision)
+# Commands kept in modules of their own register themselves on `cli` when imported:
+# fieldpass-hq provision, fieldpass-hq field export|serve|import.
+from . import factory, field  # noqa: E402, F401

@@ -40,6 +40,16 @@ def faketime_prefix(offset: str | None) -> list[str]:
     return ["faketime", "-f", offset] if offset else []
 
 
+def faketime_env(offset: str) -> dict[str, str]:
+    """libfaketime preloaded directly, for long-running servers: signals then reach the
+    process itself (the ``faketime`` wrapper forks and would not forward them)."""
+    import glob
+
+    libs = glob.glob("/usr/lib/*/faketime/libfaketimeMT.so.1")
+    assert libs, "libfaketime is not installed (scripts/install-test-deps installs it)"
+    return {"LD_PRELOAD": libs[0], "FAKETIME": offset}
+
+
 class DeviceRoot:
     def __init__(self, path: Path, machine_id: str) -> None:
         self.path = path
