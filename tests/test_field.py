@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import FIELDPASS_HQ, HQ, DeviceRoot, clean_env
+from tests.conftest import FIELDPASS_HQ, HQ, DeviceRoot, clean_env, faketime_env
 from tests.hq.server import free_port
 
 
