@@ -7,17 +7,21 @@ only thing the test adds: this machine is not the robot), `hq$` lines with the r
 
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import FIELDPASS, HQ, DeviceRoot, clean_env
+from tests.hq.server import free_port
 
 RUNBOOKS = Path(__file__).resolve().parents[1] / "docs" / "runbooks"
-PROMPT = re.compile(r"^\s*(device|hq)\$ (.+)$")
+PROMPT = re.compile(r"^\s*(device|hq|laptop)\$ (.+)$")
 
 
 def commands(name: str) -> list[tuple[str, str]]:
@@ -48,8 +52,33 @@ def run_all(
         FIELDPASS_HQ_HOME=str(hq.home),
         **extra_env,
     )
-    results = []
+    results: list[subprocess.CompletedProcess[str]] = []
+    background: list[subprocess.Popen[str]] = []
+
+    def stop_laptop() -> None:
+        for proc in background:
+            proc.send_signal(signal.SIGINT)  # Ctrl-C: stop and write the report
+            out, err = proc.communicate(timeout=20)
+            assert proc.returncode == 0, err
+            results.append(subprocess.CompletedProcess(proc.args, 0, out, err))
+        background.clear()
+
     for where, command in commands(name):
+        if "field serve" in command:  # a server the technician leaves running
+            background.append(
+                subprocess.Popen(
+                    ["sh", "-c", f"exec {command}"],
+                    cwd=workdir,
+                    env=env,
+                    text=True,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                )
+            )
+            wait_for_port(int(env["LAPTOP_PORT"]))
+            continue
+        if where == "hq" and background:
+            stop_laptop()  # back at HQ: the laptop was stopped on site
         result = subprocess.run(
             ["sh", "-c", command],
             cwd=workdir,
@@ -61,7 +90,18 @@ def run_all(
         )
         assert result.returncode == 0, f"{where}$ {command}\n{result.stdout}{result.stderr}"
         results.append(result)
+    stop_laptop()
     return results
+
+
+def wait_for_port(port: int) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listens on port {port}")
 
 
 def test_air_gapped_runbook(hq: HQ, make_device: Callable[..., DeviceRoot], tmp_path: Path) -> None:
@@ -106,5 +146,31 @@ def test_factory_runbook(hq: HQ, make_device: Callable[..., DeviceRoot], tmp_pat
 
 @pytest.mark.parametrize("name", sorted(p.name for p in RUNBOOKS.glob("*.md")))
 def test_every_runbook_is_tested(name: str) -> None:
-    tested = {"air-gapped.md", "factory.md"}
+    tested = {"air-gapped.md", "factory.md", "technician.md"}
     assert name in tested, f"docs/runbooks/{name} has no test running its commands"
+
+
+def test_technician_runbook(hq: HQ, make_device: Callable[..., DeviceRoot], tmp_path: Path) -> None:
+    key = hq.setup()
+    robot = make_device()
+    hq.image(robot)
+    hq.run("provision", key, "--fingerprint", robot.fingerprint, "--root", str(robot.path))
+    assert robot.check().returncode == 0
+    port = free_port()
+    robot.write_config(
+        '[online]\nserver = "http://127.0.0.1:9"\n'
+        f'servers = ["http://127.0.0.1:{port}"]\ntimeout_s = 2\n'
+    )
+    work = tmp_path / "laptop"
+    work.mkdir()
+    license_id = str(hq.json("licenses", "show", key)["id"])
+    results = run_all(
+        "technician.md",
+        work,
+        hq,
+        robot,
+        {"LICENSE_ID": license_id, "LAPTOP_ADDRESS": "127.0.0.1", "LAPTOP_PORT": str(port)},
+    )
+    assert robot.verdict()["serial"] == 2
+    assert "1 of 1 device(s) picked up their renewal" in "".join(r.stdout for r in results)
+    assert "recorded 1 pickup(s)" in results[-1].stdout
