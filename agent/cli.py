@@ -179,6 +179,8 @@ def install(
 ) -> None:
     """Verify a machine file (binary or armored text) and store it on this device.
 
+    An armored revocation signed by HQ for this device is taken too, and recorded.
+
     The license key is needed the first time (it is stored beside the file, mode
     0600). An invalid file, another device's file or an older serial than the stored
     one is refused with the verdict's exit code (31), and the stored file stays.
@@ -191,6 +193,17 @@ def install(
     data = _read_input(file)
     key = _read_key(license_key, license_key_file)
     device = c.device()
+    if b"-----BEGIN FIELDPASS REVOCATION-----" in data:
+        from .wire.errors import WireError
+
+        try:
+            with device.writer_lock():
+                result = device.apply_revocation(data)
+        except WireError as e:
+            raise CliError(f"revocation refused: {e}", EXIT_CODES["invalid"]) from None
+        doc = _refresh_verdict(c, device)
+        emit(doc, as_json, f"Revocation from HQ {result}.\n{doc['message']}")
+        return
     with device.writer_lock():
         claims, result = device.install(data, key, int(time.time()))
         doc = _refresh_verdict(c, device)

@@ -283,6 +283,23 @@ class Device:
                 pass
         return [f"installed the provisioned machine file (serial {claims.serial})"]
 
+    def apply_revocation(self, data: bytes) -> str:
+        """Verify a revocation HQ signed for this device's activation and record it (call
+        with the writer lock held). Returns "recorded" or "stale" (HQ issued a newer
+        machine file after it). Raises WireError, StateError or InstallRefused."""
+        from .wire.revocation import verify_revocation
+
+        if armor.is_armored(data):
+            data = armor.unarmor(data, armor.REVOCATION)
+        st = self.load_state()
+        if st is None or not st.activation_id:
+            raise InstallRefused(NOT_ACTIVATED, "not_activated", "this device is not activated")
+        rev = verify_revocation(data, self.keyring(), st.activation_id)
+        if rev.issued_at < st.issued_at:
+            return "stale"
+        self.save_state(st.replace(revoked=rev.reason, revoked_at=rev.issued_at))
+        return "recorded"
+
     def record_hq_status(self, status: str, hq_time: int | None) -> None:
         """Record an authoritative answer from HQ (call with the writer lock held).
 

@@ -94,6 +94,14 @@ def validate(device: Device, servers: list[Hq]) -> list[str]:
         # An unsigned refusal (unknown license, bad request) changes nothing stored:
         # anyone between the device and HQ could forge one.
         return [f"HQ refused validation: {e} ({e.code}): offline verdict"]
+    carried = doc.get("revocation")
+    if isinstance(carried, str):  # from a technician's laptop: signed by HQ in advance
+        try:
+            with device.writer_lock():
+                result = device.apply_revocation(carried.encode("ascii", "replace"))
+        except WireError:
+            raise Unreachable("the revocation offered does not verify: ignored") from None
+        return [f"HQ's signed revocation for this device was {result}"]
     token = doc.get("signed_time")
     if not isinstance(token, str):
         raise Unreachable("HQ's answer carries no signed status: answer ignored")

@@ -126,11 +126,25 @@ def export(
         }
     hq = _state(ctx).hq
     now = _now()
-    devices, skipped = [], []
+    devices: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    revocations: list[dict[str, Any]] = []
     for act, lic in select(hq, licenses, plan, fps, expiring_within, now):
         status = license_status(lic, now)
         if status != "active":
-            skipped.append({"activation_id": act.id, "license_id": lic.id, "status": status})
+            signed = hq.signed_revocation(act.id, now)
+            if signed is None:  # an expired license: nothing to carry
+                skipped.append({"activation_id": act.id, "license_id": lic.id, "status": status})
+                continue
+            revocations.append(
+                {
+                    "activation_id": act.id,
+                    "license_id": lic.id,
+                    "fingerprint": act.fingerprint,
+                    "reason": status,
+                    "revocation": armor.armor(signed, armor.REVOCATION),
+                }
+            )
             continue
         issued = hq.renew(now, _actor(), activation_id=act.id, ttl_s=ttl)
         devices.append(
@@ -149,14 +163,23 @@ def export(
         "created_at": now,
         "created_by": _actor().who,
         "devices": devices,
+        "revocations": revocations,
         "skipped": skipped,
     }
     output.write_file(out, (json.dumps(bundle, indent=1, sort_keys=True) + "\n").encode())
-    summary = {"bundle": str(out), "devices": len(devices), "skipped": skipped}
+    summary = {
+        "bundle": str(out),
+        "devices": len(devices),
+        "revocations": len(revocations),
+        "skipped": skipped,
+    }
     if as_json:
         output.emit_json(summary)
         return
-    lines = [f"field bundle {out}: {len(devices)} renewed machine file(s)"]
+    lines = [
+        f"field bundle {out}: {len(devices)} renewed machine file(s), "
+        f"{len(revocations)} signed revocation(s)"
+    ]
     lines += [f"  skipped {s['activation_id']}: license {s['status']}" for s in skipped]
     lines.append(
         f"Next: copy {out} to the laptop and run `fieldpass-hq field serve {out.name}` on site."
@@ -180,6 +203,7 @@ class FieldServer(http.server.ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], bundle: dict[str, Any], echo: bool) -> None:
         self.by_fingerprint = {d["fingerprint"]: d for d in bundle["devices"]}
+        self.revocations = {r["fingerprint"]: r for r in bundle.get("revocations", [])}
         self.pickups: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         self.echo = echo
@@ -190,7 +214,7 @@ class FieldServer(http.server.ThreadingHTTPServer):
             "activation_id": entry["activation_id"],
             "license_id": entry["license_id"],
             "fingerprint": entry["fingerprint"],
-            "serial": entry["serial"],
+            "serial": entry.get("serial", 0),
             "at": int(time.time()),
             "via": via,
         }
@@ -247,13 +271,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 "a technician's laptop cannot activate or deactivate: ask HQ",
             )
         elif self.path == "/v1/validate":
-            self._error(
-                503,
-                "hq_unreachable",
-                "a technician's laptop cannot validate: use the offline verdict",
-            )
+            self._validate(body)
         else:
             self._error(404, "not_found", "no such endpoint")
+
+    def _validate(self, body: dict[str, Any]) -> None:
+        """The laptop cannot sign HQ's time; it can hand over a revocation HQ signed."""
+        entry = self.server.revocations.get(str(body.get("fingerprint", "")))
+        if entry is None:
+            self._error(
+                503, "hq_unreachable", "a technician's laptop cannot validate: offline verdict"
+            )
+            return
+        self._send(200, {"revocation": entry["revocation"], "status": entry["reason"]})
+        self.server.picked(entry, "http")
 
     def _machine_file(self, body: dict[str, Any]) -> None:
         entry = self.server.by_fingerprint.get(str(body.get("fingerprint", "")))
@@ -323,6 +354,8 @@ def serve(
     server.shutdown()
     server.server_close()
     picked = {p["activation_id"] for p in server.pickups}
+    offered = {e["activation_id"] for e in server.by_fingerprint.values()}
+    offered |= {e["activation_id"] for e in server.revocations.values()}
     report = {
         "format": REPORT_FORMAT,
         "v": 1,
@@ -332,15 +365,13 @@ def serve(
         "started_at": started,
         "ended_at": int(time.time()),
         "pickups": server.pickups,
-        "not_picked_up": sorted(
-            set(server.by_fingerprint[f]["activation_id"] for f in server.by_fingerprint) - picked
-        ),
+        "not_picked_up": sorted(offered - picked),
     }
     out = report_path or bundle_path.with_name(bundle_path.name + ".report")
     output.write_file(out, (json.dumps(report, indent=1, sort_keys=True) + "\n").encode())
     click.echo(
-        f"{len(picked)} of {len(server.by_fingerprint)} device(s) picked up their "
-        f"renewal; report written to {out}. Next: bring it to HQ: "
+        f"{len(picked)} of {len(offered)} device(s) picked up their renewal or "
+        f"revocation; report written to {out}. Next: bring it to HQ: "
         f"`fieldpass-hq field import {out.name}`."
     )
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from agent.wire import license_key as lk
-from agent.wire import signed_time
+from agent.wire import revocation, signed_time
 from agent.wire.keys import Keyring, SigningKey
 from agent.wire.machine_file import Claims, Entitlement, seal_machine_file
 
@@ -127,6 +127,23 @@ class HQ:
         if self._signing is None or self._signing.kid != kid:
             self._signing = self.keystore.load(kid)
         return self._signing
+
+    def signed_revocation(self, activation_id: str, now: int) -> bytes | None:
+        """HQ's signed revocation for a live activation whose license is revoked or
+        suspended (agent/wire/revocation.py); None while the license is active."""
+        with self.store.read() as tx:
+            act = tx.get_activation(activation_id)
+            if act is None:
+                raise ActivationNotFound(f"no activation {activation_id}")
+            lic = tx.get_license(act.license_id)
+            assert lic is not None
+            status = license_status(lic, now)
+            if status not in revocation.REASONS:
+                return None
+            signing = self._signing_key(tx)
+        return revocation.sign_revocation(
+            signing, revocation.Revocation(activation_id, now, status)
+        )
 
     # -- plans -----------------------------------------------------------------------
     def create_plan(self, plan: Plan, actor: Actor) -> Plan:

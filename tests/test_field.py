@@ -113,7 +113,7 @@ def test_export_serve_import(
         fleet[2].write_config('[online]\nserver = "http://127.0.0.1:9"\ntimeout_s = 2\n')
         assert fleet[2].run("check", "--online").returncode == 0  # offline fallback
     out, _ = proc.communicate()
-    assert "2 of 3 device(s) picked up their renewal" in out
+    assert "2 of 3 device(s) picked up their renewal or revocation" in out
     doc = json.loads(report.read_text())
     assert len(doc["pickups"]) == 2 and len(doc["not_picked_up"]) == 1
     imported = hq.run("field", "import", str(report))
@@ -166,3 +166,44 @@ def test_the_365_day_robot(hq: HQ, make_device: Callable[..., DeviceRoot], tmp_p
     assert renewed.returncode == 0 and "(365 days left)" in renewed.stdout
     assert robot.check(faketime="+600d").returncode == 0  # well past the first year
     hq.run("field", "import", str(report), faketime="+331d")
+
+
+def test_a_revoked_license_reaches_a_device_through_the_laptop(
+    hq: HQ, make_device: Callable[..., DeviceRoot], tmp_path: Path
+) -> None:
+    key, fleet = activated_fleet(hq, make_device, 1, tmp_path)
+    robot = fleet[0]
+    hq.run("licenses", "revoke", str(hq.json("licenses", "show", key)["id"]))
+    bundle, report = tmp_path / "site.bundle", tmp_path / "site.report"
+    exported = hq.run("field", "export", "--all", "-o", str(bundle))
+    assert "0 renewed machine file(s), 1 signed revocation(s)" in exported.stdout
+    with laptop(hq, bundle, report) as (url, _):
+        on_site(robot, url)
+        result = robot.run("check", "--online")
+        assert result.returncode == 32, result.stdout + result.stderr
+        assert robot.run("refresh").returncode == 77  # nothing to renew from the bundle
+    robot.write_config("")
+    assert robot.check().returncode == 32  # kept offline
+    assert json.loads(report.read_text())["pickups"][0]["activation_id"]
+
+
+def test_a_revocation_carried_by_hand(
+    hq: HQ, make_device: Callable[..., DeviceRoot], tmp_path: Path
+) -> None:
+    key, fleet = activated_fleet(hq, make_device, 2, tmp_path)
+    robot, other = fleet
+    hq.run("licenses", "suspend", str(hq.json("licenses", "show", key)["id"]))
+    bundle = tmp_path / "b"
+    hq.run("field", "export", "--all", "-o", str(bundle))
+    entries = {e["fingerprint"]: e for e in json.loads(bundle.read_text())["revocations"]}
+    carried = tmp_path / "revocation.txt"
+    carried.write_text(entries[robot.fingerprint]["revocation"])
+    foreign = other.run("install", str(carried))
+    assert foreign.returncode == 31  # names another device's activation
+    assert other.check().returncode == 0
+    taken = robot.run("install", str(carried))
+    assert taken.returncode == 0, taken.stderr
+    assert robot.check().returncode == 32
+    forged = carried.read_text().replace("A", "B", 1)
+    carried.write_text(forged)
+    assert other.run("install", str(carried)).returncode == 31

@@ -172,5 +172,7 @@ def test_technician_runbook(hq: HQ, make_device: Callable[..., DeviceRoot], tmp_
         {"LICENSE_ID": license_id, "LAPTOP_ADDRESS": "127.0.0.1", "LAPTOP_PORT": str(port)},
     )
     assert robot.verdict()["serial"] == 2
-    assert "1 of 1 device(s) picked up their renewal" in "".join(r.stdout for r in results)
+    assert "1 of 1 device(s) picked up their renewal or revocation" in "".join(
+        r.stdout for r in results
+    )
     assert "recorded 1 pickup(s)" in results[-1].stdout

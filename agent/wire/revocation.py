@@ -1,0 +1,88 @@
+"""A revocation signed by HQ: how a device learns, without an online answer of its own,
+that its activation was revoked or suspended (over MQTT, or from a technician's laptop).
+
+Format (canonical CBOR)::
+
+    token = {"kid": KEY-ID, "msg": MSG, "sig": Ed25519(b"revocation/" || MSG)}
+    MSG   = canonical CBOR {"v": 1, "type": "revocation", "activation_id": TEXT,
+                            "issued_at": UNIX-SECONDS, "reason": "revoked" | "suspended"}
+
+The signature covers the exact bytes of ``msg`` and is checked before ``msg`` is parsed.
+A device acts on it only if it names the device's own activation; HQ lifts it by issuing
+a newer machine file (its issued-at is later than the revocation's) or by a signed
+"active" status. Armored label: ``FIELDPASS REVOCATION``.
+"""
+
+from . import cbor, sodium
+from .errors import (
+    ClaimMismatchError,
+    FormatError,
+    SignatureError,
+    UnknownKeyError,
+    UnsupportedVersionError,
+)
+from .keys import Keyring, SigningKey
+
+FORMAT_VERSION = 1
+SIGNATURE_CONTEXT = b"revocation/"
+MAX_REVOCATION_BYTES = 1024
+REASONS = frozenset({"revoked", "suspended"})
+_TOKEN_KEYS = frozenset({"kid", "msg", "sig"})
+_MSG_KEYS = frozenset({"v", "type", "activation_id", "issued_at", "reason"})
+
+
+class Revocation:
+    __slots__ = ("activation_id", "issued_at", "reason")
+
+    def __init__(self, activation_id: str, issued_at: int, reason: str) -> None:
+        if type(activation_id) is not str or not 0 < len(activation_id) <= 200:
+            raise FormatError("a revocation names an activation id")
+        if type(issued_at) is not int or not 0 <= issued_at < 1 << 63:
+            raise FormatError("a revocation's time is a non-negative integer")
+        if reason not in REASONS:
+            raise FormatError(f"unknown revocation reason {reason!r}")
+        self.activation_id = activation_id
+        self.issued_at = issued_at
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"Revocation({self.activation_id!r}, {self.issued_at}, {self.reason!r})"
+
+
+def sign_revocation(signing_key: SigningKey, revocation: Revocation) -> bytes:
+    msg = cbor.dumps(
+        {
+            "v": FORMAT_VERSION,
+            "type": "revocation",
+            "activation_id": revocation.activation_id,
+            "issued_at": revocation.issued_at,
+            "reason": revocation.reason,
+        }
+    )
+    return cbor.dumps(
+        {"kid": signing_key.kid, "msg": msg, "sig": signing_key.sign(SIGNATURE_CONTEXT + msg)}
+    )
+
+
+def verify_revocation(data: bytes, keyring: Keyring, activation_id: str) -> Revocation:
+    """The revocation in ``data`` if HQ signed it for ``activation_id``; else WireError."""
+    doc = cbor.loads(data, max_size=MAX_REVOCATION_BYTES, max_depth=1)
+    if not isinstance(doc, dict) or set(doc) != _TOKEN_KEYS:
+        raise FormatError("a revocation is a map of kid, msg and sig")
+    kid, msg, sig = doc["kid"], doc["msg"], doc["sig"]
+    if type(kid) is not str or type(msg) is not bytes or type(sig) is not bytes:
+        raise FormatError("revocation fields have the wrong types")
+    public_key = keyring.get(kid)
+    if public_key is None:
+        raise UnknownKeyError(f"revocation signed by key {kid}, which this device does not trust")
+    if not sodium.ed25519_verify(public_key, sig, SIGNATURE_CONTEXT + msg):
+        raise SignatureError("revocation signature does not verify")
+    body = cbor.loads(msg, max_size=MAX_REVOCATION_BYTES, max_depth=1)
+    if not isinstance(body, dict) or body.get("v") != FORMAT_VERSION:
+        raise UnsupportedVersionError("unsupported revocation version")
+    if set(body) != _MSG_KEYS or body["type"] != "revocation":
+        raise FormatError("revocation has missing or unknown fields")
+    revocation = Revocation(body["activation_id"], body["issued_at"], body["reason"])  # type: ignore[arg-type]
+    if revocation.activation_id != activation_id:
+        raise ClaimMismatchError("revocation names another activation")
+    return revocation
