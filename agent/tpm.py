@@ -223,17 +223,19 @@ class NvCounter:
                 f"(attributes {attributes:#x}, size {size}): choose another nv_index"
             )
         if not attributes & _TPMA_NV_WRITTEN:
-            self._increment_only()
+            self.bump()
 
     def read(self) -> int:
         """The counter's current value (the index must have been incremented once)."""
         raw = self._run("tpm2_nvread", self.index_arg, f"--hierarchy={self.index_arg}", "--size=8")
         return parse_counter(raw)
 
-    def _increment_only(self) -> None:
+    def bump(self) -> None:
+        """Increment without reading back: one tool run instead of two, for a caller that
+        already knows the new value (the save path: it read ``n`` and wrote ``n + 1``)."""
         self._run("tpm2_nvincrement", self.index_arg, f"--hierarchy={self.index_arg}")
 
     def increment(self) -> int:
         """Increment the counter by one and return the new value."""
-        self._increment_only()
+        self.bump()
         return self.read()

@@ -126,8 +126,10 @@ def test_ensure_read_increment(swtpm: Swtpm) -> None:
     assert counter.increment() == first + 1
     assert counter.increment() == first + 2
     assert counter.read() == first + 2
+    counter.bump()
+    assert counter.read() == first + 3
     counter.ensure()  # idempotent: no redefinition, no extra increment
-    assert counter.read() == first + 2
+    assert counter.read() == first + 3
 
 
 def test_tcti_from_environment(swtpm: Swtpm, monkeypatch: pytest.MonkeyPatch) -> None:
