@@ -125,6 +125,17 @@ def summarise_stderr(stderr: str) -> str:
     return message if len(message) <= 300 else message[:297] + "..."
 
 
+def parse_nv_index(text: str) -> int:
+    """``"0x01500016"`` (the config's form) -> int, refusing anything outside the NV range."""
+    try:
+        value = int(text.strip(), 16 if text.strip().lower().startswith("0x") else 10)
+    except ValueError:
+        raise TpmError(f"NV index {text!r} is not a number (expected e.g. 0x01500016)") from None
+    if not _NV_INDEX_FIRST <= value <= _NV_INDEX_LAST:
+        raise TpmError(f"NV index {text!r} is outside the NV range 0x01000000-0x01ffffff")
+    return value
+
+
 class NvCounter:
     """A monotonic TPM 2.0 NV counter at ``nv_index``, reached through ``tcti``.
 

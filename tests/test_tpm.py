@@ -257,6 +257,15 @@ def test_index_outside_nv_range_is_refused() -> None:
 # --- pure logic ---------------------------------------------------------------------
 
 
+def test_parse_nv_index() -> None:
+    assert tpm.parse_nv_index("0x01500016") == INDEX
+    assert tpm.parse_nv_index(" 0X01500016 ") == INDEX
+    assert tpm.parse_nv_index(str(INDEX)) == INDEX
+    for bad in ("", "0x", "tpm", "0x81000001", "0x0200000000"):
+        with pytest.raises(TpmError):
+            tpm.parse_nv_index(bad)
+
+
 @pytest.mark.parametrize(
     ("state_tpm", "counter", "verdict"),
     [
