@@ -54,7 +54,29 @@ _SCHEMA: dict[str, dict[str, tuple[type, object]]] = {
         "nv_index": (str, "0x01500016"),
         "tcti": (str, ""),
     },
+    "mqtt": {
+        "brokers": (list, []),
+        "username": (str, ""),
+        "password_file": (str, ""),
+        "ca_file": (str, ""),
+        "cert_file": (str, ""),
+        "key_file": (str, ""),
+        "keepalive_s": (int, 60),
+        "session_expiry_s": (int, 30 * 86400),
+        "max_payload_bytes": (int, 64 * 1024),
+        "topic_prefix": (str, "fieldpass/v1"),
+    },
+    "daemon": {
+        "transport": (str, "auto"),
+        "renew_at_percent": (int, 67),
+        "check_interval_s": (int, 3600),
+        "http_interval_s": (int, 3600),
+        "renew_timeout_s": (int, 60),
+        "backoff_min_ms": (int, 1000),
+        "backoff_max_ms": (int, 300_000),
+    },
 }
+DAEMON_TRANSPORTS = ("auto", "mqtt", "http")
 
 
 class Config:
@@ -88,12 +110,66 @@ class Config:
         self.tpm_enabled = bool(tpm["enabled"])
         self.tpm_nv_index = str(tpm["nv_index"])
         self.tpm_tcti = str(tpm["tcti"])
+        self._mqtt(values["mqtt"], path)
+        self._daemon(values["daemon"], path)
         if self.clock_policy not in CLOCK_POLICIES:
             raise ConfigError(f"{path}: [clock] policy must be one of {', '.join(CLOCK_POLICIES)}")
         if not 0 <= self.tolerance_s <= 86400:
             raise ConfigError(f"{path}: [clock] tolerance_s must be between 0 and 86400")
         if not 1 <= self.online_timeout_s <= 120:
             raise ConfigError(f"{path}: [online] timeout_s must be between 1 and 120")
+
+    def _mqtt(self, mqtt: dict[str, object], path: str) -> None:
+        brokers = mqtt["brokers"]
+        assert isinstance(brokers, list)
+        if not all(
+            isinstance(url, str) and url.startswith(("mqtt://", "mqtts://")) for url in brokers
+        ):
+            raise ConfigError(f"{path}: [mqtt] brokers must be mqtt:// or mqtts:// URLs")
+        # The fleet broker first, then the others (a technician's laptop), in order.
+        self.mqtt_brokers = [str(u) for u in dict.fromkeys(brokers)]
+        self.mqtt_username = str(mqtt["username"])
+        self.mqtt_password_file = self._optional_path(str(mqtt["password_file"]))
+        self.mqtt_ca_file = self._optional_path(str(mqtt["ca_file"]))
+        self.mqtt_cert_file = self._optional_path(str(mqtt["cert_file"]))
+        self.mqtt_key_file = self._optional_path(str(mqtt["key_file"]))
+        self.mqtt_keepalive_s = int(str(mqtt["keepalive_s"]))
+        self.mqtt_session_expiry_s = int(str(mqtt["session_expiry_s"]))
+        self.mqtt_max_payload_bytes = int(str(mqtt["max_payload_bytes"]))
+        self.mqtt_topic_prefix = str(mqtt["topic_prefix"]).strip("/")
+        if not 5 <= self.mqtt_keepalive_s <= 3600:
+            raise ConfigError(f"{path}: [mqtt] keepalive_s must be between 5 and 3600")
+        if not 0 <= self.mqtt_session_expiry_s <= 0xFFFFFFFF:
+            raise ConfigError(f"{path}: [mqtt] session_expiry_s must fit in 32 bits")
+        if not 1024 <= self.mqtt_max_payload_bytes <= 1024 * 1024:
+            raise ConfigError(f"{path}: [mqtt] max_payload_bytes must be 1 KiB to 1 MiB")
+        if not self.mqtt_topic_prefix or any(c in self.mqtt_topic_prefix for c in "+#\0"):
+            raise ConfigError(f"{path}: [mqtt] topic_prefix must be a plain topic")
+
+    def _daemon(self, daemon: dict[str, object], path: str) -> None:
+        self.daemon_transport = str(daemon["transport"])
+        self.renew_at_percent = int(str(daemon["renew_at_percent"]))
+        self.check_interval_s = int(str(daemon["check_interval_s"]))
+        self.http_interval_s = int(str(daemon["http_interval_s"]))
+        self.renew_timeout_s = int(str(daemon["renew_timeout_s"]))
+        self.backoff_min_ms = int(str(daemon["backoff_min_ms"]))
+        self.backoff_max_ms = int(str(daemon["backoff_max_ms"]))
+        if self.daemon_transport not in DAEMON_TRANSPORTS:
+            raise ConfigError(
+                f"{path}: [daemon] transport must be one of {', '.join(DAEMON_TRANSPORTS)}"
+            )
+        if not 1 <= self.renew_at_percent <= 99:
+            raise ConfigError(f"{path}: [daemon] renew_at_percent must be between 1 and 99")
+        for name in ("check_interval_s", "http_interval_s", "renew_timeout_s"):
+            if not 1 <= getattr(self, name) <= 7 * 86400:
+                raise ConfigError(f"{path}: [daemon] {name} must be between 1 and 604800")
+        if not 10 <= self.backoff_min_ms <= self.backoff_max_ms <= 86_400_000:
+            raise ConfigError(
+                f"{path}: [daemon] backoff_min_ms must be >= 10 and <= backoff_max_ms"
+            )
+
+    def _optional_path(self, path: str) -> str:
+        return self.device_path(path) if path else ""
 
     def device_path(self, path: str) -> str:
         """A device path as seen from this host: under ``root`` when there is one."""

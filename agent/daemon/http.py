@@ -1,0 +1,70 @@
+"""The HTTP transport: the device API of HQ (or a technician's laptop), behind the same
+interface as MQTT, for a device with HTTP but no broker.
+
+HTTP has no connection to hold: ``connect`` succeeds at once, and a failed request is
+the "disconnect" that sends the machine to BACKOFF. ``ask`` asks HQ's signed status
+(``sync.validate``, which records a revocation in the device state) and, when the file
+is due, fetches a fresh one (POST /v1/machine-file) and posts it as a FILE event: it is
+installed by the machine like a file that came over MQTT. Requests run on the daemon's
+thread with the configured timeout; the license key travels only in request bodies.
+"""
+
+import logging
+
+from .. import online, sync
+from ..device import Device
+from .transport import CONNECTED, DISCONNECTED, FILE, STATUS, EventQueue
+
+log = logging.getLogger("fieldpass.daemon")
+
+
+class HttpTransport:
+    name = "http"
+
+    def __init__(self, device: Device, events: EventQueue) -> None:
+        self.device = device
+        self.servers = online.hqs(device.cfg)
+        self.events = events
+        self.generation = 0
+
+    def describe(self) -> str:
+        return ", ".join(hq.server for hq in self.servers)
+
+    def connect(self) -> int:
+        self.generation += 1
+        self.events.put((CONNECTED, self.generation, None))
+        return self.generation
+
+    def disconnect(self) -> None:
+        self.generation += 1
+
+    def ask(self, serial: int, expires_at: int, due: bool) -> None:
+        gen = self.generation
+        try:
+            notes = sync.validate(self.device, self.servers)
+            for note in notes:
+                log.info("%s", note)
+            self.events.put((STATUS, gen, None))
+            if not due:
+                return
+            key = self.device.stored_license_key()
+            if key is None:
+                return
+            body: dict[str, object] = {
+                "license_key": key,
+                "fingerprint": self.device.identity.fingerprint,
+            }
+            data, _ = sync.first_answer(
+                self.servers, lambda hq: hq.machine_file("/v1/machine-file", body)
+            )
+        except online.Refused as e:
+            log.info("HQ refused the renewal: %s (%s)", e, e.code)
+            return
+        except (online.OnlineError, OSError) as e:
+            log.info("HQ unreachable: %s", e)
+            self.events.put((DISCONNECTED, gen, None))
+            return
+        self.events.put((FILE, gen, data))
+
+    def publish_status(self, payload: bytes) -> None:
+        """HQ's HTTP API takes no telemetry: the status stays on the device."""

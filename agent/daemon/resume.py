@@ -1,0 +1,48 @@
+"""The daemon's persisted resume point (``<state_dir>/daemon.json``).
+
+Everything that matters for the license (the machine file, the anti-downgrade serial,
+a revocation) is in the device's own crash-safe state; this file only says where the
+daemon was, so that a restart resumes there: a renewal that was asked for is asked
+again straight after connecting, even if the clock says it is not due yet. It carries
+a format version and a loop guard (``starts``: starts since the daemon last reached a
+broker), which ``main`` uses to slow down a crash loop. A missing or damaged file means
+"start fresh"; it is written through ``fsio.atomic_write``.
+"""
+
+import json
+import os
+
+from .. import fsio
+
+FORMAT_VERSION = 1
+NAME = "daemon.json"
+MAX_BYTES = 4096
+
+
+class Resume:
+    __slots__ = ("renewing", "starts")
+
+    def __init__(self, renewing: bool = False, starts: int = 0) -> None:
+        self.renewing = renewing
+        self.starts = starts
+
+
+def load(state_dir: str) -> Resume:
+    try:
+        data = fsio.read_bytes(os.path.join(state_dir, NAME), MAX_BYTES)
+        doc = json.loads(data) if data else None
+    except (OSError, ValueError):
+        return Resume()
+    if not isinstance(doc, dict) or doc.get("v") != FORMAT_VERSION:
+        return Resume()
+    renewing, starts = doc.get("renewing"), doc.get("starts")
+    if type(renewing) is not bool or type(starts) is not int or starts < 0:
+        return Resume()
+    return Resume(renewing, starts)
+
+
+def save(state_dir: str, resume: Resume) -> None:
+    """Best effort: a failure to write is logged by the caller, never fatal."""
+    doc = {"v": FORMAT_VERSION, "renewing": resume.renewing, "starts": resume.starts}
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    fsio.atomic_write(os.path.join(state_dir, NAME), json.dumps(doc).encode("ascii"), 0o600)

@@ -1,0 +1,107 @@
+"""The daemon against a real mosquitto, with HQ played by the test's in-process signer."""
+
+import json
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.conftest import DAY, DeviceRoot, Signer
+from tests.mqtt.conftest import Broker, Client, Daemon, device_topic, mqtt_config, wait_for
+
+
+def _setup(
+    make_device: Callable[..., DeviceRoot], signer: Signer, broker: Broker, **kw: object
+) -> DeviceRoot:
+    device = make_device()
+    device.write_config(mqtt_config(broker))
+    signer.provision(device, **kw)
+    return device
+
+
+def _statuses(client: Client, device: DeviceRoot) -> list[dict[str, object]]:
+    return [json.loads(p) for p in client.received(device_topic(device, "status"))]
+
+
+def test_renewal_end_to_end(
+    make_device: Callable[..., DeviceRoot],
+    signer: Signer,
+    broker: Broker,
+    hq_client: Client,
+    daemons: Callable[[DeviceRoot], Daemon],
+) -> None:
+    # issued 300 days ago on a 365-day TTL: inside the last third, so due
+    device = _setup(make_device, signer, broker, issued_at=int(time.time()) - 300 * DAY)
+    hq_client.subscribe(device_topic(device, "#"))
+    daemon = daemons(device)
+    daemon.start()
+    wait_for(lambda: hq_client.received("renew-request"), what="a renewal request")
+    request = json.loads(hq_client.received("renew-request")[0])
+    assert request == {"v": 1, "serial": 1, "expires_at": request["expires_at"], "due": True}
+    fresh = signer.issue(device.fingerprint, serial=2)
+    hq_client.publish(device_topic(device, "machine-file"), fresh, retain=True)
+    wait_for(lambda: device.machine_file.read_bytes() == fresh, what="the new file installed")
+    wait_for(lambda: any(s.get("serial") == 2 for s in _statuses(hq_client, device)))
+    status = [s for s in _statuses(hq_client, device) if s.get("serial") == 2][-1]
+    assert status["verdict"] == "valid" and status["days_left"] == 365
+    assert device.verdict()["serial"] == 2  # the verdict files were rewritten
+    assert daemon.stop() == 0
+    assert device.check().returncode == 0
+    log = daemon.text()
+    assert device.fingerprint not in log and signer.license_key not in log
+
+
+def test_not_due_asks_without_due_and_stays_idle(
+    make_device: Callable[..., DeviceRoot],
+    signer: Signer,
+    broker: Broker,
+    hq_client: Client,
+    daemons: Callable[[DeviceRoot], Daemon],
+) -> None:
+    device = _setup(make_device, signer, broker)
+    hq_client.subscribe(device_topic(device, "#"))
+    daemon = daemons(device)
+    daemon.start()
+    wait_for(lambda: hq_client.received("renew-request"))
+    assert json.loads(hq_client.received("renew-request")[0])["due"] is False
+    time.sleep(1)
+    assert len(hq_client.received("renew-request")) == 1  # no polling while not due
+    assert daemon.stop() == 0
+
+
+def test_sd_notify_ready_watchdog_stopping(
+    make_device: Callable[..., DeviceRoot],
+    signer: Signer,
+    broker: Broker,
+    daemons: Callable[[DeviceRoot], Daemon],
+    tmp_path: Path,
+) -> None:
+    device = _setup(make_device, signer, broker)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    name = f"@fieldpass-test-{time.monotonic_ns()}"
+    sock.bind("\0" + name[1:])
+    sock.settimeout(10)
+    daemon = daemons(device)
+    daemon.start(env={"NOTIFY_SOCKET": name, "WATCHDOG_USEC": "400000"})
+    got: list[str] = []
+    while not any(m.startswith("READY=1") for m in got):
+        got.append(sock.recv(4096).decode())
+    while got.count("WATCHDOG=1") < 3:  # every 0.2 s
+        got.append(sock.recv(4096).decode())
+    assert daemon.stop(signal.SIGTERM) == 0
+    while "STOPPING=1" not in got:
+        got.append(sock.recv(4096).decode())
+    sock.close()
+
+
+def test_once_without_a_broker_exits_69(
+    make_device: Callable[..., DeviceRoot], signer: Signer, broker: Broker
+) -> None:
+    device = _setup(make_device, signer, broker)
+    broker.stop()
+    result = device.run("run", "--once", timeout=30)
+    assert result.returncode == 69, result.stderr
+    broker.start()
+    result = device.run("run", "--once", timeout=30)
+    assert result.returncode == 0, result.stderr
