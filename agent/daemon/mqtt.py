@@ -89,8 +89,10 @@ class MqttTransport:
         )
         client.enable_logger(logging.getLogger("fieldpass.daemon.paho"))
         client.max_inflight_messages_set(4)
-        if self.cfg.mqtt_username:
-            client.username_pw_set(self.cfg.mqtt_username, self.password)
+        if self.cfg.mqtt_username or self.password is not None:
+            # A fleet broker set up by `fieldpass-hq broker-config` knows each device by
+            # its device id: that is the default user name.
+            client.username_pw_set(self.cfg.mqtt_username or self.device_id, self.password)
         if tls:
             client.tls_set(
                 ca_certs=self.cfg.mqtt_ca_file or None,

@@ -5,6 +5,7 @@ The broker's config file lives in the test's tmp directory (persistence on, so a
 restart keeps the sessions and retained messages); it is stopped at the end.
 """
 
+import getpass
 import os
 import shutil
 import signal
@@ -60,6 +61,7 @@ class Broker:
         auth = self.extra or "allow_anonymous true\n"
         (self.home / "mosquitto.conf").write_text(
             f"listener {self.port} 127.0.0.1\n"
+            f"user {getpass.getuser()}\n"  # as root, mosquitto would drop to "mosquitto"
             f"persistence true\npersistence_location {self.home}/\n"
             "max_queued_messages 200000\nmax_inflight_messages 100\n"
             f"log_dest file {self.home}/mosquitto.log\nlog_type error\nlog_type warning\n" + auth

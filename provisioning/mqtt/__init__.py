@@ -1,0 +1,13 @@
+"""HQ's side of the MQTT renewal channel (docs/mqtt.md).
+
+- ``credentials``: HQ's MQTT secret and the per-device broker passwords derived from it;
+- ``connection``: one paho client for HQ (TLS, username/password, MQTT 5);
+- ``bridge``: answers renewal requests (a fresh file, or a signed revocation);
+- ``push``: renews a chosen set of devices and counts their confirmations;
+- ``brokerconf``: mosquitto password and ACL files, one device per user;
+- ``commands``: the ``fieldpass-hq bridge|push|broker-config`` commands.
+
+Topic names and the device id come from ``agent.daemon.topics`` (the device's own
+definition); machine files and revocations from ``service.HQ``. Never logs a license
+key, a fingerprint or a password.
+"""

@@ -1,0 +1,154 @@
+"""``fieldpass-hq bridge``: answers the devices' renewal requests over MQTT.
+
+For a request on ``<prefix>/dev/<id>/renew-request`` from a device with a live
+activation:
+
+- license revoked or suspended: a signed revocation, retained on ``.../revocation``;
+- license active and the device's file due (or older than HQ's latest serial): a
+  fresh machine file, retained on ``.../machine-file`` (and the revocation topic
+  cleared); at most one per ``min_interval_s`` per device, so a looping device cannot
+  make HQ sign without end;
+- otherwise nothing.
+
+Every answer is in the audit log (``renew`` by ``mqtt-bridge``, ``mqtt_revocation``,
+``mqtt_refused``). Unknown devices and malformed requests are counted and logged once
+per kind. ``Bridge.handle`` is plain logic (topic and payload in, messages out) so that
+it is tested without a broker; ``serve`` runs it on a paho client.
+"""
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from agent.daemon import messages, topics
+
+from ..errors import HQError
+from ..models import Activation, Actor, AuditEvent
+from ..service import HQ
+
+log = logging.getLogger("fieldpass.hq.bridge")
+ACTOR = Actor("mqtt-bridge", "mqtt")
+REINDEX_S = 5.0
+
+Outgoing = tuple[str, bytes, bool]  # topic, payload, retain
+
+
+class Bridge:
+    def __init__(
+        self,
+        hq: HQ,
+        prefix: str = topics.DEFAULT_PREFIX,
+        min_interval_s: int = 60,
+        clock: Callable[[], int] = lambda: int(time.time()),
+    ) -> None:
+        self.hq = hq
+        self.prefix = prefix
+        self.min_interval_s = min_interval_s
+        self.clock = clock
+        self.index: dict[str, str] = {}  # device id -> activation id
+        self.indexed_at = 0.0
+        self.counts: dict[str, int] = {}
+
+    def _count(self, what: str) -> None:
+        self.counts[what] = self.counts.get(what, 0) + 1
+        if self.counts[what] == 1:
+            log.warning("ignored a message (%s); more of the kind are only counted", what)
+
+    def _activation(self, dev_id: str) -> Activation | None:
+        act_id = self.index.get(dev_id)
+        if act_id is None and time.monotonic() - self.indexed_at > REINDEX_S:
+            self.index = {
+                topics.device_id(a.fingerprint): a.id
+                for a in self.hq.list_activations()
+                if a.deactivated_at is None
+            }
+            self.indexed_at = time.monotonic()
+            act_id = self.index.get(dev_id)
+        if act_id is None:
+            return None
+        act = self.hq.get_activation(act_id)
+        return act if act.deactivated_at is None else None
+
+    def handle(self, topic: str, payload: bytes) -> list[Outgoing]:
+        parsed = topics.parse(self.prefix, topic)
+        if parsed is None:
+            self._count("unexpected_topic")
+            return []
+        dev_id, kind = parsed
+        if kind == topics.STATUS:
+            return []
+        if kind != topics.RENEW_REQUEST:
+            self._count("unexpected_topic")
+            return []
+        try:
+            serial, _, due = messages.parse_renew_request(payload)
+        except messages.MessageError:
+            self._count("malformed_request")
+            return []
+        act = self._activation(dev_id)
+        if act is None:
+            self._count("unknown_device")
+            return []
+        return self._answer(dev_id, act, serial, due)
+
+    def _answer(self, dev_id: str, act: Activation, serial: int, due: bool) -> list[Outgoing]:
+        now = self.clock()
+        file_topic = topics.topic(self.prefix, dev_id, topics.MACHINE_FILE)
+        rev_topic = topics.topic(self.prefix, dev_id, topics.REVOCATION)
+        revocation = self.hq.signed_revocation(act.id, now)
+        if revocation is not None:
+            with self.hq.store.write() as tx:
+                tx.append_audit(
+                    AuditEvent(
+                        now, ACTOR.who, ACTOR.source, "mqtt_revocation", act.license_id, act.id
+                    )
+                )
+            return [(rev_topic, revocation, True)]
+        if not due and serial >= act.serial:
+            return []
+        if now - act.last_issued_at < self.min_interval_s and serial >= act.serial:
+            self._count("rate_limited")
+            return []
+        try:
+            issued = self.hq.renew(now, ACTOR, activation_id=act.id)
+        except HQError as e:
+            with self.hq.store.write() as tx:
+                tx.append_audit(
+                    AuditEvent(
+                        now, ACTOR.who, ACTOR.source, "mqtt_refused", act.license_id, act.id, e.code
+                    )
+                )
+            return []
+        return [(file_topic, issued.machine_file, True), (rev_topic, b"", True)]
+
+
+def serve(bridge: Bridge, connect: Callable[..., object], stop: threading.Event) -> None:
+    """Run the bridge until ``stop`` is set. ``connect(on_message, subscriptions)``
+    returns a connected paho client (connection.connect with HQ's credentials)."""
+    import queue
+
+    inbox: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
+
+    def on_message(client: object, userdata: object, message: object) -> None:
+        inbox.put((message.topic, bytes(message.payload)))  # type: ignore[attr-defined]
+
+    subscriptions = [
+        topics.topic(bridge.prefix, "+", topics.RENEW_REQUEST),
+        topics.topic(bridge.prefix, "+", topics.STATUS),
+    ]
+    client = connect(on_message, subscriptions)
+    try:
+        while not stop.is_set():
+            try:
+                topic, payload = inbox.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if len(payload) > messages.MAX_DEVICE_MESSAGE_BYTES:
+                bridge._count("oversized")
+                continue
+            for name, data, retain in bridge.handle(topic, payload):
+                client.publish(name, data, qos=1, retain=retain)  # type: ignore[attr-defined]
+    finally:
+        client.disconnect()  # type: ignore[attr-defined]
+        client.loop_stop()  # type: ignore[attr-defined]

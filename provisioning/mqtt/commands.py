@@ -1,0 +1,265 @@
+"""``fieldpass-hq bridge``, ``push`` and ``broker-config``: registered on the HQ CLI.
+
+paho is imported when one of these commands runs, never when ``fieldpass-hq`` starts.
+"""
+
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from agent.daemon import topics
+
+from .. import output
+from ..cli import _actor, _now, _state, json_option
+from ..units import parse_duration
+from . import credentials
+
+broker_option = click.option(
+    "--broker",
+    "broker_url",
+    required=True,
+    metavar="URL",
+    help="mqtt://HOST[:PORT] or mqtts://HOST[:PORT].",
+)
+password_file_option = click.option(
+    "--password-file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="HQ's broker password [default: derived from HOME/mqtt.secret].",
+)
+ca_file_option = click.option(
+    "--ca-file", type=click.Path(exists=True, dir_okay=False), help="CA for mqtts://."
+)
+prefix_option = click.option(
+    "--topic-prefix", default=topics.DEFAULT_PREFIX, show_default=True, help="Topic prefix."
+)
+
+
+def _password(home: Path, password_file: str | None) -> str:
+    if password_file is not None:
+        return Path(password_file).read_text(encoding="utf-8").strip()
+    return credentials.password(credentials.secret(home), credentials.HQ_USER)
+
+
+@click.command()
+@broker_option
+@click.option("--username", default=credentials.HQ_USER, show_default=True)
+@password_file_option
+@ca_file_option
+@prefix_option
+@click.option(
+    "--min-interval",
+    default="60s",
+    show_default=True,
+    help="Fewest seconds between two files for one device.",
+)
+@click.pass_context
+def bridge(
+    ctx: click.Context,
+    broker_url: str,
+    username: str,
+    password_file: str | None,
+    ca_file: str | None,
+    topic_prefix: str,
+    min_interval: str,
+) -> None:
+    """Answer the devices' renewal requests over MQTT until SIGTERM.
+
+    A fresh machine file while the license is active (and the device's file is due),
+    a signed revocation when it is revoked or suspended; every answer is audited.
+
+    Examples:
+
+    \b
+      fieldpass-hq bridge --broker mqtt://127.0.0.1:1883
+      fieldpass-hq bridge --broker mqtts://broker.example:8883 --ca-file ca.pem
+    """
+    from . import bridge as bridge_mod
+    from . import connection
+
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(name)s: %(message)s")
+    state = _state(ctx)
+    password = _password(state.home, password_file)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    def connect(on_message: connection.MessageHandler, subscriptions: list[str]) -> object:
+        return connection.connect(
+            broker_url,
+            "fieldpass-hq-bridge",
+            username,
+            password,
+            ca_file=ca_file,
+            on_message=on_message,
+            subscriptions=subscriptions,
+            session_expiry_s=7 * 86400,
+        )
+
+    try:
+        interval_s = parse_duration(min_interval, allow_zero=True)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--min-interval") from e
+    worker = bridge_mod.Bridge(state.hq, topic_prefix, interval_s)
+    click.echo(f"fieldpass-hq: bridge connected to {broker_url}", err=True)
+    bridge_mod.serve(worker, connect, stop)
+    click.echo(f"fieldpass-hq: bridge stopped; ignored: {worker.counts or 'none'}", err=True)
+
+
+@click.command()
+@broker_option
+@click.option("--license", "license_id", help="Every live device of this license.")
+@click.option("--plan", help="Every live device of this plan's licenses.")
+@click.option(
+    "--device",
+    "devices",
+    multiple=True,
+    metavar="ACTIVATION|FINGERPRINT",
+    help="This device (repeatable).",
+)
+@click.option("--expiring-within", metavar="DURATION", help="Devices whose file expires within.")
+@click.option("--ttl", metavar="DURATION", help="Offline TTL of the new files [default: plan's].")
+@click.option(
+    "--wait", "wait_for", default="30s", show_default=True, help="Wait this long for confirmations."
+)
+@click.option("--username", default=credentials.HQ_USER, show_default=True)
+@password_file_option
+@ca_file_option
+@prefix_option
+@json_option
+@click.pass_context
+def push(
+    ctx: click.Context,
+    broker_url: str,
+    license_id: str | None,
+    plan: str | None,
+    devices: tuple[str, ...],
+    expiring_within: str | None,
+    ttl: str | None,
+    wait_for: str,
+    username: str,
+    password_file: str | None,
+    ca_file: str | None,
+    topic_prefix: str,
+    as_json: bool,
+) -> None:
+    """Renew a chosen set of devices over MQTT; print sent, confirmed, failed.
+
+    Each device gets a fresh file, retained on its topic (an offline device gets it
+    when it reconnects). A device confirms with its next status. Exit 0 when nothing
+    failed, 1 otherwise.
+
+    Examples:
+
+    \b
+      fieldpass-hq push --broker mqtt://127.0.0.1:1883 --license lic_0123...
+      fieldpass-hq push --broker mqtt://127.0.0.1:1883 --expiring-within 30d
+      fieldpass-hq push --broker mqtt://127.0.0.1:1883 --device act_1a2b... --json
+    """
+    from . import connection
+    from . import push as push_mod
+
+    if not (license_id or plan or devices or expiring_within):
+        raise click.UsageError("choose devices: --license, --plan, --device or --expiring-within")
+    try:
+        within_s = parse_duration(expiring_within) if expiring_within else None
+        ttl_s = parse_duration(ttl) if ttl else None
+        wait_s = parse_duration(wait_for, allow_zero=True)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from e
+    state = _state(ctx)
+    confirmations = push_mod.Confirmations()
+    client = connection.connect(
+        broker_url,
+        "fieldpass-hq-push",
+        username,
+        _password(state.home, password_file),
+        ca_file=ca_file,
+        on_message=confirmations.on_message,
+        subscriptions=[topics.topic(topic_prefix, "+", topics.STATUS)],
+    )
+    sel = push_mod.Selection(license_id, plan, devices, within_s)
+    now = _now()
+    try:
+        count = len(push_mod.select(state.hq, sel, now))
+        with click.progressbar(length=count, label="renewing", file=sys.stderr) as bar:
+            summary = push_mod.push(
+                state.hq,
+                client,
+                confirmations,
+                sel,
+                prefix=topic_prefix,
+                ttl_s=ttl_s,
+                wait_s=wait_s,
+                now=now,
+                actor=_actor(),
+                progress=bar.update,
+            )
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    if as_json:
+        output.emit_json(summary.doc())
+    else:
+        output.emit_text(
+            f"selected {summary.selected}, sent {summary.sent}, confirmed {summary.confirmed}, "
+            f"failed {summary.failed}, pending {summary.pending}"
+        )
+        for failure in summary.failures[:20]:
+            click.echo(f"  failed: {failure}", err=True)
+    if summary.failed:
+        ctx.exit(1)
+
+
+@click.command("broker-config")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Directory for passwd, acl and credentials.csv.",
+)
+@prefix_option
+@json_option
+@click.pass_context
+def broker_config(ctx: click.Context, out: Path, topic_prefix: str, as_json: bool) -> None:
+    """Write mosquitto's password and ACL files for every live device.
+
+    Each device logs in as its device id and may read only its own machine-file and
+    revocation topics and write only its own renew-request and status. The plain
+    passwords, for the factory, go to OUT/credentials.csv (mode 0600).
+
+    Examples:
+
+    \b
+      fieldpass-hq broker-config -o /etc/mosquitto/fieldpass
+      # mosquitto.conf: password_file /etc/mosquitto/fieldpass/passwd
+      #                 acl_file /etc/mosquitto/fieldpass/acl
+    """
+    from . import brokerconf
+
+    state = _state(ctx)
+    doc = brokerconf.write(
+        out, credentials.secret(state.home), state.hq.list_activations(), topic_prefix
+    )
+    if as_json:
+        output.emit_json(doc)
+    else:
+        output.emit_text(
+            f"wrote {doc['password_file']} and {doc['acl_file']} for {doc['devices']} devices; "
+            f"device credentials in {doc['credentials']}"
+        )
+
+
+def register(group: click.Group) -> None:
+    for command in (bridge, push, broker_config):
+        group.add_command(command)

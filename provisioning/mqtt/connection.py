@@ -1,0 +1,85 @@
+"""One paho-mqtt client for HQ (callback API v2, MQTT 5), connected and looping.
+
+The broker URL is ``mqtt://host[:port]`` or ``mqtts://host[:port]``; the user name and
+password come from the caller (by default HQ's own user and derived password), never
+from the URL, so that no secret shows in a process list.
+"""
+
+import ssl
+import threading
+import urllib.parse
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from ..errors import HQError, InvalidRequest
+
+MessageHandler = Callable[[mqtt.Client, object, mqtt.MQTTMessage], None]
+
+
+class BrokerUnavailable(HQError):
+    code = "broker_unavailable"
+    http_status = 503
+    exit_code = 69  # sysexits EX_UNAVAILABLE
+
+
+def parse_url(url: str) -> tuple[str, int, bool]:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise InvalidRequest(f"--broker must be mqtt://HOST[:PORT] or mqtts://, not {url!r}")
+    if parts.username or parts.password:
+        raise InvalidRequest("put no credentials in the broker URL: use --password-file")
+    tls = parts.scheme == "mqtts"
+    return parts.hostname, parts.port or (8883 if tls else 1883), tls
+
+
+def connect(
+    url: str,
+    client_id: str,
+    username: str,
+    password: str,
+    *,
+    ca_file: str | None = None,
+    on_message: MessageHandler | None = None,
+    subscriptions: list[str] = (),  # type: ignore[assignment]
+    session_expiry_s: int = 0,
+    timeout_s: float = 10,
+) -> mqtt.Client:
+    host, port, tls = parse_url(url)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.username_pw_set(username, password)
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    if tls:
+        client.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
+    ready = threading.Event()
+    failure: list[str] = []
+
+    def on_connect(
+        c: mqtt.Client, userdata: object, flags: object, reason: object, props: object
+    ) -> None:
+        if getattr(reason, "is_failure", True):
+            failure.append(str(reason))
+        elif subscriptions:
+            c.subscribe([(name, 1) for name in subscriptions])
+        ready.set()
+
+    client.on_connect = on_connect
+    if on_message is not None:
+        client.on_message = on_message
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    if session_expiry_s:
+        props.SessionExpiryInterval = session_expiry_s
+    try:
+        client.connect(host, port, 60, clean_start=session_expiry_s == 0, properties=props)
+    except (OSError, ValueError) as e:
+        raise BrokerUnavailable(f"cannot reach the broker at {host}:{port}: {e}") from e
+    client.loop_start()
+    if not ready.wait(timeout_s) or failure:
+        client.loop_stop()
+        reason = failure[0] if failure else "no answer"
+        raise BrokerUnavailable(f"the broker at {host}:{port} refused HQ: {reason}")
+    return client

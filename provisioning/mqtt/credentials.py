@@ -1,0 +1,47 @@
+"""HQ's MQTT secret (``HOME/mqtt.secret``, 32 random bytes, mode 0600) and the broker
+passwords derived from it, so that nothing but the secret needs storing at HQ::
+
+    password(user) = base64url(HMAC-SHA256(secret, b"fieldpass/mqtt-password/v1\\0" + user))[:32]
+
+A device's broker user name is its device id (agent/daemon/topics.py); HQ's own user
+is ``fieldpass-hq``. Rotating the secret rotates every password.
+"""
+
+import base64
+import os
+from pathlib import Path
+
+from agent.wire import sodium
+
+from ..errors import ConfigError
+
+SECRET_NAME = "mqtt.secret"  # noqa: S105 - a file name
+HQ_USER = "fieldpass-hq"
+CONTEXT = b"fieldpass/mqtt-password/v1\0"
+
+
+def secret(home: Path) -> bytes:
+    path = home / SECRET_NAME
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise ConfigError(f"cannot create {path}: {e.strerror}") from e
+    else:
+        with os.fdopen(fd, "wb") as f:
+            f.write(base64.b64encode(os.urandom(32)) + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+    try:
+        data = base64.b64decode(path.read_bytes().strip(), validate=True)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read {path}: {e}") from e
+    if len(data) != 32:
+        raise ConfigError(f"{path} does not hold a 32-byte secret")
+    return data
+
+
+def password(key: bytes, user: str) -> str:
+    digest = sodium.hmac_sha256(key, CONTEXT + user.encode("utf-8"))
+    return base64.urlsafe_b64encode(digest).decode("ascii")[:32]
