@@ -19,6 +19,7 @@ from .. import exitcodes
 from ..config import Config, ConfigError
 from ..device import Device
 from ..identity import IdentityError
+from ..online import OnlineError
 from .machine import EX_SOFTWARE, INTERNAL, STOP, Machine, UnhandledEvent
 from .transport import Event, Transport
 
@@ -72,27 +73,35 @@ def _single_instance(state_dir: str) -> int | None:
 def main(cfg: Config, once: bool = False) -> int:
     _logging()
     events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        events.put((STOP, INTERNAL, None))  # SimpleQueue.put is reentrant
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return _run(cfg, once, events)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(cfg: Config, once: bool, events: "queue.SimpleQueue[Event]") -> int:
     try:
         device = Device(cfg)
         device.keyring()
         _ = device.identity
+        transport, endpoints = choose_transport(cfg, device, events)
         lock_fd = _single_instance(cfg.state_dir)
         if lock_fd is None:
             log.error("another fieldpass daemon runs on %s", cfg.state_dir)
             return exitcodes.EX_TEMPFAIL
-        transport, endpoints = choose_transport(cfg, device, events)
-    except (ConfigError, IdentityError) as e:
+    except (ConfigError, IdentityError, OnlineError) as e:
         log.error("%s", e)
         return exitcodes.EX_CONFIG
     except OSError as e:
         log.error("cannot use the state directory %s: %s", cfg.state_dir, e)
         return exitcodes.EX_CANTCREAT
 
-    def stop(signum: int, frame: FrameType | None) -> None:
-        events.put((STOP, INTERNAL, None))  # SimpleQueue.put is reentrant
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     machine = Machine(cfg, device, transport, events, once=once, endpoints=endpoints)
     try:
         return machine.run()

@@ -167,8 +167,10 @@ class Daemon:
         self.device = device
         self.log = device.path.parent / f"{device.path.name}-daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.offset = 0
 
     def start(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [FIELDPASS, "--root", str(self.device.path), "run", *args],
@@ -181,7 +183,12 @@ class Daemon:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def wait_log(self, needle: str, timeout: float = 15) -> None:
-        wait_for(lambda: needle in self.text(), timeout, f"{needle!r} in the daemon log")
+        """Wait for ``needle`` in what the current process logged."""
+
+        def logged() -> bool:
+            return needle.encode() in self.log.read_bytes()[self.offset :]
+
+        wait_for(logged, timeout, f"{needle!r} in the daemon log")
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
