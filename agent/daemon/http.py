@@ -38,14 +38,14 @@ class HttpTransport:
     def disconnect(self) -> None:
         self.generation += 1
 
-    def ask(self, serial: int, expires_at: int, due: bool) -> None:
+    def ask(self, serial: int, expires_at: int, due: bool, revoked: bool = False) -> None:
         gen = self.generation
         try:
             notes = sync.validate(self.device, self.servers)
             for note in notes:
                 log.info("%s", note)
             self.events.put((STATUS, gen, None))
-            if not due:
+            if not due and not revoked:
                 return
             key = self.device.stored_license_key()
             if key is None:

@@ -135,6 +135,7 @@ class Machine:
         self.serial = 0
         self.expires_at = 0
         self.due = False
+        self.revoked = False
         self.due_at: int | None = None
         self.status_doc: dict[str, object] = {}
         self.bad: dict[str, int] = {}
@@ -237,7 +238,7 @@ class Machine:
         if self.due or self.resume.renewing:
             self.post(DUE)
         else:
-            self.transport.ask(self.serial, self.expires_at, False)
+            self.transport.ask(self.serial, self.expires_at, False, self.revoked)
             if self.once:
                 self._timer(SETTLED, SETTLE_S)
 
@@ -362,6 +363,7 @@ class Machine:
             life = max(0, claims.expires_at - claims.issued_at)
             self.due_at = claims.issued_at + life * self.cfg.renew_at_percent // 100
         self.due = self.due_at is not None and t >= self.due_at
+        self.revoked = verdict.name == REVOKED
         self.status_doc = {
             "verdict": verdict.name,
             "days_left": max(0, days_ceil(claims.expires_at - t)) if claims else None,

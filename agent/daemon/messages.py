@@ -1,8 +1,10 @@
 """What the device sends HQ (JSON, small, nothing secret) and how HQ reads it back.
 
-renew-request: ``{"v": 1, "serial": N, "expires_at": T, "due": bool}`` — the current
-machine file's serial and expiry (0 when there is none) and whether it is in its
-renewal window. status: ``{"v": 1, "verdict", "days_left", "serial", "expires_at",
+renew-request: ``{"v": 1, "serial": N, "expires_at": T, "due": bool, "revoked": bool}``
+— the current machine file's serial and expiry (0 when there is none), whether it is in
+its renewal window, and whether the device holds a revocation (so that HQ, once the
+license is reinstated, answers with a fresh file that lifts it). ``revoked`` may be
+absent (false). status: ``{"v": 1, "verdict", "days_left", "serial", "expires_at",
 "agent_version", "bad_messages", "at"}``. No license key, fingerprint or raw id.
 """
 
@@ -16,8 +18,10 @@ class MessageError(ValueError):
     pass
 
 
-def renew_request(serial: int, expires_at: int, due: bool) -> bytes:
+def renew_request(serial: int, expires_at: int, due: bool, revoked: bool = False) -> bytes:
     doc = {"v": FORMAT_VERSION, "serial": serial, "expires_at": expires_at, "due": due}
+    if revoked:
+        doc["revoked"] = True
     return json.dumps(doc, separators=(",", ":")).encode("ascii")
 
 
@@ -37,15 +41,18 @@ def _load(data: bytes) -> dict[str, object]:
     return doc
 
 
-def parse_renew_request(data: bytes) -> tuple[int, int, bool]:
-    """(serial, expires_at, due) or MessageError."""
+def parse_renew_request(data: bytes) -> tuple[int, int, bool, bool]:
+    """(serial, expires_at, due, revoked) or MessageError."""
     doc = _load(data)
     serial, expires_at, due = doc.get("serial"), doc.get("expires_at"), doc.get("due")
+    revoked = doc.get("revoked", False)
     if type(serial) is not int or type(expires_at) is not int or type(due) is not bool:
+        raise MessageError("renew request fields have the wrong types")
+    if type(revoked) is not bool:
         raise MessageError("renew request fields have the wrong types")
     if serial < 0 or expires_at < 0:
         raise MessageError("renew request fields are negative")
-    return serial, expires_at, due
+    return serial, expires_at, due, revoked
 
 
 def parse_status(data: bytes) -> dict[str, object]:

@@ -132,10 +132,10 @@ class MqttTransport:
             pass
         client.loop_stop()
 
-    def ask(self, serial: int, expires_at: int, due: bool) -> None:
+    def ask(self, serial: int, expires_at: int, due: bool, revoked: bool = False) -> None:
         from .messages import renew_request
 
-        self._publish(self.request_topic, renew_request(serial, expires_at, due))
+        self._publish(self.request_topic, renew_request(serial, expires_at, due, revoked))
 
     def publish_status(self, payload: bytes) -> None:
         self._publish(self.status_topic, payload)

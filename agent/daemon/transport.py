@@ -34,7 +34,7 @@ class Transport(Protocol):
         """Drop the connection (idempotent); later events of it are stale."""
         ...
 
-    def ask(self, serial: int, expires_at: int, due: bool) -> None:
+    def ask(self, serial: int, expires_at: int, due: bool, revoked: bool = False) -> None:
         """Send a renewal request (HQ answers with a file or a revocation, if any)."""
         ...
 

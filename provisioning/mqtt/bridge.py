@@ -4,10 +4,10 @@ For a request on ``<prefix>/dev/<id>/renew-request`` from a device with a live
 activation:
 
 - license revoked or suspended: a signed revocation, retained on ``.../revocation``;
-- license active and the device's file due (or older than HQ's latest serial): a
-  fresh machine file, retained on ``.../machine-file`` (and the revocation topic
-  cleared); at most one per ``min_interval_s`` per device, so a looping device cannot
-  make HQ sign without end;
+- license active and the device's file due (or older than HQ's latest serial, or the
+  device holding a revocation HQ has since lifted): a fresh machine file, retained on
+  ``.../machine-file`` (and the revocation topic cleared); at most one per
+  ``min_interval_s`` per device, so that a looping device cannot make HQ sign without end;
 - otherwise nothing.
 
 Every answer is in the audit log (``renew`` by ``mqtt-bridge``, ``mqtt_revocation``,
@@ -82,7 +82,7 @@ class Bridge:
             self._count("unexpected_topic")
             return []
         try:
-            serial, _, due = messages.parse_renew_request(payload)
+            serial, _, due, revoked = messages.parse_renew_request(payload)
         except messages.MessageError:
             self._count("malformed_request")
             return []
@@ -90,7 +90,7 @@ class Bridge:
         if act is None:
             self._count("unknown_device")
             return []
-        return self._answer(dev_id, act, serial, due)
+        return self._answer(dev_id, act, serial, due or revoked)
 
     def _answer(self, dev_id: str, act: Activation, serial: int, due: bool) -> list[Outgoing]:
         now = self.clock()

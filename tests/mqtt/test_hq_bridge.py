@@ -162,3 +162,28 @@ def test_push_renews_a_license_and_counts_confirmations(
         assert d.stop() == 0
     for robot in robots:
         assert robot.check().returncode == 0
+
+
+def test_suspended_then_reinstated_device_is_lifted_by_a_fresh_file(
+    fleet: Fleet,
+    make_device: Callable[..., DeviceRoot],
+    daemons: Callable[[DeviceRoot], Daemon],
+) -> None:
+    robot = make_device()
+    fleet.enroll(robot)
+    fleet.lock_down([robot])
+    fleet.start_bridge()
+    fleet.hq.run("licenses", "suspend", fleet.license_id)
+    daemon = daemons(robot)
+    daemon.start()
+    wait_for(lambda: robot.verdict().get("verdict") == "revoked", 20, "the suspension")
+    assert robot.check().returncode == 32
+    # a file lifts a revocation only if HQ issued it later (in whole seconds)
+    time.sleep(1.1)
+    fleet.hq.run("licenses", "reinstate", fleet.license_id)
+    daemon.stop()
+    daemon.start()  # its request says it holds a revocation: HQ answers with a new file
+    wait_for(lambda: robot.verdict().get("verdict") == "valid", 20, "the lifting file")
+    assert robot.verdict()["serial"] == 2
+    assert daemon.stop() == 0
+    assert robot.check().returncode == 0

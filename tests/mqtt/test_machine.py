@@ -57,7 +57,7 @@ class FakeTransport:
     def disconnect(self) -> None:
         pass
 
-    def ask(self, serial: int, expires_at: int, due: bool) -> None:
+    def ask(self, serial: int, expires_at: int, due: bool, revoked: bool = False) -> None:
         self.asked.append((serial, expires_at, due))
 
     def publish_status(self, payload: bytes) -> None:
@@ -139,7 +139,10 @@ def test_renew_request_parser_never_crashes(data: bytes) -> None:
 
 
 def test_renew_request_round_trip() -> None:
-    assert messages.parse_renew_request(messages.renew_request(3, 99, True)) == (3, 99, True)
+    request = messages.renew_request(3, 99, True)
+    assert messages.parse_renew_request(request) == (3, 99, True, False)
+    revoked = messages.renew_request(3, 99, False, revoked=True)
+    assert messages.parse_renew_request(revoked) == (3, 99, False, True)
 
 
 def test_notify_datagram_to_a_path_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
