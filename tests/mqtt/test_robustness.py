@@ -90,6 +90,13 @@ def test_forged_revocation_ignored_real_one_gives_32_offline(
     make_device: Make, signer: Signer, broker: Broker, hq_client: Client, daemons: Daemons
 ) -> None:
     device = _device(make_device, signer, broker)
+    hooks = device.path / "etc/fieldpass/on-verdict.d"
+    hooks.mkdir()
+    seen = device.path / "hook.out"
+    hook = hooks / "10-record"
+    hook.write_text(f'#!/bin/sh\necho "$FIELDPASS_PREVIOUS_VERDICT>$FIELDPASS_VERDICT" >> {seen}\n')
+    hook.chmod(0o755)
+    device.check()  # the gate records "valid"
     daemon = daemons(device)
     daemon.start()
     daemon.wait_log("state CONNECTING -> CONNECTED")
@@ -105,7 +112,9 @@ def test_forged_revocation_ignored_real_one_gives_32_offline(
     real = sign_revocation(signer.key, Revocation("act_1", now, "revoked"))
     hq_client.publish(topic, real, retain=True)
     wait_for(lambda: device.verdict().get("verdict") == "revoked", what="the revocation")
+    wait_for(lambda: "valid>revoked" in seen.read_text(), what="the on-verdict hook")
     assert daemon.stop() == 0
+    assert seen.read_text().splitlines() == [">valid", "valid>revoked"]  # gate, then daemon
     broker.stop()
     assert device.check().returncode == 32
     broker.start()
