@@ -64,3 +64,41 @@ def license_key(hq: Run) -> str:
     res = hq("licenses", "create", "--plan", "std", "--json")
     assert res.code == 0, res.err
     return str(res.json()["key"])
+
+
+@dataclass
+class Online:
+    """A running server (module-wide) with a key, a 5-seat plan 'std' and a token."""
+
+    server: Any
+    token: str
+
+    @property
+    def url(self) -> str:
+        return str(self.server.url)
+
+    @property
+    def admin(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def new_license(self, plan: str = "std", **extra: Any) -> str:
+        import httpx
+
+        res = httpx.post(
+            self.url + "/v1/licenses", json={"plan": plan, **extra}, headers=self.admin, timeout=10
+        )
+        assert res.status_code == 201, res.text
+        return str(res.json()["key"])
+
+
+@pytest.fixture(scope="module")
+def online(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from .server import prepare_home, start_server
+
+    home = tmp_path_factory.mktemp("online") / "hq"
+    token = prepare_home(home)
+    server = start_server(home)
+    try:
+        yield Online(server, token)
+    finally:
+        server.stop()
