@@ -19,8 +19,8 @@ renewal timeout, watchdog): no busy loop. Only ``now()`` reads the clock.
 """
 
 import logging
+import os
 import queue
-import random
 import time
 from collections.abc import Callable
 
@@ -262,7 +262,8 @@ class Machine:
             self.post(GIVE_UP)
             return
         delay_ms = min(self.cfg.backoff_max_ms, self.cfg.backoff_min_ms << min(self.failures, 30))
-        delay_s = delay_ms * random.uniform(0.5, 1.0) / 1000  # noqa: S311 - jitter
+        jitter = 0.5 + int.from_bytes(os.urandom(2), "big") / 131070  # 0.5 to 1.0
+        delay_s = delay_ms * jitter / 1000
         log.info("disconnected from %s; retrying in %.1f s", self.transport.describe(), delay_s)
         self._timer(RETRY, delay_s)
 

@@ -14,7 +14,6 @@ Callbacks run on paho's thread and only post events; they never raise.
 
 import logging
 import ssl
-import threading
 import urllib.parse
 
 import paho.mqtt.client as mqtt
@@ -58,8 +57,7 @@ class MqttTransport:
         self.password = self._password()
         self.index = -1  # the broker of the current attempt
         self.generation = 0
-        self.client: mqtt.Client | None = None
-        self._lock = threading.Lock()
+        self.client: mqtt.Client | None = None  # generations change on this thread only
 
     def _password(self) -> str | None:
         if not self.cfg.mqtt_password_file:
@@ -78,9 +76,8 @@ class MqttTransport:
         self.disconnect()
         self.index = (self.index + 1) % len(self.brokers)
         host, port, tls = self.brokers[self.index]
-        with self._lock:
-            self.generation += 1
-            gen = self.generation
+        self.generation += 1
+        gen = self.generation
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id="fp-" + self.device_id,
@@ -122,8 +119,7 @@ class MqttTransport:
 
     def disconnect(self) -> None:
         client, self.client = self.client, None
-        with self._lock:
-            self.generation += 1  # whatever the old client still posts is stale
+        self.generation += 1  # whatever the old client still posts is stale
         if client is None:
             return
         try:
