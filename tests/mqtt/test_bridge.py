@@ -75,3 +75,24 @@ def test_broker_config_files(service: HQ, tmp_path: Path) -> None:
     assert "pattern read fieldpass/v1/dev/%u/machine-file" in acl
     assert "pattern write fieldpass/v1/dev/%u/status" in acl
     assert oct((tmp_path / "out/credentials.csv").stat().st_mode & 0o777) == "0o600"
+
+
+def test_push_selection_narrows_by_each_option(service: HQ) -> None:
+    from provisioning.mqtt.push import Selection, select
+
+    service.create_plan(Plan("lab", "robot-os", 30 * 86400, 86400, 5, None, 1000), ACTOR)
+    industrial = service.create_license("industrial", [], None, 1000, ACTOR)
+    lab = service.create_license("lab", [], None, 1000, ACTOR)
+    a = service.activate(industrial.license_key, "a" * 64, 1000, ACTOR).activation
+    b = service.activate(industrial.license_key, "b" * 64, 1000, ACTOR).activation
+    c = service.activate(lab.license_key, "c" * 64, 1000, ACTOR).activation
+    service.deactivate(2000, ACTOR, activation_id=b.id)
+
+    def ids(sel: Selection) -> set[str]:
+        return {x.id for x in select(service, sel, 1000)}
+
+    assert ids(Selection(license_id=industrial.id)) == {a.id}  # b is deactivated
+    assert ids(Selection(plan="lab")) == {c.id}
+    assert ids(Selection(devices=(a.id, "c" * 64))) == {a.id, c.id}
+    assert ids(Selection(expiring_within_s=31 * 86400)) == {c.id}  # lab files: 30 days
+    assert ids(Selection(plan="industrial", expiring_within_s=31 * 86400)) == set()
