@@ -105,3 +105,26 @@ def test_once_without_a_broker_exits_69(
     broker.start()
     result = device.run("run", "--once", timeout=30)
     assert result.returncode == 0, result.stderr
+
+
+def test_asks_when_the_file_enters_its_window_while_running(
+    make_device: Callable[..., DeviceRoot],
+    signer: Signer,
+    broker: Broker,
+    hq_client: Client,
+    daemons: Callable[[DeviceRoot], Daemon],
+) -> None:
+    device = make_device()
+    device.write_config(mqtt_config(broker, renew_at_percent=50))
+    signer.provision(device, ttl=6, warn_s=1)  # due 3 s after issue
+    hq_client.subscribe(device_topic(device, "renew-request"))
+    daemon = daemons(device)
+    daemon.start()
+    wait_for(lambda: hq_client.received("renew-request"))
+    assert json.loads(hq_client.received("renew-request")[0])["due"] is False
+    wait_for(lambda: len(hq_client.received("renew-request")) >= 2, 10, "the timer's request")
+    assert json.loads(hq_client.received("renew-request")[1])["due"] is True
+    fresh = signer.issue(device.fingerprint, serial=2)
+    hq_client.publish(device_topic(device, "machine-file"), fresh, retain=True)
+    daemon.wait_log("state RENEWING -> CONNECTED")
+    assert daemon.stop() == 0
