@@ -8,6 +8,7 @@ atomically, then the state absorbs it; a crash between the last two is repaired 
 next check, which absorbs a newer file the same way.
 """
 
+import errno
 import os
 
 from . import fsio, state, verdict
@@ -19,6 +20,9 @@ from .wire import armor, license_key
 from .wire.errors import FormatError, WireError
 from .wire.keys import Keyring
 from .wire.machine_file import MAX_MACHINE_FILE_BYTES, Claims, open_machine_file
+
+if False:  # typing only: agent.tpm is imported when [tpm] is enabled, not on every boot
+    from .tpm import NvCounter
 
 MAX_LICENSE_KEY_BYTES = 256
 INCOMING = "incoming"  # the factory's spool: fieldpass-hq provision writes here
@@ -57,6 +61,8 @@ class Device:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self._identity: Identity | None = None
+        self._tpm: NvCounter | None = None
+        self._tpm_value: int | None = None  # the counter as last read or written
 
     @property
     def identity(self) -> Identity:
@@ -91,11 +97,73 @@ class Device:
     def stored_machine_file(self) -> bytes | None:
         return fsio.read_bytes(self.cfg.machine_file, MAX_MACHINE_FILE_BYTES)
 
+    def _counter(self) -> "NvCounter | None":
+        """The TPM NV counter the state is bound to, when ``[tpm] enabled``."""
+        if not self.cfg.tpm_enabled:
+            return None
+        if self._tpm is None:
+            from .tpm import NvCounter, TpmError, parse_nv_index
+
+            try:
+                index = parse_nv_index(self.cfg.tpm_nv_index)
+            except (TpmError, ValueError) as e:
+                raise ConfigError(f"{self.cfg.path}: [tpm] nv_index: {e}") from None
+            self._tpm = NvCounter(index, self.cfg.tpm_tcti)
+        return self._tpm
+
     def load_state(self) -> State | None:
-        return state.load(self.cfg.state_dir, self.identity.state_key)
+        """The newest authenticated state; with a TPM, also bound to its counter: a state
+        older than the counter (a restored image) or ahead of it by more than the one
+        step a power cut can leave is refused, and an unreadable TPM fails closed."""
+        st = state.load(self.cfg.state_dir, self.identity.state_key)
+        counter = self._counter()
+        if counter is None or st is None:
+            return st
+        from .tpm import INCONSISTENT, RESTORED, TpmError, check_binding
+
+        try:
+            if st.tpm is None and not counter.exists():
+                return st  # not bound yet: the next save defines the index and binds it
+            value = counter.read()
+        except TpmError as e:
+            raise StateError("tpm_unavailable", f"TPM counter unreadable ({e})") from None
+        binding = check_binding(st.tpm, value)
+        if binding == RESTORED:
+            raise StateError(
+                "state_restored",
+                f"device state is older than the TPM counter ({st.tpm} < {value}): "
+                "a restored image; install a newer machine file from HQ",
+            )
+        if binding == INCONSISTENT:
+            raise StateError(
+                "tpm_mismatch",
+                f"device state does not match the TPM counter ({st.tpm} vs {value}): "
+                "the TPM was cleared or replaced; install a newer machine file from HQ",
+            )
+        self._tpm_value = value
+        return st
 
     def save_state(self, st: State) -> State:
-        return state.save(self.cfg.state_dir, self.identity.state_key, st)
+        """Write the state; with a TPM, first the state carrying counter + 1, then the
+        increment, so a power cut between the two leaves a state one step ahead, which
+        the next load accepts (and the next save repairs)."""
+        counter = self._counter()
+        if counter is None:
+            return state.save(self.cfg.state_dir, self.identity.state_key, st)
+        from .tpm import TpmError
+
+        try:
+            if self._tpm_value is None:
+                counter.ensure()
+                self._tpm_value = counter.read()
+            new = state.save(
+                self.cfg.state_dir, self.identity.state_key, st.replace(tpm=self._tpm_value + 1)
+            )
+            counter.bump()
+        except TpmError as e:
+            raise fsio.StorageError(errno.EIO, f"TPM counter: {e}") from None
+        self._tpm_value += 1
+        return new
 
     # -- the gate -------------------------------------------------------------
 
@@ -238,6 +306,7 @@ class Device:
             return claims, "same"
         fsio.remove_stale_temps(self.cfg.state_dir)
         if st is None:
+            state.discard(self.cfg.state_dir)
             # A new or rebuilt state is written first: a crash before the file leaves
             # "not activated" or the refusal the device already had, never acceptance.
             self.save_state(verdict.absorb(claims, State()))

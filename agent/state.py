@@ -183,3 +183,14 @@ def save(state_dir: str, key: bytes, state: State) -> State:
     new = state.replace(gen=state.gen + 1)
     fsio.atomic_write(os.path.join(state_dir, SLOTS[new.gen % 2]), seal(new, key), 0o600)
     return new
+
+
+def discard(state_dir: str) -> None:
+    """Remove both slots (before a state is rebuilt from a newer machine file), so that
+    no refused slot with a higher generation can shadow the rebuilt one."""
+    for name in SLOTS:
+        try:
+            os.unlink(os.path.join(state_dir, name))
+        except FileNotFoundError:
+            pass
+    fsio.fsync_dir(state_dir)
