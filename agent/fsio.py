@@ -37,7 +37,10 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
+def atomic_write(path: str, data: bytes, mode: int = 0o644, *, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` atomically; with ``durable`` (the default, for the
+    persistent partition) also fsync the file and its directory. ``durable=False`` is for
+    files on a volatile tmpfs such as /run, where a reboot empties them anyway."""
     directory = os.path.dirname(path) or "."
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
@@ -47,13 +50,16 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.rename(tmp, path)
     except OSError as e:
         _remove_quietly(tmp)
         raise StorageError(e.errno, f"cannot write {path}: {os.strerror(e.errno or 0)}") from e
+    if not durable:
+        return
     try:
         fsync_dir(directory)
     except OSError as e:

@@ -102,8 +102,11 @@ def write_files(cfg: Config, doc: dict[str, object]) -> list[str]:
         fsio.atomic_write(
             os.path.join(cfg.verdict_dir, JSON_NAME),
             (jsonout.dumps(doc, pretty=True) + "\n").encode("utf-8"),
+            durable=False,  # /run is a tmpfs: atomic, but no fsync to pay at every boot
         )
-        fsio.atomic_write(os.path.join(cfg.verdict_dir, ENV_NAME), env_text(doc).encode("utf-8"))
+        fsio.atomic_write(
+            os.path.join(cfg.verdict_dir, ENV_NAME), env_text(doc).encode("utf-8"), durable=False
+        )
     except OSError as e:
         problems.append(f"could not write the verdict files in {cfg.verdict_dir}: {e}")
     return problems

@@ -19,6 +19,34 @@ from agent.wire.keys import Keyring, SigningKey
 from agent.wire.machine_file import Claims, Entitlement, seal_machine_file
 
 FIELDPASS = str(Path(sys.executable).parent / "fieldpass")
+REPO = Path(__file__).resolve().parents[2]
+DEVICE_VENV = REPO / "bench-out" / "device-venv"
+
+
+def device_install() -> str:
+    """A virtualenv shaped like the device image: the agent and its runtime dependencies
+    only, no pip or setuptools (whose .pth hook the test venv imports at every start).
+    Returns its ``fieldpass``."""
+    import shutil
+
+    shutil.rmtree(DEVICE_VENV, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(DEVICE_VENV)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(DEVICE_VENV / "bin/python"),
+            "install",
+            "-q",
+            str(REPO),
+        ],
+        check=True,
+    )
+    return str(DEVICE_VENV / "bin/fieldpass")
+
+
 RATIO_GOAL = 2.5
 RSS_GOAL_MIB = 14.0
 
@@ -97,13 +125,52 @@ def measure(cmd: list[str], baseline: list[str], rounds: int, rss_file: str) -> 
     }
 
 
+def tpm_comparison(rounds: int = 20) -> dict[str, float]:
+    """The gate with [tpm] enabled (swtpm on loopback) against the plain gate, interleaved."""
+    from tests.test_tpm import Swtpm
+
+    with tempfile.TemporaryDirectory() as tmp:
+        plain, bound = Path(tmp) / "plain", Path(tmp) / "tpm"
+        (Path(tmp) / "tpmstate").mkdir()
+        server = Swtpm(Path(tmp) / "tpmstate")
+        server.start()
+        try:
+            for root in (plain, bound):
+                root.mkdir()
+                staged_device(root)
+            (bound / "etc/fieldpass/agent.toml").write_text(
+                f'[tpm]\nenabled = true\ntcti = "{server.tcti}"\n'
+            )
+            plain_cmd = [FIELDPASS, "--root", str(plain), "check"]
+            tpm_cmd = [FIELDPASS, "--root", str(bound), "check"]
+            plain_t, tpm_t = [], []
+            for _ in range(3):
+                wall_time(plain_cmd), wall_time(tpm_cmd)
+            for _ in range(rounds):
+                plain_t.append(wall_time(plain_cmd)[0])
+                t, code = wall_time(tpm_cmd)
+                if code != 0:
+                    raise SystemExit(f"the TPM-bound gate failed with exit {code}")
+                tpm_t.append(t)
+        finally:
+            server.stop()
+    p, b = statistics.median(plain_t) * 1e3, statistics.median(tpm_t) * 1e3
+    return {
+        "plain_gate_median_ms": round(p, 2),
+        "tpm_gate_median_ms": round(b, 2),
+        "tpm_over_plain": round(b / p, 2),
+        "tpm_rounds": rounds,
+    }
+
+
 def main(rounds: int = 60) -> dict[str, float]:
+    fieldpass = device_install()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         staged_device(root)
         result = measure(
-            [FIELDPASS, "--root", str(root), "check"],
-            [sys.executable, "-I", "-S", "-c", "pass"],
+            [fieldpass, "--root", str(root), "check"],
+            [str(DEVICE_VENV / "bin/python"), "-I", "-S", "-c", "pass"],
             rounds,
             str(root / "rss"),
         )
@@ -112,6 +179,7 @@ def main(rounds: int = 60) -> dict[str, float]:
     result["meets_goals"] = float(
         result["ratio"] <= RATIO_GOAL and result["gate_peak_rss_mib"] <= RSS_GOAL_MIB
     )
+    result.update(tpm_comparison())
     return result
 
 
