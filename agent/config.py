@@ -70,7 +70,6 @@ _SCHEMA: dict[str, dict[str, tuple[type, object]]] = {
         "transport": (str, "auto"),
         "renew_at_percent": (int, 67),
         "check_interval_s": (int, 3600),
-        "http_interval_s": (int, 3600),
         "renew_timeout_s": (int, 60),
         "backoff_min_ms": (int, 1000),
         "backoff_max_ms": (int, 300_000),
@@ -110,16 +109,7 @@ class Config:
         self.tpm_enabled = bool(tpm["enabled"])
         self.tpm_nv_index = str(tpm["nv_index"])
         self.tpm_tcti = str(tpm["tcti"])
-        self._mqtt(values["mqtt"], path)
-        self._daemon(values["daemon"], path)
-        if self.clock_policy not in CLOCK_POLICIES:
-            raise ConfigError(f"{path}: [clock] policy must be one of {', '.join(CLOCK_POLICIES)}")
-        if not 0 <= self.tolerance_s <= 86400:
-            raise ConfigError(f"{path}: [clock] tolerance_s must be between 0 and 86400")
-        if not 1 <= self.online_timeout_s <= 120:
-            raise ConfigError(f"{path}: [online] timeout_s must be between 1 and 120")
-
-    def _mqtt(self, mqtt: dict[str, object], path: str) -> None:
+        mqtt, daemon = values["mqtt"], values["daemon"]
         brokers = mqtt["brokers"]
         assert isinstance(brokers, list)
         if not all(
@@ -129,10 +119,12 @@ class Config:
         # The fleet broker first, then the others (a technician's laptop), in order.
         self.mqtt_brokers = [str(u) for u in dict.fromkeys(brokers)]
         self.mqtt_username = str(mqtt["username"])
-        self.mqtt_password_file = self._optional_path(str(mqtt["password_file"]))
-        self.mqtt_ca_file = self._optional_path(str(mqtt["ca_file"]))
-        self.mqtt_cert_file = self._optional_path(str(mqtt["cert_file"]))
-        self.mqtt_key_file = self._optional_path(str(mqtt["key_file"]))
+        self.mqtt_password_file = (
+            self.device_path(str(mqtt["password_file"])) if mqtt["password_file"] else ""
+        )
+        self.mqtt_ca_file = self.device_path(str(mqtt["ca_file"])) if mqtt["ca_file"] else ""
+        self.mqtt_cert_file = self.device_path(str(mqtt["cert_file"])) if mqtt["cert_file"] else ""
+        self.mqtt_key_file = self.device_path(str(mqtt["key_file"])) if mqtt["key_file"] else ""
         self.mqtt_keepalive_s = int(str(mqtt["keepalive_s"]))
         self.mqtt_session_expiry_s = int(str(mqtt["session_expiry_s"]))
         self.mqtt_max_payload_bytes = int(str(mqtt["max_payload_bytes"]))
@@ -145,12 +137,9 @@ class Config:
             raise ConfigError(f"{path}: [mqtt] max_payload_bytes must be 1 KiB to 1 MiB")
         if not self.mqtt_topic_prefix or any(c in self.mqtt_topic_prefix for c in "+#\0"):
             raise ConfigError(f"{path}: [mqtt] topic_prefix must be a plain topic")
-
-    def _daemon(self, daemon: dict[str, object], path: str) -> None:
         self.daemon_transport = str(daemon["transport"])
         self.renew_at_percent = int(str(daemon["renew_at_percent"]))
         self.check_interval_s = int(str(daemon["check_interval_s"]))
-        self.http_interval_s = int(str(daemon["http_interval_s"]))
         self.renew_timeout_s = int(str(daemon["renew_timeout_s"]))
         self.backoff_min_ms = int(str(daemon["backoff_min_ms"]))
         self.backoff_max_ms = int(str(daemon["backoff_max_ms"]))
@@ -160,16 +149,19 @@ class Config:
             )
         if not 1 <= self.renew_at_percent <= 99:
             raise ConfigError(f"{path}: [daemon] renew_at_percent must be between 1 and 99")
-        for name in ("check_interval_s", "http_interval_s", "renew_timeout_s"):
+        for name in ("check_interval_s", "renew_timeout_s"):
             if not 1 <= getattr(self, name) <= 7 * 86400:
                 raise ConfigError(f"{path}: [daemon] {name} must be between 1 and 604800")
         if not 10 <= self.backoff_min_ms <= self.backoff_max_ms <= 86_400_000:
             raise ConfigError(
                 f"{path}: [daemon] backoff_min_ms must be >= 10 and <= backoff_max_ms"
             )
-
-    def _optional_path(self, path: str) -> str:
-        return self.device_path(path) if path else ""
+        if self.clock_policy not in CLOCK_POLICIES:
+            raise ConfigError(f"{path}: [clock] policy must be one of {', '.join(CLOCK_POLICIES)}")
+        if not 0 <= self.tolerance_s <= 86400:
+            raise ConfigError(f"{path}: [clock] tolerance_s must be between 0 and 86400")
+        if not 1 <= self.online_timeout_s <= 120:
+            raise ConfigError(f"{path}: [online] timeout_s must be between 1 and 120")
 
     def device_path(self, path: str) -> str:
         """A device path as seen from this host: under ``root`` when there is one."""
