@@ -14,6 +14,7 @@
 
 import http.server
 import json
+import os
 import signal
 import threading
 import time
@@ -304,6 +305,55 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.server.picked(entry, "http")
 
 
+def offer_over_mqtt(server: FieldServer, url: str, username: str, password: str) -> Any:
+    """Publish every renewal and revocation of the bundle, retained, on each device's
+    topics, and count a pickup when the device's status reports the new serial (or the
+    revoked verdict). The device's daemon verifies everything it receives."""
+    from agent.daemon import messages, topics
+
+    from .mqtt.connection import connect
+
+    prefix = topics.DEFAULT_PREFIX
+    by_device = {topics.device_id(fp): e for fp, e in server.by_fingerprint.items()}
+    revoked = {topics.device_id(fp): e for fp, e in server.revocations.items()}
+    seen: set[str] = set()
+
+    def on_message(client: object, userdata: object, message: Any) -> None:
+        parsed = topics.parse(prefix, message.topic)
+        if parsed is None or parsed[1] != topics.STATUS or parsed[0] in seen:
+            return
+        try:
+            status = messages.parse_status(bytes(message.payload))
+        except Exception:
+            return
+        dev = parsed[0]
+        entry = by_device.get(dev)
+        serial = status.get("serial")
+        if entry is not None and type(serial) is int and serial >= entry["serial"]:
+            seen.add(dev)
+            server.picked(entry, "mqtt")
+        elif dev in revoked and status.get("verdict") == "revoked":
+            seen.add(dev)
+            server.picked(revoked[dev], "mqtt")
+
+    client = connect(
+        url,
+        f"fieldpass-field-{os.getpid()}",
+        username,
+        password,
+        on_message=on_message,
+        subscriptions=[f"{prefix}/dev/+/{topics.STATUS}"],
+    )
+    for dev, entry in by_device.items():
+        data = armor.unarmor(entry["machine_file"], armor.MACHINE_FILE)
+        client.publish(topics.topic(prefix, dev, topics.MACHINE_FILE), data, qos=1, retain=True)
+    for dev, entry in revoked.items():
+        data = armor.unarmor(entry["revocation"], armor.REVOCATION)
+        client.publish(topics.topic(prefix, dev, topics.REVOCATION), data, qos=1, retain=True)
+    click.echo(f"offering the bundle on {url} too", err=True)
+    return client
+
+
 @field.command("serve")
 @click.argument("bundle_path", metavar="BUNDLE", type=click.Path(path_type=Path, dir_okay=False))
 @click.option(
@@ -324,18 +374,40 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     type=click.IntRange(1, 7 * 86400),
     help="Stop after this many seconds [default: until Ctrl-C or SIGTERM].",
 )
+@click.option(
+    "--broker",
+    metavar="URL",
+    help="Also offer the bundle over MQTT on this broker (the site's, or the laptop's own "
+    "mosquitto): mqtt://HOST[:PORT] or mqtts://.",
+)
+@click.option("--broker-username", default="fieldpass-hq", show_default=True)
+@click.option(
+    "--broker-password-file",
+    type=click.Path(dir_okay=False),
+    help="The password of that user in the broker's password file.",
+)
 def serve(
-    bundle_path: Path, host: str, port: int, report_path: Path | None, duration: int | None
+    bundle_path: Path,
+    host: str,
+    port: int,
+    report_path: Path | None,
+    duration: int | None,
+    broker: str | None,
+    broker_username: str,
+    broker_password_file: str | None,
 ) -> None:
     """On site: offer the bundle's renewals to the devices over the local link.
 
     Devices pick them up through their usual HTTP path once the laptop's URL is in
-    their `[online] servers`. Each pickup is shown; the report is written on exit.
+    their `[online] servers`, and through their MQTT daemon once the broker given with
+    --broker is in their `[mqtt] brokers`. Each pickup is shown; the report is written
+    on exit.
 
     \b
     Examples:
       fieldpass-hq field serve site-7.bundle --host 192.168.7.1
       fieldpass-hq field serve site-7.bundle --host 192.168.7.1 --duration 3600
+      fieldpass-hq field serve site-7.bundle --host 192.168.7.1 --broker mqtt://192.168.7.1
     """
     bundle = load_bundle(bundle_path)
     server = FieldServer((host, port), bundle, echo=True)
@@ -345,12 +417,19 @@ def serve(
         signal.signal(sig, lambda *_: stop.set())
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    mqtt_client = None
+    if broker:
+        password = Path(broker_password_file).read_text().strip() if broker_password_file else ""
+        mqtt_client = offer_over_mqtt(server, broker, broker_username, password)
     click.echo(
         f"serving {len(server.by_fingerprint)} renewal(s) on http://{host}:{port} "
         f"(Ctrl-C to stop and write the report)",
         err=True,
     )
     stop.wait(timeout=duration)
+    if mqtt_client is not None:
+        mqtt_client.loop_stop()
+        mqtt_client.disconnect()
     server.shutdown()
     server.server_close()
     picked = {p["activation_id"] for p in server.pickups}
