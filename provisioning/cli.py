@@ -738,6 +738,12 @@ def tokens_create(ctx: click.Context, name: str, as_json: bool) -> None:
     show_default=True,
     help="Server processes sharing the database.",
 )
+@click.option(
+    "--forwarded-allow-ips",
+    metavar="ADDRS",
+    default=None,
+    help="Behind a reverse proxy: its address(es), trusted for X-Forwarded-For.",
+)
 @json_option
 @click.pass_context
 def serve(
@@ -747,6 +753,7 @@ def serve(
     tls_cert: str | None,
     tls_key: str | None,
     workers: int,
+    forwarded_allow_ips: str | None,
     as_json: bool,
 ) -> None:
     """Run the HTTP API (device and admin endpoints) over this HOME's database.
@@ -768,7 +775,16 @@ def serve(
         ) from e
     state = _state(ctx)
     state.hq.store.close()  # check the home is usable before forking workers
-    server.run(state.home, host, port, tls_cert, tls_key, workers, as_json)
+    server.run(
+        state.home,
+        host,
+        port,
+        tls_cert,
+        tls_key,
+        workers,
+        as_json,
+        forwarded_allow_ips=forwarded_allow_ips,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
