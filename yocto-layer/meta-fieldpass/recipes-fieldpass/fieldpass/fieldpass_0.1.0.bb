@@ -121,9 +121,11 @@ RDEPENDS:${PN} = "\
     python3-fcntl \
     python3-io \
     python3-json \
+    python3-logging \
     python3-netclient \
     python3-paho-mqtt \
     python3-pynacl \
+    python3-threading \
     python3-tomllib \
 "
 RDEPENDS:${PN}-daemon = "${PN}"
