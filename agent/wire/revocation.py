@@ -13,22 +13,18 @@ a newer machine file (its issued-at is later than the revocation's) or by a sign
 "active" status. Armored label: ``FIELDPASS REVOCATION``.
 """
 
-from . import cbor, sodium
 from .errors import (
     ClaimMismatchError,
     FormatError,
-    SignatureError,
-    UnknownKeyError,
-    UnsupportedVersionError,
 )
 from .keys import Keyring, SigningKey
+from .signed import open_signed, sign_message
 
 FORMAT_VERSION = 1
 SIGNATURE_CONTEXT = b"revocation/"
 MAX_REVOCATION_BYTES = 1024
 REASONS = frozenset({"revoked", "suspended"})
-_TOKEN_KEYS = frozenset({"kid", "msg", "sig"})
-_MSG_KEYS = frozenset({"v", "type", "activation_id", "issued_at", "reason"})
+_MSG_FIELDS = frozenset({"activation_id", "issued_at", "reason"})
 
 
 class Revocation:
@@ -50,38 +46,31 @@ class Revocation:
 
 
 def sign_revocation(signing_key: SigningKey, revocation: Revocation) -> bytes:
-    msg = cbor.dumps(
+    return sign_message(
+        signing_key,
+        SIGNATURE_CONTEXT,
         {
             "v": FORMAT_VERSION,
             "type": "revocation",
             "activation_id": revocation.activation_id,
             "issued_at": revocation.issued_at,
             "reason": revocation.reason,
-        }
-    )
-    return cbor.dumps(
-        {"kid": signing_key.kid, "msg": msg, "sig": signing_key.sign(SIGNATURE_CONTEXT + msg)}
+        },
     )
 
 
 def verify_revocation(data: bytes, keyring: Keyring, activation_id: str) -> Revocation:
     """The revocation in ``data`` if HQ signed it for ``activation_id``; else WireError."""
-    doc = cbor.loads(data, max_size=MAX_REVOCATION_BYTES, max_depth=1)
-    if not isinstance(doc, dict) or set(doc) != _TOKEN_KEYS:
-        raise FormatError("a revocation is a map of kid, msg and sig")
-    kid, msg, sig = doc["kid"], doc["msg"], doc["sig"]
-    if type(kid) is not str or type(msg) is not bytes or type(sig) is not bytes:
-        raise FormatError("revocation fields have the wrong types")
-    public_key = keyring.get(kid)
-    if public_key is None:
-        raise UnknownKeyError(f"revocation signed by key {kid}, which this device does not trust")
-    if not sodium.ed25519_verify(public_key, sig, SIGNATURE_CONTEXT + msg):
-        raise SignatureError("revocation signature does not verify")
-    body = cbor.loads(msg, max_size=MAX_REVOCATION_BYTES, max_depth=1)
-    if not isinstance(body, dict) or body.get("v") != FORMAT_VERSION:
-        raise UnsupportedVersionError("unsupported revocation version")
-    if set(body) != _MSG_KEYS or body["type"] != "revocation":
-        raise FormatError("revocation has missing or unknown fields")
+    body = open_signed(
+        data,
+        keyring,
+        SIGNATURE_CONTEXT,
+        what="revocation",
+        msg_type="revocation",
+        fields=_MSG_FIELDS,
+        version=FORMAT_VERSION,
+        max_bytes=MAX_REVOCATION_BYTES,
+    )
     revocation = Revocation(body["activation_id"], body["issued_at"], body["reason"])  # type: ignore[arg-type]
     if revocation.activation_id != activation_id:
         raise ClaimMismatchError("revocation names another activation")

@@ -17,23 +17,19 @@ The fingerprint binds the answer to one device and the nonce (chosen by the devi
 device's clock back or to lift a revocation. Pure functions: nothing here reads a clock.
 """
 
-from . import cbor, sodium
 from .errors import (
     ClaimMismatchError,
     FormatError,
-    SignatureError,
-    UnknownKeyError,
-    UnsupportedVersionError,
 )
 from .keys import Keyring, SigningKey
 from .license_key import is_fingerprint
+from .signed import open_signed, sign_message
 
 FORMAT_VERSION = 1
 SIGNATURE_CONTEXT = b"time/"
 MAX_TOKEN_BYTES = 1024
 MAX_NONCE_CHARS = 128
-_TOKEN_KEYS = frozenset({"kid", "msg", "sig"})
-_MSG_KEYS = frozenset({"v", "type", "t", "fingerprint", "nonce", "status"})
+_MSG_FIELDS = frozenset({"t", "fingerprint", "nonce", "status"})
 STATUSES = frozenset({"active", "suspended", "revoked", "expired", "deactivated"})
 
 
@@ -53,7 +49,9 @@ def sign_time(
     _check_nonce(nonce)
     if type(t) is not int or not 0 <= t < 1 << 63:
         raise ValueError("a time is a non-negative integer of Unix seconds")
-    msg = cbor.dumps(
+    return sign_message(
+        signing_key,
+        SIGNATURE_CONTEXT,
         {
             "v": FORMAT_VERSION,
             "type": "time",
@@ -61,10 +59,8 @@ def sign_time(
             "fingerprint": fingerprint,
             "nonce": nonce,
             "status": status,
-        }
+        },
     )
-    sig = signing_key.sign(SIGNATURE_CONTEXT + msg)
-    return cbor.dumps({"kid": signing_key.kid, "msg": msg, "sig": sig})
 
 
 def verify_time(
@@ -72,22 +68,16 @@ def verify_time(
 ) -> tuple[int, str]:
     """HQ's time and the license status in ``data``, if it is signed by a trusted key for
     this device and this nonce; otherwise a ``WireError``."""
-    doc = cbor.loads(data, max_size=MAX_TOKEN_BYTES, max_depth=1)
-    if not isinstance(doc, dict) or set(doc) != _TOKEN_KEYS:
-        raise FormatError("a signed time is a map of kid, msg and sig")
-    kid, msg, sig = doc["kid"], doc["msg"], doc["sig"]
-    if type(kid) is not str or type(msg) is not bytes or type(sig) is not bytes:
-        raise FormatError("signed time fields have the wrong types")
-    public_key = keyring.get(kid)
-    if public_key is None:
-        raise UnknownKeyError(f"time signed by key {kid}, which this device does not trust")
-    if not sodium.ed25519_verify(public_key, sig, SIGNATURE_CONTEXT + msg):
-        raise SignatureError("signed time does not verify")
-    body = cbor.loads(msg, max_size=MAX_TOKEN_BYTES, max_depth=1)
-    if not isinstance(body, dict) or body.get("v") != FORMAT_VERSION:
-        raise UnsupportedVersionError("unsupported signed time version")
-    if set(body) != _MSG_KEYS or body["type"] != "time":
-        raise FormatError("signed time has missing or unknown fields")
+    body = open_signed(
+        data,
+        keyring,
+        SIGNATURE_CONTEXT,
+        what="signed time",
+        msg_type="time",
+        fields=_MSG_FIELDS,
+        version=FORMAT_VERSION,
+        max_bytes=MAX_TOKEN_BYTES,
+    )
     t = body["t"]
     if type(t) is not int or not 0 <= t < 1 << 63:
         raise FormatError("signed time is not a non-negative integer")
