@@ -11,6 +11,10 @@ from agent.wire.signed_time import MAX_NONCE_CHARS
 from .units import MAX_DURATION_S
 
 FINGERPRINT = r"^[0-9a-f]{64}$"
+# agent.wire.license_key's alphabet (no I, O, 0, 1), either case as a person may type it.
+LICENSE_KEY = r"^[Ff][Pp](-[A-HJ-NP-Za-hj-np-z2-9]{5}){5}$"
+LICENSE_ID = r"^lic_[0-9a-f]{20}$"
+ACTIVATION_ID = r"^act_[0-9a-f]{20}$"
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 MAX_TIME = (1 << 53) - 1
 
@@ -20,7 +24,9 @@ class Strict(BaseModel):
 
 
 class DeviceRequest(Strict):
-    license_key: str = Field(min_length=1, max_length=64, description="FP-XXXXX-... (a secret)")
+    license_key: str = Field(
+        pattern=LICENSE_KEY, description="FP-XXXXX-XXXXX-XXXXX-XXXXX-XXXXX (a secret)"
+    )
     fingerprint: str = Field(pattern=FINGERPRINT, description="64 lowercase hex characters")
 
 
@@ -32,11 +38,11 @@ class MachineFileRequest(DeviceRequest):
     ttl_s: int | None = Field(
         default=None, ge=1, le=MAX_DURATION_S, description="Capped by the plan's offline TTL."
     )
-    activation_id: str | None = Field(default=None, min_length=1, max_length=64)
+    activation_id: str | None = Field(default=None, pattern=ACTIVATION_ID)
 
 
 class DeactivateRequest(DeviceRequest):
-    activation_id: str | None = Field(default=None, min_length=1, max_length=64)
+    activation_id: str | None = Field(default=None, pattern=ACTIVATION_ID)
 
 
 class ValidateRequest(DeviceRequest):
@@ -61,3 +67,27 @@ class LicenseCreate(Strict):
     plan: str = Field(pattern=NAME)
     entitlements: list[EntitlementIn] = Field(default_factory=list, max_length=64)
     expires_at: int | None = Field(default=None, ge=0, le=MAX_TIME)
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable: seat_limit_reached, license_not_found, ...")
+    message: str = Field(description="One line for a person; never holds a secret.")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, object]]:
+    """The OpenAPI ``responses`` of a route's error statuses, all ``ErrorBody``."""
+    what = {
+        400: "Malformed JSON.",
+        401: "No or an unknown bearer token.",
+        403: "The license is suspended, revoked or expired, or another device's.",
+        404: "No such license, activation or plan.",
+        409: "A seat limit or a conflict.",
+        413: "The body is larger than the limit.",
+        422: "A field is missing, unknown, of the wrong type or out of range.",
+        503: "HQ is not configured (no signing key) or its storage failed.",
+    }
+    return {s: {"model": ErrorBody, "description": what[s]} for s in statuses}

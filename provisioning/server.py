@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Path as PathParam, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -26,14 +27,17 @@ from agent.wire import armor
 
 from . import __version__, output
 from .api_models import (
+    ACTIVATION_ID,
+    LICENSE_ID,
     ActivateRequest,
     DeactivateRequest,
     LicenseCreate,
     MachineFileRequest,
     PlanCreate,
     ValidateRequest,
+    error_responses,
 )
-from .errors import HQError, InvalidRequest, Unauthorized
+from .errors import HQError, Unauthorized
 from .models import Actor, EntitlementRow, Plan
 from .service import HQ, Issued
 
@@ -112,7 +116,23 @@ def _admin(
 
 DeviceActor = Annotated[Actor, Depends(_device)]
 AdminActor = Annotated[Actor, Depends(_admin)]
-LicenseIdQuery = Annotated[str | None, Query(max_length=64)]
+LicenseIdQuery = Annotated[str | None, Query(pattern=LICENSE_ID)]
+LicenseId = Annotated[str, PathParam(pattern=LICENSE_ID)]
+ActivationId = Annotated[str, PathParam(pattern=ACTIVATION_ID)]
+
+# Every route may answer 413 (BodyLimit) and 422 (validation); 503 when HQ has no key or
+# its storage fails.
+COMMON = (413, 422, 503)
+DEVICE = error_responses(400, 403, 404, 409, *COMMON)
+ADMIN = error_responses(400, 401, 404, 409, *COMMON)
+
+
+def _allowed_methods(app: FastAPI, path: str) -> str:
+    methods: set[str] = set()
+    for route in app.router.routes:
+        if isinstance(route, APIRoute) and route.path_regex.match(path):
+            methods |= route.methods or set()
+    return ", ".join(sorted(methods))
 
 
 def _issued(i: Issued) -> dict[str, Any]:
@@ -144,9 +164,15 @@ def create_app(home: Path, *, synchronous: str = "FULL") -> FastAPI:
         return _error(422, "invalid_request", "invalid fields: " + ", ".join(where[:10]))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error(exc.status_code, code, str(exc.detail))
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}.get(
+            exc.status_code, "http_error"
+        )
+        response = _error(exc.status_code, code, str(exc.detail))
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:  # Starlette names only the first route's methods
+            response.headers["Allow"] = _allowed_methods(request.app, request.url.path)
+        return response
 
     @app.exception_handler(Exception)
     async def crash(_: Request, exc: Exception) -> JSONResponse:
@@ -156,12 +182,12 @@ def create_app(home: Path, *, synchronous: str = "FULL") -> FastAPI:
         return int(time.time())
 
     # -- device --------------------------------------------------------------------------
-    @app.post("/v1/activate", status_code=201, tags=["device"])
+    @app.post("/v1/activate", status_code=201, tags=["device"], responses=DEVICE)
     def activate(body: ActivateRequest, actor: DeviceActor) -> dict[str, Any]:
         """Consume a seat (or reuse this device's) and return a machine file."""
         return _issued(hq.activate(body.license_key, body.fingerprint, now(), actor))
 
-    @app.post("/v1/machine-file", tags=["device"])
+    @app.post("/v1/machine-file", tags=["device"], responses=DEVICE)
     def machine_file(body: MachineFileRequest, actor: DeviceActor) -> dict[str, Any]:
         """Renew without a seat; an optional TTL up to the plan's offline TTL."""
         issued = hq.renew(
@@ -174,7 +200,7 @@ def create_app(home: Path, *, synchronous: str = "FULL") -> FastAPI:
         )
         return _issued(issued)
 
-    @app.post("/v1/validate", tags=["device"])
+    @app.post("/v1/validate", tags=["device"], responses=DEVICE)
     def validate(body: ValidateRequest) -> dict[str, Any]:
         """The license's status for this device and an HQ-signed current time."""
         v = hq.validate(body.license_key, body.fingerprint, body.nonce, now())
@@ -197,7 +223,7 @@ def create_app(home: Path, *, synchronous: str = "FULL") -> FastAPI:
             "signed_time": base64.b64encode(v.signed_time).decode("ascii"),
         }
 
-    @app.post("/v1/deactivate", tags=["device"])
+    @app.post("/v1/deactivate", tags=["device"], responses=DEVICE)
     def deactivate(body: DeactivateRequest, actor: DeviceActor) -> dict[str, Any]:
         """Free this device's seat."""
         act = hq.deactivate(
@@ -209,7 +235,7 @@ def create_app(home: Path, *, synchronous: str = "FULL") -> FastAPI:
         )
         return output.activation_doc(act)
 
-    @app.get("/v1/keys", tags=["device"])
+    @app.get("/v1/keys", tags=["device"], responses=error_responses(503))
     def keys() -> dict[str, Any]:
         """The public signing keys by id, and the keyring file text."""
         infos = hq.list_keys()
@@ -218,17 +244,17 @@ def create_app(home: Path, *, synchronous: str = "FULL") -> FastAPI:
             "keyring": hq.keyring().dumps() if infos else None,
         }
 
-    @app.get("/healthz", tags=["device"])
+    @app.get("/healthz", tags=["device"], responses=error_responses(503))
     def healthz() -> dict[str, Any]:
         hq.list_plans()
         return {"status": "ok", "version": __version__}
 
     # -- admin ---------------------------------------------------------------------------
-    @app.get("/v1/plans", tags=["admin"])
+    @app.get("/v1/plans", tags=["admin"], responses=ADMIN)
     def plans(_: AdminActor) -> list[dict[str, Any]]:
         return [output.plan_doc(p) for p in hq.list_plans()]
 
-    @app.post("/v1/plans", status_code=201, tags=["admin"])
+    @app.post("/v1/plans", status_code=201, tags=["admin"], responses=ADMIN)
     def plan_create(body: PlanCreate, actor: AdminActor) -> dict[str, Any]:
         plan = Plan(
             body.name,
@@ -241,58 +267,53 @@ def create_app(home: Path, *, synchronous: str = "FULL") -> FastAPI:
         )
         return output.plan_doc(hq.create_plan(plan, actor))
 
-    @app.get("/v1/licenses", tags=["admin"])
+    @app.get("/v1/licenses", tags=["admin"], responses=ADMIN)
     def licenses(_: AdminActor) -> list[dict[str, Any]]:
         t = now()
         return [output.license_doc(lic, t) for lic in hq.list_licenses()]
 
-    @app.post("/v1/licenses", status_code=201, tags=["admin"])
+    @app.post("/v1/licenses", status_code=201, tags=["admin"], responses=ADMIN)
     def license_create(body: LicenseCreate, actor: AdminActor) -> dict[str, Any]:
         """Create a license; the response holds its key, the only time it is returned."""
         ents = [EntitlementRow(e.feature, e.expires_at) for e in body.entitlements]
         lic = hq.create_license(body.plan, ents, body.expires_at, now(), actor)
         return output.license_doc(lic, lic.created_at, with_key=True)
 
-    def _license_id(license_id: str) -> str:
-        if not license_id.startswith("lic_") or len(license_id) > 64:
-            raise InvalidRequest("a license id looks like lic_0123456789abcdef0123")
-        return license_id
-
-    @app.get("/v1/licenses/{license_id}", tags=["admin"])
-    def license_show(license_id: str, _: AdminActor) -> dict[str, Any]:
-        lic, acts = hq.get_license(_license_id(license_id))
+    @app.get("/v1/licenses/{license_id}", tags=["admin"], responses=ADMIN)
+    def license_show(license_id: LicenseId, _: AdminActor) -> dict[str, Any]:
+        lic, acts = hq.get_license(license_id)
         doc = output.license_doc(lic, now())
         doc["activations"] = [output.activation_doc(a) for a in acts]
         return doc
 
     def _set_status(license_id: str, action: str, actor: Actor) -> dict[str, Any]:
-        lic = hq.set_status(_license_id(license_id), action, now(), actor)
+        lic = hq.set_status(license_id, action, now(), actor)
         return {"id": lic.id, "status": lic.status, "updated_at": lic.updated_at}
 
-    @app.post("/v1/licenses/{license_id}/suspend", tags=["admin"])
-    def suspend(license_id: str, actor: AdminActor) -> dict[str, Any]:
+    @app.post("/v1/licenses/{license_id}/suspend", tags=["admin"], responses=ADMIN)
+    def suspend(license_id: LicenseId, actor: AdminActor) -> dict[str, Any]:
         return _set_status(license_id, "suspend", actor)
 
-    @app.post("/v1/licenses/{license_id}/reinstate", tags=["admin"])
-    def reinstate(license_id: str, actor: AdminActor) -> dict[str, Any]:
+    @app.post("/v1/licenses/{license_id}/reinstate", tags=["admin"], responses=ADMIN)
+    def reinstate(license_id: LicenseId, actor: AdminActor) -> dict[str, Any]:
         return _set_status(license_id, "reinstate", actor)
 
-    @app.post("/v1/licenses/{license_id}/revoke", tags=["admin"])
-    def revoke(license_id: str, actor: AdminActor) -> dict[str, Any]:
+    @app.post("/v1/licenses/{license_id}/revoke", tags=["admin"], responses=ADMIN)
+    def revoke(license_id: LicenseId, actor: AdminActor) -> dict[str, Any]:
         return _set_status(license_id, "revoke", actor)
 
-    @app.get("/v1/activations", tags=["admin"])
+    @app.get("/v1/activations", tags=["admin"], responses=ADMIN)
     def activations(
         _: AdminActor,
         license_id: LicenseIdQuery = None,
     ) -> list[dict[str, Any]]:
         return [output.activation_doc(a) for a in hq.list_activations(license_id)]
 
-    @app.post("/v1/activations/{activation_id}/deactivate", tags=["admin"])
-    def admin_deactivate(activation_id: str, actor: AdminActor) -> dict[str, Any]:
+    @app.post("/v1/activations/{activation_id}/deactivate", tags=["admin"], responses=ADMIN)
+    def admin_deactivate(activation_id: ActivationId, actor: AdminActor) -> dict[str, Any]:
         return output.activation_doc(hq.deactivate(now(), actor, activation_id=activation_id))
 
-    @app.get("/v1/audit", tags=["admin"])
+    @app.get("/v1/audit", tags=["admin"], responses=ADMIN)
     def audit(
         _: AdminActor,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
