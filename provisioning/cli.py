@@ -64,7 +64,12 @@ def _state(ctx: click.Context) -> State:
     return obj
 
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print a JSON document.")
+_FC = TypeVar("_FC", bound=Callable[..., Any])
+
+
+def json_option(f: _FC) -> _FC:
+    """``--json``: print a JSON document."""
+    return click.option("--json", "as_json", is_flag=True, help="Print a JSON document.")(f)
 
 
 def _duration(allow_zero: bool = False) -> Any:

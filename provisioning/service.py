@@ -62,6 +62,70 @@ class Issued:
 
 
 @dataclass(frozen=True)
+class _Recorded:
+    """A file recorded in the database (serial, expiry, audit) but not sealed yet.
+
+    Sealing (CBOR, encryption, signature) is pure work on these values, so it runs after
+    the transaction commits: the database's writer lock is held only for the writes."""
+
+    activation: Activation
+    claims: Claims
+    license_key: str
+    signing: SigningKey
+    created: bool
+
+    def seal(self) -> Issued:
+        machine_file = seal_machine_file(self.claims, self.license_key, self.signing)
+        return Issued(self.activation, self.claims, machine_file, self.created)
+
+
+@dataclass(frozen=True)
+class _Issuer:
+    """What every file of one license shares (its plan, HQ's signing key), looked up
+    once per transaction: bulk issuance reads them once, not once per device."""
+
+    lic: License
+    plan: Plan
+    signing: SigningKey
+
+    def issue(self, tx: Tx, act: Activation, ttl_s: int | None, now: int, new: bool) -> _Recorded:
+        """Choose the next serial and expiry and record them; the sealing comes later."""
+        rec = self.prepare(act, ttl_s, now, new)
+        if new:
+            tx.insert_activation(rec.activation)
+        else:
+            tx.record_issues([(act.id, rec.claims.serial, now, rec.claims.expires_at)])
+        return rec
+
+    def prepare(self, act: Activation, ttl_s: int | None, now: int, new: bool) -> _Recorded:
+        """The next file of ``act``: its claims and the activation as it will be stored."""
+        ttl = self.plan.offline_ttl_s if ttl_s is None else min(ttl_s, self.plan.offline_ttl_s)
+        expires_at = now + ttl
+        if self.lic.expires_at is not None:
+            expires_at = min(expires_at, self.lic.expires_at)
+        warn_s = self.plan.warn_s if self.plan.warn_s is not None else (expires_at - now) // 3
+        serial = 1 if new else act.serial + 1
+        claims = Claims(
+            license_id=self.lic.id,
+            product=self.plan.product,
+            plan=self.plan.name,
+            activation_id=act.id,
+            fingerprint=act.fingerprint,
+            issued_at=now,
+            not_before=now,
+            expires_at=expires_at,
+            grace_s=self.plan.grace_s,
+            warn_s=warn_s,
+            serial=serial,
+            kid=self.signing.kid,
+            license_expires_at=self.lic.expires_at,
+            entitlements=tuple(Entitlement(e.feature, e.expires_at) for e in self.lic.entitlements),
+        )
+        act = replace(act, serial=serial, last_issued_at=now, last_expires_at=expires_at)
+        return _Recorded(act, claims, self.lic.license_key, self.signing, new)
+
+
+@dataclass(frozen=True)
 class Validation:
     license_id: str
     status: str  # active | suspended | revoked | expired
@@ -283,42 +347,16 @@ class HQ:
             return replace(lic, status=new, updated_at=now)
 
     # -- activations and machine files -----------------------------------------------
-    def _issue(
-        self, tx: Tx, lic: License, act: Activation, ttl_s: int | None, now: int, new: bool
-    ) -> Issued:
+    def _issuer(self, tx: Tx, lic: License) -> "_Issuer":
         plan = tx.get_plan(lic.plan)
         if plan is None:  # pragma: no cover - a foreign key makes this impossible
             raise PlanNotFound(f"license {lic.id} names a missing plan")
-        signing = self._signing_key(tx)
-        ttl = plan.offline_ttl_s if ttl_s is None else min(ttl_s, plan.offline_ttl_s)
-        expires_at = now + ttl
-        if lic.expires_at is not None:
-            expires_at = min(expires_at, lic.expires_at)
-        warn_s = plan.warn_s if plan.warn_s is not None else (expires_at - now) // 3
-        serial = 1 if new else act.serial + 1
-        claims = Claims(
-            license_id=lic.id,
-            product=plan.product,
-            plan=plan.name,
-            activation_id=act.id,
-            fingerprint=act.fingerprint,
-            issued_at=now,
-            not_before=now,
-            expires_at=expires_at,
-            grace_s=plan.grace_s,
-            warn_s=warn_s,
-            serial=serial,
-            kid=signing.kid,
-            license_expires_at=lic.expires_at,
-            entitlements=tuple(Entitlement(e.feature, e.expires_at) for e in lic.entitlements),
-        )
-        act = replace(act, serial=serial, last_issued_at=now, last_expires_at=expires_at)
-        if new:
-            tx.insert_activation(act)
-        else:
-            tx.record_issue(act.id, serial, now, expires_at)
-        machine_file = seal_machine_file(claims, lic.license_key, signing)
-        return Issued(act, claims, machine_file, new)
+        return _Issuer(lic, plan, self._signing_key(tx))
+
+    def _issue(
+        self, tx: Tx, lic: License, act: Activation, ttl_s: int | None, now: int, new: bool
+    ) -> _Recorded:
+        return self._issuer(tx, lic).issue(tx, act, ttl_s, now, new)
 
     def activate(self, license_key: str, fingerprint: str, now: int, actor: Actor) -> Issued:
         """Consume a seat (or reuse this device's) and issue a machine file."""
@@ -359,7 +397,7 @@ class HQ:
                     f"serial={issued.claims.serial}",
                 )
             )
-            return issued
+        return issued.seal()
 
     def _live_activation(
         self,
@@ -424,7 +462,7 @@ class HQ:
                     f"serial={issued.claims.serial}",
                 )
             )
-            return issued
+        return issued.seal()
 
     def renew_all(self, license_id: str, ttl_s: int | None, now: int, actor: Actor) -> list[Issued]:
         """Bulk issuance: a fresh file for every live activation of a license, in one
@@ -433,17 +471,21 @@ class HQ:
             lic = self._find_license(tx, license_id)
             self._check_usable(lic, now)
             tx.lock_license(lic.id)
+            issuer = self._issuer(tx, lic)
             issued = [
-                self._issue(tx, lic, act, ttl_s, now, new=False)
+                issuer.prepare(act, ttl_s, now, new=False)
                 for act in tx.list_activations(lic.id)
                 if act.deactivated_at is None
             ]
+            tx.record_issues(
+                [(i.activation.id, i.claims.serial, now, i.claims.expires_at) for i in issued]
+            )
             tx.append_audit(
                 AuditEvent(
                     now, actor.who, actor.source, "renew_all", lic.id, None, f"files={len(issued)}"
                 )
             )
-            return issued
+        return [i.seal() for i in issued]
 
     def deactivate(
         self,

@@ -13,6 +13,8 @@ This module never sees a signing key, and never logs anything (rows hold license
 """
 
 import base64
+import fcntl
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -94,6 +96,26 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 name TEXT PRIMARY KEY,
                 token_hash TEXT NOT NULL UNIQUE,
                 created_at INTEGER NOT NULL)""",
+        ],
+    ),
+    (
+        2,
+        [
+            # The seat count kept on the license row by the database itself, so that the
+            # seat rule reads one row instead of counting a large fleet's activations.
+            # DIALECT: PostgreSQL writes these triggers as trigger functions.
+            """ALTER TABLE licenses ADD COLUMN seats_used INTEGER NOT NULL DEFAULT 0
+                CHECK (seats_used >= 0)""",
+            """UPDATE licenses SET seats_used = (SELECT COUNT(*) FROM activations a
+                WHERE a.license_id = licenses.id AND a.deactivated_at IS NULL)""",
+            """CREATE TRIGGER seats_on_activate AFTER INSERT ON activations
+                WHEN NEW.deactivated_at IS NULL
+                BEGIN UPDATE licenses SET seats_used = seats_used + 1
+                    WHERE id = NEW.license_id; END""",
+            """CREATE TRIGGER seats_on_deactivate AFTER UPDATE OF deactivated_at ON activations
+                WHEN OLD.deactivated_at IS NULL AND NEW.deactivated_at IS NOT NULL
+                BEGIN UPDATE licenses SET seats_used = seats_used - 1
+                    WHERE id = NEW.license_id; END""",
         ],
     ),
 ]
@@ -222,21 +244,21 @@ class Tx:
             created_at=row[5],
             updated_at=row[6],
             entitlements=tuple(EntitlementRow(f, e) for f, e in ents),
-            seats_used=self.count_seats(row[0]),
+            seats_used=row[7],
         )
 
     def get_license(self, license_id: str) -> License | None:
         row = self._one(
-            "SELECT id, license_key, plan, status, expires_at, created_at, updated_at FROM "
-            "licenses WHERE id = :id",
+            "SELECT id, license_key, plan, status, expires_at, created_at, updated_at, "
+            "seats_used FROM licenses WHERE id = :id",
             id=license_id,
         )
         return None if row is None else self._license(row)
 
     def list_licenses(self) -> list[License]:
         rows = self._all(
-            "SELECT id, license_key, plan, status, expires_at, created_at, updated_at "
-            "FROM licenses ORDER BY created_at, id"
+            "SELECT id, license_key, plan, status, expires_at, created_at, updated_at, "
+            "seats_used FROM licenses ORDER BY created_at, id"
         )
         return [self._license(r) for r in rows]
 
@@ -250,11 +272,8 @@ class Tx:
 
     # -- activations -----------------------------------------------------------------
     def count_seats(self, license_id: str) -> int:
-        row = self._one(
-            "SELECT COUNT(*) FROM activations WHERE license_id = :id AND deactivated_at IS NULL",
-            id=license_id,
-        )
-        return int(row[0])
+        row = self._one("SELECT seats_used FROM licenses WHERE id = :id", id=license_id)
+        return 0 if row is None else int(row[0])
 
     def find_live_activation(self, license_id: str, fingerprint: str) -> Activation | None:
         row = self._one(
@@ -304,17 +323,21 @@ class Tx:
             expires=act.last_expires_at,
         )
 
-    def record_issue(self, activation_id: str, serial: int, now: int, expires_at: int) -> None:
-        """Store the serial of a file being issued (the caller chose last serial + 1)."""
-        changed = self._run(
+    def record_issues(self, issues: list[tuple[str, int, int, int]]) -> None:
+        """Store the serials of files being issued: (activation id, serial, now, expires
+        at), each serial the activation's last + 1 (checked: another writer's change in
+        between fails the whole transaction)."""
+        if not issues:
+            return
+        cur = self._conn.executemany(
             "UPDATE activations SET serial = :serial, last_issued_at = :now, "
             "last_expires_at = :expires WHERE id = :id AND serial = :serial - 1",
-            serial=serial,
-            now=now,
-            expires=expires_at,
-            id=activation_id,
+            [
+                {"serial": serial, "now": now, "expires": expires, "id": act_id}
+                for act_id, serial, now, expires in issues
+            ],
         )
-        if changed != 1:
+        if cur.rowcount != len(issues):
             raise StorageError("activation serial changed under a write transaction")
 
     def deactivate(self, activation_id: str, now: int) -> None:
@@ -376,18 +399,44 @@ class Store:
     """The database: one SQLite file in WAL mode with synchronous=FULL.
 
     Connections are per thread (the HTTP server runs requests on a thread pool).
+
+    Writers queue on a lock before ``BEGIN IMMEDIATE``: a mutex between the threads of a
+    process, then ``flock`` on ``hq.sqlite3.writer`` between processes (server workers,
+    the CLI). A waiter wakes the moment the lock is free; SQLite's own busy handler
+    sleeps and polls instead (1, 2, 5 ... 100 ms), which under concurrent activations
+    spends more time asleep than writing. A process that dies releases its ``flock``.
     """
 
     def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
         self.path = path
         self.synchronous = synchronous
         self._local = threading.local()
+        self._thread_lock = threading.Lock()
+        self._lock_fd: int | None = None
+        self._write_conn: sqlite3.Connection | None = None
         self._migrate()
 
-    def _connect(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None:
-            return conn
+    @contextmanager
+    def _writer_lock(self) -> Iterator[None]:
+        # DIALECT: SQLite has one writer; PostgreSQL needs no such lock (lock_license).
+        if not self._thread_lock.acquire(timeout=BUSY_TIMEOUT_S):
+            raise StorageError(f"database busy: no write lock in {BUSY_TIMEOUT_S:.0f} s")
+        try:
+            if self._lock_fd is None:
+                lock_path = self.path.with_name(self.path.name + ".writer")
+                try:
+                    self._lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                except OSError as e:
+                    raise StorageError(f"cannot open the lock file {lock_path}: {e}") from e
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
+
+    def _open(self) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(
                 self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
@@ -397,18 +446,44 @@ class Store:
             conn.execute("PRAGMA foreign_keys=ON")
         except sqlite3.Error as e:
             raise StorageError(f"cannot open the database {self.path}: {e}") from e
-        self._local.conn = conn
         return conn
 
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._open()
+        return conn
+
+    def _writer(self) -> sqlite3.Connection:
+        """The process's one write connection, used only under the writer lock: its page
+        cache stays warm (SQLite drops a connection's whole cache when it sees another
+        connection's write, so writers rotating over a pool of thread connections would
+        re-read every page of every transaction)."""
+        if self._write_conn is None:
+            self._write_conn = self._open()
+        return self._write_conn
+
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        for conn in (getattr(self._local, "conn", None), self._write_conn):
+            if conn is not None:
+                conn.close()
+        self._local.conn = None
+        self._write_conn = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     @contextmanager
     def _transaction(self, begin: str) -> Iterator[Tx]:
-        conn = self._connect()
+        if begin == "BEGIN IMMEDIATE":
+            with self._writer_lock(), self._transaction_on(self._writer(), begin) as tx:
+                yield tx
+        else:
+            with self._transaction_on(self._reader(), begin) as tx:
+                yield tx
+
+    @contextmanager
+    def _transaction_on(self, conn: sqlite3.Connection, begin: str) -> Iterator[Tx]:
         try:
             conn.execute(begin)
         except sqlite3.Error as e:
@@ -438,8 +513,8 @@ class Store:
         return self._transaction("BEGIN IMMEDIATE")
 
     def _migrate(self) -> None:
-        conn = self._connect()
-        with self._transaction("BEGIN IMMEDIATE"):
+        with self.write() as tx:
+            conn = tx._conn
             conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
             current = row[0] or 0

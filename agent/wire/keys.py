@@ -25,12 +25,14 @@ def key_id(public_key: bytes) -> str:
 class SigningKey:
     """An Ed25519 signing key. ``repr`` never shows the seed."""
 
-    __slots__ = ("seed",)
+    __slots__ = ("_kid", "_public", "_secret", "seed")
 
     def __init__(self, seed: bytes) -> None:
         if len(seed) != sodium.SEED_BYTES:
             raise ValueError("an Ed25519 seed is 32 bytes")
         self.seed = seed
+        self._public, self._secret = sodium.ed25519_keypair_from_seed(seed)
+        self._kid = key_id(self._public)
 
     def __repr__(self) -> str:
         return f"SigningKey(kid={self.kid})"
@@ -46,14 +48,14 @@ class SigningKey:
 
     @property
     def public_key(self) -> bytes:
-        return sodium.ed25519_keypair_from_seed(self.seed)[0]
+        return self._public
 
     @property
     def kid(self) -> str:
-        return key_id(self.public_key)
+        return self._kid
 
     def sign(self, message: bytes) -> bytes:
-        return sodium.ed25519_sign(sodium.ed25519_keypair_from_seed(self.seed)[1], message)
+        return sodium.ed25519_sign(self._secret, message)
 
 
 class Keyring:

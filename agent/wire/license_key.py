@@ -42,9 +42,7 @@ def license_id(key: str) -> str:
 
 
 def is_fingerprint(text: object) -> bool:
-    return (
-        isinstance(text, str) and len(text) == FINGERPRINT_HEX_LEN and all(c in _HEX for c in text)
-    )
+    return isinstance(text, str) and len(text) == FINGERPRINT_HEX_LEN and _HEX.issuperset(text)
 
 
 def encryption_key(key: str, fingerprint: str) -> bytes:

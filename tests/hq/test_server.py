@@ -183,6 +183,8 @@ def test_a_hundred_and_twenty_devices_race_for_five_seats(
     lic = license_key.license_id(key)
     assert len([a for a in live if a[1] == lic]) == 5
     assert {a[0] for a in live if a[1] == lic} == {r.json()["activation_id"] for r in won}
+    seats_used = {row[0]: row[7] for row in db_snapshot(server.home)["licenses"]}
+    assert seats_used[lic] == 5  # the count the database keeps agrees
 
 
 def test_one_device_activating_thirty_times_at_once_is_one_seat(

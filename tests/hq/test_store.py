@@ -1,0 +1,107 @@
+"""The store's schema: migrations from an older database, and the seat count the
+database keeps itself (schema 2) agreeing with the activations at every step."""
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agent.wire import license_key
+from provisioning.errors import ActivationNotFound, SeatLimitReached
+from provisioning.models import Actor, Plan
+from provisioning.service import HQ
+from provisioning.store import MIGRATIONS, SCHEMA_VERSION, Store
+
+from .conftest import fingerprint
+
+ACTOR = Actor("test", "local")
+
+
+def counted(db: Path) -> dict[str, tuple[int, int]]:
+    """license id -> (seats_used as stored, live activations counted)."""
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute(
+            "SELECT l.id, l.seats_used, (SELECT COUNT(*) FROM activations a "
+            "WHERE a.license_id = l.id AND a.deactivated_at IS NULL) FROM licenses l"
+        ).fetchall()
+    finally:
+        conn.close()
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+def test_a_version_1_database_is_migrated_with_its_seats_counted(tmp_path: Path) -> None:
+    db = tmp_path / "hq.sqlite3"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for statement in MIGRATIONS[0][1]:
+        conn.execute(statement)
+    conn.execute("INSERT INTO schema_version VALUES (1)")
+    conn.execute("INSERT INTO plans VALUES ('std', 'default', 86400, 0, NULL, 5, 0)")
+    conn.execute("INSERT INTO licenses VALUES ('lic_a', 'FP-A', 'std', 'active', NULL, 0, 0)")
+    for n, off in enumerate([None, None, 10, None]):
+        conn.execute(
+            "INSERT INTO activations VALUES (?, 'lic_a', ?, 1, 0, 0, 1, ?)",
+            (f"act_{n}", fingerprint(n), off),
+        )
+    conn.commit()
+    conn.close()
+
+    store = Store(db)
+    assert store.schema_version() == SCHEMA_VERSION == 2
+    assert counted(db) == {"lic_a": (3, 3)}
+    with store.write() as tx:
+        assert tx.count_seats("lic_a") == 3
+        tx.deactivate("act_0", 20)
+        tx.deactivate("act_0", 21)  # already off: not counted twice
+    assert counted(db) == {"lic_a": (2, 2)}
+    store.close()
+
+
+OPS = st.lists(
+    st.tuples(st.sampled_from(["activate", "deactivate", "renew"]), st.integers(0, 7)),
+    max_size=40,
+)
+
+
+@pytest.fixture(scope="module")
+def hq_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("store") / "hq"
+    hq = HQ(home)
+    hq.generate_key(0, ACTOR)
+    return home
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops=OPS)
+def test_the_seat_count_agrees_with_the_activations_after_any_sequence(
+    hq_home: Path, ops: list[tuple[str, int]]
+) -> None:
+    hq = HQ(hq_home)
+    now = int(time.time())
+    plan = f"p{time.monotonic_ns()}"
+    hq.create_plan(Plan(plan, "default", 365 * 86400, 0, 3, None, now), ACTOR)
+    key = hq.create_license(plan, [], None, now, ACTOR).license_key
+    lic = license_key.license_id(key)
+    live: set[int] = set()
+    for op, n in ops:
+        try:
+            if op == "activate":
+                hq.activate(key, fingerprint(n), now, ACTOR)
+                live.add(n)
+            elif op == "deactivate":
+                hq.deactivate(now, ACTOR, license_key=key, fingerprint=fingerprint(n))
+                live.discard(n)
+            else:
+                hq.renew(now, ACTOR, license_key=key, fingerprint=fingerprint(n))
+        except SeatLimitReached:
+            assert len(live) == 3 and n not in live
+        except ActivationNotFound:
+            assert n not in live
+        assert counted(hq_home / "hq.sqlite3")[lic] == (len(live), len(live))
+    hq.store.close()
