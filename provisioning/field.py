@@ -51,6 +51,19 @@ def field() -> None:
     """
 
 
+def read_fingerprints(path: Path) -> set[str]:
+    """A site's list: device fingerprints, one a line; blank lines and # comments skipped."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InvalidRequest(f"cannot read the fingerprint list {path}: {e}") from e
+    return {
+        line.strip().lower()
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    }
+
+
 def select(
     hq: HQ,
     licenses: tuple[str, ...],
@@ -58,10 +71,14 @@ def select(
     fingerprints: set[str] | None,
     expiring_within_s: int | None,
     now: int,
+    site: str | None = None,
 ) -> list[Any]:
+    at_site = hq.site_activations(site) if site is not None else None
     chosen = []
     for act in hq.list_activations():
         if act.deactivated_at is not None:
+            continue
+        if at_site is not None and act.id not in at_site:
             continue
         lic, _ = hq.get_license(act.license_id)
         if licenses and act.license_id not in licenses:
@@ -77,6 +94,7 @@ def select(
 
 
 @field.command("export")
+@click.option("--site", help="Devices placed at this site (fieldpass-hq sites assign).")
 @click.option("--license", "licenses", multiple=True, help="Devices of this license id.")
 @click.option("--plan", help="Devices on this plan.")
 @click.option(
@@ -97,6 +115,7 @@ def select(
 @click.pass_context
 def export(
     ctx: click.Context,
+    site: str | None,
     licenses: tuple[str, ...],
     plan: str | None,
     fingerprints: Path | None,
@@ -110,27 +129,22 @@ def export(
 
     \b
     Examples:
+      fieldpass-hq field export --site site-7 -o site-7.bundle
       fieldpass-hq field export --license lic_0123456789abcdef0123 -o site-7.bundle
       fieldpass-hq field export --fingerprints site-7.txt --ttl 365d -o site-7.bundle
       fieldpass-hq field export --all --expiring-within 60d -o tour.bundle
     """
-    if not (licenses or plan or fingerprints or expiring_within or everything):
+    if not (site or licenses or plan or fingerprints or expiring_within or everything):
         raise InvalidRequest(
-            "choose devices: --license, --plan, --fingerprints, --expiring-within or --all"
+            "choose devices: --site, --license, --plan, --fingerprints, --expiring-within or --all"
         )
-    fps = None
-    if fingerprints is not None:
-        fps = {
-            line.strip().lower()
-            for line in fingerprints.read_text().splitlines()
-            if line.strip() and not line.startswith("#")
-        }
+    fps = read_fingerprints(fingerprints) if fingerprints is not None else None
     hq = _state(ctx).hq
     now = _now()
     devices: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     revocations: list[dict[str, Any]] = []
-    for act, lic in select(hq, licenses, plan, fps, expiring_within, now):
+    for act, lic in select(hq, licenses, plan, fps, expiring_within, now, site):
         status = license_status(lic, now)
         if status != "active":
             signed = hq.signed_revocation(act.id, now)
@@ -521,3 +535,75 @@ def import_report(ctx: click.Context, report_path: Path, as_json: bool) -> None:
         + (f"; not picked up: {', '.join(missing)}" if missing else "")
         + f" (since {format_time(int(report['started_at']))})"
     )
+
+
+# -- sites ----------------------------------------------------------------------------------
+@cli.group()
+def sites() -> None:
+    """Sites: where devices stand, so a technician's bundle can name one.
+
+    \b
+    Examples:
+      fieldpass-hq sites assign site-7 --fingerprints site-7.txt
+      fieldpass-hq sites assign site-7 act_0123456789abcdef0123
+      fieldpass-hq sites list
+      fieldpass-hq field export --site site-7 -o site-7.bundle
+    """
+
+
+@sites.command("assign")
+@click.argument("site")
+@click.argument("activation_ids", nargs=-1)
+@click.option(
+    "--fingerprints",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="A file of device fingerprints, one a line.",
+)
+@json_option
+@click.pass_context
+def sites_assign(
+    ctx: click.Context,
+    site: str,
+    activation_ids: tuple[str, ...],
+    fingerprints: Path | None,
+    as_json: bool,
+) -> None:
+    """Place devices (live activations, by id or by fingerprint) at SITE.
+
+    A device is at one site at a time: assigning it again moves it. Recorded in the
+    audit log.
+
+    \b
+    Examples:
+      fieldpass-hq sites assign site-7 --fingerprints site-7.txt
+      fieldpass-hq sites assign mine-north act_0123456789abcdef0123 act_89abcdef0123456789ab
+    """
+    fps = read_fingerprints(fingerprints) if fingerprints is not None else set()
+    if not (activation_ids or fps):
+        raise InvalidRequest("name the devices: activation ids or --fingerprints FILE")
+    acts = _state(ctx).hq.assign_site(site, list(activation_ids), fps, _now(), _actor())
+    if as_json:
+        output.emit_json({"site": site, "activation_ids": sorted(a.id for a in acts)})
+        return
+    output.emit_text(
+        f"{len(acts)} device(s) at site {site}.\n"
+        f"Next: fieldpass-hq field export --site {site} -o {site}.bundle"
+    )
+
+
+@sites.command("list")
+@json_option
+@click.pass_context
+def sites_list(ctx: click.Context, as_json: bool) -> None:
+    """Every site and how many live devices it has.
+
+    \b
+    Examples:
+      fieldpass-hq sites list
+      fieldpass-hq sites list --json
+    """
+    rows = _state(ctx).hq.list_sites()
+    if as_json:
+        output.emit_json([{"site": name, "devices": n} for name, n in rows])
+        return
+    output.emit_text(output.table([[name, str(n)] for name, n in rows], ["SITE", "DEVICES"]))

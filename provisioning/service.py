@@ -529,6 +529,53 @@ class HQ:
             raise ActivationNotFound(f"no activation {activation_id}")
         return act
 
+    def assign_site(
+        self,
+        site: str,
+        activation_ids: list[str],
+        fingerprints: set[str],
+        now: int,
+        actor: Actor,
+    ) -> list[Activation]:
+        """Put live activations (by id, or by device fingerprint) at ``site``."""
+        check_name("a site name", site)
+        with self.store.write() as tx:
+            chosen: dict[str, Activation] = {}
+            for act_id in activation_ids:
+                act = tx.get_activation(act_id)
+                if act is None or act.deactivated_at is not None:
+                    raise ActivationNotFound(f"no live activation {act_id}")
+                chosen[act.id] = act
+            if fingerprints:
+                found = {
+                    a.fingerprint: a
+                    for a in tx.list_activations()
+                    if a.deactivated_at is None and a.fingerprint in fingerprints
+                }
+                missing = sorted(fingerprints - set(found))
+                if missing:
+                    raise ActivationNotFound(
+                        f"{len(missing)} fingerprint(s) have no live activation, "
+                        f"the first {missing[0][:12]}..."
+                    )
+                chosen.update({a.id: a for a in found.values()})
+            for act in chosen.values():
+                tx.assign_site(act.id, site, now)
+                tx.append_audit(
+                    AuditEvent(
+                        now, actor.who, actor.source, "site_assign", act.license_id, act.id, site
+                    )
+                )
+            return list(chosen.values())
+
+    def site_activations(self, site: str) -> set[str]:
+        with self.store.read() as tx:
+            return tx.site_activations(site)
+
+    def list_sites(self) -> list[tuple[str, int]]:
+        with self.store.read() as tx:
+            return tx.list_sites()
+
     def list_activations(self, license_id: str | None = None) -> list[Activation]:
         with self.store.read() as tx:
             return tx.list_activations(license_id)

@@ -118,6 +118,18 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                     WHERE id = NEW.license_id; END""",
         ],
     ),
+    (
+        3,
+        [
+            # Sites: where a device stands, so that a technician's bundle can be made for
+            # "the robots at site 7". A label on the activation, set at HQ.
+            """CREATE TABLE sites (
+                activation_id TEXT PRIMARY KEY REFERENCES activations(id),
+                site TEXT NOT NULL,
+                assigned_at INTEGER NOT NULL)""",
+            "CREATE INDEX sites_by_site ON sites (site)",
+        ],
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -347,6 +359,27 @@ class Tx:
             now=now,
             id=activation_id,
         )
+
+    # -- sites -----------------------------------------------------------------------
+    def assign_site(self, activation_id: str, site: str, now: int) -> None:
+        # DIALECT: PostgreSQL spells this upsert the same way (ON CONFLICT ... DO UPDATE).
+        self._run(
+            "INSERT INTO sites (activation_id, site, assigned_at) VALUES (:id, :site, :now) "
+            "ON CONFLICT (activation_id) DO UPDATE SET site = :site, assigned_at = :now",
+            id=activation_id,
+            site=site,
+            now=now,
+        )
+
+    def site_activations(self, site: str) -> set[str]:
+        return {r[0] for r in self._all("SELECT activation_id FROM sites WHERE site = :s", s=site)}
+
+    def list_sites(self) -> list[tuple[str, int]]:
+        rows = self._all(
+            "SELECT s.site, COUNT(*) FROM sites s JOIN activations a ON a.id = s.activation_id "
+            "WHERE a.deactivated_at IS NULL GROUP BY s.site ORDER BY s.site"
+        )
+        return [(r[0], int(r[1])) for r in rows]
 
     # -- audit -----------------------------------------------------------------------
     def append_audit(self, ev: AuditEvent) -> None:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -207,3 +208,40 @@ def test_a_revocation_carried_by_hand(
     forged = carried.read_text().replace("A", "B", 1)
     carried.write_text(forged)
     assert other.run("install", str(carried)).returncode == 31
+
+
+def test_a_bundle_for_one_site(
+    hq: HQ, make_device: Callable[..., DeviceRoot], tmp_path: Path
+) -> None:
+    key, fleet = activated_fleet(hq, make_device, 3, tmp_path)
+
+    def doc(*args: str) -> Any:
+        return json.loads(hq.run(*args, "--json").stdout)
+
+    site_list = tmp_path / "site-7.txt"
+    site_list.write_text(f"# robots at site 7\n{fleet[0].fingerprint}\n\n{fleet[1].fingerprint}\n")
+    assert (
+        len(doc("sites", "assign", "site-7", "--fingerprints", str(site_list))["activation_ids"])
+        == 2
+    )
+    act_ids = {
+        a["fingerprint"]: a["activation_id"] for a in doc("licenses", "show", key)["activations"]
+    }
+    moved = hq.run("sites", "assign", "mine-north", act_ids[fleet[2].fingerprint])
+    assert "field export --site mine-north" in moved.stdout  # what to do next
+    sites = [{"site": "mine-north", "devices": 1}, {"site": "site-7", "devices": 2}]
+    assert doc("sites", "list") == sites
+
+    # a list naming an unknown device is refused whole: nobody moves
+    unknown = tmp_path / "unknown.txt"
+    unknown.write_text(f"{fleet[2].fingerprint}\n{'e' * 64}\n")
+    refused = hq.run("sites", "assign", "site-7", "--fingerprints", str(unknown), check=False)
+    assert refused.returncode != 0 and "no live activation" in refused.stderr
+    assert doc("sites", "list") == sites
+
+    bundle = tmp_path / "site-7.bundle"
+    hq.run("field", "export", "--site", "site-7", "-o", str(bundle))
+    devices = json.loads(bundle.read_text())["devices"]
+    assert {d["fingerprint"] for d in devices} == {fleet[0].fingerprint, fleet[1].fingerprint}
+    events = doc("audit", "--limit", "1000")
+    assert [e["detail"] for e in events if e["action"] == "site_assign"].count("site-7") == 2

@@ -163,6 +163,7 @@ def test_technician_runbook(hq: HQ, make_device: Callable[..., DeviceRoot], tmp_
     )
     work = tmp_path / "laptop"
     work.mkdir()
+    (work / "site-7.txt").write_text(f"# site 7\n{robot.fingerprint}\n")
     license_id = str(hq.json("licenses", "show", key)["id"])
     results = run_all(
         "technician.md",
@@ -171,7 +172,9 @@ def test_technician_runbook(hq: HQ, make_device: Callable[..., DeviceRoot], tmp_
         robot,
         {"LICENSE_ID": license_id, "LAPTOP_ADDRESS": "127.0.0.1", "LAPTOP_PORT": str(port)},
     )
-    assert robot.verdict()["serial"] == 2
+    # 1: provisioned; 2: the bundle by license; 3: the bundle by site, which replaced it
+    assert robot.verdict()["serial"] == 3
+    assert any("site-7" in r.stdout and "1" in r.stdout for r in results if "SITE" in r.stdout)
     assert "1 of 1 device(s) picked up their renewal or revocation" in "".join(
         r.stdout for r in results
     )
