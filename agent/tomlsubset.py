@@ -99,7 +99,10 @@ def _value(s: str, i: int) -> tuple[TomlValue, int]:
 def _fast(text: str) -> dict[str, object]:
     root: dict[str, object] = {}
     table = root
-    for raw in text.split("\n"):
+    raws = text.split("\n")
+    if raws[-1].endswith("\r"):  # a CR is a line end only before LF
+        raise _Unsupported
+    for raw in raws:
         line = raw[:-1] if raw.endswith("\r") else raw
         line = line.strip(_WS)
         if not line:
