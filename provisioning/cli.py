@@ -749,6 +749,13 @@ def tokens_create(ctx: click.Context, name: str, as_json: bool) -> None:
     default=None,
     help="Behind a reverse proxy: its address(es), trusted for X-Forwarded-For.",
 )
+@click.option(
+    "--access-log/--no-access-log",
+    default=True,
+    show_default=True,
+    help="A line per request (method, path, status, client; never a body). Off when the "
+    "proxy in front logs requests: about 20% more requests per second.",
+)
 @json_option
 @click.pass_context
 def serve(
@@ -759,6 +766,7 @@ def serve(
     tls_key: str | None,
     workers: int,
     forwarded_allow_ips: str | None,
+    access_log: bool,
     as_json: bool,
 ) -> None:
     """Run the HTTP API (device and admin endpoints) over this HOME's database.
@@ -769,6 +777,7 @@ def serve(
       fieldpass-hq serve
       fieldpass-hq serve --host 127.0.0.1 --port 8750 --workers 2
       fieldpass-hq serve --host 0.0.0.0 --port 8443 --tls-cert hq.pem --tls-key hq.key
+      fieldpass-hq serve --forwarded-allow-ips 127.0.0.1 --no-access-log
     """
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
@@ -788,6 +797,7 @@ def serve(
         tls_key,
         workers,
         as_json,
+        access_log=access_log,
         forwarded_allow_ips=forwarded_allow_ips,
     )
 
