@@ -149,7 +149,6 @@ def _issued(i: Issued) -> dict[str, Any]:
 
 
 def create_app(home: Path, *, synchronous: str = "FULL") -> FastAPI:
-
     hq = HQ(home, synchronous=synchronous)
     app = FastAPI(
         title="Fieldpass HQ",

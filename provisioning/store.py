@@ -507,16 +507,7 @@ class Store:
             self._lock_fd = None
 
     @contextmanager
-    def _transaction(self, begin: str) -> Iterator[Tx]:
-        if begin == "BEGIN IMMEDIATE":
-            with self._writer_lock(), self._transaction_on(self._writer(), begin) as tx:
-                yield tx
-        else:
-            with self._transaction_on(self._reader(), begin) as tx:
-                yield tx
-
-    @contextmanager
-    def _transaction_on(self, conn: sqlite3.Connection, begin: str) -> Iterator[Tx]:
+    def _transaction(self, conn: sqlite3.Connection, begin: str) -> Iterator[Tx]:
         try:
             conn.execute(begin)
         except sqlite3.Error as e:
@@ -538,12 +529,15 @@ class Store:
 
     def read(self) -> AbstractContextManager[Tx]:
         """A read transaction (a consistent snapshot)."""
-        return self._transaction("BEGIN")
+        return self._transaction(self._reader(), "BEGIN")
 
-    def write(self) -> AbstractContextManager[Tx]:
-        """A write transaction. DIALECT: BEGIN IMMEDIATE takes SQLite's writer lock now,
-        so a read-then-write (count seats, insert) cannot interleave with another."""
-        return self._transaction("BEGIN IMMEDIATE")
+    @contextmanager
+    def write(self) -> Iterator[Tx]:
+        """A write transaction, on the write connection under the writer lock. DIALECT:
+        BEGIN IMMEDIATE takes SQLite's writer lock now, so a read-then-write (count seats,
+        insert) cannot interleave with another."""
+        with self._writer_lock(), self._transaction(self._writer(), "BEGIN IMMEDIATE") as tx:
+            yield tx
 
     def _migrate(self) -> None:
         with self.write() as tx:

@@ -156,21 +156,21 @@ def race(url: str, bodies: list[dict[str, Any]]) -> list[httpx.Response]:
 @pytest.fixture(scope="module", params=[1, 2], ids=["1-worker", "2-workers"])
 def racing_server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Server, str]]:
+) -> Iterator[Server]:
     """A server with one process, and with two processes sharing the database."""
     home = tmp_path_factory.mktemp("race") / "hq"
-    token = prepare_home(home, seats=5)
+    prepare_home(home, seats=5)
     server = start_server(home, "--workers", str(request.param))
     try:
-        yield server, token
+        yield server
     finally:
         server.stop()
 
 
 def test_a_hundred_and_twenty_devices_race_for_five_seats(
-    racing_server: tuple[Server, str],
+    racing_server: Server,
 ) -> None:
-    server, _ = racing_server
+    server = racing_server
     key = new_key(server.home)
     results = race(server.url, [device_body(key, n) for n in range(120)])
     won = [r for r in results if r.status_code == 201]
@@ -188,9 +188,9 @@ def test_a_hundred_and_twenty_devices_race_for_five_seats(
 
 
 def test_one_device_activating_thirty_times_at_once_is_one_seat(
-    racing_server: tuple[Server, str],
+    racing_server: Server,
 ) -> None:
-    server, _ = racing_server
+    server = racing_server
     key = new_key(server.home)
     results = race(server.url, [device_body(key, 7)] * 30)
     assert {r.status_code for r in results} == {201}
