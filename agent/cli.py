@@ -329,7 +329,7 @@ def refresh(c: Context, server: str | None, timeout_s: int | None, as_json: bool
     from . import online, sync
 
     device = c.device()
-    claims, result = sync.refresh(device, online.hqs(c.cfg, server, timeout_s), _now())
+    claims, result, _ = sync.refresh(device, online.hqs(c.cfg, server, timeout_s), _now())
     _report_install(c, device, claims, result, as_json)
 
 
@@ -356,7 +356,7 @@ def prepare_offline(
 
     device = c.device()
     ttl_s = days * 86400 if days else None
-    claims, result = sync.refresh(device, online.hqs(c.cfg, server, timeout_s), _now(), ttl_s)
+    claims, result, _ = sync.refresh(device, online.hqs(c.cfg, server, timeout_s), _now(), ttl_s)
     _report_install(c, device, claims, result, as_json)
 
 
@@ -373,7 +373,7 @@ def deactivate(c: Context, server: str | None, timeout_s: int | None, as_json: b
     """
     from . import online, sync
 
-    sync.deactivate(c.device(), online.hqs(c.cfg, server, timeout_s))
+    sync.deactivate(c.device(), online.hqs(c.cfg, server, timeout_s), _now())
     emit(
         {"deactivated": True},
         as_json,
@@ -397,37 +397,34 @@ def request(c: Context, output: str | None) -> None:
       fieldpass request
       fieldpass request -o /media/usb/robot-17.request
     """
-    from .state import StateError
-    from .wire.request import Request
+    from . import asks
 
     device = c.device()
-    try:
-        st = device.load_state()
-    except StateError:
-        st = None
-    activated = st is not None and device.stored_machine_file() is not None
-    req = Request(
-        device.identity.fingerprint,
-        activation_id=st.activation_id if activated and st else "",
-        serial=st.serial if activated and st else 0,
-        device_name=c.cfg.device_name,
-        agent_version=__version__,
-        created_at=_now(),
-    )
-    kind = "renewal" if req.activation_id else "activation"
-    hq_command = "machine-file --request" if req.activation_id else "activate LICENSE_KEY --request"
+    with device.writer_lock():
+        text, standing = asks.request(device, _now())
+    if standing.lost:
+        kind = "recovery"
+        hq_command = "machine-file --request FILE -o answer.txt"
+    elif standing.activation_id:
+        kind = "renewal"
+        hq_command = "machine-file --request FILE -o answer.txt"
+    else:
+        kind = "activation"
+        hq_command = "activate LICENSE_KEY --request FILE -o answer.txt"
+    install_hint = "fieldpass install answer.txt"
+    if not standing.activation_id:
+        install_hint += " --license-key-file KEYFILE"
     if output:
         import os
 
-        fsio.atomic_write(os.path.abspath(output), req.armored().encode("ascii"))
+        fsio.atomic_write(os.path.abspath(output), text.encode("ascii"))
         where = output
     else:
-        click.echo(req.armored(), nl=False)
+        click.echo(text, nl=False)
         where = "the text above"
     click.echo(
         f"fieldpass: {kind} request written to {where}. Next: at HQ run "
-        f"`fieldpass-hq {hq_command} FILE -o answer.txt`, "
-        "then here `fieldpass install answer.txt`.",
+        f"`fieldpass-hq {hq_command}`, then here `{install_hint}`.",
         err=True,
     )
 

@@ -9,7 +9,8 @@ file named in the config. Failures are typed by who must act:
 - ``Refused``: an authoritative answer from HQ (revoked, suspended, not found, seat
   limit, ...) with HQ's stable error code.
 
-The license key travels only in request bodies over the connection to HQ; it is never
+The license key travels only in the activation request's body, over the connection to
+HQ; every later request is signed with the device key instead (sync.py). It is never
 logged, printed or put in a URL.
 """
 
@@ -91,6 +92,15 @@ class Hq:
         except (urllib.error.URLError, OSError, ValueError) as e:
             reason = getattr(e, "reason", e)
             raise Unreachable(f"HQ at {self.server} is unreachable ({reason})") from None
+
+    def challenge(self) -> str:
+        """A fresh server challenge: the nonce a signed device request is made over, so
+        that a recorded request cannot be replayed later (``POST /v1/challenge``)."""
+        doc = self.post("/v1/challenge", {})
+        challenge = doc.get("challenge")
+        if not isinstance(challenge, str) or not 0 < len(challenge) <= 128:
+            raise Unreachable("HQ's answer holds no challenge")
+        return challenge
 
     def machine_file(self, path: str, body: dict[str, object]) -> tuple[bytes, dict[str, object]]:
         """POST and return the machine file HQ answered with (armored in the JSON)."""

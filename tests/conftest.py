@@ -153,6 +153,32 @@ class Signer:
     def issue(self, fingerprint: str, **kw: object) -> bytes:
         return seal_machine_file(self.claims(fingerprint, **kw), self.license_key, self.key)
 
+    def answer(self, device: DeviceRoot, request_text: bytes, **kw: object) -> bytes:
+        """HQ's answer to the device's air-gapped request: a version-2 file bound to the
+        request's nonce and TPM counter, naming the device key it carries."""
+        from agent.wire.machine_file import Binding
+        from agent.wire.request import Request
+
+        req = Request.parse(request_text)
+        assert req.signed and req.fingerprint == device.fingerprint
+        kw.setdefault("serial", req.serial + 1)
+        return self.issue(
+            device.fingerprint,
+            version=2,
+            device_key=req.device_key,
+            binding=Binding(counter=req.counter, nonce=req.nonce),
+            **kw,
+        )
+
+    def recover(self, device: DeviceRoot, **kw: object) -> subprocess.CompletedProcess[str]:
+        """The air-gapped way back: ``fieldpass request``, HQ's bound answer, install."""
+        request = device.path.parent / f"{device.path.name}.request"
+        made = device.run("request", "-o", str(request))
+        assert made.returncode == 0, made.stderr
+        answer = device.path.parent / f"{device.path.name}.answer"
+        answer.write_bytes(self.answer(device, request.read_bytes(), **kw))
+        return device.run("install", str(answer))
+
     def provision(self, device: DeviceRoot, **kw: object) -> bytes:
         """Trust this signer on the device and install a file through the real CLI."""
         device.trust(self.keyring)

@@ -31,7 +31,7 @@ from ..identity import IdentityError
 from ..state import StateError
 from ..verdict import EXPIRED, GRACE, REVOKED, VALID, days_ceil
 from ..wire.errors import WireError
-from . import messages, notify, resume
+from . import notify, resume
 from .transport import (
     BAD,
     CONNECTED,
@@ -238,7 +238,7 @@ class Machine:
         if self.due or self.resume.renewing:
             self.post(DUE)
         else:
-            self.transport.ask(self.serial, self.expires_at, False, self.revoked)
+            self.transport.ask(due=False)
             if self.once:
                 self._timer(SETTLED, SETTLE_S)
 
@@ -248,7 +248,7 @@ class Machine:
             self.resume.renewing = True
             self._save_resume()
         log.info("asking HQ for a renewal (serial %d)", self.serial)
-        self.transport.ask(self.serial, self.expires_at, True)
+        self.transport.ask(due=True)
         self._timer(RENEW_TIMEOUT, self.cfg.renew_timeout_s)
 
     def _enter_backoff(self) -> None:
@@ -288,14 +288,17 @@ class Machine:
             self.post(GIVE_UP)
             return
         assert self.transport is not None
-        self.transport.ask(self.serial, self.expires_at, True)
+        self.transport.ask(due=True)
         self._timer(RENEW_TIMEOUT, self.cfg.renew_timeout_s)
 
-    def _install(self, data: object) -> None:
-        assert isinstance(data, bytes)
+    def _install(self, payload: object) -> None:
+        """Install a file from the transport: ``(data, nonce)``, the nonce being the one
+        the transport last sent HQ (a file bound to it is HQ's word on the time now)."""
+        assert isinstance(payload, tuple)
+        data, nonce = payload
         try:
             with self.device.writer_lock():
-                claims, result = self.device.install(data, None, now())
+                claims, result = self.device.install(data, None, now(), nonce=nonce)
         except InstallRefused as e:
             self._count_bad("machine_file_" + e.reason)
             return
@@ -365,12 +368,20 @@ class Machine:
             self.due_at = claims.issued_at + life * self.cfg.renew_at_percent // 100
         self.due = self.due_at is not None and t >= self.due_at
         self.revoked = verdict.name == REVOKED
+        st = outcome.state
         self.status_doc = {
             "verdict": verdict.name,
+            "reason": verdict.reason,
             "days_left": max(0, days_ceil(claims.expires_at - t)) if claims else None,
             "serial": self.serial if claims else None,
             "expires_at": self.expires_at if claims else None,
             "revoked": verdict.name == REVOKED,
+            "revoked_reason": st.revoked if st else "",
+            "revoked_at": st.revoked_at if st else 0,
+            "lifted_at": st.lifted_at if st else 0,
+            "hwm": st.hwm if st else 0,
+            "unrecorded_boots": outcome.unrecorded_boots,
+            "notes": list(outcome.notes),
             "agent_version": __version__,
         }
         next_s = self.cfg.check_interval_s
@@ -379,10 +390,20 @@ class Machine:
         self._timer(TICK, next_s)
 
     def _send_status(self) -> None:
+        """Publish the device's signed status (asks.status): HQ learns what the device
+        holds, and confirms the revocations and files it was sent."""
         if self.transport is None or self.generation == 0:
             return
-        doc = {**self.status_doc, "bad_messages": sum(self.bad.values()), "at": now()}
-        self.transport.publish_status(messages.status(doc))
+        from .. import asks
+
+        doc = {**self.status_doc, "bad_messages": dict(list(self.bad.items())[:32])}
+        try:
+            with self.device.writer_lock():
+                payload = asks.status(self.device, doc, now())
+        except (ConfigError, IdentityError, OSError, StateError, ValueError) as e:
+            log.warning("could not sign the status: %s", e)
+            return
+        self.transport.publish_status(payload)
 
     def _save_resume(self) -> None:
         try:
