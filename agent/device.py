@@ -313,7 +313,7 @@ class Device:
                 self.ensure_device_key()
                 key = self._state_key(None)
             assert key is not None
-            return state.save(self.cfg.state_dir, key, st, self.identity.source)
+            return state.save(self.cfg.state_dir, key, st)
         anchor = self.anchor()
         assert anchor is not None
         from .tpm import TpmError
@@ -333,7 +333,6 @@ class Device:
                 self.cfg.state_dir,
                 key,
                 st.replace(tpm=mark, unrecorded_mark=reading.unrecorded),
-                self.identity.source,
             )
             if bump:
                 anchor.bump()
@@ -382,7 +381,7 @@ class Device:
         except WireError as e:  # a file that is not this device's says so first
             message = f"Machine file refused: {e}"
             if e.reason == "wrong_device":
-                message += self._source_changed(loaded.slots)
+                message += self._source_changed(loaded, data, key)
             return Outcome(Verdict(INVALID, message, reason=e.reason), identity, st)
         if loaded.error is not None:
             return Outcome(self._refusal(loaded, claims), identity, None)
@@ -456,18 +455,37 @@ class Device:
         else:
             message = f"Device state refused: {error}"
             if error.reason == "state_foreign":
-                message += self._source_changed(loaded.slots)
+                message += self._source_changed(loaded)
         return Verdict(INVALID, message, reason=error.reason, claims=claims)
 
-    def _source_changed(self, slots: Slots) -> str:
-        before, now = slots.source, self.identity.source
-        if not before or before == now:
-            return ""
-        return (
-            f" (the identity source changed: this device was activated with its {before}, "
-            f"the image now reads {now} first; restore the order of [identity] sources "
-            "in agent.toml, or re-activate)"
-        )
+    def _source_changed(self, loaded: Loaded, data: bytes = b"", key: str = "") -> str:
+        """When the state or the file belongs to another identity source of this very
+        device (an image update changed the order of [identity] sources), say so."""
+        from .identity import candidates
+
+        now = self.identity.source
+        secret = b""
+        if loaded.reading is not None:
+            secret = loaded.reading.secret or b""
+        seed = self._device_seed() or b""
+        for other in candidates(self.cfg):
+            if other.source == now:
+                continue
+            state_key = sodium.hmac_sha256(other.state_key, STATE_KEY_CONTEXT + seed + secret)
+            fits = state.read(self.cfg.state_dir, state_key, None).state is not None
+            if not fits and data and key:
+                try:
+                    open_machine_file(data, self.keyring(), key, other.fingerprint)
+                    fits = True
+                except WireError:
+                    pass
+            if fits:
+                return (
+                    f" (the identity source changed: this device was activated with its "
+                    f"{other.source}, the image now reads {now} first; restore the order of "
+                    "[identity] sources in agent.toml, or re-activate)"
+                )
+        return ""
 
     def writer_lock(self) -> fsio.ExclusiveLock:
         """The lock a writer other than the gate takes; creates the state directory."""

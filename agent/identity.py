@@ -118,6 +118,17 @@ _READERS = (
 )
 
 
+def candidates(cfg: Config) -> list[Identity]:
+    """Every source that gives an id on this device, in order (to explain a refusal:
+    "activated with another source"); never used to choose the identity."""
+    found = []
+    for source, reader in _READERS:
+        raw = reader(cfg)
+        if raw:
+            found.append(Identity(raw, source))
+    return found
+
+
 def read_identity(cfg: Config) -> Identity:
     for source, reader in _READERS:
         raw = reader(cfg)

@@ -9,11 +9,10 @@ verdict (to run on-verdict hooks on a change); with a TPM, the NV counter values
 state is bound to; the identity source that gave the fingerprint; usage counters.
 
 On disk each slot (``state.a``, ``state.b``) is canonical CBOR
-``{"v": 2, "body": CBOR(record), "mac": HMAC-SHA256(state_key, CONTEXT || body), "src": S}``.
+``{"v": 2, "body": CBOR(record), "mac": HMAC-SHA256(state_key, CONTEXT || body)}``.
 ``state_key`` (derived in device.py) rests on secrets that neither the image nor a
 hardware id reveals: the device key's seed, and with ``[tpm]`` a secret held in the TPM.
-``src`` is an unauthenticated hint (the identity source at the last save) used only to
-explain a refusal. The MAC is checked over the stored body bytes before they are
+The MAC is checked over the stored body bytes before they are
 decoded. Each write goes to the slot the newest state is not in, with a generation one
 higher, through ``fsio.atomic_write``; a reader takes the valid slot with the highest
 generation.
@@ -171,10 +170,10 @@ def _check_common(
             fields.uint(d[name], f"state field {name}")
 
 
-def seal(state: State, key: bytes, source: str = "") -> bytes:
+def seal(state: State, key: bytes) -> bytes:
     body = cbor.dumps(state.to_dict())
     mac = sodium.hmac_sha256(key, MAC_CONTEXT + body)
-    return cbor.dumps({"v": FORMAT_VERSION, "body": body, "mac": mac, "src": source})
+    return cbor.dumps({"v": FORMAT_VERSION, "body": body, "mac": mac})
 
 
 def seal_legacy(state: State, key: bytes) -> bytes:
@@ -186,15 +185,14 @@ def seal_legacy(state: State, key: bytes) -> bytes:
 
 
 class Slot:
-    """What one slot file holds, before authentication: its version and source hint."""
+    """What one slot file holds, before authentication."""
 
-    __slots__ = ("body", "mac", "source", "version")
+    __slots__ = ("body", "mac", "version")
 
-    def __init__(self, version: int, body: bytes, mac: bytes, source: str) -> None:
+    def __init__(self, version: int, body: bytes, mac: bytes) -> None:
         self.version = version
         self.body = body
         self.mac = mac
-        self.source = source
 
 
 def parse_slot(data: bytes) -> Slot:
@@ -211,18 +209,13 @@ def parse_slot(data: bytes) -> Slot:
             f"the device state was written by a newer Fieldpass (format {version}); "
             "install that agent again",
         )
-    if fields.is_version(version, FORMAT_VERSION):
-        expected = {"v", "body", "mac", "src"}
-    elif fields.is_version(version, LEGACY_VERSION):
-        expected = {"v", "body", "mac"}
-    else:
+    known = fields.is_version(version, FORMAT_VERSION) or fields.is_version(version, LEGACY_VERSION)
+    if not known or set(outer) != {"v", "body", "mac"}:
         raise StateError("state_corrupt", "the device state is damaged (unknown layout)")
-    if set(outer) != expected:
-        raise StateError("state_corrupt", "the device state is damaged (unknown layout)")
-    body, mac, source = outer["body"], outer["mac"], outer.get("src", "")
-    if type(body) is not bytes or type(mac) is not bytes or type(source) is not str:
+    body, mac = outer["body"], outer["mac"]
+    if type(body) is not bytes or type(mac) is not bytes:
         raise StateError("state_corrupt", "the device state is damaged (bad field types)")
-    return Slot(int(str(version)), body, mac, source[:32])
+    return Slot(int(str(version)), body, mac)
 
 
 def unseal(data: bytes, key: bytes | None, legacy_key: bytes | None = None) -> State:
@@ -271,17 +264,14 @@ _SEVERITY = {
 
 class Slots:
     """What the state directory holds: the newest valid state (or the most telling
-    error), whether any slot file exists at all, and the source hint of the newest."""
+    error), and whether any slot file exists at all."""
 
-    __slots__ = ("error", "present", "source", "state")
+    __slots__ = ("error", "present", "state")
 
-    def __init__(
-        self, state: State | None, error: StateError | None, present: bool, source: str
-    ) -> None:
+    def __init__(self, state: State | None, error: StateError | None, present: bool) -> None:
         self.state = state
         self.error = error
         self.present = present
-        self.source = source
 
 
 def read(state_dir: str, key: bytes | None, legacy_key: bytes | None) -> Slots:
@@ -299,17 +289,13 @@ def read(state_dir: str, key: bytes | None, legacy_key: bytes | None) -> Slots:
         if data is not None:
             found.append((name, data))
     if not found and worst is None:
-        return Slots(None, None, False, "")
+        return Slots(None, None, False)
     versions = {}
-    source = ""
     for name, data in found:
         try:
-            slot = parse_slot(data)
+            versions[name] = parse_slot(data).version
         except StateError:
             versions[name] = FORMAT_VERSION
-            continue
-        versions[name] = slot.version
-        source = source or slot.source
     any_v2 = any(v == FORMAT_VERSION for v in versions.values())
     best: State | None = None
     for name, data in found:
@@ -322,7 +308,7 @@ def read(state_dir: str, key: bytes | None, legacy_key: bytes | None) -> Slots:
             continue
         if best is None or state.gen > best.gen:
             best = state
-    return Slots(best, None if best is not None else worst, True, source)
+    return Slots(best, None if best is not None else worst, True)
 
 
 def _worse(a: StateError | None, b: StateError) -> StateError:
@@ -340,16 +326,14 @@ def load(state_dir: str, key: bytes | None, legacy_key: bytes | None = None) -> 
     return slots.state
 
 
-def save(state_dir: str, key: bytes, state: State, source: str = "") -> State:
+def save(state_dir: str, key: bytes, state: State) -> State:
     """Write ``state`` with the next generation into the other slot; return it. A state
     migrated from version 1 is written to both slots, so no v1 slot remains."""
     new = state.replace(gen=state.gen + 1, legacy=False)
-    fsio.atomic_write(os.path.join(state_dir, SLOTS[new.gen % 2]), seal(new, key, source), 0o600)
+    fsio.atomic_write(os.path.join(state_dir, SLOTS[new.gen % 2]), seal(new, key), 0o600)
     if state.legacy:
         new = new.replace(gen=new.gen + 1)
-        fsio.atomic_write(
-            os.path.join(state_dir, SLOTS[new.gen % 2]), seal(new, key, source), 0o600
-        )
+        fsio.atomic_write(os.path.join(state_dir, SLOTS[new.gen % 2]), seal(new, key), 0o600)
     return new
 
 

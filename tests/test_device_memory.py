@@ -57,7 +57,7 @@ def test_a_state_forged_with_the_hardware_id_alone_is_refused(
     # (/etc/machine-id, DMI) is world-readable on a running device.
     legacy_key = Identity(device.machine_id, "machine-id").state_key
     clean = State(activation_id="act_1", serial=1, boot=0, hwm=0, gen=50)
-    for forged in (seal(clean, legacy_key, "machine-id"), seal_legacy(clean, legacy_key)):
+    for forged in (seal(clean, legacy_key), seal_legacy(clean, legacy_key)):
         for slot in ("state.a", "state.b"):
             (device.state_dir / slot).write_bytes(forged)
         result = device.check()
