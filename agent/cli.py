@@ -429,6 +429,80 @@ def request(c: Context, output: str | None) -> None:
     )
 
 
+@cli.group()
+def tpm() -> None:
+    """The TPM 2.0 anchor of the device state ([tpm] enabled; docs/tpm.md).
+
+    \b
+    Examples:
+      fieldpass tpm provision --json
+      fieldpass tpm status
+    """
+
+
+def _tpm_report(reading: object, as_json: bool, what: str) -> None:
+    from .tpm import Reading
+
+    assert isinstance(reading, Reading)
+    doc = {
+        "counter": reading.counter,
+        "unrecorded_counter": reading.unrecorded,
+        "secret": reading.secret is not None,
+        "provisioned": reading.provisioned,
+        "held_state": reading.held_state,
+    }
+    emit(
+        doc,
+        as_json,
+        f"{what}: state counter {reading.counter}, unrecorded-boot counter "
+        f"{reading.unrecorded}, secret {'present' if reading.secret else 'absent'}"
+        + (" (the device has held a state)" if reading.held_state else ""),
+    )
+
+
+@tpm.command("provision")
+@click.option("--json", "as_json", is_flag=True, help="Print the counters as JSON.")
+@pass_ctx
+def tpm_provision(c: Context, as_json: bool) -> None:
+    """Define the TPM indices if missing (the factory step; `request` and `activate` do
+    it too). Prints the state counter: HQ's first file for this device must name it.
+
+    \b
+    Examples:
+      fieldpass tpm provision
+      fieldpass tpm provision --json
+    """
+    device = c.device()
+    if not c.cfg.tpm_enabled:
+        raise CliError("[tpm] is not enabled in agent.toml", exitcodes.EX_CONFIG)
+    with device.writer_lock():
+        reading = device.provision_tpm()
+    _tpm_report(reading, as_json, "TPM provisioned")
+
+
+@tpm.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the counters as JSON.")
+@pass_ctx
+def tpm_status(c: Context, as_json: bool) -> None:
+    """Show the TPM indices the state is bound to (reads only).
+
+    \b
+    Examples:
+      fieldpass tpm status --json
+    """
+    from .tpm import TpmError
+
+    device = c.device()
+    anchor = device.anchor()
+    if anchor is None:
+        raise CliError("[tpm] is not enabled in agent.toml", exitcodes.EX_CONFIG)
+    try:
+        reading = anchor.read()
+    except TpmError as e:
+        raise CliError(f"TPM unreadable: {e}", exitcodes.EX_IOERR) from None
+    _tpm_report(reading, as_json, "TPM")
+
+
 @cli.command("run")
 @click.option(
     "--once",
