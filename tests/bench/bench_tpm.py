@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from agent.tpm import NvCounter, check_binding
-from tests.test_tpm import Swtpm
+from tests.tpm_server import Swtpm
 
 ROUNDS = 30
 INDEX = 0x01500016
