@@ -443,17 +443,31 @@ def parse_tcti(tcti: str) -> tuple[str, str, int]:
     return name, host, port
 
 
+def _addresses(host: str, port: int) -> list[tuple[int, tuple[str, int]]]:
+    """(family, address) to try. A numeric address skips getaddrinfo, whose first call in
+    a process loads the resolver (10-16 ms here): boot paths should name 127.0.0.1."""
+    import _socket
+
+    for family in (_socket.AF_INET, _socket.AF_INET6):
+        try:
+            _socket.inet_pton(family, host)
+        except OSError:
+            continue
+        return [(family, (host, port))]
+    try:
+        found = _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot resolve {host}: {exc.strerror or exc}") from None
+    return [(family, (str(address[0]), int(address[1]))) for family, _, _, _, address in found]
+
+
 def _connect_tcp(host: str, port: int, deadline: float) -> int:
     """A connected, non-blocking TCP socket's fd (the caller closes it with os.close)."""
     import _socket
 
-    try:
-        addresses = _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM)
-    except OSError as exc:
-        raise OSError(exc.errno, f"cannot resolve {host}: {exc.strerror or exc}") from None
-    error: OSError = OSError("no address")
-    for family, kind, proto, _name, address in addresses:
-        sock = _socket.socket(family, kind, proto)
+    error: OSError = OSError(f"no address for {host}")
+    for family, address in _addresses(host, port):
+        sock = _socket.socket(family, _socket.SOCK_STREAM)
         try:
             sock.settimeout(max(0.001, deadline - time.monotonic()))
             sock.connect(address)
@@ -492,7 +506,8 @@ class Tpm:
     (timeout, closed connection, malformed response) the connection is closed and every
     later call raises TpmError: a late answer must never be read as the next one's.
     swtpm serves one client connection at a time, so while this object is open other
-    clients of the same swtpm (tpm2-tools) wait; ``/dev/tpmrm0`` multiplexes.
+    clients of the same swtpm (tpm2-tools) wait; ``/dev/tpmrm0`` multiplexes. One caller
+    at a time: the object is not shared between threads.
     """
 
     def __init__(self, tcti: str = "", timeout_s: float = 10.0) -> None:
@@ -524,6 +539,8 @@ class Tpm:
     @classmethod
     def from_fd(cls, fd: int, name: str, timeout_s: float = 10.0) -> "Tpm":
         """Speak the device protocol over an fd the caller opened (this object owns it)."""
+        if not timeout_s > 0:
+            raise ValueError("TPM timeout must be positive")
         self = cls.__new__(cls)
         self.tcti, self.timeout_s = name, timeout_s
         self._kind, self._where, self._port = "device", name, 0

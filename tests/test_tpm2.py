@@ -344,6 +344,13 @@ def test_one_connection_serves_every_command(swtpm: Swtpm) -> None:
     assert int.from_bytes(tools_read(swtpm, INDEX, 8), "big") == final
 
 
+def test_a_host_name_is_resolved(swtpm: Swtpm) -> None:
+    """``localhost`` goes through getaddrinfo (::1 is refused, 127.0.0.1 answers);
+    a numeric address does not."""
+    with Tpm(f"swtpm:host=localhost,port={swtpm.port}", timeout_s=5) as t:
+        assert t.nv_read_public(INDEX) is None
+
+
 def test_swtpm_in_disconnect_mode_is_a_clear_error(tmp_path: Path) -> None:
     """swtpm --server ...,disconnect closes after every answer. The client keeps one
     connection and never resends a command on a new one (it cannot know whether the
