@@ -483,17 +483,29 @@ def _connect_tcp(host: str, port: int, deadline: float) -> int:
 
 
 def _swtpm_set_locality(host: str, port: int, deadline: float) -> None:
-    """What libtss2's swtpm TCTI does at start: CMD_SET_LOCALITY 0 on the control port."""
-    fd = _connect_tcp(host, port + 1, deadline)
+    """What libtss2's swtpm TCTI does at start: CMD_SET_LOCALITY 0 on the control port
+    (``port``, the server port + 1). TimeoutError at the deadline, TpmError otherwise."""
+    try:
+        fd = _connect_tcp(host, port, deadline)
+    except TimeoutError:
+        raise
+    except OSError as exc:
+        raise TpmError(f"swtpm's control port {port}: {_why(exc)}") from None
     try:
         write_all(fd, _u32(_SWTPM_CMD_SET_LOCALITY) + b"\0", deadline)
         answer = b""
         while len(answer) < 4:
             answer += _read_some(fd, 4 - len(answer), deadline)
-        if answer != b"\0\0\0\0":
-            raise TpmError(f"swtpm refused locality 0 (control result {answer.hex()})")
+    except TpmError as exc:
+        raise TpmError(f"swtpm's control port {port}: {exc}") from None
+    except TimeoutError:
+        raise
+    except OSError as exc:
+        raise TpmError(f"swtpm's control port {port}: {_why(exc)}") from None
     finally:
         os.close(fd)
+    if answer != b"\0\0\0\0":
+        raise TpmError(f"swtpm's control port {port} refused locality 0 ({answer.hex()})")
 
 
 # --- the client ---------------------------------------------------------------------
@@ -525,7 +537,7 @@ class Tpm:
             else:
                 self._fd = _connect_tcp(self._where, self._port, deadline)
                 if self._kind == "swtpm":
-                    _swtpm_set_locality(self._where, self._port, deadline)
+                    _swtpm_set_locality(self._where, self._port + 1, deadline)
         except TimeoutError:
             self.close()
             raise TpmError(f"TPM at {self.tcti}: no answer within {timeout_s:g} s") from None

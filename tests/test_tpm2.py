@@ -413,6 +413,19 @@ def test_swtpm_down_fails_at_once_naming_the_tcti(swtpm: Swtpm) -> None:
     assert str(info.value) == f"cannot open the TPM at {tcti}: Connection refused"
 
 
+def test_swtpm_without_its_control_port_is_named() -> None:
+    """The data port listens, port+1 does not: the error says which port."""
+    port = free_port_pair()
+    data = socket.create_server(("127.0.0.1", port))
+    try:
+        with pytest.raises(TpmError) as info:
+            Tpm(f"swtpm:host=127.0.0.1,port={port}", timeout_s=2)
+    finally:
+        data.close()
+    assert str(info.value).startswith(f"cannot open the TPM at swtpm:host=127.0.0.1,port={port}: ")
+    assert f"swtpm's control port {port + 1}: Connection refused" in str(info.value)
+
+
 def test_swtpm_stopped_mid_session_times_out(swtpm: Swtpm) -> None:
     t = Tpm(swtpm.tcti, timeout_s=1.0)
     t.nv_define(INDEX, 8, tpm2.COUNTER_ATTRIBUTES)
