@@ -7,7 +7,6 @@ Nothing here is skipped: swtpm and tpm2-tools are test dependencies
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,91 +19,16 @@ from hypothesis import strategies as st
 
 from agent import tpm
 from agent.tpm import NvCounter, TpmError, check_binding
+from tests.tpm_server import Swtpm
 
 INDEX = 0x01500016
-
-
-def free_port_pair() -> int:
-    """A port P with P+1 free too (swtpm's server and control channels)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port >= 65535:
-            continue
-        try:
-            with socket.socket() as s2:
-                s2.bind(("127.0.0.1", port + 1))
-        except OSError:
-            continue
-        return int(port)
-    raise RuntimeError("no free port pair on 127.0.0.1")
-
-
-class Swtpm:
-    """A swtpm process on 127.0.0.1 with its NV state in ``state_dir``."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.state_dir = state_dir
-        self.port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def tcti(self) -> str:
-        return f"swtpm:host=127.0.0.1,port={self.port}"
-
-    def start(self) -> None:
-        assert shutil.which("swtpm"), "swtpm is not installed (scripts/install-test-deps)"
-        self.port = free_port_pair()
-        self.proc = subprocess.Popen(
-            [
-                "swtpm",
-                "socket",
-                "--tpm2",
-                "--server",
-                f"type=tcp,port={self.port},bindaddr=127.0.0.1",
-                "--ctrl",
-                f"type=tcp,port={self.port + 1},bindaddr=127.0.0.1",
-                "--tpmstate",
-                f"dir={self.state_dir}",
-                "--flags",
-                "not-need-init,startup-clear",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"swtpm exited: {self.proc.stderr!r}"
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError("swtpm did not listen within 10 s")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
 
 
 @pytest.fixture
 def swtpm(tmp_path: Path) -> Iterator[Swtpm]:
     assert shutil.which("tpm2_nvdefine"), "tpm2-tools are not installed"
-    (tmp_path / "tpmstate").mkdir()
-    server = Swtpm(tmp_path / "tpmstate")
-    server.start()
-    try:
+    with Swtpm(tmp_path) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def tool(server: Swtpm, name: str, *args: str) -> None:

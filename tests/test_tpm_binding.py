@@ -11,20 +11,15 @@ from agent import state
 from agent.identity import Identity
 from agent.tpm import NvCounter, parse_nv_index
 from tests.conftest import DeviceRoot, Signer
-from tests.test_tpm import Swtpm
+from tests.tpm_server import Swtpm
 
 INDEX = "0x01500016"
 
 
 @pytest.fixture
 def tpm(tmp_path: Path) -> Iterator[Swtpm]:
-    (tmp_path / "tpmstate").mkdir()
-    server = Swtpm(tmp_path / "tpmstate")
-    server.start()
-    try:
+    with Swtpm(tmp_path / "tpmstate") as server:
         yield server
-    finally:
-        server.stop()
 
 
 def bind(device: DeviceRoot, tpm: Swtpm) -> NvCounter:

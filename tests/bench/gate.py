@@ -127,7 +127,7 @@ def measure(cmd: list[str], baseline: list[str], rounds: int, rss_file: str) -> 
 
 def tpm_comparison(rounds: int = 20) -> dict[str, float]:
     """The gate with [tpm] enabled (swtpm on loopback) against the plain gate, interleaved."""
-    from tests.test_tpm import Swtpm
+    from tests.tpm_server import Swtpm
 
     with tempfile.TemporaryDirectory() as tmp:
         plain, bound = Path(tmp) / "plain", Path(tmp) / "tpm"
