@@ -115,7 +115,9 @@ class Reading:
 
 
 class Anchor:
-    """The three NV indices at ``nv_index``, over one TPM connection."""
+    """The three NV indices at ``nv_index``. Each operation opens its own connection to
+    the TPM and closes it (0.1 ms): swtpm, and some resource managers, serve one client
+    at a time, and the daemon must never hold the TPM the gate needs at boot."""
 
     def __init__(self, nv_index: int, tcti: str = "", timeout_s: float = 10.0) -> None:
         if not _NV_INDEX_FIRST <= nv_index <= _NV_INDEX_LAST - 2:
@@ -125,44 +127,22 @@ class Anchor:
         self.secret_index = nv_index + 2
         self.tcti = tcti or DEFAULT_TCTI
         self.timeout_s = timeout_s
-        self._tpm: object = None
 
     def __repr__(self) -> str:
         return f"Anchor({self.counter_index:#010x}, tcti={self.tcti!r})"
 
-    def _client(self) -> "Tpm":
-        from . import tpm2
-
-        if self._tpm is None:
-            try:
-                self._tpm = tpm2.Tpm(self.tcti, self.timeout_s)
-            except tpm2.TpmError as e:
-                raise TpmError(str(e)) from None
-        assert isinstance(self._tpm, tpm2.Tpm)
-        return self._tpm
-
-    def close(self) -> None:
-        from . import tpm2
-
-        if isinstance(self._tpm, tpm2.Tpm):
-            self._tpm.close()
-        self._tpm = None
-
-    def _call(self, what: str, *args: object) -> object:
+    def _open(self) -> "Tpm":
         from . import tpm2
 
         try:
-            return getattr(self._client(), what)(*args)
+            return tpm2.Tpm(self.tcti, self.timeout_s)
         except tpm2.TpmError as e:
             raise TpmError(str(e)) from None
 
-    def _counter(self, index: int) -> int | None:
-        from . import tpm2
-
-        public = self._call("nv_read_public", index)
+    def _counter(self, tpm: "Tpm", index: int) -> int | None:
+        public = tpm.nv_read_public(index)
         if public is None:
             return None
-        assert isinstance(public, tuple)
         attributes, size = public
         if attributes & _NT_MASK != _NT_COUNTER or size != 8:
             raise TpmError(
@@ -171,29 +151,32 @@ class Anchor:
             )
         if not attributes & _WRITTEN:
             return None
-        try:
-            value = self._client().nv_read_counter(index)
-        except tpm2.NvUninitialized:
-            return None
-        except tpm2.TpmError as e:
-            raise TpmError(str(e)) from None
-        return value
+        return tpm.nv_read_counter(index)
 
-    def read(self) -> Reading:
-        """The two counters and the secret (three reads and two public areas)."""
+    def _read(self, tpm: "Tpm") -> Reading:
         from . import tpm2
 
-        counter = self._counter(self.counter_index)
-        unrecorded = self._counter(self.unrecorded_index)
+        counter = self._counter(tpm, self.counter_index)
+        unrecorded = self._counter(tpm, self.unrecorded_index)
         try:
-            raw = self._client().nv_read(self.secret_index, SECRET_SIZE)
+            raw = tpm.nv_read(self.secret_index, SECRET_SIZE)
         except (tpm2.NvMissing, tpm2.NvUninitialized):
             return Reading(counter, unrecorded, None, None)
-        except tpm2.TpmError as e:
-            raise TpmError(str(e)) from None
         if len(raw) != SECRET_SIZE:
             raise TpmError(f"NV index {self.secret_index:#010x} holds {len(raw)} bytes, not 40")
         return Reading(counter, unrecorded, raw[:SECRET_BYTES], int.from_bytes(raw[32:], "big"))
+
+    def read(self) -> Reading:
+        """The two counters and the secret (two public areas and three reads)."""
+        from . import tpm2
+
+        tpm = self._open()
+        try:
+            return self._read(tpm)
+        except tpm2.TpmError as e:
+            raise TpmError(str(e)) from None
+        finally:
+            tpm.close()
 
     def provision(self) -> Reading:
         """Define what is missing (an explicit step, never the gate's). A secret is
@@ -201,39 +184,56 @@ class Anchor:
         can then never authenticate again, which is what a lost counter means."""
         import os
 
-        before = self.read()
-        defined_counter = False
-        for index, value in (
-            (self.counter_index, before.counter),
-            (self.unrecorded_index, before.unrecorded),
-        ):
-            if value is not None:
-                continue
-            if self._call("nv_read_public", index) is None:
-                self._call("nv_define", index, 8, COUNTER_ATTRIBUTES)
-            self._call("nv_increment", index)
-            defined_counter = defined_counter or index == self.counter_index
-        if before.secret is None or defined_counter:
-            if self._call("nv_read_public", self.secret_index) is not None:
-                self._call("nv_undefine", self.secret_index)
-            self._call("nv_define", self.secret_index, SECRET_SIZE, SECRET_ATTRIBUTES)
-            now = self.read()
-            assert now.counter is not None
-            self._call(
-                "nv_write",
-                self.secret_index,
-                os.urandom(SECRET_BYTES) + now.counter.to_bytes(8, "big"),
-            )
-        return self.read()
+        from . import tpm2
+
+        tpm = self._open()
+        try:
+            before = self._read(tpm)
+            defined_counter = False
+            for index, value in (
+                (self.counter_index, before.counter),
+                (self.unrecorded_index, before.unrecorded),
+            ):
+                if value is not None:
+                    continue
+                if tpm.nv_read_public(index) is None:
+                    tpm.nv_define(index, 8, COUNTER_ATTRIBUTES)
+                tpm.nv_increment(index)
+                defined_counter = defined_counter or index == self.counter_index
+            if before.secret is None or defined_counter:
+                if tpm.nv_read_public(self.secret_index) is not None:
+                    tpm.nv_undefine(self.secret_index)
+                tpm.nv_define(self.secret_index, SECRET_SIZE, SECRET_ATTRIBUTES)
+                counter = self._counter(tpm, self.counter_index)
+                assert counter is not None
+                tpm.nv_write(
+                    self.secret_index, os.urandom(SECRET_BYTES) + counter.to_bytes(8, "big")
+                )
+            return self._read(tpm)
+        except tpm2.TpmError as e:
+            raise TpmError(str(e)) from None
+        finally:
+            tpm.close()
+
+    def _increment(self, index: int) -> None:
+        from . import tpm2
+
+        tpm = self._open()
+        try:
+            tpm.nv_increment(index)
+        except tpm2.TpmError as e:
+            raise TpmError(str(e)) from None
+        finally:
+            tpm.close()
 
     def bump(self) -> None:
         """Move the state counter one step (after the state carrying counter + 1 is on
         the disk: a power cut in between leaves the state one ahead, which is repaired)."""
-        self._call("nv_increment", self.counter_index)
+        self._increment(self.counter_index)
 
     def bump_unrecorded(self) -> None:
         """Count a boot whose check could not be recorded."""
-        self._call("nv_increment", self.unrecorded_index)
+        self._increment(self.unrecorded_index)
 
 
 if False:  # typing only

@@ -26,9 +26,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent import tpm, tpm2
-from agent.tpm import NvCounter, parse_nv_list
 from agent.tpm2 import NvMissing, NvUninitialized, Tpm, TpmError
+from tests import tpm_tools
 from tests.tpm_server import Swtpm, free_port_pair
+from tests.tpm_tools import NvCounter, parse_nv_list
 
 INDEX = 0x01500016
 OTHER = 0x01500017
@@ -86,7 +87,17 @@ def client(server: Swtpm) -> Tpm:
 
 
 def test_counter_defined_by_tools_is_read_and_incremented_by_the_client(swtpm: Swtpm) -> None:
-    tools(swtpm, "tpm2_nvdefine", f"{INDEX:#x}", "-C", "o", "-s", "8", "-a", tpm.COUNTER_ATTRIBUTES)
+    tools(
+        swtpm,
+        "tpm2_nvdefine",
+        f"{INDEX:#x}",
+        "-C",
+        "o",
+        "-s",
+        "8",
+        "-a",
+        tpm.COUNTER_ATTRIBUTES_TEXT,
+    )
     with client(swtpm) as t:
         public = t.nv_read_public(INDEX)
         assert public is not None
@@ -114,12 +125,22 @@ def test_counter_defined_by_tools_is_read_and_incremented_by_the_client(swtpm: S
 def test_counter_defined_by_the_client_is_what_tpm2_tools_define(swtpm: Swtpm) -> None:
     with client(swtpm) as t:
         t.nv_define(INDEX, 8, tpm2.COUNTER_ATTRIBUTES)
-    tools(swtpm, "tpm2_nvdefine", f"{OTHER:#x}", "-C", "o", "-s", "8", "-a", tpm.COUNTER_ATTRIBUTES)
+    tools(
+        swtpm,
+        "tpm2_nvdefine",
+        f"{OTHER:#x}",
+        "-C",
+        "o",
+        "-s",
+        "8",
+        "-a",
+        tpm.COUNTER_ATTRIBUTES_TEXT,
+    )
     listed = tools_public(swtpm)
     assert listed[INDEX] == listed[OTHER] == (tpm2.COUNTER_ATTRIBUTES, 8)
 
     counter = NvCounter(INDEX, tcti=swtpm.tcti)
-    with pytest.raises(tpm.TpmError, match="tpm2_nvread failed"):
+    with pytest.raises(tpm_tools.TpmError, match="tpm2_nvread failed"):
         counter.read()  # never incremented: tpm2-tools cannot read it either
     with client(swtpm) as t:
         t.nv_increment(INDEX)
@@ -195,7 +216,17 @@ def test_what_the_client_writes_tpm2_tools_read(
 
 
 def test_undefine_both_directions(swtpm: Swtpm) -> None:
-    tools(swtpm, "tpm2_nvdefine", f"{INDEX:#x}", "-C", "o", "-s", "8", "-a", tpm.COUNTER_ATTRIBUTES)
+    tools(
+        swtpm,
+        "tpm2_nvdefine",
+        f"{INDEX:#x}",
+        "-C",
+        "o",
+        "-s",
+        "8",
+        "-a",
+        tpm.COUNTER_ATTRIBUTES_TEXT,
+    )
     with client(swtpm) as t:
         t.nv_define(OTHER, 32, ORDINARY_BITS)
         t.nv_undefine(INDEX)

@@ -24,9 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from agent.tpm import NvCounter, check_binding
+from agent.tpm import check_binding
 from agent.tpm2 import Tpm
 from tests.tpm_server import Swtpm
+from tests.tpm_tools import NvCounter
 
 ROUNDS = 30
 INNER = 20  # in-process commands per round, averaged: one is a few tens of microseconds
