@@ -44,7 +44,7 @@ from .models import (
     License,
     Plan,
 )
-from .store import Store, Tx
+from .storage.sqlite import Store, Tx
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_ENTITLEMENTS = 64

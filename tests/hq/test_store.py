@@ -13,7 +13,7 @@ from agent.wire import license_key
 from provisioning.errors import ActivationNotFound, SeatLimitReached
 from provisioning.models import Actor, Plan
 from provisioning.service import HQ
-from provisioning.store import MIGRATIONS, SCHEMA_VERSION, Store
+from provisioning.storage.sqlite import MIGRATIONS, SCHEMA_VERSION, Store
 
 from .conftest import fingerprint
 

@@ -22,8 +22,8 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, Conflict, StorageError
-from .models import (
+from ..errors import ConfigError, Conflict, StorageError
+from ..models import (
     Activation,
     AuditEvent,
     EntitlementRow,

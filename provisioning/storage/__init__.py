@@ -1,0 +1,1 @@
+"""HQ's storage: the database behind one interface, one module per engine."""
