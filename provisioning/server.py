@@ -49,7 +49,6 @@ from .service import HQ, Issued
 
 MAX_BODY_BYTES = 16 * 1024
 HOME_ENV = "FIELDPASS_HQ_HOME"
-SYNC_ENV = "FIELDPASS_HQ_SYNCHRONOUS"  # benchmarks only compare FULL with NORMAL
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -148,8 +147,8 @@ def _issued(i: Issued) -> dict[str, Any]:
     return doc
 
 
-def create_app(home: Path, *, synchronous: str = "FULL") -> FastAPI:
-    hq = HQ(home, synchronous=synchronous)
+def create_app(home: Path, *, database: str | None = None) -> FastAPI:
+    hq = HQ(home, database=database)
     app = FastAPI(
         title="Fieldpass HQ",
         version=__version__,
@@ -335,7 +334,7 @@ def create_app(home: Path, *, synchronous: str = "FULL") -> FastAPI:
 
 def app_from_env() -> FastAPI:
     """Factory for uvicorn workers: the home comes from $FIELDPASS_HQ_HOME."""
-    return create_app(Path(os.environ[HOME_ENV]), synchronous=os.environ.get(SYNC_ENV, "FULL"))
+    return create_app(Path(os.environ[HOME_ENV]))
 
 
 def run(

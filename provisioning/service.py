@@ -44,7 +44,7 @@ from .models import (
     License,
     Plan,
 )
-from .storage.sqlite import Store, Tx
+from .storage import Tx, default_url, open_store
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_ENTITLEMENTS = 64
@@ -154,9 +154,12 @@ def license_status(lic: License, now: int) -> str:
 
 
 class HQ:
-    def __init__(self, home: Path, *, synchronous: str = "FULL") -> None:
+    def __init__(self, home: Path, *, database: str | None = None) -> None:
+        """``database``: a URL for ``storage.open_store``; default: the SQLite file in
+        ``home``."""
         self.home = home
-        self.store = Store(prepare_home(home), synchronous=synchronous)
+        prepare_home(home)
+        self.store = open_store(database or default_url(home))
         self.keystore = KeyStore(home)
         self._signing: SigningKey | None = None
 

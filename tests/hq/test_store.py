@@ -13,7 +13,9 @@ from agent.wire import license_key
 from provisioning.errors import ActivationNotFound, SeatLimitReached
 from provisioning.models import Actor, Plan
 from provisioning.service import HQ
-from provisioning.storage.sqlite import MIGRATIONS, SCHEMA_VERSION, Store
+from provisioning.storage import SCHEMA_VERSION
+from provisioning.storage.sqlite import MIGRATIONS
+from provisioning.storage.sqlite import SQLiteStore as Store
 
 from .conftest import fingerprint
 
