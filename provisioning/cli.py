@@ -28,7 +28,7 @@ from .errors import (
 )
 from .keystore import default_home
 from .models import Actor, EntitlementRow, Plan
-from .service import HQ
+from .services import HQ
 from .units import format_time, parse_date, parse_duration
 
 PROG = "fieldpass-hq"

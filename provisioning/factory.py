@@ -29,7 +29,7 @@ from agent.wire import license_key as lk
 from . import output
 from .cli import _actor, _now, _state, cli, json_option
 from .errors import CannotWrite, HQError, InvalidRequest
-from .service import HQ
+from .services import HQ
 
 DEFAULT_DATA_DIR = "/data/fieldpass"
 

@@ -30,7 +30,7 @@ from . import output
 from .cli import _actor, _duration, _now, _state, cli, json_option
 from .errors import InvalidRequest
 from .models import AuditEvent
-from .service import HQ, license_status
+from .services import HQ, license_status
 from .units import format_time
 
 BUNDLE_FORMAT = "fieldpass-field-bundle"

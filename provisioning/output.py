@@ -18,7 +18,7 @@ from agent.wire import armor
 
 from .errors import CannotWrite
 from .models import Activation, AuditEvent, KeyInfo, License, Plan
-from .service import Issued, license_status
+from .services import Issued, license_status
 from .units import format_duration, format_time
 
 

@@ -45,7 +45,7 @@ from .api_models import (
 )
 from .errors import HQError, Unauthorized
 from .models import Actor, EntitlementRow, Plan
-from .service import HQ, Issued
+from .services import HQ, Issued
 
 MAX_BODY_BYTES = 16 * 1024
 HOME_ENV = "FIELDPASS_HQ_HOME"

@@ -25,7 +25,7 @@ from agent.daemon import messages, topics
 
 from ..errors import HQError
 from ..models import Activation, Actor, AuditEvent
-from ..service import HQ
+from ..services import HQ
 
 log = logging.getLogger("fieldpass.hq.bridge")
 ACTOR = Actor("mqtt-bridge", "mqtt")

@@ -19,7 +19,7 @@ from agent.daemon import messages, topics
 
 from ..errors import HQError
 from ..models import Activation, Actor
-from ..service import HQ, Issued
+from ..services import HQ, Issued
 
 
 @dataclass

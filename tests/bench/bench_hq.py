@@ -58,7 +58,7 @@ def _bulk(home: Path, key: str) -> dict[str, object]:
     from agent.wire import license_key
     from agent.wire.machine_file import seal_machine_file
     from provisioning.models import Actor
-    from provisioning.service import HQ
+    from provisioning.services import HQ
 
     hq = HQ(home)
     lic = license_key.license_id(key)

@@ -87,7 +87,7 @@ def _simulate(
 def _fleet(tmp: Path) -> tuple[object, str, str, dict[str, str]]:
     from agent.daemon import topics
     from provisioning.models import Actor, Plan
-    from provisioning.service import HQ
+    from provisioning.services import HQ
     from provisioning.storage import sqlite
 
     actor = Actor("bench", "local")

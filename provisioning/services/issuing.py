@@ -17,7 +17,7 @@ from agent.wire import revocation, signed_time
 from agent.wire.keys import Keyring, SigningKey
 from agent.wire.machine_file import Claims, Entitlement, seal_machine_file
 
-from .errors import (
+from ..errors import (
     ActivationNotFound,
     ConfigError,
     Conflict,
@@ -31,8 +31,8 @@ from .errors import (
     SeatLimitReached,
     Unauthorized,
 )
-from .keystore import KeyStore, prepare_home
-from .models import (
+from ..keystore import KeyStore, prepare_home
+from ..models import (
     LICENSE_ACTIVE,
     LICENSE_REVOKED,
     LICENSE_SUSPENDED,
@@ -44,7 +44,7 @@ from .models import (
     License,
     Plan,
 )
-from .storage import Tx, default_url, open_store
+from ..storage import Tx, default_url, open_store
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_ENTITLEMENTS = 64
