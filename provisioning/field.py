@@ -31,6 +31,7 @@ from .cli import _actor, _duration, _now, _state, cli, json_option
 from .errors import InvalidRequest
 from .models import AuditEvent
 from .services import HQ, license_status
+from .services.audit import event
 from .units import format_time
 
 BUNDLE_FORMAT = "fieldpass-field-bundle"
@@ -497,30 +498,21 @@ def import_report(ctx: click.Context, report_path: Path, as_json: bool) -> None:
     actor = _actor()
     who = f"field:{report.get('operator', 'unknown')}"
     pickups = report.get("pickups", [])
-    with hq.store.write() as tx:
-        for p in pickups:
-            tx.append_audit(
-                AuditEvent(
-                    int(p["at"]),
-                    who,
-                    f"field-report:{report.get('served_from', '?')}",
-                    "field_pickup",
-                    str(p["license_id"]),
-                    str(p["activation_id"]),
-                    f"serial={int(p['serial'])} via={p['via']}",
-                )
-            )
-        tx.append_audit(
+    hq.record_audit(
+        *(
             AuditEvent(
-                now,
-                actor.who,
-                actor.source,
-                "field_import",
-                None,
-                None,
-                f"report={digest} pickups={len(pickups)}",
+                int(p["at"]),
+                who,
+                f"field-report:{report.get('served_from', '?')}",
+                "field_pickup",
+                str(p["license_id"]),
+                str(p["activation_id"]),
+                f"serial={int(p['serial'])} via={p['via']}",
             )
-        )
+            for p in pickups
+        ),
+        event(now, actor, "field_import", detail=f"report={digest} pickups={len(pickups)}"),
+    )
     summary = {
         "report": digest,
         "pickups": len(pickups),
