@@ -17,8 +17,8 @@ from agent.wire import armor
 from agent.wire.errors import WireError
 from agent.wire.request import Request
 
-from . import output
-from .errors import (
+from .. import output
+from ..errors import (
     EXIT_NOINPUT,
     EXIT_SOFTWARE,
     EXIT_USAGE,
@@ -26,10 +26,10 @@ from .errors import (
     HQError,
     InvalidRequest,
 )
-from .keystore import default_home
-from .models import Actor, EntitlementRow, Plan
-from .services import HQ
-from .units import format_time, parse_date, parse_duration
+from ..keystore import default_home
+from ..models import Actor, EntitlementRow, Plan
+from ..services import HQ
+from ..units import format_time, parse_date, parse_duration
 
 PROG = "fieldpass-hq"
 
@@ -782,7 +782,7 @@ def serve(
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
     try:
-        from . import server  # type: ignore[attr-defined, unused-ignore]
+        from .. import server  # type: ignore[attr-defined, unused-ignore]
     except ImportError as e:
         raise InvalidRequest(
             f"the server needs the 'hq' extra: pip install 'fieldpass[hq]' ({e})"
@@ -836,9 +836,9 @@ def _error(message: str) -> None:
 
 # Commands kept in modules of their own register themselves on `cli` when imported:
 # fieldpass-hq provision, fieldpass-hq field export|serve|import.
-from . import factory, field  # noqa: E402, F401
+from .. import factory, field  # noqa: E402, F401
 
 # fieldpass-hq bridge|push|broker-config (the MQTT channel): provisioning/mqtt/commands.py.
-from .mqtt.commands import register as _register_mqtt  # noqa: E402
+from ..mqtt.commands import register as _register_mqtt  # noqa: E402
 
 _register_mqtt(cli)
