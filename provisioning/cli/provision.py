@@ -26,10 +26,10 @@ import click
 from agent import fsio
 from agent.wire import license_key as lk
 
-from . import output
-from .cli import _actor, _now, _state, cli, json_option
-from .errors import CannotWrite, HQError, InvalidRequest
-from .services import HQ
+from .. import output
+from ..errors import CannotWrite, HQError, InvalidRequest
+from ..services import HQ
+from . import _actor, _now, _state, cli, json_option
 
 DEFAULT_DATA_DIR = "/data/fieldpass"
 
