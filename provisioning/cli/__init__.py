@@ -837,9 +837,9 @@ def _error(message: str) -> None:
 # Commands kept in modules of their own register themselves on `cli` when imported:
 # fieldpass-hq provision, fieldpass-hq field export|serve|import.
 from .. import field  # noqa: E402, F401
+from . import provision  # noqa: E402, F401
 
 # fieldpass-hq bridge|push|broker-config (the MQTT channel): provisioning/mqtt/commands.py.
-from ..mqtt.commands import register as _register_mqtt  # noqa: E402
-from . import provision  # noqa: E402, F401
+from .mqtt import register as _register_mqtt  # noqa: E402
 
 _register_mqtt(cli)

@@ -15,9 +15,9 @@ import click
 from agent.daemon import topics
 
 from .. import output
-from ..cli import _actor, _now, _state, json_option
+from ..mqtt import credentials
 from ..units import parse_duration
-from . import credentials
+from . import _actor, _now, _state, json_option
 
 broker_option = click.option(
     "--broker",
@@ -79,8 +79,8 @@ def bridge(
       fieldpass-hq bridge --broker mqtt://127.0.0.1:1883
       fieldpass-hq bridge --broker mqtts://broker.example:8883 --ca-file ca.pem
     """
-    from . import bridge as bridge_mod
-    from . import connection
+    from ..mqtt import bridge as bridge_mod
+    from ..mqtt import connection
 
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(name)s: %(message)s")
     state = _state(ctx)
@@ -165,8 +165,8 @@ def push(
       fieldpass-hq push --broker mqtt://127.0.0.1:1883 --expiring-within 30d
       fieldpass-hq push --broker mqtt://127.0.0.1:1883 --device act_1a2b... --json
     """
-    from . import connection
-    from . import push as push_mod
+    from ..mqtt import connection
+    from ..mqtt import push as push_mod
 
     if not (license_id or plan or devices or expiring_within):
         raise click.UsageError("choose devices: --license, --plan, --device or --expiring-within")
@@ -245,7 +245,7 @@ def broker_config(ctx: click.Context, out: Path, topic_prefix: str, as_json: boo
       # mosquitto.conf: password_file /etc/mosquitto/fieldpass/passwd
       #                 acl_file /etc/mosquitto/fieldpass/acl
     """
-    from . import brokerconf
+    from ..mqtt import brokerconf
 
     state = _state(ctx)
     doc = brokerconf.write(
