@@ -836,10 +836,9 @@ def _error(message: str) -> None:
 
 # Commands kept in modules of their own register themselves on `cli` when imported:
 # fieldpass-hq provision, fieldpass-hq field export|serve|import.
-from .. import field  # noqa: E402, F401
-from . import provision  # noqa: E402, F401
+from . import field, provision  # noqa: E402, F401
 
-# fieldpass-hq bridge|push|broker-config (the MQTT channel): provisioning/mqtt/commands.py.
+# fieldpass-hq bridge|push|broker-config (the MQTT channel): cli/mqtt.py.
 from .mqtt import register as _register_mqtt  # noqa: E402
 
 _register_mqtt(cli)

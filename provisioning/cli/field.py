@@ -26,13 +26,13 @@ import click
 from agent.wire import armor, sodium
 from agent.wire import license_key as lk
 
-from . import output
-from .cli import _actor, _duration, _now, _state, cli, json_option
-from .errors import InvalidRequest
-from .models import AuditEvent
-from .services import HQ, license_status
-from .services.audit import event
-from .units import format_time
+from .. import output
+from ..errors import InvalidRequest
+from ..models import AuditEvent
+from ..services import HQ, license_status
+from ..services.audit import event
+from ..units import format_time
+from . import _actor, _duration, _now, _state, cli, json_option
 
 BUNDLE_FORMAT = "fieldpass-field-bundle"
 REPORT_FORMAT = "fieldpass-field-report"
@@ -326,7 +326,7 @@ def offer_over_mqtt(server: FieldServer, url: str, username: str, password: str)
     revoked verdict). The device's daemon verifies everything it receives."""
     from agent.daemon import messages, topics
 
-    from .mqtt.connection import connect
+    from ..mqtt.connection import connect
 
     prefix = topics.DEFAULT_PREFIX
     by_device = {topics.device_id(fp): e for fp, e in server.by_fingerprint.items()}
