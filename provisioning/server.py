@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent.wire import armor
 
-from . import __version__, output
+from . import __version__, documents
 from .api_models import (
     ACTIVATION_ID,
     LICENSE_ID,
@@ -141,7 +141,7 @@ def _allowed_methods(app: FastAPI, path: str) -> str:
 
 
 def _issued(i: Issued) -> dict[str, Any]:
-    doc = output.issued_doc(i, None)
+    doc = documents.issued_doc(i, None)
     doc.pop("file")
     doc["machine_file"] = armor.armor(i.machine_file, armor.MACHINE_FILE)
     return doc
@@ -240,14 +240,14 @@ def create_app(home: Path, *, database: str | None = None) -> FastAPI:
             fingerprint=body.fingerprint,
             activation_id=body.activation_id,
         )
-        return JSONResponse(output.activation_doc(act))
+        return JSONResponse(documents.activation_doc(act))
 
     @app.get("/v1/keys", tags=["device"], responses=error_responses(503))
     def keys() -> dict[str, Any]:
         """The public signing keys by id, and the keyring file text."""
         infos = hq.list_keys()
         return {
-            "keys": [output.key_doc(k) for k in infos],
+            "keys": [documents.key_doc(k) for k in infos],
             "keyring": hq.keyring().dumps() if infos else None,
         }
 
@@ -259,7 +259,7 @@ def create_app(home: Path, *, database: str | None = None) -> FastAPI:
     # -- admin ---------------------------------------------------------------------------
     @app.get("/v1/plans", tags=["admin"], responses=ADMIN)
     def plans(_: AdminActor) -> list[dict[str, Any]]:
-        return [output.plan_doc(p) for p in hq.list_plans()]
+        return [documents.plan_doc(p) for p in hq.list_plans()]
 
     @app.post("/v1/plans", status_code=201, tags=["admin"], responses=ADMIN)
     def plan_create(body: PlanCreate, actor: AdminActor) -> dict[str, Any]:
@@ -272,25 +272,25 @@ def create_app(home: Path, *, database: str | None = None) -> FastAPI:
             body.warn_s,
             now(),
         )
-        return output.plan_doc(hq.create_plan(plan, actor))
+        return documents.plan_doc(hq.create_plan(plan, actor))
 
     @app.get("/v1/licenses", tags=["admin"], responses=ADMIN)
     def licenses(_: AdminActor) -> list[dict[str, Any]]:
         t = now()
-        return [output.license_doc(lic, t) for lic in hq.list_licenses()]
+        return [documents.license_doc(lic, t) for lic in hq.list_licenses()]
 
     @app.post("/v1/licenses", status_code=201, tags=["admin"], responses=ADMIN)
     def license_create(body: LicenseCreate, actor: AdminActor) -> dict[str, Any]:
         """Create a license; the response holds its key, the only time it is returned."""
         ents = [EntitlementRow(e.feature, e.expires_at) for e in body.entitlements]
         lic = hq.create_license(body.plan, ents, body.expires_at, now(), actor)
-        return output.license_doc(lic, lic.created_at, with_key=True)
+        return documents.license_doc(lic, lic.created_at, with_key=True)
 
     @app.get("/v1/licenses/{license_id}", tags=["admin"], responses=ADMIN)
     def license_show(license_id: LicenseId, _: AdminActor) -> dict[str, Any]:
         lic, acts = hq.get_license(license_id)
-        doc = output.license_doc(lic, now())
-        doc["activations"] = [output.activation_doc(a) for a in acts]
+        doc = documents.license_doc(lic, now())
+        doc["activations"] = [documents.activation_doc(a) for a in acts]
         return doc
 
     def _set_status(license_id: str, action: str, actor: Actor) -> dict[str, Any]:
@@ -314,11 +314,11 @@ def create_app(home: Path, *, database: str | None = None) -> FastAPI:
         _: AdminActor,
         license_id: LicenseIdQuery = None,
     ) -> list[dict[str, Any]]:
-        return [output.activation_doc(a) for a in hq.list_activations(license_id)]
+        return [documents.activation_doc(a) for a in hq.list_activations(license_id)]
 
     @app.post("/v1/activations/{activation_id}/deactivate", tags=["admin"], responses=ADMIN)
     def admin_deactivate(activation_id: ActivationId, actor: AdminActor) -> dict[str, Any]:
-        return output.activation_doc(hq.deactivate(now(), actor, activation_id=activation_id))
+        return documents.activation_doc(hq.deactivate(now(), actor, activation_id=activation_id))
 
     @app.get("/v1/audit", tags=["admin"], responses=ADMIN)
     def audit(
@@ -326,7 +326,7 @@ def create_app(home: Path, *, database: str | None = None) -> FastAPI:
         limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
         license_id: LicenseIdQuery = None,
     ) -> list[dict[str, Any]]:
-        return [output.audit_doc(e) for e in hq.audit(limit, license_id)]
+        return [documents.audit_doc(e) for e in hq.audit(limit, license_id)]
 
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     return app

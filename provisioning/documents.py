@@ -1,65 +1,21 @@
-"""What the CLI prints and writes: JSON documents for ``--json``, tables for people, and
-crash-safe output files. Data goes to stdout; ``cli.main`` writes errors to stderr.
+"""The JSON documents HQ hands out, the same from ``fieldpass-hq --json`` and from the
+HTTP API: a key, a plan, a license, an activation, an issued machine file, an audit event.
 
-JSON keys are stable: never renamed; new detail arrives under new keys. No function here
-accepts a license key except ``license_doc(..., with_key=True)``, used by the one command
-that creates a license.
+Keys are stable: never renamed; new detail arrives under new keys. No function here
+accepts a license key except ``license_doc(..., with_key=True)``, used where a license is
+created (the one time its key is shown). No I/O here.
 """
 
-import json
-import os
-import sys
-from pathlib import Path
+import base64
 from typing import Any
-
-import click
 
 from agent.wire import armor
 
-from .errors import CannotWrite
 from .models import Activation, AuditEvent, KeyInfo, License, Plan
 from .services import Issued, license_status
-from .units import format_duration, format_time
-
-
-def write_file(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Temp file, fsync, rename, fsync the directory: ``path`` is old or new, never half."""
-    directory = path.parent if str(path.parent) else Path(".")
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as e:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise CannotWrite(f"cannot write {path}: {e.strerror}") from e
-
-
-def emit_json(doc: Any) -> None:
-    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-
-
-def emit_text(text: str) -> None:
-    click.echo(text)
 
 
 def key_doc(k: KeyInfo) -> dict[str, Any]:
-    import base64
-
     return {
         "kid": k.kid,
         "algorithm": "ed25519",
@@ -147,36 +103,3 @@ def audit_doc(e: AuditEvent) -> dict[str, Any]:
         "activation_id": e.activation_id,
         "detail": e.detail,
     }
-
-
-def table(rows: list[list[str]], header: list[str]) -> str:
-    if not rows:
-        return "(none)"
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-        for r in [header, *rows]
-    ]
-    return "\n".join(lines)
-
-
-def plan_row(p: Plan) -> list[str]:
-    warn = "ttl/3" if p.warn_s is None else format_duration(p.warn_s)
-    return [
-        p.name,
-        p.product,
-        format_duration(p.offline_ttl_s),
-        format_duration(p.grace_s),
-        warn,
-        str(p.seats),
-    ]
-
-
-def issued_text(i: Issued, file: str | None) -> str:
-    c = i.claims
-    what = "activated (new seat)" if i.created else "machine file issued"
-    where = f" -> {file}" if file else ""
-    return (
-        f"{what}: {i.activation.id} serial {c.serial}, valid until "
-        f"{format_time(c.expires_at)}{where}"
-    )
