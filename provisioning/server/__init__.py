@@ -32,7 +32,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from agent.wire import armor
 
 from .. import __version__, documents
-from ..api_models import (
+from ..errors import HQError, Unauthorized
+from ..models import Actor, EntitlementRow, Plan
+from ..services import HQ, Issued
+from .api_models import (
     ACTIVATION_ID,
     LICENSE_ID,
     ActivateRequest,
@@ -43,9 +46,6 @@ from ..api_models import (
     ValidateRequest,
     error_responses,
 )
-from ..errors import HQError, Unauthorized
-from ..models import Actor, EntitlementRow, Plan
-from ..services import HQ, Issued
 
 MAX_BODY_BYTES = 16 * 1024
 HOME_ENV = "FIELDPASS_HQ_HOME"

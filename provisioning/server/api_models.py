@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent.wire.signed_time import MAX_NONCE_CHARS
 
-from .units import MAX_DURATION_S
+from ..units import MAX_DURATION_S
 
 FINGERPRINT = r"^[0-9a-f]{64}$"
 # agent.wire.license_key's alphabet (no I, O, 0, 1), either case as a person may type it.
