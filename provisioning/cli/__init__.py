@@ -7,7 +7,8 @@ One module per command group, each a thin layer that parses options, calls
 ``field``, ``serve``, ``tokens``, ``audit``, ``mqtt`` (bridge, push, broker-config).
 What they share is ``common`` (the HQ of the home, the clock, the actor, shared
 options) and ``output``. This module imports them and adds their commands to ``cli``;
-none of them imports this module.
+none of them imports this module. An error never reaches the user as a traceback: it is
+one line on stderr, and its exit code comes from its type.
 """
 
 import sys

@@ -1,6 +1,6 @@
 """``fieldpass-hq audit``: the newest entries of the append-only audit log.
 
-Reads only.
+Reads only: nothing here (or anywhere) changes or removes an entry.
 """
 
 import click

@@ -3,7 +3,7 @@
 ``export`` runs at HQ and writes a bundle; ``serve`` runs on the laptop, on site, and
 shows each pickup as it happens; ``import`` runs back at HQ. The bundle format, the
 laptop's server and the report are in ``provisioning/field/``; this module parses
-options, reads the clock and prints.
+options, reads the clock and prints, and never decides what a bundle may carry.
 """
 
 import signal

@@ -1,7 +1,8 @@
 """``fieldpass-hq plans create|list``: plans (product, offline TTL, grace, warning
 window, seats).
 
-Parses options and prints; the rules on a plan are services/licenses.py.
+Parses options and prints; never checks a rule itself (the rules on a plan are
+services/licenses.py).
 """
 
 import click

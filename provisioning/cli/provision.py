@@ -12,7 +12,8 @@ into the device's root (its data partition mounted, or an image being built)
 A CSV run (columns ``name,fingerprint,root``; a relative root is taken from the CSV's
 folder) is resumable: finished devices are listed in ``CSV.progress`` and skipped on the
 next run, so a line stopped halfway picks up where it stopped. Every device's outcome is
-in the closing summary, and the exit code is non-zero if any failed.
+in the closing summary, and the exit code is non-zero if any failed. The license key is
+written into the device's ``incoming/license.key`` (0600) and never printed.
 """
 
 import csv

@@ -1,8 +1,8 @@
 """``fieldpass-hq sites assign|list``: where devices stand, so that a technician's
 bundle can be made for one site (``field export --site``).
 
-Parses options and prints; the rule (live activations only, one site at a time) is
-services/sites.py.
+Parses options and prints; never checks a rule itself (live activations only, one
+site at a time: services/sites.py).
 """
 
 from pathlib import Path

@@ -1,6 +1,6 @@
 """``fieldpass-hq tokens create``: bearer tokens for the admin HTTP API.
 
-A token is printed once, when created; HQ keeps only its hash.
+A token is printed once, when created, and never again: HQ keeps only its hash.
 """
 
 import click

@@ -4,7 +4,8 @@ over HTTP or MQTT), and its import back at HQ into the audit log.
 ``make_report`` builds it when ``field serve`` stops; ``import_report`` records each
 pickup as a ``field_pickup`` event and the report itself as ``field_import`` (by the
 SHA-256 of its bytes), so that a report is imported once. A report is read with a size
-bound and holds no secret (activation and license ids, serials, times).
+bound and holds no secret (activation and license ids, serials, times); importing one
+never changes a license or an activation, it only adds to the audit log.
 """
 
 import json

@@ -11,7 +11,7 @@
 ``HQ`` is the one entry object the CLI, the server, the MQTT commands and the tests
 hold: it opens the store and composes the services, and holds no rule of its own (each
 of its operations is one service's method, by the same name). Every operation takes
-``now`` from its caller: only the front ends read the clock.
+``now`` from its caller: nothing in services ever reads the clock, prints or logs.
 """
 
 from pathlib import Path

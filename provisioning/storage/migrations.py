@@ -8,7 +8,8 @@ lacks, in order, inside the one write transaction it is given, and refuses a dat
 newer than this program.
 
 No SQL of any engine here: the statements come from the engine, the bookkeeping
-(``schema_version``) from ``storage/tx.py``.
+(``schema_version``) from ``storage/tx.py``. A released version never changes: a change
+to the schema is a new version, in every engine.
 """
 
 from collections.abc import Sequence
