@@ -14,34 +14,19 @@ from typing import Any
 
 import click
 
+from agent import fsio
+
 from ..errors import CannotWrite
 
 
 def write_file(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Temp file, fsync, rename, fsync the directory: ``path`` is old or new, never half."""
-    directory = path.parent if str(path.parent) else Path(".")
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    """Replace ``path`` crash-safely (``agent.fsio.atomic_write``: temp file, fsync,
+    rename, fsync the directory): ``path`` is old or new, never half."""
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsio.atomic_write(str(path), data, mode)
     except OSError as e:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise CannotWrite(f"cannot write {path}: {e.strerror}") from e
+        reason = os.strerror(e.errno) if e.errno else str(e)
+        raise CannotWrite(f"cannot write {path}: {reason}") from e
 
 
 def emit_json(doc: Any) -> None:

@@ -24,7 +24,6 @@ from typing import Any
 
 import click
 
-from agent import fsio
 from agent.wire import license_key as lk
 
 from .. import documents
@@ -42,9 +41,9 @@ def _under(root: Path, device_path: str) -> Path:
 def _write(path: Path, data: bytes, mode: int) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fsio.atomic_write(str(path), data, mode)
     except OSError as e:
         raise CannotWrite(f"cannot write {path}: {e.strerror or e}") from None
+    output.write_file(path, data, mode)
 
 
 def provision_one(

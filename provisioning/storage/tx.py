@@ -47,6 +47,19 @@ class Connection(Protocol):
     def executemany(self, sql: str, parameters: Iterable[Mapping[str, Any]], /) -> Cursor: ...
 
 
+# The columns of each record, in the order of its dataclass (models.py).
+_ACTIVATION = (
+    "SELECT id, license_id, fingerprint, serial, created_at, last_issued_at, "
+    "last_expires_at, deactivated_at FROM activations"
+)
+_LICENSE = (
+    "SELECT id, license_key, plan, status, expires_at, created_at, updated_at, "
+    "seats_used FROM licenses"
+)
+_PLAN = "SELECT name, product, offline_ttl_s, grace_s, seats, warn_s, created_at FROM plans"
+_AUDIT = "SELECT at, actor, source, action, license_id, activation_id, detail, id FROM audit"
+
+
 def _activation(row: Any) -> Activation:
     return Activation(*row)
 
@@ -133,17 +146,13 @@ class Tx:
 
     def get_plan(self, name: str) -> Plan | None:
         row = self._one(
-            "SELECT name, product, offline_ttl_s, grace_s, seats, warn_s, created_at "
-            "FROM plans WHERE name = :name",
+            f"{_PLAN} WHERE name = :name",
             name=name,
         )
         return None if row is None else Plan(*row)
 
     def list_plans(self) -> list[Plan]:
-        rows = self._all(
-            "SELECT name, product, offline_ttl_s, grace_s, seats, warn_s, created_at "
-            "FROM plans ORDER BY name"
-        )
+        rows = self._all(f"{_PLAN} ORDER BY name")
         return [Plan(*r) for r in rows]
 
     # -- licenses --------------------------------------------------------------------
@@ -187,18 +196,11 @@ class Tx:
         )
 
     def get_license(self, license_id: str) -> License | None:
-        row = self._one(
-            "SELECT id, license_key, plan, status, expires_at, created_at, updated_at, "
-            "seats_used FROM licenses WHERE id = :id",
-            id=license_id,
-        )
+        row = self._one(f"{_LICENSE} WHERE id = :id", id=license_id)
         return None if row is None else self._license(row)
 
     def list_licenses(self) -> list[License]:
-        rows = self._all(
-            "SELECT id, license_key, plan, status, expires_at, created_at, updated_at, "
-            "seats_used FROM licenses ORDER BY created_at, id"
-        )
+        rows = self._all(f"{_LICENSE} ORDER BY created_at, id")
         return [self._license(r) for r in rows]
 
     def set_license_status(self, license_id: str, status: str, now: int) -> None:
@@ -216,34 +218,23 @@ class Tx:
 
     def find_live_activation(self, license_id: str, fingerprint: str) -> Activation | None:
         row = self._one(
-            "SELECT id, license_id, fingerprint, serial, created_at, last_issued_at, "
-            "last_expires_at, deactivated_at FROM activations WHERE license_id = :id "
-            "AND fingerprint = :fp AND deactivated_at IS NULL",
+            f"{_ACTIVATION} WHERE license_id = :id AND fingerprint = :fp "
+            "AND deactivated_at IS NULL",
             id=license_id,
             fp=fingerprint,
         )
         return None if row is None else _activation(row)
 
     def get_activation(self, activation_id: str) -> Activation | None:
-        row = self._one(
-            "SELECT id, license_id, fingerprint, serial, created_at, last_issued_at, "
-            "last_expires_at, deactivated_at FROM activations WHERE id = :id",
-            id=activation_id,
-        )
+        row = self._one(f"{_ACTIVATION} WHERE id = :id", id=activation_id)
         return None if row is None else _activation(row)
 
     def list_activations(self, license_id: str | None = None) -> list[Activation]:
         if license_id is None:
-            rows = self._all(
-                "SELECT id, license_id, fingerprint, serial, created_at, last_issued_at, "
-                "last_expires_at, deactivated_at FROM activations ORDER BY created_at"
-            )
+            rows = self._all(f"{_ACTIVATION} ORDER BY created_at")
         else:
             rows = self._all(
-                "SELECT id, license_id, fingerprint, serial, created_at, last_issued_at, "
-                "last_expires_at, deactivated_at FROM activations WHERE license_id = :id "
-                "ORDER BY created_at",
-                id=license_id,
+                f"{_ACTIVATION} WHERE license_id = :id ORDER BY created_at", id=license_id
             )
         return [_activation(r) for r in rows]
 
@@ -324,15 +315,10 @@ class Tx:
 
     def list_audit(self, limit: int, license_id: str | None = None) -> list[AuditEvent]:
         if license_id is None:
-            rows = self._all(
-                "SELECT at, actor, source, action, license_id, activation_id, detail, id FROM "
-                "audit ORDER BY id DESC LIMIT :limit",
-                limit=limit,
-            )
+            rows = self._all(f"{_AUDIT} ORDER BY id DESC LIMIT :limit", limit=limit)
         else:
             rows = self._all(
-                "SELECT at, actor, source, action, license_id, activation_id, detail, id FROM "
-                "audit WHERE license_id = :lid ORDER BY id DESC LIMIT :limit",
+                f"{_AUDIT} WHERE license_id = :lid ORDER BY id DESC LIMIT :limit",
                 lid=license_id,
                 limit=limit,
             )
