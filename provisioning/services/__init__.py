@@ -30,6 +30,8 @@ __all__ = ["HQ", "Issued", "Validation", "check_name", "license_status"]
 
 
 class HQ:
+    """HQ over one home: its store, its services, and each operation under its name."""
+
     def __init__(self, home: Path, *, database: str | None = None) -> None:
         """``database``: a URL for ``storage.open_store``; default: the SQLite file in
         ``home``."""

@@ -129,7 +129,8 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
 
 def url(path: Path, *, synchronous: str = "FULL") -> str:
     """``sqlite:///PATH``; ``?synchronous=`` only when not FULL (benchmarks)."""
-    text = f"{SCHEME}://{urllib.parse.quote(str(path.absolute()))}"
+    quoted = urllib.parse.quote(str(path.absolute()), errors="surrogateescape")
+    text = f"{SCHEME}://{quoted}"
     return text if synchronous == "FULL" else f"{text}?synchronous={synchronous}"
 
 
@@ -142,7 +143,8 @@ def open_url(text: str) -> "SQLiteStore":
         raise ConfigError("a SQLite database URL is sqlite:///PATH[?synchronous=FULL]")
     if synchronous not in SYNCHRONOUS:
         raise ConfigError(f"synchronous is one of {', '.join(SYNCHRONOUS)}")
-    return SQLiteStore(Path(urllib.parse.unquote(parts.path)), synchronous=synchronous)
+    path = urllib.parse.unquote(parts.path, errors="surrogateescape")
+    return SQLiteStore(Path(path), synchronous=synchronous)
 
 
 class SQLiteTx(Tx):
