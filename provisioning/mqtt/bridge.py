@@ -24,8 +24,9 @@ from collections.abc import Callable
 from agent.daemon import messages, topics
 
 from ..errors import HQError
-from ..models import Activation, Actor, AuditEvent
-from ..service import HQ
+from ..models import Activation, Actor
+from ..services import HQ
+from ..services.audit import event
 
 log = logging.getLogger("fieldpass.hq.bridge")
 ACTOR = Actor("mqtt-bridge", "mqtt")
@@ -98,12 +99,7 @@ class Bridge:
         rev_topic = topics.topic(self.prefix, dev_id, topics.REVOCATION)
         revocation = self.hq.signed_revocation(act.id, now)
         if revocation is not None:
-            with self.hq.store.write() as tx:
-                tx.append_audit(
-                    AuditEvent(
-                        now, ACTOR.who, ACTOR.source, "mqtt_revocation", act.license_id, act.id
-                    )
-                )
+            self.hq.record_audit(event(now, ACTOR, "mqtt_revocation", act.license_id, act.id))
             return [(rev_topic, revocation, True)]
         if not due and serial >= act.serial:
             return []
@@ -113,12 +109,7 @@ class Bridge:
         try:
             issued = self.hq.renew(now, ACTOR, activation_id=act.id)
         except HQError as e:
-            with self.hq.store.write() as tx:
-                tx.append_audit(
-                    AuditEvent(
-                        now, ACTOR.who, ACTOR.source, "mqtt_refused", act.license_id, act.id, e.code
-                    )
-                )
+            self.hq.record_audit(event(now, ACTOR, "mqtt_refused", act.license_id, act.id, e.code))
             return []
         return [(file_topic, issued.machine_file, True), (rev_topic, b"", True)]
 

@@ -6,7 +6,8 @@ narrow the set. Each device gets a fresh machine file, retained on its
 ``machine-file`` topic (a device offline now receives it when it reconnects). A device
 confirms by publishing a status with the new serial; ``push`` waits for confirmations
 up to ``wait_s`` and reports sent, confirmed, failed (not issued or not published) and
-pending (sent, not yet confirmed).
+pending (sent, not yet confirmed). Never waits without a bound, and never publishes a
+license key (each file is encrypted to its device).
 """
 
 import json
@@ -19,7 +20,7 @@ from agent.daemon import messages, topics
 
 from ..errors import HQError
 from ..models import Activation, Actor
-from ..service import HQ, Issued
+from ..services import HQ, Issued
 
 
 @dataclass

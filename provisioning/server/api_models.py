@@ -1,4 +1,5 @@
-"""Request bodies of the HTTP API: strict, closed (unknown fields refused), bounded.
+"""Request bodies and error documents of the HTTP API: strict, closed (unknown fields
+refused), bounded.
 
 Validation happens here, before any service call, so that a refused body never touches
 the database.
@@ -8,14 +9,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent.wire.signed_time import MAX_NONCE_CHARS
 
-from .units import MAX_DURATION_S
+from ..services.names import NAME_PATTERN
+from ..units import MAX_DURATION_S
 
 FINGERPRINT = r"^[0-9a-f]{64}$"
 # agent.wire.license_key's alphabet (no I, O, 0, 1), either case as a person may type it.
 LICENSE_KEY = r"^[Ff][Pp](-[A-HJ-NP-Za-hj-np-z2-9]{5}){5}$"
 LICENSE_ID = r"^lic_[0-9a-f]{20}$"
 ACTIVATION_ID = r"^act_[0-9a-f]{20}$"
-NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+NAME = NAME_PATTERN
 MAX_TIME = (1 << 53) - 1
 
 
@@ -76,6 +78,11 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+# Every route may answer 413 (BodyLimit) and 422 (validation); 503 when HQ has no key or
+# its storage fails.
+COMMON_ERRORS = (413, 422, 503)
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, object]]:

@@ -12,7 +12,8 @@ into the device's root (its data partition mounted, or an image being built)
 A CSV run (columns ``name,fingerprint,root``; a relative root is taken from the CSV's
 folder) is resumable: finished devices are listed in ``CSV.progress`` and skipped on the
 next run, so a line stopped halfway picks up where it stopped. Every device's outcome is
-in the closing summary, and the exit code is non-zero if any failed.
+in the closing summary, and the exit code is non-zero if any failed. The license key is
+written into the device's ``incoming/license.key`` (0600) and never printed.
 """
 
 import csv
@@ -23,13 +24,12 @@ from typing import Any
 
 import click
 
-from agent import fsio
 from agent.wire import license_key as lk
 
-from . import output
-from .cli import _actor, _now, _state, cli, json_option
-from .errors import CannotWrite, HQError, InvalidRequest
-from .service import HQ
+from .. import documents
+from ..errors import CannotWrite, HQError, InvalidRequest
+from ..services import HQ
+from . import common, output
 
 DEFAULT_DATA_DIR = "/data/fieldpass"
 
@@ -41,9 +41,9 @@ def _under(root: Path, device_path: str) -> Path:
 def _write(path: Path, data: bytes, mode: int) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fsio.atomic_write(str(path), data, mode)
     except OSError as e:
         raise CannotWrite(f"cannot write {path}: {e.strerror or e}") from None
+    output.write_file(path, data, mode)
 
 
 def provision_one(
@@ -53,7 +53,7 @@ def provision_one(
         raise InvalidRequest(f"{name or root}: a fingerprint is 64 lowercase hex characters")
     if not root.is_dir():
         raise InvalidRequest(f"{root}: no such device root (mount the data partition or image)")
-    issued = hq.activate(key, fingerprint, now, _actor())
+    issued = hq.activate(key, fingerprint, now, common.actor())
     incoming = _under(root, data_dir) / "incoming"
     _write(incoming / "machine.file", issued.machine_file, 0o600)
     _write(incoming / "license.key", key.encode("ascii") + b"\n", 0o600)
@@ -65,7 +65,7 @@ def provision_one(
         if data_dir != DEFAULT_DATA_DIR:
             text += f'state_dir = "{data_dir}"\n'
         _write(config, text.encode(), 0o644)
-    doc = output.issued_doc(issued, str(incoming / "machine.file"))
+    doc = documents.issued_doc(issued, str(incoming / "machine.file"))
     doc.update(name=name, root=str(root), seat="new" if issued.created else "existing")
     return doc
 
@@ -95,7 +95,7 @@ def _rows(csv_path: Path) -> list[tuple[str, str, Path]]:
         raise InvalidRequest(f"{csv_path}: {e.strerror}") from None
 
 
-@cli.command()
+@click.command()
 @click.argument("license_key", metavar="LICENSE_KEY")
 @click.option("--fingerprint", help="The device's fingerprint (`fieldpass fingerprint`).")
 @click.option(
@@ -114,7 +114,7 @@ def _rows(csv_path: Path) -> list[tuple[str, str, Path]]:
     show_default=True,
     help="The persistent state directory, as the device sees it.",
 )
-@json_option
+@common.json_option
 @click.pass_context
 def provision(
     ctx: click.Context,
@@ -141,11 +141,11 @@ def provision(
         key = lk.normalize(license_key)
     except ValueError as e:
         raise InvalidRequest(str(e)) from None
-    hq = _state(ctx).hq
+    hq = common.state(ctx).hq
     if csv_path is None:
         if not fingerprint or root is None:
             raise InvalidRequest("give --fingerprint and --root, or --csv")
-        doc = provision_one(hq, key, fingerprint, root, name, data_dir, _now())
+        doc = provision_one(hq, key, fingerprint, root, name, data_dir, common.now())
         _emit(
             doc,
             as_json,
@@ -165,7 +165,7 @@ def provision(
                 results.append({"name": row_name, "status": "skipped (already provisioned)"})
                 continue
             try:
-                doc = provision_one(hq, key, fp, row_root, row_name, data_dir, _now())
+                doc = provision_one(hq, key, fp, row_root, row_name, data_dir, common.now())
             except HQError as e:
                 results.append({"name": row_name, "status": "failed", "error": e.message})
                 continue

@@ -1,4 +1,5 @@
-"""``fieldpass-hq bridge``, ``push`` and ``broker-config``: registered on the HQ CLI.
+"""``fieldpass-hq bridge|push|broker-config``: HQ's side of the MQTT channel (the
+logic is in provisioning/mqtt/).
 
 paho is imported when one of these commands runs, never when ``fieldpass-hq`` starts.
 """
@@ -14,10 +15,9 @@ import click
 
 from agent.daemon import topics
 
-from .. import output
-from ..cli import _actor, _now, _state, json_option
+from ..mqtt import credentials
 from ..units import parse_duration
-from . import credentials
+from . import common, output
 
 broker_option = click.option(
     "--broker",
@@ -79,11 +79,11 @@ def bridge(
       fieldpass-hq bridge --broker mqtt://127.0.0.1:1883
       fieldpass-hq bridge --broker mqtts://broker.example:8883 --ca-file ca.pem
     """
-    from . import bridge as bridge_mod
-    from . import connection
+    from ..mqtt import bridge as bridge_mod
+    from ..mqtt import connection
 
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(name)s: %(message)s")
-    state = _state(ctx)
+    state = common.state(ctx)
     password = _password(state.home, password_file)
     stop = threading.Event()
 
@@ -135,7 +135,7 @@ def bridge(
 @password_file_option
 @ca_file_option
 @prefix_option
-@json_option
+@common.json_option
 @click.pass_context
 def push(
     ctx: click.Context,
@@ -165,8 +165,8 @@ def push(
       fieldpass-hq push --broker mqtt://127.0.0.1:1883 --expiring-within 30d
       fieldpass-hq push --broker mqtt://127.0.0.1:1883 --device act_1a2b... --json
     """
-    from . import connection
-    from . import push as push_mod
+    from ..mqtt import connection
+    from ..mqtt import push as push_mod
 
     if not (license_id or plan or devices or expiring_within):
         raise click.UsageError("choose devices: --license, --plan, --device or --expiring-within")
@@ -176,7 +176,7 @@ def push(
         wait_s = parse_duration(wait_for, allow_zero=True)
     except ValueError as e:
         raise click.BadParameter(str(e)) from e
-    state = _state(ctx)
+    state = common.state(ctx)
     confirmations = push_mod.Confirmations()
     client = connection.connect(
         broker_url,
@@ -188,7 +188,7 @@ def push(
         subscriptions=[topics.topic(topic_prefix, "+", topics.STATUS)],
     )
     sel = push_mod.Selection(license_id, plan, devices, within_s)
-    now = _now()
+    now = common.now()
     try:
         count = len(push_mod.select(state.hq, sel, now))
         with click.progressbar(length=count, label="renewing", file=sys.stderr) as bar:
@@ -201,7 +201,7 @@ def push(
                 ttl_s=ttl_s,
                 wait_s=wait_s,
                 now=now,
-                actor=_actor(),
+                actor=common.actor(),
                 progress=bar.update,
             )
     finally:
@@ -229,7 +229,7 @@ def push(
     help="Directory for passwd, acl and credentials.csv.",
 )
 @prefix_option
-@json_option
+@common.json_option
 @click.pass_context
 def broker_config(ctx: click.Context, out: Path, topic_prefix: str, as_json: bool) -> None:
     """Write mosquitto's password and ACL files for every live device.
@@ -245,9 +245,9 @@ def broker_config(ctx: click.Context, out: Path, topic_prefix: str, as_json: boo
       # mosquitto.conf: password_file /etc/mosquitto/fieldpass/passwd
       #                 acl_file /etc/mosquitto/fieldpass/acl
     """
-    from . import brokerconf
+    from ..mqtt import brokerconf
 
-    state = _state(ctx)
+    state = common.state(ctx)
     doc = brokerconf.write(
         out, credentials.secret(state.home), state.hq.list_activations(), topic_prefix
     )
@@ -258,8 +258,3 @@ def broker_config(ctx: click.Context, out: Path, topic_prefix: str, as_json: boo
             f"wrote {doc['password_file']} and {doc['acl_file']} for {doc['devices']} devices; "
             f"device credentials in {doc['credentials']}"
         )
-
-
-def register(group: click.Group) -> None:
-    for command in (bridge, push, broker_config):
-        group.add_command(command)
