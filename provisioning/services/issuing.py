@@ -287,7 +287,7 @@ class Issuing:
             signing = self.keys.signing_key(tx)
         status = license_status(lic, now)
         signed_status = "deactivated" if status == "active" and act is None else status
-        token = signed_time.sign_time(signing, now, fingerprint, nonce, signed_status)
+        token = signed_time.sign_time_v1(signing, now, fingerprint, nonce, signed_status)
         return Validation(lic.id, status, lic.expires_at, act, now, token)
 
     def signed_revocation(self, activation_id: str, now: int) -> bytes | None:

@@ -34,6 +34,12 @@ VERSIONS: tuple[Version, ...] = (
     ),
     Version(2, "the seats in use kept on the license row by the database itself"),
     Version(3, "sites: where a device stands (a label on its activation)"),
+    Version(
+        4,
+        "the device's own key on its activation, the agent version and claims format it "
+        "reads, when and how it was last heard from; single-use server challenges; "
+        "retired signing keys",
+    ),
 )
 SCHEMA_VERSION = VERSIONS[-1].number
 

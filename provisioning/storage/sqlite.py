@@ -124,6 +124,30 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "CREATE INDEX sites_by_site ON sites (site)",
         ],
     ),
+    (
+        4,
+        [
+            # The device's own key (base64 public key and its id), the agent version and
+            # claims format it last asked for, when and how HQ last heard from it.
+            "ALTER TABLE activations ADD COLUMN device_key TEXT",
+            "ALTER TABLE activations ADD COLUMN device_key_id TEXT",
+            "ALTER TABLE activations ADD COLUMN agent_version TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE activations ADD COLUMN claims_format INTEGER NOT NULL DEFAULT 1",
+            "ALTER TABLE activations ADD COLUMN last_seen_at INTEGER",
+            "ALTER TABLE activations ADD COLUMN last_channel TEXT",
+            """CREATE UNIQUE INDEX activations_by_device_key ON activations (device_key_id)
+                WHERE device_key_id IS NOT NULL AND deactivated_at IS NULL""",
+            # Server challenges: single use, so a recorded device request cannot be
+            # replayed later (shared by every replica through the database).
+            """CREATE TABLE challenges (
+                challenge TEXT PRIMARY KEY,
+                created_at INTEGER NOT NULL,
+                used_at INTEGER)""",
+            "CREATE INDEX challenges_by_age ON challenges (created_at)",
+            # A retired signing key signs nothing new (devices keep trusting it).
+            "ALTER TABLE signing_keys ADD COLUMN retired_at INTEGER",
+        ],
+    ),
 ]
 
 

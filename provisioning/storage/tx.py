@@ -50,7 +50,8 @@ class Connection(Protocol):
 # The columns of each record, in the order of its dataclass (models.py).
 _ACTIVATION = (
     "SELECT id, license_id, fingerprint, serial, created_at, last_issued_at, "
-    "last_expires_at, deactivated_at FROM activations"
+    "last_expires_at, deactivated_at, device_key, agent_version, claims_format, "
+    "last_seen_at, last_channel FROM activations"
 )
 _LICENSE = (
     "SELECT id, license_key, plan, status, expires_at, created_at, updated_at, "
@@ -61,7 +62,13 @@ _AUDIT = "SELECT at, actor, source, action, license_id, activation_id, detail, i
 
 
 def _activation(row: Any) -> Activation:
-    return Activation(*row)
+    values = list(row)
+    values[8] = None if values[8] is None else base64.b64decode(values[8])
+    return Activation(*values)
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode("ascii")
 
 
 class Tx:
@@ -122,9 +129,18 @@ class Tx:
 
     def list_keys(self) -> list[KeyInfo]:
         rows = self._all(
-            "SELECT kid, public_key, created_at, active FROM signing_keys ORDER BY created_at, kid"
+            "SELECT kid, public_key, created_at, active, retired_at FROM signing_keys "
+            "ORDER BY created_at, kid"
         )
-        return [KeyInfo(r[0], base64.b64decode(r[1]), r[2], bool(r[3])) for r in rows]
+        return [KeyInfo(r[0], base64.b64decode(r[1]), r[2], bool(r[3]), r[4]) for r in rows]
+
+    def retire_key(self, kid: str, now: int) -> int:
+        return self._run(
+            "UPDATE signing_keys SET retired_at = :now, active = 0 "
+            "WHERE kid = :kid AND retired_at IS NULL",
+            now=now,
+            kid=kid,
+        )
 
     def active_kid(self) -> str | None:
         row = self._one("SELECT kid FROM signing_keys WHERE active = 1")
@@ -239,11 +255,14 @@ class Tx:
         return [_activation(r) for r in rows]
 
     def insert_activation(self, act: Activation) -> None:
+        from agent.wire.device_key import key_id
+
         self._run(
             "INSERT INTO activations (id, license_id, fingerprint, serial, created_at, "
-            "last_issued_at, last_expires_at, deactivated_at) "
-            "VALUES (:id, :license_id, :fp, "
-            ":serial, :created_at, :issued, :expires, NULL)",
+            "last_issued_at, last_expires_at, deactivated_at, device_key, device_key_id, "
+            "agent_version, claims_format, last_seen_at, last_channel) "
+            "VALUES (:id, :license_id, :fp, :serial, :created_at, :issued, :expires, NULL, "
+            ":dk, :dkid, :agent, :format, :seen, :channel)",
             id=act.id,
             license_id=act.license_id,
             fp=act.fingerprint,
@@ -251,7 +270,69 @@ class Tx:
             created_at=act.created_at,
             issued=act.last_issued_at,
             expires=act.last_expires_at,
+            dk=_b64(act.device_key),
+            dkid=None if act.device_key is None else key_id(act.device_key),
+            agent=act.agent_version,
+            format=act.claims_format,
+            seen=act.last_seen_at,
+            channel=act.last_channel,
         )
+
+    def find_by_device_key(self, device_key_id: str) -> Activation | None:
+        """The live activation whose device key has this id."""
+        row = self._one(
+            f"{_ACTIVATION} WHERE device_key_id = :kid AND deactivated_at IS NULL",
+            kid=device_key_id,
+        )
+        return None if row is None else _activation(row)
+
+    def set_device_key(self, activation_id: str, device_key: bytes | None) -> None:
+        from agent.wire.device_key import key_id
+
+        self._run(
+            "UPDATE activations SET device_key = :dk, device_key_id = :dkid WHERE id = :id",
+            dk=_b64(device_key),
+            dkid=None if device_key is None else key_id(device_key),
+            id=activation_id,
+        )
+
+    def record_contact(
+        self, activation_id: str, now: int, channel: str, agent_version: str, claims_format: int
+    ) -> None:
+        """When and how the device was last heard from, and what its agent reads."""
+        self._run(
+            "UPDATE activations SET last_seen_at = :now, last_channel = :channel, "
+            "agent_version = :agent, claims_format = :format WHERE id = :id",
+            now=now,
+            channel=channel,
+            agent=agent_version,
+            format=claims_format,
+            id=activation_id,
+        )
+
+    # -- server challenges -------------------------------------------------------------
+    def insert_challenge(self, challenge: str, now: int) -> None:
+        self._run(
+            "INSERT INTO challenges (challenge, created_at, used_at) VALUES (:c, :now, NULL)",
+            c=challenge,
+            now=now,
+        )
+
+    def use_challenge(self, challenge: str, now: int, oldest: int) -> bool:
+        """Spend a challenge issued at or after ``oldest``; False if unknown, used or old."""
+        return (
+            self._run(
+                "UPDATE challenges SET used_at = :now WHERE challenge = :c "
+                "AND used_at IS NULL AND created_at >= :oldest",
+                now=now,
+                c=challenge,
+                oldest=oldest,
+            )
+            == 1
+        )
+
+    def prune_challenges(self, before: int) -> int:
+        return self._run("DELETE FROM challenges WHERE created_at < :before", before=before)
 
     def record_issues(self, issues: list[tuple[str, int, int, int]]) -> None:
         """Store the serials of files being issued: (activation id, serial, now, expires
