@@ -58,6 +58,34 @@ class FingerprintMismatch(HQError):
     http_status = 403
 
 
+class DeviceKeyMismatch(HQError):
+    """A live activation belongs to another device key (replaced only by an operator)."""
+
+    code = "device_key_mismatch"
+    http_status = 409
+
+
+class DeviceUnauthenticated(HQError):
+    """A device request is not signed by the key HQ knows for it (or cannot be read)."""
+
+    code = "device_unauthenticated"
+    http_status = 401
+
+
+class ChallengeInvalid(HQError):
+    """The request's server challenge is unknown, used already or too old."""
+
+    code = "challenge_invalid"
+    http_status = 401
+
+
+class SignedRequestRequired(HQError):
+    """A device that has a device key must sign its requests (no license key)."""
+
+    code = "signed_request_required"
+    http_status = 403
+
+
 class Conflict(HQError):
     code = "conflict"
     http_status = 409

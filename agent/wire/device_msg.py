@@ -10,8 +10,8 @@ Envelope: the one of signed.py, with the context ``b"fieldpass/device/"``::
 ``at`` is the device's clock (informational: HQ never trusts it). Each type has an exact
 set of fields (``SCHEMAS``); the verifier refuses anything else. HQ finds the public key
 by the key id (the activation's recorded device key), except for the self-signed types
-(``activate``, ``request``, and ``renew`` carrying a ``device_key`` to register), whose
-signer must be the key the message carries. What each type means and how HQ answers it:
+(``activate``, ``request``, and ``renew`` or ``status`` carrying a ``device_key`` to
+register), whose signer must be the key the message carries. What each type means and how HQ answers it:
 docs/wire-format.md §9.
 """
 
@@ -126,7 +126,8 @@ SCHEMAS: dict[str, dict[str, Check]] = {
     },
     # Free the seat (POST /v1/deactivate).
     "deactivate": {"challenge": _opt_nonce},
-    # What the device holds now (MQTT status topic; a laptop's record of an install).
+    # What the device holds now (MQTT status topic; a laptop's record of an install);
+    # device_key + proof register the key, as in "renew".
     "status": {
         "verdict": _short,
         "reason": _short,
@@ -140,6 +141,8 @@ SCHEMAS: dict[str, dict[str, Check]] = {
         "notes": _notes,
         "bad_messages": _counts,
         "challenge": _opt_nonce,
+        "device_key": _opt_key,
+        "proof": _opt_proof,
     },
     # The air-gapped request (armored FIELDPASS REQUEST), self-signed.
     "request": {

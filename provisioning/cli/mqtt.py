@@ -177,7 +177,7 @@ def push(
     except ValueError as e:
         raise click.BadParameter(str(e)) from e
     state = common.state(ctx)
-    confirmations = push_mod.Confirmations()
+    confirmations = push_mod.Confirmations(state.hq)
     client = connection.connect(
         broker_url,
         "fieldpass-hq-push",

@@ -3,6 +3,7 @@
 - ``keys``: signing keys, the keyring, the active private key;
 - ``licenses``: plans and licenses, a license's status, suspend/reinstate/revoke;
 - ``issuing``: activations and machine files, renewals, validation, revocations;
+- ``device_requests``: the requests devices sign with their own key, and challenges;
 - ``sites``: where devices stand;
 - ``tokens``: the admin API's bearer tokens;
 - ``audit``: the append-only log every change writes in its own transaction;
@@ -19,14 +20,15 @@ from pathlib import Path
 from ..keystore import KeyStore, prepare_home
 from ..storage import default_url, open_store
 from .audit import AuditLog
-from .issuing import Issued, Issuing, Validation
+from .device_requests import DeviceRequests
+from .issuing import Contact, Issued, Issuing, Validation
 from .keys import Keys
 from .licenses import Licenses, license_status
 from .names import check_name
 from .sites import Sites
 from .tokens import Tokens
 
-__all__ = ["HQ", "Issued", "Validation", "check_name", "license_status"]
+__all__ = ["HQ", "Contact", "Issued", "Validation", "check_name", "license_status"]
 
 
 class HQ:
@@ -42,6 +44,7 @@ class HQ:
         self.keys = Keys(self.store, KeyStore(home))
         self.licenses = Licenses(self.store)
         self.issuing = Issuing(self.store, self.keys)
+        self.device = DeviceRequests(self.store, self.keys, self.issuing)
         self.sites = Sites(self.store)
         self.tokens = Tokens(self.store)
 

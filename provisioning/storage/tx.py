@@ -286,6 +286,17 @@ class Tx:
         )
         return None if row is None else _activation(row)
 
+    def find_by_device_key_any(self, device_key_id: str) -> Activation | None:
+        """The newest activation, live or not, whose device key has this id (so that a
+        deactivated device can still be told so)."""
+        row = self._one(
+            f"{_ACTIVATION} WHERE device_key_id = :kid "
+            "ORDER BY CASE WHEN deactivated_at IS NULL THEN 0 ELSE 1 END, created_at DESC "
+            "LIMIT 1",
+            kid=device_key_id,
+        )
+        return None if row is None else _activation(row)
+
     def set_device_key(self, activation_id: str, device_key: bytes | None) -> None:
         from agent.wire.device_key import key_id
 
