@@ -37,8 +37,8 @@ from ..errors import (
 )
 from ..models import Activation, Actor, License
 from ..storage import Store, Tx
-from .issuing import Contact, Issued, Issuing, Validation
 from .audit import event
+from .issuing import Contact, Issued, Issuing, Validation
 from .keys import Keys
 from .licenses import license_status
 
