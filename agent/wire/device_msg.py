@@ -11,8 +11,8 @@ Envelope: the one of signed.py, with the context ``b"fieldpass/device/"``::
 set of fields (``SCHEMAS``); the verifier refuses anything else. HQ finds the public key
 by the key id (the activation's recorded device key), except for the self-signed types
 (``activate``, ``request``, and ``renew`` or ``status`` carrying a ``device_key`` to
-register), whose signer must be the key the message carries. What each type means and how HQ answers it:
-docs/wire-format.md §9.
+register), whose signer must be the key the message carries. What each type means and
+how HQ answers it: docs/wire-format.md §9.
 """
 
 from collections.abc import Callable
