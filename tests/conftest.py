@@ -104,6 +104,16 @@ class DeviceRoot:
     def check(self, faketime: str | None = None) -> subprocess.CompletedProcess[str]:
         return self.run("check", faketime=faketime)
 
+    def signed(self, payload: bytes, msg_type: str) -> dict[str, object]:
+        """The fields of a message this device signed with its own key, verified with
+        the key in its data directory (what HQ does with the key it recorded)."""
+        from agent.wire import device_msg
+        from agent.wire.device_key import DeviceKey
+
+        key = DeviceKey.loads((self.state_dir / "device.key").read_bytes())
+        msg = device_msg.open_message(payload, lambda k: key.public_key, msg_type)
+        return dict(msg.fields)
+
     def verdict(self) -> dict[str, object]:
         return json.loads((self.verdict_dir / "verdict.json").read_text())  # type: ignore[no-any-return]
 

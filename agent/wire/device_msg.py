@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from . import fields, sodium
 from .device_key import DeviceKey, key_id
-from .errors import ClaimMismatchError, FormatError
+from .errors import ClaimMismatchError, FormatError, WireError
 from .license_key import is_fingerprint
 from .signed import KeyLookup, open_signed, sign_message
 
@@ -244,3 +244,21 @@ def open_self_signed(data: bytes, msg_type: str, key_field: str = "device_key") 
 
 def all_types() -> frozenset[str]:
     return frozenset(SCHEMAS)
+
+
+def unverified_fingerprint(data: bytes) -> str:
+    """The fingerprint a device message claims, NOT verified: only for looking up public,
+    HQ-signed data to hand out (a technician's laptop offering a revocation to a device
+    whose key it does not know; the device verifies what it gets). "" if unreadable."""
+    from . import cbor
+
+    try:
+        outer = cbor.loads(data, max_size=MAX_MESSAGE_BYTES, max_depth=1)
+        msg = outer.get("msg") if isinstance(outer, dict) else None
+        inner = (
+            cbor.loads(msg, max_size=MAX_MESSAGE_BYTES, max_depth=2) if type(msg) is bytes else None
+        )
+    except WireError:
+        return ""
+    value = inner.get("fingerprint") if isinstance(inner, dict) else None
+    return value if is_fingerprint(value) else ""  # type: ignore[return-value]

@@ -12,12 +12,11 @@ from typing import Any
 import click
 
 from agent.wire import armor
-from agent.wire.errors import WireError
-from agent.wire.request import Request
 
 from .. import documents
-from ..errors import FingerprintMismatch, InvalidRequest
+from ..errors import InvalidRequest
 from ..services import Issued
+from ..services.device_requests import answer_request
 from ..units import format_time
 from . import common, output
 
@@ -70,21 +69,12 @@ request_option = click.option(
 )
 
 
-def _read_request(path: Path) -> Request:
-    try:
-        data = path.read_bytes()[: 64 * 1024]
-    except OSError as e:
-        raise click.FileError(str(path), e.strerror) from None
-    try:
-        return Request.parse(data)
-    except WireError as e:
-        raise InvalidRequest(f"{path}: not a Fieldpass request ({e})") from None
-
-
-def _next_step(out: Path | None) -> None:
+def _next_step(out: Path | None, first: bool) -> None:
     where = str(out) if out else "the text above"
+    key = " --license-key-file KEYFILE" if first else ""
     click.echo(
-        f"Next: carry {where} to the device and run `fieldpass install FILE` there; "
+        f"Next: carry {where} to the device and run `fieldpass install FILE{key}` there "
+        "(KEYFILE: a file holding the license key, the first time only); "
         "`fieldpass check` then exits 0.",
         err=True,
     )
@@ -119,19 +109,23 @@ def activate(
       fieldpass-hq activate FP-XXXXX-... --fingerprint 3f2a... -o m.lic --json
       fieldpass-hq activate FP-XXXXX-... --request robot-17.request --armor -o answer.txt
     """
+    hq = common.state(ctx).hq
     if request_file is not None:
         if fingerprint:
             raise InvalidRequest("give --fingerprint or --request, not both")
-        fingerprint = _read_request(request_file).fingerprint
-    if not fingerprint or len(fingerprint) != 64:
-        raise click.BadParameter(
-            "a fingerprint is 64 lowercase hex characters (or give --request)",
-            param_hint="--fingerprint",
+        issued = answer_request(
+            hq.device, common.read_request(request_file), common.now(), common.actor(), license_key
         )
-    issued = common.state(ctx).hq.activate(license_key, fingerprint, common.now(), common.actor())
+    else:
+        if not fingerprint or len(fingerprint) != 64:
+            raise click.BadParameter(
+                "a fingerprint is 64 lowercase hex characters (or give --request)",
+                param_hint="--fingerprint",
+            )
+        issued = hq.activate(license_key, fingerprint, common.now(), common.actor())
     _deliver(issued, out, armored, as_json)
     if not as_json:
-        _next_step(out)
+        _next_step(out, first=True)
 
 
 @click.command("machine-file")
@@ -169,21 +163,16 @@ def machine_file(
     if request_file is not None:
         if activation_id:
             raise InvalidRequest("give ACTIVATION_ID or --request, not both")
-        req = _read_request(request_file)
-        if not req.activation_id:
-            raise InvalidRequest(
-                f"{request_file} is an activation request: answer it with "
-                "`fieldpass-hq activate LICENSE_KEY --request FILE`"
-            )
-        if hq.get_activation(req.activation_id).fingerprint != req.fingerprint:
-            raise FingerprintMismatch("the request's activation belongs to another device")
-        activation_id = req.activation_id
-    if not activation_id:
-        raise InvalidRequest("name an ACTIVATION_ID or give --request")
-    issued = hq.renew(common.now(), common.actor(), activation_id=activation_id, ttl_s=ttl)
+        issued = answer_request(
+            hq.device, common.read_request(request_file), common.now(), common.actor()
+        )
+    else:
+        if not activation_id:
+            raise InvalidRequest("name an ACTIVATION_ID or give --request")
+        issued = hq.renew(common.now(), common.actor(), activation_id=activation_id, ttl_s=ttl)
     _deliver(issued, out, armored, as_json)
     if not as_json:
-        _next_step(out)
+        _next_step(out, first=False)
 
 
 @click.command()

@@ -12,12 +12,15 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from ..errors import InvalidRequest
 from ..models import Actor
+
+if TYPE_CHECKING:
+    from agent.wire.request import Request
 from ..services import HQ
 from ..units import parse_date, parse_duration
 
@@ -109,3 +112,19 @@ def read_fingerprints(path: Path) -> set[str]:
         for line in text.splitlines()
         if line.strip() and not line.lstrip().startswith("#")
     }
+
+
+def read_request(path: Path) -> "Request":
+    """An air-gapped request file (either form), or a one-line error."""
+    from agent.wire.errors import WireError
+    from agent.wire.request import Request
+
+    try:
+        with path.open("rb") as f:
+            data = f.read(64 * 1024)
+    except OSError as e:
+        raise click.FileError(str(path), e.strerror) from None
+    try:
+        return Request.parse(data)
+    except WireError as e:
+        raise InvalidRequest(f"{path}: not a Fieldpass request ({e})") from None

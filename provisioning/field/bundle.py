@@ -84,6 +84,8 @@ def export(
                 "activation_id": act.id,
                 "license_id": lic.id,
                 "fingerprint": act.fingerprint,
+                # the device's public key, so the laptop can check its signed requests
+                "device_key": _b64(issued.activation.device_key),
                 "serial": issued.claims.serial,
                 "expires_at": issued.claims.expires_at,
                 "machine_file": armor.armor(issued.machine_file, armor.MACHINE_FILE),
@@ -98,6 +100,12 @@ def export(
         "revocations": revocations,
         "skipped": skipped,
     }
+
+
+def _b64(data: bytes | None) -> str | None:
+    import base64
+
+    return None if data is None else base64.b64encode(data).decode("ascii")
 
 
 def to_bytes(doc: dict[str, Any]) -> bytes:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from agent.daemon import messages, topics
 
-from ..errors import HQError
+from ..errors import HQError, InvalidRequest
 from ..models import Activation, Actor
 from ..services import HQ, Contact, Issued
 from ..services.audit import event
@@ -87,6 +87,9 @@ class Bridge:
             return self._legacy(dev_id, payload)
         try:
             verified = self.hq.device.verify(payload, "renew")
+        except InvalidRequest:
+            self._count("malformed_request")
+            return []
         except HQError as e:
             self._count(e.code)
             return []

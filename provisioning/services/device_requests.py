@@ -24,6 +24,7 @@ from agent.wire.device_key import check_key_proof
 from agent.wire.errors import WireError
 from agent.wire.license_key import license_id
 from agent.wire.machine_file import Binding
+from agent.wire.request import Request
 from agent.wire.signed import signed_kid
 
 from ..errors import (
@@ -297,3 +298,54 @@ class DeviceRequests:
                 "this device has a device key: its requests must be signed by it, without "
                 "the license key"
             )
+
+
+def request_contact(req: Request) -> Contact:
+    """What an air-gapped request says of the device (version 1: an agent of 0.1.0)."""
+    if not req.signed:
+        return Contact(channel="air-gapped", agent_version=req.agent_version or "0.1.0")
+    return Contact(
+        channel="air-gapped",
+        agent_version=req.agent_version,
+        claims_format=claims_format(list(req.formats)),
+        device_key=req.device_key,
+        binding=Binding(counter=req.counter, nonce=req.nonce),
+    )
+
+
+def answer_request(
+    hq_device: DeviceRequests,
+    req: Request,
+    now: int,
+    actor: Actor,
+    license_key: str | None = None,
+) -> Issued:
+    """The machine file answering an air-gapped request, run by an operator (audited).
+
+    With ``license_key``: an activation (or the same device's seat again), bound to the
+    request's TPM counter and nonce. Without: a renewal of the activation the request
+    names (or whose device key signed it); a request from a device whose activation has
+    no key yet registers the key it carries (the operator's action is the audit)."""
+    contact = request_contact(req)
+    issuing = hq_device.issuing
+    if license_key is not None:
+        return issuing.activate(license_key, req.fingerprint, now, actor, contact)
+    with hq_device.store.read() as tx:
+        act = tx.get_activation(req.activation_id) if req.activation_id else None
+        if act is None and req.device_key is not None:
+            from agent.wire.device_key import key_id
+
+            act = tx.find_by_device_key(key_id(req.device_key))
+    if act is None:
+        raise InvalidRequest(
+            "the request names no live activation of this device: answer it with "
+            "`fieldpass-hq activate LICENSE_KEY --request FILE`"
+        )
+    if act.fingerprint != req.fingerprint:
+        raise FingerprintMismatch("the request's activation belongs to another device")
+    if req.signed and act.device_key is not None and act.device_key != req.device_key:
+        raise DeviceKeyMismatch(
+            f"the request is signed by another key than activation {act.id}'s: an operator "
+            f"must reset it first (fieldpass-hq activations reset-key {act.id})"
+        )
+    return issuing.renew(now, actor, activation_id=act.id, contact=contact)
