@@ -187,7 +187,11 @@ class Signer:
         assert made.returncode == 0, made.stderr
         answer = device.path.parent / f"{device.path.name}.answer"
         answer.write_bytes(self.answer(device, request.read_bytes(), **kw))
-        return device.run("install", str(answer))
+        if (device.state_dir / "license.key").exists():
+            return device.run("install", str(answer))
+        key_file = device.path.parent / f"{device.path.name}.key"  # a wiped device
+        key_file.write_text(self.license_key + "\n")
+        return device.run("install", str(answer), "--license-key-file", str(key_file))
 
     def provision(self, device: DeviceRoot, **kw: object) -> bytes:
         """Trust this signer on the device and install a file through the real CLI."""
