@@ -10,6 +10,7 @@ import base64
 from typing import Any
 
 from agent.wire import armor
+from agent.wire.device_key import key_id as device_key_id
 
 from .models import Activation, AuditEvent, KeyInfo, License, Plan
 from .services import Issued, license_status
@@ -66,6 +67,11 @@ def activation_doc(a: Activation) -> dict[str, Any]:
         "last_expires_at": a.last_expires_at,
         "deactivated_at": a.deactivated_at,
         "live": a.deactivated_at is None,
+        "device_key_id": None if a.device_key is None else device_key_id(a.device_key),
+        "agent_version": a.agent_version,
+        "claims_format": a.claims_format,
+        "last_seen_at": a.last_seen_at,
+        "last_channel": a.last_channel,
     }
 
 

@@ -69,6 +69,7 @@ COMMANDS: tuple[click.Command, ...] = (
     activations.activate,
     activations.machine_file,
     activations.deactivate,
+    activations.activations,
     provision.provision,
     sites.sites,
     field.field,

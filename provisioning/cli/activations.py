@@ -193,3 +193,39 @@ def deactivate(ctx: click.Context, activation_id: str, as_json: bool) -> None:
         output.emit_json(documents.activation_doc(act))
     else:
         output.emit_text(f"activation {act.id} deactivated: seat freed")
+
+
+@click.group()
+def activations() -> None:
+    """Activations (seats held by devices): the operator's actions on them.
+
+    Examples:
+
+    
+      fieldpass-hq activations reset-key act_0123456789abcdef0123
+    """
+
+
+@activations.command("reset-key")
+@click.argument("activation_id")
+@common.json_option
+@click.pass_context
+def reset_key(ctx: click.Context, activation_id: str, as_json: bool) -> None:
+    """Forget ACTIVATION_ID's device key (audited): for a device that lost its key
+    file or had its storage replaced. The device then registers a new key with its
+    next renewal, or activates again with the license key.
+
+    Examples:
+
+    
+      fieldpass-hq activations reset-key act_0123456789abcdef0123
+      fieldpass-hq activations reset-key act_0123456789abcdef0123 --json
+    """
+    act = common.state(ctx).hq.device.reset_key(activation_id, common.now(), common.actor())
+    if as_json:
+        output.emit_json(documents.activation_doc(act))
+    else:
+        output.emit_text(
+            f"activation {act.id}: device key forgotten; the device registers a new one "
+            "with its next renewal (or `fieldpass activate` again)"
+        )

@@ -256,6 +256,22 @@ class DeviceRequests:
             )
         return True
 
+    def reset_key(self, activation_id: str, now: int, actor: Actor) -> Activation:
+        """The operator's way to replace a live activation's device key (a mainboard's
+        storage replaced, a key file lost): the key is forgotten, audited, and the
+        device registers a new one (with the proof of the license key) or activates
+        again. Never done by a request."""
+        with self.store.write() as tx:
+            act = tx.get_activation(activation_id)
+            if act is None or act.deactivated_at is not None:
+                raise ActivationNotFound(f"no live activation {activation_id}")
+            tx.set_device_key(act.id, None)
+            detail = "had no key" if act.device_key is None else "key forgotten"
+            tx.append_audit(event(now, actor, "device_key_reset", act.license_id, act.id, detail))
+        from dataclasses import replace
+
+        return replace(act, device_key=None)
+
     def validate(self, data: bytes, now: int, channel: str = "http") -> Validation:
         """HQ's signed status of the request's activation, bound to its nonce."""
         verified = self.verify(data, "validate", live=False)
