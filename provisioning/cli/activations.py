@@ -81,11 +81,16 @@ def _read_request(path: Path) -> Request:
         raise InvalidRequest(f"{path}: not a Fieldpass request ({e})") from None
 
 
-def _next_step(out: Path | None) -> None:
-    where = str(out) if out else "the text above"
+def _next_step(out: Path | None, *, with_key: bool) -> None:
+    """The device's side, as a command to type: an activation's answer is installed with
+    the license key (a file holding it; the device keeps its own copy), a renewal's
+    without."""
+    where, name = (str(out), out.name) if out else ("the text above (saved to a FILE)", "FILE")
+    key = " --license-key-file KEYFILE" if with_key else ""
+    held = " (KEYFILE: a file holding the license key)" if with_key else ""
     click.echo(
-        f"Next: carry {where} to the device and run `fieldpass install FILE` there; "
-        "`fieldpass check` then exits 0.",
+        f"Next: carry {where} to the device and run `fieldpass install {name}{key}` "
+        f"there{held}; `fieldpass check` then exits 0.",
         err=True,
     )
 
@@ -131,7 +136,7 @@ def activate(
     issued = common.state(ctx).hq.activate(license_key, fingerprint, common.now(), common.actor())
     _deliver(issued, out, armored, as_json)
     if not as_json:
-        _next_step(out)
+        _next_step(out, with_key=True)
 
 
 @click.command("machine-file")
@@ -183,7 +188,7 @@ def machine_file(
     issued = hq.renew(common.now(), common.actor(), activation_id=activation_id, ttl_s=ttl)
     _deliver(issued, out, armored, as_json)
     if not as_json:
-        _next_step(out)
+        _next_step(out, with_key=False)
 
 
 @click.command()
