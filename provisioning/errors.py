@@ -109,6 +109,10 @@ class PlanNotFound(NotFound):
     code = "plan_not_found"
 
 
+class TokenNotFound(NotFound):
+    code = "token_not_found"
+
+
 class Unauthorized(HQError):
     code = "unauthorized"
     http_status = 401
@@ -126,6 +130,14 @@ class StorageError(HQError):
     code = "storage_error"
     http_status = 503
     exit_code = EXIT_IOERR
+
+
+class CannotRead(HQError):
+    """An input file named by the caller cannot be read (missing, unreadable, not text)."""
+
+    code = "cannot_read"
+    http_status = 400
+    exit_code = EXIT_NOINPUT
 
 
 class CannotWrite(HQError):

@@ -69,13 +69,16 @@ request_option = click.option(
 )
 
 
-def _next_step(out: Path | None, first: bool) -> None:
-    where = str(out) if out else "the text above"
-    key = " --license-key-file KEYFILE" if first else ""
+def _next_step(out: Path | None, *, with_key: bool) -> None:
+    """The device's side, as a command to type: an activation's answer is installed with
+    the license key (a file holding it; the device keeps its own copy), a renewal's
+    without."""
+    where, name = (str(out), out.name) if out else ("the text above (saved to a FILE)", "FILE")
+    key = " --license-key-file KEYFILE" if with_key else ""
+    held = " (KEYFILE: a file holding the license key)" if with_key else ""
     click.echo(
-        f"Next: carry {where} to the device and run `fieldpass install FILE{key}` there "
-        "(KEYFILE: a file holding the license key, the first time only); "
-        "`fieldpass check` then exits 0.",
+        f"Next: carry {where} to the device and run `fieldpass install {name}{key}` "
+        f"there{held}; `fieldpass check` then exits 0.",
         err=True,
     )
 
@@ -125,7 +128,7 @@ def activate(
         issued = hq.activate(license_key, fingerprint, common.now(), common.actor())
     _deliver(issued, out, armored, as_json)
     if not as_json:
-        _next_step(out, first=True)
+        _next_step(out, with_key=True)
 
 
 @click.command("machine-file")
@@ -172,7 +175,7 @@ def machine_file(
         issued = hq.renew(common.now(), common.actor(), activation_id=activation_id, ttl_s=ttl)
     _deliver(issued, out, armored, as_json)
     if not as_json:
-        _next_step(out, first=False)
+        _next_step(out, with_key=False)
 
 
 @click.command()

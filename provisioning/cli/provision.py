@@ -28,7 +28,7 @@ from agent.wire import license_key as lk
 from agent.wire.request import Request
 
 from .. import documents
-from ..errors import CannotWrite, HQError, InvalidRequest
+from ..errors import CannotRead, CannotWrite, HQError, InvalidRequest
 from ..services import HQ
 from ..services.device_requests import answer_request
 from . import common, output
@@ -115,13 +115,21 @@ def _rows(csv_path: Path) -> list[tuple[str, str, Path]]:
                 raise InvalidRequest(f"{csv_path}: missing column(s) {', '.join(sorted(missing))}")
             rows = []
             for row in reader:
-                root = Path(row["root"].strip())
+                # a short line leaves its last fields None: refused, as an empty one
+                name, fp, where = ((row[k] or "").strip() for k in ("name", "fingerprint", "root"))
+                if not (name and fp and where):
+                    raise InvalidRequest(
+                        f"{csv_path}: line {reader.line_num}: a name, a fingerprint and a root"
+                    )
+                root = Path(where)
                 if not root.is_absolute():
                     root = csv_path.parent / root
-                rows.append((row["name"].strip(), row["fingerprint"].strip().lower(), root))
+                rows.append((name, fp.lower(), root))
             return rows
     except OSError as e:
-        raise InvalidRequest(f"{csv_path}: {e.strerror}") from None
+        raise CannotRead(f"cannot read {csv_path}: {e.strerror or e}") from None
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise InvalidRequest(f"{csv_path}: not a CSV of name,fingerprint,root ({e})") from None
 
 
 @click.command()

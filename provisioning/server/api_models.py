@@ -138,11 +138,11 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, object]]:
     """The OpenAPI ``responses`` of a route's error statuses, all ``ErrorBody``."""
     what = {
         400: "Malformed JSON.",
-        401: "No or an unknown bearer token; a device request not signed by its key, "
-        "or over an unknown, used or expired challenge.",
+        401: "No bearer token, or one that is unknown, expired or revoked; a device "
+        "request not signed by its key, or over an unknown, used or expired challenge.",
         403: "The license is suspended, revoked or expired, or another device's.",
-        404: "No such license, activation or plan.",
-        409: "A seat limit or a conflict.",
+        404: "No such license, activation, plan or token.",
+        409: "A seat limit or a conflict (a token already revoked).",
         413: "The body is larger than the limit.",
         422: "A field is missing, unknown, of the wrong type or out of range.",
         503: "HQ is not configured (no signing key) or its storage failed.",

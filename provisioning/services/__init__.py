@@ -49,6 +49,7 @@ class HQ:
         self.tokens = Tokens(self.store)
 
         self.generate_key = self.keys.generate_key
+        self.retire_key = self.keys.retire_key
         self.list_keys = self.keys.list_keys
         self.keyring = self.keys.keyring
 
@@ -73,6 +74,8 @@ class HQ:
         self.list_sites = self.sites.list_sites
 
         self.create_token = self.tokens.create_token
+        self.list_tokens = self.tokens.list_tokens
+        self.revoke_token = self.tokens.revoke_token
         self.check_token = self.tokens.check_token
 
         self.audit = self.audit_log.audit

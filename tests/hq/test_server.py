@@ -348,6 +348,18 @@ def test_admin_needs_a_valid_token(online: Online) -> None:
     assert set(wrong_method.headers["Allow"].split(", ")) == {"GET", "POST"}
 
 
+@pytest.mark.parametrize("bad", ["nl\n", "nl\r\n", "a\nb", "nl\u2028"])
+def test_the_api_refuses_a_name_with_a_newline(online: Online, bad: str) -> None:
+    plan = {"offline_ttl_s": 86400, "seats": 1}
+    for body in ({"name": bad, **plan}, {"name": "p-nl", "product": bad, **plan}):
+        res = post(online.url, "/v1/plans", body, headers=online.admin)
+        assert res.status_code == 422, res.text
+    lic = {"plan": "std", "entitlements": [{"feature": bad}]}
+    assert post(online.url, "/v1/licenses", lic, headers=online.admin).status_code == 422
+    names = {p["name"] for p in httpx.get(online.url + "/v1/plans", headers=online.admin).json()}
+    assert not [n for n in names if not n.isprintable()]
+
+
 def test_the_audit_log_says_who_when_and_from_where(online: Online) -> None:
     key = online.new_license()
     lic = license_key.license_id(key)
