@@ -449,9 +449,13 @@ def test_sigkill_mid_activation_leaves_no_half_activation(tmp_path: Path) -> Non
             )
             for k in range(16)
         ]
+        before = len(answered)
         for t in threads:
             t.start()
-        time.sleep(rng.uniform(0.05, 0.4))
+        deadline = time.monotonic() + 30  # a loaded machine: let the first answers come
+        while len(answered) == before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.3))
         server.kill()
         stop.set()
         for t in threads:
