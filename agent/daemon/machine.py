@@ -24,7 +24,7 @@ import queue
 import time
 from collections.abc import Callable
 
-from .. import __version__, fsio, hooks, report
+from .. import __version__, clock, fsio, hooks, report
 from ..config import Config, ConfigError
 from ..device import Device, InstallRefused
 from ..identity import IdentityError
@@ -106,7 +106,7 @@ class UnhandledEvent(Exception):
 
 
 def now() -> int:
-    return int(time.time())
+    return clock.now()
 
 
 class Machine:
@@ -352,7 +352,7 @@ class Machine:
             self.last_verdict = outcome.previous_verdict
         if verdict.name != self.last_verdict:
             log.info("verdict %s -> %s", self.last_verdict or "-", verdict.name)
-            problems += hooks.run(self.cfg.hooks_dir, doc, self.last_verdict)
+            problems += hooks.run(self.cfg.hooks_dir, doc, self.last_verdict, self.cfg.root)
             self.last_verdict = verdict.name
         for problem in problems:
             log.warning("%s", problem)
