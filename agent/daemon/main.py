@@ -55,7 +55,7 @@ def choose_transport(
 
         if not cfg.servers:
             raise ConfigError("[daemon] transport is http but [online] names no server")
-        return HttpTransport(device, events), len(cfg.servers)
+        return HttpTransport(device, events), 1  # one attempt asks every server in turn
     return None, 1
 
 
