@@ -292,16 +292,25 @@ def server_options(f: F) -> F:
     )(f)
 
 
-def _report_install(c: Context, device: Device, claims: object, result: str, as_json: bool) -> None:
+def _report_install(
+    c: Context,
+    device: Device,
+    claims: object,
+    result: str,
+    as_json: bool,
+    extra: dict[str, object] | None = None,
+    extra_line: str = "",
+) -> None:
     doc = _refresh_verdict(c, device)
     doc["install"] = result
+    doc.update(extra or {})
     serial = doc.get("serial")
     what = (
         f"Installed machine file serial {serial} (activation {doc.get('activation_id')})"
         if result == "installed"
         else f"Machine file serial {serial} is already installed: nothing changed"
     )
-    emit(doc, as_json, f"{what}.\n{doc['message']}")
+    emit(doc, as_json, f"{what}.\n{extra_line}{doc['message']}")
 
 
 @cli.command()
@@ -371,7 +380,16 @@ def prepare_offline(
     device = c.device()
     ttl_s = days * 86400 if days else None
     claims, result = sync.refresh(device, online.hqs(c.cfg, server, timeout_s), _now(), ttl_s)
-    _report_install(c, device, claims, result, as_json)
+    granted_days = max(0, claims.expires_at - claims.issued_at) // 86400
+    capped = days is not None and granted_days < days
+    extra: dict[str, object] = {"granted_days": granted_days, "asked_days": days, "capped": capped}
+    line = f"HQ granted {granted_days} days of offline validity.\n"
+    if capped:
+        line = (
+            f"HQ granted {granted_days} days of offline validity, not the {days} asked: "
+            "the most this license's plan allows.\n"
+        )
+    _report_install(c, device, claims, result, as_json, extra, line)
 
 
 @cli.command()

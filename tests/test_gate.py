@@ -316,3 +316,30 @@ def test_no_access_to_the_data_is_71_not_a_verdict_on_the_file(open_device: Devi
         assert as_json.returncode == 71
         assert json.loads(as_json.stdout)["reason"] == "no_access"
     assert device.check().returncode == 0  # root still decides
+
+
+# -- messages a person reads -----------------------------------------------------------
+
+
+def test_a_damaged_file_is_said_in_plain_words(device: DeviceRoot, signer: Signer) -> None:
+    data = signer.provision(device)
+    for broken in (data[: len(data) // 2], data + b"\0", data[:1]):
+        device.machine_file.write_bytes(broken)
+        result = device.run("check", "--json")
+        assert result.returncode == 31
+        message = str(device.verdict()["message"])
+        assert "damaged" in message and "CBOR" not in message, message
+        assert device.verdict()["reason"] == "malformed"
+        path = device.path.parent / "broken.machine"
+        path.write_bytes(broken)
+        refused = device.run("install", str(path))
+        assert refused.returncode == 31
+        assert "damaged" in refused.stderr and "CBOR" not in refused.stderr
+    device.machine_file.write_bytes(data)
+    assert device.check().returncode == 0  # both slots written
+    for name in ("state.a", "state.b"):
+        slot = device.state_dir / name
+        slot.write_bytes(slot.read_bytes()[:5])
+    result = device.run("check", "--json")
+    assert result.returncode == 31
+    assert "CBOR" not in str(device.verdict()["message"])

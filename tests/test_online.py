@@ -2,6 +2,7 @@
 port): activation, renewal, validation with fallback, revocation kept offline,
 deactivation, and HQ's signed time re-anchoring the clock."""
 
+import json
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -309,3 +310,18 @@ def test_garbled_http_is_unreachable_never_a_traceback(device: DeviceRoot, signe
         stop.set()
         thread.join()
         listener.close()
+
+
+def test_prepare_offline_says_what_was_granted(
+    hq: HQ, server: Server, make_device: Callable[..., DeviceRoot]
+) -> None:
+    key = license_key(hq)
+    robot = online_device(make_device, hq, server.url)
+    assert robot.run("activate", key).returncode == 0
+    capped = robot.run("prepare-offline", "--days", "400")
+    assert capped.returncode == 0, capped.stderr
+    assert "HQ granted 365 days of offline validity, not the 400 asked" in capped.stdout
+    doc = json.loads(robot.run("prepare-offline", "--days", "400", "--json").stdout)
+    assert (doc["granted_days"], doc["asked_days"], doc["capped"]) == (365, 400, True)
+    asked = json.loads(robot.run("prepare-offline", "--days", "30", "--json").stdout)
+    assert (asked["granted_days"], asked["capped"]) == (30, False)

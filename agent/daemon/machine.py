@@ -109,6 +109,11 @@ def now() -> int:
     return clock.now()
 
 
+def _why(e: Exception) -> str:
+    """An error as a log line says it: never "[Errno 13] ..."."""
+    return fsio.describe(e) if isinstance(e, OSError) else str(e)
+
+
 class Machine:
     def __init__(
         self,
@@ -300,7 +305,7 @@ class Machine:
             self._count_bad("machine_file_" + e.reason)
             return
         except (ConfigError, IdentityError, OSError) as e:
-            log.warning("could not install a machine file: %s", e)
+            log.warning("could not install a machine file: %s", _why(e))
             return
         if result == "installed":
             log.info("installed machine file serial %d", claims.serial)
@@ -321,7 +326,7 @@ class Machine:
             self._count_bad("revocation_" + getattr(e, "reason", "refused"))
             return
         except (ConfigError, IdentityError, OSError) as e:
-            log.warning("could not record a revocation: %s", e)
+            log.warning("could not record a revocation: %s", _why(e))
             return
         if result == "recorded":
             log.warning("HQ's signed revocation for this device was recorded")
@@ -344,7 +349,7 @@ class Machine:
                 doc = report.document(outcome, t)
                 problems = report.write_files(self.cfg, doc)
         except (ConfigError, IdentityError, OSError) as e:
-            log.warning("could not evaluate the license: %s", e)
+            log.warning("could not evaluate the license: %s", _why(e))
             self._timer(TICK, min(self.cfg.check_interval_s, 60))
             return
         verdict = outcome.verdict
@@ -388,4 +393,4 @@ class Machine:
         try:
             resume.save(self.cfg.state_dir, self.resume)
         except (OSError, fsio.StorageError) as e:
-            log.warning("could not save the resume point: %s", e)
+            log.warning("could not save the resume point: %s", _why(e))

@@ -15,7 +15,7 @@ import signal
 import sys
 from types import FrameType
 
-from .. import exitcodes
+from .. import exitcodes, fsio
 from ..config import Config, ConfigError
 from ..device import Device
 from ..identity import IdentityError
@@ -99,7 +99,7 @@ def _run(cfg: Config, once: bool, events: "queue.SimpleQueue[Event]") -> int:
         log.error("%s", e)
         return exitcodes.EX_CONFIG
     except OSError as e:
-        log.error("cannot use the state directory %s: %s", cfg.state_dir, e)
+        log.error("cannot use the state directory %s: %s", cfg.state_dir, fsio.describe(e))
         return exitcodes.EX_CANTCREAT
 
     machine = Machine(cfg, device, transport, events, once=once, endpoints=endpoints)

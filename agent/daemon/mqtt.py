@@ -22,6 +22,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from .. import fsio
 from ..config import Config, ConfigError
 from . import topics
 from .transport import BAD, CONNECTED, DISCONNECTED, FILE, REVOCATION, EventQueue
@@ -63,10 +64,12 @@ class MqttTransport:
         if not self.cfg.mqtt_password_file:
             return None
         try:
-            with open(self.cfg.mqtt_password_file, encoding="utf-8") as f:
-                return f.read(1024).strip()
-        except OSError as e:
+            data = fsio.read_bytes(self.cfg.mqtt_password_file, 1024)
+        except fsio.StorageError as e:
             raise ConfigError(f"{self.cfg.mqtt_password_file}: {e.strerror}") from None
+        if data is None:
+            raise ConfigError(f"{self.cfg.mqtt_password_file}: no such file")
+        return data.decode("utf-8", "replace").strip()
 
     def describe(self) -> str:
         host, port, tls = self.brokers[max(self.index, 0)]
