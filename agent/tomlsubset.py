@@ -22,6 +22,7 @@ _WS = " \t"
 
 
 MAX_DEPTH = 16  # arrays and inline tables inside each other; agent.toml needs 1
+_TOO_MANY_DIGITS = "a number with too many digits"
 
 
 class _Unsupported(Exception):
@@ -42,6 +43,10 @@ def loads(text: str) -> dict[str, object]:
         return tomllib.loads(text)
     except RecursionError:  # the scan above makes this unreachable; never a traceback
         raise ValueError("nested too deeply") from None
+    except tomllib.TOMLDecodeError:
+        raise
+    except ValueError:  # int() refuses thousands of digits, in its own words
+        raise ValueError(_TOO_MANY_DIGITS) from None
 
 
 def nesting(text: str) -> int:
@@ -123,6 +128,8 @@ def _scalar(s: str, i: int) -> tuple[TomlValue, int]:
         return False, j
     digits = word[1:] if word[:1] in "+-" else word
     if digits and all(c in _DIGITS for c in digits) and (digits == "0" or digits[0] != "0"):
+        if len(digits) > 100:
+            raise ValueError(_TOO_MANY_DIGITS)
         return int(word), j
     raise _Unsupported
 
