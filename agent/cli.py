@@ -91,7 +91,8 @@ def check(c: Context, args: tuple[str, ...]) -> None:
 
     \b
     Exit: 0 valid, 10 grace (limited mode), 20 expired, 30 not activated,
-    31 invalid, 32 revoked, 40 clock rollback, 2/64-78 usage or configuration.
+    31 invalid, 32 revoked, 40 clock rollback; 2 usage, 70 internal error,
+    71 no access to the device's data (run as root), 75 locked, 78 configuration.
 
     \b
     Examples:
