@@ -37,30 +37,14 @@ def document(outcome: Outcome, now: int) -> dict[str, object]:
     v = outcome.verdict
     c = v.claims
     t = v.effective_now if v.effective_now is not None else now
-    doc: dict[str, object] = {
-        "verdict": v.name,
-        "exit_code": v.exit_code,
-        "message": v.message,
-        "warning": v.warning,
-        "reason": v.reason,
-        "limited": v.limited,
-        "checked_at": iso(now),
-        "agent_version": __version__,
-        "fingerprint_source": outcome.identity.source,
-        "boot_counter": outcome.state.boot if outcome.state else None,
-        "notes": list(outcome.notes),
-        "license_id": None,
-        "product": None,
-        "plan": None,
-        "activation_id": None,
-        "serial": None,
-        "issued_at": None,
-        "expires_at": None,
-        "grace_ends_at": None,
-        "license_expires_at": None,
-        "days_left": None,
-        "entitlements": [],
-    }
+    doc = _skeleton(v.name, v.exit_code, v.message, v.reason, now)
+    doc.update(
+        warning=v.warning,
+        limited=v.limited,
+        fingerprint_source=outcome.identity.source,
+        boot_counter=outcome.state.boot if outcome.state else None,
+        notes=list(outcome.notes),
+    )
     if c is not None:
         doc.update(
             license_id=c.license_id,
@@ -95,8 +79,14 @@ def _entitlements(claims: Claims, t: int, doc: dict[str, object]) -> list[str]:
 def error_document(code: int, reason: str, message: str, now: int) -> dict[str, object]:
     """What the verdict files say after a run that could not decide: verdict "error",
     the run's exit code and why; every license key is null, nothing is entitled."""
+    return _skeleton(ERROR, code, message, reason, now)
+
+
+def _skeleton(verdict: str, code: int, message: str, reason: str, now: int) -> dict[str, object]:
+    """Every key of the document (stable: new detail arrives under new keys), the
+    license's null until a verified machine file fills them in."""
     return {
-        "verdict": ERROR,
+        "verdict": verdict,
         "exit_code": code,
         "message": message,
         "warning": "",

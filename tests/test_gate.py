@@ -7,6 +7,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import redirect_stderr, redirect_stdout
@@ -291,8 +292,11 @@ def open_device(signer: Signer) -> Iterator[DeviceRoot]:
 
 
 def as_nobody(device: DeviceRoot, *args: str) -> subprocess.CompletedProcess[str]:
+    """The installed script as user nobody. setpriv starts the interpreter itself, as
+    the script's sh line would (`python3 -I SCRIPT`): this machine's Python lives under
+    /root, which nobody may not enter by a later exec (on a device it is /usr/bin)."""
     return subprocess.run(
-        [*NOBODY, FIELDPASS, "--root", str(device.path), *args],
+        [*NOBODY, sys.executable, "-I", FIELDPASS, "--root", str(device.path), *args],
         capture_output=True,
         text=True,
         env=clean_env(),

@@ -12,6 +12,7 @@ seeds. Most examples call the gate's ``main`` and the CLI in process (a subproce
 import io
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -22,7 +23,7 @@ from hypothesis import HealthCheck, settings
 from agent import cli, gate
 from agent.identity import read_identity
 from agent.state import load as load_state
-from tests.conftest import DeviceRoot, Signer
+from tests.conftest import FIELDPASS, DeviceRoot, Signer, clean_env
 
 LONG = os.environ.get("FIELDPASS_FUZZ", "") == "long"
 settings.register_profile(
@@ -70,6 +71,18 @@ def run_cli(device: DeviceRoot, *args: str) -> tuple[object, str]:
         else:
             code = None
     return code, out.getvalue() + err.getvalue()
+
+
+def run_script(p: "Provisioned", *args: str) -> subprocess.CompletedProcess[str]:
+    """The installed script itself, for the few examples run as a real process."""
+    return subprocess.run(
+        [FIELDPASS, "--root", str(p.device.path), *args],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=60,
+        check=False,
+    )
 
 
 class Stored:

@@ -3,7 +3,6 @@
 incoming/ from the factory, agent.toml, revocations and requests."""
 
 import os
-import subprocess
 from pathlib import Path
 
 from hypothesis import example, given
@@ -14,8 +13,7 @@ from agent.wire.errors import WireError
 from agent.wire.keys import SigningKey
 from agent.wire.request import Request
 from agent.wire.revocation import Revocation, sign_revocation
-from tests.conftest import FIELDPASS, clean_env
-from tests.fuzz.conftest import Provisioned, assert_clean, fuzz, run_cli, run_gate
+from tests.fuzz.conftest import Provisioned, assert_clean, fuzz, run_cli, run_gate, run_script
 from tests.fuzz.strategies import armored, hostile_file, mutated, well_formed_cbor
 
 
@@ -202,13 +200,6 @@ def test_the_installed_script_on_hostile_files(provisioned: Provisioned, tmp_pat
         for args in (["install", str(path)], ["check"], ["status", "--json"]):
             if args == ["check"]:
                 p.device.machine_file.write_bytes(hostile)
-            result = subprocess.run(
-                [FIELDPASS, "--root", str(p.device.path), *args],
-                capture_output=True,
-                text=True,
-                env=clean_env(),
-                timeout=60,
-                check=False,
-            )
+            result = run_script(p, *args)
             assert_clean(result.returncode, result.stdout + result.stderr)
     assert os.path.exists(p.device.state_dir)
