@@ -7,8 +7,10 @@ that hangs fails the test instead of hanging the suite.
 """
 
 import os
+import shutil
 import socket
 import stat
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -42,14 +44,18 @@ def make_symlink(path: Path) -> None:
 def make_socket() -> Iterator[Callable[[Path], None]]:
     held: list[socket.socket] = []
 
+    short = Path(tempfile.mkdtemp(prefix="fp-sock-"))  # AF_UNIX paths are 108 bytes at most
+
     def make(path: Path) -> None:
         sock = socket.socket(socket.AF_UNIX)
-        sock.bind(str(path))
+        sock.bind(str(short / "s"))
+        os.rename(short / "s", path)  # a bound socket file moves like any other
         held.append(sock)
 
     yield make
     for sock in held:
         sock.close()
+    shutil.rmtree(short)
 
 
 KINDS = {
