@@ -115,6 +115,18 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644, *, durable: bool = T
     persistent partition) also fsync the file and its directory. ``durable=False`` is for
     files on a volatile tmpfs such as /run, where a reboot empties them anyway."""
     directory = os.path.dirname(path) or "."
+    try:
+        existing = os.lstat(path).st_mode
+    except FileNotFoundError:
+        existing = 0
+    except OSError as e:
+        raise StorageError(e.errno, f"cannot write {path}: {os.strerror(e.errno or 0)}") from e
+    if existing and not (stat.S_ISREG(existing) or stat.S_ISLNK(existing)):
+        # never rename over /dev/null, a FIFO, a socket or a directory (`-o /dev/null`);
+        # a symlink is replaced by the file itself, never followed
+        raise NotRegularFile(
+            errno.EEXIST, f"{path} is {kind_of(existing)}, not a regular file: not replaced"
+        )
     tmp = ""
     try:
         fd, tmp = _create_temp(path, mode)

@@ -285,3 +285,18 @@ def test_a_symlink_at_the_target_is_replaced_not_followed(tmp_path: Path) -> Non
     fsio.atomic_write(str(target), b"{}", durable=False)
     assert victim.read_text() == "keep"
     assert not target.is_symlink() and target.read_bytes() == b"{}"
+
+
+def test_a_device_node_or_fifo_at_the_target_is_never_replaced(tmp_path: Path) -> None:
+    """`fieldpass request -o /dev/null` as root must not turn /dev/null into a file."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for target in (fifo, tmp_path):
+        with pytest.raises(fsio.NotRegularFile, match="not a regular file"):
+            fsio.atomic_write(str(target), b"x")
+    # a character device node like /dev/null (made here: never risk the real one)
+    null = tmp_path / "null"
+    os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    with pytest.raises(fsio.NotRegularFile):
+        fsio.atomic_write(str(null), b"x")
+    assert null.is_char_device() and os.stat(null).st_rdev == os.makedev(1, 3)
