@@ -862,6 +862,19 @@ class Device:
         self.remove()
         return receipt
 
+    def pending_receipt(self) -> bytes | None:
+        """The return receipt HQ has not acknowledged yet, if any."""
+        try:
+            return fsio.read_bytes(self._path(RECEIPT_NAME), 4096)
+        except fsio.StorageError:
+            return None
+
+    def receipt_delivered(self) -> None:
+        try:
+            os.unlink(self._path(RECEIPT_NAME))
+        except OSError:
+            pass
+
     def remove(self) -> None:
         """Forget the local activation (after HQ freed the seat)."""
         for path in (self.cfg.machine_file, self.cfg.license_key_file):

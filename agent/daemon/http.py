@@ -58,7 +58,7 @@ class HttpTransport:
             except (online.OnlineError, OSError) as e:
                 log.info("%s", e if isinstance(e, online.OnlineError) else fsio.describe(e))
                 continue
-            for note in notes:
+            for note in notes + sync.send_report(self.device, [hq], clock.now()):
                 log.info("%s", note)
             answered = validated = True
             break

@@ -149,6 +149,7 @@ class Machine:
         self.bad: dict[str, int] = {}
         self.exit_code = 0
         self.watchdog_s = notify.watchdog_interval_s()
+        self.counting_since: int | None = None  # the last point of operating time counted
         self.next_ping = 0.0
 
     # -- the loop ----------------------------------------------------------------------
@@ -222,6 +223,7 @@ class Machine:
         self.failures = min(self.resume.starts - 1, 16)  # the loop guard: back off sooner
         self._save_resume()
         self._reevaluate(None)
+        self.counting_since = now()
         notify.notify("READY=1\nSTATUS=fieldpass: " + str(self.status_doc.get("verdict")))
         self.post(START if self.transport is not None else OFFLINE)
 
@@ -277,6 +279,7 @@ class Machine:
 
     def _enter_stopping(self) -> None:
         notify.notify("STOPPING=1")
+        self._count_operating(now(), stopping=True)
         if self.transport is not None:
             self.transport.disconnect()
         if self.bad:
@@ -285,9 +288,26 @@ class Machine:
     # -- actions -----------------------------------------------------------------------
 
     def _tick(self, _: object) -> None:
+        self._count_operating(now())
         self._reevaluate(None)
         if self.due:
             self.post(DUE)
+
+    def _count_operating(self, t: int, *, stopping: bool = False) -> None:
+        """Add the seconds since the last point to ``operating_s`` while the license is
+        valid or in grace (a routine save: at most one interval is lost to a power cut).
+        Stopping while the system keeps running leaves a mark: the next boot's gate
+        counts the time from it, so a stopped daemon cannot hide hours."""
+        since, self.counting_since = self.counting_since, t
+        running = self.status_doc.get("verdict") in (VALID, GRACE)
+        try:
+            with self.device.writer_lock():
+                if since is not None and running:
+                    self.device.operated(since, t)
+                if stopping and running and not self.once and not notify.system_stopping():
+                    self.device.stopped_counting(t)
+        except (InstallRefused, ConfigError, IdentityError, OSError) as e:
+            log.warning("could not count operating time: %s", e)
 
     def _renew_timeout(self, _: object) -> None:
         if self.once:

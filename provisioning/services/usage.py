@@ -161,8 +161,8 @@ class Usage:
             over = limit is not None and tx.returns_since(lic.id, now - YEAR_S) >= limit
             if over and override is None:
                 raise ReturnLimitReached(
-                    f"license {lic.id} has had its {limit} return(s) this year "
-                    "(plan limit): an operator may override (--override REASON)"
+                    f"license {lic.id} has had its {limit} return(s) this year: the plan's "
+                    "return limit is reached; an operator may override (--override REASON)"
                 )
             bound = tx.tpm_bound(act.id)
             frees_at = now if bound else max(now, current.last_expires_at + plan.grace_s)
