@@ -43,6 +43,7 @@ from .transport import (
     EventQueue,
     Transport,
 )
+from .usage_socket import USAGE
 
 log = logging.getLogger("fieldpass.daemon")
 
@@ -64,14 +65,18 @@ INTERNAL = -1  # the generation of internal events: never stale
 LOST_REASONS = frozenset(
     {"state_lost", "state_missing", "state_corrupt", "state_foreign", "state_key_missing"}
 )
+USAGE_FLUSH_S = 1.0  # counts from the socket are written at most this late
 SETTLE_S = 2.0  # --once: how long to wait for retained messages after connecting
 EX_UNAVAILABLE, EX_SOFTWARE = 69, 70
 
 _INPUT = {FILE: "install", REVOCATION: "revoke", BAD: "count_bad", STATUS: "reevaluate"}
+FLUSH_USAGE = "flush_usage"
 _ALWAYS: dict[str, tuple[str | None, str | None]] = {
     STOP: (None, STOPPING),
     BAD: ("count_bad", None),
     TICK: ("tick", None),
+    USAGE: ("usage", None),
+    FLUSH_USAGE: ("flush_usage", None),
 }
 
 # (state, event) -> (action, next state); None: no action / stay.
@@ -150,6 +155,7 @@ class Machine:
         self.exit_code = 0
         self.watchdog_s = notify.watchdog_interval_s()
         self.counting_since: int | None = None  # the last point of operating time counted
+        self.pending_usage: dict[str, int] = {}  # counts from the socket, not yet written
         self.next_ping = 0.0
 
     # -- the loop ----------------------------------------------------------------------
@@ -188,7 +194,7 @@ class Machine:
     def enter(self, state: str) -> None:
         log.debug("state %s -> %s", self.state or "-", state)
         self.state = state
-        for name in (RETRY, RENEW_TIMEOUT, SETTLED):
+        for name in (RETRY, RENEW_TIMEOUT, SETTLED):  # the usage flush survives a state change
             self.timers.pop(name, None)
         getattr(self, "_enter_" + state.lower())()
 
@@ -279,6 +285,7 @@ class Machine:
 
     def _enter_stopping(self) -> None:
         notify.notify("STOPPING=1")
+        self._flush_usage()
         self._count_operating(now(), stopping=True)
         if self.transport is not None:
             self.transport.disconnect()
@@ -292,6 +299,27 @@ class Machine:
         self._reevaluate(None)
         if self.due:
             self.post(DUE)
+
+    def _usage(self, payload: object) -> None:
+        """A count from the local socket: added up, written about once a second."""
+        assert isinstance(payload, tuple)
+        name, count = payload
+        self.pending_usage[name] = self.pending_usage.get(name, 0) + count
+        if FLUSH_USAGE not in self.timers:
+            self._timer(FLUSH_USAGE, USAGE_FLUSH_S)
+
+    def _flush_usage(self, _: object = None) -> None:
+        pending, self.pending_usage = self.pending_usage, {}
+        from ..usage import UsageError
+
+        for name, count in pending.items():
+            try:
+                with self.device.writer_lock():
+                    self.device.add_usage(name, min(count, 1 << 32))
+            except UsageError as e:
+                self._count_bad("usage_" + ("undeclared" if "declares" in str(e) else "bad"))
+            except (InstallRefused, ConfigError, IdentityError, OSError) as e:
+                log.warning("could not count %s: %s", name, e)
 
     def _count_operating(self, t: int, *, stopping: bool = False) -> None:
         """Add the seconds since the last point to ``operating_s`` while the license is

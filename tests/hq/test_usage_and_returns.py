@@ -222,3 +222,35 @@ def test_counters_survive_sigkill_and_never_go_back(
         assert seen <= value and done <= value <= attempt
         seen = value
     assert device.check().returncode == 0
+
+
+def test_the_daemons_socket_counts_without_a_process_per_event(
+    hqc: HQ, server: Server, device: DeviceRoot
+) -> None:
+    import socket
+    import time as _time
+
+    from tests.mqtt.conftest import Daemon, wait_for
+
+    activated(hqc, server, device)
+    daemon = Daemon(device)
+    daemon.start()
+    try:
+        path = device.verdict_dir / "usage.sock"
+        wait_for(path.exists, 20, "the usage socket")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            for datagram in (b"units", b"units 41", b"x" * 5000, b"\xff\xfe", b"units -3",
+                             b"nope 1", b"units 99999999999"):  # fmt: skip
+                try:
+                    s.sendto(datagram, str(path))
+                except OSError:
+                    pass  # a datagram over the socket's limit: the kernel refuses it
+        wait_for(
+            lambda: json.loads(device.run("usage", "show", "--json").stdout).get("units") == 42,
+            20,
+            "the socket's counts written",
+        )
+        _time.sleep(1.5)
+        assert daemon.proc is not None and daemon.proc.poll() is None  # bad datagrams: counted
+    finally:
+        assert daemon.stop() == 0
