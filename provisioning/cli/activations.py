@@ -191,6 +191,11 @@ def machine_file(
     metavar="REASON",
     help="Free the seat although the plan's return limit is reached (audited with REASON).",
 )
+@click.option(
+    "--reason",
+    metavar="TEXT",
+    help="Why (recorded in the audit log), e.g. a mainboard swap with a dead board.",
+)
 @common.json_option
 @click.pass_context
 def deactivate(
@@ -198,6 +203,7 @@ def deactivate(
     activation_id: str | None,
     receipt_file: Path | None,
     override: str | None,
+    reason: str | None,
     as_json: bool,
 ) -> None:
     """Deactivate ACTIVATION_ID and free its seat, or free the seat of a device that
@@ -212,6 +218,7 @@ def deactivate(
       fieldpass-hq deactivate act_0123456789abcdef0123
       fieldpass-hq deactivate act_0123456789abcdef0123 --json
       fieldpass-hq deactivate --receipt robot-17.receipt
+      fieldpass-hq deactivate act_0123456789abcdef0123 --reason "mainboard swap: board dead"
     """
     hq = common.state(ctx).hq
     if receipt_file is not None:
@@ -241,7 +248,7 @@ def deactivate(
         return
     if not activation_id:
         raise InvalidRequest("name an ACTIVATION_ID or give --receipt FILE")
-    act = hq.deactivate(common.now(), common.actor(), activation_id=activation_id)
+    act = hq.deactivate(common.now(), common.actor(), activation_id=activation_id, reason=reason)
     if as_json:
         output.emit_json(documents.activation_doc(act))
     else:

@@ -386,7 +386,10 @@ class Issuing:
         activation_id: str | None = None,
         license_key: str | None = None,
         fingerprint: str | None = None,
+        reason: str | None = None,
     ) -> Activation:
+        if reason is not None and (not reason.isprintable() or len(reason) > 200):
+            raise InvalidRequest("a reason is one printable line of at most 200 characters")
         with self.store.write() as tx:
             if license_key is not None:
                 # A device may give its seat back even when its license is suspended.
@@ -402,7 +405,7 @@ class Issuing:
                 _, act = self._live_activation(tx, activation_id, None, None, now)
             tx.lock_license(act.license_id)
             tx.deactivate(act.id, now)
-            tx.append_audit(event(now, actor, "deactivate", act.license_id, act.id))
+            tx.append_audit(event(now, actor, "deactivate", act.license_id, act.id, reason))
             return replace(act, deactivated_at=now)
 
     def get_activation(self, activation_id: str) -> Activation:

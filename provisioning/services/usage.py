@@ -64,6 +64,7 @@ class Usage:
     # -- reports ----------------------------------------------------------------------
     def accept_report(self, data: bytes, now: int, via: str, actor: Actor) -> Accepted:
         verified = self.device.verify(data, "report", live=False)
+        self.device.register(verified, now, actor)
         m, act = verified.message, verified.activation
         seq = int(str(m["seq"]))
         counters = dict(m["counters"])  # type: ignore[call-overload]
@@ -145,6 +146,7 @@ class Usage:
         self, data: bytes, now: int, via: str, actor: Actor, *, override: str | None = None
     ) -> Returned:
         verified = self.device.verify(data, "receipt", live=False)
+        self.device.register(verified, now, actor)
         m, act = verified.message, verified.activation
         with self.store.write() as tx:
             current = tx.get_activation(act.id)

@@ -83,12 +83,24 @@ def test_forged_and_foreign_reports_and_receipts_change_nothing(
     for kind, fields in (
         ("report", {"seq": 99, "counters": {"units": 10**9}, "challenge": None}),
         ("receipt", {"serial": 1, "returned_at": 1, "reason": "returned"}),
+        # a key "registered" with a proof made without the license key
+        (
+            "report",
+            {
+                "seq": 99,
+                "counters": {"units": 1},
+                "challenge": None,
+                "device_key": stranger.public_key,
+                "proof": bytes(32),
+            },
+        ),
     ):
         forged = device_msg.sign(
             stranger,
             kind,
-            {"activation_id": "", "fingerprint": fp, "at": 0, "agent_version": "x", **fields},
-        )
+            {"activation_id": "", "fingerprint": fp, "at": 0, "agent_version": "x",
+             "device_key": None, "proof": None, **fields},
+        )  # fmt: skip
         f = tmp_path / f"forged.{kind}"
         label = armor.REPORT if kind == "report" else armor.RECEIPT
         f.write_text(armor.armor(forged, label))
