@@ -1,0 +1,149 @@
+"""meta-fieldpass under a real bitbake, offline, for every series the layer claims
+(`make yocto-parse`; not part of `make test`: about 4 to 10 minutes per series on 2
+cores, root to create the build user).
+
+For each series: `bitbake -p` parses oe-core, meta-oe, meta-python, meta-fieldpass and
+meta-fieldpass-example with no error and no warning from our layers; `bitbake -n` plans
+fieldpass, fieldpass-native and the example gated application robot-app. Then tinfoil
+parses the recipes again under other configurations (sysvinit, no init manager, no
+keyring, a missing keyring, the example keyring, the in-tree source) and checks what
+they would package. RDEPENDS are checked against the series' own python3 manifest.
+Run with `pytest -p no:cacheprovider tests/firmware/real_bitbake.py`.
+"""
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.firmware.oe_build import SERIES, OEBuild
+from tests.firmware.staging import LAYER
+
+TINFOIL_PROBE = Path(__file__).with_name("oe_tinfoil_probe.py")
+SUMMARY = re.compile(r"Parsing of (\d+) \.bb files complete \((\d+) cached, (\d+) parsed\)")
+TASKS = re.compile(r"Tasks Summary: Attempted (\d+) tasks")
+
+
+@pytest.fixture(scope="module", params=SERIES)
+def oe(request: pytest.FixtureRequest) -> Iterator[OEBuild]:
+    build = OEBuild(request.param)
+    yield build
+
+
+def our_warnings(output: str) -> list[str]:
+    """WARNING/ERROR lines that name one of our layers or recipes."""
+    return [
+        line
+        for line in output.splitlines()
+        if line.startswith(("WARNING:", "ERROR:")) and ("fieldpass" in line or "robot-app" in line)
+    ]
+
+
+def test_parse(oe: OEBuild) -> None:
+    result = oe.bitbake("-p")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    found = SUMMARY.search(output)
+    assert found, output[-4000:]
+    assert not our_warnings(output), output[-4000:]
+    assert "ERROR:" not in output, output[-4000:]
+    print(f"{oe.series}: {found.group(1)} recipes parsed")
+
+
+@pytest.mark.parametrize("target", ["fieldpass", "fieldpass-native", "robot-app"])
+def test_dry_run(oe: OEBuild, target: str) -> None:
+    result = oe.bitbake("-n", target)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    tasks = TASKS.search(output)
+    assert tasks, output[-4000:]
+    assert not our_warnings(output), output[-4000:]
+    print(f"{oe.series}: bitbake -n {target}: {tasks.group(1)} tasks")
+
+
+@pytest.fixture(scope="module")
+def probe(oe: OEBuild) -> dict[str, dict[str, object]]:
+    """What tinfoil sees of our recipes under each configuration (oe_tinfoil_probe.py)."""
+    result = oe.as_user(
+        "python3", str(TINFOIL_PROBE), str(oe.top / "bitbake/lib"), str(LAYER), cwd=oe.build
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    report = result.stdout.rsplit("=== probe ===\n", 1)[-1]
+    doc: dict[str, dict[str, object]] = json.loads(report)
+    return doc
+
+
+def test_systemd_packages_and_agent_toml(probe: dict[str, dict[str, object]]) -> None:
+    systemd = probe["systemd"]
+    assert systemd["skipped"] is None
+    assert (
+        "fieldpass-gate.service" in str(systemd["FILES:fieldpass"])
+        or systemd["SYSTEMD_SERVICE:fieldpass"] == "fieldpass-gate.service"
+    )
+    assert "virtual-fieldpass-keyring" in str(systemd["RDEPENDS:fieldpass"])
+    assert systemd["warnings"] == []
+    app = probe["robot-app:systemd"]
+    assert "robot-app.service.d/50-fieldpass-gate.conf" in str(app["FILES:robot-app"])
+    assert "fieldpass" in str(app["RDEPENDS:robot-app"]).split()
+    assert "fieldpass" in str(app["DEPENDS"]).split()
+
+
+def test_sysvinit(probe: dict[str, dict[str, object]]) -> None:
+    sysvinit = probe["sysvinit"]
+    assert sysvinit["skipped"] is None
+    assert sysvinit["warnings"] == []
+    app = probe["robot-app:sysvinit"]
+    # No drop-in to copy, so the gated application does not need fieldpass to build.
+    assert "fieldpass" not in str(app["DEPENDS"]).split()
+    assert "fieldpass_gated_sysvinit" in str(app["do_install"])
+
+
+def test_no_init_manager_warns_at_parse_time(probe: dict[str, dict[str, object]]) -> None:
+    none = probe["mdev-busybox"]
+    assert none["skipped"] is None
+    (warning,) = none["warnings"]  # type: ignore[misc]
+    assert "neither systemd nor sysvinit" in warning
+    assert 'INIT_MANAGER = "mdev-busybox"' in warning
+
+
+def test_keyring_unset_or_missing_skips_the_recipe_at_parse_time(
+    probe: dict[str, dict[str, object]],
+) -> None:
+    assert "FIELDPASS_KEYRING is not set" in str(probe["keyring:unset"]["skipped"])
+    assert "is not a file" in str(probe["keyring:missing"]["skipped"])
+    assert probe["keyring:set"]["skipped"] is None
+    assert probe["keyring:set"]["PACKAGE_ARCH"] == "qemux86_64"
+    assert probe["keyring:set"]["RPROVIDES:fieldpass-keyring"] == "virtual-fieldpass-keyring"
+    example = probe["keyring:example"]
+    assert example["skipped"] is None
+    (warning,) = example["warnings"]  # type: ignore[misc]
+    assert "EXAMPLE keyring" in warning
+
+
+def test_tree_source_is_the_checkout(probe: dict[str, dict[str, object]]) -> None:
+    tree = probe["source:tree"]
+    assert tree["skipped"] is None
+    assert "file://agent;subdir=fieldpass-0.1.0" in str(tree["SRC_URI"])
+    release = probe["systemd"]
+    assert str(release["SRC_URI"]).startswith("git://")
+
+
+def test_rdepends_exist_in_the_series_python_manifest(
+    oe: OEBuild, probe: dict[str, dict[str, object]]
+) -> None:
+    manifest = json.loads(
+        (
+            oe.top / "openembedded-core/meta/recipes-devtools/python/python3/python3-manifest.json"
+        ).read_text()
+    )
+    splits = {f"python3-{name}" for name in manifest}
+    rdepends = str(probe["systemd"]["RDEPENDS:fieldpass"]).split()
+    stdlib = [p for p in rdepends if p.startswith("python3-") and f"python3-{p[8:]}" in splits]
+    third_party = {"python3-click", "python3-paho-mqtt", "python3-pynacl"}
+    for package in rdepends:
+        if package.startswith("python3-") and package not in third_party:
+            assert package in splits, f"{oe.series}: {package} is not in the python3 manifest"
+    assert len(stdlib) >= 8
+    assert "python3-cbor2" not in rdepends
