@@ -150,6 +150,9 @@ DL_DIR = "${{TOPDIR}}/downloads"
 SSTATE_DIR = "${{TOPDIR}}/sstate-cache"
 TMPDIR = "${{TOPDIR}}/tmp"
 FIELDPASS_KEYRING = "{keyring}"
+# wrynose's default distro setup inherits uninative, whose tarball cannot be fetched
+# offline (it would be disabled with a warning); nothing is built here anyway.
+INHERIT_DISTRO:remove = "uninative"
 """
         )
         subprocess.run(["chown", "-R", f"{BUILD_USER}:{BUILD_USER}", str(self.build)], check=True)

@@ -5,13 +5,14 @@ tinfoil and print, after a "=== probe ===" line, what each would package, as JSO
     python3 oe_tinfoil_probe.py BITBAKE_LIB LAYER_DIR     (in the build directory)
 
 A configuration copies the build's datastore and changes a few variables (the init
-manager's DISTRO_FEATURES, the keyring, the source); warnings that the parse logs are
-collected per configuration. Nothing is built.
+manager's DISTRO_FEATURES, the keyring, the source). The warnings each parse logs are
+printed by tinfoil on stdout between "=== case NAME" and "=== end NAME". Nothing is
+built.
 """
 
 import json
-import logging
 import sys
+import time
 
 sys.path.insert(0, sys.argv[1])
 LAYER = sys.argv[2]
@@ -32,24 +33,15 @@ VARIABLES = (
     "FILES:robot-app",
     "RDEPENDS:robot-app",
     "do_install",
+    "DISTRO_FEATURES",
+    "INIT_MANAGER",
 )
 
 
-class Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.records: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record.getMessage())
-
-
 def main() -> None:
-    collect = Collect()
-    logging.getLogger("BitBake").addHandler(collect)
     report = {}
     with bb.tinfoil.Tinfoil() as tinfoil:
-        tinfoil.prepare(config_only=False, quiet=2)
+        tinfoil.prepare(config_only=False, quiet=0)
         base = tinfoil.config_data
         features = base.getVar("DISTRO_FEATURES").split()
         plain = [f for f in features if f not in ("systemd", "sysvinit")]
@@ -88,9 +80,12 @@ def main() -> None:
                     data.delVar(key)
                 else:
                     data.setVar(key, value)
-            collect.records.clear()
+            # The parse's warnings are printed on stdout by tinfoil, between these lines.
+            print(f"=== case {name}", flush=True)
             d = tinfoil.parse_recipe_file(recipe[pn], config_data=data)
-            entry = {"skipped": d.getVar("__SKIPPED"), "warnings": list(collect.records)}
+            time.sleep(0.5)  # the server's log records reach the client first
+            print(f"=== end {name}", flush=True)
+            entry = {"skipped": d.getVar("__SKIPPED")}
             for var in VARIABLES:
                 entry[var] = d.getVar(var)
             report[name] = entry

@@ -132,8 +132,6 @@ def install_image(root: Path) -> None:
     (root / "data").mkdir(exist_ok=True)
     # A read-only root as OE ships it: systemd makes up a machine id at every boot.
     (root / "etc/machine-id").write_text("")
-    for stale in ("etc/systemd/system/fieldpass-gate.service.d/90-host-python.conf",):
-        (root / stale).unlink(missing_ok=True)
     wants = root / "etc/systemd/system/multi-user.target.wants"
     wants.mkdir(parents=True, exist_ok=True)
     for unit in ("fieldpass-gate.service", "robot-app.service", "fieldpass-boot-report.service"):
