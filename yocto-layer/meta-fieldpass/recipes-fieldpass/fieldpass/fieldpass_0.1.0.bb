@@ -19,7 +19,7 @@ CVE_PRODUCT = "fieldpass"
 FIELDPASS_SOURCE ??= "release"
 FIELDPASS_GIT_URI ??= "git://git.fieldpass.invalid/fieldpass.git;protocol=https;branch=main"
 SRC_URI = "${FIELDPASS_GIT_URI};destsuffix=${BP}"
-SRCREV = "0000000000000000000000000000000000000000"
+SRCREV = "30de8d29de35d414658b0d496cb4bcadc24a9fa8"
 include ${@'fieldpass-source-tree.inc' if d.getVar('FIELDPASS_SOURCE') == 'tree' else ''}
 
 # Vendor settings (layer README, "Variables"). The keyring is its own recipe,
