@@ -19,7 +19,7 @@ CVE_PRODUCT = "fieldpass"
 FIELDPASS_SOURCE ??= "release"
 FIELDPASS_GIT_URI ??= "git://git.fieldpass.invalid/fieldpass.git;protocol=https;branch=main"
 SRC_URI = "${FIELDPASS_GIT_URI};destsuffix=${BP}"
-SRCREV = "30de8d29de35d414658b0d496cb4bcadc24a9fa8"
+SRCREV = "1eddf664549f177104808e2d5f0a869646e83118"
 include ${@'fieldpass-source-tree.inc' if d.getVar('FIELDPASS_SOURCE') == 'tree' else ''}
 
 # Vendor settings (layer README, "Variables"). The keyring is its own recipe,
