@@ -38,7 +38,7 @@ test: sysdeps install lint
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # Not part of `make test`: a real bitbake parse and dry run of meta-fieldpass for each
-# series (tests/firmware/real_bitbake.py; about 20 minutes on 2 cores, root).
+# series (tests/firmware/real_bitbake.py; about 15 minutes on 2 cores, root).
 yocto-parse: install
 	./scripts/install-test-deps .ci/apt-packages-yocto.txt
 	$(PY) -m pytest -q -p no:cacheprovider tests/firmware/real_bitbake.py
