@@ -293,12 +293,28 @@ def _report_install(c: Context, device: Device, claims: object, result: str, as_
 @cli.command()
 @click.argument("license_key", metavar="LICENSE_KEY")
 @server_options
+@click.option(
+    "--allow-http",
+    is_flag=True,
+    help="Send the license key over plain http:// to a host other than this machine "
+    "(it crosses the network in clear text: only on a network you trust).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_ctx
 def activate(
-    c: Context, license_key: str, server: str | None, timeout_s: int | None, as_json: bool
+    c: Context,
+    license_key: str,
+    server: str | None,
+    timeout_s: int | None,
+    allow_http: bool,
+    as_json: bool,
 ) -> None:
     """Activate this device online (takes one seat) and install its machine file.
+
+    The license key is sent this once, to HQ, and should go over TLS (https://):
+    plain http:// is refused unless HQ runs on this machine or --allow-http is given,
+    and warned about either way. Afterwards the device signs its requests with its own
+    key and never sends the license key again.
 
     \b
     Examples:
@@ -310,7 +326,22 @@ def activate(
     key = _read_key(license_key, None)
     assert key is not None
     device = c.device()
-    claims, result = sync.activate(device, online.hqs(c.cfg, server, timeout_s), key, _now())
+    servers = online.hqs(c.cfg, server, timeout_s)
+    for hq in servers:
+        if not hq.server.startswith("http://"):
+            continue
+        if not (online.is_loopback(hq.server) or allow_http):
+            raise CliError(
+                f"refusing to send the license key over plain http:// to {hq.server}: "
+                "use https:// (or --allow-http on a network you trust)",
+                exitcodes.EX_USAGE,
+            )
+        click.echo(
+            f"fieldpass: warning: activating over plain http:// ({hq.server}): the license "
+            "key crosses the network in clear text; use https:// for HQ",
+            err=True,
+        )
+    claims, result = sync.activate(device, servers, key, _now())
     _report_install(c, device, claims, result, as_json)
 
 
@@ -329,7 +360,7 @@ def refresh(c: Context, server: str | None, timeout_s: int | None, as_json: bool
     from . import online, sync
 
     device = c.device()
-    claims, result = sync.refresh(device, online.hqs(c.cfg, server, timeout_s), _now())
+    claims, result, _ = sync.refresh(device, online.hqs(c.cfg, server, timeout_s), _now())
     _report_install(c, device, claims, result, as_json)
 
 
@@ -356,7 +387,7 @@ def prepare_offline(
 
     device = c.device()
     ttl_s = days * 86400 if days else None
-    claims, result = sync.refresh(device, online.hqs(c.cfg, server, timeout_s), _now(), ttl_s)
+    claims, result, _ = sync.refresh(device, online.hqs(c.cfg, server, timeout_s), _now(), ttl_s)
     _report_install(c, device, claims, result, as_json)
 
 
@@ -373,7 +404,7 @@ def deactivate(c: Context, server: str | None, timeout_s: int | None, as_json: b
     """
     from . import online, sync
 
-    sync.deactivate(c.device(), online.hqs(c.cfg, server, timeout_s))
+    sync.deactivate(c.device(), online.hqs(c.cfg, server, timeout_s), _now())
     emit(
         {"deactivated": True},
         as_json,
@@ -397,39 +428,110 @@ def request(c: Context, output: str | None) -> None:
       fieldpass request
       fieldpass request -o /media/usb/robot-17.request
     """
-    from .state import StateError
-    from .wire.request import Request
+    from . import asks
 
     device = c.device()
-    try:
-        st = device.load_state()
-    except StateError:
-        st = None
-    activated = st is not None and device.stored_machine_file() is not None
-    req = Request(
-        device.identity.fingerprint,
-        activation_id=st.activation_id if activated and st else "",
-        serial=st.serial if activated and st else 0,
-        device_name=c.cfg.device_name,
-        agent_version=__version__,
-        created_at=_now(),
-    )
-    kind = "renewal" if req.activation_id else "activation"
-    hq_command = "machine-file --request" if req.activation_id else "activate LICENSE_KEY --request"
+    with device.writer_lock():
+        text, standing = asks.request(device, _now())
+    if standing.lost:
+        kind = "recovery"
+        hq_command = "machine-file --request FILE -o answer.txt"
+    elif standing.activation_id:
+        kind = "renewal"
+        hq_command = "machine-file --request FILE -o answer.txt"
+    else:
+        kind = "activation"
+        hq_command = "activate LICENSE_KEY --request FILE -o answer.txt"
+    install_hint = "fieldpass install answer.txt"
+    if not standing.activation_id:
+        install_hint += " --license-key-file KEYFILE"
     if output:
         import os
 
-        fsio.atomic_write(os.path.abspath(output), req.armored().encode("ascii"))
+        fsio.atomic_write(os.path.abspath(output), text.encode("ascii"))
         where = output
     else:
-        click.echo(req.armored(), nl=False)
+        click.echo(text, nl=False)
         where = "the text above"
     click.echo(
         f"fieldpass: {kind} request written to {where}. Next: at HQ run "
-        f"`fieldpass-hq {hq_command} FILE -o answer.txt`, "
-        "then here `fieldpass install answer.txt`.",
+        f"`fieldpass-hq {hq_command}`, then here `{install_hint}`.",
         err=True,
     )
+
+
+@cli.group()
+def tpm() -> None:
+    """The TPM 2.0 anchor of the device state ([tpm] enabled; docs/tpm.md).
+
+    \b
+    Examples:
+      fieldpass tpm provision --json
+      fieldpass tpm status
+    """
+
+
+def _tpm_report(reading: object, as_json: bool, what: str) -> None:
+    from .tpm import Reading
+
+    assert isinstance(reading, Reading)
+    doc = {
+        "counter": reading.counter,
+        "unrecorded_counter": reading.unrecorded,
+        "secret": reading.secret is not None,
+        "provisioned": reading.provisioned,
+        "held_state": reading.held_state,
+    }
+    emit(
+        doc,
+        as_json,
+        f"{what}: state counter {reading.counter}, unrecorded-boot counter "
+        f"{reading.unrecorded}, secret {'present' if reading.secret else 'absent'}"
+        + (" (the device has held a state)" if reading.held_state else ""),
+    )
+
+
+@tpm.command("provision")
+@click.option("--json", "as_json", is_flag=True, help="Print the counters as JSON.")
+@pass_ctx
+def tpm_provision(c: Context, as_json: bool) -> None:
+    """Define the TPM indices if missing (the factory step; `request` and `activate` do
+    it too). Prints the state counter: HQ's first file for this device must name it.
+
+    \b
+    Examples:
+      fieldpass tpm provision
+      fieldpass tpm provision --json
+    """
+    device = c.device()
+    if not c.cfg.tpm_enabled:
+        raise CliError("[tpm] is not enabled in agent.toml", exitcodes.EX_CONFIG)
+    with device.writer_lock():
+        reading = device.provision_tpm()
+    _tpm_report(reading, as_json, "TPM provisioned")
+
+
+@tpm.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the counters as JSON.")
+@pass_ctx
+def tpm_status(c: Context, as_json: bool) -> None:
+    """Show the TPM indices the state is bound to (reads only).
+
+    \b
+    Examples:
+      fieldpass tpm status --json
+    """
+    from .tpm import TpmError
+
+    device = c.device()
+    anchor = device.anchor()
+    if anchor is None:
+        raise CliError("[tpm] is not enabled in agent.toml", exitcodes.EX_CONFIG)
+    try:
+        reading = anchor.read()
+    except TpmError as e:
+        raise CliError(f"TPM unreadable: {e}", exitcodes.EX_IOERR) from None
+    _tpm_report(reading, as_json, "TPM")
 
 
 @cli.command("run")

@@ -6,6 +6,11 @@ and ``install`` never interleave. Write order on install (crash-safe at every po
 the state exists before the first machine file, the machine file is replaced
 atomically, then the state absorbs it; a crash between the last two is repaired by the
 next check, which absorbs a newer file the same way.
+
+What the device remembers only moves forward (docs/device.md, "Lost state"): a state
+that is missing or refused is never rebuilt from a machine file alone, only from an
+answer HQ bound to this device's TPM counter value or to a nonce it just sent. With
+``[tpm]`` the counter proves a loss that the data partition cannot hide.
 """
 
 import errno
@@ -14,18 +19,30 @@ import os
 from . import fsio, state, verdict
 from .config import Config, ConfigError
 from .identity import Identity, read_identity
-from .state import State, StateError
+from .state import Slots, State, StateError
 from .verdict import INVALID, NOT_ACTIVATED, Verdict
-from .wire import armor, license_key
+from .wire import armor, license_key, sodium
 from .wire.errors import FormatError, WireError
 from .wire.keys import Keyring
 from .wire.machine_file import MAX_MACHINE_FILE_BYTES, Claims, open_machine_file
 
 if False:  # typing only: agent.tpm is imported when [tpm] is enabled, not on every boot
-    from .tpm import NvCounter
+    from .tpm import Anchor, Reading
+    from .wire.device_key import DeviceKey
+    from .wire.signed_time import SignedStatus
 
 MAX_LICENSE_KEY_BYTES = 256
+MAX_DEVICE_KEY_BYTES = 128
+MAX_PENDING_BYTES = 512
 INCOMING = "incoming"  # the factory's spool: fieldpass-hq provision writes here
+DEVICE_KEY_NAME = "device.key"
+PENDING_NAME = "request.pending"
+STATE_KEY_CONTEXT = b"fieldpass/state-key/v2\0"
+LOST = "state_lost"
+RECOVER_HINT = (
+    "connect it to HQ (`fieldpass refresh`), or carry `fieldpass request -o FILE` to HQ "
+    "and install the answer"
+)
 
 
 class InstallRefused(Exception):
@@ -40,7 +57,7 @@ class InstallRefused(Exception):
 class Outcome:
     """A verdict plus what the device knows around it (for files, status and hooks)."""
 
-    __slots__ = ("identity", "notes", "previous_verdict", "state", "verdict")
+    __slots__ = ("identity", "notes", "previous_verdict", "state", "unrecorded_boots", "verdict")
 
     def __init__(
         self,
@@ -55,20 +72,43 @@ class Outcome:
         self.state = state
         self.previous_verdict = previous_verdict
         self.notes = notes or []
+        self.unrecorded_boots = 0
+
+
+class Loaded:
+    """The state as the device can trust it now: ``state`` when usable, else ``error``
+    (``state_lost`` and friends); ``slots`` as read; the TPM ``reading`` if any."""
+
+    __slots__ = ("error", "reading", "slots", "state")
+
+    def __init__(
+        self,
+        state: State | None,
+        error: StateError | None,
+        slots: Slots,
+        reading: "Reading | None",
+    ) -> None:
+        self.state = state
+        self.error = error
+        self.slots = slots
+        self.reading = reading
 
 
 class Device:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self._identity: Identity | None = None
-        self._tpm: NvCounter | None = None
-        self._tpm_value: int | None = None  # the counter as last read or written
+        self._anchor: Anchor | None = None
+        self._device_key: DeviceKey | None = None
 
     @property
     def identity(self) -> Identity:
         if self._identity is None:
             self._identity = read_identity(self.cfg)
         return self._identity
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.cfg.state_dir, name)
 
     def keyring(self) -> Keyring:
         try:
@@ -97,79 +137,217 @@ class Device:
     def stored_machine_file(self) -> bytes | None:
         return fsio.read_bytes(self.cfg.machine_file, MAX_MACHINE_FILE_BYTES)
 
-    def _counter(self) -> "NvCounter | None":
-        """The TPM NV counter the state is bound to, when ``[tpm] enabled``."""
+    # -- the device key ---------------------------------------------------------
+
+    def _device_seed(self) -> bytes | None:
+        """The device key's seed, or None when there is none (or it is damaged)."""
+        try:
+            data = fsio.read_bytes(self._path(DEVICE_KEY_NAME), MAX_DEVICE_KEY_BYTES)
+        except fsio.StorageError:
+            return None
+        if data is None:
+            return None
+        from .wire.device_key import DeviceKey
+
+        try:
+            self._device_key = DeviceKey.loads(data)
+        except FormatError:
+            return None
+        return self._device_key.seed
+
+    def device_key(self) -> "DeviceKey | None":
+        if self._device_key is None:
+            self._device_seed()
+        return self._device_key
+
+    def ensure_device_key(self) -> "DeviceKey":
+        """The device key, created (0600, crash-safe) if there is none yet. Call with the
+        writer lock held. A damaged key file is never replaced silently."""
+        key = self.device_key()
+        if key is not None:
+            return key
+        if os.path.lexists(self._path(DEVICE_KEY_NAME)):
+            raise StateError(
+                "device_key_damaged",
+                f"{self._path(DEVICE_KEY_NAME)} is damaged: the device can no longer prove "
+                "who it is; HQ must reset its key (docs/runbooks/technician.md)",
+            )
+        from .wire.device_key import DeviceKey
+
+        key = DeviceKey.generate()
+        fsio.atomic_write(self._path(DEVICE_KEY_NAME), key.dumps(), 0o600)
+        self._device_key = key
+        return key
+
+    # -- the TPM anchor -----------------------------------------------------------
+
+    def anchor(self) -> "Anchor | None":
+        """The TPM NV indices the state is bound to, when ``[tpm] enabled``."""
         if not self.cfg.tpm_enabled:
             return None
-        if self._tpm is None:
-            from .tpm import NvCounter, TpmError, parse_nv_index
+        if self._anchor is None:
+            from .tpm import Anchor, TpmError, parse_nv_index
 
             try:
                 index = parse_nv_index(self.cfg.tpm_nv_index)
             except (TpmError, ValueError) as e:
                 raise ConfigError(f"{self.cfg.path}: [tpm] nv_index: {e}") from None
-            self._tpm = NvCounter(index, self.cfg.tpm_tcti)
-        return self._tpm
+            self._anchor = Anchor(index, self.cfg.tpm_tcti)
+        return self._anchor
 
-    def load_state(self) -> State | None:
-        """The newest authenticated state; with a TPM, also bound to its counter: a state
-        older than the counter (a restored image) or ahead of it by more than the one
-        step a power cut can leave is refused, and an unreadable TPM fails closed."""
-        st = state.load(self.cfg.state_dir, self.identity.state_key)
-        counter = self._counter()
-        if counter is None or st is None:
-            return st
-        from .tpm import INCONSISTENT, RESTORED, TpmError, check_binding
-
-        try:
-            if st.tpm is None and not counter.exists():
-                return st  # not bound yet: the next save defines the index and binds it
-            value = counter.read()
-        except TpmError as e:
-            raise StateError("tpm_unavailable", f"TPM counter unreadable ({e})") from None
-        binding = check_binding(st.tpm, value)
-        if binding == RESTORED:
-            raise StateError(
-                "state_restored",
-                f"device state is older than the TPM counter ({st.tpm} < {value}): "
-                "a restored image; install a newer machine file from HQ",
-            )
-        if binding == INCONSISTENT:
-            raise StateError(
-                "tpm_mismatch",
-                f"device state does not match the TPM counter ({st.tpm} vs {value}): "
-                "the TPM was cleared or replaced; install a newer machine file from HQ",
-            )
-        self._tpm_value = value
-        return st
-
-    def save_state(self, st: State) -> State:
-        """Write the state; with a TPM, first the state carrying counter + 1, then the
-        increment, so a power cut between the two leaves a state one step ahead, which
-        the next load accepts (and the next save repairs)."""
-        counter = self._counter()
-        if counter is None:
-            return state.save(self.cfg.state_dir, self.identity.state_key, st)
+    def _reading(self) -> "Reading | None":
+        anchor = self.anchor()
+        if anchor is None:
+            return None
         from .tpm import TpmError
 
         try:
-            if self._tpm_value is None:
-                counter.ensure()
-                self._tpm_value = counter.read()
-            new = state.save(
-                self.cfg.state_dir, self.identity.state_key, st.replace(tpm=self._tpm_value + 1)
-            )
-            counter.bump()
+            return anchor.read()
         except TpmError as e:
-            raise fsio.StorageError(errno.EIO, f"TPM counter: {e}") from None
-        self._tpm_value += 1
+            raise StateError("tpm_unavailable", f"TPM unreadable ({e})") from None
+
+    def provision_tpm(self) -> "Reading | None":
+        """Define the TPM indices if missing (explicit steps only: ``fieldpass tpm
+        provision``, ``request``, ``activate``). Returns the reading after."""
+        anchor = self.anchor()
+        if anchor is None:
+            return None
+        from .tpm import TpmError
+
+        try:
+            return anchor.provision()
+        except TpmError as e:
+            raise fsio.StorageError(errno.EIO, f"TPM: {e}") from None
+
+    # -- the state ----------------------------------------------------------------
+
+    def _state_key(self, reading: "Reading | None") -> bytes | None:
+        seed = self._device_seed()
+        if seed is None:
+            return None
+        secret = b""
+        if reading is not None:
+            if reading.secret is None:
+                return None
+            secret = reading.secret
+        return sodium.hmac_sha256(self.identity.state_key, STATE_KEY_CONTEXT + seed + secret)
+
+    def _legacy_key(self, reading: "Reading | None") -> bytes | None:
+        """The key of a version-1 state (agents up to 0.1.0: the hardware id alone), only
+        on a device where no later agent ever ran: no device key yet, and with a TPM no
+        secret in it yet. Anywhere else a v1 slot is a forgery and is refused."""
+        if os.path.lexists(self._path(DEVICE_KEY_NAME)):
+            return None
+        if reading is not None and reading.secret is not None:
+            return None
+        return self.identity.state_key
+
+    def load(self) -> Loaded:
+        """Read the state and judge whether it can be trusted (docs/device.md)."""
+        reading = self._reading()
+        slots = state.read(self.cfg.state_dir, self._state_key(reading), self._legacy_key(reading))
+        st, error = slots.state, slots.error
+        if reading is None:
+            if error is None and st is None and os.path.lexists(self.cfg.machine_file):
+                error = StateError(
+                    "state_missing",
+                    "the device state is missing beside the machine file: " + RECOVER_HINT,
+                )
+            return Loaded(st if error is None else None, error, slots, reading)
+        return Loaded(*self._judge_bound(slots, reading), slots, reading)
+
+    def _judge_bound(
+        self, slots: Slots, reading: "Reading"
+    ) -> tuple[State | None, StateError | None]:
+        from .tpm import INCONSISTENT, RESTORED, UNBOUND, check_binding
+
+        st = slots.state
+        evidence = slots.present or os.path.lexists(self.cfg.machine_file)
+        if reading.counter is None:
+            if evidence or reading.secret is not None:
+                return None, _lost(
+                    "the TPM counter the state is bound to is gone (undefined, or the TPM "
+                    "was cleared)"
+                )
+            return None, None  # a device never provisioned for the TPM: not activated
+        if st is None:
+            if slots.error is not None:
+                return None, _lost(f"the device state is refused ({slots.error})")
+            if evidence or reading.held_state:
+                return None, _lost("the TPM counter shows this device held a state, now gone")
+            return None, None
+        binding = check_binding(st.tpm, reading.counter)
+        if binding == UNBOUND:
+            return None, _lost("the device state is not bound to the TPM counter")
+        if binding == RESTORED:
+            return None, _lost(
+                f"the device state is older than the TPM counter ({st.tpm} < "
+                f"{reading.counter}): a restored image"
+            )
+        if binding == INCONSISTENT:
+            return None, _lost(
+                f"the device state does not match the TPM counter ({st.tpm} vs "
+                f"{reading.counter}): the TPM was cleared or replaced"
+            )
+        if reading.secret is None and not st.legacy:
+            return None, _lost("the TPM secret the state is sealed with is gone")
+        return st, None
+
+    def load_state(self) -> State | None:
+        """The trusted state, None when there is none; StateError when it is refused."""
+        loaded = self.load()
+        if loaded.error is not None:
+            raise loaded.error
+        return loaded.state
+
+    def save_state(self, st: State, loaded: Loaded, *, bump: bool) -> State:
+        """Write the state. With a TPM, a security-relevant save (``bump``: every boot,
+        a new machine file, a revocation or lift, a lowered clock mark) writes the state
+        carrying counter + 1 and THEN moves the counter, so a power cut between the two
+        leaves a state one step ahead, which the next load accepts. A routine save keeps
+        the mark: NV memory wears, so the counter moves only when it must."""
+        reading = loaded.reading
+        if reading is None:
+            key = self._state_key(None)
+            if key is None:
+                self.ensure_device_key()
+                key = self._state_key(None)
+            assert key is not None
+            return state.save(self.cfg.state_dir, key, st)
+        anchor = self.anchor()
+        assert anchor is not None
+        from .tpm import TpmError
+
+        try:
+            if reading.secret is None or reading.unrecorded is None:
+                # Only a migration from an agent that knew no secret gets here (load
+                # refuses everything else): complete the TPM's provisioning first.
+                reading = anchor.provision()
+                loaded.reading = reading
+            if self._state_key(reading) is None:
+                self.ensure_device_key()
+            key = self._state_key(reading)
+            assert key is not None and reading.counter is not None
+            mark = reading.counter + 1 if bump else max(reading.counter, st.tpm or 0)
+            new = state.save(
+                self.cfg.state_dir,
+                key,
+                st.replace(tpm=mark, unrecorded_mark=reading.unrecorded),
+            )
+            if bump:
+                anchor.bump()
+                loaded.reading = type(reading)(
+                    reading.counter + 1, reading.unrecorded, reading.secret, reading.first
+                )
+        except TpmError as e:
+            raise fsio.StorageError(errno.EIO, f"TPM: {e}") from None
         return new
 
     # -- the gate -------------------------------------------------------------
 
     def evaluate(self, now: int, *, record: bool) -> Outcome:
         """Decide the verdict at ``now``; with ``record``, count the boot and move the
-        high-water mark (write failures become notes, never a worse verdict)."""
+        high-water mark (write failures become notes, never a worse verdict at once)."""
         identity = self.identity
         try:
             data = self.stored_machine_file()
@@ -178,7 +356,16 @@ class Device:
                 Verdict(INVALID, f"Machine file unreadable: {e.strerror}"), identity, None
             )
         key = self.stored_license_key()
+        try:
+            loaded = self.load()
+        except StateError as e:  # the TPM cannot be read: fail closed
+            return Outcome(
+                Verdict(INVALID, f"Device state refused: {e}", reason=e.reason), identity, None
+            )
+        st = loaded.state
         if data is None or key is None:
+            if loaded.error is not None:
+                return Outcome(self._refusal(loaded), identity, None)
             what = "no machine file" if data is None else "no license key"
             return Outcome(
                 Verdict(
@@ -186,27 +373,23 @@ class Device:
                     f"This device is not activated ({what}): activate it with a license key",
                 ),
                 identity,
-                None,
+                st,
             )
         keyring = self.keyring()
         try:
-            st = self.load_state()
-        except StateError as e:
-            return Outcome(
-                Verdict(INVALID, f"Device state refused: {e}", reason=e.reason), identity, None
-            )
-        try:
             claims = open_machine_file(data, keyring, key, identity.fingerprint)
-        except WireError as e:
-            return Outcome(
-                Verdict(INVALID, f"Machine file refused: {e}", reason=e.reason), identity, st
-            )
+        except WireError as e:  # a file that is not this device's says so first
+            message = f"Machine file refused: {e}"
+            if e.reason == "wrong_device":
+                message += self._source_changed(loaded, data, key)
+            return Outcome(Verdict(INVALID, message, reason=e.reason), identity, st)
+        if loaded.error is not None:
+            return Outcome(self._refusal(loaded, claims), identity, None)
         if st is None:
             return Outcome(
                 Verdict(
                     INVALID,
-                    "Device state is missing beside the machine file: "
-                    "install a machine file from HQ again",
+                    "Device state is missing beside the machine file: " + RECOVER_HINT,
                     reason="state_missing",
                     claims=claims,
                 ),
@@ -231,14 +414,78 @@ class Device:
         result = verdict.decide(
             claims, st, now, policy=self.cfg.clock_policy, tolerance_s=self.cfg.tolerance_s
         )
+        unrecorded = _unrecorded_boots(st, loaded.reading)
+        result = verdict.degrade_unrecorded(result, unrecorded)
         outcome = Outcome(result, identity, st, previous_verdict=st.last_verdict)
+        outcome.unrecorded_boots = unrecorded
+        if unrecorded:
+            outcome.notes.append(
+                f"{unrecorded} boot(s) in a row could not be recorded on the data partition; "
+                f"after {verdict.MAX_UNRECORDED_BOOTS} the equipment runs in limited mode"
+            )
         if record:
             fsio.remove_stale_temps(self.cfg.state_dir)
             try:
-                outcome.state = self.save_state(verdict.advance(st, now, result))
+                outcome.state = self.save_state(verdict.advance(st, now, result), loaded, bump=True)
+                outcome.unrecorded_boots = 0
             except OSError as e:
                 outcome.notes.append(f"could not record the check in {self.cfg.state_dir}: {e}")
+                self._count_unrecorded(loaded, outcome)
         return outcome
+
+    def _count_unrecorded(self, loaded: Loaded, outcome: Outcome) -> None:
+        anchor = self.anchor()
+        if anchor is None:
+            return
+        from .tpm import TpmError
+
+        try:
+            anchor.bump_unrecorded()
+        except TpmError as e:
+            outcome.notes.append(f"could not count the unrecorded boot in the TPM: {e}")
+
+    def _refusal(self, loaded: Loaded, claims: Claims | None = None) -> Verdict:
+        error = loaded.error
+        assert error is not None
+        if error.reason == LOST:
+            message = f"This device lost its license state ({error}): {RECOVER_HINT}"
+        elif error.reason == "state_missing":
+            text = str(error)
+            message = text[:1].upper() + text[1:]
+        else:
+            message = f"Device state refused: {error}"
+            if error.reason == "state_foreign":
+                message += self._source_changed(loaded)
+        return Verdict(INVALID, message, reason=error.reason, claims=claims)
+
+    def _source_changed(self, loaded: Loaded, data: bytes = b"", key: str = "") -> str:
+        """When the state or the file belongs to another identity source of this very
+        device (an image update changed the order of [identity] sources), say so."""
+        from .identity import candidates
+
+        now = self.identity.source
+        secret = b""
+        if loaded.reading is not None:
+            secret = loaded.reading.secret or b""
+        seed = self._device_seed() or b""
+        for other in candidates(self.cfg):
+            if other.source == now:
+                continue
+            state_key = sodium.hmac_sha256(other.state_key, STATE_KEY_CONTEXT + seed + secret)
+            fits = state.read(self.cfg.state_dir, state_key, None).state is not None
+            if not fits and data and key:
+                try:
+                    open_machine_file(data, self.keyring(), key, other.fingerprint)
+                    fits = True
+                except WireError:
+                    pass
+            if fits:
+                return (
+                    f" (the identity source changed: this device was activated with its "
+                    f"{other.source}, the image now reads {now} first; restore the order of "
+                    "[identity] sources in agent.toml, or re-activate)"
+                )
+        return ""
 
     def writer_lock(self) -> fsio.ExclusiveLock:
         """The lock a writer other than the gate takes; creates the state directory."""
@@ -252,10 +499,14 @@ class Device:
 
     # -- install --------------------------------------------------------------
 
-    def install(self, data: bytes, new_key: str | None, now: int) -> tuple[Claims, str]:
+    def install(
+        self, data: bytes, new_key: str | None, now: int, *, nonce: str | None = None
+    ) -> tuple[Claims, str]:
         """Verify and store a machine file; return its claims and "installed"/"same".
 
-        Raises InstallRefused (nothing stored changed), ConfigError, StorageError.
+        ``nonce`` is the nonce this process just sent HQ (an online answer): a file bound
+        to it is HQ's word on the time now. Raises InstallRefused (nothing stored
+        changed), ConfigError, StorageError.
         """
         if armor.is_armored(data):
             try:
@@ -275,48 +526,106 @@ class Device:
         except WireError as e:
             raise InstallRefused(INVALID, e.reason, f"machine file refused: {e}") from None
         try:
-            st: State | None = self.load_state()
-        except StateError:
-            st = None
-        stored = self._stored_claims(key)
+            loaded = self.load()
+        except StateError as e:
+            raise InstallRefused(INVALID, e.reason, f"cannot install: {e}") from None
+        fresh = self._fresh_nonce(claims, nonce, loaded)
+        st = loaded.state
+        if loaded.error is not None or (st is None and self._needs_binding(loaded)):
+            return self._rebuild(data, key, claims, loaded, fresh)
         if st is not None:
+            stored = self._stored_claims(key)
             if stored is not None and verdict.compare(stored, st) == verdict.NEWER:
                 st = verdict.absorb(stored, st)  # an install cut short before its state
-            baseline: State | None = st
-        else:
-            baseline = verdict.absorb(stored, State()) if stored is not None else None
-        order = verdict.compare(claims, baseline)
+        order = verdict.compare(claims, st)
         if order == verdict.OLDER:
-            assert baseline is not None
+            assert st is not None
             raise InstallRefused(
                 INVALID,
                 "downgrade",
                 f"machine file is older than the installed one (serial {claims.serial} < "
-                f"{baseline.serial}); the installed file stays in force",
-            )
-        if order == verdict.SAME and st is None:
-            raise InstallRefused(
-                INVALID,
-                "state_damaged",
-                "the device state is missing or damaged and this file is the one already "
-                "installed: install a newer machine file from HQ (a renewal)",
+                f"{st.serial}); the installed file stays in force",
             )
         stored_key = self.stored_license_key()
         if order == verdict.SAME and key == stored_key and data == self.stored_machine_file():
             return claims, "same"
         fsio.remove_stale_temps(self.cfg.state_dir)
         if st is None:
-            state.discard(self.cfg.state_dir)
-            # A new or rebuilt state is written first: a crash before the file leaves
-            # "not activated" or the refusal the device already had, never acceptance.
-            self.save_state(verdict.absorb(claims, State()))
+            # A fresh device: the state is written first, so a crash before the file
+            # leaves "not activated", never acceptance.
+            self.ensure_device_key()
+            new = verdict.absorb(claims, State(id_source=identity.source), bound=fresh)
+            st = self.save_state(_resume_usage(new, claims), loaded, bump=True)
+            order = verdict.SAME
         if key != stored_key:
             fsio.atomic_write(self.cfg.license_key_file, key.encode("ascii") + b"\n", 0o600)
         fsio.atomic_write(self.cfg.machine_file, data, 0o600)
-        if st is not None and order == verdict.NEWER:
+        if order == verdict.NEWER:
             # The file first, then the state: a crash between them leaves a newer file
             # that the next check absorbs; never an older file beside a newer state.
-            self.save_state(verdict.absorb(claims, st))
+            self.save_state(verdict.absorb(claims, st, bound=fresh), loaded, bump=True)
+        self._clear_pending(claims)
+        return claims, "installed"
+
+    def _needs_binding(self, loaded: Loaded) -> bool:
+        """With a TPM even a first install onto empty state must be bound to the counter
+        (a kept file issued before a wipe names an older value and cannot match)."""
+        return loaded.reading is not None
+
+    def _fresh_nonce(self, claims: Claims, nonce: str | None, loaded: Loaded) -> bool:
+        """The file answers this device's latest request: it names the nonce this process
+        just sent HQ, or the nonce of the pending air-gapped request (and, with a TPM,
+        the counter as it is now: a pending file is on the data partition, the counter
+        is not)."""
+        binding = claims.binding
+        if binding is None or binding.nonce is None:
+            return False
+        if nonce is not None and binding.nonce == nonce:
+            return True
+        pending = self.pending_request()
+        if pending is None or binding.nonce != pending[0]:
+            return False
+        reading = loaded.reading
+        return reading is None or binding.counter == reading.counter
+
+    def _rebuild(
+        self, data: bytes, key: str, claims: Claims, loaded: Loaded, fresh: bool
+    ) -> tuple[Claims, str]:
+        """A new state from an answer HQ bound to this device's loss, or refuse."""
+        reading = loaded.reading
+        binding = claims.binding
+        why = loaded.error or StateError(LOST, "a TPM-bound device takes only a bound answer")
+        if reading is not None:
+            if reading.counter is None:
+                raise InstallRefused(
+                    INVALID,
+                    LOST if loaded.error else "tpm_not_provisioned",
+                    "the TPM is not provisioned for Fieldpass: run `fieldpass request` "
+                    "(it prepares the TPM) and have HQ answer that request",
+                )
+            # The counter only moves forward and every accepted answer moves it: an
+            # answer naming its current value cannot be one kept from before.
+            ok = binding is not None and binding.counter == reading.counter
+        else:
+            ok = fresh
+        if not ok:
+            raise InstallRefused(
+                INVALID,
+                why.reason,
+                f"cannot install: {why}; only an answer from HQ to this device's own "
+                f"request can restore it: {RECOVER_HINT}",
+            )
+        fsio.remove_stale_temps(self.cfg.state_dir)
+        state.discard(self.cfg.state_dir)
+        self.ensure_device_key()
+        rebuilt = _resume_usage(
+            verdict.absorb(claims, State(id_source=self.identity.source), bound=True), claims
+        )
+        self.save_state(rebuilt, loaded, bump=True)
+        if key != self.stored_license_key():
+            fsio.atomic_write(self.cfg.license_key_file, key.encode("ascii") + b"\n", 0o600)
+        fsio.atomic_write(self.cfg.machine_file, data, 0o600)
+        self._clear_pending(claims)
         return claims, "installed"
 
     def _stored_claims(self, key: str) -> Claims | None:
@@ -329,6 +638,45 @@ class Device:
         except (WireError, fsio.StorageError):
             return None
 
+    # -- the air-gapped request's nonce -------------------------------------------------
+
+    def write_pending(self, nonce: str, counter: int | None, now: int) -> None:
+        """Remember the nonce of the request just written (its answer is checked
+        against it when it rebuilds a lost state)."""
+        from .wire import cbor
+
+        doc = {"v": 1, "nonce": nonce, "counter": counter, "at": now}
+        fsio.atomic_write(self._path(PENDING_NAME), cbor.dumps(doc), 0o600)
+
+    def pending_request(self) -> tuple[str, int | None] | None:
+        from .wire import cbor, fields
+
+        try:
+            data = fsio.read_bytes(self._path(PENDING_NAME), MAX_PENDING_BYTES)
+            if data is None:
+                return None
+            doc = cbor.loads(data, max_size=MAX_PENDING_BYTES, max_depth=1)
+            fields.exact_keys(doc, frozenset({"v", "nonce", "counter", "at"}), "request.pending")
+            assert isinstance(doc, dict)
+            counter = doc["counter"]
+            return (
+                fields.text(doc["nonce"], "the pending nonce", 128),
+                None if counter is None else fields.uint(counter, "the pending counter"),
+            )
+        except (fsio.StorageError, FormatError):
+            return None
+
+    def _clear_pending(self, claims: Claims) -> None:
+        pending = self.pending_request()
+        if pending is None or claims.binding is None or claims.binding.nonce != pending[0]:
+            return
+        try:
+            os.unlink(self._path(PENDING_NAME))
+        except OSError:
+            pass
+
+    # -- the factory's spool ------------------------------------------------------
+
     def adopt_provisioned(self, now: int) -> list[str]:
         """First boot after the factory: install what ``fieldpass-hq provision`` left in
         ``state_dir/incoming/`` (call with the lock held). The same checks as
@@ -336,14 +684,14 @@ class Device:
         if refused. Does nothing when the device already holds a machine file."""
         incoming = os.path.join(self.cfg.state_dir, INCOMING)
         mf = os.path.join(incoming, "machine.file")
-        if not os.path.exists(mf) or os.path.exists(self.cfg.machine_file):
+        if not os.path.lexists(mf) or os.path.lexists(self.cfg.machine_file):
             return []
         try:
             data = fsio.read_bytes(mf, MAX_MACHINE_FILE_BYTES) or b""
             raw_key = fsio.read_bytes(os.path.join(incoming, "license.key"), 256) or b""
             key = license_key.normalize(raw_key.decode("ascii", "replace"))
             claims, _ = self.install(data, key, now)
-        except (InstallRefused, ValueError, OSError) as e:
+        except (InstallRefused, ValueError, OSError, StateError) as e:
             return [f"provisioned machine file in {incoming} not installed: {e}"]
         for name in ("machine.file", "license.key"):
             try:
@@ -352,45 +700,61 @@ class Device:
                 pass
         return [f"installed the provisioned machine file (serial {claims.serial})"]
 
+    # -- answers from HQ ------------------------------------------------------------------
+
+    def _usable_state(self, action: str) -> tuple[State, Loaded]:
+        """The trusted state for recording an answer, or InstallRefused saying why not."""
+        try:
+            loaded = self.load()
+        except StateError as e:
+            raise InstallRefused(INVALID, e.reason, f"cannot {action}: {e}") from None
+        if loaded.error is not None:
+            raise InstallRefused(
+                INVALID,
+                loaded.error.reason,
+                f"cannot {action}: {loaded.error}; {RECOVER_HINT}",
+            )
+        if loaded.state is None or not loaded.state.activation_id:
+            raise InstallRefused(NOT_ACTIVATED, "not_activated", "this device is not activated")
+        return loaded.state, loaded
+
     def apply_revocation(self, data: bytes) -> str:
         """Verify a revocation HQ signed for this device's activation and record it (call
         with the writer lock held). Returns "recorded" or "stale" (HQ issued a newer
-        machine file after it). Raises WireError, StateError or InstallRefused."""
+        machine file, or lifted a revocation, after it). Raises WireError or
+        InstallRefused (the state is refused or there is none: nothing is recorded)."""
         from .wire.revocation import verify_revocation
 
         if armor.is_armored(data):
             data = armor.unarmor(data, armor.REVOCATION)
-        st = self.load_state()
-        if st is None or not st.activation_id:
-            raise InstallRefused(NOT_ACTIVATED, "not_activated", "this device is not activated")
+        st, loaded = self._usable_state("record a revocation")
         rev = verify_revocation(data, self.keyring(), st.activation_id)
-        if rev.issued_at < st.issued_at:
+        if verdict.is_stale_revocation(st, rev.issued_at):
             return "stale"
-        self.save_state(st.replace(revoked=rev.reason, revoked_at=rev.issued_at))
+        if st.revoked == rev.reason and st.revoked_at >= rev.issued_at:
+            return "recorded"
+        self.save_state(
+            st.replace(revoked=rev.reason, revoked_at=max(st.revoked_at, rev.issued_at)),
+            loaded,
+            bump=True,
+        )
         return "recorded"
 
-    def record_hq_status(self, status: str, hq_time: int | None) -> None:
-        """Record an authoritative answer from HQ (call with the writer lock held).
-
-        "active" lifts a recorded revocation; "revoked", "suspended", "deactivated" record
-        one (the license's own end of term is in the machine file already). A verified
-        HQ time re-anchors the clock mark.
-        """
-        try:
-            st = self.load_state()
-        except StateError:
-            return  # damaged state: the gate refuses anyway; nothing trustworthy to amend
-        if st is None:
-            return
-        changes: dict[str, object] = {}
-        if hq_time is not None:
-            changes["hwm"] = hq_time
-        if status == "active":
-            changes.update(revoked="", revoked_at=0)
-        elif status in ("revoked", "suspended", "deactivated"):
-            changes.update(revoked=status, revoked_at=hq_time if hq_time is not None else st.hwm)
-        if changes:
-            self.save_state(st.replace(**changes))
+    def record_hq_status(self, signed: "SignedStatus") -> None:
+        """Record HQ's signed status, verified against the nonce just sent (call with the
+        writer lock held): it re-anchors the clock mark (up or down: it is HQ's time
+        now); "active" lifts a recorded revocation, "revoked", "suspended",
+        "deactivated" record one. Raises InstallRefused when the state is refused."""
+        st, loaded = self._usable_state("record HQ's answer")
+        changed = st.replace(hwm=signed.t)
+        if signed.status == "active":
+            if st.revoked:
+                changed = verdict.lift(changed, signed.t)
+        elif signed.status in ("revoked", "suspended", "deactivated"):
+            changed = changed.replace(revoked=signed.status, revoked_at=signed.t)
+        bump = changed.revoked != st.revoked or signed.t < st.hwm
+        if changed != st:
+            self.save_state(changed, loaded, bump=bump)
 
     def remove(self) -> None:
         """Forget the local activation (after HQ freed the seat)."""
@@ -400,3 +764,24 @@ class Device:
             except FileNotFoundError:
                 pass
         fsio.fsync_dir(self.cfg.state_dir)
+
+
+def _lost(detail: str) -> StateError:
+    return StateError(LOST, detail)
+
+
+def _unrecorded_boots(st: State, reading: "Reading | None") -> int:
+    if reading is None or reading.unrecorded is None or st.unrecorded_mark is None:
+        return 0
+    return max(0, reading.unrecorded - st.unrecorded_mark)
+
+
+def _resume_usage(st: State, claims: Claims) -> State:
+    """A state rebuilt from HQ's answer resumes usage from what HQ last accepted."""
+    binding = claims.binding
+    if binding is None:
+        return st
+    usage = {name: max(value, st.usage.get(name, 0)) for name, value in binding.usage.items()}
+    return st.replace(
+        usage={**st.usage, **usage}, report_seq=max(st.report_seq, binding.report_seq)
+    )

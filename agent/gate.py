@@ -89,7 +89,7 @@ def _ask_hq(device: Device) -> list[str]:
     from . import online, sync
 
     try:
-        return sync.validate(device, online.hqs(device.cfg))
+        return sync.validate(device, online.hqs(device.cfg), int(time.time()))
     except online.Unreachable as e:
         return [f"{e}: offline verdict"]
     except online.OnlineError as e:

@@ -173,6 +173,17 @@ def _order(cfg: Config) -> tuple[str, ...]:
     return cfg.identity_sources
 
 
+def candidates(cfg: Config) -> list[Identity]:
+    """Every source that gives an id on this device, in order (to explain a refusal:
+    "activated with another source"); never used to choose the identity."""
+    found = []
+    for source, reader in _READERS:
+        raw = reader(cfg)
+        if raw:
+            found.append(Identity(raw, source))
+    return found
+
+
 def read_identity(cfg: Config) -> Identity:
     """The first usable source in the configured order, or IdentityError (exit 78)."""
     notes: list[str] = []

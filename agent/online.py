@@ -9,7 +9,8 @@ file named in the config. Failures are typed by who must act:
 - ``Refused``: an authoritative answer from HQ (revoked, suspended, not found, seat
   limit, ...) with HQ's stable error code.
 
-The license key travels only in request bodies over the connection to HQ; it is never
+The license key travels only in the activation request's body, over the connection to
+HQ; every later request is signed with the device key instead (sync.py). It is never
 logged, printed or put in a URL.
 """
 
@@ -18,6 +19,7 @@ import json
 import os
 import ssl
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from . import __version__
@@ -92,6 +94,15 @@ class Hq:
             reason = getattr(e, "reason", e)
             raise Unreachable(f"HQ at {self.server} is unreachable ({reason})") from None
 
+    def challenge(self) -> str:
+        """A fresh server challenge: the nonce a signed device request is made over, so
+        that a recorded request cannot be replayed later (``POST /v1/challenge``)."""
+        doc = self.post("/v1/challenge", {})
+        challenge = doc.get("challenge")
+        if not isinstance(challenge, str) or not 0 < len(challenge) <= 128:
+            raise Unreachable("HQ's answer holds no challenge")
+        return challenge
+
     def machine_file(self, path: str, body: dict[str, object]) -> tuple[bytes, dict[str, object]]:
         """POST and return the machine file HQ answered with (armored in the JSON)."""
         from .wire import armor
@@ -121,6 +132,12 @@ def _json(raw: bytes, strict: bool = True) -> dict[str, object]:
             raise Unreachable("HQ's answer is not a JSON object")
         return {}
     return doc
+
+
+def is_loopback(url: str) -> bool:
+    """The URL names this machine (127.0.0.0/8, ::1, localhost)."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def new_nonce() -> str:

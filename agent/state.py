@@ -1,30 +1,40 @@
 """The device's persistent trust state, authenticated and stored twice (A/B).
 
 What it holds: a boot counter that grows on every check; the high-water mark of trusted
-time (never below the newest issued-at seen); the newest machine file accepted
-(activation id, serial, issued-at) for anti-downgrade; a revocation recorded from an
-authoritative HQ answer; the last verdict (to run on-verdict hooks on a change); and,
-with a TPM, the NV counter value the state is bound to.
+time (it rises with every accepted clock and machine file, and only an HQ time bound to
+a fresh device nonce lowers it); the newest machine file accepted (activation id,
+serial, issued-at) for anti-downgrade; a revocation recorded from an authoritative HQ
+answer and the signed time of the last lift (older revocations are ignored); the last
+verdict (to run on-verdict hooks on a change); with a TPM, the NV counter values the
+state is bound to; the identity source that gave the fingerprint; usage counters.
 
 On disk each slot (``state.a``, ``state.b``) is canonical CBOR
-``{"v": 1, "body": CBOR(record), "mac": HMAC-SHA256(state_key, CONTEXT || body)}``
-where ``state_key`` is derived from the raw hardware id (identity.py): a state edited
-by hand, or copied from another device, does not authenticate. The MAC is checked over
-the stored body bytes before the body is decoded. Each write goes to the slot the
-newest state is not in, with a generation number one higher, through
-``fsio.atomic_write``; a reader takes the valid slot with the highest generation.
+``{"v": 2, "body": CBOR(record), "mac": HMAC-SHA256(state_key, CONTEXT || body)}``.
+``state_key`` (derived in device.py) rests on secrets that neither the image nor a
+hardware id reveals: the device key's seed, and with ``[tpm]`` a secret held in the TPM.
+The MAC is checked over the stored body bytes before they are
+decoded. Each write goes to the slot the newest state is not in, with a generation one
+higher, through ``fsio.atomic_write``; a reader takes the valid slot with the highest
+generation.
+
+Version 1 slots (agents up to 0.1.0: MAC keyed by the hardware id alone) are read only
+while no version-2 slot exists, and only to migrate: the first save writes version 2
+and removes them, so a v1 slot can never shadow or replace a v2 state.
 """
 
 import os
 
 from . import fsio
-from .wire import cbor, sodium
+from .wire import cbor, fields, sodium
 from .wire.errors import FormatError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+LEGACY_VERSION = 1
 SLOTS = ("state.a", "state.b")
-MAC_CONTEXT = b"fieldpass/state/v1\0"
+MAC_CONTEXT = b"fieldpass/state/v2\0"
+LEGACY_MAC_CONTEXT = b"fieldpass/state/v1\0"
 MAX_STATE_BYTES = 4096
+MAX_USAGE_COUNTERS = 64
 
 
 class StateError(Exception):
@@ -35,10 +45,12 @@ class StateError(Exception):
         self.reason = reason
 
 
-class State:
-    """One authenticated state record. Immutable by convention: use ``replace``."""
-
-    FIELDS = (
+_UINTS = ("gen", "boot", "serial", "report_seq")
+_TIMES = ("hwm", "issued_at", "revoked_at", "lifted_at", "returned_at", "usage_at")
+_TEXTS = ("activation_id", "revoked", "last_verdict", "id_source")
+_OPTIONAL_UINTS = ("tpm", "unrecorded_mark")
+LEGACY_FIELDS = frozenset(
+    {
         "gen",
         "boot",
         "hwm",
@@ -49,8 +61,18 @@ class State:
         "revoked_at",
         "last_verdict",
         "tpm",
-    )
-    __slots__ = FIELDS
+    }
+)
+
+
+class State:
+    """One authenticated state record. Immutable by convention: use ``replace``.
+
+    ``legacy`` (not stored) marks a record read from a version-1 slot.
+    """
+
+    FIELDS = (*_UINTS, *_TIMES, *_TEXTS, *_OPTIONAL_UINTS, "usage")
+    __slots__ = (*FIELDS, "legacy")
 
     def __init__(
         self,
@@ -63,8 +85,16 @@ class State:
         issued_at: int = 0,
         revoked: str = "",
         revoked_at: int = 0,
+        lifted_at: int = 0,
         last_verdict: str = "",
         tpm: int | None = None,
+        unrecorded_mark: int | None = None,
+        id_source: str = "",
+        returned_at: int = 0,
+        usage: dict[str, int] | None = None,
+        usage_at: int = 0,
+        report_seq: int = 0,
+        legacy: bool = False,
     ) -> None:
         self.gen = gen
         self.boot = boot
@@ -74,28 +104,46 @@ class State:
         self.issued_at = issued_at
         self.revoked = revoked
         self.revoked_at = revoked_at
+        self.lifted_at = lifted_at
         self.last_verdict = last_verdict
         self.tpm = tpm
+        self.unrecorded_mark = unrecorded_mark
+        self.id_source = id_source
+        self.returned_at = returned_at
+        self.usage = dict(usage or {})
+        self.usage_at = usage_at
+        self.report_seq = report_seq
+        self.legacy = legacy
 
     def to_dict(self) -> dict[str, object]:
-        return {name: getattr(self, name) for name in self.FIELDS}
+        doc = {name: getattr(self, name) for name in self.FIELDS}
+        doc["usage"] = dict(self.usage)
+        return doc
 
     @classmethod
     def from_dict(cls, d: object) -> "State":
         if not isinstance(d, dict) or set(d) != set(cls.FIELDS):
             raise FormatError("state record has missing or unknown fields")
-        for name in ("gen", "boot", "hwm", "serial", "issued_at", "revoked_at"):
-            if type(d[name]) is not int or d[name] < 0:
-                raise FormatError(f"state field {name} is not a non-negative integer")
-        for name in ("activation_id", "revoked", "last_verdict"):
-            if type(d[name]) is not str:
-                raise FormatError(f"state field {name} is not text")
-        if d["tpm"] is not None and type(d["tpm"]) is not int:
-            raise FormatError("state field tpm is not an integer")
+        _check_common(d, _UINTS, _TIMES, _TEXTS)
+        usage = d["usage"]
+        if not isinstance(usage, dict) or len(usage) > MAX_USAGE_COUNTERS:
+            raise FormatError("state field usage is not a map of counters")
+        for key, value in usage.items():
+            fields.name(key, "a usage counter")
+            fields.uint(value, "a usage counter")
         return cls(**d)
+
+    @classmethod
+    def from_legacy_dict(cls, d: object) -> "State":
+        """A version-1 record (agents up to 0.1.0), for migration."""
+        if not isinstance(d, dict) or set(d) != LEGACY_FIELDS:
+            raise FormatError("state record has missing or unknown fields")
+        _check_common(d, ("gen", "boot", "serial"), ("hwm", "issued_at", "revoked_at"), _TEXTS[:3])
+        return cls(**d, legacy=True)
 
     def replace(self, **changes: object) -> "State":
         values = self.to_dict()
+        values["legacy"] = self.legacy
         values.update(changes)
         return State(**values)  # type: ignore[arg-type]
 
@@ -108,86 +156,190 @@ class State:
     __hash__ = None  # type: ignore[assignment]
 
 
+def _check_common(
+    d: dict[str, object], uints: tuple[str, ...], times: tuple[str, ...], texts: tuple[str, ...]
+) -> None:
+    for name in uints:
+        fields.uint(d[name], f"state field {name}")
+    for name in times:
+        fields.time_s(d[name], f"state field {name}")
+    for name in texts:
+        fields.text(d[name], f"state field {name}", empty=True)
+    for name in _OPTIONAL_UINTS:
+        if name in d and d[name] is not None:
+            fields.uint(d[name], f"state field {name}")
+
+
 def seal(state: State, key: bytes) -> bytes:
     body = cbor.dumps(state.to_dict())
     mac = sodium.hmac_sha256(key, MAC_CONTEXT + body)
     return cbor.dumps({"v": FORMAT_VERSION, "body": body, "mac": mac})
 
 
-def unseal(data: bytes, key: bytes) -> State:
-    """Authenticate then decode one slot; StateError says why it cannot be used."""
+def seal_legacy(state: State, key: bytes) -> bytes:
+    """A version-1 slot as agents up to 0.1.0 wrote it (tests of the migration)."""
+    record = {name: getattr(state, name) for name in sorted(LEGACY_FIELDS)}
+    body = cbor.dumps(record)
+    mac = sodium.hmac_sha256(key, LEGACY_MAC_CONTEXT + body)
+    return cbor.dumps({"v": LEGACY_VERSION, "body": body, "mac": mac})
+
+
+class Slot:
+    """What one slot file holds, before authentication."""
+
+    __slots__ = ("body", "mac", "version")
+
+    def __init__(self, version: int, body: bytes, mac: bytes) -> None:
+        self.version = version
+        self.body = body
+        self.mac = mac
+
+
+def parse_slot(data: bytes) -> Slot:
     try:
         outer = cbor.loads(data, max_size=MAX_STATE_BYTES, max_depth=1)
-    except FormatError as e:
-        raise StateError("state_corrupt", f"state file is corrupt ({e})") from None
+    except FormatError:
+        raise StateError("state_corrupt", "the device state is damaged") from None
     if not isinstance(outer, dict) or "v" not in outer:
-        raise StateError("state_corrupt", "state file is corrupt (not a state record)")
+        raise StateError("state_corrupt", "the device state is damaged (not a state record)")
     version = outer["v"]
     if type(version) is int and version > FORMAT_VERSION:
         raise StateError(
             "state_future",
-            f"state was written by a newer Fieldpass (format {version}); "
-            "install that agent again or re-activate",
+            f"the device state was written by a newer Fieldpass (format {version}); "
+            "install that agent again",
         )
-    if version != FORMAT_VERSION or set(outer) != {"v", "body", "mac"}:
-        raise StateError("state_corrupt", "state file is corrupt (unknown layout)")
+    known = fields.is_version(version, FORMAT_VERSION) or fields.is_version(version, LEGACY_VERSION)
+    if not known or set(outer) != {"v", "body", "mac"}:
+        raise StateError("state_corrupt", "the device state is damaged (unknown layout)")
     body, mac = outer["body"], outer["mac"]
     if type(body) is not bytes or type(mac) is not bytes:
-        raise StateError("state_corrupt", "state file is corrupt (bad field types)")
-    if not sodium.constant_time_equal(sodium.hmac_sha256(key, MAC_CONTEXT + body), mac):
+        raise StateError("state_corrupt", "the device state is damaged (bad field types)")
+    return Slot(int(str(version)), body, mac)
+
+
+def unseal(data: bytes, key: bytes | None, legacy_key: bytes | None = None) -> State:
+    """Authenticate then decode one slot; StateError says why it cannot be used.
+
+    ``key`` None means the device cannot derive its state key (the device key or the
+    TPM secret is gone): a version-2 slot then cannot be trusted.
+    """
+    slot = parse_slot(data)
+    if slot.version == LEGACY_VERSION:
+        if legacy_key is None:
+            raise StateError(
+                "state_foreign",
+                "the device state is in the format of agents up to 0.1.0 on a device a later "
+                "agent already ran on: it was planted",
+            )
+        key, context = legacy_key, LEGACY_MAC_CONTEXT
+    else:
+        context = MAC_CONTEXT
+    if key is None:
         raise StateError(
-            "state_foreign", "state does not authenticate: it was edited or is from another device"
+            "state_key_missing",
+            "the device state cannot be authenticated: the secret it is sealed with is gone",
+        )
+    if not sodium.constant_time_equal(sodium.hmac_sha256(key, context + slot.body), slot.mac):
+        raise StateError(
+            "state_foreign", "the device state does not authenticate: it was edited or copied"
         )
     try:
-        return State.from_dict(cbor.loads(body, max_size=MAX_STATE_BYTES, max_depth=1))
-    except FormatError as e:
-        raise StateError("state_corrupt", f"state record is invalid ({e})") from None
+        record = cbor.loads(slot.body, max_size=MAX_STATE_BYTES, max_depth=2)
+        if slot.version == LEGACY_VERSION:
+            return State.from_legacy_dict(record)
+        return State.from_dict(record)
+    except FormatError:
+        raise StateError("state_corrupt", "the device state record is invalid") from None
 
 
-_SEVERITY = {"state_corrupt": 1, "state_foreign": 2, "state_future": 3}
+_SEVERITY = {
+    "state_unreadable": 1,
+    "state_corrupt": 1,
+    "state_key_missing": 2,
+    "state_foreign": 3,
+    "state_future": 4,
+}
 
 
-def load(state_dir: str, key: bytes) -> State | None:
-    """The newest valid state; None when no slot exists at all (a fresh device).
+class Slots:
+    """What the state directory holds: the newest valid state (or the most telling
+    error), and whether any slot file exists at all."""
 
-    One bad slot beside a good one is the normal trace of an interrupted write or a
-    failing sector, and the good one is used. Slots that exist but none valid raise the
-    most telling StateError: never a silent reset.
-    """
-    best: State | None = None
+    __slots__ = ("error", "present", "state")
+
+    def __init__(self, state: State | None, error: StateError | None, present: bool) -> None:
+        self.state = state
+        self.error = error
+        self.present = present
+
+
+def read(state_dir: str, key: bytes | None, legacy_key: bytes | None) -> Slots:
+    """Read both slots. One bad slot beside a good one is the normal trace of an
+    interrupted write or a failing sector, and the good one is used. Version-1 slots
+    count only while no version-2 slot exists (migration)."""
+    found: list[tuple[str, bytes]] = []
     worst: StateError | None = None
     for name in SLOTS:
         try:
             data = fsio.read_bytes(os.path.join(state_dir, name), MAX_STATE_BYTES)
         except fsio.StorageError as e:
-            error = StateError("state_corrupt", f"state slot {name} unreadable ({e.strerror})")
-            worst = error if worst is None else worst
+            worst = _worse(worst, StateError("state_unreadable", f"state slot {name}: {e}"))
             continue
-        if data is None:
-            continue
+        if data is not None:
+            found.append((name, data))
+    if not found and worst is None:
+        return Slots(None, None, False)
+    versions = {}
+    for name, data in found:
         try:
-            state = unseal(data, key)
+            versions[name] = parse_slot(data).version
+        except StateError:
+            versions[name] = FORMAT_VERSION
+    any_v2 = any(v == FORMAT_VERSION for v in versions.values())
+    best: State | None = None
+    for name, data in found:
+        if any_v2 and versions[name] == LEGACY_VERSION:
+            continue  # a v1 slot left beside a v2 one is never read
+        try:
+            state = unseal(data, key, legacy_key)
         except StateError as e:
-            if worst is None or _SEVERITY[e.reason] > _SEVERITY[worst.reason]:
-                worst = e
+            worst = _worse(worst, e)
             continue
         if best is None or state.gen > best.gen:
             best = state
-    if best is None and worst is not None:
-        raise worst
-    return best
+    return Slots(best, None if best is not None else worst, True)
+
+
+def _worse(a: StateError | None, b: StateError) -> StateError:
+    if a is None or _SEVERITY.get(b.reason, 0) > _SEVERITY.get(a.reason, 0):
+        return b
+    return a
+
+
+def load(state_dir: str, key: bytes | None, legacy_key: bytes | None = None) -> State | None:
+    """The newest valid state; None when no slot exists at all; StateError when slots
+    exist but none is valid (never a silent reset)."""
+    slots = read(state_dir, key, legacy_key)
+    if slots.error is not None:
+        raise slots.error
+    return slots.state
 
 
 def save(state_dir: str, key: bytes, state: State) -> State:
-    """Write ``state`` with the next generation into the other slot; return it."""
-    new = state.replace(gen=state.gen + 1)
+    """Write ``state`` with the next generation into the other slot; return it. A state
+    migrated from version 1 is written to both slots, so no v1 slot remains."""
+    new = state.replace(gen=state.gen + 1, legacy=False)
     fsio.atomic_write(os.path.join(state_dir, SLOTS[new.gen % 2]), seal(new, key), 0o600)
+    if state.legacy:
+        new = new.replace(gen=new.gen + 1)
+        fsio.atomic_write(os.path.join(state_dir, SLOTS[new.gen % 2]), seal(new, key), 0o600)
     return new
 
 
 def discard(state_dir: str) -> None:
-    """Remove both slots (before a state is rebuilt from a newer machine file), so that
-    no refused slot with a higher generation can shadow the rebuilt one."""
+    """Remove both slots (before a state is rebuilt from an answer bound to this device),
+    so that no refused slot with a higher generation can shadow the rebuilt one."""
     for name in SLOTS:
         try:
             os.unlink(os.path.join(state_dir, name))

@@ -1,18 +1,26 @@
 """Talking to HQ online: activation, renewal, validation, deactivation.
 
-Each function takes the device and an ``online.Hq``, holds the writer lock while it
-changes anything, and stores only what passed the same checks as ``fieldpass install``.
-Validation records HQ's authoritative answers (revoked, suspended, deactivated) in the
-authenticated state, so that the gate gives 32 from then on even offline, until HQ says
-otherwise; and HQ's signed time re-anchors the clock's high-water mark.
+Each function takes the device and the servers to ask (``online.Hq``), holds the writer
+lock while it changes anything, and stores only what passed the same checks as
+``fieldpass install``. After activation the device never sends its license key again:
+every request is a device message signed with the device's own key over the server's
+challenge (asks.py). Validation records HQ's authoritative answers (revoked, suspended,
+deactivated) in the authenticated state, so that the gate gives 32 from then on even
+offline, until HQ says otherwise; HQ's signed time re-anchors the clock mark. Every
+answer that can lower the mark or rebuild a lost state is bound to a nonce this process
+chose for this request.
 """
 
+import base64
 from collections.abc import Callable
 from typing import TypeVar
 
-from .device import Device
+from . import asks
+from .device import Device, InstallRefused
 from .online import Hq, OnlineError, Refused, Unreachable, new_nonce
+from .state import StateError
 from .wire.errors import WireError
+from .wire.license_key import license_id
 from .wire.machine_file import Claims
 from .wire.signed_time import verify_time
 
@@ -36,62 +44,81 @@ def first_answer(servers: list[Hq], ask: Callable[[Hq], T]) -> T:
     raise error
 
 
-def _key(device: Device) -> str:
-    key = device.stored_license_key()
-    if key is None:
-        raise Refused("not_activated", "this device is not activated: run fieldpass activate", 0)
-    return key
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
 
 
-def activate(device: Device, servers: list[Hq], license_key: str, now: int) -> tuple[Claims, str]:
-    body: dict[str, object] = {
-        "license_key": license_key,
-        "fingerprint": device.identity.fingerprint,
-    }
+def activate(device: Device, servers: list[Hq], key: str, now: int) -> tuple[Claims, str]:
+    """Take a seat with the license key (the one request that carries it) and install the
+    file, bound to this request's nonce and the TPM counter."""
+    nonce = new_nonce()
+    with device.writer_lock():
+        signed = asks.activate(device, license_id(key), now, nonce=nonce)
+    body: dict[str, object] = {"license_key": key, "request": _b64(signed)}
     data, _ = first_answer(servers, lambda hq: hq.machine_file("/v1/activate", body))
     with device.writer_lock():
-        return device.install(data, license_key, now)
+        return device.install(data, key, now, nonce=nonce)
+
+
+def renewal(
+    device: Device, hq: Hq, now: int, *, due: bool, ttl_s: int | None = None
+) -> tuple[bytes, dict[str, object], str]:
+    """Ask one server for a fresh machine file: (file, answer, nonce)."""
+    nonce = new_nonce()
+    challenge = hq.challenge()
+    with device.writer_lock():
+        signed = asks.renew(device, now, challenge=challenge, due=due, ttl_s=ttl_s, nonce=nonce)
+    data, doc = hq.machine_file("/v1/machine-file", {"request": _b64(signed)})
+    return data, doc, nonce
 
 
 def refresh(
     device: Device, servers: list[Hq], now: int, ttl_s: int | None = None
-) -> tuple[Claims, str]:
-    body: dict[str, object] = {
-        "license_key": _key(device),
-        "fingerprint": device.identity.fingerprint,
-    }
-    if ttl_s is not None:
-        body["ttl_s"] = ttl_s
-    data, _ = first_answer(servers, lambda hq: hq.machine_file("/v1/machine-file", body))
+) -> tuple[Claims, str, dict[str, object]]:
+    """Renew now (no seat). Also the way back from lost state: the answer is bound to
+    this request's nonce (and the TPM counter), which rebuilds the state."""
+    data, doc, nonce = first_answer(
+        servers, lambda hq: renewal(device, hq, now, due=True, ttl_s=ttl_s)
+    )
     with device.writer_lock():
-        return device.install(data, None, now)
+        claims, result = device.install(data, None, now, nonce=nonce)
+    return claims, result, doc
 
 
-def deactivate(device: Device, servers: list[Hq]) -> None:
-    body: dict[str, object] = {
-        "license_key": _key(device),
-        "fingerprint": device.identity.fingerprint,
-    }
-    first_answer(servers, lambda hq: hq.post("/v1/deactivate", body))
+def deactivate(device: Device, servers: list[Hq], now: int) -> None:
+    def ask(hq: Hq) -> dict[str, object]:
+        challenge = hq.challenge()
+        with device.writer_lock():
+            signed = asks.deactivate(device, now, challenge=challenge)
+        return hq.post("/v1/deactivate", {"request": _b64(signed)})
+
+    first_answer(servers, ask)
     with device.writer_lock():
         device.remove()
 
 
-def validate(device: Device, servers: list[Hq]) -> list[str]:
-    """Ask HQ about this license; record what it said. Returns notes for the report.
+def validate(device: Device, servers: list[Hq], now: int) -> list[str]:
+    """Ask HQ about this activation; record what it said. Returns notes for the report.
 
     Raises ``Unreachable`` when HQ cannot be asked (the caller falls back offline).
     """
-    key = device.stored_license_key()
-    if key is None:
+    standing = asks.Standing(device)
+    if not standing.activation_id or standing.claims is None:
         return []
+    if standing.lost:
+        return ["the device state is lost: only `fieldpass refresh` can restore it"]
     nonce = new_nonce()
-    fingerprint = device.identity.fingerprint
-    body: dict[str, object] = {"license_key": key, "fingerprint": fingerprint, "nonce": nonce}
+
+    def ask(hq: Hq) -> dict[str, object]:
+        challenge = hq.challenge()
+        with device.writer_lock():
+            signed = asks.validate(device, now, challenge=challenge, nonce=nonce)
+        return hq.post("/v1/validate", {"request": _b64(signed)})
+
     try:
-        doc = first_answer(servers, lambda hq: hq.post("/v1/validate", body))
+        doc = first_answer(servers, ask)
     except Refused as e:
-        # An unsigned refusal (unknown license, bad request) changes nothing stored:
+        # An unsigned refusal (unknown activation, bad request) changes nothing stored:
         # anyone between the device and HQ could forge one.
         return [f"HQ refused validation: {e} ({e.code}): offline verdict"]
     carried = doc.get("revocation")
@@ -99,20 +126,27 @@ def validate(device: Device, servers: list[Hq]) -> list[str]:
         try:
             with device.writer_lock():
                 result = device.apply_revocation(carried.encode("ascii", "replace"))
-        except WireError:
+        except (WireError, InstallRefused, StateError):
             raise Unreachable("the revocation offered does not verify: ignored") from None
         return [f"HQ's signed revocation for this device was {result}"]
     token = doc.get("signed_time")
-    if not isinstance(token, str):
+    if not isinstance(token, str) or len(token) > 2048:
         raise Unreachable("HQ's answer carries no signed status: answer ignored")
-    import base64
-
     try:
-        hq_time, status = verify_time(
-            base64.b64decode(token, validate=True), device.keyring(), fingerprint, nonce
+        signed_status = verify_time(
+            base64.b64decode(token, validate=True),
+            device.keyring(),
+            device.identity.fingerprint,
+            nonce,
+            license_id=standing.claims.license_id,
+            activation_id=standing.activation_id,
         )
     except (WireError, ValueError):
         raise Unreachable("HQ's signed status does not verify: answer ignored") from None
-    with device.writer_lock():
-        device.record_hq_status(status, hq_time)
+    try:
+        with device.writer_lock():
+            device.record_hq_status(signed_status)
+    except InstallRefused as e:
+        return [f"HQ's answer not recorded: {e}"]
+    status = signed_status.status
     return [] if status == "active" else [f"HQ says this license is {status}"]

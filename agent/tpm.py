@@ -1,35 +1,43 @@
-"""Optional TPM 2.0 NV counter backend: binds the device state to a hardware counter.
+"""The TPM 2.0 anchor of the device state (``[tpm] enabled``): three NV indices that a
+copy of the data partition cannot carry and a restore cannot wind back.
 
-A partition image can be copied and restored; a TPM NV counter cannot be wound back
-(TPM2_NV_Increment is the only way to change it, and a counter index that is deleted and
-defined again starts above the highest value any counter on that TPM ever had). The state
-carries the counter value it expects; docs/tpm.md describes the protocol:
+- ``nv_index`` (the *state counter*): an NV counter. Every boot and every security-relevant
+  save moves it one step; the state carries the value it expects. A counter index that
+  is deleted and defined again starts above every value any counter on this TPM had, so
+  a kept state (or a kept machine file bound to a counter value) can never match again.
+- ``nv_index + 1`` (the *unrecorded-boot counter*): moved on every boot whose check could
+  not be written to the data partition; the state records the value at its last save, so
+  the difference is the number of boots in a row that were not recorded.
+- ``nv_index + 2`` (the *secret*): 40 bytes, 32 random bytes that key the state's MAC
+  together with the device key, then the state counter's value when the indices were
+  provisioned (a counter above it shows the device has held a state).
 
-- save: write the state with ``tpm = counter + 1`` first, THEN increment the counter;
-- load: :func:`check_binding` classifies the pair.
-
-The TPM is driven through tpm2-tools (``tpm2_nvdefine``, ``tpm2_nvincrement``,
-``tpm2_nvread``, ``tpm2_nvreadpublic``), as meta-tpm ships them. Standard library only, and
-``subprocess`` is imported inside functions: this module may sit on the boot path.
-
-The counter index is defined in the owner hierarchy with ``authread|authwrite`` and an
-empty index auth value, so reading and incrementing need no secret on the device (the
-value is not secret, and incrementing it is harmless: it can only make a stale state
-look staler). ``no_da`` keeps those empty-auth uses out of dictionary-attack lockout.
-It is deliberately NOT ``orderly``: an orderly counter lives in RAM between flushes and
-would be at the mercy of the power cuts this project is built to survive.
+docs/tpm.md describes the protocol and what a root attacker on the running device can
+still do. Nothing here defines an index by itself: ``provision`` is called only by the
+explicit steps (``fieldpass tpm provision``, ``request``, ``activate``), never by the gate
+or by ``install``, so a counter that disappeared is lost state, not a fresh start.
+Standard library only; the TPM is spoken to in process (agent/tpm2.py).
 """
 
-import os
-
 # TPMA_NV bits (TPM 2.0 Part 2, table "TPMA_NV").
-_TPMA_NV_TPM_NT_MASK = 0x000000F0
-_TPM_NT_COUNTER = 0x1
-_TPMA_NV_WRITTEN = 0x20000000
+_OWNERWRITE = 0x00000002
+_AUTHWRITE = 0x00000004
+_NT_MASK = 0x000000F0
+_NT_COUNTER = 0x00000010
+_OWNERREAD = 0x00020000
+_AUTHREAD = 0x00040000
+_NO_DA = 0x02000000
+_WRITTEN = 0x20000000
 _NV_INDEX_FIRST = 0x01000000
 _NV_INDEX_LAST = 0x01FFFFFF
 
-COUNTER_ATTRIBUTES = "nt=counter|ownerwrite|ownerread|authwrite|authread|no_da"
+COUNTER_ATTRIBUTES = _OWNERWRITE | _AUTHWRITE | _NT_COUNTER | _OWNERREAD | _AUTHREAD | _NO_DA
+SECRET_ATTRIBUTES = _OWNERWRITE | _AUTHWRITE | _OWNERREAD | _AUTHREAD | _NO_DA
+# The same, as tpm2-tools spells them (docs, and tests that define indices with the tools).
+COUNTER_ATTRIBUTES_TEXT = "nt=counter|ownerwrite|ownerread|authwrite|authread|no_da"
+SECRET_BYTES = 32
+SECRET_SIZE = SECRET_BYTES + 8
+DEFAULT_TCTI = "device:/dev/tpmrm0"
 
 # Binding verdicts of check_binding().
 OK = "ok"
@@ -44,13 +52,13 @@ class TpmError(Exception):
 
 
 def check_binding(state_tpm: int | None, counter: int) -> str:
-    """Classify the state's TPM mark against the hardware counter (pure).
+    """Classify the state's TPM mark against the state counter (pure).
 
     ``ok``: state and counter agree. ``repair``: the state was written but the device
-    lost power before the increment (accept, then increment once). ``restored``: the
-    state is older than the counter (a restored image: tampering). ``inconsistent``:
-    the state is ahead of the counter by more than one step (TPM cleared or replaced,
-    or a forged mark: tampering). ``unbound``: the state carries no mark yet.
+    lost power before the increment (accept; the next save moves the counter). ``restored``:
+    the state is older than the counter (a restored image). ``inconsistent``: the state
+    is ahead of the counter by more than one step (TPM cleared or replaced, or a forged
+    mark). ``unbound``: the state carries no mark (written before the TPM was enabled).
     """
     if state_tpm is None:
         return UNBOUND
@@ -63,190 +71,170 @@ def check_binding(state_tpm: int | None, counter: int) -> str:
     return INCONSISTENT
 
 
-def parse_counter(raw: bytes) -> int:
-    """The value of an NV counter as ``tpm2_nvread`` prints it: 8 bytes, big-endian."""
-    if len(raw) != 8:
-        raise TpmError(f"NV counter read returned {len(raw)} bytes, expected 8")
-    return int.from_bytes(raw, "big")
-
-
-def parse_nv_list(text: str) -> dict[int, tuple[int, int]]:
-    """Index -> (attributes, size) from the YAML-like output of ``tpm2_nvreadpublic``."""
-    found: dict[int, tuple[int, int]] = {}
-    index: int | None = None
-    section = ""
-    attributes = -1
-    size = -1
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        depth = len(line) - len(line.lstrip(" "))
-        key, _, value = line.strip().partition(":")
-        value = value.strip()
-        if depth == 0:
-            if index is not None:
-                found[index] = (attributes, size)
-            try:
-                index = int(key, 16)
-            except ValueError:
-                index = None
-            attributes, size, section = -1, -1, ""
-        elif depth == 2:
-            section = key
-            if key == "size":
-                size = _int_or(value, -1)
-        elif depth == 4 and section == "attributes" and key == "value":
-            attributes = _int_or(value, -1)
-    if index is not None:
-        found[index] = (attributes, size)
-    return found
-
-
-def _int_or(text: str, default: int) -> int:
-    try:
-        return int(text, 0)
-    except ValueError:
-        return default
-
-
-def summarise_stderr(stderr: str) -> str:
-    """One short line from the tools' stderr: the tool's own last ``ERROR:`` line, plus
-    the low-level cause (``Connection refused``, ``No such file``...) when there is one."""
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    tool = [ln[len("ERROR:") :].strip() for ln in lines if ln.startswith("ERROR: ")]
-    message = tool[-1] if tool else (lines[-1] if lines else "no error output")
-    for ln in lines:
-        if "errno" in ln or ": No such file" in ln or "Permission denied" in ln:
-            cause = ln.rsplit("() ", 1)[-1].strip()
-            if cause and cause not in message:
-                message = f"{message} ({cause})"
-            break
-    message = " ".join(message.split())
-    return message if len(message) <= 300 else message[:297] + "..."
-
-
 def parse_nv_index(text: str) -> int:
-    """``"0x01500016"`` (the config's form) -> int, refusing anything outside the NV range."""
+    """``"0x01500016"`` (the config's form) -> int, refusing anything outside the NV range
+    (the anchor uses this index and the two after it)."""
     try:
         value = int(text.strip(), 16 if text.strip().lower().startswith("0x") else 10)
     except ValueError:
         raise TpmError(f"NV index {text!r} is not a number (expected e.g. 0x01500016)") from None
-    if not _NV_INDEX_FIRST <= value <= _NV_INDEX_LAST:
-        raise TpmError(f"NV index {text!r} is outside the NV range 0x01000000-0x01ffffff")
+    if not _NV_INDEX_FIRST <= value <= _NV_INDEX_LAST - 2:
+        raise TpmError(f"NV index {text!r} is outside the NV range 0x01000000-0x01fffffd")
     return value
 
 
-class NvCounter:
-    """A monotonic TPM 2.0 NV counter at ``nv_index``, reached through ``tcti``.
+class Reading:
+    """What the anchor holds now. ``counter`` and ``unrecorded`` are None when their
+    index is absent or was never written; ``secret`` is None when its index is absent."""
 
-    ``tcti`` is passed to every tool as ``--tcti`` (``"device:/dev/tpmrm0"`` on a device,
-    ``"swtpm:host=127.0.0.1,port=2321"`` against swtpm); empty leaves the tools' own
-    choice (``TPM2TOOLS_TCTI`` in the environment, else their default). Every tool run is
-    bounded by ``timeout_s``.
-    """
+    __slots__ = ("counter", "first", "secret", "unrecorded")
+
+    def __init__(
+        self,
+        counter: int | None,
+        unrecorded: int | None,
+        secret: bytes | None,
+        first: int | None,
+    ) -> None:
+        self.counter = counter
+        self.unrecorded = unrecorded
+        self.secret = secret
+        self.first = first
+
+    @property
+    def provisioned(self) -> bool:
+        return None not in (self.counter, self.unrecorded, self.secret)
+
+    @property
+    def held_state(self) -> bool:
+        """The state counter moved past its provisioning value: a state was saved."""
+        return self.counter is not None and self.first is not None and self.counter > self.first
+
+    def __repr__(self) -> str:  # never the secret
+        return f"Reading(counter={self.counter}, unrecorded={self.unrecorded})"
+
+
+class Anchor:
+    """The three NV indices at ``nv_index``. Each operation opens its own connection to
+    the TPM and closes it (0.1 ms): swtpm, and some resource managers, serve one client
+    at a time, and the daemon must never hold the TPM the gate needs at boot."""
 
     def __init__(self, nv_index: int, tcti: str = "", timeout_s: float = 10.0) -> None:
-        if not _NV_INDEX_FIRST <= nv_index <= _NV_INDEX_LAST:
-            raise TpmError(f"NV index {nv_index:#x} is outside the NV range 0x01000000-0x01ffffff")
-        if timeout_s <= 0:
-            raise TpmError("TPM timeout must be positive")
-        self.nv_index = nv_index
-        self.tcti = tcti
+        if not _NV_INDEX_FIRST <= nv_index <= _NV_INDEX_LAST - 2:
+            raise TpmError(f"NV index {nv_index:#x} is outside the NV range")
+        self.counter_index = nv_index
+        self.unrecorded_index = nv_index + 1
+        self.secret_index = nv_index + 2
+        self.tcti = tcti or DEFAULT_TCTI
         self.timeout_s = timeout_s
 
     def __repr__(self) -> str:
-        return f"NvCounter({self.nv_index:#010x}, tcti={self.tcti!r})"
+        return f"Anchor({self.counter_index:#010x}, tcti={self.tcti!r})"
 
-    @property
-    def index_arg(self) -> str:
-        return f"{self.nv_index:#010x}"
+    def _open(self) -> "Tpm":
+        from . import tpm2
 
-    def _run(self, tool: str, *args: str) -> bytes:
-        import subprocess
-
-        cmd = [tool]
-        if self.tcti:
-            cmd += ["--tcti", self.tcti]
-        cmd += list(args)
         try:
-            result = subprocess.run(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=self.timeout_s,
-                check=False,
-            )
-        except FileNotFoundError:
-            raise TpmError(f"{tool} not found: install tpm2-tools") from None
-        except subprocess.TimeoutExpired:
-            raise TpmError(
-                f"{tool} gave no answer within {self.timeout_s:g} s (TPM at {self._where()})"
-            ) from None
-        except OSError as exc:
-            raise TpmError(f"{tool} could not run: {exc.strerror or exc}") from None
-        if result.returncode != 0:
-            detail = summarise_stderr(result.stderr.decode("utf-8", "replace"))
-            status = (
-                f"killed by signal {-result.returncode}"
-                if result.returncode < 0
-                else f"exit {result.returncode}"
-            )
-            raise TpmError(f"{tool} failed ({status}, TPM at {self._where()}): {detail}")
-        return result.stdout
+            return tpm2.Tpm(self.tcti, self.timeout_s)
+        except tpm2.TpmError as e:
+            raise TpmError(str(e)) from None
 
-    def _where(self) -> str:
-        return self.tcti or os.environ.get("TPM2TOOLS_TCTI", "") or "the tools' default TCTI"
-
-    def public(self) -> tuple[int, int] | None:
-        """(attributes, size) of the index, or None when it is not defined.
-
-        Lists every NV index rather than asking for ours: tpm2_nvreadpublic on an absent
-        index fails (and some 5.x releases crash), which is not "absent" reliably.
-        """
-        out = self._run("tpm2_nvreadpublic").decode("utf-8", "replace")
-        return parse_nv_list(out).get(self.nv_index)
-
-    def exists(self) -> bool:
-        return self.public() is not None
-
-    def ensure(self) -> None:
-        """Define the counter if absent, and increment it once if never incremented.
-
-        An index that exists but is not an 8-byte counter is refused, never redefined:
-        it may belong to someone else on this TPM.
-        """
-        public = self.public()
+    def _counter(self, tpm: "Tpm", index: int) -> int | None:
+        public = tpm.nv_read_public(index)
         if public is None:
-            self._run(
-                "tpm2_nvdefine",
-                self.index_arg,
-                "--hierarchy=o",
-                "--size=8",
-                f"--attributes={COUNTER_ATTRIBUTES}",
-            )
-            public = self.public()
-            if public is None:
-                raise TpmError(f"NV index {self.index_arg} is still absent after definition")
+            return None
         attributes, size = public
-        if (attributes & _TPMA_NV_TPM_NT_MASK) >> 4 != _TPM_NT_COUNTER or size != 8:
+        if attributes & _NT_MASK != _NT_COUNTER or size != 8:
             raise TpmError(
-                f"NV index {self.index_arg} exists but is not an 8-byte counter "
-                f"(attributes {attributes:#x}, size {size}): choose another nv_index"
+                f"NV index {index:#010x} is not an 8-byte counter (attributes "
+                f"{attributes:#x}): it was replaced, or another application uses it"
             )
-        if not attributes & _TPMA_NV_WRITTEN:
-            self.bump()
+        if not attributes & _WRITTEN:
+            return None
+        return tpm.nv_read_counter(index)
 
-    def read(self) -> int:
-        """The counter's current value (the index must have been incremented once)."""
-        raw = self._run("tpm2_nvread", self.index_arg, f"--hierarchy={self.index_arg}", "--size=8")
-        return parse_counter(raw)
+    def _read(self, tpm: "Tpm") -> Reading:
+        from . import tpm2
+
+        counter = self._counter(tpm, self.counter_index)
+        unrecorded = self._counter(tpm, self.unrecorded_index)
+        try:
+            raw = tpm.nv_read(self.secret_index, SECRET_SIZE)
+        except (tpm2.NvMissing, tpm2.NvUninitialized):
+            return Reading(counter, unrecorded, None, None)
+        if len(raw) != SECRET_SIZE:
+            raise TpmError(f"NV index {self.secret_index:#010x} holds {len(raw)} bytes, not 40")
+        return Reading(counter, unrecorded, raw[:SECRET_BYTES], int.from_bytes(raw[32:], "big"))
+
+    def read(self) -> Reading:
+        """The two counters and the secret (two public areas and three reads)."""
+        from . import tpm2
+
+        tpm = self._open()
+        try:
+            return self._read(tpm)
+        except tpm2.TpmError as e:
+            raise TpmError(str(e)) from None
+        finally:
+            tpm.close()
+
+    def provision(self) -> Reading:
+        """Define what is missing (an explicit step, never the gate's). A secret is
+        written anew whenever the state counter had to be defined: states sealed before
+        can then never authenticate again, which is what a lost counter means."""
+        import os
+
+        from . import tpm2
+
+        tpm = self._open()
+        try:
+            before = self._read(tpm)
+            defined_counter = False
+            for index, value in (
+                (self.counter_index, before.counter),
+                (self.unrecorded_index, before.unrecorded),
+            ):
+                if value is not None:
+                    continue
+                if tpm.nv_read_public(index) is None:
+                    tpm.nv_define(index, 8, COUNTER_ATTRIBUTES)
+                tpm.nv_increment(index)
+                defined_counter = defined_counter or index == self.counter_index
+            if before.secret is None or defined_counter:
+                if tpm.nv_read_public(self.secret_index) is not None:
+                    tpm.nv_undefine(self.secret_index)
+                tpm.nv_define(self.secret_index, SECRET_SIZE, SECRET_ATTRIBUTES)
+                counter = self._counter(tpm, self.counter_index)
+                assert counter is not None
+                tpm.nv_write(
+                    self.secret_index, os.urandom(SECRET_BYTES) + counter.to_bytes(8, "big")
+                )
+            return self._read(tpm)
+        except tpm2.TpmError as e:
+            raise TpmError(str(e)) from None
+        finally:
+            tpm.close()
+
+    def _increment(self, index: int) -> None:
+        from . import tpm2
+
+        tpm = self._open()
+        try:
+            tpm.nv_increment(index)
+        except tpm2.TpmError as e:
+            raise TpmError(str(e)) from None
+        finally:
+            tpm.close()
 
     def bump(self) -> None:
-        """Increment without reading back: one tool run instead of two, for a caller that
-        already knows the new value (the save path: it read ``n`` and wrote ``n + 1``)."""
-        self._run("tpm2_nvincrement", self.index_arg, f"--hierarchy={self.index_arg}")
+        """Move the state counter one step (after the state carrying counter + 1 is on
+        the disk: a power cut in between leaves the state one ahead, which is repaired)."""
+        self._increment(self.counter_index)
 
-    def increment(self) -> int:
-        """Increment the counter by one and return the new value."""
-        self.bump()
-        return self.read()
+    def bump_unrecorded(self) -> None:
+        """Count a boot whose check could not be recorded."""
+        self._increment(self.unrecorded_index)
+
+
+if False:  # typing only
+    from .tpm2 import Tpm

@@ -88,7 +88,7 @@ def decide(
             claims=claims,
         )
     t = now
-    floor = max(state.hwm, claims.issued_at, claims.not_before)
+    floor = max(state.hwm, claims.issued_at)
     if now + tolerance_s < floor:
         if policy == "strict":
             behind = floor - now
@@ -99,6 +99,13 @@ def decide(
                 claims=claims,
             )
         t = floor  # the floor policy: time never runs backwards past the mark
+    if t + tolerance_s < claims.not_before:
+        return Verdict(
+            ROLLBACK,
+            f"Machine file is valid from {date(claims.not_before)}: check the clock",
+            reason="not_yet_valid",
+            claims=claims,
+        )
     return decide_at(claims, t)
 
 
@@ -163,22 +170,55 @@ def compare(claims: Claims, state: State | None) -> str:
     return NEWER if claims.issued_at > state.issued_at else OLDER
 
 
-def absorb(claims: Claims, state: State) -> State:
+def absorb(claims: Claims, state: State, *, bound: bool = False) -> State:
     """The state after accepting a newer machine file.
 
-    The file's issued-at is HQ's signed time: it re-anchors the high-water mark, even
-    downwards (a clock once set far ahead must not lock the device out forever). A
-    file HQ issued after a recorded revocation lifts it.
+    The file's issued-at is HQ's signed time: the high-water mark rises to it, never
+    falls. Only a file bound to a nonce this device just sent (``bound``) is HQ's word on
+    the time *now*, and may lower the mark (a clock once set far ahead must not lock the
+    device out forever). A file HQ issued after a recorded revocation lifts it, and the
+    lift's time is kept: revocations issued at or before it are ignored from then on.
     """
     changes: dict[str, object] = {
         "activation_id": claims.activation_id,
         "serial": claims.serial,
         "issued_at": claims.issued_at,
-        "hwm": claims.issued_at,
+        "hwm": claims.issued_at if bound else max(state.hwm, claims.issued_at),
     }
     if state.revoked and claims.issued_at > state.revoked_at:
-        changes.update(revoked="", revoked_at=0)
+        changes.update(revoked="", revoked_at=0, lifted_at=max(state.lifted_at, claims.issued_at))
     return state.replace(**changes)
+
+
+def lift(state: State, t: int) -> State:
+    """HQ said "active" at ``t`` (a signed status): lift a revocation, remember when."""
+    return state.replace(revoked="", revoked_at=0, lifted_at=max(state.lifted_at, t))
+
+
+def is_stale_revocation(state: State, issued_at: int) -> bool:
+    """A revocation issued before the newest machine file, or at or before the last
+    lift, says nothing new: HQ has spoken since."""
+    return issued_at < state.issued_at or issued_at <= state.lifted_at
+
+
+MAX_UNRECORDED_BOOTS = 5
+
+
+def degrade_unrecorded(result: Verdict, unrecorded_boots: int) -> Verdict:
+    """After MAX_UNRECORDED_BOOTS boots in a row whose check could not be recorded (a
+    read-only or full data partition freezes the clock mark), a valid license runs in
+    limited mode until a boot is recorded again."""
+    if result.name != VALID or unrecorded_boots < MAX_UNRECORDED_BOOTS:
+        return result
+    return Verdict(
+        GRACE,
+        f"{unrecorded_boots} boots in a row could not be recorded on the data partition: "
+        "limited mode until it is writable again",
+        reason="state_unrecorded",
+        warning="The data partition is read-only or full: free it or repair it",
+        claims=result.claims,
+        effective_now=result.effective_now,
+    )
 
 
 def advance(state: State, now: int, verdict: Verdict) -> State:

@@ -1,12 +1,21 @@
 """Fieldpass HQ: signing keys, plans, licenses, seats and activations; issues machine files.
 
-Layers, each with one job: ``store`` (all SQL, schema migrations, the locking mode),
-``service`` (the licensing rules: seats, status, TTLs, serials; takes ``now`` from its
-caller), ``keystore`` (private signing seeds on disk), and the two front ends that own
-the clock and the I/O: ``cli`` (``fieldpass-hq``) and ``server`` (the HTTP API).
+Laid out by concern, each in one place:
 
-The wire format is imported from ``agent.wire``, never reimplemented here. Nothing in
-this package may log or print a license key except the one command that creates it.
+- ``storage/``: the database behind one interface (``Store``, ``Tx``), the schema's
+  migrations, one module per engine (``sqlite`` today); all SQL is there;
+- ``services/``: the licensing rules, by what they manage (keys, licenses and plans,
+  issuing, sites, tokens, audit), composed by ``services.HQ``; they take ``now`` from
+  their caller;
+- ``cli/``: ``fieldpass-hq``, one module per command group; ``server/``: the HTTP API;
+  ``field/``: the technician's laptop; ``mqtt/``: the MQTT renewal channel;
+- ``documents`` (the JSON shapes of the CLI and the API), ``models``, ``errors``,
+  ``keystore`` (private signing seeds on disk), ``units``.
+
+Only the front ends (``cli``, ``server``, the laptop's server, the MQTT bridge) own the
+clock and the I/O. The wire format is imported from ``agent.wire``, never reimplemented
+here. Nothing in this package may log or print a license key except the one command
+that creates it.
 """
 
 __version__ = "0.1.0"

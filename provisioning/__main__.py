@@ -1,4 +1,4 @@
-"""``python -m provisioning`` is ``fieldpass-hq``."""
+"""``python -m provisioning`` is ``fieldpass-hq``: ``cli.main``, nothing of its own."""
 
 import sys
 

@@ -1,8 +1,9 @@
 """HQ's home directory and the private signing seeds kept in it.
 
-Layout: ``HOME/hq.sqlite3`` (the database) and ``HOME/keys/KID.seed`` (one Ed25519 seed
-per key, base64, mode 0600, in a 0700 directory). Seeds are read here and handed to
-``agent.wire.keys.SigningKey``; nothing here prints or logs them.
+Layout: ``HOME/keys/KID.seed`` (one Ed25519 seed per key, base64, mode 0600, in a 0700
+directory) beside the database (``HOME/hq.sqlite3`` by default: storage/sqlite.py). Seeds
+are read here and handed to ``agent.wire.keys.SigningKey``; nothing here prints or logs
+them.
 """
 
 import base64
@@ -14,7 +15,6 @@ from agent.wire.keys import SigningKey
 
 from .errors import ConfigError, StorageError
 
-DB_NAME = "hq.sqlite3"
 KEYS_DIR = "keys"
 
 
@@ -29,19 +29,15 @@ def default_home() -> Path:
     return base / "fieldpass-hq"
 
 
-def prepare_home(home: Path) -> Path:
-    """Create ``home`` and its key directory (0700) if needed; return the database path."""
+def prepare_home(home: Path) -> None:
+    """Create ``home`` and its key directory (0700) if needed."""
     try:
         home.mkdir(mode=0o700, parents=True, exist_ok=True)
         keys = home / KEYS_DIR
         keys.mkdir(mode=0o700, exist_ok=True)
         os.chmod(keys, 0o700)
-        db = home / DB_NAME
-        # The database holds license keys: readable by its owner only.
-        os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
     except OSError as e:
         raise ConfigError(f"cannot use HQ home {home}: {e.strerror}") from e
-    return db
 
 
 class KeyStore:

@@ -13,6 +13,7 @@ class KeyInfo:
     public_key: bytes
     created_at: int
     active: bool
+    retired_at: int | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,10 @@ class License:
 
 @dataclass(frozen=True)
 class Activation:
+    """A seat held by one device. ``device_key`` is the device's own Ed25519 public key
+    (None until the device registered one); ``claims_format`` the newest machine-file
+    claims version its agent reads (1 for agents up to 0.1.0)."""
+
     id: str
     license_id: str
     fingerprint: str
@@ -57,6 +62,11 @@ class Activation:
     last_issued_at: int
     last_expires_at: int
     deactivated_at: int | None
+    device_key: bytes | None = None
+    agent_version: str = ""
+    claims_format: int = 1
+    last_seen_at: int | None = None
+    last_channel: str | None = None
 
 
 @dataclass(frozen=True)
@@ -77,3 +87,22 @@ class Actor:
 
     who: str
     source: str
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """An admin token as HQ keeps it: its name and times, never the token (only its
+    hash is stored, and not returned)."""
+
+    name: str
+    created_at: int
+    expires_at: int | None
+    revoked_at: int | None
+
+    def status(self, now: int) -> str:
+        """active | expired | revoked."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and now >= self.expires_at:
+            return "expired"
+        return "active"

@@ -43,6 +43,10 @@ def test_clock_far_ahead_then_back_is_healed_only_by_hq_time(
     renewal = device.path.parent / "renewal.machine"
     renewal.write_bytes(signer.issue(device.fingerprint, serial=2))
     assert device.run("install", str(renewal)).returncode == 0
+    # A file alone (it could have been kept for years) never lowers the mark...
+    assert device.check().returncode == 40
+    # ...an answer HQ bound to this device's fresh request does.
+    assert signer.recover(device, serial=3).returncode == 0
     healed = device.check()
     assert healed.returncode == 0, healed.stdout
 
@@ -72,7 +76,7 @@ def test_state_copied_from_another_device_is_refused(make_device: "object", sign
     assert b.verdict()["reason"] == "state_foreign"
 
 
-def test_operator_way_out_a_file_from_hq_rebuilds_bad_state(
+def test_operator_way_out_only_hqs_bound_answer_rebuilds_bad_state(
     device: DeviceRoot, signer: Signer
 ) -> None:
     signer.provision(device, serial=1)
@@ -81,7 +85,11 @@ def test_operator_way_out_a_file_from_hq_rebuilds_bad_state(
     assert device.check().returncode == 31
     renewal = device.path.parent / "renewal.machine"
     renewal.write_bytes(signer.issue(device.fingerprint, serial=2))
-    assert device.run("install", str(renewal)).returncode == 0
+    refused = device.run("install", str(renewal))
+    assert refused.returncode == 31  # a file alone never replaces a refused state
+    assert "request" in refused.stderr
+    assert device.check().returncode == 31
+    assert signer.recover(device, serial=3).returncode == 0
     assert device.check().returncode == 0
 
 

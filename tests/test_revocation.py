@@ -14,8 +14,8 @@ KEYRING = Keyring.of(HQ_KEY.public_key)
 
 @given(
     st.text(min_size=1, max_size=50),
-    st.integers(0, 1 << 40),
-    st.sampled_from(["revoked", "suspended"]),
+    st.integers(0, 253_402_300_799),
+    st.sampled_from(["revoked", "suspended", "deactivated"]),
 )
 def test_round_trip(activation: str, t: int, reason: str) -> None:
     token = sign_revocation(HQ_KEY, Revocation(activation, t, reason))
@@ -38,3 +38,34 @@ def test_every_bit_flip_and_other_keys_refused() -> None:
     unsigned = cbor.dumps({"kid": HQ_KEY.kid, "msg": b"", "sig": bytes(64)})
     with pytest.raises(errors.SignatureError):
         verify_revocation(unsigned, KEYRING, "act_1")
+
+
+def test_times_out_of_range_and_bools_are_refused() -> None:
+    from agent.wire.signed import sign_message
+
+    for body in (
+        {
+            "v": 1,
+            "type": "revocation",
+            "activation_id": "a",
+            "issued_at": 1 << 40 << 20,
+            "reason": "revoked",
+        },
+        {
+            "v": True,
+            "type": "revocation",
+            "activation_id": "a",
+            "issued_at": 5,
+            "reason": "revoked",
+        },
+        {
+            "v": 1,
+            "type": "revocation",
+            "activation_id": "a",
+            "issued_at": True,
+            "reason": "revoked",
+        },
+    ):
+        token = sign_message(HQ_KEY, b"revocation/", body)
+        with pytest.raises(errors.WireError):
+            verify_revocation(token, KEYRING, "a")

@@ -53,7 +53,7 @@ def test_future_format_is_reported_as_such() -> None:
     from agent.wire import cbor
 
     with pytest.raises(StateError) as caught:
-        state.unseal(cbor.dumps({"v": 2, "body": b"", "mac": b""}), KEY)
+        state.unseal(cbor.dumps({"v": 3, "body": b"", "mac": b""}), KEY)
     assert caught.value.reason == "state_future"
 
 
@@ -66,3 +66,38 @@ def test_all_slots_bad_is_an_error_never_a_reset(tmp_path: object) -> None:
     with pytest.raises(StateError) as caught:
         state.load(str(d), KEY)
     assert caught.value.reason == "state_foreign"
+
+
+def test_bools_and_out_of_range_fields_are_refused() -> None:
+    from agent.wire import cbor, sodium
+
+    good = State(hwm=10).to_dict()
+    for change in ({"boot": True}, {"hwm": 1 << 62}, {"tpm": True}, {"usage": {"x y": 1}}):
+        body = cbor.dumps({**good, **change})
+        mac = sodium.hmac_sha256(KEY, state.MAC_CONTEXT + body)
+        sealed = cbor.dumps({"v": 2, "body": body, "mac": mac, "src": ""})
+        with pytest.raises(StateError):
+            state.unseal(sealed, KEY)
+    with pytest.raises(StateError):
+        outer = cbor.loads(state.seal(State(), KEY))
+        assert isinstance(outer, dict)
+        state.unseal(cbor.dumps({**outer, "v": True}), KEY)
+
+
+def test_a_version_1_slot_is_read_only_while_no_version_2_exists(tmp_path: object) -> None:
+    import pathlib
+
+    d = pathlib.Path(str(tmp_path))
+    legacy = State(hwm=100, serial=4, activation_id="act", gen=9)
+    (d / "state.a").write_bytes(state.seal_legacy(legacy, OTHER))
+    got = state.load(str(d), KEY, OTHER)
+    assert got is not None and got.legacy and got.serial == 4
+    saved = state.save(str(d), KEY, got.replace(hwm=200))
+    # the migration writes version 2 to both slots: no v1 slot remains to fall back to
+    assert all(state.parse_slot((d / n).read_bytes()).version == 2 for n in state.SLOTS)
+    assert state.load(str(d), KEY, OTHER) == saved.replace()
+    # a v1 slot planted beside a v2 one is never read, even if the v2 slot is damaged
+    (d / "state.a").write_bytes(state.seal_legacy(legacy, OTHER))
+    (d / "state.b").write_bytes(b"junk")
+    with pytest.raises(StateError):
+        state.load(str(d), KEY, OTHER)

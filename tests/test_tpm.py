@@ -1,13 +1,10 @@
-"""The TPM 2.0 NV counter backend, for real: swtpm on loopback, driven by tpm2-tools.
+"""The TPM anchor of the device state (agent/tpm.py), for real: swtpm on loopback,
+spoken to in process (agent/tpm2.py), with tpm2-tools to play the attacker.
 
-Nothing here is skipped: swtpm and tpm2-tools are test dependencies
+Nothing here is skipped: swtpm, swtpm-tools and tpm2-tools are test dependencies
 (.ci/apt-packages.txt, installed by scripts/install-test-deps).
 """
 
-import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,239 +16,115 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent import tpm
-from agent.tpm import NvCounter, TpmError, check_binding
+from agent.tpm import Anchor, TpmError, check_binding
+from tests.tpm_server import Swtpm
 
 INDEX = 0x01500016
 
 
-def free_port_pair() -> int:
-    """A port P with P+1 free too (swtpm's server and control channels)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port >= 65535:
-            continue
-        try:
-            with socket.socket() as s2:
-                s2.bind(("127.0.0.1", port + 1))
-        except OSError:
-            continue
-        return int(port)
-    raise RuntimeError("no free port pair on 127.0.0.1")
-
-
-class Swtpm:
-    """A swtpm process on 127.0.0.1 with its NV state in ``state_dir``."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.state_dir = state_dir
-        self.port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def tcti(self) -> str:
-        return f"swtpm:host=127.0.0.1,port={self.port}"
-
-    def start(self) -> None:
-        assert shutil.which("swtpm"), "swtpm is not installed (scripts/install-test-deps)"
-        self.port = free_port_pair()
-        self.proc = subprocess.Popen(
-            [
-                "swtpm",
-                "socket",
-                "--tpm2",
-                "--server",
-                f"type=tcp,port={self.port},bindaddr=127.0.0.1",
-                "--ctrl",
-                f"type=tcp,port={self.port + 1},bindaddr=127.0.0.1",
-                "--tpmstate",
-                f"dir={self.state_dir}",
-                "--flags",
-                "not-need-init,startup-clear",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"swtpm exited: {self.proc.stderr!r}"
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError("swtpm did not listen within 10 s")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-
 @pytest.fixture
 def swtpm(tmp_path: Path) -> Iterator[Swtpm]:
-    assert shutil.which("tpm2_nvdefine"), "tpm2-tools are not installed"
-    (tmp_path / "tpmstate").mkdir()
-    server = Swtpm(tmp_path / "tpmstate")
-    server.start()
-    try:
+    with Swtpm(tmp_path / "tpmstate") as server:
         yield server
-    finally:
-        server.stop()
 
 
-def tool(server: Swtpm, name: str, *args: str) -> None:
-    """Run a tpm2-tools command on INDEX with owner authorization (test set-up only)."""
-    cmd = [name, "--tcti", server.tcti, f"{INDEX:#x}", "--hierarchy=o", *args]
-    subprocess.run(cmd, check=True, capture_output=True)
+def tools(server: Swtpm, name: str, *args: str) -> None:
+    """tpm2-tools with owner authorization: what root on the device could run."""
+    subprocess.run([name, "--tcti", server.tcti, *args], check=True, capture_output=True)
 
 
-def test_ensure_read_increment(swtpm: Swtpm) -> None:
-    counter = NvCounter(INDEX, tcti=swtpm.tcti, timeout_s=5)
-    assert not counter.exists()
-    counter.ensure()
-    attributes, size = counter.public() or (0, 0)
-    assert size == 8
-    assert (attributes >> 4) & 0xF == 1, "TPM_NT_COUNTER"
-    assert attributes & 0x20000000, "written: incremented once, so it can be read"
-    first = counter.read()
-    assert first >= 1
-    assert counter.increment() == first + 1
-    assert counter.increment() == first + 2
-    assert counter.read() == first + 2
-    counter.bump()
-    assert counter.read() == first + 3
-    counter.ensure()  # idempotent: no redefinition, no extra increment
-    assert counter.read() == first + 3
+def test_nothing_is_defined_until_provisioned(swtpm: Swtpm) -> None:
+    anchor = Anchor(INDEX, swtpm.tcti, timeout_s=5)
+    reading = anchor.read()
+    assert (reading.counter, reading.unrecorded, reading.secret) == (None, None, None)
+    assert not reading.provisioned and not reading.held_state
+    after = anchor.provision()
+    assert after.provisioned and after.counter is not None and after.secret is not None
+    assert after.first == after.counter and not after.held_state
+    assert anchor.provision().secret == after.secret  # idempotent: nothing redefined
+    anchor.bump()
+    anchor.bump_unrecorded()
+    moved = anchor.read()
+    assert moved.counter == after.counter + 1 and moved.held_state
+    assert moved.unrecorded == (after.unrecorded or 0) + 1
 
 
-def test_tcti_from_environment(swtpm: Swtpm, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TPM2TOOLS_TCTI", swtpm.tcti)
-    counter = NvCounter(INDEX)
-    counter.ensure()
-    assert counter.increment() == counter.read()
+def test_the_attributes_are_the_ones_tpm2_tools_names(swtpm: Swtpm) -> None:
+    from agent.tpm2 import Tpm
+
+    Anchor(INDEX, swtpm.tcti).provision()
+    with Tpm(swtpm.tcti) as client:
+        counter = client.nv_read_public(INDEX)
+        secret = client.nv_read_public(INDEX + 2)
+    assert counter is not None and secret is not None
+    assert counter[0] & ~0x20000000 == tpm.COUNTER_ATTRIBUTES and counter[1] == 8
+    assert secret[0] & ~0x20000000 == tpm.SECRET_ATTRIBUTES and secret[1] == tpm.SECRET_SIZE
+    # and tpm2-tools reads the counter as the same value
+    out = subprocess.run(
+        ["tpm2_nvread", "--tcti", swtpm.tcti, f"{INDEX:#x}", "-C", f"{INDEX:#x}", "-s", "8"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    assert int.from_bytes(out, "big") == Anchor(INDEX, swtpm.tcti).read().counter
 
 
-def test_monotonic_across_swtpm_restart(swtpm: Swtpm) -> None:
-    counter = NvCounter(INDEX, tcti=swtpm.tcti, timeout_s=5)
-    counter.ensure()
-    for _ in range(3):
-        counter.increment()
-    before = counter.read()
-    swtpm.stop()
-    swtpm.start()  # same state dir, new port: a reboot of the device
-    counter = NvCounter(INDEX, tcti=swtpm.tcti, timeout_s=5)
-    counter.ensure()
-    assert counter.read() == before
-    assert counter.increment() == before + 1
+def test_an_undefined_counter_comes_back_above_every_value_it_had(swtpm: Swtpm) -> None:
+    anchor = Anchor(INDEX, swtpm.tcti)
+    first = anchor.provision()
+    for _ in range(5):
+        anchor.bump()
+    held = anchor.read()
+    assert held.counter is not None and held.secret is not None
+    tools(swtpm, "tpm2_nvundefine", f"{INDEX:#x}", "-C", "o")  # root undefines it
+    gone = anchor.read()
+    assert gone.counter is None and gone.secret == held.secret
+    again = anchor.provision()
+    assert again.counter is not None and again.counter > held.counter
+    # ...and the secret is new: states sealed with the old one never authenticate
+    assert again.secret != held.secret and again.secret != first.secret
 
 
-def test_restored_image_is_detected(swtpm: Swtpm) -> None:
-    """The device protocol: write tpm = counter + 1, then increment. An image taken
-    at save N and restored after two more saves carries a mark below the counter."""
-    counter = NvCounter(INDEX, tcti=swtpm.tcti, timeout_s=5)
-    counter.ensure()
-
-    def save() -> int:
-        mark = counter.read() + 1  # 1. the state is written with this mark
-        assert counter.increment() == mark  # 2. then the counter follows
-        return mark
-
-    image = save()  # the customer copies the partition here
-    assert check_binding(image, counter.read()) == "ok"
-    save()
-    save()
-    assert check_binding(image, counter.read()) == "restored"
-
-
-def test_crash_between_write_and_increment_is_repaired(swtpm: Swtpm) -> None:
-    counter = NvCounter(INDEX, tcti=swtpm.tcti, timeout_s=5)
-    counter.ensure()
-    mark = counter.read() + 1  # state written; power lost before the increment
-    assert check_binding(mark, counter.read()) == "repair"
-    counter.increment()  # the repair the loader does
-    assert check_binding(mark, counter.read()) == "ok"
-
-
-def test_redefined_counter_never_matches_an_old_state(swtpm: Swtpm) -> None:
-    """Deleting the index (owner auth is empty on many boards) and defining it again
-    does not wind it back: a new counter starts above any value the TPM ever had."""
-    counter = NvCounter(INDEX, tcti=swtpm.tcti, timeout_s=5)
-    counter.ensure()
-    image = counter.read() + 1
-    counter.increment()
-    tool(swtpm, "tpm2_nvundefine")
-    assert not counter.exists()
-    counter.ensure()
-    assert check_binding(image, counter.read()) not in ("ok", "repair")
-
-
-def test_foreign_index_is_refused_not_redefined(swtpm: Swtpm) -> None:
-    tool(swtpm, "tpm2_nvdefine", "--size=16", "--attributes=ownerwrite|ownerread|authread")
+def test_a_counter_replaced_by_an_ordinary_index_is_refused(swtpm: Swtpm) -> None:
+    anchor = Anchor(INDEX, swtpm.tcti)
+    anchor.provision()
+    tools(swtpm, "tpm2_nvundefine", f"{INDEX:#x}", "-C", "o")
+    # an ordinary 8-byte index whose value root chooses (an old state's mark)
+    tools(swtpm, "tpm2_nvdefine", f"{INDEX:#x}", "-C", "o", "-s", "8", "-a",
+          "ownerwrite|ownerread|authwrite|authread|no_da")  # fmt: skip
     with pytest.raises(TpmError, match="not an 8-byte counter"):
-        NvCounter(INDEX, tcti=swtpm.tcti, timeout_s=5).ensure()
+        anchor.read()
+    with pytest.raises(TpmError, match="not an 8-byte counter"):
+        anchor.provision()
 
 
-def test_reading_a_never_incremented_counter_fails_clearly(swtpm: Swtpm) -> None:
-    tool(swtpm, "tpm2_nvdefine", "--size=8", f"--attributes={tpm.COUNTER_ATTRIBUTES}")
-    counter = NvCounter(INDEX, tcti=swtpm.tcti, timeout_s=5)
-    with pytest.raises(TpmError, match="tpm2_nvread failed"):
-        counter.read()
-    counter.ensure()  # increments once
-    assert counter.read() >= 1
-
-
-def test_swtpm_down_gives_a_clear_error_quickly(swtpm: Swtpm) -> None:
-    tcti = swtpm.tcti
-    swtpm.stop()
-    counter = NvCounter(INDEX, tcti=tcti, timeout_s=3)
-    start = time.monotonic()
-    with pytest.raises(TpmError) as excinfo:
-        counter.read()
-    assert time.monotonic() - start < 3
-    message = str(excinfo.value)
-    assert "\n" not in message
-    assert tcti in message
-    assert "Connection refused" in message or "Could not load tcti" in message
-
-
-def test_hung_tpm_times_out(swtpm: Swtpm) -> None:
-    """A TPM that accepts the connection and never answers (swtpm stopped with SIGSTOP)."""
-    counter = NvCounter(INDEX, tcti=swtpm.tcti, timeout_s=1.5)
-    counter.ensure()
-    assert swtpm.proc is not None
-    os.kill(swtpm.proc.pid, signal.SIGSTOP)
+def test_a_down_or_hung_tpm_is_a_clear_error_within_the_timeout(swtpm: Swtpm) -> None:
+    anchor = Anchor(INDEX, swtpm.tcti, timeout_s=1.5)
+    anchor.provision()
+    swtpm.pause()
     try:
         start = time.monotonic()
-        with pytest.raises(TpmError, match=r"no answer within 1\.5 s"):
-            counter.increment()
+        with pytest.raises(TpmError):
+            anchor.read()
         assert time.monotonic() - start < 4
     finally:
-        os.kill(swtpm.proc.pid, signal.SIGCONT)
+        swtpm.resume()
+    tcti = swtpm.tcti
+    swtpm.stop()
+    with pytest.raises(TpmError) as caught:
+        Anchor(INDEX, tcti, timeout_s=3).read()
+    assert "127.0.0.1" in str(caught.value) and "\n" not in str(caught.value)
 
 
-def test_missing_tools_give_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PATH", "/nonexistent")
-    with pytest.raises(TpmError, match="tpm2_nvread not found: install tpm2-tools"):
-        NvCounter(INDEX, tcti="device:/dev/tpmrm0").read()
-
-
-def test_bad_device_path_names_the_cause() -> None:
-    with pytest.raises(TpmError) as excinfo:
-        NvCounter(INDEX, tcti="device:/nonexistent/tpmrm0", timeout_s=3).read()
-    assert "/nonexistent/tpmrm0" in str(excinfo.value)
+def test_the_tcti_never_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TPM2TOOLS_TCTI", "swtpm:host=127.0.0.1,port=1")
+    assert Anchor(INDEX).tcti == "device:/dev/tpmrm0"
 
 
 def test_index_outside_nv_range_is_refused() -> None:
     with pytest.raises(TpmError, match="outside the NV range"):
-        NvCounter(0x81000001)
+        Anchor(0x81000001)
+    with pytest.raises(TpmError):
+        Anchor(0x01FFFFFE)  # the two indices after it would leave the range
 
 
 # --- pure logic ---------------------------------------------------------------------
@@ -261,7 +134,7 @@ def test_parse_nv_index() -> None:
     assert tpm.parse_nv_index("0x01500016") == INDEX
     assert tpm.parse_nv_index(" 0X01500016 ") == INDEX
     assert tpm.parse_nv_index(str(INDEX)) == INDEX
-    for bad in ("", "0x", "tpm", "0x81000001", "0x0200000000"):
+    for bad in ("", "0x", "tpm", "0x81000001", "0x0200000000", "0x01fffffe"):
         with pytest.raises(TpmError):
             tpm.parse_nv_index(bad)
 
@@ -296,32 +169,8 @@ def test_check_binding_partitions_every_pair(counter: int, delta: int) -> None:
     assert (verdict in ("ok", "repair")) == (0 <= delta <= 1)
 
 
-@given(st.integers(min_value=0, max_value=2**64 - 1))
-def test_parse_counter_round_trip(value: int) -> None:
-    assert tpm.parse_counter(value.to_bytes(8, "big")) == value
-
-
-@pytest.mark.parametrize("raw", [b"", b"\x00" * 7, b"\x00" * 9])
-def test_parse_counter_wrong_length(raw: bytes) -> None:
-    with pytest.raises(TpmError, match="expected 8"):
-        tpm.parse_counter(raw)
-
-
-def test_summarise_stderr_keeps_one_line_with_the_cause() -> None:
-    stderr = (
-        "WARNING:tcti:src/util/io.c:262:socket_connect() Failed to connect to host "
-        "127.0.0.1, port 1: errno 111: Connection refused \n"
-        "ERROR:tcti:src/tss2-tcti/tctildr.c:428:Tss2_TctiLdr_Initialize_Ex() Failed \n"
-        'ERROR: Could not load tcti, got: "swtpm:host=127.0.0.1,port=1"\n'
-    )
-    message = tpm.summarise_stderr(stderr)
-    assert message.startswith('Could not load tcti, got: "swtpm:host=127.0.0.1,port=1"')
-    assert "Connection refused" in message
-    assert "\n" not in message
-
-
 def test_module_stays_off_heavy_imports() -> None:
-    code = "import sys, agent.tpm; print(' '.join(sorted(sys.modules)))"
+    code = "import sys, agent.tpm, agent.tpm2; print(' '.join(sorted(sys.modules)))"
     out = subprocess.run(
         [sys.executable, "-S", "-c", code],
         capture_output=True,
@@ -329,5 +178,5 @@ def test_module_stays_off_heavy_imports() -> None:
         check=True,
         cwd=Path(__file__).resolve().parents[1],
     ).stdout.split()
-    for name in ("subprocess", "json", "re", "dataclasses", "typing", "click", "paho"):
+    for name in ("subprocess", "json", "re", "dataclasses", "typing", "click", "paho", "socket"):
         assert name not in out, name

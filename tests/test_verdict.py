@@ -123,12 +123,66 @@ def test_downgrade_ordering() -> None:
     assert v.compare(a1, None) == v.NEWER
 
 
-def test_absorb_reanchors_on_hq_time_and_lifts_a_revocation_hq_superseded() -> None:
+def test_absorb_raises_the_mark_and_lifts_a_revocation_hq_superseded() -> None:
     st_ = State(hwm=5_000_000_000, revoked="revoked", revoked_at=1500)
     after = v.absorb(claims(2000, DAY, 0, 0, serial=2), st_)
-    assert after.hwm == 2000 and after.revoked == ""
+    # A file's issued-at never lowers the mark (stockpiled renewals must not wind it back)
+    assert after.hwm == 5_000_000_000 and after.revoked == "" and after.lifted_at == 2000
+    raised = v.absorb(claims(6_000_000_000, DAY, 0, 0, serial=3), after)
+    assert raised.hwm == 6_000_000_000
     still = v.absorb(claims(1000, DAY, 0, 0, serial=2), State(revoked="revoked", revoked_at=1500))
     assert still.revoked == "revoked"
+
+
+def test_only_a_file_bound_to_a_fresh_nonce_lowers_the_mark() -> None:
+    st_ = State(hwm=5_000_000_000)
+    assert v.absorb(claims(2000, DAY, 0, 0, serial=2), st_, bound=True).hwm == 2000
+
+
+@given(st.integers(0, 10**10), st.lists(st.integers(0, 10**10), min_size=1, max_size=8))
+def test_unbound_files_never_lower_the_mark(hwm: int, issued: list[int]) -> None:
+    state_ = State(hwm=hwm)
+    for serial, t in enumerate(issued, start=2):
+        state_ = v.absorb(claims(t, DAY, 0, 0, serial=serial), state_)
+    assert state_.hwm == max([hwm, *issued])
+
+
+def test_revocations_at_or_before_a_lift_are_stale() -> None:
+    lifted = v.lift(State(revoked="suspended", revoked_at=100, issued_at=50), 200)
+    assert lifted.revoked == "" and lifted.lifted_at == 200
+    assert v.is_stale_revocation(lifted, 150) and v.is_stale_revocation(lifted, 200)
+    assert not v.is_stale_revocation(lifted, 201)
+
+
+def test_not_yet_valid_is_its_own_reason() -> None:
+    t0 = 1_800_000_000
+    c = Claims(
+        license_id="lic_00000000000000000000",
+        product="p",
+        plan="p",
+        activation_id="act",
+        fingerprint="ab" * 32,
+        issued_at=t0,
+        not_before=t0 + 10 * DAY,
+        expires_at=t0 + 40 * DAY,
+        grace_s=0,
+        warn_s=0,
+        serial=1,
+        kid="fpk_x",
+    )
+    result = v.decide(c, State(hwm=t0), t0 + DAY)
+    assert result.name == v.ROLLBACK and result.reason == "not_yet_valid"
+    assert result.message.startswith("Machine file is valid from 20")
+    assert v.decide(c, State(hwm=t0), t0 + 11 * DAY).name == v.VALID
+
+
+def test_unrecorded_boots_degrade_valid_to_limited_mode() -> None:
+    t0 = 1_800_000_000
+    ok = v.decide(claims(t0, 365 * DAY, 0, 0), State(hwm=t0), t0)
+    assert v.degrade_unrecorded(ok, v.MAX_UNRECORDED_BOOTS - 1) is ok
+    limited = v.degrade_unrecorded(ok, v.MAX_UNRECORDED_BOOTS)
+    assert limited.name == v.GRACE and limited.reason == "state_unrecorded"
+    assert limited.exit_code == 10
 
 
 def test_messages_read_as_the_brief_says() -> None:

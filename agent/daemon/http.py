@@ -6,10 +6,12 @@ the "disconnect" that sends the machine to BACKOFF. ``ask`` asks HQ's signed sta
 (``sync.validate``, which records a revocation in the device state) and, when the file
 is due, fetches a fresh one (POST /v1/machine-file) and posts it as a FILE event: it is
 installed by the machine like a file that came over MQTT. Requests run on the daemon's
-thread with the configured timeout; the license key travels only in request bodies.
+thread with the configured timeout; they are signed with the device key (asks.py), and
+the license key never travels.
 """
 
 import logging
+import time
 
 from .. import online, sync
 from ..device import Device
@@ -38,24 +40,18 @@ class HttpTransport:
     def disconnect(self) -> None:
         self.generation += 1
 
-    def ask(self, serial: int, expires_at: int, due: bool, revoked: bool = False) -> None:
+    def ask(self, due: bool) -> None:
         gen = self.generation
+        t = int(time.time())
         try:
-            notes = sync.validate(self.device, self.servers)
+            notes = sync.validate(self.device, self.servers, t)
             for note in notes:
                 log.info("%s", note)
             self.events.put((STATUS, gen, None))
-            if not due and not revoked:
+            if not due and not self.device_holds_revocation():
                 return
-            key = self.device.stored_license_key()
-            if key is None:
-                return
-            body: dict[str, object] = {
-                "license_key": key,
-                "fingerprint": self.device.identity.fingerprint,
-            }
-            data, _ = sync.first_answer(
-                self.servers, lambda hq: hq.machine_file("/v1/machine-file", body)
+            data, _, nonce = sync.first_answer(
+                self.servers, lambda hq: sync.renewal(self.device, hq, t, due=due)
             )
         except online.Refused as e:
             log.info("HQ refused the renewal: %s (%s)", e, e.code)
@@ -64,7 +60,14 @@ class HttpTransport:
             log.info("HQ unreachable: %s", e)
             self.events.put((DISCONNECTED, gen, None))
             return
-        self.events.put((FILE, gen, data))
+        self.events.put((FILE, gen, (data, nonce)))
+
+    def device_holds_revocation(self) -> bool:
+        """A device that holds a revocation asks for a file anyway: a reinstated
+        license is lifted by the newer file HQ answers with."""
+        from ..asks import Standing
+
+        return Standing(self.device).revoked
 
     def publish_status(self, payload: bytes) -> None:
         """HQ's HTTP API takes no telemetry: the status stays on the device."""

@@ -31,7 +31,7 @@ from ..identity import IdentityError
 from ..state import StateError
 from ..verdict import EXPIRED, GRACE, REVOKED, VALID, days_ceil
 from ..wire.errors import WireError
-from . import messages, notify, resume
+from . import notify, resume
 from .transport import (
     BAD,
     CONNECTED,
@@ -61,6 +61,9 @@ TICK, RENEW_TIMEOUT, SETTLED, GIVE_UP, STOP = (
 TRANSPORT_EVENTS = frozenset({CONNECTED, DISCONNECTED, FILE, REVOCATION, BAD, STATUS})
 INTERNAL = -1  # the generation of internal events: never stale
 
+LOST_REASONS = frozenset(
+    {"state_lost", "state_missing", "state_corrupt", "state_foreign", "state_key_missing"}
+)
 SETTLE_S = 2.0  # --once: how long to wait for retained messages after connecting
 EX_UNAVAILABLE, EX_SOFTWARE = 69, 70
 
@@ -238,7 +241,7 @@ class Machine:
         if self.due or self.resume.renewing:
             self.post(DUE)
         else:
-            self.transport.ask(self.serial, self.expires_at, False, self.revoked)
+            self.transport.ask(due=False)
             if self.once:
                 self._timer(SETTLED, SETTLE_S)
 
@@ -248,7 +251,7 @@ class Machine:
             self.resume.renewing = True
             self._save_resume()
         log.info("asking HQ for a renewal (serial %d)", self.serial)
-        self.transport.ask(self.serial, self.expires_at, True)
+        self.transport.ask(due=True)
         self._timer(RENEW_TIMEOUT, self.cfg.renew_timeout_s)
 
     def _enter_backoff(self) -> None:
@@ -288,14 +291,17 @@ class Machine:
             self.post(GIVE_UP)
             return
         assert self.transport is not None
-        self.transport.ask(self.serial, self.expires_at, True)
+        self.transport.ask(due=True)
         self._timer(RENEW_TIMEOUT, self.cfg.renew_timeout_s)
 
-    def _install(self, data: object) -> None:
-        assert isinstance(data, bytes)
+    def _install(self, payload: object) -> None:
+        """Install a file from the transport: ``(data, nonce)``, the nonce being the one
+        the transport last sent HQ (a file bound to it is HQ's word on the time now)."""
+        assert isinstance(payload, tuple)
+        data, nonce = payload
         try:
             with self.device.writer_lock():
-                claims, result = self.device.install(data, None, now())
+                claims, result = self.device.install(data, None, now(), nonce=nonce)
         except InstallRefused as e:
             self._count_bad("machine_file_" + e.reason)
             return
@@ -364,13 +370,23 @@ class Machine:
             life = max(0, claims.expires_at - claims.issued_at)
             self.due_at = claims.issued_at + life * self.cfg.renew_at_percent // 100
         self.due = self.due_at is not None and t >= self.due_at
+        if verdict.reason in LOST_REASONS:
+            self.due = True  # only HQ's answer bound to this device's request restores it
         self.revoked = verdict.name == REVOKED
+        st = outcome.state
         self.status_doc = {
             "verdict": verdict.name,
+            "reason": verdict.reason,
             "days_left": max(0, days_ceil(claims.expires_at - t)) if claims else None,
             "serial": self.serial if claims else None,
             "expires_at": self.expires_at if claims else None,
             "revoked": verdict.name == REVOKED,
+            "revoked_reason": st.revoked if st else "",
+            "revoked_at": st.revoked_at if st else 0,
+            "lifted_at": st.lifted_at if st else 0,
+            "hwm": st.hwm if st else 0,
+            "unrecorded_boots": outcome.unrecorded_boots,
+            "notes": list(outcome.notes),
             "agent_version": __version__,
         }
         next_s = self.cfg.check_interval_s
@@ -379,10 +395,20 @@ class Machine:
         self._timer(TICK, next_s)
 
     def _send_status(self) -> None:
+        """Publish the device's signed status (asks.status): HQ learns what the device
+        holds, and confirms the revocations and files it was sent."""
         if self.transport is None or self.generation == 0:
             return
-        doc = {**self.status_doc, "bad_messages": sum(self.bad.values()), "at": now()}
-        self.transport.publish_status(messages.status(doc))
+        from .. import asks
+
+        doc = {**self.status_doc, "bad_messages": dict(list(self.bad.items())[:32])}
+        try:
+            with self.device.writer_lock():
+                payload = asks.status(self.device, doc, now())
+        except (ConfigError, IdentityError, OSError, StateError, ValueError) as e:
+            log.warning("could not sign the status: %s", e)
+            return
+        self.transport.publish_status(payload)
 
     def _save_resume(self) -> None:
         try:

@@ -49,7 +49,7 @@ def choose_transport(
     if kind == "mqtt":
         from .mqtt import MqttTransport
 
-        return MqttTransport(cfg, device.identity.fingerprint, events), len(cfg.mqtt_brokers)
+        return MqttTransport(cfg, device, events), len(cfg.mqtt_brokers)
     if kind == "http":
         from .http import HttpTransport
 

@@ -23,6 +23,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..config import Config, ConfigError
+from ..device import Device
 from . import topics
 from .transport import BAD, CONNECTED, DISCONNECTED, FILE, REVOCATION, EventQueue
 
@@ -42,13 +43,15 @@ def parse_broker(url: str) -> tuple[str, int, bool]:
 class MqttTransport:
     name = "mqtt"
 
-    def __init__(self, cfg: Config, fingerprint: str, events: EventQueue) -> None:
+    def __init__(self, cfg: Config, device: Device, events: EventQueue) -> None:
         if not cfg.mqtt_brokers:
             raise ConfigError("no MQTT broker: set [mqtt] brokers in agent.toml")
         self.cfg = cfg
         self.brokers = [parse_broker(url) for url in cfg.mqtt_brokers]
         self.events = events
-        self.device_id = topics.device_id(fingerprint)
+        self.device = device
+        self.nonce: str | None = None  # the nonce of the last renewal request sent
+        self.device_id = topics.device_id(device.identity.fingerprint)
         prefix = cfg.mqtt_topic_prefix
         self.inbound = {topics.topic(prefix, self.device_id, kind): kind for kind in topics.FROM_HQ}
         self.request_topic = topics.topic(prefix, self.device_id, topics.RENEW_REQUEST)
@@ -128,10 +131,21 @@ class MqttTransport:
             pass
         client.loop_stop()
 
-    def ask(self, serial: int, expires_at: int, due: bool, revoked: bool = False) -> None:
-        from .messages import renew_request
+    def ask(self, due: bool) -> None:
+        """Publish a signed renewal request (no server challenge over MQTT: the broker's
+        per-device credentials and ACL say who publishes; the nonce binds the answer)."""
+        import time
 
-        self._publish(self.request_topic, renew_request(serial, expires_at, due, revoked))
+        from .. import asks
+        from ..online import new_nonce
+
+        nonce = new_nonce()
+        with self.device.writer_lock():
+            payload = asks.renew(
+                self.device, int(time.time()), challenge=None, due=due, nonce=nonce
+            )
+        self.nonce = nonce
+        self._publish(self.request_topic, payload)
 
     def publish_status(self, payload: bytes) -> None:
         self._publish(self.status_topic, payload)
@@ -173,4 +187,7 @@ class MqttTransport:
         elif len(payload) > self.max_payload:
             self._post(BAD, gen, "oversized")
         elif payload:  # an empty retained message only clears the topic
-            self._post(FILE if kind == topics.MACHINE_FILE else REVOCATION, gen, bytes(payload))
+            if kind == topics.MACHINE_FILE:
+                self._post(FILE, gen, (bytes(payload), self.nonce))
+            else:
+                self._post(REVOCATION, gen, bytes(payload))

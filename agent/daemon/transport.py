@@ -13,7 +13,7 @@ from typing import Protocol
 # Events a transport posts.
 CONNECTED = "connected"
 DISCONNECTED = "disconnected"
-FILE = "file"  # payload: a machine file (bytes)
+FILE = "file"  # payload: (machine file bytes, the nonce last sent to HQ or None)
 REVOCATION = "revocation"  # payload: a signed revocation (bytes)
 BAD = "bad"  # payload: the reason (str), e.g. "oversized"
 STATUS = "status"  # HQ's answer was recorded in the device state (HTTP validate)
@@ -34,8 +34,9 @@ class Transport(Protocol):
         """Drop the connection (idempotent); later events of it are stale."""
         ...
 
-    def ask(self, serial: int, expires_at: int, due: bool, revoked: bool = False) -> None:
-        """Send a renewal request (HQ answers with a file or a revocation, if any)."""
+    def ask(self, due: bool) -> None:
+        """Send a signed renewal request (asks.py) with a fresh nonce; HQ answers with a
+        file (bound to the nonce), a revocation, or nothing when nothing is due."""
         ...
 
     def publish_status(self, payload: bytes) -> None: ...

@@ -1,25 +1,30 @@
 """The activation/renewal request a device writes for the air-gapped flow.
 
 ``fieldpass request`` writes it armored (``FIELDPASS REQUEST``); an operator carries it
-to HQ (a USB stick, a ticket, read over the phone), where ``fieldpass-hq activate
---request`` or ``machine-file --request`` answers it with a machine file. It holds
-nothing secret: no license key, no raw hardware id. It is not signed (a device has no
-signing key); HQ trusts only the license key the operator gives and the seat rules.
+to HQ (a USB stick, a ticket), where ``fieldpass-hq activate --request``, ``machine-file
+--request`` or ``provision --request`` answers it with a machine file. It holds nothing
+secret: no license key, no raw hardware id.
 
-Canonical CBOR map, exactly these keys::
+Two forms are read:
 
-    {"v": 1, "type": "request", "fingerprint": 64-hex, "activation_id": text ("" if none),
-     "serial": uint (0 if none), "device_name": text, "agent_version": text,
-     "created_at": uint}
+- version 2 (this agent): a device message of type ``request`` (device_msg.py), signed
+  by the device's own key, which it carries (``device_key``). It names the TPM counter
+  value (or null) and a fresh nonce: HQ's answer names them (the claims' ``binding``),
+  which is how a device in lost state, or a first install onto a TPM-bound device, is
+  accepted offline. ``lost`` says the device is in lost state.
+- version 1 (agents up to 0.1.0): the unsigned canonical CBOR map
+  ``{"v": 1, "type": "request", "fingerprint", "activation_id", "serial", "device_name",
+  "agent_version", "created_at"}``.
 """
 
-from . import armor, cbor
+from . import armor, cbor, device_msg, fields
+from .device_key import DeviceKey
 from .errors import FormatError, UnsupportedVersionError
 from .license_key import is_fingerprint
 
-FORMAT_VERSION = 1
-MAX_REQUEST_BYTES = 1024
-_KEYS = frozenset(
+V1 = 1
+MAX_REQUEST_BYTES = 2048
+_KEYS_V1 = frozenset(
     {
         "v",
         "type",
@@ -34,13 +39,21 @@ _KEYS = frozenset(
 
 
 class Request:
+    """A request as HQ reads it (either form); ``signed`` tells which."""
+
     __slots__ = (
         "activation_id",
         "agent_version",
+        "counter",
         "created_at",
+        "device_key",
         "device_name",
         "fingerprint",
+        "formats",
+        "lost",
+        "nonce",
         "serial",
+        "signed",
     )
 
     def __init__(
@@ -52,6 +65,12 @@ class Request:
         device_name: str = "",
         agent_version: str = "",
         created_at: int = 0,
+        device_key: bytes | None = None,
+        counter: int | None = None,
+        nonce: str | None = None,
+        lost: bool = False,
+        formats: tuple[int, ...] = (1,),
+        signed: bool = False,
     ) -> None:
         if not is_fingerprint(fingerprint):
             raise FormatError("request fingerprint is not 64 lowercase hex characters")
@@ -60,22 +79,27 @@ class Request:
             ("device_name", device_name),
             ("agent_version", agent_version),
         ):
-            if type(value) is not str or len(value) > 100:
-                raise FormatError(f"request field {name} must be a text of at most 100 characters")
-        for name, number in (("serial", serial), ("created_at", created_at)):
-            if type(number) is not int or not 0 <= number < 1 << 63:
-                raise FormatError(f"request field {name} must be a non-negative integer")
+            fields.text(value, f"request field {name}", 100, empty=True)
+        fields.uint(serial, "request field serial")
+        fields.time_s(created_at, "request field created_at")
         self.fingerprint = fingerprint
         self.activation_id = activation_id
         self.serial = serial
         self.device_name = device_name
         self.agent_version = agent_version
         self.created_at = created_at
+        self.device_key = device_key
+        self.counter = counter
+        self.nonce = nonce
+        self.lost = lost
+        self.formats = tuple(formats)
+        self.signed = signed
 
-    def to_bytes(self) -> bytes:
+    def to_bytes_v1(self) -> bytes:
+        """The version-1 form (what agents up to 0.1.0 wrote; tests of HQ's reading)."""
         return cbor.dumps(
             {
-                "v": FORMAT_VERSION,
+                "v": V1,
                 "type": "request",
                 "fingerprint": self.fingerprint,
                 "activation_id": self.activation_id,
@@ -86,20 +110,19 @@ class Request:
             }
         )
 
-    def armored(self) -> str:
-        return armor.armor(self.to_bytes(), armor.REQUEST)
-
     @classmethod
     def parse(cls, data: bytes) -> "Request":
-        """From binary CBOR or armored text."""
+        """From binary CBOR or armored text, either form; a signed one is verified."""
         if armor.is_armored(data):
             data = armor.unarmor(data, armor.REQUEST)
+        if len(data) > MAX_REQUEST_BYTES:
+            raise FormatError("a request is larger than 2 KiB")
         doc = cbor.loads(data, max_size=MAX_REQUEST_BYTES, max_depth=1)
-        if not isinstance(doc, dict):
-            raise FormatError("a request is a CBOR map")
-        if doc.get("v") != FORMAT_VERSION:
-            raise UnsupportedVersionError(f"request version {doc.get('v')!r} is not supported")
-        if set(doc) != _KEYS or doc["type"] != "request":
+        if isinstance(doc, dict) and set(doc) == {"kid", "msg", "sig"}:
+            return cls._from_message(device_msg.open_self_signed(data, "request"))
+        if not isinstance(doc, dict) or not fields.is_version(doc.get("v"), V1):
+            raise UnsupportedVersionError("not a version 1 or 2 Fieldpass request")
+        if set(doc) != _KEYS_V1 or doc["type"] != "request":
             raise FormatError("request has missing or unknown fields")
         return cls(
             doc["fingerprint"],  # type: ignore[arg-type]
@@ -109,3 +132,55 @@ class Request:
             agent_version=doc["agent_version"],  # type: ignore[arg-type]
             created_at=doc["created_at"],  # type: ignore[arg-type]
         )
+
+    @classmethod
+    def _from_message(cls, m: device_msg.DeviceMessage) -> "Request":
+        counter = m["counter"]
+        return cls(
+            m.fingerprint,
+            activation_id=m.activation_id,
+            serial=int(str(m["serial"])),
+            device_name=str(m["device_name"]),
+            agent_version=str(m["agent_version"]),
+            created_at=int(str(m["at"])),
+            device_key=m["device_key"],  # type: ignore[arg-type]
+            counter=None if counter is None else int(str(counter)),
+            nonce=str(m["nonce"]),
+            lost=bool(m["lost"]),
+            formats=tuple(m["formats"]),  # type: ignore[arg-type]
+            signed=True,
+        )
+
+
+def make_request(
+    key: DeviceKey,
+    fingerprint: str,
+    *,
+    activation_id: str,
+    serial: int,
+    device_name: str,
+    agent_version: str,
+    created_at: int,
+    counter: int | None,
+    nonce: str,
+    lost: bool,
+) -> str:
+    """The armored version-2 request (device side)."""
+    data = device_msg.sign(
+        key,
+        "request",
+        {
+            "activation_id": activation_id,
+            "fingerprint": fingerprint,
+            "at": created_at,
+            "agent_version": agent_version,
+            "serial": serial,
+            "device_key": key.public_key,
+            "counter": counter,
+            "nonce": nonce,
+            "device_name": device_name,
+            "lost": lost,
+            "formats": list(device_msg.CLAIMS_FORMATS),
+        },
+    )
+    return armor.armor(data, armor.REQUEST)

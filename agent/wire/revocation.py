@@ -5,14 +5,18 @@ Format (canonical CBOR)::
 
     token = {"kid": KEY-ID, "msg": MSG, "sig": Ed25519(b"revocation/" || MSG)}
     MSG   = canonical CBOR {"v": 1, "type": "revocation", "activation_id": TEXT,
-                            "issued_at": UNIX-SECONDS, "reason": "revoked" | "suspended"}
+                            "issued_at": UNIX-SECONDS,
+                            "reason": "revoked" | "suspended" | "deactivated"}
 
 The signature covers the exact bytes of ``msg`` and is checked before ``msg`` is parsed.
 A device acts on it only if it names the device's own activation; HQ lifts it by issuing
 a newer machine file (its issued-at is later than the revocation's) or by a signed
-"active" status. Armored label: ``FIELDPASS REVOCATION``.
+"active" status; a device ignores a revocation HQ issued at or before the last lift it
+recorded. ``deactivated`` (HQ freed the seat) is read by agents after 0.1.0; HQ sends
+older agents ``revoked`` in its place. Armored label: ``FIELDPASS REVOCATION``.
 """
 
+from . import fields
 from .errors import (
     ClaimMismatchError,
     FormatError,
@@ -23,7 +27,8 @@ from .signed import open_signed, sign_message
 FORMAT_VERSION = 1
 SIGNATURE_CONTEXT = b"revocation/"
 MAX_REVOCATION_BYTES = 1024
-REASONS = frozenset({"revoked", "suspended"})
+REASONS = frozenset({"revoked", "suspended", "deactivated"})
+REASONS_V0_1 = frozenset({"revoked", "suspended"})  # what agents up to 0.1.0 accept
 _MSG_FIELDS = frozenset({"activation_id", "issued_at", "reason"})
 
 
@@ -31,10 +36,8 @@ class Revocation:
     __slots__ = ("activation_id", "issued_at", "reason")
 
     def __init__(self, activation_id: str, issued_at: int, reason: str) -> None:
-        if type(activation_id) is not str or not 0 < len(activation_id) <= 200:
-            raise FormatError("a revocation names an activation id")
-        if type(issued_at) is not int or not 0 <= issued_at < 1 << 63:
-            raise FormatError("a revocation's time is a non-negative integer")
+        fields.text(activation_id, "a revocation's activation id")
+        fields.time_s(issued_at, "a revocation's time")
         if reason not in REASONS:
             raise FormatError(f"unknown revocation reason {reason!r}")
         self.activation_id = activation_id
@@ -67,8 +70,7 @@ def verify_revocation(data: bytes, keyring: Keyring, activation_id: str) -> Revo
         SIGNATURE_CONTEXT,
         what="revocation",
         msg_type="revocation",
-        fields=_MSG_FIELDS,
-        version=FORMAT_VERSION,
+        fields_by_version={FORMAT_VERSION: _MSG_FIELDS},
         max_bytes=MAX_REVOCATION_BYTES,
     )
     revocation = Revocation(body["activation_id"], body["issued_at"], body["reason"])  # type: ignore[arg-type]

@@ -1,59 +1,106 @@
 """HQ-signed current time and license status: what ``POST /v1/validate`` returns for the
 device to re-anchor its clock's high-water mark on and to record a revocation by.
 
-Format (canonical CBOR, see docs/hq.md)::
+Format (canonical CBOR, see docs/wire-format.md)::
 
     token = {"kid": KEY-ID, "msg": MSG, "sig": Ed25519(b"time/" || MSG)}
-    MSG   = canonical CBOR {"v": 1, "type": "time", "t": UNIX-SECONDS,
-                            "fingerprint": FP, "nonce": NONCE-OR-NULL, "status": STATUS}
+    MSG   = canonical CBOR {"v": 2, "type": "time", "t": UNIX-SECONDS,
+                            "fingerprint": FP, "license_id": LIC, "activation_id": ACT,
+                            "nonce": NONCE, "status": STATUS}
 
-STATUS is the license's status for this device as HQ sees it: "active", "suspended",
-"revoked", "expired", or "deactivated" (no live activation for this fingerprint). The
-device acts on the signed status only, never on unsigned JSON next to it.
+STATUS is the status of that activation as HQ sees it: "active", "suspended",
+"revoked", "expired", or "deactivated" (the activation is no longer live). The device
+acts on the signed status only, never on unsigned JSON next to it, and only on one that
+names its own fingerprint, license and activation and the nonce it just sent: an answer
+obtained under another license, or for another request, is refused.
 
-The signature covers the exact bytes of ``msg``, and is checked before ``msg`` is parsed.
-The fingerprint binds the answer to one device and the nonce (chosen by the device, up to
-128 characters) to one request, so a recorded answer cannot be replayed later to hold a
-device's clock back or to lift a revocation. Pure functions: nothing here reads a clock.
+Version 1 (no license and activation, nonce optional) is what agents up to 0.1.0 read;
+HQ still signs it for them (``sign_time_v1``). This agent never accepts it. The
+signature covers the exact bytes of ``msg``, and is checked before ``msg`` is parsed.
+Pure functions: nothing here reads a clock.
 """
 
-from .errors import (
-    ClaimMismatchError,
-    FormatError,
-)
+from . import fields
+from .errors import ClaimMismatchError, FormatError
 from .keys import Keyring, SigningKey
 from .license_key import is_fingerprint
 from .signed import open_signed, sign_message
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SIGNATURE_CONTEXT = b"time/"
 MAX_TOKEN_BYTES = 1024
 MAX_NONCE_CHARS = 128
-_MSG_FIELDS = frozenset({"t", "fingerprint", "nonce", "status"})
+_FIELDS_V1 = frozenset({"t", "fingerprint", "nonce", "status"})
+_FIELDS_V2 = _FIELDS_V1 | {"license_id", "activation_id"}
 STATUSES = frozenset({"active", "suspended", "revoked", "expired", "deactivated"})
 
 
-def _check_nonce(nonce: object) -> None:
-    if nonce is not None and (type(nonce) is not str or len(nonce) > MAX_NONCE_CHARS):
-        raise FormatError(f"a nonce is a text of at most {MAX_NONCE_CHARS} characters")
+class SignedStatus:
+    """A verified status: HQ's time and what HQ says of this activation."""
+
+    __slots__ = ("activation_id", "license_id", "status", "t")
+
+    def __init__(self, t: int, status: str, license_id: str, activation_id: str) -> None:
+        self.t = t
+        self.status = status
+        self.license_id = license_id
+        self.activation_id = activation_id
+
+    def __repr__(self) -> str:
+        return f"SignedStatus({self.t}, {self.status!r}, {self.activation_id!r})"
 
 
-def sign_time(
-    signing_key: SigningKey, t: int, fingerprint: str, nonce: str | None, status: str
-) -> bytes:
-    """The signed time-and-status token (HQ side)."""
+def _check(t: int, fingerprint: str, nonce: str | None, status: str) -> None:
     if status not in STATUSES:
         raise ValueError(f"unknown license status {status!r}")
     if not is_fingerprint(fingerprint):
         raise ValueError("a fingerprint is 64 lowercase hex characters")
-    _check_nonce(nonce)
-    if type(t) is not int or not 0 <= t < 1 << 63:
+    if nonce is not None and (type(nonce) is not str or len(nonce) > MAX_NONCE_CHARS):
+        raise ValueError(f"a nonce is a text of at most {MAX_NONCE_CHARS} characters")
+    if not fields.is_uint(t, fields.MAX_TIME_S):
         raise ValueError("a time is a non-negative integer of Unix seconds")
+
+
+def sign_time(
+    signing_key: SigningKey,
+    t: int,
+    fingerprint: str,
+    nonce: str,
+    status: str,
+    *,
+    license_id: str,
+    activation_id: str,
+) -> bytes:
+    """The signed status of one activation (HQ side, version 2)."""
+    _check(t, fingerprint, nonce, status)
+    fields.text(license_id, "a license id")
+    fields.text(activation_id, "an activation id")
     return sign_message(
         signing_key,
         SIGNATURE_CONTEXT,
         {
             "v": FORMAT_VERSION,
+            "type": "time",
+            "t": t,
+            "fingerprint": fingerprint,
+            "license_id": license_id,
+            "activation_id": activation_id,
+            "nonce": nonce,
+            "status": status,
+        },
+    )
+
+
+def sign_time_v1(
+    signing_key: SigningKey, t: int, fingerprint: str, nonce: str | None, status: str
+) -> bytes:
+    """The version-1 token agents up to 0.1.0 read (HQ side, for those agents only)."""
+    _check(t, fingerprint, nonce, status)
+    return sign_message(
+        signing_key,
+        SIGNATURE_CONTEXT,
+        {
+            "v": 1,
             "type": "time",
             "t": t,
             "fingerprint": fingerprint,
@@ -64,27 +111,53 @@ def sign_time(
 
 
 def verify_time(
+    data: bytes,
+    keyring: Keyring,
+    fingerprint: str,
+    nonce: str,
+    *,
+    license_id: str,
+    activation_id: str,
+) -> SignedStatus:
+    """HQ's time and status in ``data``, if a trusted key signed it for this device, this
+    license, this activation and this nonce; otherwise a ``WireError``."""
+    body = open_signed(
+        data,
+        keyring,
+        SIGNATURE_CONTEXT,
+        what="signed status",
+        msg_type="time",
+        fields_by_version={FORMAT_VERSION: _FIELDS_V2},
+        max_bytes=MAX_TOKEN_BYTES,
+    )
+    t = fields.time_s(body["t"], "the signed time")
+    if body["fingerprint"] != fingerprint:
+        raise ClaimMismatchError("signed status is for another device")
+    if body["license_id"] != license_id or body["activation_id"] != activation_id:
+        raise ClaimMismatchError("signed status is about another license or activation")
+    if body["nonce"] != nonce:
+        raise ClaimMismatchError("signed status answers another request")
+    if body["status"] not in STATUSES:
+        raise FormatError("signed status carries an unknown status")
+    return SignedStatus(t, str(body["status"]), license_id, activation_id)
+
+
+def verify_time_v1(
     data: bytes, keyring: Keyring, fingerprint: str, nonce: str | None
 ) -> tuple[int, str]:
-    """HQ's time and the license status in ``data``, if it is signed by a trusted key for
-    this device and this nonce; otherwise a ``WireError``."""
+    """Version 1, as agents up to 0.1.0 verify it (tests and HQ's compatibility checks)."""
     body = open_signed(
         data,
         keyring,
         SIGNATURE_CONTEXT,
         what="signed time",
         msg_type="time",
-        fields=_MSG_FIELDS,
-        version=FORMAT_VERSION,
+        fields_by_version={1: _FIELDS_V1},
         max_bytes=MAX_TOKEN_BYTES,
     )
-    t = body["t"]
-    if type(t) is not int or not 0 <= t < 1 << 63:
-        raise FormatError("signed time is not a non-negative integer")
-    if body["fingerprint"] != fingerprint:
-        raise ClaimMismatchError("signed time is for another device")
-    if body["nonce"] != nonce:
-        raise ClaimMismatchError("signed time answers another request")
+    t = fields.time_s(body["t"], "the signed time")
+    if body["fingerprint"] != fingerprint or body["nonce"] != nonce:
+        raise ClaimMismatchError("signed time is for another device or request")
     if body["status"] not in STATUSES:
         raise FormatError("signed time carries an unknown status")
     return t, str(body["status"])

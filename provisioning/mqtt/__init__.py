@@ -4,10 +4,11 @@
 - ``connection``: one paho client for HQ (TLS, username/password, MQTT 5);
 - ``bridge``: answers renewal requests (a fresh file, or a signed revocation);
 - ``push``: renews a chosen set of devices and counts their confirmations;
-- ``brokerconf``: mosquitto password and ACL files, one device per user;
-- ``commands``: the ``fieldpass-hq bridge|push|broker-config`` commands.
+- ``brokerconf``: mosquitto password and ACL files, one device per user.
+
+Their commands, ``fieldpass-hq bridge|push|broker-config``, are in ``cli/mqtt.py``.
 
 Topic names and the device id come from ``agent.daemon.topics`` (the device's own
-definition); machine files and revocations from ``service.HQ``. Never logs a license
+definition); machine files and revocations from ``services.HQ``. Never logs a license
 key, a fingerprint or a password.
 """

@@ -6,7 +6,7 @@ secret (credentials.py). The ACL lets a device read only its own ``machine-file`
 ``%u`` patterns), and lets HQ's user read every request and status and write every file
 and revocation. The password file is hashed by ``mosquitto_passwd -U``; the plain
 credentials for the factory (device id, activation, password) go to ``credentials.csv``
-(mode 0600) and nowhere else.
+(mode 0600) and nowhere else: never to stdout or a log.
 """
 
 import csv

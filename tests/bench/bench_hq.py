@@ -58,7 +58,7 @@ def _bulk(home: Path, key: str) -> dict[str, object]:
     from agent.wire import license_key
     from agent.wire.machine_file import seal_machine_file
     from provisioning.models import Actor
-    from provisioning.service import HQ
+    from provisioning.services import HQ
 
     hq = HQ(home)
     lic = license_key.license_id(key)
@@ -71,7 +71,7 @@ def _bulk(home: Path, key: str) -> dict[str, object]:
         bulk_best = min(bulk_best, time.perf_counter() - start)
         files = len(issued)
         with hq.store.read() as tx:
-            signing = hq._signing_key(tx)  # the key renew_all used
+            signing = hq.keys.signing_key(tx)  # the key renew_all used
         claims = [i.claims for i in issued]
         start = time.perf_counter()
         for c in claims:

@@ -87,10 +87,12 @@ def _simulate(
 def _fleet(tmp: Path) -> tuple[object, str, str, dict[str, str]]:
     from agent.daemon import topics
     from provisioning.models import Actor, Plan
-    from provisioning.service import HQ
+    from provisioning.services import HQ
+    from provisioning.storage import sqlite
 
     actor = Actor("bench", "local")
-    hq = HQ(tmp / "hq", synchronous="NORMAL")
+    home = tmp / "hq"
+    hq = HQ(home, database=sqlite.url(home / sqlite.DB_NAME, synchronous="NORMAL"))
     now = int(time.time())
     hq.generate_key(now, actor)
     hq.create_plan(Plan("fleet", "robot-os", 365 * 86400, 30 * 86400, N, None, now), actor)

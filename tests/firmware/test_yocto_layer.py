@@ -108,6 +108,7 @@ STDLIB_PACKAGE = {
     "http": "python3-netclient",
     "urllib": "python3-netclient",
     "socket": "python3-io",
+    "_socket": "python3-io",
     "ssl": "python3-io",
     "tempfile": "python3-io",
     "queue": "python3-threading",

@@ -12,8 +12,10 @@ from hypothesis import strategies as st
 from agent.wire import license_key
 from provisioning.errors import ActivationNotFound, SeatLimitReached
 from provisioning.models import Actor, Plan
-from provisioning.service import HQ
-from provisioning.store import MIGRATIONS, SCHEMA_VERSION, Store
+from provisioning.services import HQ
+from provisioning.storage import SCHEMA_VERSION
+from provisioning.storage.sqlite import MIGRATIONS
+from provisioning.storage.sqlite import SQLiteStore as Store
 
 from .conftest import fingerprint
 

@@ -8,7 +8,7 @@ from agent.daemon import messages, topics
 from provisioning.models import Actor, Plan
 from provisioning.mqtt import brokerconf, credentials
 from provisioning.mqtt.bridge import Bridge
-from provisioning.service import HQ
+from provisioning.services import HQ
 
 ACTOR = Actor("test", "local")
 FP = "ab" * 32

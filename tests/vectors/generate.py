@@ -19,9 +19,11 @@ from agent.wire.machine_file import (
     ALGORITHM,
     MAX_MACHINE_FILE_BYTES,
     SIGNATURE_CONTEXT,
+    Binding,
     Claims,
     Entitlement,
     Envelope,
+    Meter,
     _aad,
     seal_machine_file,
 )
@@ -55,6 +57,30 @@ def claims(**changes: object) -> Claims:
     }
     base.update(changes)
     return Claims(**base)  # type: ignore[arg-type]
+
+
+def claims_v2(**changes: object) -> Claims:
+    """Version 2: the device's key, an answer bound to a TPM counter and a nonce, the
+    plan's usage counters and a metered entitlement."""
+    return claims(
+        version=2,
+        device_key=bytes(range(200, 232)),
+        binding=Binding(counter=41, nonce="request-nonce-1", report_seq=3, usage={"hours": 120}),
+        counters=("hours", "units"),
+        meters=(Meter("navigation", "hours", 2000, T0, T0 + 365 * 86400, 100),),
+        **changes,
+    )
+
+
+def jsonable(value: object) -> object:
+    """Claims as the vectors file holds them: byte strings as hex."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
 
 
 def raw_envelope(doc: dict[str, object]) -> bytes:
@@ -92,7 +118,13 @@ def build() -> dict[str, object]:
                 serial=7, license_expires_at=T0 + 200 * 86400, entitlements=()
             ).to_dict(),
         },
+        {
+            "name": "version-2-bound-with-device-key",
+            "file": seal_machine_file(claims_v2(serial=2), LICENSE_KEY, HQ_KEY, nonce=NONCE),
+            "claims": claims_v2(serial=2).to_dict(),
+        },
     ]
+    v2_doc = claims_v2().to_dict()
     flipped_sig = bytearray(good_doc["sig"])  # type: ignore[arg-type]
     flipped_sig[0] ^= 1
     flipped_enc = bytearray(good_doc["enc"])  # type: ignore[arg-type]
@@ -138,6 +170,30 @@ def build() -> dict[str, object]:
             "ClaimMismatchError",
         ),
         ("unknown-claim", signed_envelope(extra_claim), "FormatError"),
+        (
+            "claims-version-true",
+            signed_envelope({**claims().to_dict(), "v": True}),
+            "UnsupportedVersionError",
+        ),
+        ("claims-version-3", signed_envelope({**v2_doc, "v": 3}), "UnsupportedVersionError"),
+        (
+            "v1-claims-with-a-device-key",
+            signed_envelope({**claims().to_dict(), "device_key": bytes(32)}),
+            "FormatError",
+        ),
+        (
+            "expiry-after-9999",
+            signed_envelope({**claims().to_dict(), "expires_at": 253_402_300_800}),
+            "FormatError",
+        ),
+        ("serial-true", signed_envelope({**claims().to_dict(), "serial": True}), "FormatError"),
+        (
+            "binding-counter-true",
+            signed_envelope(
+                {**v2_doc, "binding": {**v2_doc["binding"], "counter": True}}  # type: ignore[dict-item]
+            ),
+            "FormatError",
+        ),
         ("version-2", raw_envelope({**good_doc, "v": 2}), "UnsupportedVersionError"),
         ("unknown-algorithm", raw_envelope({**good_doc, "alg": "rsa"}), "UnsupportedVersionError"),
         ("extra-envelope-field", raw_envelope({**good_doc, "x": 1}), "FormatError"),
@@ -155,7 +211,10 @@ def build() -> dict[str, object]:
         "keyring": Keyring.of(HQ_KEY.public_key).dumps(),
         "license_key": LICENSE_KEY,
         "fingerprint": FINGERPRINT,
-        "valid": [{**v, "file": bytes(v["file"]).hex()} for v in valid],  # type: ignore[call-overload]
+        "valid": [
+            {**v, "file": bytes(v["file"]).hex(), "claims": jsonable(v["claims"])}  # type: ignore[call-overload]
+            for v in valid
+        ],
         "invalid": [{"name": n, "file": f.hex(), "error": e} for n, f, e in invalid],
     }
 

@@ -1,4 +1,5 @@
-"""``fieldpass-hq bridge``, ``push`` and ``broker-config``: registered on the HQ CLI.
+"""``fieldpass-hq bridge|push|broker-config``: HQ's side of the MQTT channel (the
+logic is in provisioning/mqtt/).
 
 paho is imported when one of these commands runs, never when ``fieldpass-hq`` starts.
 """
@@ -14,10 +15,9 @@ import click
 
 from agent.daemon import topics
 
-from .. import output
-from ..cli import _actor, _now, _state, json_option
+from ..mqtt import credentials
 from ..units import parse_duration
-from . import credentials
+from . import common, output
 
 broker_option = click.option(
     "--broker",
@@ -58,6 +58,7 @@ def _password(home: Path, password_file: str | None) -> str:
     show_default=True,
     help="Fewest seconds between two files for one device.",
 )
+@common.json_option
 @click.pass_context
 def bridge(
     ctx: click.Context,
@@ -67,11 +68,15 @@ def bridge(
     ca_file: str | None,
     topic_prefix: str,
     min_interval: str,
+    as_json: bool,
 ) -> None:
     """Answer the devices' renewal requests over MQTT until SIGTERM.
 
     A fresh machine file while the license is active (and the device's file is due),
     a signed revocation when it is revoked or suspended; every answer is audited.
+    "bridge connected to URL" goes to stderr once the broker has accepted HQ; a broker
+    that cannot be reached or refuses HQ exits 69. With --json, a summary of what was
+    ignored is printed when it stops.
 
     Examples:
 
@@ -79,11 +84,16 @@ def bridge(
       fieldpass-hq bridge --broker mqtt://127.0.0.1:1883
       fieldpass-hq bridge --broker mqtts://broker.example:8883 --ca-file ca.pem
     """
-    from . import bridge as bridge_mod
-    from . import connection
+    from ..mqtt import bridge as bridge_mod
+    from ..mqtt import connection
 
+    connection.parse_url(broker_url)  # a wrong URL is a usage error before anything else
+    try:
+        interval_s = parse_duration(min_interval, allow_zero=True)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--min-interval") from e
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(name)s: %(message)s")
-    state = _state(ctx)
+    state = common.state(ctx)
     password = _password(state.home, password_file)
     stop = threading.Event()
 
@@ -94,7 +104,7 @@ def bridge(
     signal.signal(signal.SIGINT, on_signal)
 
     def connect(on_message: connection.MessageHandler, subscriptions: list[str]) -> object:
-        return connection.connect(
+        client = connection.connect(
             broker_url,
             "fieldpass-hq-bridge",
             username,
@@ -104,15 +114,16 @@ def bridge(
             subscriptions=subscriptions,
             session_expiry_s=7 * 86400,
         )
+        # Only now: the broker has accepted HQ's credentials (CONNACK).
+        click.echo(f"fieldpass-hq: bridge connected to {broker_url}", err=True)
+        return client
 
-    try:
-        interval_s = parse_duration(min_interval, allow_zero=True)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--min-interval") from e
     worker = bridge_mod.Bridge(state.hq, topic_prefix, interval_s)
-    click.echo(f"fieldpass-hq: bridge connected to {broker_url}", err=True)
     bridge_mod.serve(worker, connect, stop)
-    click.echo(f"fieldpass-hq: bridge stopped; ignored: {worker.counts or 'none'}", err=True)
+    ignored = worker.counts or "none"
+    click.echo(f"fieldpass-hq: bridge stopped; ignored: {ignored}", err=True)
+    if as_json:
+        output.emit_json({"broker": broker_url, "stopped": True, "ignored": dict(worker.counts)})
 
 
 @click.command()
@@ -135,7 +146,7 @@ def bridge(
 @password_file_option
 @ca_file_option
 @prefix_option
-@json_option
+@common.json_option
 @click.pass_context
 def push(
     ctx: click.Context,
@@ -165,8 +176,8 @@ def push(
       fieldpass-hq push --broker mqtt://127.0.0.1:1883 --expiring-within 30d
       fieldpass-hq push --broker mqtt://127.0.0.1:1883 --device act_1a2b... --json
     """
-    from . import connection
-    from . import push as push_mod
+    from ..mqtt import connection
+    from ..mqtt import push as push_mod
 
     if not (license_id or plan or devices or expiring_within):
         raise click.UsageError("choose devices: --license, --plan, --device or --expiring-within")
@@ -176,8 +187,8 @@ def push(
         wait_s = parse_duration(wait_for, allow_zero=True)
     except ValueError as e:
         raise click.BadParameter(str(e)) from e
-    state = _state(ctx)
-    confirmations = push_mod.Confirmations()
+    state = common.state(ctx)
+    confirmations = push_mod.Confirmations(state.hq)
     client = connection.connect(
         broker_url,
         "fieldpass-hq-push",
@@ -188,7 +199,7 @@ def push(
         subscriptions=[topics.topic(topic_prefix, "+", topics.STATUS)],
     )
     sel = push_mod.Selection(license_id, plan, devices, within_s)
-    now = _now()
+    now = common.now()
     try:
         count = len(push_mod.select(state.hq, sel, now))
         with click.progressbar(length=count, label="renewing", file=sys.stderr) as bar:
@@ -201,7 +212,7 @@ def push(
                 ttl_s=ttl_s,
                 wait_s=wait_s,
                 now=now,
-                actor=_actor(),
+                actor=common.actor(),
                 progress=bar.update,
             )
     finally:
@@ -229,7 +240,7 @@ def push(
     help="Directory for passwd, acl and credentials.csv.",
 )
 @prefix_option
-@json_option
+@common.json_option
 @click.pass_context
 def broker_config(ctx: click.Context, out: Path, topic_prefix: str, as_json: bool) -> None:
     """Write mosquitto's password and ACL files for every live device.
@@ -245,9 +256,9 @@ def broker_config(ctx: click.Context, out: Path, topic_prefix: str, as_json: boo
       # mosquitto.conf: password_file /etc/mosquitto/fieldpass/passwd
       #                 acl_file /etc/mosquitto/fieldpass/acl
     """
-    from . import brokerconf
+    from ..mqtt import brokerconf
 
-    state = _state(ctx)
+    state = common.state(ctx)
     doc = brokerconf.write(
         out, credentials.secret(state.home), state.hq.list_activations(), topic_prefix
     )
@@ -258,8 +269,3 @@ def broker_config(ctx: click.Context, out: Path, topic_prefix: str, as_json: boo
             f"wrote {doc['password_file']} and {doc['acl_file']} for {doc['devices']} devices; "
             f"device credentials in {doc['credentials']}"
         )
-
-
-def register(group: click.Group) -> None:
-    for command in (bridge, push, broker_config):
-        group.add_command(command)

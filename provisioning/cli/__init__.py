@@ -1,0 +1,122 @@
+"""``fieldpass-hq``: the HQ command line. The root group and ``main``, the one place that
+turns outcomes into exit codes, from the error's type (see ``errors`` and docs/hq.md).
+
+One module per command group, each a thin layer that parses options, calls
+``services.HQ`` and hands the result to ``output``: ``keys``, ``plans``, ``licenses``,
+``activations`` (activate, machine-file, deactivate), ``provision``, ``sites``,
+``field``, ``serve``, ``tokens``, ``audit``, ``mqtt`` (bridge, push, broker-config).
+What they share is ``common`` (the HQ of the home, the clock, the actor, shared
+options) and ``output``. This module imports them and adds their commands to ``cli``;
+none of them imports this module. An error never reaches the user as a traceback: it is
+one line on stderr, and its exit code comes from its type.
+"""
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import EXIT_NOINPUT, EXIT_SOFTWARE, EXIT_USAGE, HQError
+from ..keystore import default_home
+from . import (
+    activations,
+    audit,
+    common,
+    field,
+    keys,
+    licenses,
+    mqtt,
+    plans,
+    provision,
+    serve,
+    sites,
+    tokens,
+)
+
+PROG = "fieldpass-hq"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="FIELDPASS_HQ_HOME",
+    help="HQ data directory (database and signing keys). "
+    "Default: $FIELDPASS_HQ_HOME, else $XDG_DATA_HOME/fieldpass-hq, "
+    "else ~/.local/share/fieldpass-hq.",
+)
+@click.version_option(package_name="fieldpass", prog_name=PROG)
+@click.pass_context
+def cli(ctx: click.Context, home: Path | None) -> None:
+    """Fieldpass HQ: signing keys, plans, licenses, seats; issues machine files.
+
+    Examples:
+
+    \b
+      fieldpass-hq keys generate
+      fieldpass-hq plans create robot-std --offline-ttl 365d --grace 30d --seats 10
+      fieldpass-hq licenses create --plan robot-std --entitlement welding
+      fieldpass-hq activate FP-XXXXX-... --fingerprint 3f2a... -o device.lic
+      fieldpass-hq serve --port 8750
+    """
+    ctx.obj = common.State(home if home is not None else default_home())
+
+
+COMMANDS: tuple[click.Command, ...] = (
+    keys.keys,
+    plans.plans,
+    licenses.licenses,
+    activations.activate,
+    activations.machine_file,
+    activations.deactivate,
+    activations.activations,
+    provision.provision,
+    sites.sites,
+    field.field,
+    serve.serve,
+    tokens.tokens,
+    audit.audit,
+    mqtt.bridge,
+    mqtt.push,
+    mqtt.broker_config,
+)
+for _command in COMMANDS:
+    cli.add_command(_command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; the one place that turns outcomes into exit codes."""
+    try:
+        # Not standalone: click returns what ``ctx.exit(N)`` asked for instead of
+        # exiting, and a command's own return value (None) otherwise.
+        code = cli.main(args=argv, prog_name=PROG, standalone_mode=False)
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.exceptions.NoArgsIsHelpError as e:
+        # ``fieldpass-hq`` or a group (``fieldpass-hq keys``) alone: its help, not an error.
+        click.echo(e.ctx.get_help() if e.ctx is not None else "")
+        return 0
+    except click.exceptions.Abort:
+        _error("aborted")
+        return 130
+    except click.UsageError as e:
+        hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+        _error(f"{e.format_message()}{hint}")
+        return EXIT_USAGE
+    except click.FileError as e:
+        _error(e.format_message())
+        return EXIT_NOINPUT
+    except HQError as e:
+        _error(e.message)
+        return e.exit_code
+    except BrokenPipeError:
+        return 0
+    except Exception as e:
+        _error(f"internal error ({type(e).__name__}): please report it")
+        return EXIT_SOFTWARE
+    return code if type(code) is int else 0
+
+
+def _error(message: str) -> None:
+    one_line = " ".join(message.split())
+    sys.stderr.write(f"{PROG}: error: {one_line}\n")

@@ -1,0 +1,234 @@
+"""``fieldpass-hq activate|machine-file|deactivate``: a device's seat and its machine
+files, from a fingerprint or from a request file carried from an air-gapped device.
+
+Writes the machine file where ``-o`` says (crash-safe), or armored text to stdout; never
+prints the license key it was given.
+"""
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from agent.wire import armor
+
+from .. import documents
+from ..errors import InvalidRequest
+from ..services import Issued
+from ..services.device_requests import answer_request
+from ..units import format_time
+from . import common, output
+
+
+def _issued_text(i: Issued, file: str | None) -> str:
+    c = i.claims
+    what = "activated (new seat)" if i.created else "machine file issued"
+    where = f" -> {file}" if file else ""
+    return (
+        f"{what}: {i.activation.id} serial {c.serial}, valid until "
+        f"{format_time(c.expires_at)}{where}"
+    )
+
+
+machine_file_options = [
+    click.option(
+        "-o",
+        "--output",
+        "out",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Write the machine file to FILE (binary CBOR unless --armor).",
+    ),
+    click.option(
+        "--armor",
+        "armored",
+        is_flag=True,
+        help="Write FILE as armored text. Without -o, armored text goes to stdout.",
+    ),
+    common.json_option,
+]
+
+
+def _deliver(issued: Any, out: Path | None, armored: bool, as_json: bool) -> None:
+    text = armor.armor(issued.machine_file, armor.MACHINE_FILE)
+    if out is not None:
+        output.write_file(out, text.encode("ascii") if armored else issued.machine_file)
+    if as_json:
+        output.emit_json(documents.issued_doc(issued, str(out) if out else None))
+    elif out is None:
+        sys.stdout.write(text)
+    else:
+        output.emit_text(_issued_text(issued, str(out)))
+
+
+request_option = click.option(
+    "--request",
+    "request_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="A request written on the device by `fieldpass request` (air-gapped flow).",
+)
+
+
+def _next_step(out: Path | None, *, with_key: bool) -> None:
+    """The device's side, as a command to type: an activation's answer is installed with
+    the license key (a file holding it; the device keeps its own copy), a renewal's
+    without."""
+    where, name = (str(out), out.name) if out else ("the text above (saved to a FILE)", "FILE")
+    key = " --license-key-file KEYFILE" if with_key else ""
+    held = " (KEYFILE: a file holding the license key)" if with_key else ""
+    click.echo(
+        f"Next: carry {where} to the device and run `fieldpass install {name}{key}` "
+        f"there{held}; `fieldpass check` then exits 0.",
+        err=True,
+    )
+
+
+@click.command()
+@click.argument("license_key")
+@click.option("--fingerprint", help="The device fingerprint (64 hex).")
+@request_option
+@common.with_options(machine_file_options)
+@click.pass_context
+def activate(
+    ctx: click.Context,
+    license_key: str,
+    fingerprint: str | None,
+    request_file: Path | None,
+    out: Path | None,
+    armored: bool,
+    as_json: bool,
+) -> None:
+    """Activate LICENSE_KEY on a device: consume a seat, issue its machine file.
+
+    The same fingerprint again consumes nothing and gets a fresh file (next serial).
+    Past the seat limit the activation is refused (exit 1). The device prints its
+    fingerprint with `fieldpass fingerprint`.
+
+    Examples:
+
+    \b
+      fieldpass-hq activate FP-XXXXX-XXXXX-XXXXX-XXXXX-XXXXX --fingerprint 3f2a... -o m.lic
+      fieldpass-hq activate FP-XXXXX-... --fingerprint 3f2a... > machine-file.txt
+      fieldpass-hq activate FP-XXXXX-... --fingerprint 3f2a... -o m.lic --json
+      fieldpass-hq activate FP-XXXXX-... --request robot-17.request --armor -o answer.txt
+    """
+    hq = common.state(ctx).hq
+    if request_file is not None:
+        if fingerprint:
+            raise InvalidRequest("give --fingerprint or --request, not both")
+        issued = answer_request(
+            hq.device, common.read_request(request_file), common.now(), common.actor(), license_key
+        )
+    else:
+        if not fingerprint or len(fingerprint) != 64:
+            raise click.BadParameter(
+                "a fingerprint is 64 lowercase hex characters (or give --request)",
+                param_hint="--fingerprint",
+            )
+        issued = hq.activate(license_key, fingerprint, common.now(), common.actor())
+    _deliver(issued, out, armored, as_json)
+    if not as_json:
+        _next_step(out, with_key=True)
+
+
+@click.command("machine-file")
+@click.argument("activation_id", required=False)
+@click.option(
+    "--ttl",
+    callback=common.duration(),
+    metavar="DURATION",
+    default=None,
+    help="Validity of the new file, capped by the plan's offline TTL.",
+)
+@request_option
+@common.with_options(machine_file_options)
+@click.pass_context
+def machine_file(
+    ctx: click.Context,
+    activation_id: str | None,
+    ttl: int | None,
+    request_file: Path | None,
+    out: Path | None,
+    armored: bool,
+    as_json: bool,
+) -> None:
+    """Renew: a fresh machine file for ACTIVATION_ID, without consuming a seat.
+
+    Examples:
+
+    \b
+      fieldpass-hq machine-file act_0123456789abcdef0123 -o renewal.lic
+      fieldpass-hq machine-file act_0123456789abcdef0123 --ttl 30d --armor -o renewal.txt
+      fieldpass-hq machine-file act_0123456789abcdef0123 --json
+      fieldpass-hq machine-file --request robot-17.request --armor -o renewal.txt
+    """
+    hq = common.state(ctx).hq
+    if request_file is not None:
+        if activation_id:
+            raise InvalidRequest("give ACTIVATION_ID or --request, not both")
+        issued = answer_request(
+            hq.device, common.read_request(request_file), common.now(), common.actor()
+        )
+    else:
+        if not activation_id:
+            raise InvalidRequest("name an ACTIVATION_ID or give --request")
+        issued = hq.renew(common.now(), common.actor(), activation_id=activation_id, ttl_s=ttl)
+    _deliver(issued, out, armored, as_json)
+    if not as_json:
+        _next_step(out, with_key=False)
+
+
+@click.command()
+@click.argument("activation_id")
+@common.json_option
+@click.pass_context
+def deactivate(ctx: click.Context, activation_id: str, as_json: bool) -> None:
+    """Deactivate ACTIVATION_ID and free its seat.
+
+    Examples:
+
+    \b
+      fieldpass-hq deactivate act_0123456789abcdef0123
+      fieldpass-hq deactivate act_0123456789abcdef0123 --json
+    """
+    act = common.state(ctx).hq.deactivate(common.now(), common.actor(), activation_id=activation_id)
+    if as_json:
+        output.emit_json(documents.activation_doc(act))
+    else:
+        output.emit_text(f"activation {act.id} deactivated: seat freed")
+
+
+@click.group()
+def activations() -> None:
+    """Activations (seats held by devices): the operator's actions on them.
+
+    Examples:
+
+    
+      fieldpass-hq activations reset-key act_0123456789abcdef0123
+    """
+
+
+@activations.command("reset-key")
+@click.argument("activation_id")
+@common.json_option
+@click.pass_context
+def reset_key(ctx: click.Context, activation_id: str, as_json: bool) -> None:
+    """Forget ACTIVATION_ID's device key (audited): for a device that lost its key
+    file or had its storage replaced. The device then registers a new key with its
+    next renewal, or activates again with the license key.
+
+    Examples:
+
+    
+      fieldpass-hq activations reset-key act_0123456789abcdef0123
+      fieldpass-hq activations reset-key act_0123456789abcdef0123 --json
+    """
+    act = common.state(ctx).hq.device.reset_key(activation_id, common.now(), common.actor())
+    if as_json:
+        output.emit_json(documents.activation_doc(act))
+    else:
+        output.emit_text(
+            f"activation {act.id}: device key forgotten; the device registers a new one "
+            "with its next renewal (or `fieldpass activate` again)"
+        )

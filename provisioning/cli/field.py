@@ -1,0 +1,243 @@
+"""``fieldpass-hq field export|serve|import``: the technician's laptop (provisioning/field/).
+
+``export`` runs at HQ and writes a bundle; ``serve`` runs on the laptop, on site, and
+shows each pickup as it happens; ``import`` runs back at HQ. The bundle format, the
+laptop's server and the report are in ``provisioning/field/``; this module parses
+options, reads the clock and prints, and never decides what a bundle may carry.
+"""
+
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import InvalidRequest
+from ..field import bundle, report
+from ..field.server import FieldServer, offer_over_mqtt
+from ..units import format_time
+from . import common, output
+
+
+@click.group()
+def field() -> None:
+    """Field bundles for a technician's laptop: export, serve on site, import the report.
+
+    \b
+    Examples:
+      fieldpass-hq field export --license lic_0123456789abcdef0123 -o site-7.bundle
+      fieldpass-hq field serve site-7.bundle --host 192.168.7.1 --report site-7.report
+      fieldpass-hq field import site-7.report
+    """
+
+
+@field.command("export")
+@click.option("--site", help="Devices placed at this site (fieldpass-hq sites assign).")
+@click.option("--license", "licenses", multiple=True, help="Devices of this license id.")
+@click.option("--plan", help="Devices on this plan.")
+@click.option(
+    "--fingerprints",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="A file of device fingerprints, one a line (a site's list).",
+)
+@click.option(
+    "--expiring-within",
+    callback=common.duration(),
+    metavar="DURATION",
+    help="Only devices whose file expires within DURATION.",
+)
+@click.option("--all", "everything", is_flag=True, help="Every live activation.")
+@click.option(
+    "--ttl", callback=common.duration(), metavar="DURATION", help="Validity of the files."
+)
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True)
+@common.json_option
+@click.pass_context
+def export(
+    ctx: click.Context,
+    site: str | None,
+    licenses: tuple[str, ...],
+    plan: str | None,
+    fingerprints: Path | None,
+    expiring_within: int | None,
+    everything: bool,
+    ttl: int | None,
+    out: Path,
+    as_json: bool,
+) -> None:
+    """Renew the chosen devices and write a field bundle for the technician.
+
+    \b
+    Examples:
+      fieldpass-hq field export --site site-7 -o site-7.bundle
+      fieldpass-hq field export --license lic_0123456789abcdef0123 -o site-7.bundle
+      fieldpass-hq field export --fingerprints site-7.txt --ttl 365d -o site-7.bundle
+      fieldpass-hq field export --all --expiring-within 60d -o tour.bundle
+    """
+    if not (site or licenses or plan or fingerprints or expiring_within or everything):
+        raise InvalidRequest(
+            "choose devices: --site, --license, --plan, --fingerprints, --expiring-within or --all"
+        )
+    fps = common.read_fingerprints(fingerprints) if fingerprints is not None else None
+    hq = common.state(ctx).hq
+    now = common.now()
+    chosen = bundle.select(hq, licenses, plan, fps, expiring_within, now, site)
+    # As `provision --csv`: a progress bar on a terminal (stderr), else its label once.
+    with click.progressbar(length=len(chosen), label="exporting", file=sys.stderr) as bar:
+        doc = bundle.export(hq, chosen, ttl, now, common.actor(), progress=bar.update)
+    devices, revocations, skipped = doc["devices"], doc["revocations"], doc["skipped"]
+    output.write_file(out, bundle.to_bytes(doc))
+    summary = {
+        "bundle": str(out),
+        "devices": len(devices),
+        "revocations": len(revocations),
+        "skipped": skipped,
+    }
+    if as_json:
+        output.emit_json(summary)
+        return
+    lines = [
+        f"field bundle {out}: {len(devices)} renewed machine file(s), "
+        f"{len(revocations)} signed revocation(s)"
+    ]
+    lines += [f"  skipped {s['activation_id']}: license {s['status']}" for s in skipped]
+    lines.append(
+        f"Next: copy {out} to the laptop and run `fieldpass-hq field serve {out.name}` on site."
+    )
+    output.emit_text("\n".join(lines))
+
+
+@field.command("serve")
+@click.argument("bundle_path", metavar="BUNDLE", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on: the laptop's address on the local link.",
+)
+@click.option("--port", type=click.IntRange(1, 65535), default=8750, show_default=True)
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(path_type=Path),
+    help="Where to write the report [default: BUNDLE.report].",
+)
+@click.option(
+    "--duration",
+    type=click.IntRange(1, 7 * 86400),
+    help="Stop after this many seconds [default: until Ctrl-C or SIGTERM].",
+)
+@click.option(
+    "--broker",
+    metavar="URL",
+    help="Also offer the bundle over MQTT on this broker (the site's, or the laptop's own "
+    "mosquitto): mqtt://HOST[:PORT] or mqtts://.",
+)
+@click.option("--broker-username", default="fieldpass-hq", show_default=True)
+@click.option(
+    "--broker-password-file",
+    type=click.Path(dir_okay=False),
+    help="The password of that user in the broker's password file.",
+)
+@common.json_option
+def serve(
+    bundle_path: Path,
+    host: str,
+    port: int,
+    report_path: Path | None,
+    duration: int | None,
+    broker: str | None,
+    broker_username: str,
+    broker_password_file: str | None,
+    as_json: bool,
+) -> None:
+    """On site: offer the bundle's renewals to the devices over the local link.
+
+    Devices pick them up through their usual HTTP path once the laptop's URL is in
+    their `[online] servers`, and through their MQTT daemon once the broker given with
+    --broker is in their `[mqtt] brokers`. Each pickup is shown; the report is written
+    on exit. With --json the pickups go to stderr and a summary is printed on exit.
+
+    \b
+    Examples:
+      fieldpass-hq field serve site-7.bundle --host 192.168.7.1
+      fieldpass-hq field serve site-7.bundle --host 192.168.7.1 --duration 3600
+      fieldpass-hq field serve site-7.bundle --host 192.168.7.1 --broker mqtt://192.168.7.1
+      fieldpass-hq field serve site-7.bundle --duration 600 --json
+    """
+    doc = bundle.load_bundle(bundle_path)
+
+    def show_pickup(entry: dict[str, Any], via: str) -> None:
+        click.echo(
+            f"picked up: {entry['activation_id']} (device "
+            f"{entry['fingerprint'][:12]}…) serial {entry['serial']} via {via}",
+            err=as_json,
+        )
+
+    server = FieldServer((host, port), doc, on_pickup=show_pickup)
+    started = int(time.time())
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    mqtt_client = None
+    if broker:
+        password = Path(broker_password_file).read_text().strip() if broker_password_file else ""
+        mqtt_client = offer_over_mqtt(server, broker, broker_username, password)
+        click.echo(f"offering the bundle on {broker} too", err=True)
+    click.echo(
+        f"serving {len(server.by_fingerprint)} renewal(s) on http://{host}:{port} "
+        f"(Ctrl-C to stop and write the report)",
+        err=True,
+    )
+    stop.wait(timeout=duration)
+    if mqtt_client is not None:
+        mqtt_client.loop_stop()
+        mqtt_client.disconnect()
+    server.shutdown()
+    server.server_close()
+    picked = {p["activation_id"] for p in server.pickups}
+    offered = server.offered()
+    served_from = f"{host}:{port}"
+    operator = common.actor().who
+    doc = report.make_report(
+        doc, server.pickups, offered, served_from, operator, started, int(time.time())
+    )
+    out = report_path or bundle_path.with_name(bundle_path.name + ".report")
+    output.write_file(out, bundle.to_bytes(doc))
+    if as_json:
+        output.emit_json({"report": str(out), "offered": len(offered), "picked_up": sorted(picked)})
+        return
+    click.echo(
+        f"{len(picked)} of {len(offered)} device(s) picked up their renewal or "
+        f"revocation; report written to {out}. Next: bring it to HQ: "
+        f"`fieldpass-hq field import {out.name}`."
+    )
+
+
+@field.command("import")
+@click.argument("report_path", metavar="REPORT", type=click.Path(path_type=Path, dir_okay=False))
+@common.json_option
+@click.pass_context
+def import_report(ctx: click.Context, report_path: Path, as_json: bool) -> None:
+    """Back at HQ: record a field report's pickups in the audit log (once per report).
+
+    \b
+    Examples:
+      fieldpass-hq field import site-7.report
+    """
+    hq = common.state(ctx).hq
+    summary, doc = report.import_report(hq, report_path, common.now(), common.actor())
+    if as_json:
+        output.emit_json(summary)
+        return
+    missing = summary["not_picked_up"]
+    output.emit_text(
+        f"recorded {summary['pickups']} pickup(s) from {report_path} in the audit log"
+        + (f"; not picked up: {', '.join(missing)}" if missing else "")
+        + f" (since {format_time(int(doc['started_at']))})"
+    )

@@ -1,0 +1,15 @@
+"""The technician's laptop: field bundles exported at HQ, served on site, reported back.
+
+- ``bundle``: ``fieldpass-hq field export`` (at HQ) renews the chosen devices and writes
+  a bundle: their fresh machine files (signed and device-encrypted, so the bundle holds
+  no secret) and signed revocations, nothing that could activate a new seat.
+- ``server``: ``fieldpass-hq field serve BUNDLE`` (on the laptop) answers the devices'
+  existing HTTP path (``POST /v1/machine-file``) from the bundle, and optionally offers
+  it on an MQTT broker. A device needs no change beyond the laptop's URL in its
+  ``[online] servers``. It cannot activate, deactivate or validate: those answer with an
+  error the device falls back from.
+- ``report``: what the laptop saw, written when it stops; ``fieldpass-hq field import
+  REPORT`` (back at HQ) records every pickup in the audit log, once per report.
+
+The commands are in ``cli/field.py``; nothing here reads options or prints.
+"""

@@ -1,0 +1,150 @@
+"""Request bodies and error documents of the HTTP API: strict, closed (unknown fields
+refused), bounded.
+
+Validation happens here, before any service call, so that a refused body never touches
+the database.
+"""
+
+import base64
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from agent.wire.signed_time import MAX_NONCE_CHARS
+
+from ..services.names import NAME_PATTERN
+from ..units import MAX_DURATION_S
+
+FINGERPRINT = r"^[0-9a-f]{64}$"
+# agent.wire.license_key's alphabet (no I, O, 0, 1), either case as a person may type it.
+LICENSE_KEY = r"^[Ff][Pp](-[A-HJ-NP-Za-hj-np-z2-9]{5}){5}$"
+LICENSE_ID = r"^lic_[0-9a-f]{20}$"
+ACTIVATION_ID = r"^act_[0-9a-f]{20}$"
+NAME = NAME_PATTERN
+MAX_TIME = (1 << 53) - 1
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+SIGNED_REQUEST = Field(
+    default=None,
+    max_length=4096,
+    pattern=r"^[A-Za-z0-9+/]+={0,2}$",
+    description="A device message signed by the device's own key, base64 "
+    "(docs/wire-format.md section 9). Agents after 0.1.0 send this instead of the "
+    "license key.",
+)
+LEGACY_KEY = Field(
+    default=None,
+    pattern=LICENSE_KEY,
+    description="The license key (a secret): agents up to 0.1.0 only, for devices "
+    "without a device key.",
+)
+LEGACY_FINGERPRINT = Field(
+    default=None, pattern=FINGERPRINT, description="64 lowercase hex (agents up to 0.1.0)"
+)
+
+
+class SignedOrLegacy(Strict):
+    """Either ``request`` (signed, agents after 0.1.0) or ``license_key`` and
+    ``fingerprint`` (the form of agents up to 0.1.0), never both."""
+
+    request: str | None = SIGNED_REQUEST
+    license_key: str | None = LEGACY_KEY
+    fingerprint: str | None = LEGACY_FINGERPRINT
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "SignedOrLegacy":
+        legacy = self.license_key is not None or self.fingerprint is not None
+        if self.request is not None and legacy:
+            raise ValueError("give a signed request, or license_key and fingerprint, not both")
+        if self.request is None and (self.license_key is None or self.fingerprint is None):
+            raise ValueError("give a signed request (or license_key and fingerprint)")
+        return self
+
+    def signed(self) -> bytes | None:
+        return None if self.request is None else base64.b64decode(self.request)
+
+
+class ChallengeRequest(Strict):
+    pass
+
+
+class ActivateRequest(Strict):
+    license_key: str = Field(
+        pattern=LICENSE_KEY, description="FP-XXXXX-XXXXX-XXXXX-XXXXX-XXXXX (a secret)"
+    )
+    request: str | None = SIGNED_REQUEST
+    fingerprint: str | None = LEGACY_FINGERPRINT
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "ActivateRequest":
+        if (self.request is None) == (self.fingerprint is None):
+            raise ValueError("give the signed activation request, or (0.1.0) a fingerprint")
+        return self
+
+
+class MachineFileRequest(SignedOrLegacy):
+    ttl_s: int | None = Field(
+        default=None, ge=1, le=MAX_DURATION_S, description="Capped by the plan's offline TTL."
+    )
+    activation_id: str | None = Field(default=None, pattern=ACTIVATION_ID)
+
+
+class DeactivateRequest(SignedOrLegacy):
+    activation_id: str | None = Field(default=None, pattern=ACTIVATION_ID)
+
+
+class ValidateRequest(SignedOrLegacy):
+    nonce: str | None = Field(default=None, max_length=MAX_NONCE_CHARS)
+
+
+class PlanCreate(Strict):
+    name: str = Field(pattern=NAME)
+    product: str = Field(default="default", pattern=NAME)
+    offline_ttl_s: int = Field(ge=1, le=MAX_DURATION_S)
+    grace_s: int = Field(default=0, ge=0, le=MAX_DURATION_S)
+    warn_s: int | None = Field(default=None, ge=0, le=MAX_DURATION_S)
+    seats: int = Field(ge=1, le=1_000_000)
+
+
+class EntitlementIn(Strict):
+    feature: str = Field(pattern=NAME)
+    expires_at: int | None = Field(default=None, ge=0, le=MAX_TIME)
+
+
+class LicenseCreate(Strict):
+    plan: str = Field(pattern=NAME)
+    entitlements: list[EntitlementIn] = Field(default_factory=list, max_length=64)
+    expires_at: int | None = Field(default=None, ge=0, le=MAX_TIME)
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable: seat_limit_reached, license_not_found, ...")
+    message: str = Field(description="One line for a person; never holds a secret.")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+# Every route may answer 413 (BodyLimit) and 422 (validation); 503 when HQ has no key or
+# its storage fails.
+COMMON_ERRORS = (413, 422, 503)
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, object]]:
+    """The OpenAPI ``responses`` of a route's error statuses, all ``ErrorBody``."""
+    what = {
+        400: "Malformed JSON.",
+        401: "No bearer token, or one that is unknown, expired or revoked; a device "
+        "request not signed by its key, or over an unknown, used or expired challenge.",
+        403: "The license is suspended, revoked or expired, or another device's.",
+        404: "No such license, activation, plan or token.",
+        409: "A seat limit or a conflict (a token already revoked).",
+        413: "The body is larger than the limit.",
+        422: "A field is missing, unknown, of the wrong type or out of range.",
+        503: "HQ is not configured (no signing key) or its storage failed.",
+    }
+    return {s: {"model": ErrorBody, "description": what[s]} for s in statuses}

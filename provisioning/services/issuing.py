@@ -1,0 +1,400 @@
+"""Activations and issuing: consume a seat and issue a machine file, renew one (or all
+of a license's in one transaction), give a seat back, validate with HQ's signed time,
+and sign a revocation.
+
+Every method takes ``now`` from its caller. An issued file's serial is recorded in the
+same transaction as its audit event and the seat it may consume (the license locked,
+``Tx.lock_license``); sealing (CBOR, encryption, signature) runs after the commit, so
+that the database's writer lock is held only for the writes. Refusals are
+``provisioning.errors`` types; messages never hold a license key.
+"""
+
+import secrets
+from dataclasses import dataclass, replace
+
+from agent.wire import license_key as lk
+from agent.wire import revocation, signed_time
+from agent.wire.keys import SigningKey
+from agent.wire.machine_file import Binding, Claims, Entitlement, seal_machine_file
+
+from ..errors import (
+    ActivationNotFound,
+    DeviceKeyMismatch,
+    FingerprintMismatch,
+    InvalidRequest,
+    LicenseNotFound,
+    PlanNotFound,
+    SeatLimitReached,
+)
+from ..models import Activation, Actor, License, Plan
+from ..storage import Store, Tx
+from .audit import event
+from .keys import Keys
+from .licenses import check_usable, find_license, license_of_key, license_status, usable_license
+
+FINGERPRINT_HINT = "a fingerprint is 64 lowercase hex characters"
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A machine file just issued, and what it says."""
+
+    activation: Activation
+    claims: Claims
+    machine_file: bytes
+    created: bool  # a new activation (a seat was consumed)
+
+
+@dataclass(frozen=True)
+class _Recorded:
+    """A file recorded in the database (serial, expiry, audit) but not sealed yet.
+
+    Sealing (CBOR, encryption, signature) is pure work on these values, so it runs after
+    the transaction commits: the database's writer lock is held only for the writes."""
+
+    activation: Activation
+    claims: Claims
+    license_key: str
+    signing: SigningKey
+    created: bool
+
+    def seal(self) -> Issued:
+        machine_file = seal_machine_file(self.claims, self.license_key, self.signing)
+        return Issued(self.activation, self.claims, machine_file, self.created)
+
+
+@dataclass(frozen=True)
+class _Issuer:
+    """What every file of one license shares (its plan, HQ's signing key), looked up
+    once per transaction: bulk issuance reads them once, not once per device."""
+
+    lic: License
+    plan: Plan
+    signing: SigningKey
+
+    def issue(
+        self,
+        tx: Tx,
+        act: Activation,
+        ttl_s: int | None,
+        now: int,
+        new: bool,
+        binding: Binding | None = None,
+    ) -> _Recorded:
+        """Choose the next serial and expiry and record them; the sealing comes later."""
+        rec = self.prepare(act, ttl_s, now, new, binding)
+        if new:
+            tx.insert_activation(rec.activation)
+        else:
+            tx.record_issues([(act.id, rec.claims.serial, now, rec.claims.expires_at)])
+        return rec
+
+    def prepare(
+        self,
+        act: Activation,
+        ttl_s: int | None,
+        now: int,
+        new: bool,
+        binding: Binding | None = None,
+    ) -> _Recorded:
+        """The next file of ``act``: its claims and the activation as it will be stored.
+        The claims' version is the newest the activation's agent reads (version 1 for
+        agents up to 0.1.0, which know no device key and no binding)."""
+        ttl = self.plan.offline_ttl_s if ttl_s is None else min(ttl_s, self.plan.offline_ttl_s)
+        expires_at = now + ttl
+        if self.lic.expires_at is not None:
+            expires_at = min(expires_at, self.lic.expires_at)
+        warn_s = self.plan.warn_s if self.plan.warn_s is not None else (expires_at - now) // 3
+        serial = 1 if new else act.serial + 1
+        claims = Claims(
+            license_id=self.lic.id,
+            product=self.plan.product,
+            plan=self.plan.name,
+            activation_id=act.id,
+            fingerprint=act.fingerprint,
+            issued_at=now,
+            not_before=now,
+            expires_at=expires_at,
+            grace_s=self.plan.grace_s,
+            warn_s=warn_s,
+            serial=serial,
+            kid=self.signing.kid,
+            license_expires_at=self.lic.expires_at,
+            entitlements=tuple(Entitlement(e.feature, e.expires_at) for e in self.lic.entitlements),
+            version=2 if act.claims_format >= 2 else 1,
+            device_key=act.device_key if act.claims_format >= 2 else None,
+            binding=binding if act.claims_format >= 2 else None,
+        )
+        act = replace(act, serial=serial, last_issued_at=now, last_expires_at=expires_at)
+        return _Recorded(act, claims, self.lic.license_key, self.signing, new)
+
+
+@dataclass(frozen=True)
+class Contact:
+    """What a request says of the device: how it came (``cli``, ``http``, ``mqtt``,
+    ``laptop``, ``air-gapped``), its agent and the claims version it reads, its own key,
+    and what the answer must be bound to (its TPM counter, its nonce)."""
+
+    channel: str = "cli"
+    agent_version: str = ""
+    claims_format: int = 1
+    device_key: bytes | None = None
+    binding: Binding | None = None
+
+
+@dataclass(frozen=True)
+class Validation:
+    license_id: str
+    status: str  # active | suspended | revoked | expired
+    license_expires_at: int | None
+    activation: Activation | None
+    time: int
+    signed_time: bytes
+
+
+class Issuing:
+    def __init__(self, store: Store, keys: Keys) -> None:
+        self.store = store
+        self.keys = keys
+
+    def _issuer(self, tx: Tx, lic: License) -> _Issuer:
+        plan = tx.get_plan(lic.plan)
+        if plan is None:  # pragma: no cover - a foreign key makes this impossible
+            raise PlanNotFound(f"license {lic.id} names a missing plan")
+        return _Issuer(lic, plan, self.keys.signing_key(tx))
+
+    def activate(
+        self,
+        license_key: str,
+        fingerprint: str,
+        now: int,
+        actor: Actor,
+        contact: "Contact | None" = None,
+    ) -> Issued:
+        """Consume a seat (or reuse this device's) and issue a machine file.
+
+        ``contact`` is what the device's request said of itself (its key, its agent, the
+        claims it reads, what the answer must be bound to); None for an operator's
+        activation by fingerprint (a version-1 file, no device key yet). A live
+        activation's device key is never replaced here (DeviceKeyMismatch)."""
+        if not lk.is_fingerprint(fingerprint):
+            raise InvalidRequest(FINGERPRINT_HINT)
+        contact = contact or Contact()
+        with self.store.write() as tx:
+            lic = usable_license(tx, license_key, now)
+            tx.lock_license(lic.id)
+            existing = tx.find_live_activation(lic.id, fingerprint)
+            if existing is None:
+                plan = tx.get_plan(lic.plan)
+                seats = plan.seats if plan else 0
+                if tx.count_seats(lic.id) >= seats:
+                    raise SeatLimitReached(
+                        f"license {lic.id} has all {seats} seats in use: deactivate a device first"
+                    )
+                act = Activation(
+                    id="act_" + secrets.token_hex(10),
+                    license_id=lic.id,
+                    fingerprint=fingerprint,
+                    serial=0,
+                    created_at=now,
+                    last_issued_at=now,
+                    last_expires_at=now,
+                    deactivated_at=None,
+                    device_key=contact.device_key,
+                    agent_version=contact.agent_version,
+                    claims_format=contact.claims_format,
+                    last_seen_at=now,
+                    last_channel=contact.channel,
+                )
+                issued = self._issuer(tx, lic).issue(
+                    tx, act, None, now, new=True, binding=contact.binding
+                )
+            else:
+                act = self._take_contact(tx, existing, contact, now)
+                issued = self._issuer(tx, lic).issue(
+                    tx, act, None, now, new=False, binding=contact.binding
+                )
+            action = "activate" if issued.created else "reactivate"
+            serial = f"serial={issued.claims.serial}"
+            tx.append_audit(event(now, actor, action, lic.id, issued.activation.id, serial))
+        return issued.seal()
+
+    @staticmethod
+    def _take_contact(tx: Tx, act: Activation, contact: "Contact", now: int) -> Activation:
+        """Record what a request said of the device on its live activation."""
+        if contact.device_key is not None and act.device_key != contact.device_key:
+            if act.device_key is not None:
+                raise DeviceKeyMismatch(
+                    f"activation {act.id} belongs to another device key: an operator must "
+                    f"reset it first (fieldpass-hq activations reset-key {act.id})"
+                )
+            tx.set_device_key(act.id, contact.device_key)
+            act = replace(act, device_key=contact.device_key)
+        if contact.channel != "cli":
+            tx.record_contact(
+                act.id, now, contact.channel, contact.agent_version, contact.claims_format
+            )
+            act = replace(
+                act,
+                agent_version=contact.agent_version,
+                claims_format=contact.claims_format,
+                last_seen_at=now,
+                last_channel=contact.channel,
+            )
+        elif contact.claims_format != act.claims_format and contact.agent_version:
+            tx.record_contact(
+                act.id, now, "air-gapped", contact.agent_version, contact.claims_format
+            )
+            act = replace(act, claims_format=contact.claims_format)
+        return act
+
+    def _live_activation(
+        self,
+        tx: Tx,
+        activation_id: str | None,
+        license_key: str | None,
+        fingerprint: str | None,
+        now: int,
+    ) -> tuple[License, Activation]:
+        if license_key is not None:
+            lic = usable_license(tx, license_key, now)
+            if fingerprint is None or not lk.is_fingerprint(fingerprint):
+                raise InvalidRequest(FINGERPRINT_HINT)
+            if activation_id is not None:
+                act = tx.get_activation(activation_id)
+                if act is None or act.license_id != lic.id or act.deactivated_at is not None:
+                    raise ActivationNotFound("no live activation with this id for this license")
+                if act.fingerprint != fingerprint:
+                    raise FingerprintMismatch("the activation belongs to another device")
+            else:
+                found = tx.find_live_activation(lic.id, fingerprint)
+                if found is None:
+                    raise ActivationNotFound("this device has no live activation of this license")
+                act = found
+            return lic, act
+        if activation_id is None:
+            raise InvalidRequest("name an activation")
+        found = tx.get_activation(activation_id)
+        if found is None or found.deactivated_at is not None:
+            raise ActivationNotFound(f"no live activation {activation_id}")
+        lic_found = tx.get_license(found.license_id)
+        if lic_found is None:  # pragma: no cover - foreign key
+            raise LicenseNotFound("the activation's license is missing")
+        return lic_found, found
+
+    def renew(
+        self,
+        now: int,
+        actor: Actor,
+        *,
+        activation_id: str | None = None,
+        license_key: str | None = None,
+        fingerprint: str | None = None,
+        ttl_s: int | None = None,
+        contact: "Contact | None" = None,
+    ) -> Issued:
+        """A fresh machine file for a live activation, without a seat. ``contact``: what
+        the device's request said (None: what HQ last recorded for the activation)."""
+        if ttl_s is not None and ttl_s <= 0:
+            raise InvalidRequest("a TTL is positive")
+        with self.store.write() as tx:
+            lic, act = self._live_activation(tx, activation_id, license_key, fingerprint, now)
+            check_usable(lic, now)
+            tx.lock_license(lic.id)
+            binding = None
+            if contact is not None:
+                act = self._take_contact(tx, act, contact, now)
+                binding = contact.binding
+            issued = self._issuer(tx, lic).issue(tx, act, ttl_s, now, new=False, binding=binding)
+            serial = f"serial={issued.claims.serial}"
+            tx.append_audit(event(now, actor, "renew", lic.id, act.id, serial))
+        return issued.seal()
+
+    def renew_all(self, license_id: str, ttl_s: int | None, now: int, actor: Actor) -> list[Issued]:
+        """Bulk issuance: a fresh file for every live activation of a license, in one
+        transaction (field bundles, fleet refresh)."""
+        with self.store.write() as tx:
+            lic = find_license(tx, license_id)
+            check_usable(lic, now)
+            tx.lock_license(lic.id)
+            issuer = self._issuer(tx, lic)
+            issued = [
+                issuer.prepare(act, ttl_s, now, new=False)
+                for act in tx.list_activations(lic.id)
+                if act.deactivated_at is None
+            ]
+            tx.record_issues(
+                [(i.activation.id, i.claims.serial, now, i.claims.expires_at) for i in issued]
+            )
+            tx.append_audit(event(now, actor, "renew_all", lic.id, detail=f"files={len(issued)}"))
+        return [i.seal() for i in issued]
+
+    def deactivate(
+        self,
+        now: int,
+        actor: Actor,
+        *,
+        activation_id: str | None = None,
+        license_key: str | None = None,
+        fingerprint: str | None = None,
+    ) -> Activation:
+        with self.store.write() as tx:
+            if license_key is not None:
+                # A device may give its seat back even when its license is suspended.
+                lic = license_of_key(tx, license_key)
+                if fingerprint is None or not lk.is_fingerprint(fingerprint):
+                    raise InvalidRequest(FINGERPRINT_HINT)
+                act = tx.find_live_activation(lic.id, fingerprint)
+                if act is None:
+                    raise ActivationNotFound("this device has no live activation of this license")
+                if activation_id is not None and act.id != activation_id:
+                    raise FingerprintMismatch("the activation belongs to another device")
+            else:
+                _, act = self._live_activation(tx, activation_id, None, None, now)
+            tx.lock_license(act.license_id)
+            tx.deactivate(act.id, now)
+            tx.append_audit(event(now, actor, "deactivate", act.license_id, act.id))
+            return replace(act, deactivated_at=now)
+
+    def get_activation(self, activation_id: str) -> Activation:
+        with self.store.read() as tx:
+            act = tx.get_activation(activation_id)
+        if act is None:
+            raise ActivationNotFound(f"no activation {activation_id}")
+        return act
+
+    def list_activations(self, license_id: str | None = None) -> list[Activation]:
+        with self.store.read() as tx:
+            return tx.list_activations(license_id)
+
+    def validate(
+        self, license_key: str, fingerprint: str, nonce: str | None, now: int
+    ) -> Validation:
+        """The license's status for this device, with an HQ-signed current time."""
+        if not lk.is_fingerprint(fingerprint):
+            raise InvalidRequest(FINGERPRINT_HINT)
+        with self.store.read() as tx:
+            lic = license_of_key(tx, license_key)
+            act = tx.find_live_activation(lic.id, fingerprint)
+            signing = self.keys.signing_key(tx)
+        status = license_status(lic, now)
+        signed_status = "deactivated" if status == "active" and act is None else status
+        token = signed_time.sign_time_v1(signing, now, fingerprint, nonce, signed_status)
+        return Validation(lic.id, status, lic.expires_at, act, now, token)
+
+    def signed_revocation(self, activation_id: str, now: int) -> bytes | None:
+        """HQ's signed revocation for a live activation whose license is revoked or
+        suspended (agent/wire/revocation.py); None while the license is active."""
+        with self.store.read() as tx:
+            act = tx.get_activation(activation_id)
+            if act is None:
+                raise ActivationNotFound(f"no activation {activation_id}")
+            lic = tx.get_license(act.license_id)
+            assert lic is not None
+            status = license_status(lic, now)
+            if status not in revocation.REASONS:
+                return None
+            signing = self.keys.signing_key(tx)
+        return revocation.sign_revocation(
+            signing, revocation.Revocation(activation_id, now, status)
+        )

@@ -1,0 +1,36 @@
+"""What HQ's services may ask of a database, whatever the engine: ``Store``.
+
+A store hands out transactions; each yields a ``Tx`` (storage/tx.py) with the
+operations. ``write()`` transactions of one store, across threads, processes and hosts,
+behave as if one ran after the other for the rows they lock (``Tx.lock_license``): the
+seat rule's count and insert rely on it. Leaving the ``with`` block commits; an
+exception rolls back. A constraint the database refuses surfaces as ``Conflict``, any
+other failure of the engine as ``StorageError``: no driver exception escapes.
+
+Services depend on this module and on ``Tx`` only, never on an engine module.
+"""
+
+from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
+
+from .tx import Tx
+
+
+class Store(ABC):
+    """A database with HQ's schema at the current version (migrated when opened)."""
+
+    @abstractmethod
+    def read(self) -> AbstractContextManager[Tx]:
+        """A read transaction (a consistent snapshot)."""
+
+    @abstractmethod
+    def write(self) -> AbstractContextManager[Tx]:
+        """A write transaction."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections and locks; the store may be opened again later."""
+
+    def schema_version(self) -> int:
+        with self.read() as tx:
+            return tx.schema_version()

@@ -1,0 +1,65 @@
+"""The versions of HQ's schema, and the one way every engine applies them.
+
+``VERSIONS`` says what each version brings, for every engine; an engine module holds
+its own statements for each (``storage/sqlite.py: MIGRATIONS``; a PostgreSQL engine
+writes its DDL for the same versions: ``BIGSERIAL`` for ``audit.id``, trigger functions
+for the seat count and the append-only audit). ``upgrade`` applies what a database
+lacks, in order, inside the one write transaction it is given, and refuses a database
+newer than this program.
+
+No SQL of any engine here: the statements come from the engine, the bookkeeping
+(``schema_version``) from ``storage/tx.py``. A released version never changes: a change
+to the schema is a new version, in every engine.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+from .tx import Tx
+
+
+@dataclass(frozen=True)
+class Version:
+    number: int
+    brings: str
+
+
+VERSIONS: tuple[Version, ...] = (
+    Version(
+        1,
+        "signing keys (public parts), plans, licenses and their entitlements, activations "
+        "(one live per license and device, enforced by the database), the append-only "
+        "audit log, admin token hashes",
+    ),
+    Version(2, "the seats in use kept on the license row by the database itself"),
+    Version(3, "sites: where a device stands (a label on its activation)"),
+    Version(
+        4,
+        "the device's own key on its activation, the agent version and claims format it "
+        "reads, when and how it was last heard from; single-use server challenges; "
+        "retired signing keys",
+    ),
+    Version(5, "admin tokens expire and can be revoked (their rows kept, for the record)"),
+)
+SCHEMA_VERSION = VERSIONS[-1].number
+
+# An engine's statements for each version, in order: [(number, [statement, ...]), ...].
+EngineMigrations = Sequence[tuple[int, Sequence[str]]]
+
+
+def upgrade(tx: Tx, engine: str, migrations: EngineMigrations) -> None:
+    """Bring the database in ``tx`` (a write transaction) to ``SCHEMA_VERSION``."""
+    numbers = [number for number, _ in migrations]
+    if numbers != [v.number for v in VERSIONS]:  # pragma: no cover - a programming error
+        raise RuntimeError(f"the {engine} engine has migrations {numbers}, not {VERSIONS}")
+    tx.create_schema_table()
+    current = tx.schema_version()
+    if current > SCHEMA_VERSION:
+        raise ConfigError(
+            f"database schema version {current} is newer than this fieldpass-hq "
+            f"({SCHEMA_VERSION}): upgrade fieldpass-hq"
+        )
+    for number, statements in migrations:
+        if number > current:
+            tx.apply_migration(number, statements)

@@ -1,0 +1,310 @@
+"""The SQLite engine: HQ's database as one file in WAL mode, and everything about it
+that is SQLite's alone.
+
+Here and nowhere else: the DDL of every migration in SQLite's dialect, the connection
+settings (WAL, ``synchronous``, foreign keys), ``BEGIN IMMEDIATE``, the writer lock
+(a mutex between threads, ``flock`` between processes), the warm write connection, the
+file's name and mode in HQ's home, and the ``sqlite:///PATH`` URL. The operations
+themselves are the portable ones of ``storage/tx.py``.
+
+Never sees a signing key; never logs anything (rows hold license keys).
+"""
+
+import fcntl
+import os
+import sqlite3
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+
+from ..errors import ConfigError, Conflict, StorageError
+from . import migrations
+from .interface import Store
+from .tx import Tx
+
+SCHEME = "sqlite"
+DB_NAME = "hq.sqlite3"
+BUSY_TIMEOUT_S = 30.0
+SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+# SQLite's statements for each of storage.migrations.VERSIONS. (Public keys are base64
+# text, so that no engine needs a binary type.)
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (
+        1,
+        [
+            """CREATE TABLE signing_keys (
+                kid TEXT PRIMARY KEY,
+                public_key TEXT NOT NULL,
+                created_at INTEGER NOT NULL,
+                active INTEGER NOT NULL DEFAULT 0)""",
+            """CREATE TABLE plans (
+                name TEXT PRIMARY KEY,
+                product TEXT NOT NULL,
+                offline_ttl_s INTEGER NOT NULL CHECK (offline_ttl_s > 0),
+                grace_s INTEGER NOT NULL CHECK (grace_s >= 0),
+                warn_s INTEGER CHECK (warn_s >= 0),
+                seats INTEGER NOT NULL CHECK (seats > 0),
+                created_at INTEGER NOT NULL)""",
+            """CREATE TABLE licenses (
+                id TEXT PRIMARY KEY,
+                license_key TEXT NOT NULL UNIQUE,
+                plan TEXT NOT NULL REFERENCES plans(name),
+                status TEXT NOT NULL CHECK (status IN ('active', 'suspended', 'revoked')),
+                expires_at INTEGER,
+                created_at INTEGER NOT NULL,
+                updated_at INTEGER NOT NULL)""",
+            """CREATE TABLE entitlements (
+                license_id TEXT NOT NULL REFERENCES licenses(id),
+                feature TEXT NOT NULL,
+                expires_at INTEGER,
+                PRIMARY KEY (license_id, feature))""",
+            """CREATE TABLE activations (
+                id TEXT PRIMARY KEY,
+                license_id TEXT NOT NULL REFERENCES licenses(id),
+                fingerprint TEXT NOT NULL,
+                serial INTEGER NOT NULL CHECK (serial >= 1),
+                created_at INTEGER NOT NULL,
+                last_issued_at INTEGER NOT NULL,
+                last_expires_at INTEGER NOT NULL,
+                deactivated_at INTEGER)""",
+            # One live activation per (license, device): the database itself refuses a
+            # second seat for the same fingerprint, whatever the code above it does.
+            """CREATE UNIQUE INDEX activations_live ON activations (license_id, fingerprint)
+                WHERE deactivated_at IS NULL""",
+            """CREATE TABLE audit (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                at INTEGER NOT NULL,
+                actor TEXT NOT NULL,
+                source TEXT NOT NULL,
+                action TEXT NOT NULL,
+                license_id TEXT,
+                activation_id TEXT,
+                detail TEXT)""",
+            """CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+                BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
+            """CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+                BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
+            """CREATE TABLE api_tokens (
+                name TEXT PRIMARY KEY,
+                token_hash TEXT NOT NULL UNIQUE,
+                created_at INTEGER NOT NULL)""",
+        ],
+    ),
+    (
+        2,
+        [
+            # The seat count kept on the license row by the database itself, so that the
+            # seat rule reads one row instead of counting a large fleet's activations.
+            """ALTER TABLE licenses ADD COLUMN seats_used INTEGER NOT NULL DEFAULT 0
+                CHECK (seats_used >= 0)""",
+            """UPDATE licenses SET seats_used = (SELECT COUNT(*) FROM activations a
+                WHERE a.license_id = licenses.id AND a.deactivated_at IS NULL)""",
+            """CREATE TRIGGER seats_on_activate AFTER INSERT ON activations
+                WHEN NEW.deactivated_at IS NULL
+                BEGIN UPDATE licenses SET seats_used = seats_used + 1
+                    WHERE id = NEW.license_id; END""",
+            """CREATE TRIGGER seats_on_deactivate AFTER UPDATE OF deactivated_at ON activations
+                WHEN OLD.deactivated_at IS NULL AND NEW.deactivated_at IS NOT NULL
+                BEGIN UPDATE licenses SET seats_used = seats_used - 1
+                    WHERE id = NEW.license_id; END""",
+        ],
+    ),
+    (
+        3,
+        [
+            # Sites: where a device stands, so that a technician's bundle can be made for
+            # "the robots at site 7". A label on the activation, set at HQ.
+            """CREATE TABLE sites (
+                activation_id TEXT PRIMARY KEY REFERENCES activations(id),
+                site TEXT NOT NULL,
+                assigned_at INTEGER NOT NULL)""",
+            "CREATE INDEX sites_by_site ON sites (site)",
+        ],
+    ),
+    (
+        4,
+        [
+            # The device's own key (base64 public key and its id), the agent version and
+            # claims format it last asked for, when and how HQ last heard from it.
+            "ALTER TABLE activations ADD COLUMN device_key TEXT",
+            "ALTER TABLE activations ADD COLUMN device_key_id TEXT",
+            "ALTER TABLE activations ADD COLUMN agent_version TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE activations ADD COLUMN claims_format INTEGER NOT NULL DEFAULT 1",
+            "ALTER TABLE activations ADD COLUMN last_seen_at INTEGER",
+            "ALTER TABLE activations ADD COLUMN last_channel TEXT",
+            """CREATE UNIQUE INDEX activations_by_device_key ON activations (device_key_id)
+                WHERE device_key_id IS NOT NULL AND deactivated_at IS NULL""",
+            # Server challenges: single use, so a recorded device request cannot be
+            # replayed later (shared by every replica through the database).
+            """CREATE TABLE challenges (
+                challenge TEXT PRIMARY KEY,
+                created_at INTEGER NOT NULL,
+                used_at INTEGER)""",
+            "CREATE INDEX challenges_by_age ON challenges (created_at)",
+            # A retired signing key signs nothing new (devices keep trusting it).
+            "ALTER TABLE signing_keys ADD COLUMN retired_at INTEGER",
+        ],
+    ),
+    (
+        5,
+        [
+            # Admin tokens: an expiry (NULL: never, as every token made before this
+            # version) and a revocation. Portable DDL: PostgreSQL runs these as written.
+            "ALTER TABLE api_tokens ADD COLUMN expires_at BIGINT",
+            "ALTER TABLE api_tokens ADD COLUMN revoked_at BIGINT",
+        ],
+    ),
+]
+
+
+def url(path: Path, *, synchronous: str = "FULL") -> str:
+    """``sqlite:///PATH``; ``?synchronous=`` only when not FULL (benchmarks)."""
+    quoted = urllib.parse.quote(str(path.absolute()), errors="surrogateescape")
+    text = f"{SCHEME}://{quoted}"
+    return text if synchronous == "FULL" else f"{text}?synchronous={synchronous}"
+
+
+def open_url(text: str) -> "SQLiteStore":
+    """The store of a ``sqlite:///PATH[?synchronous=FULL|NORMAL|...]`` URL."""
+    parts = urllib.parse.urlsplit(text)
+    query = urllib.parse.parse_qs(parts.query)
+    synchronous = query.pop("synchronous", ["FULL"])[-1].upper()
+    if parts.scheme != SCHEME or parts.netloc or not parts.path or query:
+        raise ConfigError("a SQLite database URL is sqlite:///PATH[?synchronous=FULL]")
+    if synchronous not in SYNCHRONOUS:
+        raise ConfigError(f"synchronous is one of {', '.join(SYNCHRONOUS)}")
+    path = urllib.parse.unquote(parts.path, errors="surrogateescape")
+    return SQLiteStore(Path(path), synchronous=synchronous)
+
+
+class SQLiteTx(Tx):
+    def lock_license(self, license_id: str) -> None:
+        """Nothing to do: a write transaction holds the database's one writer lock from
+        its start (``BEGIN IMMEDIATE``), so no other can interleave."""
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    try:
+        conn.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass  # no transaction left to roll back: SQLite already did
+
+
+class SQLiteStore(Store):
+    """The database: one SQLite file in WAL mode with synchronous=FULL.
+
+    Connections are per thread (the HTTP server runs requests on a thread pool).
+
+    Writers queue on a lock before ``BEGIN IMMEDIATE``: a mutex between the threads of a
+    process, then ``flock`` on ``hq.sqlite3.writer`` between processes (server workers,
+    the CLI). A waiter wakes the moment the lock is free; SQLite's own busy handler
+    sleeps and polls instead (1, 2, 5 ... 100 ms), which under concurrent activations
+    spends more time asleep than writing. A process that dies releases its ``flock``.
+    """
+
+    def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
+        self.path = path
+        self.synchronous = synchronous
+        self._local = threading.local()
+        self._thread_lock = threading.Lock()
+        self._lock_fd: int | None = None
+        self._write_conn: sqlite3.Connection | None = None
+        try:
+            # The database holds license keys: readable by its owner only.
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        except OSError as e:
+            raise ConfigError(f"cannot use the database {path}: {e.strerror}") from e
+        with self.write() as tx:
+            migrations.upgrade(tx, SCHEME, MIGRATIONS)
+
+    @contextmanager
+    def _writer_lock(self) -> Iterator[None]:
+        if not self._thread_lock.acquire(timeout=BUSY_TIMEOUT_S):
+            raise StorageError(f"database busy: no write lock in {BUSY_TIMEOUT_S:.0f} s")
+        try:
+            if self._lock_fd is None:
+                lock_path = self.path.with_name(self.path.name + ".writer")
+                try:
+                    self._lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                except OSError as e:
+                    raise StorageError(f"cannot open the lock file {lock_path}: {e}") from e
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            conn.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.Error as e:
+            raise StorageError(f"cannot open the database {self.path}: {e}") from e
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._open()
+        return conn
+
+    def _writer(self) -> sqlite3.Connection:
+        """The process's one write connection, used only under the writer lock: its page
+        cache stays warm (SQLite drops a connection's whole cache when it sees another
+        connection's write, so writers rotating over a pool of thread connections would
+        re-read every page of every transaction)."""
+        if self._write_conn is None:
+            self._write_conn = self._open()
+        return self._write_conn
+
+    def close(self) -> None:
+        for conn in (getattr(self._local, "conn", None), self._write_conn):
+            if conn is not None:
+                conn.close()
+        self._local.conn = None
+        self._write_conn = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    @contextmanager
+    def _transaction(self, conn: sqlite3.Connection, begin: str) -> Iterator[Tx]:
+        try:
+            conn.execute(begin)
+        except sqlite3.Error as e:
+            raise StorageError(f"database unavailable: {e}") from e
+        try:
+            yield SQLiteTx(conn)
+        except BaseException as e:
+            _rollback(conn)
+            if isinstance(e, sqlite3.IntegrityError):
+                raise Conflict(f"refused by the database: {e}") from e
+            if isinstance(e, sqlite3.Error):
+                raise StorageError(f"database error: {e}") from e
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            _rollback(conn)
+            raise StorageError(f"commit failed: {e}") from e
+
+    def read(self) -> AbstractContextManager[Tx]:
+        """A read transaction (a consistent snapshot)."""
+        return self._transaction(self._reader(), "BEGIN")
+
+    @contextmanager
+    def write(self) -> Iterator[Tx]:
+        """A write transaction, on the write connection under the writer lock; BEGIN
+        IMMEDIATE takes SQLite's writer lock now, so a read-then-write (count seats,
+        insert) cannot interleave with another."""
+        with self._writer_lock(), self._transaction(self._writer(), "BEGIN IMMEDIATE") as tx:
+            yield tx

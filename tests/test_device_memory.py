@@ -1,0 +1,199 @@
+"""What the device remembers cannot be erased or forged by writing its data partition
+(issue 11), without a TPM: the attacks as an attacker would run them, through the real
+CLI, the real gate and libfaketime. The TPM-bound cases are in tests/test_tpm_binding.py.
+"""
+
+import time
+
+from agent.config import load
+from agent.device import Device
+from agent.identity import Identity
+from agent.state import State, seal, seal_legacy
+from agent.wire import sodium
+from agent.wire.revocation import Revocation, sign_revocation
+from agent.wire.signed_time import SignedStatus
+from tests.conftest import DAY, DeviceRoot, Signer
+
+
+def keep(device: DeviceRoot, signer: Signer, name: str, **kw: object) -> str:
+    path = device.path.parent / f"{device.path.name}-{name}.machine"
+    path.write_bytes(signer.issue(device.fingerprint, **kw))
+    return str(path)
+
+
+def test_stockpiled_renewals_with_the_clock_set_back_never_lower_the_mark(
+    device: DeviceRoot, signer: Signer
+) -> None:
+    t0 = int(time.time())
+    signer.provision(device, serial=1, issued_at=t0, ttl=30 * DAY)
+    # Renewals cost no seat: the user fetches several and keeps them uninstalled.
+    kept = [keep(device, signer, f"s{n}", serial=n, issued_at=t0, ttl=30 * DAY) for n in (2, 3)]
+    assert device.check(faketime="+31d").returncode == 10  # grace, and the mark follows
+    # After expiry the next kept one is installed with the clock set back:
+    assert device.run("install", kept[0], faketime="+1d").returncode == 0
+    back = device.check(faketime="+1d")
+    assert back.returncode == 40, back.stdout  # the mark stayed at day 31
+    assert device.run("install", kept[1], faketime="+2d").returncode == 0
+    assert device.check(faketime="+2d").returncode == 40
+    assert device.check(faketime="+61d").returncode == 20  # a true clock: expired
+
+
+def test_a_state_forged_with_the_hardware_id_alone_is_refused(
+    device: DeviceRoot, signer: Signer
+) -> None:
+    signer.provision(device, serial=5)
+    rev = device.path.parent / "rev.txt"
+    from agent.wire import armor
+
+    rev.write_text(
+        armor.armor(
+            sign_revocation(signer.key, Revocation("act_1", int(time.time()), "revoked")),
+            armor.REVOCATION,
+        )
+    )
+    assert device.run("install", str(rev)).returncode == 0
+    assert device.check().returncode == 32
+    # What 0.1.0 keyed the state with: HMAC(raw hardware id, public app id). The raw id
+    # (/etc/machine-id, DMI) is world-readable on a running device.
+    legacy_key = Identity(device.machine_id, "machine-id").state_key
+    clean = State(activation_id="act_1", serial=1, boot=0, hwm=0, gen=50)
+    for forged in (seal(clean, legacy_key), seal_legacy(clean, legacy_key)):
+        for slot in ("state.a", "state.b"):
+            (device.state_dir / slot).write_bytes(forged)
+        result = device.check()
+        assert result.returncode == 31, result.stdout
+        assert device.verdict()["reason"] in ("state_foreign", "state_corrupt")
+
+
+def test_partial_deletions_fail_closed_and_a_kept_file_does_not_rebuild(
+    device: DeviceRoot, signer: Signer
+) -> None:
+    signer.provision(device, serial=2)
+    kept = keep(device, signer, "old", serial=1)
+    newer = keep(device, signer, "new", serial=3)
+    assert device.check().returncode == 0
+    for slot in ("state.a", "state.b"):
+        (device.state_dir / slot).unlink()
+    assert device.check().returncode == 31
+    assert device.verdict()["reason"] == "state_missing"
+    for path in (kept, newer):  # neither an older nor a newer file alone rebuilds it
+        assert device.run("install", path).returncode == 31
+    assert device.check().returncode == 31
+    # Machine file gone, state kept: not activated, and the kept older file is a downgrade
+    assert signer.recover(device, serial=4).returncode == 0
+    (device.state_dir / "machine.file").unlink()
+    assert device.check().returncode == 30
+    assert device.run("install", kept).returncode == 31
+
+
+def test_a_whole_wipe_cannot_be_told_from_a_new_device_without_a_tpm(
+    device: DeviceRoot, signer: Signer
+) -> None:
+    """Documented in docs/reliability.md: without a TPM nothing survives a wipe of the
+    whole data directory, so the device is as new (the TPM case is refused)."""
+    signer.provision(device, serial=2)
+    kept = keep(device, signer, "kept", serial=2)
+    for path in device.state_dir.iterdir():
+        if path.is_file():
+            path.unlink()
+    assert device.check().returncode == 30
+    key_file = device.path.parent / f"{device.path.name}.key"
+    assert device.run("install", kept, "--license-key-file", str(key_file)).returncode == 0
+    assert device.check().returncode == 0
+
+
+def test_an_old_suspension_is_ignored_after_a_lift(device: DeviceRoot, signer: Signer) -> None:
+    from agent.wire import armor
+
+    t = int(time.time())
+    signer.provision(device, serial=1, issued_at=t - 100)
+    old = device.path.parent / "suspension.txt"
+    old.write_text(
+        armor.armor(
+            sign_revocation(signer.key, Revocation("act_1", t - 10, "suspended")),
+            armor.REVOCATION,
+        )
+    )
+    assert device.run("install", str(old)).returncode == 0
+    assert device.check().returncode == 32
+    # HQ reinstates; the device's next validate gets a signed "active" at t
+    dev = Device(load(str(device.path)))
+    with dev.writer_lock():
+        dev.record_hq_status(SignedStatus(t, "active", "lic", "act_1"))
+    assert device.check().returncode == 0
+    # The old suspension comes back from a field bundle or a retained MQTT message
+    again = device.run("install", str(old))
+    assert again.returncode == 0 and "stale" in again.stdout
+    assert device.check().returncode == 0
+    # a newer one still counts
+    new = device.path.parent / "suspension2.txt"
+    new.write_text(
+        armor.armor(
+            sign_revocation(signer.key, Revocation("act_1", t + 5, "suspended")),
+            armor.REVOCATION,
+        )
+    )
+    assert device.run("install", str(new)).returncode == 0
+    assert device.check().returncode == 32
+
+
+def test_a_revocation_over_a_corrupt_state_is_a_clear_refusal(
+    device: DeviceRoot, signer: Signer
+) -> None:
+    from agent.wire import armor
+
+    signer.provision(device, serial=1)
+    for slot in ("state.a", "state.b"):
+        (device.state_dir / slot).write_bytes(b"junk")
+    rev = device.path.parent / "rev.txt"
+    rev.write_text(
+        armor.armor(
+            sign_revocation(signer.key, Revocation("act_1", int(time.time()), "revoked")),
+            armor.REVOCATION,
+        )
+    )
+    result = device.run("install", str(rev))
+    assert result.returncode == 31
+    assert "Traceback" not in result.stderr and "cannot record a revocation" in result.stderr
+
+
+def test_the_state_key_rests_on_the_device_key_not_on_the_hardware_id(
+    device: DeviceRoot, signer: Signer
+) -> None:
+    signer.provision(device, serial=1)
+    assert device.check().returncode == 0
+    key_file = device.state_dir / "device.key"
+    assert key_file.stat().st_mode & 0o077 == 0
+    original = key_file.read_bytes()
+    # Another device key (the partition edited, or the key replaced): the state no
+    # longer authenticates, and the gate says so.
+    from agent.wire.device_key import DeviceKey
+
+    key_file.write_bytes(DeviceKey(sodium.sha256(b"other")).dumps())
+    assert device.check().returncode == 31
+    key_file.unlink()
+    assert device.check().returncode == 31
+    assert device.verdict()["reason"] == "state_key_missing"
+    key_file.write_bytes(original)
+    assert device.check().returncode == 0
+
+
+def test_an_agent_of_0_1_0_state_is_migrated_once(device: DeviceRoot, signer: Signer) -> None:
+    """An image update from 0.1.0: its state (keyed by the hardware id) is read once and
+    written as version 2 under the device key."""
+    signer.provision(device, serial=3)
+    legacy_key = Identity(device.machine_id, "machine-id").state_key
+    old = State(activation_id="act_1", serial=3, boot=9, hwm=int(time.time()), gen=4)
+    for slot in ("state.a", "state.b"):
+        (device.state_dir / slot).unlink(missing_ok=True)
+    (device.state_dir / "device.key").unlink()
+    (device.state_dir / "state.a").write_bytes(seal_legacy(old, legacy_key))
+    assert device.check().returncode == 0
+    from agent import state as state_mod
+
+    versions = {
+        state_mod.parse_slot((device.state_dir / n).read_bytes()).version for n in state_mod.SLOTS
+    }
+    assert versions == {2}
+    status = device.run("status", "--json")
+    assert '"boot_counter": 10' in status.stdout  # 0.1.0's nine boots and this one
