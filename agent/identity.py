@@ -17,9 +17,9 @@ the first usable one wins:
 The fingerprint is HMAC-SHA256(key=raw id, message=application id), 64 lowercase hex,
 as systemd derives application-specific machine ids. A second application id gives the
 key that authenticates the device state. The raw id never leaves this module: it is not
-logged, printed, written or returned. ``Identity.source`` names the source that gave it,
-so the device state can record it and ``source_changed`` can say what to do when a
-later image takes the fingerprint from another source.
+logged, printed, written or returned. ``Identity.source`` names the source that gave it;
+``candidates`` lists what the other sources would give, so that a refused state or file
+can be explained as "the identity source changed".
 """
 
 import os
@@ -174,11 +174,16 @@ def _order(cfg: Config) -> tuple[str, ...]:
 
 
 def candidates(cfg: Config) -> list[Identity]:
-    """Every source that gives an id on this device, in order (to explain a refusal:
-    "activated with another source"); never used to choose the identity."""
+    """Every source that gives an id on this device, listed in [identity] sources or
+    not (an update may have taken the activated one out), in the readers' order, to
+    explain a refusal ("activated with another source"); never used to choose the
+    identity. A refused id (a transient machine-id) is no candidate."""
     found = []
-    for source, reader in _READERS:
-        raw = reader(cfg)
+    for source, reader in _READERS.items():
+        try:
+            raw = reader(cfg)
+        except _Refused:
+            continue
         if raw:
             found.append(Identity(raw, source))
     return found
@@ -200,19 +205,4 @@ def read_identity(cfg: Config) -> Identity:
         f"no device id: none of the identity sources ({tried}) gave one"
         + "".join(f"; {note}" for note in notes)
         + " (see docs/identity.md)"
-    )
-
-
-def source_changed(recorded_source: str, identity: Identity) -> str | None:
-    """What to tell when the device was activated with a fingerprint from
-    ``recorded_source`` and this boot's fingerprint comes from another source (an update
-    changed ``[identity] sources``, or a source stopped giving an id); None when nothing
-    was recorded or the source is the same. The text names sources, never ids."""
-    if not recorded_source or recorded_source == identity.source:
-        return None
-    return (
-        f"identity source changed: this device was activated with its fingerprint from "
-        f"{recorded_source}, this boot takes it from {identity.source}; put {recorded_source} "
-        f"back first in [identity] sources of agent.toml (or repair it), or activate the "
-        f"device again (docs/identity.md)"
     )

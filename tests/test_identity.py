@@ -5,6 +5,7 @@ import hmac
 import os
 import stat
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from agent import identity
 from agent.config import IDENTITY_SOURCES, ConfigError, load
 from agent.identity import FINGERPRINT_APP_ID, IdentityError, read_identity
-from tests.conftest import FIELDPASS, clean_env
+from tests.conftest import FIELDPASS, DeviceRoot, Signer, clean_env
 
 
 def make_root(tmp_path: Path, **files: str) -> Path:
@@ -128,16 +129,12 @@ def test_the_shipped_agent_toml_lists_the_default_sources() -> None:
     assert cfg.identity_sources == IDENTITY_SOURCES
 
 
-def test_source_changed_says_what_to_do() -> None:
-    now = identity.Identity("SN-1234", "device-tree")
-    assert identity.source_changed("", now) is None
-    assert identity.source_changed("device-tree", now) is None
-    message = identity.source_changed("machine-id", now)
-    assert message is not None
-    assert message.startswith("identity source changed:")
-    assert "from machine-id" in message and "from device-tree" in message
-    assert "[identity] sources" in message and "activate the device again" in message
-    assert "SN-1234" not in message
+def test_candidates_are_every_source_with_an_id_but_a_refused_one(tmp_path: Path) -> None:
+    root = make_root(tmp_path, machine_id="0123456789abcdef0123456789abcdef\n", dt="SN-1\0")
+    write_config(root, '[identity]\nsources = ["device-tree"]\n')
+    found = identity.candidates(load(str(root)))
+    assert [c.source for c in found] == ["machine-id", "device-tree"]  # listed or not
+    assert ident(root).source == "device-tree"
 
 
 def run_with_mount(root: Path, mount: str) -> subprocess.CompletedProcess[str]:
@@ -202,3 +199,24 @@ def test_a_machine_id_bound_from_the_data_partition_is_not_transient(tmp_path: P
     assert result.returncode == 0, result.stderr
     expected = identity.Identity("0123456789abcdef0123456789abcdef", "machine-id")
     assert result.stdout.strip() == expected.fingerprint
+
+
+def test_an_update_that_reorders_the_sources_says_so(
+    make_device: Callable[..., DeviceRoot], signer: Signer
+) -> None:
+    """Activated with its machine-id; a new image reads the device-tree serial first: the
+    gate refuses (31) and says the identity source changed, with what to do."""
+    device = make_device()
+    signer.provision(device)
+    assert device.check().returncode == 0
+    dt = device.path / "proc/device-tree/serial-number"
+    dt.parent.mkdir(parents=True)
+    dt.write_bytes(b"SN-1234\0")
+    device.write_config('[identity]\nsources = ["device-tree", "machine-id"]\n')
+    result = device.check()
+    assert result.returncode == 31
+    out = result.stdout + result.stderr
+    assert "the identity source changed: this device was activated with its machine-id" in out
+    assert "[identity] sources in agent.toml" in out
+    device.write_config('[identity]\nsources = ["machine-id", "device-tree"]\n')
+    assert device.check().returncode == 0
