@@ -19,7 +19,7 @@ CVE_PRODUCT = "fieldpass"
 FIELDPASS_SOURCE ??= "release"
 FIELDPASS_GIT_URI ??= "git://git.fieldpass.invalid/fieldpass.git;protocol=https;branch=main"
 SRC_URI = "${FIELDPASS_GIT_URI};destsuffix=${BP}"
-SRCREV = "1eddf664549f177104808e2d5f0a869646e83118"
+SRCREV = "15e25a0cbfe4518ea5734a24a4bdbe9cc9bf28e7"
 include ${@'fieldpass-source-tree.inc' if d.getVar('FIELDPASS_SOURCE') == 'tree' else ''}
 
 # Vendor settings (layer README, "Variables"). The keyring is its own recipe,
