@@ -569,9 +569,8 @@ def usage_report(c: Context, output: str | None, as_json: bool) -> None:
     Examples:
       fieldpass report -o /media/usb/robot-17.report
     """
-    from .wire import armor
-
     from . import usage as counting
+    from .wire import armor
 
     device = c.device()
     with device.writer_lock():
