@@ -72,6 +72,22 @@ def create_app(home: Path, *, database: str | None = None, limits: Limits | None
     return app
 
 
+_OURS = (str(Path(__file__).parents[1]), str(Path(__file__).parents[2] / "agent"))
+
+
+def _where(e: BaseException) -> str:
+    """`` at FILE:LINE`` of the innermost frame, and of the innermost frame of this
+    project's code when the raise was in a library's."""
+    frames = traceback.extract_tb(e.__traceback__)
+    if not frames:
+        return ""
+    places = [frames[-1]]
+    ours = [f for f in frames if f.filename.startswith(_OURS)]
+    if ours and ours[-1] is not frames[-1]:
+        places.append(ours[-1])
+    return " at " + ", from ".join(f"{Path(f.filename).name}:{f.lineno}" for f in places)
+
+
 class OneLineErrors:
     """The outermost layer. An exception a route let through has had its answer (a 500
     with the error JSON, from the handlers); Starlette raises it again for the server to
@@ -95,8 +111,7 @@ class OneLineErrors:
         try:
             await self.app(scope, receive, tracked)
         except Exception as e:
-            frames = traceback.extract_tb(e.__traceback__)
-            where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+            where = _where(e)
             log.error(
                 "internal error (%s%s) in %s %s: please report it",
                 type(e).__name__,
