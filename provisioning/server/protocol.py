@@ -45,8 +45,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_size = 0  # the current head's request target and headers, as parsed
         self._head_begun = False  # a byte of the current request's head has arrived
 
-    # the deadline of a head: armed at the connection's opening and at a request's first
-    # byte, disarmed when its headers are complete or the connection is gone
+    # the deadline of a head: armed at the connection's opening, at the first byte after
+    # an answer and at a request's first byte, disarmed when its headers are complete or
+    # the connection is gone
     def _arm_head_timer(self) -> None:
         if self._head_timer is None:
             self._head_bytes = 0
@@ -98,6 +99,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._head_timer is None and (self.cycle is None or self.cycle.response_complete):
+            # any byte between two requests starts the next head's deadline, even bytes
+            # the parser skips (empty lines), which would otherwise keep the connection
+            # open for ever by cancelling uvicorn's keep-alive timer
+            self._arm_head_timer()
         if self._head_timer is not None:
             self._head_bytes += len(data)
         super().data_received(data)

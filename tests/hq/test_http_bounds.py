@@ -217,6 +217,22 @@ def test_an_idle_kept_alive_connection_is_closed(bounded: Server) -> None:
     assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b'"version":"0.1.0"}')
 
 
+def test_empty_lines_after_an_answer_do_not_keep_a_connection_open(bounded: Server) -> None:
+    """The parser skips empty lines between requests; each one cancelled uvicorn's
+    keep-alive timer, so a line a second held the connection for ever."""
+    with connect(bounded.url) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: hq\r\n\r\n")
+        deadline = time.monotonic() + CUT_OFF_WITHIN_S
+        try:
+            while time.monotonic() < deadline:
+                sock.sendall(b"\r\n")
+                time.sleep(0.5)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        else:
+            pytest.fail("the connection is still open")
+
+
 def test_a_body_that_stops_short_gets_408_and_changes_nothing(bounded: Server) -> None:
     key = new_license(bounded)
     before = db_snapshot(bounded.home)
