@@ -74,7 +74,8 @@ def seconds(flag: str, default: int, help: str) -> Callable[[_FC], _FC]:
 @seconds(
     "--body-timeout",
     limits.BODY_TIMEOUT_S,
-    "A client's time to send a request's body after its head; then 408 and closed.",
+    "A client's time to send a request's body after its head, then 408 and closed; and "
+    "to read again once its unread answers fill the buffers, then dropped.",
 )
 @seconds(
     "--keep-alive-timeout",

@@ -4,8 +4,10 @@ must arrive within ``header_timeout_s`` of the connection's opening, or of the r
 first byte on a kept-alive connection, and within ``MAX_HEAD_BYTES``; a process serves at
 most ``max_connections`` connections. Beyond, the client gets the API's error JSON (408,
 431, 503) and the connection is closed; a connection that sent nothing at all is closed
-without an answer. A request uvicorn cannot parse gets the error JSON too (400) in place
-of uvicorn's plain text.
+without an answer. A client that leaves its answers unread until they fill the
+transport's buffer has ``body_timeout_s`` to read again, then its connection is dropped.
+A request uvicorn cannot parse gets the error JSON too (400) in place of uvicorn's plain
+text.
 
 The body's bounds are ``middleware``'s (it runs inside the app, which a head never
 reaches); an idle connection between requests is uvicorn's ``timeout_keep_alive``.
@@ -44,6 +46,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # bytes received since the head timer was armed
         self._head_size = 0  # the current head's request target and headers, as parsed
         self._head_begun = False  # a byte of the current request's head has arrived
+        self._write_timer: asyncio.TimerHandle | None = None
 
     # the deadline of a head: armed at the connection's opening, at the first byte after
     # an answer and at a request's first byte, disarmed when its headers are complete or
@@ -75,6 +78,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         else:
             self.transport.close()
 
+    # the deadline of a client that does not read: armed when the answers it has not
+    # read fill the transport's buffer, disarmed when it reads again
+    def _disarm_write_timer(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _write_timed_out(self) -> None:
+        self._write_timer = None
+        self.transport.abort()  # nothing more can be said to a client that does not read
+
     def _refuse(self, status: int, code: str, message: str) -> None:
         """Answer the error JSON from the connection itself and close it."""
         body = error_body(code, message)
@@ -96,7 +110,19 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
+        self._disarm_write_timer()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_timer is None:
+            self._write_timer = self.loop.call_later(
+                self.limits.body_timeout_s, self._write_timed_out
+            )
+
+    def resume_writing(self) -> None:
+        self._disarm_write_timer()
+        super().resume_writing()
 
     def data_received(self, data: bytes) -> None:
         if self._head_timer is None and (self.cycle is None or self.cycle.response_complete):

@@ -233,6 +233,29 @@ def test_empty_lines_after_an_answer_do_not_keep_a_connection_open(bounded: Serv
             pytest.fail("the connection is still open")
 
 
+def test_a_client_that_never_reads_its_answers_is_dropped(bounded: Server) -> None:
+    """Pipelined requests whose answers (the API document, tens of KiB each) are never
+    read fill the buffers; the server waits --body-timeout for the client to read, then
+    drops the connection instead of holding it (and a task) for ever."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(address(bounded.url))
+        sock.setblocking(False)
+        request = b"GET /openapi.json HTTP/1.1\r\nHost: hq\r\n\r\n"
+        deadline = time.monotonic() + CUT_OFF_WITHIN_S
+        while time.monotonic() < deadline:
+            try:
+                sock.send(request * 50)
+            except BlockingIOError:
+                pass  # the server reads no more until it could answer
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("a client that never reads still holds its connection")
+    assert httpx.get(bounded.url + "/healthz", timeout=10).status_code == 200
+
+
 def test_a_body_that_stops_short_gets_408_and_changes_nothing(bounded: Server) -> None:
     key = new_license(bounded)
     before = db_snapshot(bounded.home)
