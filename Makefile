@@ -37,10 +37,12 @@ lint: venv
 test: sysdeps install lint
 	$(PY) -m pytest -q -p no:cacheprovider
 
-# The fuzz suite (tests/fuzz/) runs in `make test` with a fixed seed, about 40 s;
-# here with twenty times the examples and random seeds (tests/fuzz/conftest.py).
+# The fuzz passes of `make test` run on a fixed seed (the suite tests/fuzz/ about 40 s,
+# schemathesis over the HQ HTTP API about 30 s); here with twenty times the examples
+# and random seeds (tests/fuzz/conftest.py; tests/hq/test_schemathesis.py names its seed
+# in a failure).
 fuzz: sysdeps install
-	FIELDPASS_FUZZ=long $(PY) -m pytest -q -p no:cacheprovider tests/fuzz
+	FIELDPASS_FUZZ=long $(PY) -m pytest -q -p no:cacheprovider tests/fuzz tests/hq/test_schemathesis.py
 
 # Not part of `make test`: a real bitbake parse and dry run of meta-fieldpass for each
 # series (tests/firmware/real_bitbake.py; about 15 minutes on 2 cores, root).

@@ -1,13 +1,33 @@
 """``fieldpass-hq serve``: the HTTP API (provisioning/server/) over this home's database.
 
 The server (FastAPI, the ``hq`` extra) is imported when the command runs, never when
-``fieldpass-hq`` starts.
+``fieldpass-hq`` starts; only its bounds (``server.limits``, plain values) are read here.
 """
+
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
 from ..errors import InvalidRequest
+from ..server import limits
 from . import common
+
+_FC = TypeVar("_FC", bound=Callable[..., Any])
+
+
+def seconds(flag: str, default: int, help: str) -> Callable[[_FC], _FC]:
+    """A bound in whole seconds, 1 to 3600: ``--body-timeout`` gives ``body_timeout_s``."""
+    name = flag.removeprefix("--").replace("-", "_") + "_s"
+    return click.option(
+        flag,
+        name,
+        type=click.IntRange(1, 3600),
+        default=default,
+        show_default=True,
+        metavar="SECONDS",
+        help=help,
+    )
 
 
 @click.command()
@@ -45,6 +65,31 @@ from . import common
     help="A line per request (method, path, status, client; never a body). Off when the "
     "proxy in front logs requests: about 20% more requests per second.",
 )
+@seconds(
+    "--header-timeout",
+    limits.HEADER_TIMEOUT_S,
+    "A client's time to send a request's head (request line and headers), from the "
+    "connection's opening or the request's first byte; then 408 and the connection closed.",
+)
+@seconds(
+    "--body-timeout",
+    limits.BODY_TIMEOUT_S,
+    "A client's time to send a request's body after its head, then 408 and closed; and "
+    "to read again once its unread answers fill the buffers, then dropped.",
+)
+@seconds(
+    "--keep-alive-timeout",
+    limits.KEEP_ALIVE_TIMEOUT_S,
+    "An idle connection between two requests is closed after this.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(1, 1_000_000),
+    default=limits.MAX_CONNECTIONS,
+    show_default=True,
+    metavar="N",
+    help="Open connections each server process serves; a request beyond gets 503.",
+)
 @common.json_option
 @click.pass_context
 def serve(
@@ -56,9 +101,16 @@ def serve(
     workers: int,
     forwarded_allow_ips: str | None,
     access_log: bool,
+    header_timeout_s: int,
+    body_timeout_s: int,
+    keep_alive_timeout_s: int,
+    max_connections: int,
     as_json: bool,
 ) -> None:
     """Run the HTTP API (device and admin endpoints) over this HOME's database.
+
+    A client that is slow to send a request, or idle, is cut off at the bounds below and
+    the others go on being served; bodies are JSON of at most 16 KiB (docs/hq.md).
 
     Examples:
 
@@ -67,18 +119,25 @@ def serve(
       fieldpass-hq serve --host 127.0.0.1 --port 8750 --workers 2
       fieldpass-hq serve --host 0.0.0.0 --port 8443 --tls-cert hq.pem --tls-key hq.key
       fieldpass-hq serve --forwarded-allow-ips 127.0.0.1 --no-access-log
+      fieldpass-hq serve --header-timeout 5 --body-timeout 10 --max-connections 4000
     """
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
     try:
-        from .. import server  # type: ignore[attr-defined, unused-ignore]
+        from ..server import runner
     except ImportError as e:
         raise InvalidRequest(
             f"the server needs the 'hq' extra: pip install 'fieldpass[hq]' ({e})"
         ) from e
     state = common.state(ctx)
     state.hq.store.close()  # check the home is usable before forking workers
-    server.run(
+    bounds = limits.Limits(
+        header_timeout_s=header_timeout_s,
+        body_timeout_s=body_timeout_s,
+        keep_alive_timeout_s=keep_alive_timeout_s,
+        max_connections=max_connections,
+    )
+    runner.run(
         state.home,
         host,
         port,
@@ -86,6 +145,7 @@ def serve(
         tls_key,
         workers,
         as_json,
+        limits=bounds,
         access_log=access_log,
         forwarded_allow_ips=forwarded_allow_ips,
     )

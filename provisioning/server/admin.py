@@ -30,7 +30,7 @@ from .api_models import (
 )
 from .common import client_host, now
 
-ADMIN = error_responses(400, 401, 404, 409, *COMMON_ERRORS)
+ADMIN = error_responses(400, 401, 403, 404, 409, *COMMON_ERRORS)
 
 _bearer = HTTPBearer(auto_error=False)
 

@@ -139,8 +139,9 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
-# Every route may answer 413 (BodyLimit) and 422 (validation); 503 when HQ has no key or
-# its storage fails.
+# Every route may answer 413 (middleware.RequestBody) and 422 (validation); 503 when HQ
+# has no key or its storage fails. app.CONNECTION_ERRORS adds, on every operation of the
+# OpenAPI document, what any request may get before its route runs.
 COMMON_ERRORS = (413, 422, 503)
 
 

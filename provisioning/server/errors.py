@@ -1,10 +1,13 @@
 """Every error of the HQ HTTP API as ``{"error": {"code", "message"}}``: HQ's refusals
 with their stable code and status (``provisioning.errors``), request validation (400
 for bad JSON, 422 for bad fields), Starlette's own (404, 405 with a whole ``Allow``),
-and anything unexpected as a 500 that names the exception type only.
+and anything unexpected as a 500 that names the exception type only. ``error_body`` is
+the same document as bytes, for the answers the connection itself gives (``protocol``).
 
 A message never holds a request body, a license key or a traceback.
 """
+
+import json
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,8 +18,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import HQError
 
 
-def error_response(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+def error_body(code: str, message: str) -> bytes:
+    return json.dumps({"error": {"code": code, "message": message}}).encode()
+
+
+def error_response(status: int, code: str, message: str, *, close: bool = False) -> JSONResponse:
+    """The error document; ``close``: and the connection is closed after it (a refusal
+    before the whole body was read, so no unread byte is taken for the next request)."""
+    headers = {"Connection": "close"} if close else None
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
 
 
 def _allowed_methods(app: FastAPI, path: str) -> str:

@@ -326,7 +326,12 @@ def test_a_chunked_body_over_the_limit_is_refused_while_streaming(online: Online
             yield b"A" * 1024
         yield b'"}'
 
-    res = httpx.post(online.url + "/v1/activate", content=chunks(), timeout=30)
+    res = httpx.post(
+        online.url + "/v1/activate",
+        content=chunks(),
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
     assert res.status_code == 413 and res.json()["error"]["code"] == "invalid_request"
 
 
