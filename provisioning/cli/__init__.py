@@ -45,9 +45,16 @@ PROG = "fieldpass-hq"
     "Default: $FIELDPASS_HQ_HOME, else $XDG_DATA_HOME/fieldpass-hq, "
     "else ~/.local/share/fieldpass-hq.",
 )
+@click.option(
+    "--database",
+    metavar="URL",
+    default=None,
+    help="sqlite:///PATH or postgresql://USER@HOST/DB (never echoed). Default: "
+    "$FIELDPASS_HQ_DATABASE, else [database] url in HOME/hq.toml, else HOME/hq.sqlite3.",
+)
 @click.version_option(package_name="fieldpass", prog_name=PROG)
 @click.pass_context
-def cli(ctx: click.Context, home: Path | None) -> None:
+def cli(ctx: click.Context, home: Path | None, database: str | None) -> None:
     """Fieldpass HQ: signing keys, plans, licenses, seats; issues machine files.
 
     Examples:
@@ -59,7 +66,7 @@ def cli(ctx: click.Context, home: Path | None) -> None:
       fieldpass-hq activate FP-XXXXX-... --fingerprint 3f2a... -o device.lic
       fieldpass-hq serve --port 8750
     """
-    ctx.obj = common.State(home if home is not None else default_home())
+    ctx.obj = common.State(home if home is not None else default_home(), database)
 
 
 COMMANDS: tuple[click.Command, ...] = (

@@ -88,4 +88,5 @@ def serve(
         as_json,
         access_log=access_log,
         forwarded_allow_ips=forwarded_allow_ips,
+        database=state.database,
     )

@@ -2,6 +2,7 @@
 
 - ``device``: the device endpoints (license key in the body);
 - ``admin``: the admin endpoints (bearer token);
+- ``health``: ``/readyz`` for a load balancer (database reachable, schema current);
 - ``errors``: every error as ``{"error": {"code", "message"}}`` with the stable code and
   status of ``provisioning.errors``;
 - ``middleware``: the body limit;
@@ -20,7 +21,8 @@ from fastapi import FastAPI
 
 from .. import __version__
 from ..services import HQ
-from . import admin, device
+from ..config import DATABASE_ENV
+from . import admin, device, health
 from .errors import install_error_handlers
 from .middleware import MAX_BODY_BYTES, BodyLimit
 
@@ -38,12 +40,14 @@ def create_app(home: Path, *, database: str | None = None) -> FastAPI:
     install_error_handlers(app)
     device.add_routes(app, hq)
     admin.add_routes(app, hq)
+    health.add_routes(app, hq)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     return app
 
 
 def app_from_env() -> FastAPI:
-    """Factory for uvicorn workers: the home comes from $FIELDPASS_HQ_HOME."""
+    """Factory for uvicorn workers: the home comes from $FIELDPASS_HQ_HOME, the
+    database as configured (``config.database``: $FIELDPASS_HQ_DATABASE first)."""
     return create_app(Path(os.environ[HOME_ENV]))
 
 
@@ -58,10 +62,13 @@ def run(
     *,
     access_log: bool = True,
     forwarded_allow_ips: str | None = None,
+    database: str | None = None,
 ) -> None:
     import uvicorn
 
     os.environ[HOME_ENV] = str(home)
+    if database:  # --database: the workers read it from their environment
+        os.environ[DATABASE_ENV] = database
     scheme = "https" if tls_cert else "http"
     if as_json:
         print(json.dumps({"url": f"{scheme}://{host}:{port}", "home": str(home)}), flush=True)

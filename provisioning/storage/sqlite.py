@@ -158,7 +158,7 @@ def url(path: Path, *, synchronous: str = "FULL") -> str:
     return text if synchronous == "FULL" else f"{text}?synchronous={synchronous}"
 
 
-def open_url(text: str) -> "SQLiteStore":
+def open_url(text: str, *, migrate: bool = True) -> "SQLiteStore":
     """The store of a ``sqlite:///PATH[?synchronous=FULL|NORMAL|...]`` URL."""
     parts = urllib.parse.urlsplit(text)
     query = urllib.parse.parse_qs(parts.query)
@@ -168,7 +168,7 @@ def open_url(text: str) -> "SQLiteStore":
     if synchronous not in SYNCHRONOUS:
         raise ConfigError(f"synchronous is one of {', '.join(SYNCHRONOUS)}")
     path = urllib.parse.unquote(parts.path, errors="surrogateescape")
-    return SQLiteStore(Path(path), synchronous=synchronous)
+    return SQLiteStore(Path(path), synchronous=synchronous, migrate=migrate)
 
 
 class SQLiteTx(Tx):
@@ -196,7 +196,7 @@ class SQLiteStore(Store):
     spends more time asleep than writing. A process that dies releases its ``flock``.
     """
 
-    def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
+    def __init__(self, path: Path, *, synchronous: str = "FULL", migrate: bool = True) -> None:
         self.path = path
         self.synchronous = synchronous
         self._local = threading.local()
@@ -208,8 +208,9 @@ class SQLiteStore(Store):
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
         except OSError as e:
             raise ConfigError(f"cannot use the database {path}: {e.strerror}") from e
-        with self.write() as tx:
-            migrations.upgrade(tx, SCHEME, MIGRATIONS)
+        if migrate:
+            with self.write() as tx:
+                migrations.upgrade(tx, SCHEME, MIGRATIONS)
 
     @contextmanager
     def _writer_lock(self) -> Iterator[None]:
