@@ -122,7 +122,7 @@ class Postgres:
             try:
                 self.connect("postgres").close()
                 return
-            except Exception:  # noqa: BLE001 - not up yet
+            except Exception:
                 time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"postgres did not start: {self.log.read_text()[-2000:]}")

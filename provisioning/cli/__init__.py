@@ -4,7 +4,8 @@ turns outcomes into exit codes, from the error's type (see ``errors`` and docs/h
 One module per command group, each a thin layer that parses options, calls
 ``services.HQ`` and hands the result to ``output``: ``keys``, ``plans``, ``licenses``,
 ``activations`` (activate, machine-file, deactivate), ``provision``, ``sites``,
-``field``, ``serve``, ``tokens``, ``audit``, ``mqtt`` (bridge, push, broker-config).
+``field``, ``serve``, ``tokens``, ``audit``, ``mqtt`` (bridge, push, broker-config),
+``db`` (status, upgrade, copy), ``backup`` (backup, restore).
 What they share is ``common`` (the HQ of the home, the clock, the actor, shared
 options) and ``output``. This module imports them and adds their commands to ``cli``;
 none of them imports this module. An error never reaches the user as a traceback: it is
@@ -21,7 +22,9 @@ from ..keystore import default_home
 from . import (
     activations,
     audit,
+    backup,
     common,
+    db,
     field,
     keys,
     licenses,
@@ -85,6 +88,9 @@ COMMANDS: tuple[click.Command, ...] = (
     mqtt.bridge,
     mqtt.push,
     mqtt.broker_config,
+    db.db,
+    backup.backup,
+    backup.restore,
 )
 for _command in COMMANDS:
     cli.add_command(_command)

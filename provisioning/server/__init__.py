@@ -20,8 +20,8 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from .. import __version__
-from ..services import HQ
 from ..config import DATABASE_ENV
+from ..services import HQ
 from . import admin, device, health
 from .errors import install_error_handlers
 from .middleware import MAX_BODY_BYTES, BodyLimit

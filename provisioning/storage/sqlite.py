@@ -176,6 +176,13 @@ class SQLiteTx(Tx):
         """Nothing to do: a write transaction holds the database's one writer lock from
         its start (``BEGIN IMMEDIATE``), so no other can interleave."""
 
+    def columns(self, table: str) -> list[str]:
+        return [r[1] for r in self._all(f"PRAGMA table_info({table})")]
+
+    def table_names(self) -> set[str]:
+        rows = self._all("SELECT name FROM sqlite_master WHERE type = 'table'")
+        return {r[0] for r in rows} - {"sqlite_sequence"}
+
 
 def _rollback(conn: sqlite3.Connection) -> None:
     try:

@@ -23,7 +23,6 @@ from agent.wire import armor, license_key
 from agent.wire.keys import Keyring
 from agent.wire.machine_file import open_machine_file
 from agent.wire.signed_time import verify_time
-
 from tests.engines import Engine, connect, snapshot, url_of
 
 from .conftest import Online, fingerprint
