@@ -75,7 +75,7 @@ def test_status_and_upgrade_from_version_1(hq_engine: Engine, tmp_path: Path) ->
     assert json.loads(run(home, "db", "status", "--json").stdout)["state"] == "current"
     again = json.loads(run(home, "db", "upgrade", "--json").stdout)
     assert again["applied"] == []
-    lic = [r for r in snapshot(home)["licenses"] if r[0] == "lic_a"][0]
+    lic = next(r for r in snapshot(home)["licenses"] if r[0] == "lic_a")
     assert lic[7] == 2  # seats_used counted by migration 2
     assert url.split("@")[-1] not in run(home, "db", "status").stdout  # never the URL
 
