@@ -25,6 +25,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any, ClassVar
 
 from ..errors import ConfigError, Conflict, StorageError
+from ..models import Activation, License, Plan
 from . import migrations
 from .interface import Store
 from .tx import Cursor, Tx, select_all
@@ -33,6 +34,14 @@ SCHEMES = ("postgresql", "postgres")
 POOL_TIMEOUT_S = 30.0
 READY_TIMEOUT_S = 5.0
 _READ = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+_WRITE = "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL synchronous_commit TO off"
+# After a write transaction's commit, which did not wait for its WAL flush (so the
+# license's lock was released at once): a one-statement transaction that writes a WAL
+# record (a logical-decoding message nobody reads) and commits synchronously. It comes
+# after ours in the WAL, so its return means ours is on disk too; the flush is shared
+# with every backend committing at that moment. (A transaction that writes no WAL of
+# its own, such as SELECT txid_current(), would not wait for the flush.)
+_DURABLE = "SELECT pg_logical_emit_message(true, 'fieldpass-hq', 'durable')"
 CONNECT_TIMEOUT_S = 10
 DEFAULT_POOL_SIZE = 8
 # Taken by every migration transaction: two processes opening an old database at once
@@ -235,6 +244,7 @@ class PostgresTx(Tx):
         super().__init__(conn)
         self._write = write
         self._locked: set[str] = set()
+        self._plans: dict[str, Plan | None] = {}
 
     def lock_license(self, license_id: str) -> None:
         """``SELECT ... FOR UPDATE`` on the license's row: every other write
@@ -251,19 +261,30 @@ class PostgresTx(Tx):
             if row is not None:
                 self.lock_license(str(row[0]))
 
-    def get_license(self, license_id: str) -> Any:
-        self.lock_license(license_id)
-        return super().get_license(license_id)
+    def get_license(self, license_id: str) -> License | None:
+        """Read and lock in one statement (the lock first: the row as of the lock)."""
+        if not self._write or license_id in self._locked:
+            return super().get_license(license_id)
+        lic = self._get_license(license_id, " FOR UPDATE")
+        if lic is not None:
+            self._locked.add(license_id)
+        return lic
 
-    def find_live_activation(self, license_id: str, fingerprint: str) -> Any:
+    def get_plan(self, name: str) -> Plan | None:
+        """Plans never change once created: read once per transaction."""
+        if name not in self._plans:
+            self._plans[name] = super().get_plan(name)
+        return self._plans[name]
+
+    def find_live_activation(self, license_id: str, fingerprint: str) -> Activation | None:
         self.lock_license(license_id)
         return super().find_live_activation(license_id, fingerprint)
 
-    def get_activation(self, activation_id: str) -> Any:
+    def get_activation(self, activation_id: str) -> Activation | None:
         self._license_of_activation("id = :id", id=activation_id)
         return super().get_activation(activation_id)
 
-    def find_by_device_key(self, device_key_id: str) -> Any:
+    def find_by_device_key(self, device_key_id: str) -> Activation | None:
         self._license_of_activation(
             "device_key_id = :kid AND deactivated_at IS NULL", kid=device_key_id
         )
@@ -399,6 +420,8 @@ class PostgresStore(Store):
                     raise
                 try:
                     conn.execute("COMMIT")
+                    if write:
+                        conn.execute(_DURABLE)
                 except psycopg.Error as e:
                     self._rollback(conn)
                     if isinstance(e, psycopg.IntegrityError):
@@ -430,8 +453,15 @@ class PostgresStore(Store):
 
     def write(self) -> AbstractContextManager[Tx]:
         """A READ COMMITTED write transaction whose reads of a license lock its row
-        first (``PostgresTx``): what it reads of a license is what it writes on."""
-        return self._transaction("BEGIN ISOLATION LEVEL READ COMMITTED", True)
+        first (``PostgresTx``): what it reads of a license is what it writes on.
+
+        Durable before it returns, like every write: it commits with
+        ``synchronous_commit`` off for itself alone, which releases its row locks
+        without waiting for the disk, then waits for the WAL flush that covers its
+        commit (``_transaction``). Another transaction may read its rows in between;
+        if the server crashed then, WAL order means nothing that read them was durable
+        either, and nobody was answered."""
+        return self._transaction(_WRITE, True)
 
 
 def _first_line(e: BaseException) -> str:

@@ -248,7 +248,11 @@ class Tx:
         )
 
     def get_license(self, license_id: str) -> License | None:
-        row = self._one(f"{_LICENSE} WHERE id = :id", id=license_id)
+        return self._get_license(license_id, "")
+
+    def _get_license(self, license_id: str, lock: str) -> License | None:
+        """``lock``: what an engine appends to lock the row it reads (`` FOR UPDATE``)."""
+        row = self._one(f"{_LICENSE} WHERE id = :id{lock}", id=license_id)
         return None if row is None else self._license(row)
 
     def list_licenses(self) -> list[License]:

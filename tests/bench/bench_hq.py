@@ -1,11 +1,18 @@
-"""Benchmark: the HQ server over HTTP, and bulk issuance against the raw sealing rate.
+"""Benchmark: the HQ server over HTTP on both engines beside a FastAPI echo floor, how
+activation latency grows with the rows stored, and bulk issuance against raw sealing.
 
-HTTP: ``fieldpass-hq serve --workers 2`` (the deployment docs/hq.md gives for two cores;
-access log on, as by default) on a loopback port, the database at synchronous=FULL (the
-server's default: every commit is fsynced before the answer). The load comes from
-tests/bench/load.py, 32 keep-alive connections on the same two cores. Timed: N new
-activations (a seat each, distinct fingerprints), then N renewals (POST /v1/machine-file)
-of the same devices. Every answer must be 201/200.
+HTTP, in one run, interleaved ``ROUNDS`` times: the floor (tests/bench/echo_app.py: the
+same request model validated and echoed), then ``fieldpass-hq serve --workers 2
+--no-access-log`` on SQLite at synchronous=FULL (every answer follows an fsynced commit;
+group commit shares one among the requests that arrive together), then the same on
+PostgreSQL (tests/pg_server.py on these same cores, fsync and synchronous_commit on).
+The load comes from tests/bench/load.py, 32 keep-alive connections, on the same cores.
+Timed: N new activations (a seat each, distinct fingerprints), then N renewals (POST
+/v1/machine-file) of the same devices. Every answer must be 201/200.
+
+Latency: activations one after the other on one connection (median and p99 of
+``LATENCY_N``) with 1,000 activations stored, then with ``STORED`` (bulk-inserted rows
+and their audit lines on the same license), on each engine.
 
 Bulk: ``HQ.renew_all`` (one transaction: N serials and expiries recorded and audited,
 then N files sealed) against ``seal_machine_file`` alone on the same claims, in the same
@@ -14,43 +21,147 @@ run, alternating three times and keeping the best of each.
 
 import json
 import os
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 N = int(os.environ.get("BENCH_HQ_REQUESTS", "5000"))
+ROUNDS = int(os.environ.get("BENCH_HQ_ROUNDS", "3"))
+STORED = int(os.environ.get("BENCH_HQ_STORED", "1000000"))
+LATENCY_N = int(os.environ.get("BENCH_HQ_LATENCY_N", "2000"))
 CONNECTIONS = 32
 WORKERS = 2
+HOST = "127.0.0.1"
 
 
-def _http(home: Path, key: str) -> dict[str, object]:
+def _bodies(path: str, key: str, first: int, n: int) -> list[bytes]:
+    from tests.bench import load
+
+    return [
+        load.post(path, HOST, json.dumps({"license_key": key, "fingerprint": f"{i:064x}"}).encode())
+        for i in range(first, first + n)
+    ]
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def _echo(first: int) -> float:
+    from tests.bench import load
+    from tests.hq.server import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "tests.bench.echo_app:app", "--host", HOST,
+         "--port", str(port), "--workers", str(WORKERS), "--no-access-log",
+         "--log-level", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                load.run(HOST, port, _bodies("/v1/activate", "FP-AAAAA-AAAAA-AAAAA-AAAAA-AAAAA",
+                                             0, 300), CONNECTIONS)  # fmt: skip
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the echo server did not start"
+                time.sleep(0.1)
+        key = "FP-AAAAA-AAAAA-AAAAA-AAAAA-AAAAA"
+        t, st = load.run(HOST, port, _bodies("/v1/activate", key, first, N), CONNECTIONS)
+        assert dict(st) == {201: N}, st
+        return N / t
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def _http(home: Path, key: str, first: int) -> tuple[float, float]:
     from tests.bench import load
     from tests.hq.server import start_server
 
-    server = start_server(home, "--workers", str(WORKERS))
-    host, port = "127.0.0.1", int(server.url.rsplit(":", 1)[1])
-
-    def bodies(path: str, first: int, n: int) -> list[bytes]:
-        return [
-            load.post(
-                path, host, json.dumps({"license_key": key, "fingerprint": f"{i:064x}"}).encode()
-            )
-            for i in range(first, first + n)
-        ]
-
+    server = start_server(home, "--workers", str(WORKERS), "--no-access-log")
+    port = _port(server.url)
     try:
-        load.run(host, port, bodies("/v1/activate", 10**9, 300), CONNECTIONS)  # warm-up
-        t_act, st_act = load.run(host, port, bodies("/v1/activate", 0, N), CONNECTIONS)
-        t_ren, st_ren = load.run(host, port, bodies("/v1/machine-file", 0, N), CONNECTIONS)
+        load.run(HOST, port, _bodies("/v1/activate", key, 10**9 + first, 300), CONNECTIONS)
+        t_act, st_act = load.run(HOST, port, _bodies("/v1/activate", key, first, N), CONNECTIONS)
+        t_ren, st_ren = load.run(
+            HOST, port, _bodies("/v1/machine-file", key, first, N), CONNECTIONS
+        )
     finally:
         server.stop()
     assert dict(st_act) == {201: N}, st_act
     assert dict(st_ren) == {200: N}, st_ren
+    return N / t_act, N / t_ren
+
+
+def _latency(home: Path, key: str, first: int) -> dict[str, float]:
+    from tests.bench import load
+    from tests.hq.server import start_server
+
+    server = start_server(home, "--workers", str(WORKERS), "--no-access-log")
+    try:
+        port = _port(server.url)
+        load.latencies(HOST, port, _bodies("/v1/activate", key, 10**10 + first, 200))
+        times, st = load.latencies(HOST, port, _bodies("/v1/activate", key, first, LATENCY_N))
+    finally:
+        server.stop()
+    assert dict(st) == {201: LATENCY_N}, st
+    times.sort()
     return {
-        "activations_per_s": round(N / t_act),
-        "renewals_per_s": round(N / t_ren),
-        "http_requests_each": N,
-        "server": f"{WORKERS} workers, synchronous=FULL, access log on",
+        "median_ms": round(statistics.median(times) * 1000, 3),
+        "p99_ms": round(times[int(len(times) * 0.99)] * 1000, 3),
+    }
+
+
+def _preload(home: Path, key: str, n: int) -> None:
+    """``n`` activations of ``key``'s license and their audit lines, bulk-inserted (no
+    seat check: the rows are only there to be stored)."""
+    from agent.wire import license_key
+    from provisioning import config
+    from provisioning.storage import open_store
+
+    lic = license_key.license_id(key)
+    db = config.database(home)
+    store = open_store(db.url, pool_size=1)
+    now = int(time.time())
+    try:
+        with store.write() as tx:
+            for start in range(0, n, 50_000):
+                count = min(50_000, n - start)
+                ids = [f"act_{start + i:020x}" for i in range(count)]
+                tx.insert_rows(
+                    "activations",
+                    ["id", "license_id", "fingerprint", "serial", "created_at",
+                     "last_issued_at", "last_expires_at"],
+                    ([a, lic, f"{2**255 + start + i:064x}", 1, now, now, now + 86400]
+                     for i, a in enumerate(ids)),
+                )  # fmt: skip
+                tx.insert_rows(
+                    "audit",
+                    ["at", "actor", "source", "action", "license_id", "activation_id", "detail"],
+                    ([now, "bench", "local", "activate", lic, a, "serial=1"] for a in ids),
+                )
+    finally:
+        store.close()
+
+
+def _scaling(home: Path, key: str, other: str) -> dict[str, object]:
+    """Latency on ``key``'s license before and after ``STORED`` rows are added (on
+    ``other``: a plan's seats stop at 1,000,000)."""
+    small = _latency(home, key, 2 * 10**8)
+    _preload(home, other, STORED)
+    large = _latency(home, key, 3 * 10**8)
+    return {
+        "stored_1k": small,
+        f"stored_{STORED}": large,
+        "median_ratio": round(large["median_ms"] / small["median_ms"], 2),
+        "p99_ratio": round(large["p99_ms"] / small["p99_ms"], 2),
     }
 
 
@@ -77,6 +188,7 @@ def _bulk(home: Path, key: str) -> dict[str, object]:
         for c in claims:
             seal_machine_file(c, key, signing)
         raw_best = min(raw_best, time.perf_counter() - start)
+    hq.store.close()
     bulk_rate, raw_rate = files / bulk_best, files / raw_best
     return {
         "bulk_files": files,
@@ -86,18 +198,58 @@ def _bulk(home: Path, key: str) -> dict[str, object]:
     }
 
 
-def main() -> dict[str, object]:
-    from tests.hq.server import hq_json, prepare_home
+def _summary(values: list[float]) -> dict[str, int]:
+    return {"median": round(statistics.median(values)), "min": round(min(values)),
+            "max": round(max(values))}  # fmt: skip
 
-    with tempfile.TemporaryDirectory() as tmp:
-        home = Path(tmp) / "hq"
-        prepare_home(home, seats=1_000_000)
-        key = str(hq_json(home, "licenses", "create", "--plan", "std")["key"])
-        results = _http(home, key)
-        results.update(_bulk(home, key))
+
+def main() -> dict[str, object]:
+    from tests.engines import Engine
+    from tests.hq.server import hq_json, prepare_home
+    from tests.pg_server import Postgres
+
+    results: dict[str, Any] = {}
+    pg = Postgres().start()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            homes = {"sqlite": Path(tmp) / "sqlite", "postgresql": Path(tmp) / "postgresql"}
+            keys = {}
+            for name, home in homes.items():
+                Engine(name, pg if name == "postgresql" else None).configure(home)
+                prepare_home(home, seats=1_000_000)
+                keys[name] = str(hq_json(home, "licenses", "create", "--plan", "std")["key"])
+            rates: dict[str, list[float]] = {"echo": [], "sqlite": [], "postgresql": []}
+            renewals: dict[str, list[float]] = {"sqlite": [], "postgresql": []}
+            ratios: dict[str, list[float]] = {"sqlite": [], "postgresql": []}
+            for r in range(ROUNDS):
+                echo = _echo(r * N)
+                rates["echo"].append(echo)
+                for name, home in homes.items():
+                    act, ren = _http(home, keys[name], r * N)
+                    rates[name].append(act)
+                    renewals[name].append(ren)
+                    ratios[name].append(act / echo)
+                print(f"  round {r + 1}: echo {echo:.0f}/s, " + ", ".join(
+                    f"{n} {rates[n][-1]:.0f} act/s {renewals[n][-1]:.0f} ren/s"
+                    for n in homes), flush=True)  # fmt: skip
+            results["echo_floor_per_s"] = _summary(rates["echo"])
+            for name in homes:
+                results[f"{name}_activations_per_s"] = _summary(rates[name])
+                results[f"{name}_renewals_per_s"] = _summary(renewals[name])
+                results[f"{name}_vs_echo"] = [round(x, 3) for x in ratios[name]]
+            results["http_requests_each"] = N
+            results["server"] = f"{WORKERS} workers, --no-access-log, {CONNECTIONS} connections"
+            for name, home in homes.items():
+                small = str(hq_json(home, "licenses", "create", "--plan", "std")["key"])
+                other = str(hq_json(home, "licenses", "create", "--plan", "std")["key"])
+                results[f"{name}_latency"] = _scaling(home, small, other)
+                print(f"  {name} latency: {results[f'{name}_latency']}", flush=True)
+            results.update(_bulk(homes["sqlite"], keys["sqlite"]))
+    finally:
+        pg.stop()
     return results
 
 
 if __name__ == "__main__":
     for k, v in main().items():
-        print(f"{k:24} {v}")
+        print(f"{k:32} {v}")
