@@ -73,13 +73,18 @@ def dump(tx: Tx) -> Iterator[tuple[str, list[str], Iterator[Any]]]:
 
 def sums(store: Store) -> dict[str, TableSum]:
     """Each table's row count and digest, from one snapshot."""
-    out: dict[str, TableSum] = {}
     with store.read() as tx:
-        for table, _columns, rows in dump(tx):
-            digest = Digest()
-            for row in rows:
-                digest.add(row)
-            out[table] = digest.sum()
+        return sums_in(tx)
+
+
+def sums_in(tx: Tx) -> dict[str, TableSum]:
+    """Each table's row count and digest as ``tx`` sees them (its own writes too)."""
+    out: dict[str, TableSum] = {}
+    for table, _columns, rows in dump(tx):
+        digest = Digest()
+        for row in rows:
+            digest.add(row)
+        out[table] = digest.sum()
     return out
 
 
@@ -127,21 +132,21 @@ def load(
 
 
 def copy(source: Store, target: Store) -> dict[str, TableSum]:
-    """Every row of ``source`` into the empty ``target``, then verified: each table's
-    count and digest read back from ``target`` equal ``source``'s."""
+    """Every row of ``source`` into the empty ``target``, verified before it commits:
+    each table's count and digest read back inside the target's transaction equal the
+    source's (a difference rolls the whole copy back)."""
     if source.schema_version() != target.schema_version():
         raise ConfigError("the two databases are at different schema versions")
     if not is_empty(target):
         raise ConfigError("the target database is not empty: copy only into a new database")
     with source.read() as src, target.write() as dst:
         loaded = load(dst, dump(src))
-    verify(target, loaded)
+        compare(sums_in(dst), loaded)
     return loaded
 
 
-def verify(store: Store, expected: dict[str, TableSum]) -> None:
-    """Raise unless every table of ``store`` has the expected count and digest."""
-    found = sums(store)
+def compare(found: dict[str, TableSum], expected: dict[str, TableSum]) -> None:
+    """Raise unless every expected table is found with its count and digest."""
     for table, want in expected.items():
         got = found.get(table)
         if got != want:
@@ -150,3 +155,8 @@ def verify(store: Store, expected: dict[str, TableSum]) -> None:
                 f"verification failed: table {table} has {rows}, expected {want.rows} rows "
                 f"with digest {want.sha256[:16]}..."
             )
+
+
+def verify(store: Store, expected: dict[str, TableSum]) -> None:
+    """Raise unless every table of ``store`` has the expected count and digest."""
+    compare(sums(store), expected)
