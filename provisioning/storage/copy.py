@@ -32,8 +32,9 @@ TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("audit", ("id",)),
     ("api_tokens", ("name",)),
 )
-# Kept by the database itself (triggers on activations): loaded as 0, counted again as
-# the activations are inserted, then verified like every other column.
+# Kept by the database itself (triggers on activations): loaded as 0, counted again
+# (by the triggers as rows arrive, or at the end: Tx.after_load), then verified like
+# every other column.
 _COUNTED = {"licenses": "seats_used"}
 
 
@@ -101,6 +102,7 @@ def load(
     """Insert every table's rows into the empty store of ``tx`` (a write transaction
     whose schema is the same version); the digests of what was inserted."""
     out: dict[str, TableSum] = {}
+    tx.before_load()
     for table, columns, rows in tables:
         if table == "schema_version":  # the target's migrations wrote its own
             digest = Digest()

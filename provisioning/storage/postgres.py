@@ -53,6 +53,8 @@ _KEY_LOCK = 0x4650534B  # "FPSK"
 
 _T = 'TEXT COLLATE "C"'  # byte order, as SQLite compares text
 
+_SEAT_TRIGGERS = ("seats_on_activate", "seats_on_deactivate")
+
 # PostgreSQL's statements for each of storage.migrations.VERSIONS: the same tables,
 # columns, constraints and indexes as storage/sqlite.py's, in this dialect.
 MIGRATIONS: list[tuple[int, list[str]]] = [
@@ -322,7 +324,14 @@ class PostgresTx(Tx):
             cur.execute(select_all(table, columns, order))
             yield from cur
 
+    def before_load(self) -> None:
+        for trigger in _SEAT_TRIGGERS:
+            self._run(f"ALTER TABLE activations DISABLE TRIGGER {trigger}")
+
     def after_load(self) -> None:
+        self.recount_seats()
+        for trigger in _SEAT_TRIGGERS:
+            self._run(f"ALTER TABLE activations ENABLE TRIGGER {trigger}")
         self._run(
             "SELECT setval(pg_get_serial_sequence('audit', 'id'), "
             "COALESCE(MAX(id), 1), MAX(id) IS NOT NULL) FROM audit"

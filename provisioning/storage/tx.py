@@ -145,9 +145,21 @@ class Tx:
             ({f"c{i}": v for i, v in enumerate(row)} for row in rows),
         )
 
+    def before_load(self) -> None:
+        """Before whole tables are inserted into an empty database (PostgreSQL: the
+        seat-count triggers off, so that a license with many devices is not updated once
+        per row)."""
+
     def after_load(self) -> None:
         """After rows were inserted with their own ids: what the engine must catch up
-        on (PostgreSQL: the audit id sequence)."""
+        on (PostgreSQL: the seat counts, the triggers, the audit id sequence)."""
+
+    def recount_seats(self) -> None:
+        """Every license's seats in use counted again from its live activations."""
+        self._run(
+            "UPDATE licenses SET seats_used = (SELECT COUNT(*) FROM activations a "
+            "WHERE a.license_id = licenses.id AND a.deactivated_at IS NULL)"
+        )
 
     # -- signing keys ----------------------------------------------------------------
     def insert_key(self, kid: str, public_key: bytes, now: int) -> None:

@@ -149,6 +149,7 @@ def _preload(home: Path, key: str, n: int) -> None:
     now = int(time.time())
     try:
         with store.write() as tx:
+            tx.before_load()
             for start in range(0, n, 50_000):
                 count = min(50_000, n - start)
                 ids = [f"act_{start + i:020x}" for i in range(count)]
@@ -164,6 +165,7 @@ def _preload(home: Path, key: str, n: int) -> None:
                     ["at", "actor", "source", "action", "license_id", "activation_id", "detail"],
                     ([now, "bench", "local", "activate", lic, a, "serial=1"] for a in ids),
                 )
+            tx.after_load()
     finally:
         store.close()
 

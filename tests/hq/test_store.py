@@ -17,7 +17,6 @@ from provisioning.services import HQ
 from provisioning.storage import SCHEMA_VERSION
 from provisioning.storage.sqlite import MIGRATIONS
 from provisioning.storage.sqlite import SQLiteStore as Store
-
 from tests.engines import Engine, connect
 
 from .conftest import fingerprint
