@@ -145,6 +145,9 @@ def status(device: Device, doc: dict[str, object], now: int) -> bytes:
     standing = Standing(device)
     notes = [str(n)[: device_msg.MAX_NOTE_CHARS] for n in _list(doc.get("notes"))]
     bad = doc.get("bad_messages")
+    raw_challenge = doc.get("challenge")
+    challenge = raw_challenge if isinstance(raw_challenge, str) else None
+    device_key, proof = _registration(device, key, standing, challenge)
     return device_msg.sign(
         key,
         "status",
@@ -161,7 +164,9 @@ def status(device: Device, doc: dict[str, object], now: int) -> bytes:
             "unrecorded_boots": _uint(doc.get("unrecorded_boots")),
             "notes": notes[: device_msg.MAX_NOTES],
             "bad_messages": dict(bad) if isinstance(bad, dict) else {},
-            "challenge": doc.get("challenge") if isinstance(doc.get("challenge"), str) else None,
+            "challenge": challenge,
+            "device_key": device_key,
+            "proof": proof,
         },
     )
 

@@ -1,5 +1,6 @@
 """The JSON documents HQ hands out, the same from ``fieldpass-hq --json`` and from the
-HTTP API: a key, a plan, a license, an activation, an issued machine file, an audit event.
+HTTP API: a key, a plan, a license, an activation, an issued machine file, an audit
+event, an admin token (its name and times, never the token).
 
 Keys are stable: never renamed; new detail arrives under new keys. No function here
 accepts a license key except ``license_doc(..., with_key=True)``, used where a license is
@@ -10,8 +11,9 @@ import base64
 from typing import Any
 
 from agent.wire import armor
+from agent.wire.device_key import key_id as device_key_id
 
-from .models import Activation, AuditEvent, KeyInfo, License, Plan
+from .models import Activation, AuditEvent, KeyInfo, License, Plan, TokenInfo
 from .services import Issued, license_status
 
 
@@ -22,6 +24,7 @@ def key_doc(k: KeyInfo) -> dict[str, Any]:
         "public_key": base64.b64encode(k.public_key).decode("ascii"),
         "created_at": k.created_at,
         "active": k.active,
+        "retired_at": k.retired_at,
     }
 
 
@@ -66,6 +69,11 @@ def activation_doc(a: Activation) -> dict[str, Any]:
         "last_expires_at": a.last_expires_at,
         "deactivated_at": a.deactivated_at,
         "live": a.deactivated_at is None,
+        "device_key_id": None if a.device_key is None else device_key_id(a.device_key),
+        "agent_version": a.agent_version,
+        "claims_format": a.claims_format,
+        "last_seen_at": a.last_seen_at,
+        "last_channel": a.last_channel,
     }
 
 
@@ -102,4 +110,14 @@ def audit_doc(e: AuditEvent) -> dict[str, Any]:
         "license_id": e.license_id,
         "activation_id": e.activation_id,
         "detail": e.detail,
+    }
+
+
+def token_doc(t: TokenInfo, now: int) -> dict[str, Any]:
+    return {
+        "name": t.name,
+        "status": t.status(now),
+        "created_at": t.created_at,
+        "expires_at": t.expires_at,
+        "revoked_at": t.revoked_at,
     }

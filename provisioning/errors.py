@@ -58,6 +58,34 @@ class FingerprintMismatch(HQError):
     http_status = 403
 
 
+class DeviceKeyMismatch(HQError):
+    """A live activation belongs to another device key (replaced only by an operator)."""
+
+    code = "device_key_mismatch"
+    http_status = 409
+
+
+class DeviceUnauthenticated(HQError):
+    """A device request is not signed by the key HQ knows for it (or cannot be read)."""
+
+    code = "device_unauthenticated"
+    http_status = 401
+
+
+class ChallengeInvalid(HQError):
+    """The request's server challenge is unknown, used already or too old."""
+
+    code = "challenge_invalid"
+    http_status = 401
+
+
+class SignedRequestRequired(HQError):
+    """A device that has a device key must sign its requests (no license key)."""
+
+    code = "signed_request_required"
+    http_status = 403
+
+
 class Conflict(HQError):
     code = "conflict"
     http_status = 409
@@ -81,6 +109,10 @@ class PlanNotFound(NotFound):
     code = "plan_not_found"
 
 
+class TokenNotFound(NotFound):
+    code = "token_not_found"
+
+
 class Unauthorized(HQError):
     code = "unauthorized"
     http_status = 401
@@ -98,6 +130,14 @@ class StorageError(HQError):
     code = "storage_error"
     http_status = 503
     exit_code = EXIT_IOERR
+
+
+class CannotRead(HQError):
+    """An input file named by the caller cannot be read (missing, unreadable, not text)."""
+
+    code = "cannot_read"
+    http_status = 400
+    exit_code = EXIT_NOINPUT
 
 
 class CannotWrite(HQError):

@@ -87,3 +87,22 @@ class Actor:
 
     who: str
     source: str
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """An admin token as HQ keeps it: its name and times, never the token (only its
+    hash is stored, and not returned)."""
+
+    name: str
+    created_at: int
+    expires_at: int | None
+    revoked_at: int | None
+
+    def status(self, now: int) -> str:
+        """active | expired | revoked."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and now >= self.expires_at:
+            return "expired"
+        return "active"

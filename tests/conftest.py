@@ -104,6 +104,16 @@ class DeviceRoot:
     def check(self, faketime: str | None = None) -> subprocess.CompletedProcess[str]:
         return self.run("check", faketime=faketime)
 
+    def signed(self, payload: bytes, msg_type: str) -> dict[str, object]:
+        """The fields of a message this device signed with its own key, verified with
+        the key in its data directory (what HQ does with the key it recorded)."""
+        from agent.wire import device_msg
+        from agent.wire.device_key import DeviceKey
+
+        key = DeviceKey.loads((self.state_dir / "device.key").read_bytes())
+        msg = device_msg.open_message(payload, lambda k: key.public_key, msg_type)
+        return dict(msg.fields)
+
     def verdict(self) -> dict[str, object]:
         return json.loads((self.verdict_dir / "verdict.json").read_text())  # type: ignore[no-any-return]
 
@@ -177,7 +187,11 @@ class Signer:
         assert made.returncode == 0, made.stderr
         answer = device.path.parent / f"{device.path.name}.answer"
         answer.write_bytes(self.answer(device, request.read_bytes(), **kw))
-        return device.run("install", str(answer))
+        if (device.state_dir / "license.key").exists():
+            return device.run("install", str(answer))
+        key_file = device.path.parent / f"{device.path.name}.key"  # a wiped device
+        key_file.write_text(self.license_key + "\n")
+        return device.run("install", str(answer), "--license-key-file", str(key_file))
 
     def provision(self, device: DeviceRoot, **kw: object) -> bytes:
         """Trust this signer on the device and install a file through the real CLI."""

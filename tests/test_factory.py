@@ -62,3 +62,23 @@ def test_csv_with_progress_resumable_and_idempotent(
     assert doc["seats_used"] == 3
     for robot in robots[:3]:
         assert robot.check().returncode == 0
+
+
+def test_a_csv_line_without_a_root_refuses_the_whole_csv(
+    hq: HQ, make_device: Callable[..., DeviceRoot], tmp_path: Path
+) -> None:
+    """A short line used to crash (70), and an empty root would have meant the CSV's own
+    folder: the whole CSV is refused, nothing is written, no seat is taken."""
+    key = hq.setup(seats=3)
+    robot = make_device()
+    csv_file = tmp_path / "line.csv"
+    for bad in (f"robot-1,{robot.fingerprint}\n", f"robot-1,{robot.fingerprint},\n"):
+        csv_file.write_text(
+            f"name,fingerprint,root\nrobot-0,{robot.fingerprint},{robot.path}\n{bad}"
+        )
+        res = hq.run("provision", key, "--csv", str(csv_file), check=False)
+        assert res.returncode == 2, res.stderr
+        assert "line 3" in res.stderr and res.stderr.count("\n") == 1
+    assert hq.json("licenses", "show", key)["seats_used"] == 0
+    assert not (tmp_path / "data").exists() and not robot.machine_file.exists()
+    assert not (robot.path / "data/fieldpass/incoming").exists()

@@ -174,7 +174,7 @@ def test_a_revoked_license_reaches_a_device_through_the_laptop(
 ) -> None:
     key, fleet = activated_fleet(hq, make_device, 1, tmp_path)
     robot = fleet[0]
-    hq.run("licenses", "revoke", str(hq.json("licenses", "show", key)["id"]))
+    hq.run("licenses", "revoke", str(hq.json("licenses", "show", key)["id"]), "--yes")
     bundle, report = tmp_path / "site.bundle", tmp_path / "site.report"
     exported = hq.run("field", "export", "--all", "-o", str(bundle))
     assert "0 renewed machine file(s), 1 signed revocation(s)" in exported.stdout

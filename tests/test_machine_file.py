@@ -93,7 +93,7 @@ features = st.lists(
     st.builds(
         Entitlement,
         st.text(min_size=1, max_size=20),
-        st.none() | st.integers(0, 1 << 40),
+        st.none() | st.integers(0, 253_402_300_799),
     ),
     max_size=5,
 )

@@ -70,7 +70,7 @@ def test_revocation_seen_online_and_kept_offline(
     assert robot.run("activate", key).returncode == 0
     assert robot.run("check", "--online").returncode == 0
     lic = str(hq.json("licenses", "show", key)["id"])
-    hq.run("licenses", "revoke", lic)
+    hq.run("licenses", "revoke", lic, "--yes")
     revoked = robot.run("check", "--online")
     assert revoked.returncode == 32, revoked.stdout + revoked.stderr
     server.stop()
@@ -215,7 +215,7 @@ def test_a_forged_active_answer_cannot_lift_a_revocation(
     key = license_key(hq)
     robot = online_device(make_device, hq, server.url)
     assert robot.run("activate", key).returncode == 0
-    hq.run("licenses", "revoke", str(hq.json("licenses", "show", key)["id"]))
+    hq.run("licenses", "revoke", str(hq.json("licenses", "show", key)["id"]), "--yes")
     assert robot.run("check", "--online").returncode == 32
     spoof = _Spoofer(200, b'{"status": "active", "valid": true}')
     try:

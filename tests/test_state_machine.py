@@ -64,6 +64,46 @@ class GateMachine(RuleBasedStateMachine):
         with fsio.ExclusiveLock(self.cfg.state_dir if self.cfg.state_dir else "/"):
             pass
         self.dev.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            with fsio.ExclusiveLock(self.cfg.state_dir):
+                self.device().install(data, self.signer.license_key, self.clock)
+        except InstallRefused as e:
+            # A refused state is never replaced by one built from a file alone
+            assert self.state_edited, e
+            assert e.reason in ("state_foreign", "state_corrupt"), e
+            return
+        self.installed = {
+            "serial": self.serial,
+            "issued_at": self.real,
+            "expires_at": self.real + ttl_days * DAY,
+            "grace_ends_at": self.real + ttl_days * DAY + 30 * DAY,
+        }
+        # (a file's issued-at only ever raises the clock mark: nothing to lower here)
+
+    @rule(ttl_days=st.integers(1, 365))
+    def recover(self, ttl_days: int) -> None:
+        """HQ answers the device's air-gapped request: the one way back from a refused
+        state, and the one way to lower the clock mark (to HQ's time)."""
+        from agent import asks
+        from agent.wire.request import Request
+
+        self.dev.state_dir.mkdir(parents=True, exist_ok=True)
+        with fsio.ExclusiveLock(self.cfg.state_dir):
+            text, _ = asks.request(self.device(), self.clock)
+        req = Request.parse(text.encode())
+        self.serial += 1
+        from agent.wire.machine_file import Binding
+
+        data = self.signer.issue(
+            self.dev.fingerprint,
+            serial=self.serial,
+            issued_at=self.real,
+            ttl=ttl_days * DAY,
+            version=2,
+            device_key=req.device_key,
+            binding=Binding(counter=req.counter, nonce=req.nonce),
+        )
+        self.files[self.serial] = data
         with fsio.ExclusiveLock(self.cfg.state_dir):
             self.device().install(data, self.signer.license_key, self.clock)
         self.installed = {
@@ -85,7 +125,8 @@ class GateMachine(RuleBasedStateMachine):
             with fsio.ExclusiveLock(self.cfg.state_dir):
                 self.device().install(data, None, self.clock)
         except InstallRefused as e:
-            assert e.reason == "downgrade"
+            refused_state = self.state_edited and e.reason in ("state_foreign", "state_corrupt")
+            assert e.reason == "downgrade" or refused_state, e
         else:
             raise AssertionError("an older machine file was installed")
 
@@ -119,6 +160,9 @@ class GateMachine(RuleBasedStateMachine):
             completed = True
         except Crash:
             completed = False
+        except InstallRefused as e:
+            assert self.state_edited and e.reason in ("state_foreign", "state_corrupt"), e
+            completed = False
         finally:
             for n, fn in real_fns.items():
                 setattr(fsio.os, n, fn)
@@ -136,7 +180,6 @@ class GateMachine(RuleBasedStateMachine):
                 "grace_ends_at": self.real + 90 * DAY,
             }
             self.state_edited = False
-            self.highest_clock_seen = min(self.highest_clock_seen, self.real)
 
     # -- time ------------------------------------------------------------------
 

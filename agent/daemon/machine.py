@@ -61,6 +61,9 @@ TICK, RENEW_TIMEOUT, SETTLED, GIVE_UP, STOP = (
 TRANSPORT_EVENTS = frozenset({CONNECTED, DISCONNECTED, FILE, REVOCATION, BAD, STATUS})
 INTERNAL = -1  # the generation of internal events: never stale
 
+LOST_REASONS = frozenset(
+    {"state_lost", "state_missing", "state_corrupt", "state_foreign", "state_key_missing"}
+)
 SETTLE_S = 2.0  # --once: how long to wait for retained messages after connecting
 EX_UNAVAILABLE, EX_SOFTWARE = 69, 70
 
@@ -367,6 +370,8 @@ class Machine:
             life = max(0, claims.expires_at - claims.issued_at)
             self.due_at = claims.issued_at + life * self.cfg.renew_at_percent // 100
         self.due = self.due_at is not None and t >= self.due_at
+        if verdict.reason in LOST_REASONS:
+            self.due = True  # only HQ's answer bound to this device's request restores it
         self.revoked = verdict.name == REVOKED
         st = outcome.state
         self.status_doc = {

@@ -10,16 +10,16 @@ Envelope: the one of signed.py, with the context ``b"fieldpass/device/"``::
 ``at`` is the device's clock (informational: HQ never trusts it). Each type has an exact
 set of fields (``SCHEMAS``); the verifier refuses anything else. HQ finds the public key
 by the key id (the activation's recorded device key), except for the self-signed types
-(``activate``, ``request``, and ``renew`` carrying a ``device_key`` to register), whose
-signer must be the key the message carries. What each type means and how HQ answers it:
-docs/wire-format.md §9.
+(``activate``, ``request``, and ``renew`` or ``status`` carrying a ``device_key`` to
+register), whose signer must be the key the message carries. What each type means and
+how HQ answers it: docs/wire-format.md §9.
 """
 
 from collections.abc import Callable
 
 from . import fields, sodium
 from .device_key import DeviceKey, key_id
-from .errors import ClaimMismatchError, FormatError
+from .errors import ClaimMismatchError, FormatError, WireError
 from .license_key import is_fingerprint
 from .signed import KeyLookup, open_signed, sign_message
 
@@ -126,7 +126,8 @@ SCHEMAS: dict[str, dict[str, Check]] = {
     },
     # Free the seat (POST /v1/deactivate).
     "deactivate": {"challenge": _opt_nonce},
-    # What the device holds now (MQTT status topic; a laptop's record of an install).
+    # What the device holds now (MQTT status topic; a laptop's record of an install);
+    # device_key + proof register the key, as in "renew".
     "status": {
         "verdict": _short,
         "reason": _short,
@@ -140,6 +141,8 @@ SCHEMAS: dict[str, dict[str, Check]] = {
         "notes": _notes,
         "bad_messages": _counts,
         "challenge": _opt_nonce,
+        "device_key": _opt_key,
+        "proof": _opt_proof,
     },
     # The air-gapped request (armored FIELDPASS REQUEST), self-signed.
     "request": {
@@ -241,3 +244,21 @@ def open_self_signed(data: bytes, msg_type: str, key_field: str = "device_key") 
 
 def all_types() -> frozenset[str]:
     return frozenset(SCHEMAS)
+
+
+def unverified_fingerprint(data: bytes) -> str:
+    """The fingerprint a device message claims, NOT verified: only for looking up public,
+    HQ-signed data to hand out (a technician's laptop offering a revocation to a device
+    whose key it does not know; the device verifies what it gets). "" if unreadable."""
+    from . import cbor
+
+    try:
+        outer = cbor.loads(data, max_size=MAX_MESSAGE_BYTES, max_depth=1)
+        msg = outer.get("msg") if isinstance(outer, dict) else None
+        inner = (
+            cbor.loads(msg, max_size=MAX_MESSAGE_BYTES, max_depth=2) if type(msg) is bytes else None
+        )
+    except WireError:
+        return ""
+    value = inner.get("fingerprint") if isinstance(inner, dict) else None
+    return value if is_fingerprint(value) else ""  # type: ignore[return-value]

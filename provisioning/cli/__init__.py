@@ -79,6 +79,7 @@ COMMANDS: tuple[click.Command, ...] = (
     activations.activate,
     activations.machine_file,
     activations.deactivate,
+    activations.activations,
     provision.provision,
     sites.sites,
     field.field,
@@ -99,9 +100,15 @@ for _command in COMMANDS:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; the one place that turns outcomes into exit codes."""
     try:
-        cli.main(args=argv, prog_name=PROG, standalone_mode=False)
+        # Not standalone: click returns what ``ctx.exit(N)`` asked for instead of
+        # exiting, and a command's own return value (None) otherwise.
+        code = cli.main(args=argv, prog_name=PROG, standalone_mode=False)
     except click.exceptions.Exit as e:
         return e.exit_code
+    except click.exceptions.NoArgsIsHelpError as e:
+        # ``fieldpass-hq`` or a group (``fieldpass-hq keys``) alone: its help, not an error.
+        click.echo(e.ctx.get_help() if e.ctx is not None else "")
+        return 0
     except click.exceptions.Abort:
         _error("aborted")
         return 130
@@ -120,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         _error(f"internal error ({type(e).__name__}): please report it")
         return EXIT_SOFTWARE
-    return 0
+    return code if type(code) is int else 0
 
 
 def _error(message: str) -> None:

@@ -12,12 +12,11 @@ from typing import Any
 import click
 
 from agent.wire import armor
-from agent.wire.errors import WireError
-from agent.wire.request import Request
 
 from .. import documents
-from ..errors import FingerprintMismatch, InvalidRequest
+from ..errors import InvalidRequest
 from ..services import Issued
+from ..services.device_requests import answer_request
 from ..units import format_time
 from . import common, output
 
@@ -70,22 +69,16 @@ request_option = click.option(
 )
 
 
-def _read_request(path: Path) -> Request:
-    try:
-        data = path.read_bytes()[: 64 * 1024]
-    except OSError as e:
-        raise click.FileError(str(path), e.strerror) from None
-    try:
-        return Request.parse(data)
-    except WireError as e:
-        raise InvalidRequest(f"{path}: not a Fieldpass request ({e})") from None
-
-
-def _next_step(out: Path | None) -> None:
-    where = str(out) if out else "the text above"
+def _next_step(out: Path | None, *, with_key: bool) -> None:
+    """The device's side, as a command to type: an activation's answer is installed with
+    the license key (a file holding it; the device keeps its own copy), a renewal's
+    without."""
+    where, name = (str(out), out.name) if out else ("the text above (saved to a FILE)", "FILE")
+    key = " --license-key-file KEYFILE" if with_key else ""
+    held = " (KEYFILE: a file holding the license key)" if with_key else ""
     click.echo(
-        f"Next: carry {where} to the device and run `fieldpass install FILE` there; "
-        "`fieldpass check` then exits 0.",
+        f"Next: carry {where} to the device and run `fieldpass install {name}{key}` "
+        f"there{held}; `fieldpass check` then exits 0.",
         err=True,
     )
 
@@ -119,19 +112,23 @@ def activate(
       fieldpass-hq activate FP-XXXXX-... --fingerprint 3f2a... -o m.lic --json
       fieldpass-hq activate FP-XXXXX-... --request robot-17.request --armor -o answer.txt
     """
+    hq = common.state(ctx).hq
     if request_file is not None:
         if fingerprint:
             raise InvalidRequest("give --fingerprint or --request, not both")
-        fingerprint = _read_request(request_file).fingerprint
-    if not fingerprint or len(fingerprint) != 64:
-        raise click.BadParameter(
-            "a fingerprint is 64 lowercase hex characters (or give --request)",
-            param_hint="--fingerprint",
+        issued = answer_request(
+            hq.device, common.read_request(request_file), common.now(), common.actor(), license_key
         )
-    issued = common.state(ctx).hq.activate(license_key, fingerprint, common.now(), common.actor())
+    else:
+        if not fingerprint or len(fingerprint) != 64:
+            raise click.BadParameter(
+                "a fingerprint is 64 lowercase hex characters (or give --request)",
+                param_hint="--fingerprint",
+            )
+        issued = hq.activate(license_key, fingerprint, common.now(), common.actor())
     _deliver(issued, out, armored, as_json)
     if not as_json:
-        _next_step(out)
+        _next_step(out, with_key=True)
 
 
 @click.command("machine-file")
@@ -169,21 +166,16 @@ def machine_file(
     if request_file is not None:
         if activation_id:
             raise InvalidRequest("give ACTIVATION_ID or --request, not both")
-        req = _read_request(request_file)
-        if not req.activation_id:
-            raise InvalidRequest(
-                f"{request_file} is an activation request: answer it with "
-                "`fieldpass-hq activate LICENSE_KEY --request FILE`"
-            )
-        if hq.get_activation(req.activation_id).fingerprint != req.fingerprint:
-            raise FingerprintMismatch("the request's activation belongs to another device")
-        activation_id = req.activation_id
-    if not activation_id:
-        raise InvalidRequest("name an ACTIVATION_ID or give --request")
-    issued = hq.renew(common.now(), common.actor(), activation_id=activation_id, ttl_s=ttl)
+        issued = answer_request(
+            hq.device, common.read_request(request_file), common.now(), common.actor()
+        )
+    else:
+        if not activation_id:
+            raise InvalidRequest("name an ACTIVATION_ID or give --request")
+        issued = hq.renew(common.now(), common.actor(), activation_id=activation_id, ttl_s=ttl)
     _deliver(issued, out, armored, as_json)
     if not as_json:
-        _next_step(out)
+        _next_step(out, with_key=False)
 
 
 @click.command()
@@ -204,3 +196,39 @@ def deactivate(ctx: click.Context, activation_id: str, as_json: bool) -> None:
         output.emit_json(documents.activation_doc(act))
     else:
         output.emit_text(f"activation {act.id} deactivated: seat freed")
+
+
+@click.group()
+def activations() -> None:
+    """Activations (seats held by devices): the operator's actions on them.
+
+    Examples:
+
+    
+      fieldpass-hq activations reset-key act_0123456789abcdef0123
+    """
+
+
+@activations.command("reset-key")
+@click.argument("activation_id")
+@common.json_option
+@click.pass_context
+def reset_key(ctx: click.Context, activation_id: str, as_json: bool) -> None:
+    """Forget ACTIVATION_ID's device key (audited): for a device that lost its key
+    file or had its storage replaced. The device then registers a new key with its
+    next renewal, or activates again with the license key.
+
+    Examples:
+
+    
+      fieldpass-hq activations reset-key act_0123456789abcdef0123
+      fieldpass-hq activations reset-key act_0123456789abcdef0123 --json
+    """
+    act = common.state(ctx).hq.device.reset_key(activation_id, common.now(), common.actor())
+    if as_json:
+        output.emit_json(documents.activation_doc(act))
+    else:
+        output.emit_text(
+            f"activation {act.id}: device key forgotten; the device registers a new one "
+            "with its next renewal (or `fieldpass activate` again)"
+        )

@@ -12,12 +12,15 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from ..errors import InvalidRequest
+from ..errors import CannotRead, InvalidRequest
 from ..models import Actor
+
+if TYPE_CHECKING:
+    from agent.wire.request import Request
 from ..services import HQ
 from ..units import parse_date, parse_duration
 
@@ -54,6 +57,8 @@ def state(ctx: click.Context) -> State:
     assert obj is not None
     return obj
 
+
+MAX_FINGERPRINT_LIST_BYTES = 16 * 1024 * 1024  # some 240,000 fingerprints
 
 _FC = TypeVar("_FC", bound=Callable[..., Any])
 
@@ -102,11 +107,33 @@ def date(ctx: click.Context, param: click.Parameter, value: str | None) -> int |
 def read_fingerprints(path: Path) -> set[str]:
     """A site's list: device fingerprints, one a line; blank lines and # comments skipped."""
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise InvalidRequest(f"cannot read the fingerprint list {path}: {e}") from e
+        with path.open("rb") as f:
+            data = f.read(MAX_FINGERPRINT_LIST_BYTES + 1)
+        text = data.decode("utf-8")
+    except OSError as e:
+        raise CannotRead(f"cannot read the fingerprint list {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise CannotRead(f"the fingerprint list {path} is not UTF-8 text") from None
+    if len(data) > MAX_FINGERPRINT_LIST_BYTES:
+        raise InvalidRequest(f"the fingerprint list {path} is larger than 16 MiB")
     return {
         line.strip().lower()
         for line in text.splitlines()
         if line.strip() and not line.lstrip().startswith("#")
     }
+
+
+def read_request(path: Path) -> "Request":
+    """An air-gapped request file (either form), or a one-line error."""
+    from agent.wire.errors import WireError
+    from agent.wire.request import Request
+
+    try:
+        with path.open("rb") as f:
+            data = f.read(64 * 1024)
+    except OSError as e:
+        raise click.FileError(str(path), e.strerror) from None
+    try:
+        return Request.parse(data)
+    except WireError as e:
+        raise InvalidRequest(f"{path}: not a Fieldpass request ({e})") from None

@@ -7,6 +7,7 @@ options, reads the clock and prints, and never decides what a bundle may carry.
 """
 
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -84,7 +85,9 @@ def export(
     hq = common.state(ctx).hq
     now = common.now()
     chosen = bundle.select(hq, licenses, plan, fps, expiring_within, now, site)
-    doc = bundle.export(hq, chosen, ttl, now, common.actor())
+    # As `provision --csv`: a progress bar on a terminal (stderr), else its label once.
+    with click.progressbar(length=len(chosen), label="exporting", file=sys.stderr) as bar:
+        doc = bundle.export(hq, chosen, ttl, now, common.actor(), progress=bar.update)
     devices, revocations, skipped = doc["devices"], doc["revocations"], doc["skipped"]
     output.write_file(out, bundle.to_bytes(doc))
     summary = {
@@ -139,6 +142,7 @@ def export(
     type=click.Path(dir_okay=False),
     help="The password of that user in the broker's password file.",
 )
+@common.json_option
 def serve(
     bundle_path: Path,
     host: str,
@@ -148,22 +152,32 @@ def serve(
     broker: str | None,
     broker_username: str,
     broker_password_file: str | None,
+    as_json: bool,
 ) -> None:
     """On site: offer the bundle's renewals to the devices over the local link.
 
     Devices pick them up through their usual HTTP path once the laptop's URL is in
     their `[online] servers`, and through their MQTT daemon once the broker given with
     --broker is in their `[mqtt] brokers`. Each pickup is shown; the report is written
-    on exit.
+    on exit. With --json the pickups go to stderr and a summary is printed on exit.
 
     \b
     Examples:
       fieldpass-hq field serve site-7.bundle --host 192.168.7.1
       fieldpass-hq field serve site-7.bundle --host 192.168.7.1 --duration 3600
       fieldpass-hq field serve site-7.bundle --host 192.168.7.1 --broker mqtt://192.168.7.1
+      fieldpass-hq field serve site-7.bundle --duration 600 --json
     """
     doc = bundle.load_bundle(bundle_path)
-    server = FieldServer((host, port), doc, on_pickup=_show_pickup)
+
+    def show_pickup(entry: dict[str, Any], via: str) -> None:
+        click.echo(
+            f"picked up: {entry['activation_id']} (device "
+            f"{entry['fingerprint'][:12]}…) serial {entry['serial']} via {via}",
+            err=as_json,
+        )
+
+    server = FieldServer((host, port), doc, on_pickup=show_pickup)
     started = int(time.time())
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -195,17 +209,13 @@ def serve(
     )
     out = report_path or bundle_path.with_name(bundle_path.name + ".report")
     output.write_file(out, bundle.to_bytes(doc))
+    if as_json:
+        output.emit_json({"report": str(out), "offered": len(offered), "picked_up": sorted(picked)})
+        return
     click.echo(
         f"{len(picked)} of {len(offered)} device(s) picked up their renewal or "
         f"revocation; report written to {out}. Next: bring it to HQ: "
         f"`fieldpass-hq field import {out.name}`."
-    )
-
-
-def _show_pickup(entry: dict[str, Any], via: str) -> None:
-    click.echo(
-        f"picked up: {entry['activation_id']} (device "
-        f"{entry['fingerprint'][:12]}…) serial {entry['serial']} via {via}"
     )
 
 

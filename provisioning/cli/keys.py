@@ -1,5 +1,5 @@
-"""``fieldpass-hq keys generate|list|export``: HQ's signing keys and the keyring that
-device images carry.
+"""``fieldpass-hq keys generate|retire|list|export``: HQ's signing keys and the keyring
+that device images carry.
 
 Prints public parts only: a private key is never printed or written here.
 """
@@ -25,6 +25,7 @@ def keys() -> None:
       fieldpass-hq keys generate
       fieldpass-hq keys list --json
       fieldpass-hq keys export -o keyring
+      fieldpass-hq keys retire fpk_0123456789abcdef
     """
 
 
@@ -49,11 +50,36 @@ def keys_generate(ctx: click.Context, as_json: bool) -> None:
         output.emit_text(info.kid)
 
 
+@keys.command("retire")
+@click.argument("kid")
+@common.json_option
+@click.pass_context
+def keys_retire(ctx: click.Context, kid: str, as_json: bool) -> None:
+    """Retire signing key KID: HQ signs nothing new with it, ever.
+
+    Devices keep trusting it (their keyring still holds it), so the files it signed
+    stay valid; to stop that too, see `keys export --without-retired` and docs/hq.md
+    (a leaked key). The active key cannot be retired: generate its successor first.
+
+    Examples:
+
+    \b
+      fieldpass-hq keys generate
+      fieldpass-hq keys retire fpk_0123456789abcdef
+      fieldpass-hq keys retire fpk_0123456789abcdef --json
+    """
+    info = common.state(ctx).hq.retire_key(kid, common.now(), common.actor())
+    if as_json:
+        output.emit_json(documents.key_doc(info))
+    else:
+        output.emit_text(f"key {kid} retired: it signs nothing new")
+
+
 @keys.command("list")
 @common.json_option
 @click.pass_context
 def keys_list(ctx: click.Context, as_json: bool) -> None:
-    """List signing keys (public parts); the active one is marked.
+    """List signing keys (public parts); the active one and the retired ones are marked.
 
     Examples:
 
@@ -65,8 +91,16 @@ def keys_list(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         output.emit_json([documents.key_doc(k) for k in infos])
         return
-    rows = [[k.kid, "yes" if k.active else "", format_time(k.created_at)] for k in infos]
-    output.emit_text(output.table(rows, ["KID", "ACTIVE", "CREATED"]))
+    rows = [
+        [
+            k.kid,
+            "yes" if k.active else "",
+            format_time(k.created_at),
+            format_time(k.retired_at) if k.retired_at is not None else "",
+        ]
+        for k in infos
+    ]
+    output.emit_text(output.table(rows, ["KID", "ACTIVE", "CREATED", "RETIRED"]))
 
 
 @keys.command("export")
@@ -77,24 +111,48 @@ def keys_list(ctx: click.Context, as_json: bool) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the keyring to FILE instead of stdout.",
 )
+@click.option(
+    "--without-retired",
+    is_flag=True,
+    help="Leave retired keys out: devices given this keyring stop trusting every file "
+    "those keys signed.",
+)
 @common.json_option
 @click.pass_context
-def keys_export(ctx: click.Context, out: Path | None, as_json: bool) -> None:
+def keys_export(ctx: click.Context, out: Path | None, without_retired: bool, as_json: bool) -> None:
     """Write the public keyring that device images carry (all keys, old and new).
+
+    With --without-retired the retired keys are left out: a device given that keyring
+    no longer accepts a machine file, revocation or signed time made with them (exit
+    31), so renew its devices with the active key first.
 
     Examples:
 
     \b
       fieldpass-hq keys export > keyring
       fieldpass-hq keys export -o meta-fieldpass/files/keyring
+      fieldpass-hq keys export --without-retired -o keyring
       fieldpass-hq keys export --json
     """
-    keyring = common.state(ctx).hq.keyring()
+    hq = common.state(ctx).hq
+    keyring = hq.keyring(with_retired=not without_retired)
+    left_out = sorted(k.kid for k in hq.list_keys() if k.kid not in keyring.keys)
+    if left_out:
+        click.echo(
+            f"fieldpass-hq: warning: left out retired key(s) {', '.join(left_out)}: devices "
+            "with this keyring stop trusting every file those keys signed (they then "
+            "exit 31); renew them with the active key before installing this keyring",
+            err=True,
+        )
     text = keyring.dumps()
     if out is not None:
         output.write_file(out, text.encode("utf-8"))
     if as_json:
-        doc: dict[str, Any] = {"kids": sorted(keyring.keys), "file": str(out) if out else None}
+        doc: dict[str, Any] = {
+            "kids": sorted(keyring.keys),
+            "left_out": left_out,
+            "file": str(out) if out else None,
+        }
         if out is None:
             doc["keyring"] = text
         output.emit_json(doc)

@@ -4,10 +4,13 @@
 command shows the license id only, never the key.
 """
 
+import sys
+
 import click
 
 from .. import documents
-from ..models import EntitlementRow
+from ..errors import InvalidRequest
+from ..models import LICENSE_REVOKED, EntitlementRow
 from ..units import format_time, parse_date
 from . import common, output
 
@@ -165,13 +168,54 @@ def _status_command(action: str, summary: str) -> None:
     @common.json_option
     @click.pass_context
     def command(ctx: click.Context, license_id: str, as_json: bool) -> None:
-        lic = common.state(ctx).hq.set_status(license_id, action, common.now(), common.actor())
-        if as_json:
-            output.emit_json({"id": lic.id, "status": lic.status, "updated_at": lic.updated_at})
-        else:
-            output.emit_text(f"license {lic.id} is now {lic.status}")
+        _set_status(ctx, license_id, action, as_json)
+
+
+def _set_status(ctx: click.Context, license_id: str, action: str, as_json: bool) -> None:
+    lic = common.state(ctx).hq.set_status(license_id, action, common.now(), common.actor())
+    if as_json:
+        output.emit_json({"id": lic.id, "status": lic.status, "updated_at": lic.updated_at})
+    else:
+        output.emit_text(f"license {lic.id} is now {lic.status}")
 
 
 _status_command("suspend", "Suspend a license: no activation or renewal until reinstated.")
 _status_command("reinstate", "Lift a suspension.")
-_status_command("revoke", "Revoke a license for good; devices learn it when they go online.")
+
+
+@licenses.command("revoke")
+@click.argument("license_id")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask: for scripts (a revocation is final).")
+@common.json_option
+@click.pass_context
+def licenses_revoke(ctx: click.Context, license_id: str, yes: bool, as_json: bool) -> None:
+    """Revoke a license for good; devices learn it when they go online.
+
+    A revocation is final: the license can never be reinstated, and every device on it
+    stops (the gate exits 32) once it learns of it. On a terminal it asks first, naming
+    the license and its live activations; scripts pass --yes. Without a terminal and
+    without --yes it refuses (exit 2) and changes nothing.
+
+    Examples:
+
+    \b
+      fieldpass-hq licenses revoke lic_0123456789abcdef0123
+      fieldpass-hq licenses revoke lic_0123456789abcdef0123 --yes --json
+    """
+    if not yes:
+        lic, acts = common.state(ctx).hq.get_license(license_id)
+        if lic.status != LICENSE_REVOKED:
+            live = sum(1 for a in acts if a.deactivated_at is None)
+            if not sys.stdin.isatty():
+                raise InvalidRequest(
+                    f"revoking {lic.id} is final: confirm with --yes (no terminal to ask on)"
+                )
+            click.confirm(
+                f"Revoke license {lic.id} (plan {lic.plan}) for good? Its {live} live "
+                f"activation(s) stop working (exit 32) as their devices learn of it, and "
+                f"a revoked license can never be reinstated.",
+                default=False,
+                abort=True,
+                err=True,
+            )
+    _set_status(ctx, license_id, "revoke", as_json)

@@ -58,6 +58,7 @@ def _password(home: Path, password_file: str | None) -> str:
     show_default=True,
     help="Fewest seconds between two files for one device.",
 )
+@common.json_option
 @click.pass_context
 def bridge(
     ctx: click.Context,
@@ -67,11 +68,15 @@ def bridge(
     ca_file: str | None,
     topic_prefix: str,
     min_interval: str,
+    as_json: bool,
 ) -> None:
     """Answer the devices' renewal requests over MQTT until SIGTERM.
 
     A fresh machine file while the license is active (and the device's file is due),
     a signed revocation when it is revoked or suspended; every answer is audited.
+    "bridge connected to URL" goes to stderr once the broker has accepted HQ; a broker
+    that cannot be reached or refuses HQ exits 69. With --json, a summary of what was
+    ignored is printed when it stops.
 
     Examples:
 
@@ -82,6 +87,11 @@ def bridge(
     from ..mqtt import bridge as bridge_mod
     from ..mqtt import connection
 
+    connection.parse_url(broker_url)  # a wrong URL is a usage error before anything else
+    try:
+        interval_s = parse_duration(min_interval, allow_zero=True)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--min-interval") from e
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(name)s: %(message)s")
     state = common.state(ctx)
     password = _password(state.home, password_file)
@@ -94,7 +104,7 @@ def bridge(
     signal.signal(signal.SIGINT, on_signal)
 
     def connect(on_message: connection.MessageHandler, subscriptions: list[str]) -> object:
-        return connection.connect(
+        client = connection.connect(
             broker_url,
             "fieldpass-hq-bridge",
             username,
@@ -104,15 +114,16 @@ def bridge(
             subscriptions=subscriptions,
             session_expiry_s=7 * 86400,
         )
+        # Only now: the broker has accepted HQ's credentials (CONNACK).
+        click.echo(f"fieldpass-hq: bridge connected to {broker_url}", err=True)
+        return client
 
-    try:
-        interval_s = parse_duration(min_interval, allow_zero=True)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--min-interval") from e
     worker = bridge_mod.Bridge(state.hq, topic_prefix, interval_s)
-    click.echo(f"fieldpass-hq: bridge connected to {broker_url}", err=True)
     bridge_mod.serve(worker, connect, stop)
-    click.echo(f"fieldpass-hq: bridge stopped; ignored: {worker.counts or 'none'}", err=True)
+    ignored = worker.counts or "none"
+    click.echo(f"fieldpass-hq: bridge stopped; ignored: {ignored}", err=True)
+    if as_json:
+        output.emit_json({"broker": broker_url, "stopped": True, "ignored": dict(worker.counts)})
 
 
 @click.command()
@@ -177,7 +188,7 @@ def push(
     except ValueError as e:
         raise click.BadParameter(str(e)) from e
     state = common.state(ctx)
-    confirmations = push_mod.Confirmations()
+    confirmations = push_mod.Confirmations(state.hq)
     client = connection.connect(
         broker_url,
         "fieldpass-hq-push",

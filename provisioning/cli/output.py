@@ -8,6 +8,7 @@ here prints a license key unless a command hands it one to print.
 
 import json
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,21 @@ from ..errors import CannotWrite
 
 def write_file(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Replace ``path`` crash-safely (``agent.fsio.atomic_write``: temp file, fsync,
-    rename, fsync the directory): ``path`` is old or new, never half."""
+    rename, fsync the directory): ``path`` is old or new, never half.
+
+    Only a regular file is replaced (through a symlink, its target): the rename would
+    otherwise put a file in place of ``-o /dev/null`` or a FIFO, which as root breaks
+    the machine for everyone."""
+    target = os.path.realpath(path)
     try:
-        fsio.atomic_write(str(path), data, mode)
+        if not stat.S_ISREG(os.stat(target).st_mode):
+            raise CannotWrite(f"cannot write {path}: not a regular file")
+    except FileNotFoundError:
+        pass  # a new file
+    except OSError as e:
+        raise CannotWrite(f"cannot write {path}: {e.strerror or e}") from None
+    try:
+        fsio.atomic_write(target, data, mode)
     except OSError as e:
         reason = os.strerror(e.errno) if e.errno else str(e)
         raise CannotWrite(f"cannot write {path}: {reason}") from e

@@ -25,10 +25,12 @@ from typing import Any
 import click
 
 from agent.wire import license_key as lk
+from agent.wire.request import Request
 
 from .. import documents
-from ..errors import CannotWrite, HQError, InvalidRequest
+from ..errors import CannotRead, CannotWrite, HQError, InvalidRequest
 from ..services import HQ
+from ..services.device_requests import answer_request
 from . import common, output
 
 DEFAULT_DATA_DIR = "/data/fieldpass"
@@ -46,15 +48,42 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     output.write_file(path, data, mode)
 
 
+def _private_dirs(root: Path, data_dir: str) -> Path:
+    """The device's state directory and its incoming/ spool, mode 0700 (they hold the
+    license key; sysvinit images have no tmpfiles.d to fix the mode at boot)."""
+    state_dir = _under(root, data_dir)
+    incoming = state_dir / "incoming"
+    try:
+        for path in (state_dir, incoming):
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path.chmod(0o700)
+    except OSError as e:
+        raise CannotWrite(f"cannot create {incoming}: {e.strerror or e}") from None
+    return incoming
+
+
 def provision_one(
-    hq: HQ, key: str, fingerprint: str, root: Path, name: str, data_dir: str, now: int
+    hq: HQ,
+    key: str,
+    fingerprint: str,
+    root: Path,
+    name: str,
+    data_dir: str,
+    now: int,
+    request: Request | None = None,
 ) -> dict[str, Any]:
+    """Activate one device and write what its first boot installs. With ``request``
+    (the device's `fieldpass request`, e.g. at the line's station) the file names the
+    device key and the TPM counter it carries: a TPM-bound device takes nothing else."""
     if not lk.is_fingerprint(fingerprint):
         raise InvalidRequest(f"{name or root}: a fingerprint is 64 lowercase hex characters")
     if not root.is_dir():
         raise InvalidRequest(f"{root}: no such device root (mount the data partition or image)")
-    issued = hq.activate(key, fingerprint, now, common.actor())
-    incoming = _under(root, data_dir) / "incoming"
+    if request is not None:
+        issued = answer_request(hq.device, request, now, common.actor(), key)
+    else:
+        issued = hq.activate(key, fingerprint, now, common.actor())
+    incoming = _private_dirs(root, data_dir)
     _write(incoming / "machine.file", issued.machine_file, 0o600)
     _write(incoming / "license.key", key.encode("ascii") + b"\n", 0o600)
     _write(_under(root, "/etc/fieldpass/keyring"), hq.keyring().dumps().encode(), 0o644)
@@ -86,13 +115,21 @@ def _rows(csv_path: Path) -> list[tuple[str, str, Path]]:
                 raise InvalidRequest(f"{csv_path}: missing column(s) {', '.join(sorted(missing))}")
             rows = []
             for row in reader:
-                root = Path(row["root"].strip())
+                # a short line leaves its last fields None: refused, as an empty one
+                name, fp, where = ((row[k] or "").strip() for k in ("name", "fingerprint", "root"))
+                if not (name and fp and where):
+                    raise InvalidRequest(
+                        f"{csv_path}: line {reader.line_num}: a name, a fingerprint and a root"
+                    )
+                root = Path(where)
                 if not root.is_absolute():
                     root = csv_path.parent / root
-                rows.append((row["name"].strip(), row["fingerprint"].strip().lower(), root))
+                rows.append((name, fp.lower(), root))
             return rows
     except OSError as e:
-        raise InvalidRequest(f"{csv_path}: {e.strerror}") from None
+        raise CannotRead(f"cannot read {csv_path}: {e.strerror or e}") from None
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise InvalidRequest(f"{csv_path}: not a CSV of name,fingerprint,root ({e})") from None
 
 
 @click.command()
@@ -102,6 +139,13 @@ def _rows(csv_path: Path) -> list[tuple[str, str, Path]]:
     "--root", "root", type=click.Path(path_type=Path), help="The device's root directory."
 )
 @click.option("--name", default="", help="The device's name (written into agent.toml).")
+@click.option(
+    "--request",
+    "request_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The device's `fieldpass request` (its key and TPM counter): instead of "
+    "--fingerprint. Needed for devices with [tpm] enabled.",
+)
 @click.option(
     "--csv",
     "csv_path",
@@ -122,6 +166,7 @@ def provision(
     fingerprint: str | None,
     root: Path | None,
     name: str,
+    request_file: Path | None,
     csv_path: Path | None,
     data_dir: str,
     as_json: bool,
@@ -136,6 +181,7 @@ def provision(
     Examples:
       fieldpass-hq provision FP-XXXXX-... --fingerprint 3f2a... --root /mnt/robot-17
       fieldpass-hq provision FP-XXXXX-... --csv line-42.csv
+      fieldpass-hq provision FP-XXXXX-... --request robot-17.request --root /mnt/robot-17
     """
     try:
         key = lk.normalize(license_key)
@@ -143,9 +189,15 @@ def provision(
         raise InvalidRequest(str(e)) from None
     hq = common.state(ctx).hq
     if csv_path is None:
+        request = None
+        if request_file is not None:
+            if fingerprint:
+                raise InvalidRequest("give --fingerprint or --request, not both")
+            request = common.read_request(request_file)
+            fingerprint = request.fingerprint
         if not fingerprint or root is None:
-            raise InvalidRequest("give --fingerprint and --root, or --csv")
-        doc = provision_one(hq, key, fingerprint, root, name, data_dir, common.now())
+            raise InvalidRequest("give --fingerprint (or --request) and --root, or --csv")
+        doc = provision_one(hq, key, fingerprint, root, name, data_dir, common.now(), request)
         _emit(
             doc,
             as_json,

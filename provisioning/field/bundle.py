@@ -10,12 +10,13 @@ the document, ``load_bundle`` reads one back with a size bound.
 """
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from agent.wire import armor
 
-from ..errors import InvalidRequest
+from ..errors import CannotRead, InvalidRequest
 from ..models import Activation, Actor, License
 from ..services import HQ, license_status
 
@@ -54,14 +55,21 @@ def select(
 
 
 def export(
-    hq: HQ, chosen: list[tuple[Activation, License]], ttl_s: int | None, now: int, actor: Actor
+    hq: HQ,
+    chosen: list[tuple[Activation, License]],
+    ttl_s: int | None,
+    now: int,
+    actor: Actor,
+    progress: Callable[[int], None] = lambda n: None,
 ) -> dict[str, Any]:
     """Renew ``chosen`` (a revocation instead where the license is revoked or
-    suspended; nothing where it expired) and return the bundle."""
+    suspended; nothing where it expired) and return the bundle. ``progress(1)`` is
+    called as each device is taken up."""
     devices: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     revocations: list[dict[str, Any]] = []
     for act, lic in chosen:
+        progress(1)
         status = license_status(lic, now)
         if status != "active":
             signed = hq.signed_revocation(act.id, now)
@@ -84,6 +92,8 @@ def export(
                 "activation_id": act.id,
                 "license_id": lic.id,
                 "fingerprint": act.fingerprint,
+                # the device's public key, so the laptop can check its signed requests
+                "device_key": _b64(issued.activation.device_key),
                 "serial": issued.claims.serial,
                 "expires_at": issued.claims.expires_at,
                 "machine_file": armor.armor(issued.machine_file, armor.MACHINE_FILE),
@@ -100,6 +110,12 @@ def export(
     }
 
 
+def _b64(data: bytes | None) -> str | None:
+    import base64
+
+    return None if data is None else base64.b64encode(data).decode("ascii")
+
+
 def to_bytes(doc: dict[str, Any]) -> bytes:
     """The text of a bundle or a report: JSON, one space indents, sorted keys."""
     return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
@@ -108,8 +124,11 @@ def to_bytes(doc: dict[str, Any]) -> bytes:
 def load_bundle(path: Path) -> dict[str, Any]:
     try:
         raw = path.read_bytes()[:MAX_BUNDLE_BYTES]
+    except OSError as e:
+        raise CannotRead(f"cannot read the bundle {path}: {e.strerror or e}") from None
+    try:
         doc = json.loads(raw)
-    except (OSError, ValueError) as e:
+    except ValueError as e:
         raise InvalidRequest(f"{path}: not a field bundle ({e})") from None
     if not isinstance(doc, dict) or doc.get("format") != BUNDLE_FORMAT or doc.get("v") != 1:
         raise InvalidRequest(f"{path}: not a version-1 field bundle")

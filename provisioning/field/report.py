@@ -14,7 +14,7 @@ from typing import Any
 
 from agent.wire import sodium
 
-from ..errors import InvalidRequest
+from ..errors import CannotRead, Conflict, InvalidRequest
 from ..models import Actor, AuditEvent
 from ..services import HQ
 from ..services.audit import event
@@ -56,8 +56,11 @@ def import_report(
     (report digest, pickups, not picked up) and the report."""
     try:
         raw = report_path.read_bytes()[:MAX_REPORT_BYTES]
+    except OSError as e:
+        raise CannotRead(f"cannot read the report {report_path}: {e.strerror or e}") from None
+    try:
         report = json.loads(raw)
-    except (OSError, ValueError) as e:
+    except ValueError as e:
         raise InvalidRequest(f"{report_path}: not a field report ({e})") from None
     if not isinstance(report, dict) or report.get("format") != REPORT_FORMAT:
         raise InvalidRequest(f"{report_path}: not a field report")
@@ -65,7 +68,7 @@ def import_report(
     if any(
         e.action == "field_import" and e.detail and digest in e.detail for e in hq.audit(100_000)
     ):
-        raise InvalidRequest(f"{report_path} was imported already (report {digest})")
+        raise Conflict(f"{report_path} was imported already (report {digest})")
     who = f"field:{report.get('operator', 'unknown')}"
     pickups = report.get("pickups", [])
     hq.record_audit(

@@ -1,8 +1,10 @@
 """The technician's laptop, on site: an HTTP server that answers the devices' usual
 renewal path from a field bundle, and (``offer_over_mqtt``) the same bundle on a broker.
 
-``POST /v1/machine-file`` answers a device whose fingerprint and license key match a
-renewal in the bundle; ``POST /v1/validate`` hands over a revocation HQ signed (the
+``POST /v1/machine-file`` answers a device's request signed by its own key (checked
+against the device key the bundle carries, over a challenge of the laptop's
+``POST /v1/challenge``), or, from an agent of 0.1.0, whose fingerprint and license key
+match a renewal in the bundle; ``POST /v1/validate`` hands over a revocation HQ signed (the
 laptop cannot sign HQ's time); ``/v1/activate`` and ``/v1/deactivate`` are refused, so
 that a laptop never grants a seat. Each pickup is recorded (``FieldServer.pickups``) for
 the report (field/report.py).
@@ -12,6 +14,7 @@ encrypted to its device. Bodies are capped at ``MAX_BODY_BYTES`` before parsing;
 logs a request (the license key is in the body).
 """
 
+import base64
 import http.server
 import json
 import os
@@ -20,10 +23,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from agent.wire import armor, sodium
+from agent.wire import armor, device_msg, sodium
 from agent.wire import license_key as lk
+from agent.wire.device_key import key_id
+from agent.wire.device_msg import unverified_fingerprint
+from agent.wire.errors import WireError
+from agent.wire.signed import signed_kid
 
 MAX_BODY_BYTES = 16 * 1024
+CHALLENGE_TTL_S = 300
+MAX_CHALLENGES = 10_000
 
 
 class FieldServer(http.server.ThreadingHTTPServer):
@@ -36,11 +45,56 @@ class FieldServer(http.server.ThreadingHTTPServer):
         on_pickup: Callable[[dict[str, Any], str], None] | None = None,
     ) -> None:
         self.by_fingerprint = {d["fingerprint"]: d for d in bundle["devices"]}
+        self.by_device_key = {
+            key_id(base64.b64decode(d["device_key"])): d
+            for d in bundle["devices"]
+            if isinstance(d.get("device_key"), str)
+        }
         self.revocations = {r["fingerprint"]: r for r in bundle.get("revocations", [])}
+        self.challenges: dict[str, float] = {}  # the laptop's own single-use challenges
         self.pickups: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         self.on_pickup = on_pickup
         super().__init__(address, _Handler)
+
+    def new_challenge(self) -> str:
+        value = base64.urlsafe_b64encode(os.urandom(18)).decode("ascii")
+        now = time.monotonic()
+        with self.lock:
+            for old, at in list(self.challenges.items()):
+                if now - at > CHALLENGE_TTL_S:
+                    del self.challenges[old]
+            if len(self.challenges) < MAX_CHALLENGES:
+                self.challenges[value] = now
+        return value
+
+    def spend_challenge(self, value: object) -> bool:
+        with self.lock:
+            at = self.challenges.pop(value, None) if isinstance(value, str) else None
+        return at is not None and time.monotonic() - at <= CHALLENGE_TTL_S
+
+    def entry_for(
+        self, data: bytes, msg_type: str, *, challenge: bool = True
+    ) -> tuple[dict[str, Any], device_msg.DeviceMessage] | None:
+        """The bundle entry a device's signed message is about, the message verified:
+        against the device key the bundle carries, or (a device registering its key)
+        against the key the message carries. None if it verifies against neither."""
+        try:
+            kid = signed_kid(data, device_msg.MAX_MESSAGE_BYTES)
+            entry = self.by_device_key.get(kid)
+            if entry is not None:
+                key = base64.b64decode(entry["device_key"])
+                msg = device_msg.open_message(data, lambda k: key if k == kid else None, msg_type)
+            else:
+                msg = device_msg.open_self_signed(data, msg_type)
+                entry = self.by_fingerprint.get(msg.fingerprint)
+        except (WireError, ValueError):
+            return None
+        if entry is None or entry["fingerprint"] != msg.fingerprint:
+            return None
+        if challenge and not self.spend_challenge(msg.fields.get("challenge")):
+            return None
+        return entry, msg
 
     def offered(self) -> set[str]:
         """The activation ids the bundle has something for (a file or a revocation)."""
@@ -97,7 +151,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except (ValueError, AssertionError):
             self._error(400, "invalid_request", "the body is not a JSON object")
             return
-        if self.path == "/v1/machine-file":
+        if self.path == "/v1/challenge":
+            self._send(200, {"challenge": self.server.new_challenge(), "expires_in": 300})
+        elif self.path == "/v1/machine-file":
             self._machine_file(body)
         elif self.path in ("/v1/activate", "/v1/deactivate"):
             self._error(
@@ -110,9 +166,39 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         else:
             self._error(404, "not_found", "no such endpoint")
 
+    def _signed(self, body: dict[str, Any], msg_type: str) -> dict[str, Any] | None:
+        """The bundle entry of a signed device request, or None (answered already)."""
+        try:
+            data = base64.b64decode(str(body.get("request", "")), validate=True)
+        except ValueError:
+            data = b""
+        found = self.server.entry_for(data, msg_type)
+        if found is None:
+            self._error(
+                401,
+                "device_unauthenticated",
+                "the request is not signed by a device this bundle has a renewal for, or its "
+                "challenge is unknown or used",
+            )
+            return None
+        return found[0]
+
     def _validate(self, body: dict[str, Any]) -> None:
         """The laptop cannot sign HQ's time; it can hand over a revocation HQ signed."""
-        entry = self.server.revocations.get(str(body.get("fingerprint", "")))
+        fingerprint = str(body.get("fingerprint", ""))
+        if "request" in body:
+            data = b""
+            try:
+                data = base64.b64decode(str(body["request"]), validate=True)
+                kid = signed_kid(data, device_msg.MAX_MESSAGE_BYTES)
+            except (ValueError, WireError):
+                kid = ""
+            known = self.server.by_device_key.get(kid)
+            # A revocation is HQ-signed and public (the device verifies it): for a device
+            # whose key the bundle does not know, its claimed fingerprint is enough to
+            # look one up.
+            fingerprint = known["fingerprint"] if known else unverified_fingerprint(data)
+        entry = self.server.revocations.get(fingerprint)
         if entry is None:
             self._error(
                 503, "hq_unreachable", "a technician's laptop cannot validate: offline verdict"
@@ -122,17 +208,25 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.server.picked(entry, "http")
 
     def _machine_file(self, body: dict[str, Any]) -> None:
+        if "request" in body:  # signed by the device's key (agents after 0.1.0)
+            signed = self._signed(body, "renew")
+            if signed is not None:
+                self._serve(signed)
+            return
         entry = self.server.by_fingerprint.get(str(body.get("fingerprint", "")))
         if entry is None:
             self._error(404, "activation_not_found", "no renewal for this device in the bundle")
             return
         try:
-            key_id = lk.license_id(lk.normalize(str(body.get("license_key", ""))))
+            lic_id = lk.license_id(lk.normalize(str(body.get("license_key", ""))))
         except ValueError:
-            key_id = ""
-        if not sodium.constant_time_equal(key_id.encode(), entry["license_id"].encode()):
+            lic_id = ""
+        if not sodium.constant_time_equal(lic_id.encode(), entry["license_id"].encode()):
             self._error(403, "license_not_found", "the license key does not match this device")
             return
+        self._serve(entry)
+
+    def _serve(self, entry: dict[str, Any]) -> None:
         self._send(
             200, {k: entry[k] for k in ("activation_id", "serial", "expires_at", "machine_file")}
         )
@@ -156,10 +250,18 @@ def offer_over_mqtt(server: FieldServer, url: str, username: str, password: str)
         parsed = topics.parse(prefix, message.topic)
         if parsed is None or parsed[1] != topics.STATUS or parsed[0] in seen:
             return
-        try:
-            status = messages.parse_status(bytes(message.payload))
-        except Exception:
-            return
+        payload = bytes(message.payload)
+        status: dict[str, object]
+        if payload[:1] == b"{":  # an agent of 0.1.0
+            try:
+                status = messages.parse_status(payload)
+            except (messages.MessageError, RecursionError):
+                return
+        else:  # signed by the device's key
+            found = server.entry_for(payload, "status", challenge=False)
+            if found is None:
+                return
+            status = dict(found[1].fields)
         dev = parsed[0]
         entry = by_device.get(dev)
         serial = status.get("serial")

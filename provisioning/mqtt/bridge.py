@@ -23,14 +23,15 @@ from collections.abc import Callable
 
 from agent.daemon import messages, topics
 
-from ..errors import HQError
+from ..errors import HQError, InvalidRequest
 from ..models import Activation, Actor
-from ..services import HQ
+from ..services import HQ, Contact, Issued
 from ..services.audit import event
 
 log = logging.getLogger("fieldpass.hq.bridge")
 ACTOR = Actor("mqtt-bridge", "mqtt")
 REINDEX_S = 5.0
+LEGACY = Contact(channel="mqtt", agent_version="0.1.0", claims_format=1)
 
 Outgoing = tuple[str, bytes, bool]  # topic, payload, retain
 
@@ -82,6 +83,33 @@ class Bridge:
         if kind != topics.RENEW_REQUEST:
             self._count("unexpected_topic")
             return []
+        if payload[:1] == b"{":  # the JSON request of agents up to 0.1.0
+            return self._legacy(dev_id, payload)
+        try:
+            verified = self.hq.device.verify(payload, "renew")
+        except InvalidRequest:
+            self._count("malformed_request")
+            return []
+        except HQError as e:
+            self._count(e.code)
+            return []
+        act = verified.activation
+        if topics.device_id(act.fingerprint) != dev_id:
+            self._count("foreign_topic")  # signed by one device, sent on another's topic
+            return []
+        m = verified.message
+        try:
+            self.hq.device.register(verified, self.clock(), ACTOR)
+        except HQError as e:
+            self._count(e.code)
+            return []
+        wants = bool(m["due"]) or bool(m["revoked"])
+        renew: Callable[[int], Issued] = lambda now: self.hq.device.renew_verified(  # noqa: E731
+            verified, now, ACTOR, "mqtt", challenge_required=False
+        )
+        return self._answer(dev_id, act, int(str(m["serial"])), bool(wants), renew)
+
+    def _legacy(self, dev_id: str, payload: bytes) -> list[Outgoing]:
         try:
             serial, _, due, revoked = messages.parse_renew_request(payload)
         except messages.MessageError:
@@ -91,9 +119,17 @@ class Bridge:
         if act is None:
             self._count("unknown_device")
             return []
-        return self._answer(dev_id, act, serial, due or revoked)
+        if act.device_key is not None:
+            self._count("signed_request_required")  # this device signs its requests
+            return []
+        renew: Callable[[int], Issued] = lambda now: self.hq.renew(  # noqa: E731
+            now, ACTOR, activation_id=act.id, contact=LEGACY
+        )
+        return self._answer(dev_id, act, serial, due or revoked, renew)
 
-    def _answer(self, dev_id: str, act: Activation, serial: int, due: bool) -> list[Outgoing]:
+    def _answer(
+        self, dev_id: str, act: Activation, serial: int, due: bool, renew: Callable[[int], Issued]
+    ) -> list[Outgoing]:
         now = self.clock()
         file_topic = topics.topic(self.prefix, dev_id, topics.MACHINE_FILE)
         rev_topic = topics.topic(self.prefix, dev_id, topics.REVOCATION)
@@ -103,11 +139,13 @@ class Bridge:
             return [(rev_topic, revocation, True)]
         if not due and serial >= act.serial:
             return []
-        if now - act.last_issued_at < self.min_interval_s and serial >= act.serial:
+        # At most one file per device per min_interval_s, whatever the request says (its
+        # serial is the device's word, not HQ's): a looping device cannot make HQ sign.
+        if now - act.last_issued_at < self.min_interval_s:
             self._count("rate_limited")
             return []
         try:
-            issued = self.hq.renew(now, ACTOR, activation_id=act.id)
+            issued = renew(now)
         except HQError as e:
             self.hq.record_audit(event(now, ACTOR, "mqtt_refused", act.license_id, act.id, e.code))
             return []

@@ -76,7 +76,8 @@ def connect(
     try:
         client.connect(host, port, 60, clean_start=session_expiry_s == 0, properties=props)
     except (OSError, ValueError) as e:
-        raise BrokerUnavailable(f"cannot reach the broker at {host}:{port}: {e}") from e
+        reason = (e.strerror if isinstance(e, OSError) else None) or str(e)
+        raise BrokerUnavailable(f"cannot reach the broker at {host}:{port}: {reason}") from e
     client.loop_start()
     if not ready.wait(timeout_s) or failure:
         client.loop_stop()

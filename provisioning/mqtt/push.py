@@ -67,10 +67,14 @@ def select(hq: HQ, sel: Selection, now: int) -> list[Activation]:
     return live
 
 
+STATUS_ACTOR = Actor("mqtt-push", "mqtt")
+
+
 class Confirmations:
     """Collects the devices' status messages: device id -> newest serial reported."""
 
-    def __init__(self) -> None:
+    def __init__(self, hq: HQ | None = None) -> None:
+        self.hq = hq
         self.serials: dict[str, int] = {}
         self.lock = threading.Lock()
 
@@ -79,14 +83,30 @@ class Confirmations:
         parsed = topics.parse(topics.DEFAULT_PREFIX, message.topic)  # type: ignore[attr-defined]
         if parsed is None or parsed[1] != topics.STATUS:
             return
-        try:
-            serial = messages.parse_status(payload).get("serial")
-        except (messages.MessageError, json.JSONDecodeError):
-            return
+        serial = self.serial_of(parsed[0], payload)
         if type(serial) is int:
             with self.lock:
                 if serial > self.serials.get(parsed[0], 0):
                     self.serials[parsed[0]] = serial
+
+    def serial_of(self, dev_id: str, payload: bytes) -> object:
+        """The serial a device reports holding: its signed status (agents after 0.1.0,
+        verified against the activation's device key), or the JSON of 0.1.0."""
+        if payload[:1] == b"{":
+            try:
+                return messages.parse_status(payload).get("serial")
+            except (messages.MessageError, json.JSONDecodeError, RecursionError):
+                return None
+        if self.hq is None:
+            return None
+        try:
+            verified = self.hq.device.verify(payload, "status")
+            self.hq.device.register(verified, int(time.time()), STATUS_ACTOR)
+        except HQError:
+            return None
+        if topics.device_id(verified.activation.fingerprint) != dev_id:
+            return None
+        return verified.message["serial"]
 
     def confirmed(self, expected: dict[str, int]) -> int:
         with self.lock:

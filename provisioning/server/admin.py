@@ -1,9 +1,12 @@
 """The admin endpoints of the HQ HTTP API: plans, licenses (create, show, suspend,
-reinstate, revoke), activations (list, deactivate) and the audit log.
+reinstate, revoke), activations (list, deactivate), admin tokens (list, revoke) and the
+audit log.
 
-Each needs a bearer token from ``fieldpass-hq tokens create``; the token's name is the
-actor in the audit log. Routes parse and answer; the rules are the services'. A
-license's key is returned once, by ``POST /v1/licenses``; nothing here logs a body.
+Each needs a bearer token from ``fieldpass-hq tokens create`` that is neither expired
+nor revoked; the token's name is the actor in the audit log. Tokens are created at the
+command line only, on HQ's own host: a token cannot mint another. Routes parse and
+answer; the rules are the services'. A license's key is returned once, by
+``POST /v1/licenses``; nothing here logs a body.
 """
 
 from typing import Annotated, Any
@@ -20,6 +23,7 @@ from .api_models import (
     ACTIVATION_ID,
     COMMON_ERRORS,
     LICENSE_ID,
+    NAME,
     LicenseCreate,
     PlanCreate,
     error_responses,
@@ -38,7 +42,7 @@ def _admin(
     if creds is None or creds.scheme.lower() != "bearer":
         raise Unauthorized("a bearer token is required")
     hq: HQ = request.app.state.hq
-    name = hq.check_token(creds.credentials)
+    name = hq.check_token(creds.credentials, now())
     return Actor(f"token:{name}", client_host(request))
 
 
@@ -46,6 +50,7 @@ AdminActor = Annotated[Actor, Depends(_admin)]
 LicenseIdQuery = Annotated[str | None, Query(pattern=LICENSE_ID)]
 LicenseId = Annotated[str, PathParam(pattern=LICENSE_ID)]
 ActivationId = Annotated[str, PathParam(pattern=ACTIVATION_ID)]
+TokenName = Annotated[str, PathParam(pattern=NAME)]
 
 
 def add_routes(app: FastAPI, hq: HQ) -> None:
@@ -113,6 +118,22 @@ def add_routes(app: FastAPI, hq: HQ) -> None:
     @app.post("/v1/activations/{activation_id}/deactivate", tags=["admin"], responses=ADMIN)
     def admin_deactivate(activation_id: ActivationId, actor: AdminActor) -> dict[str, Any]:
         return documents.activation_doc(hq.deactivate(now(), actor, activation_id=activation_id))
+
+    @app.get("/v1/tokens", tags=["admin"], responses=ADMIN)
+    def tokens(_: AdminActor) -> list[dict[str, Any]]:
+        """Every admin token by name, with `status` (active, expired or revoked) and its
+        times; never a token itself."""
+        t = now()
+        return [documents.token_doc(info, t) for info in hq.list_tokens()]
+
+    @app.delete("/v1/tokens/{name}", tags=["admin"], responses=ADMIN)
+    def token_revoke(name: TokenName, actor: AdminActor) -> dict[str, Any]:
+        """Revoke admin token `name` for good (audited as `token_revoke`): a request
+        with it then gets 401. A token cannot revoke itself (409: use another token or
+        `fieldpass-hq tokens revoke`); a token already revoked is 409, an unknown name
+        404."""
+        t = now()
+        return documents.token_doc(hq.revoke_token(name, t, actor), t)
 
     @app.get("/v1/audit", tags=["admin"], responses=ADMIN)
     def audit(

@@ -5,7 +5,9 @@ Validation happens here, before any service call, so that a refused body never t
 the database.
 """
 
-from pydantic import BaseModel, ConfigDict, Field
+import base64
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.wire.signed_time import MAX_NONCE_CHARS
 
@@ -25,29 +27,76 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class DeviceRequest(Strict):
-    license_key: str = Field(
-        pattern=LICENSE_KEY, description="FP-XXXXX-XXXXX-XXXXX-XXXXX-XXXXX (a secret)"
-    )
-    fingerprint: str = Field(pattern=FINGERPRINT, description="64 lowercase hex characters")
+SIGNED_REQUEST = Field(
+    default=None,
+    max_length=4096,
+    pattern=r"^[A-Za-z0-9+/]+={0,2}$",
+    description="A device message signed by the device's own key, base64 "
+    "(docs/wire-format.md section 9). Agents after 0.1.0 send this instead of the "
+    "license key.",
+)
+LEGACY_KEY = Field(
+    default=None,
+    pattern=LICENSE_KEY,
+    description="The license key (a secret): agents up to 0.1.0 only, for devices "
+    "without a device key.",
+)
+LEGACY_FINGERPRINT = Field(
+    default=None, pattern=FINGERPRINT, description="64 lowercase hex (agents up to 0.1.0)"
+)
 
 
-class ActivateRequest(DeviceRequest):
+class SignedOrLegacy(Strict):
+    """Either ``request`` (signed, agents after 0.1.0) or ``license_key`` and
+    ``fingerprint`` (the form of agents up to 0.1.0), never both."""
+
+    request: str | None = SIGNED_REQUEST
+    license_key: str | None = LEGACY_KEY
+    fingerprint: str | None = LEGACY_FINGERPRINT
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "SignedOrLegacy":
+        legacy = self.license_key is not None or self.fingerprint is not None
+        if self.request is not None and legacy:
+            raise ValueError("give a signed request, or license_key and fingerprint, not both")
+        if self.request is None and (self.license_key is None or self.fingerprint is None):
+            raise ValueError("give a signed request (or license_key and fingerprint)")
+        return self
+
+    def signed(self) -> bytes | None:
+        return None if self.request is None else base64.b64decode(self.request)
+
+
+class ChallengeRequest(Strict):
     pass
 
 
-class MachineFileRequest(DeviceRequest):
+class ActivateRequest(Strict):
+    license_key: str = Field(
+        pattern=LICENSE_KEY, description="FP-XXXXX-XXXXX-XXXXX-XXXXX-XXXXX (a secret)"
+    )
+    request: str | None = SIGNED_REQUEST
+    fingerprint: str | None = LEGACY_FINGERPRINT
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "ActivateRequest":
+        if (self.request is None) == (self.fingerprint is None):
+            raise ValueError("give the signed activation request, or (0.1.0) a fingerprint")
+        return self
+
+
+class MachineFileRequest(SignedOrLegacy):
     ttl_s: int | None = Field(
         default=None, ge=1, le=MAX_DURATION_S, description="Capped by the plan's offline TTL."
     )
     activation_id: str | None = Field(default=None, pattern=ACTIVATION_ID)
 
 
-class DeactivateRequest(DeviceRequest):
+class DeactivateRequest(SignedOrLegacy):
     activation_id: str | None = Field(default=None, pattern=ACTIVATION_ID)
 
 
-class ValidateRequest(DeviceRequest):
+class ValidateRequest(SignedOrLegacy):
     nonce: str | None = Field(default=None, max_length=MAX_NONCE_CHARS)
 
 
@@ -89,10 +138,11 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, object]]:
     """The OpenAPI ``responses`` of a route's error statuses, all ``ErrorBody``."""
     what = {
         400: "Malformed JSON.",
-        401: "No or an unknown bearer token.",
+        401: "No bearer token, or one that is unknown, expired or revoked; a device "
+        "request not signed by its key, or over an unknown, used or expired challenge.",
         403: "The license is suspended, revoked or expired, or another device's.",
-        404: "No such license, activation or plan.",
-        409: "A seat limit or a conflict.",
+        404: "No such license, activation, plan or token.",
+        409: "A seat limit or a conflict (a token already revoked).",
         413: "The body is larger than the limit.",
         422: "A field is missing, unknown, of the wrong type or out of range.",
         503: "HQ is not configured (no signing key) or its storage failed.",

@@ -1,8 +1,11 @@
-"""The device endpoints of the HQ HTTP API: activate, renew (machine-file), validate,
-deactivate, the public keys, and ``/healthz``.
+"""The device endpoints of the HQ HTTP API: challenge, activate, renew (machine-file),
+validate, deactivate, the public keys, and ``/healthz``.
 
-A device authenticates with its license key in the JSON body (never in a URL, so never
-in an access log). These are the hot path (a fleet renewing at once): the actor
+A device sends its license key once, to activate (in the JSON body: never in a URL, so
+never in an access log); afterwards it signs every request with its own key over a
+challenge (``request``, docs/wire-format.md section 9). The form of agents up to 0.1.0
+(the license key in every body) is still answered, for devices that have no device key.
+These are the hot path (a fleet renewing at once): the actor
 dependency is ``async`` and each route returns a ``JSONResponse`` itself, so a request
 costs one hop to the thread pool (the database call) instead of three (dependency,
 endpoint, response serialisation); docs/performance.md has the figures.
@@ -20,10 +23,11 @@ from agent.wire import armor
 
 from .. import __version__, documents
 from ..models import Actor
-from ..services import HQ, Issued
+from ..services import HQ, Contact, Issued, Validation
 from .api_models import (
     COMMON_ERRORS,
     ActivateRequest,
+    ChallengeRequest,
     DeactivateRequest,
     MachineFileRequest,
     ValidateRequest,
@@ -31,7 +35,9 @@ from .api_models import (
 )
 from .common import client_host, now
 
-DEVICE = error_responses(400, 403, 404, 409, *COMMON_ERRORS)
+DEVICE = error_responses(400, 401, 403, 404, 409, *COMMON_ERRORS)
+# What HQ records of a request in the form of agents up to 0.1.0: version-1 claims.
+LEGACY = Contact(channel="http", agent_version="0.1.0", claims_format=1)
 
 
 async def _device(request: Request) -> Actor:  # async: no thread-pool hop
@@ -48,18 +54,57 @@ def _issued(i: Issued) -> dict[str, Any]:
     return doc
 
 
+def _validation_doc(v: Validation) -> dict[str, Any]:
+    if v.status != "active":
+        code = f"license_{v.status}"
+    elif v.activation is None or v.activation.deactivated_at is not None:
+        code = "activation_not_found"
+    else:
+        code = "valid"
+    live = v.activation if v.activation and v.activation.deactivated_at is None else None
+    return {
+        "valid": code == "valid",
+        "code": code,
+        "license_id": v.license_id,
+        "status": v.status,
+        "license_expires_at": v.license_expires_at,
+        "activation_id": live.id if live else None,
+        "serial": live.serial if live else None,
+        "expires_at": live.last_expires_at if live else None,
+        "time": v.time,
+        "signed_time": base64.b64encode(v.signed_time).decode("ascii"),
+    }
+
+
 def add_routes(app: FastAPI, hq: HQ) -> None:
     """Add these routes to ``app``, over ``hq``."""
+
+    @app.post("/v1/challenge", tags=["device"], responses=error_responses(*COMMON_ERRORS))
+    def challenge(body: ChallengeRequest) -> JSONResponse:
+        """A single-use challenge (5 minutes) for the next signed device request."""
+        return JSONResponse({"challenge": hq.device.challenge(now()), "expires_in": 300})
 
     @app.post("/v1/activate", status_code=201, tags=["device"], responses=DEVICE)
     def activate(body: ActivateRequest, actor: DeviceActor) -> JSONResponse:
         """Consume a seat (or reuse this device's) and return a machine file."""
-        issued = hq.activate(body.license_key, body.fingerprint, now(), actor)
+        if body.request is not None:
+            issued = hq.device.activate(
+                body.license_key, base64.b64decode(body.request), now(), actor
+            )
+        else:
+            assert body.fingerprint is not None
+            hq.device.refuse_legacy(body.license_key, body.fingerprint)
+            issued = hq.activate(body.license_key, body.fingerprint, now(), actor, LEGACY)
         return JSONResponse(_issued(issued), status_code=201)
 
     @app.post("/v1/machine-file", tags=["device"], responses=DEVICE)
     def machine_file(body: MachineFileRequest, actor: DeviceActor) -> JSONResponse:
         """Renew without a seat; an optional TTL up to the plan's offline TTL."""
+        signed = body.signed()
+        if signed is not None:
+            return JSONResponse(_issued(hq.device.renew(signed, now(), actor)))
+        assert body.license_key is not None and body.fingerprint is not None
+        hq.device.refuse_legacy(body.license_key, body.fingerprint)
         issued = hq.renew(
             now(),
             actor,
@@ -67,36 +112,32 @@ def add_routes(app: FastAPI, hq: HQ) -> None:
             fingerprint=body.fingerprint,
             activation_id=body.activation_id,
             ttl_s=body.ttl_s,
+            contact=LEGACY,
         )
         return JSONResponse(_issued(issued))
 
     @app.post("/v1/validate", tags=["device"], responses=DEVICE)
     def validate(body: ValidateRequest) -> JSONResponse:
-        """The license's status for this device and an HQ-signed current time."""
-        v = hq.validate(body.license_key, body.fingerprint, body.nonce, now())
-        if v.status != "active":
-            code = f"license_{v.status}"
-        elif v.activation is None:
-            code = "activation_not_found"
-        else:
-            code = "valid"
-        doc = {
-            "valid": code == "valid",
-            "code": code,
-            "license_id": v.license_id,
-            "status": v.status,
-            "license_expires_at": v.license_expires_at,
-            "activation_id": v.activation.id if v.activation else None,
-            "serial": v.activation.serial if v.activation else None,
-            "expires_at": v.activation.last_expires_at if v.activation else None,
-            "time": v.time,
-            "signed_time": base64.b64encode(v.signed_time).decode("ascii"),
-        }
-        return JSONResponse(doc)
+        """The activation's status and an HQ-signed current time, bound to the nonce."""
+        signed = body.signed()
+        if signed is not None:
+            return JSONResponse(_validation_doc(hq.device.validate(signed, now())))
+        assert body.license_key is not None and body.fingerprint is not None
+        hq.device.refuse_legacy(body.license_key, body.fingerprint)
+        return JSONResponse(
+            _validation_doc(hq.validate(body.license_key, body.fingerprint, body.nonce, now()))
+        )
 
     @app.post("/v1/deactivate", tags=["device"], responses=DEVICE)
     def deactivate(body: DeactivateRequest, actor: DeviceActor) -> JSONResponse:
         """Free this device's seat."""
+        signed = body.signed()
+        if signed is not None:
+            return JSONResponse(
+                documents.activation_doc(hq.device.deactivate(signed, now(), actor))
+            )
+        assert body.license_key is not None and body.fingerprint is not None
+        hq.device.refuse_legacy(body.license_key, body.fingerprint)
         act = hq.deactivate(
             now(),
             actor,

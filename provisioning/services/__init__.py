@@ -3,6 +3,7 @@
 - ``keys``: signing keys, the keyring, the active private key;
 - ``licenses``: plans and licenses, a license's status, suspend/reinstate/revoke;
 - ``issuing``: activations and machine files, renewals, validation, revocations;
+- ``device_requests``: the requests devices sign with their own key, and challenges;
 - ``sites``: where devices stand;
 - ``tokens``: the admin API's bearer tokens;
 - ``audit``: the append-only log every change writes in its own transaction;
@@ -20,14 +21,15 @@ from .. import config
 from ..keystore import KeyStore, prepare_home
 from ..storage import open_store
 from .audit import AuditLog
-from .issuing import Issued, Issuing, Validation
+from .device_requests import DeviceRequests
+from .issuing import Contact, Issued, Issuing, Validation
 from .keys import Keys
 from .licenses import Licenses, license_status
 from .names import check_name
 from .sites import Sites
 from .tokens import Tokens
 
-__all__ = ["HQ", "Issued", "Validation", "check_name", "license_status"]
+__all__ = ["HQ", "Contact", "Issued", "Validation", "check_name", "license_status"]
 
 
 class HQ:
@@ -45,10 +47,12 @@ class HQ:
         self.keys = Keys(self.store, KeyStore(home))
         self.licenses = Licenses(self.store)
         self.issuing = Issuing(self.store, self.keys)
+        self.device = DeviceRequests(self.store, self.keys, self.issuing)
         self.sites = Sites(self.store)
         self.tokens = Tokens(self.store)
 
         self.generate_key = self.keys.generate_key
+        self.retire_key = self.keys.retire_key
         self.list_keys = self.keys.list_keys
         self.keyring = self.keys.keyring
 
@@ -73,6 +77,8 @@ class HQ:
         self.list_sites = self.sites.list_sites
 
         self.create_token = self.tokens.create_token
+        self.list_tokens = self.tokens.list_tokens
+        self.revoke_token = self.tokens.revoke_token
         self.check_token = self.tokens.check_token
 
         self.audit = self.audit_log.audit

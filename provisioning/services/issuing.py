@@ -15,10 +15,11 @@ from dataclasses import dataclass, replace
 from agent.wire import license_key as lk
 from agent.wire import revocation, signed_time
 from agent.wire.keys import SigningKey
-from agent.wire.machine_file import Claims, Entitlement, seal_machine_file
+from agent.wire.machine_file import Binding, Claims, Entitlement, seal_machine_file
 
 from ..errors import (
     ActivationNotFound,
+    DeviceKeyMismatch,
     FingerprintMismatch,
     InvalidRequest,
     LicenseNotFound,
@@ -71,17 +72,34 @@ class _Issuer:
     plan: Plan
     signing: SigningKey
 
-    def issue(self, tx: Tx, act: Activation, ttl_s: int | None, now: int, new: bool) -> _Recorded:
+    def issue(
+        self,
+        tx: Tx,
+        act: Activation,
+        ttl_s: int | None,
+        now: int,
+        new: bool,
+        binding: Binding | None = None,
+    ) -> _Recorded:
         """Choose the next serial and expiry and record them; the sealing comes later."""
-        rec = self.prepare(act, ttl_s, now, new)
+        rec = self.prepare(act, ttl_s, now, new, binding)
         if new:
             tx.insert_activation(rec.activation)
         else:
             tx.record_issues([(act.id, rec.claims.serial, now, rec.claims.expires_at)])
         return rec
 
-    def prepare(self, act: Activation, ttl_s: int | None, now: int, new: bool) -> _Recorded:
-        """The next file of ``act``: its claims and the activation as it will be stored."""
+    def prepare(
+        self,
+        act: Activation,
+        ttl_s: int | None,
+        now: int,
+        new: bool,
+        binding: Binding | None = None,
+    ) -> _Recorded:
+        """The next file of ``act``: its claims and the activation as it will be stored.
+        The claims' version is the newest the activation's agent reads (version 1 for
+        agents up to 0.1.0, which know no device key and no binding)."""
         ttl = self.plan.offline_ttl_s if ttl_s is None else min(ttl_s, self.plan.offline_ttl_s)
         expires_at = now + ttl
         if self.lic.expires_at is not None:
@@ -103,9 +121,25 @@ class _Issuer:
             kid=self.signing.kid,
             license_expires_at=self.lic.expires_at,
             entitlements=tuple(Entitlement(e.feature, e.expires_at) for e in self.lic.entitlements),
+            version=2 if act.claims_format >= 2 else 1,
+            device_key=act.device_key if act.claims_format >= 2 else None,
+            binding=binding if act.claims_format >= 2 else None,
         )
         act = replace(act, serial=serial, last_issued_at=now, last_expires_at=expires_at)
         return _Recorded(act, claims, self.lic.license_key, self.signing, new)
+
+
+@dataclass(frozen=True)
+class Contact:
+    """What a request says of the device: how it came (``cli``, ``http``, ``mqtt``,
+    ``laptop``, ``air-gapped``), its agent and the claims version it reads, its own key,
+    and what the answer must be bound to (its TPM counter, its nonce)."""
+
+    channel: str = "cli"
+    agent_version: str = ""
+    claims_format: int = 1
+    device_key: bytes | None = None
+    binding: Binding | None = None
 
 
 @dataclass(frozen=True)
@@ -129,10 +163,23 @@ class Issuing:
             raise PlanNotFound(f"license {lic.id} names a missing plan")
         return _Issuer(lic, plan, self.keys.signing_key(tx))
 
-    def activate(self, license_key: str, fingerprint: str, now: int, actor: Actor) -> Issued:
-        """Consume a seat (or reuse this device's) and issue a machine file."""
+    def activate(
+        self,
+        license_key: str,
+        fingerprint: str,
+        now: int,
+        actor: Actor,
+        contact: "Contact | None" = None,
+    ) -> Issued:
+        """Consume a seat (or reuse this device's) and issue a machine file.
+
+        ``contact`` is what the device's request said of itself (its key, its agent, the
+        claims it reads, what the answer must be bound to); None for an operator's
+        activation by fingerprint (a version-1 file, no device key yet). A live
+        activation's device key is never replaced here (DeviceKeyMismatch)."""
         if not lk.is_fingerprint(fingerprint):
             raise InvalidRequest(FINGERPRINT_HINT)
+        contact = contact or Contact()
         with self.store.write() as tx:
             lic = usable_license(tx, license_key, now)
             tx.lock_license(lic.id)
@@ -153,14 +200,53 @@ class Issuing:
                     last_issued_at=now,
                     last_expires_at=now,
                     deactivated_at=None,
+                    device_key=contact.device_key,
+                    agent_version=contact.agent_version,
+                    claims_format=contact.claims_format,
+                    last_seen_at=now,
+                    last_channel=contact.channel,
                 )
-                issued = self._issuer(tx, lic).issue(tx, act, None, now, new=True)
+                issued = self._issuer(tx, lic).issue(
+                    tx, act, None, now, new=True, binding=contact.binding
+                )
             else:
-                issued = self._issuer(tx, lic).issue(tx, existing, None, now, new=False)
+                act = self._take_contact(tx, existing, contact, now)
+                issued = self._issuer(tx, lic).issue(
+                    tx, act, None, now, new=False, binding=contact.binding
+                )
             action = "activate" if issued.created else "reactivate"
             serial = f"serial={issued.claims.serial}"
             tx.append_audit(event(now, actor, action, lic.id, issued.activation.id, serial))
         return issued.seal()
+
+    @staticmethod
+    def _take_contact(tx: Tx, act: Activation, contact: "Contact", now: int) -> Activation:
+        """Record what a request said of the device on its live activation."""
+        if contact.device_key is not None and act.device_key != contact.device_key:
+            if act.device_key is not None:
+                raise DeviceKeyMismatch(
+                    f"activation {act.id} belongs to another device key: an operator must "
+                    f"reset it first (fieldpass-hq activations reset-key {act.id})"
+                )
+            tx.set_device_key(act.id, contact.device_key)
+            act = replace(act, device_key=contact.device_key)
+        if contact.channel != "cli":
+            tx.record_contact(
+                act.id, now, contact.channel, contact.agent_version, contact.claims_format
+            )
+            act = replace(
+                act,
+                agent_version=contact.agent_version,
+                claims_format=contact.claims_format,
+                last_seen_at=now,
+                last_channel=contact.channel,
+            )
+        elif contact.claims_format != act.claims_format and contact.agent_version:
+            tx.record_contact(
+                act.id, now, "air-gapped", contact.agent_version, contact.claims_format
+            )
+            act = replace(act, claims_format=contact.claims_format)
+        return act
 
     def _live_activation(
         self,
@@ -205,15 +291,21 @@ class Issuing:
         license_key: str | None = None,
         fingerprint: str | None = None,
         ttl_s: int | None = None,
+        contact: "Contact | None" = None,
     ) -> Issued:
-        """A fresh machine file for a live activation, without a seat."""
+        """A fresh machine file for a live activation, without a seat. ``contact``: what
+        the device's request said (None: what HQ last recorded for the activation)."""
         if ttl_s is not None and ttl_s <= 0:
             raise InvalidRequest("a TTL is positive")
         with self.store.write() as tx:
             lic, act = self._live_activation(tx, activation_id, license_key, fingerprint, now)
             check_usable(lic, now)
             tx.lock_license(lic.id)
-            issued = self._issuer(tx, lic).issue(tx, act, ttl_s, now, new=False)
+            binding = None
+            if contact is not None:
+                act = self._take_contact(tx, act, contact, now)
+                binding = contact.binding
+            issued = self._issuer(tx, lic).issue(tx, act, ttl_s, now, new=False, binding=binding)
             serial = f"serial={issued.claims.serial}"
             tx.append_audit(event(now, actor, "renew", lic.id, act.id, serial))
         return issued.seal()

@@ -1,13 +1,16 @@
-"""HQ's signing keys: generate (the new key signs from then on), list, the keyring
-devices carry, and the active private key for whoever signs inside a transaction.
+"""HQ's signing keys: generate (the new key signs from then on), retire (a retired key
+signs nothing new), list, the keyring devices carry, and the active private key for
+whoever signs inside a transaction.
 
-Private seeds stay in the key store (keystore.py); the database holds public parts and
-which key is active. Never returns, prints or logs a seed.
+Private seeds stay in the key store (keystore.py); the database holds public parts,
+which key is active and which are retired. A retired key is never chosen to sign; its
+seed stays on disk (HQ never deletes key material). Never returns, prints or logs a
+seed.
 """
 
 from agent.wire.keys import Keyring, SigningKey
 
-from ..errors import ConfigError
+from ..errors import ConfigError, Conflict, NotFound
 from ..keystore import KeyStore
 from ..models import Actor, KeyInfo
 from ..storage import Store, Tx
@@ -31,12 +34,31 @@ class Keys:
             tx.append_audit(event(now, actor, "key_generate", detail=f"kid={key.kid}"))
         return KeyInfo(key.kid, key.public_key, now, True)
 
+    def retire_key(self, kid: str, now: int, actor: Actor) -> KeyInfo:
+        """Retire ``kid``: it signs nothing from now on. The active key cannot be retired
+        (generate its successor first), so that HQ never stands without a signing key."""
+        with self.store.write() as tx:
+            info = next((k for k in tx.list_keys() if k.kid == kid), None)
+            if info is None:
+                raise NotFound(f"no signing key {kid!r}")
+            if info.retired_at is not None:
+                raise Conflict(f"key {kid} is retired already")
+            if info.active:
+                raise Conflict(
+                    f"key {kid} is the active signing key: run 'fieldpass-hq keys generate' "
+                    "first (the new key takes over), then retire this one"
+                )
+            tx.retire_key(kid, now)
+            tx.append_audit(event(now, actor, "key_retire", detail=f"kid={kid}"))
+        return KeyInfo(info.kid, info.public_key, info.created_at, False, now)
+
     def list_keys(self) -> list[KeyInfo]:
         with self.store.read() as tx:
             return tx.list_keys()
 
-    def keyring(self) -> Keyring:
-        keys = self.list_keys()
+    def keyring(self, *, with_retired: bool = True) -> Keyring:
+        """The public keys devices trust: all of them, or only those not retired."""
+        keys = [k for k in self.list_keys() if with_retired or k.retired_at is None]
         if not keys:
             raise ConfigError(NO_KEY)
         return Keyring.of(*(k.public_key for k in keys))

@@ -1,18 +1,25 @@
-"""Bearer tokens of the admin HTTP API: create one (shown once), check one.
+"""Bearer tokens of the admin HTTP API: create one (shown once, with an expiry), list
+them, revoke one, check one.
 
-HQ stores a token's SHA-256 only; a token is never stored, logged or shown again.
+HQ stores a token's SHA-256 only; a token is never stored, logged or shown again. A
+revoked token keeps its row (and its name: a new token takes a new name), so that the
+list and the audit log say what existed and when it stopped working.
 """
 
 import hashlib
 import secrets
 
-from ..errors import Conflict, Unauthorized
-from ..models import Actor
+from ..errors import Conflict, InvalidRequest, TokenNotFound, Unauthorized
+from ..models import Actor, TokenInfo
 from ..storage import Store
+from ..units import MAX_DURATION_S, format_time
 from .audit import event
 from .names import check_name
 
 TOKEN_PREFIX = "fphq_"  # noqa: S105 - a prefix, not a secret
+# A token left in a script or a console's config is often found leaked late: by default
+# it stops working after a quarter, which an operator renews as a routine.
+DEFAULT_TOKEN_TTL_S = 90 * 86400
 
 
 def _token_hash(token: str) -> str:
@@ -23,22 +30,63 @@ class Tokens:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def create_token(self, name: str, now: int, actor: Actor) -> str:
+    def create_token(
+        self, name: str, now: int, actor: Actor, ttl_s: int | None = DEFAULT_TOKEN_TTL_S
+    ) -> tuple[str, TokenInfo]:
+        """A new token named ``name``, valid for ``ttl_s`` (None: until revoked)."""
         check_name("a token name", name)
+        if ttl_s is not None and not 1 <= ttl_s <= MAX_DURATION_S:
+            raise InvalidRequest("a token's lifetime is at least 1 s and at most 100 years")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        expires_at = None if ttl_s is None else now + ttl_s
         with self.store.write() as tx:
-            if tx.token_name(_token_hash(token)) is not None:  # pragma: no cover
+            if tx.token_by_hash(_token_hash(token)) is not None:  # pragma: no cover
                 raise Conflict("token collision")
-            if any(n == name for n, _ in tx.list_tokens()):
-                raise Conflict(f"a token named {name!r} already exists")
-            tx.insert_token(name, _token_hash(token), now)
-            tx.append_audit(event(now, actor, "token_create", detail=f"name={name}"))
-        return token
+            if tx.get_token(name) is not None:
+                raise Conflict(f"a token named {name!r} already exists (names are never reused)")
+            tx.insert_token(name, _token_hash(token), now, expires_at)
+            detail = f"name={name} expires={format_time(expires_at) if expires_at else 'never'}"
+            tx.append_audit(event(now, actor, "token_create", detail=detail))
+        return token, TokenInfo(name, now, expires_at, None)
 
-    def check_token(self, token: str) -> str:
-        """The name of the admin token ``token``, or ``Unauthorized``."""
+    def list_tokens(self) -> list[TokenInfo]:
         with self.store.read() as tx:
-            name = tx.token_name(_token_hash(token))
-        if name is None:
+            return tx.list_tokens()
+
+    def revoke_token(self, name: str, now: int, actor: Actor) -> TokenInfo:
+        """Revoke token ``name`` for good: the next request with it gets 401. A token
+        does not revoke itself over the API (a client would lock itself out by a
+        mistake): another token or the command line does."""
+        if actor.who == f"token:{name}":
+            raise Conflict(
+                f"token {name!r} cannot revoke itself: use another token, or "
+                f"'fieldpass-hq tokens revoke {name}' on HQ's host"
+            )
+        with self.store.write() as tx:
+            info = tx.get_token(name)
+            if info is None:
+                raise TokenNotFound(f"no token named {name!r}")
+            if info.revoked_at is not None:
+                raise Conflict(f"token {name!r} was revoked at {format_time(info.revoked_at)}")
+            tx.revoke_token(name, now)
+            tx.append_audit(event(now, actor, "token_revoke", detail=f"name={name}"))
+        return TokenInfo(info.name, info.created_at, info.expires_at, now)
+
+    def check_token(self, token: str, now: int) -> str:
+        """The name of the admin token ``token`` if it may be used at ``now``, else
+        ``Unauthorized`` saying why (unknown, revoked, expired)."""
+        with self.store.read() as tx:
+            info = tx.token_by_hash(_token_hash(token))
+        if info is None:
             raise Unauthorized("invalid or missing bearer token")
-        return name
+        if info.revoked_at is not None:
+            raise Unauthorized(
+                f"token {info.name!r} was revoked at {format_time(info.revoked_at)}: "
+                "ask HQ's operator for a new one"
+            )
+        if info.expires_at is not None and now >= info.expires_at:
+            raise Unauthorized(
+                f"token {info.name!r} expired at {format_time(info.expires_at)}: "
+                "ask HQ's operator for a new one"
+            )
+        return info.name

@@ -40,6 +40,7 @@ VERSIONS: tuple[Version, ...] = (
         "reads, when and how it was last heard from; single-use server challenges; "
         "retired signing keys",
     ),
+    Version(5, "admin tokens expire and can be revoked (their rows kept, for the record)"),
 )
 SCHEMA_VERSION = VERSIONS[-1].number
 

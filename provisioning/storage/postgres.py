@@ -186,6 +186,13 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "ALTER TABLE signing_keys ADD COLUMN retired_at BIGINT",
         ],
     ),
+    (
+        5,
+        [
+            "ALTER TABLE api_tokens ADD COLUMN expires_at BIGINT",
+            "ALTER TABLE api_tokens ADD COLUMN revoked_at BIGINT",
+        ],
+    ),
 ]
 
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
@@ -259,9 +266,8 @@ class PostgresTx(Tx):
     def _license_of_activation(self, where: str, **params: Any) -> None:
         if self._write:
             sql = f"SELECT license_id FROM activations WHERE {where}"  # noqa: S608 - fixed text
-            row = self._one(sql, **params)
-            if row is not None:
-                self.lock_license(str(row[0]))
+            for license_id in sorted({str(r[0]) for r in self._all(sql, **params)}):
+                self.lock_license(license_id)
 
     def get_license(self, license_id: str) -> License | None:
         """Read and lock in one statement (the lock first: the row as of the lock)."""
@@ -291,6 +297,10 @@ class PostgresTx(Tx):
             "device_key_id = :kid AND deactivated_at IS NULL", kid=device_key_id
         )
         return super().find_by_device_key(device_key_id)
+
+    def find_by_device_key_any(self, device_key_id: str) -> Activation | None:
+        self._license_of_activation("device_key_id = :kid", kid=device_key_id)
+        return super().find_by_device_key_any(device_key_id)
 
     def count_seats(self, license_id: str) -> int:
         self.lock_license(license_id)

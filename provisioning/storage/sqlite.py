@@ -149,6 +149,15 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "ALTER TABLE signing_keys ADD COLUMN retired_at INTEGER",
         ],
     ),
+    (
+        5,
+        [
+            # Admin tokens: an expiry (NULL: never, as every token made before this
+            # version) and a revocation. Portable DDL: PostgreSQL runs these as written.
+            "ALTER TABLE api_tokens ADD COLUMN expires_at BIGINT",
+            "ALTER TABLE api_tokens ADD COLUMN revoked_at BIGINT",
+        ],
+    ),
 ]
 
 

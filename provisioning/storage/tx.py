@@ -25,6 +25,7 @@ from ..models import (
     KeyInfo,
     License,
     Plan,
+    TokenInfo,
 )
 
 
@@ -60,6 +61,7 @@ _LICENSE = (
     "seats_used FROM licenses"
 )
 _PLAN = "SELECT name, product, offline_ttl_s, grace_s, seats, warn_s, created_at FROM plans"
+_TOKEN = "SELECT name, created_at, expires_at, revoked_at FROM api_tokens"  # noqa: S105
 _AUDIT = "SELECT at, actor, source, action, license_id, activation_id, detail, id FROM audit"
 
 
@@ -191,7 +193,7 @@ class Tx:
         )
 
     def active_kid(self) -> str | None:
-        row = self._one("SELECT kid FROM signing_keys WHERE active = 1")
+        row = self._one("SELECT kid FROM signing_keys WHERE active = 1 AND retired_at IS NULL")
         return None if row is None else str(row[0])
 
     # -- plans -----------------------------------------------------------------------
@@ -338,6 +340,17 @@ class Tx:
         )
         return None if row is None else _activation(row)
 
+    def find_by_device_key_any(self, device_key_id: str) -> Activation | None:
+        """The newest activation, live or not, whose device key has this id (so that a
+        deactivated device can still be told so)."""
+        row = self._one(
+            f"{_ACTIVATION} WHERE device_key_id = :kid "
+            "ORDER BY CASE WHEN deactivated_at IS NULL THEN 0 ELSE 1 END, created_at DESC "
+            "LIMIT 1",
+            kid=device_key_id,
+        )
+        return None if row is None else _activation(row)
+
     def set_device_key(self, activation_id: str, device_key: bytes | None) -> None:
         from agent.wire.device_key import key_id
 
@@ -458,17 +471,30 @@ class Tx:
         return [AuditEvent(*r) for r in reversed(rows)]
 
     # -- API tokens ------------------------------------------------------------------
-    def insert_token(self, name: str, token_hash: str, now: int) -> None:
+    def insert_token(self, name: str, token_hash: str, now: int, expires_at: int | None) -> None:
         self._run(
-            "INSERT INTO api_tokens (name, token_hash, created_at) VALUES (:n, :h, :now)",
+            "INSERT INTO api_tokens (name, token_hash, created_at, expires_at, revoked_at) "
+            "VALUES (:n, :h, :now, :expires, NULL)",
             n=name,
             h=token_hash,
             now=now,
+            expires=expires_at,
         )
 
-    def token_name(self, token_hash: str) -> str | None:
-        row = self._one("SELECT name FROM api_tokens WHERE token_hash = :h", h=token_hash)
-        return None if row is None else str(row[0])
+    def token_by_hash(self, token_hash: str) -> TokenInfo | None:
+        row = self._one(f"{_TOKEN} WHERE token_hash = :h", h=token_hash)
+        return None if row is None else TokenInfo(*row)
 
-    def list_tokens(self) -> list[tuple[str, int]]:
-        return [(r[0], r[1]) for r in self._all("SELECT name, created_at FROM api_tokens")]
+    def get_token(self, name: str) -> TokenInfo | None:
+        row = self._one(f"{_TOKEN} WHERE name = :n", n=name)
+        return None if row is None else TokenInfo(*row)
+
+    def list_tokens(self) -> list[TokenInfo]:
+        return [TokenInfo(*r) for r in self._all(f"{_TOKEN} ORDER BY created_at, name")]
+
+    def revoke_token(self, name: str, now: int) -> int:
+        return self._run(
+            "UPDATE api_tokens SET revoked_at = :now WHERE name = :n AND revoked_at IS NULL",
+            now=now,
+            n=name,
+        )

@@ -11,12 +11,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from agent.identity import Identity
 from agent.wire import license_key as lk
 from agent.wire.keys import Keyring, SigningKey
-from agent.wire.machine_file import Claims, Entitlement, seal_machine_file
+from agent.wire.machine_file import Binding, Claims, Entitlement, seal_machine_file
 
 FIELDPASS = str(Path(sys.executable).parent / "fieldpass")
 REPO = Path(__file__).resolve().parents[2]
@@ -51,9 +52,11 @@ RATIO_GOAL = 2.5
 RSS_GOAL_MIB = 14.0
 
 
-def staged_device(root: Path) -> None:
+def staged_device(root: Path, tpm_counter: "Callable[[], int] | None" = None) -> None:
+    """A provisioned device under ``root``. With ``tpm_counter`` (the device's TPM is
+    enabled and provisioned), HQ's first file names the counter's value, as it must."""
     machine_id = os.urandom(16).hex()
-    (root / "etc/fieldpass").mkdir(parents=True)
+    (root / "etc/fieldpass").mkdir(parents=True, exist_ok=True)
     (root / "etc/machine-id").write_text(machine_id + "\n")
     key, license_key = SigningKey.generate(), lk.generate()
     (root / "etc/fieldpass/keyring").write_text(Keyring.of(key.public_key).dumps())
@@ -72,6 +75,9 @@ def staged_device(root: Path) -> None:
         serial=1,
         kid=key.kid,
         entitlements=(Entitlement("navigation"),),
+        **(
+            {} if tpm_counter is None else {"version": 2, "binding": Binding(counter=tpm_counter())}
+        ),
     )
     mf = root / "incoming.machine"
     mf.write_bytes(seal_machine_file(claims, license_key, key))
@@ -135,12 +141,28 @@ def tpm_comparison(rounds: int = 20) -> dict[str, float]:
         server = Swtpm(Path(tmp) / "tpmstate")
         server.start()
         try:
-            for root in (plain, bound):
-                root.mkdir()
-                staged_device(root)
+            plain.mkdir()
+            staged_device(plain)
+            bound.mkdir()
+            (bound / "etc/fieldpass").mkdir(parents=True)
             (bound / "etc/fieldpass/agent.toml").write_text(
                 f'[tpm]\nenabled = true\ntcti = "{server.tcti}"\n'
             )
+
+            def provisioned() -> int:
+                # the factory step, then the counter HQ's answer must name
+                subprocess.run(
+                    [FIELDPASS, "--root", str(bound), "tpm", "provision"],
+                    check=True,
+                    capture_output=True,
+                )
+                from agent.tpm import Anchor
+
+                value = Anchor(0x01500016, server.tcti).read().counter
+                assert value is not None
+                return value
+
+            staged_device(bound, provisioned)
             plain_cmd = [FIELDPASS, "--root", str(plain), "check"]
             tpm_cmd = [FIELDPASS, "--root", str(bound), "check"]
             plain_t, tpm_t = [], []

@@ -126,7 +126,7 @@ def test_suspend_reinstate_revoke(hq: Run, license_key: str) -> None:
     assert hq("machine-file", act).code == 1
     assert hq("licenses", "reinstate", lid).code == 0
     assert hq("machine-file", act).code == 0
-    assert hq("licenses", "revoke", lid, "--json").json()["status"] == "revoked"
+    assert hq("licenses", "revoke", lid, "--yes", "--json").json()["status"] == "revoked"
     assert "revoked" in hq("activate", license_key, "--fingerprint", fp).err
     assert hq("licenses", "reinstate", lid).code == 1
     actions = [e["action"] for e in hq("audit", "--json").json()]
@@ -207,35 +207,48 @@ def test_unwritable_output_is_cantcreat(hq: Run, license_key: str, tmp_path: Pat
     assert res.code == 73
 
 
-@pytest.mark.parametrize(
-    "group",
-    [
-        [],
-        ["keys", "generate"],
-        ["keys", "list"],
-        ["keys", "export"],
-        ["plans", "create"],
-        ["plans", "list"],
-        ["licenses", "create"],
-        ["licenses", "list"],
-        ["licenses", "show"],
-        ["licenses", "suspend"],
-        ["licenses", "reinstate"],
-        ["licenses", "revoke"],
-        ["activate"],
-        ["machine-file"],
-        ["deactivate"],
-        ["audit"],
-        ["tokens", "create"],
-        ["serve"],
-    ],
-)
-def test_every_command_has_examples_and_json(hq: Run, group: list[str]) -> None:
-    res = hq(*group, "--help")
-    assert res.code == 0
-    assert "Examples:" in res.out
-    if group:
-        assert "--json" in res.out
+def test_no_arguments_show_the_help_not_an_error(hq: Run) -> None:
+    for group in ([], ["keys"], ["licenses"], ["field"]):
+        res = hq(*group)
+        assert res.code == 0, res.err
+        assert res.err == ""
+        assert res.out.startswith(f"Usage: fieldpass-hq {' '.join(group)}".rstrip())
+        assert "Commands:" in res.out and "Examples:" in res.out
+        assert res.out.count("\n") > 10  # the help as printed, not squeezed on one line
+
+
+def test_no_arguments_from_the_installed_script(tmp_path: Path) -> None:
+    env = {**os.environ, "FIELDPASS_HQ_HOME": str(tmp_path / "hq")}
+    res = subprocess.run([FIELDPASS_HQ], env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stderr == ""
+    assert "Commands:" in res.stdout and "tokens" in res.stdout
+
+
+NEWLINE_NAMES = ["nl\n", "nl\r\n", "\nnl", "a\nb", "nl\x00"]
+
+
+@pytest.mark.parametrize("bad", NEWLINE_NAMES)
+def test_no_name_field_takes_a_newline(hq: Run, license_key: str, bad: str) -> None:
+    """Every name a person gives (plan, product, feature, site, token) is matched
+    whole: `$` alone lets a trailing newline through into the database and the audit."""
+    fp = fingerprint(1)
+    act = hq("activate", license_key, "--fingerprint", fp, "--json").json()["activation_id"]
+    ttl = ["--offline-ttl", "1d", "--seats", "1"]
+    assert hq("plans", "create", bad, *ttl).code == 2
+    assert hq("plans", "create", "p-ok", *ttl, "--product", bad).code == 2
+    assert hq("sites", "assign", bad, act).code == 2
+    assert hq("tokens", "create", bad).code == 2
+    # a feature is trimmed at the command line ("weld\n" is "weld"); a newline or NUL
+    # inside is refused
+    assert hq("licenses", "create", "--plan", "std", "--entitlement", f"x{bad}y").code == 2
+    names = [p["name"] for p in hq("plans", "list", "--json").json()]
+    names += [p["product"] for p in hq("plans", "list", "--json").json()]
+    names += [s["site"] for s in hq("sites", "list", "--json").json()]
+    names += [t["name"] for t in hq("tokens", "list", "--json").json()]
+    for lic in hq("licenses", "list", "--json").json():
+        names += [e["feature"] for e in lic["entitlements"]]
+    assert not [n for n in names if n != n.strip() or "\n" in n or "\x00" in n]
+    assert all("\n" not in (e["detail"] or "") for e in hq("audit", "--json").json())
 
 
 def test_home_option_and_xdg_default(

@@ -1,6 +1,5 @@
 """The daemon against a real mosquitto, with HQ played by the test's in-process signer."""
 
-import json
 import signal
 import socket
 import time
@@ -21,7 +20,7 @@ def _setup(
 
 
 def _statuses(client: Client, device: DeviceRoot) -> list[dict[str, object]]:
-    return [json.loads(p) for p in client.received(device_topic(device, "status"))]
+    return [device.signed(p, "status") for p in client.received(device_topic(device, "status"))]
 
 
 def test_renewal_end_to_end(
@@ -37,14 +36,16 @@ def test_renewal_end_to_end(
     daemon = daemons(device)
     daemon.start()
     wait_for(lambda: hq_client.received("renew-request"), what="a renewal request")
-    request = json.loads(hq_client.received("renew-request")[0])
-    assert request == {"v": 1, "serial": 1, "expires_at": request["expires_at"], "due": True}
+    request = device.signed(hq_client.received("renew-request")[0], "renew")
+    assert (request["serial"], request["due"], request["challenge"]) == (1, True, None)
+    assert request["nonce"] and request["formats"] == [1, 2]
+    assert signer.license_key.encode() not in hq_client.received("renew-request")[0]
     fresh = signer.issue(device.fingerprint, serial=2)
     hq_client.publish(device_topic(device, "machine-file"), fresh, retain=True)
     wait_for(lambda: device.machine_file.read_bytes() == fresh, what="the new file installed")
     wait_for(lambda: any(s.get("serial") == 2 for s in _statuses(hq_client, device)))
     status = [s for s in _statuses(hq_client, device) if s.get("serial") == 2][-1]
-    assert status["verdict"] == "valid" and status["days_left"] == 365
+    assert status["verdict"] == "valid" and status["expires_at"] > time.time() + 364 * DAY
     assert device.verdict()["serial"] == 2  # the verdict files were rewritten
     assert daemon.stop() == 0
     assert device.check().returncode == 0
@@ -64,7 +65,7 @@ def test_not_due_asks_without_due_and_stays_idle(
     daemon = daemons(device)
     daemon.start()
     wait_for(lambda: hq_client.received("renew-request"))
-    assert json.loads(hq_client.received("renew-request")[0])["due"] is False
+    assert device.signed(hq_client.received("renew-request")[0], "renew")["due"] is False
     time.sleep(1)
     assert len(hq_client.received("renew-request")) == 1  # no polling while not due
     assert daemon.stop() == 0
@@ -121,9 +122,9 @@ def test_asks_when_the_file_enters_its_window_while_running(
     daemon = daemons(device)
     daemon.start()
     wait_for(lambda: hq_client.received("renew-request"))
-    assert json.loads(hq_client.received("renew-request")[0])["due"] is False
+    assert device.signed(hq_client.received("renew-request")[0], "renew")["due"] is False
     wait_for(lambda: len(hq_client.received("renew-request")) >= 2, 10, "the timer's request")
-    assert json.loads(hq_client.received("renew-request")[1])["due"] is True
+    assert device.signed(hq_client.received("renew-request")[1], "renew")["due"] is True
     fresh = signer.issue(device.fingerprint, serial=2)
     hq_client.publish(device_topic(device, "machine-file"), fresh, retain=True)
     daemon.wait_log("state RENEWING -> CONNECTED")

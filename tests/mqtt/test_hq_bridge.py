@@ -121,7 +121,7 @@ def test_bridge_renews_then_revokes_acl_confines(
     hq_side.close()
 
     # revoked at HQ: the robot learns it on its next connection, and it sticks offline
-    fleet.hq.run("licenses", "revoke", fleet.license_id)
+    fleet.hq.run("licenses", "revoke", fleet.license_id, "--yes")
     daemon = daemons(robot)
     daemon.start()
     wait_for(lambda: robot.verdict().get("verdict") == "revoked", 20, "the revocation")
@@ -187,3 +187,64 @@ def test_suspended_then_reinstated_device_is_lifted_by_a_fresh_file(
     assert robot.verdict()["serial"] == 2
     assert daemon.stop() == 0
     assert robot.check().returncode == 0
+
+
+def test_bridge_says_connected_only_once_the_broker_accepted_it(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    def bridge(*args: str) -> subprocess.CompletedProcess[str]:
+        return fleet.hq.run("bridge", *args, check=False)
+
+    wrong_scheme = bridge("--broker", f"http://127.0.0.1:{fleet.broker.port}")
+    assert wrong_scheme.returncode == 2
+    assert wrong_scheme.stderr.count("\n") == 1 and "mqtt://" in wrong_scheme.stderr
+    assert "connected" not in wrong_scheme.stderr
+
+    bad = tmp_path / "wrong.password"
+    bad.write_text("not-the-password\n")
+    fleet.lock_down([])
+    refused = bridge("--broker", fleet.broker.url, "--password-file", str(bad))
+    assert refused.returncode == 69 and "refused HQ" in refused.stderr
+    assert "connected" not in refused.stderr
+
+    fleet.broker.stop()
+    unreachable = bridge("--broker", fleet.broker.url)
+    assert unreachable.returncode == 69 and "cannot reach the broker" in unreachable.stderr
+    assert "connected" not in unreachable.stderr and "Errno" not in unreachable.stderr
+    fleet.broker.start()
+
+    proc = subprocess.Popen(
+        [FIELDPASS_HQ, "--home", str(fleet.hq.home), "bridge", "--broker", fleet.broker.url,
+         "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        while line.startswith("fieldpass.hq"):  # log lines from the bridge, if any
+            line = proc.stderr.readline()
+        assert line == f"fieldpass-hq: bridge connected to {fleet.broker.url}\n"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert json.loads(out) == {"broker": fleet.broker.url, "stopped": True, "ignored": {}}
+
+
+def test_push_exits_1_when_a_device_failed(fleet: Fleet) -> None:
+    expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 2 * 86400))
+    doc = fleet.hq.json("licenses", "create", "--plan", "industrial", "--expires", expires)
+    fleet.hq.run("activate", str(doc["key"]), "--fingerprint", "ab" * 32)
+    push = [
+        "push", "--broker", fleet.broker.url, "--license", str(doc["id"]), "--wait", "0s",
+        "--json",
+    ]  # fmt: skip
+    ok = fleet.hq.run(*push, check=False)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["sent"] == 1
+    # ten days on, the license has expired: HQ issues nothing, and says so by its exit code
+    failed = fleet.hq.run(*push, faketime="+10d", check=False)
+    assert failed.returncode == 1, failed.stderr
+    summary = json.loads(failed.stdout)
+    assert summary["failed"] == 1 and summary["sent"] == 0
+    assert "expired" in summary["failures"][0]

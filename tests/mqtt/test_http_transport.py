@@ -60,7 +60,7 @@ def test_http_transport_renews_and_learns_a_revocation(
     wait_for(lambda: robot.verdict().get("serial") == 2, 20, "the renewal over HTTP")
     daemon.wait_log("state RENEWING -> CONNECTED")
     assert daemon.stop() == 0
-    hq.run("licenses", "revoke", str(doc["license_id"]))
+    hq.run("licenses", "revoke", str(doc["license_id"]), "--yes")
     daemon.start()
     wait_for(lambda: robot.verdict().get("verdict") == "revoked", 20, "the revocation")
     assert daemon.stop() == 0

@@ -45,7 +45,7 @@ class FakeTransport:
 
     def __init__(self, events: "queue.SimpleQueue[machine.Event]") -> None:
         self.events = events
-        self.asked: list[tuple[int, int, bool]] = []
+        self.asked: list[bool] = []
         self.statuses: list[bytes] = []
         self.gen = 0
 
@@ -57,8 +57,8 @@ class FakeTransport:
     def disconnect(self) -> None:
         pass
 
-    def ask(self, serial: int, expires_at: int, due: bool, revoked: bool = False) -> None:
-        self.asked.append((serial, expires_at, due))
+    def ask(self, due: bool) -> None:
+        self.asked.append(due)
 
     def publish_status(self, payload: bytes) -> None:
         self.statuses.append(payload)
@@ -88,13 +88,13 @@ def test_table_drives_a_renewal_and_drops_stale_events(device: DeviceRoot, signe
     m, transport = _machine(device)
     m.enter(machine.STARTING)
     _drain(m)
-    assert m.state == machine.RENEWING and transport.asked[-1][2] is True
+    assert m.state == machine.RENEWING and transport.asked[-1] is True
     m.dispatch((DISCONNECTED, 999, None))  # an abandoned connection's event
     assert m.state == machine.RENEWING
-    m.dispatch((FILE, m.generation, signer.issue(device.fingerprint, serial=2)))
+    m.dispatch((FILE, m.generation, (signer.issue(device.fingerprint, serial=2), None)))
     _drain(m)
     assert m.state == machine.ONLINE and m.serial == 2 and not m.resume.renewing
-    assert b'"serial":2' in transport.statuses[-1]
+    assert device.signed(transport.statuses[-1], "status")["serial"] == 2
 
 
 def test_an_unhandled_event_is_a_bug(device: DeviceRoot, signer: Signer) -> None:

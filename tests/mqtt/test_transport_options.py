@@ -7,6 +7,7 @@ from pathlib import Path
 
 from agent.daemon import transport
 from agent.daemon.mqtt import MqttTransport
+from agent.device import Device
 from tests.conftest import DeviceRoot, Signer
 from tests.mqtt.conftest import Broker, Daemon, free_port, mqtt_config
 
@@ -87,14 +88,14 @@ def test_client_side_bound_drops_oversized_payloads_before_queueing(
     signer.provision(device)
     device.write_config(mqtt_config(broker, "max_payload_bytes = 2048"))
     events: transport.EventQueue = __import__("queue").SimpleQueue()
-    t = MqttTransport(device.config(), device.fingerprint, events)
+    t = MqttTransport(device.config(), Device(device.config()), events)
     file_topic = next(iter(t.inbound))
     t._on_message(None, 1, _Message(file_topic, b"x" * 2049))  # type: ignore[arg-type]
     t._on_message(None, 1, _Message(file_topic, b"x" * 2048))  # type: ignore[arg-type]
     t._on_message(None, 1, _Message("fieldpass/v1/dev/dother/x", b"x"))  # type: ignore[arg-type]
     t._on_message(None, 1, _Message(file_topic, b""))  # type: ignore[arg-type]
     got = [events.get_nowait() for _ in range(events.qsize())]
-    assert [(k, p if k == "bad" else len(p)) for k, _, p in got] == [  # type: ignore[arg-type]
+    assert [(k, p if k == "bad" else len(p[0])) for k, _, p in got] == [  # type: ignore[index]
         ("bad", "oversized"),
         ("file", 2048),
         ("bad", "unexpected_topic"),
