@@ -438,9 +438,9 @@ class PostgresStore(Store):
                         raise StorageError(self._message("error in", e)) from e
                     raise
                 try:
-                    conn.execute("COMMIT")
-                    if write:
-                        conn.execute(_DURABLE)
+                    # a write: both statements in one round trip (no parameters: the
+                    # simple protocol runs them in turn, the second in its own transaction)
+                    conn.execute(f"COMMIT; {_DURABLE}" if write else "COMMIT")
                 except psycopg.Error as e:
                     self._rollback(conn)
                     if isinstance(e, psycopg.IntegrityError):

@@ -51,6 +51,28 @@ def _port(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
 
 
+def _cpu_s(*roots: int) -> float:
+    """CPU seconds (user + system) used so far by these processes and their children
+    (the server's workers; PostgreSQL's backends), from /proc."""
+    total = 0.0
+    todo = list(roots)
+    while todo:
+        pid = todo.pop()
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        todo.extend(int(c) for c in children)
+    return total
+
+
+# CPU per request is what the shared machine does not blur much: the figures per second
+# depend on how much of the two cores the other sessions leave, this does not.
+_CPU: dict[str, list[float]] = {}
+
+
 def _echo(first: int) -> float:
     from tests.bench import load
     from tests.hq.server import free_port
@@ -73,7 +95,10 @@ def _echo(first: int) -> float:
                 assert time.monotonic() < deadline, "the echo server did not start"
                 time.sleep(0.1)
         key = "FP-AAAAA-AAAAA-AAAAA-AAAAA-AAAAA"
+        c0, l0 = _cpu_s(proc.pid), time.process_time()
         t, st = load.run(HOST, port, _bodies("/v1/activate", key, first, N), CONNECTIONS)
+        _CPU.setdefault("echo", []).append((_cpu_s(proc.pid) - c0) / N)
+        _CPU.setdefault("loadgen", []).append((time.process_time() - l0) / N)
         assert dict(st) == {201: N}, st
         return N / t
     finally:
@@ -81,7 +106,7 @@ def _echo(first: int) -> float:
         proc.wait(30)
 
 
-def _http(home: Path, key: str, first: int) -> tuple[float, float]:
+def _http(home: Path, key: str, first: int, label: str, db_pid: int | None) -> tuple[float, float]:
     from tests.bench import load
     from tests.hq.server import start_server
 
@@ -89,7 +114,12 @@ def _http(home: Path, key: str, first: int) -> tuple[float, float]:
     port = _port(server.url)
     try:
         load.run(HOST, port, _bodies("/v1/activate", key, 10**9 + first, 300), CONNECTIONS)
+        c0 = _cpu_s(server.proc.pid)
+        d0 = _cpu_s(db_pid) if db_pid else 0.0
         t_act, st_act = load.run(HOST, port, _bodies("/v1/activate", key, first, N), CONNECTIONS)
+        _CPU.setdefault(label, []).append((_cpu_s(server.proc.pid) - c0) / N)
+        if db_pid:
+            _CPU.setdefault(f"{label}_server", []).append((_cpu_s(db_pid) - d0) / N)
         t_ren, st_ren = load.run(
             HOST, port, _bodies("/v1/machine-file", key, first, N), CONNECTIONS
         )
@@ -254,7 +284,8 @@ def main() -> dict[str, object]:
                 echo = _echo(r * N)
                 rates["echo"].append(echo)
                 for name, home in homes.items():
-                    act, ren = _http(home, keys[name], r * N)
+                    db_pid = pg.proc.pid if name == "postgresql" and pg.proc else None
+                    act, ren = _http(home, keys[name], r * N, name, db_pid)
                     rates[name].append(act)
                     renewals[name].append(ren)
                     ratios[name].append(act / echo)
@@ -266,6 +297,14 @@ def main() -> dict[str, object]:
                 results[f"{name}_activations_per_s"] = _summary(rates[name])
                 results[f"{name}_renewals_per_s"] = _summary(renewals[name])
                 results[f"{name}_vs_echo"] = [round(x, 3) for x in ratios[name]]
+            cpu_us = {k: round(statistics.median(v) * 1e6) for k, v in _CPU.items()}
+            results["cpu_us_per_request"] = cpu_us
+            # what two otherwise idle cores would do, from the CPU each request costs
+            # (HQ's processes, PostgreSQL's, the load generator): an estimate, not a
+            # measurement, shown beside the measured rates
+            for name in ("echo", "sqlite", "postgresql"):
+                cost = cpu_us[name] + cpu_us.get(f"{name}_server", 0) + cpu_us["loadgen"]
+                results[f"{name}_per_s_on_2_idle_cores_est"] = round(2e6 / cost)
             results["http_requests_each"] = N
             results["server"] = f"{WORKERS} workers, --no-access-log, {CONNECTIONS} connections"
             for name in homes:
