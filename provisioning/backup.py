@@ -34,6 +34,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from agent import fsio
+
 from . import __version__
 from .errors import EXIT_DATAERR, CannotWrite, ConfigError, HQError
 from .storage import Store, copy, engine_of
@@ -184,11 +186,7 @@ def write(
             raw.flush()
             os.fsync(raw.fileno())
         os.rename(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsio.fsync_dir(str(path.parent))
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise CannotWrite(f"cannot write {path}: {e.strerror}") from e
