@@ -272,6 +272,9 @@ def hq(tmp_path: Path) -> HQ:
     return HQ(tmp_path / "hq-home")
 
 
+from tests.answering_server import answering_server  # noqa: E402, F401 - a fixture
+
+
 # -- HQ's database engines (tests/engines.py) -------------------------------------------
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(

@@ -34,6 +34,7 @@ from . import (
     serve,
     sites,
     tokens,
+    usage,
 )
 
 PROG = "fieldpass-hq"
@@ -86,6 +87,7 @@ COMMANDS: tuple[click.Command, ...] = (
     serve.serve,
     tokens.tokens,
     audit.audit,
+    usage.usage,
     mqtt.bridge,
     mqtt.push,
     mqtt.broker_config,

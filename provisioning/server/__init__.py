@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from .. import __version__
 from ..config import DATABASE_ENV
 from ..services import HQ
-from . import admin, device, health
+from . import admin, device, health, reports
 from .errors import install_error_handlers
 from .middleware import MAX_BODY_BYTES, BodyLimit
 
@@ -40,6 +40,7 @@ def create_app(home: Path, *, database: str | None = None) -> FastAPI:
     install_error_handlers(app)
     device.add_routes(app, hq)
     admin.add_routes(app, hq)
+    reports.add_routes(app, hq)
     health.add_routes(app, hq)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     return app

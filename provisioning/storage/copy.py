@@ -31,6 +31,11 @@ TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("challenges", ("challenge",)),
     ("audit", ("id",)),
     ("api_tokens", ("name",)),
+    ("usage_reports", ("activation_id", "seq")),
+    ("returns", ("activation_id",)),
+    ("plan_counters", ("plan", "counter")),
+    ("plan_meters", ("plan", "feature")),
+    ("meter_periods", ("activation_id", "feature", "period_start")),
 )
 # Kept by the database itself (triggers on activations): loaded as 0, counted again
 # (by the triggers as rows arrive, or at the end: Tx.after_load), then verified like

@@ -193,6 +193,50 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "ALTER TABLE api_tokens ADD COLUMN revoked_at BIGINT",
         ],
     ),
+    (
+        6,
+        [
+            # storage/sqlite.py's USAGE_AND_RETURNS, with byte-ordered text keys
+            f"""CREATE TABLE usage_reports (
+                activation_id {_T} NOT NULL REFERENCES activations(id),
+                seq BIGINT NOT NULL,
+                counters TEXT NOT NULL,
+                device_at BIGINT NOT NULL,
+                received_at BIGINT NOT NULL,
+                via {_T} NOT NULL,
+                PRIMARY KEY (activation_id, seq))""",
+            "ALTER TABLE activations ADD COLUMN report_seq BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE activations ADD COLUMN tpm_bound BIGINT NOT NULL DEFAULT 0",
+            f"""CREATE TABLE returns (
+                activation_id {_T} PRIMARY KEY REFERENCES activations(id),
+                serial BIGINT NOT NULL,
+                returned_at BIGINT NOT NULL,
+                received_at BIGINT NOT NULL,
+                via {_T} NOT NULL,
+                receipt TEXT NOT NULL,
+                frees_at BIGINT NOT NULL,
+                override TEXT)""",
+            "ALTER TABLE plans ADD COLUMN returns_per_year BIGINT",
+            f"""CREATE TABLE plan_counters (
+                plan {_T} NOT NULL REFERENCES plans(name),
+                counter {_T} NOT NULL,
+                PRIMARY KEY (plan, counter))""",
+            f"""CREATE TABLE plan_meters (
+                plan {_T} NOT NULL REFERENCES plans(name),
+                feature {_T} NOT NULL,
+                counter {_T} NOT NULL,
+                usage_limit BIGINT NOT NULL,
+                period_s BIGINT NOT NULL,
+                PRIMARY KEY (plan, feature))""",
+            f"""CREATE TABLE meter_periods (
+                activation_id {_T} NOT NULL REFERENCES activations(id),
+                feature {_T} NOT NULL,
+                period_start BIGINT NOT NULL,
+                period_end BIGINT NOT NULL,
+                base BIGINT NOT NULL,
+                PRIMARY KEY (activation_id, feature, period_start))""",
+        ],
+    ),
 ]
 
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
@@ -279,10 +323,15 @@ class PostgresTx(Tx):
         return lic
 
     def get_plan(self, name: str) -> Plan | None:
-        """Plans never change once created: read once per transaction."""
+        """A plan's row (what ``Plan`` holds) never changes once created: read once per
+        transaction."""
         if name not in self._plans:
             self._plans[name] = super().get_plan(name)
         return self._plans[name]
+
+    def set_plan_returns(self, plan: str, per_year: int | None) -> None:
+        self._plans.pop(plan, None)
+        super().set_plan_returns(plan, per_year)
 
     def find_live_activation(self, license_id: str, fingerprint: str) -> Activation | None:
         self.lock_license(license_id)
