@@ -3,14 +3,15 @@
 Laid out by concern, each in one place:
 
 - ``storage/``: the database behind one interface (``Store``, ``Tx``), the schema's
-  migrations, one module per engine (``sqlite`` today); all SQL is there;
+  migrations, one module per engine (``sqlite``, ``postgres``); all SQL is there;
 - ``services/``: the licensing rules, by what they manage (keys, licenses and plans,
   issuing, sites, tokens, audit), composed by ``services.HQ``; they take ``now`` from
   their caller;
 - ``cli/``: ``fieldpass-hq``, one module per command group; ``server/``: the HTTP API;
   ``field/``: the technician's laptop; ``mqtt/``: the MQTT renewal channel;
 - ``documents`` (the JSON shapes of the CLI and the API), ``models``, ``errors``,
-  ``keystore`` (private signing seeds on disk), ``units``.
+  ``keystore`` (private signing seeds on disk), ``config`` (which database),
+  ``backup`` (the backup file), ``units``.
 
 Only the front ends (``cli``, ``server``, the laptop's server, the MQTT bridge) own the
 clock and the I/O. The wire format is imported from ``agent.wire``, never reimplemented

@@ -273,3 +273,44 @@ def hq(tmp_path: Path) -> HQ:
 
 
 from tests.answering_server import answering_server  # noqa: E402, F401 - a fixture
+
+
+# -- HQ's database engines (tests/engines.py) -------------------------------------------
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--hq-engines",
+        default="sqlite,postgresql",
+        help="HQ database engines the engine-sensitive tests run on (comma-separated).",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "hq_engine" in metafunc.fixturenames:
+        from tests.engines import ENGINES
+
+        names = [n for n in metafunc.config.getoption("--hq-engines").split(",") if n]
+        unknown = set(names) - set(ENGINES)
+        assert not unknown, f"--hq-engines: unknown {unknown}"
+        metafunc.parametrize("hq_engine", names, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[object]:
+    """The session's one PostgreSQL (started on first use, stopped at the end)."""
+    from tests.pg_server import Postgres
+
+    server = Postgres().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def hq_engine(request: pytest.FixtureRequest) -> object:
+    """An ``Engine`` (tests/engines.py): sqlite, or postgresql on the session's server."""
+    from tests.engines import Engine
+
+    if request.param == "sqlite":
+        return Engine("sqlite")
+    return Engine("postgresql", request.getfixturevalue("postgres_server"))

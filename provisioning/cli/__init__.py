@@ -4,7 +4,8 @@ turns outcomes into exit codes, from the error's type (see ``errors`` and docs/h
 One module per command group, each a thin layer that parses options, calls
 ``services.HQ`` and hands the result to ``output``: ``keys``, ``plans``, ``licenses``,
 ``activations`` (activate, machine-file, deactivate), ``provision``, ``sites``,
-``field``, ``serve``, ``tokens``, ``audit``, ``mqtt`` (bridge, push, broker-config).
+``field``, ``serve``, ``tokens``, ``audit``, ``mqtt`` (bridge, push, broker-config),
+``db`` (status, upgrade, copy), ``backup`` (backup, restore).
 What they share is ``common`` (the HQ of the home, the clock, the actor, shared
 options) and ``output``. This module imports them and adds their commands to ``cli``;
 none of them imports this module. An error never reaches the user as a traceback: it is
@@ -21,7 +22,9 @@ from ..keystore import default_home
 from . import (
     activations,
     audit,
+    backup,
     common,
+    db,
     field,
     keys,
     licenses,
@@ -46,9 +49,16 @@ PROG = "fieldpass-hq"
     "Default: $FIELDPASS_HQ_HOME, else $XDG_DATA_HOME/fieldpass-hq, "
     "else ~/.local/share/fieldpass-hq.",
 )
+@click.option(
+    "--database",
+    metavar="URL",
+    default=None,
+    help="sqlite:///PATH or postgresql://USER@HOST/DB (never echoed). Default: "
+    "$FIELDPASS_HQ_DATABASE, else [database] url in HOME/hq.toml, else HOME/hq.sqlite3.",
+)
 @click.version_option(package_name="fieldpass", prog_name=PROG)
 @click.pass_context
-def cli(ctx: click.Context, home: Path | None) -> None:
+def cli(ctx: click.Context, home: Path | None, database: str | None) -> None:
     """Fieldpass HQ: signing keys, plans, licenses, seats; issues machine files.
 
     Examples:
@@ -60,7 +70,7 @@ def cli(ctx: click.Context, home: Path | None) -> None:
       fieldpass-hq activate FP-XXXXX-... --fingerprint 3f2a... -o device.lic
       fieldpass-hq serve --port 8750
     """
-    ctx.obj = common.State(home if home is not None else default_home())
+    ctx.obj = common.State(home if home is not None else default_home(), database)
 
 
 COMMANDS: tuple[click.Command, ...] = (
@@ -81,6 +91,9 @@ COMMANDS: tuple[click.Command, ...] = (
     mqtt.bridge,
     mqtt.push,
     mqtt.broker_config,
+    db.db,
+    backup.backup,
+    backup.restore,
 )
 for _command in COMMANDS:
     cli.add_command(_command)

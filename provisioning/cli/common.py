@@ -28,14 +28,15 @@ from ..units import parse_date, parse_duration
 class State:
     """The root group's context object: the home, and its HQ opened on first use."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, database: str | None = None) -> None:
         self.home = home
+        self.database = database  # --database, else as configured (config.database)
         self._hq: HQ | None = None
 
     @property
     def hq(self) -> HQ:
         if self._hq is None:
-            self._hq = HQ(self.home)
+            self._hq = HQ(self.home, database=self.database)
         return self._hq
 
 

@@ -148,4 +148,5 @@ def serve(
         limits=bounds,
         access_log=access_log,
         forwarded_allow_ips=forwarded_allow_ips,
+        database=state.database,
     )

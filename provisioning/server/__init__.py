@@ -10,6 +10,7 @@
 - ``device``: the device endpoints;
 - ``admin``: the admin endpoints (bearer token);
 - ``reports``: the devices' usage reports and return receipts;
+- ``health``: ``/readyz`` for a load balancer (database reachable, schema current);
 - ``errors``: every error as ``{"error": {"code", "message"}}`` with the stable code and
   status of ``provisioning.errors``;
 - ``api_models``: the request bodies and error documents;

@@ -1,4 +1,4 @@
-"""The HQ HTTP API's app: the routes (``device``, ``admin``, ``reports``) over one
+"""The HQ HTTP API's app: the routes (``device``, ``admin``, ``reports``, ``health``) over one
 ``HQ``, reading JSON as ``routing`` does, the error handlers, the request-body
 middleware, and an OpenAPI document that lists, on every operation, the errors any
 request may get before its route runs.
@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..services import HQ
-from . import admin, device, reports
+from . import admin, device, health, reports
 from .errors import error_response, install_error_handlers
 from .limits import MAX_BODY_BYTES, Limits, process_limits
 from .middleware import RequestBody
@@ -68,6 +68,7 @@ def create_app(home: Path, *, database: str | None = None, limits: Limits | None
     device.add_routes(app, hq)
     admin.add_routes(app, hq)
     reports.add_routes(app, hq)
+    health.add_routes(app, hq)
     app.add_middleware(RequestBody, max_bytes=MAX_BODY_BYTES, timeout_s=limits.body_timeout_s)
     return app
 
@@ -128,5 +129,6 @@ class OneLineErrors:
 
 def app_from_env() -> ASGIApp:
     """Factory for uvicorn workers: the home comes from $FIELDPASS_HQ_HOME, the bounds
-    from ``limits.LIMITS_ENV``."""
+    from ``limits.LIMITS_ENV``, the database as configured (``config.database``:
+    $FIELDPASS_HQ_DATABASE first)."""
     return OneLineErrors(create_app(Path(os.environ[HOME_ENV]), limits=process_limits()))

@@ -20,6 +20,7 @@ import ssl
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
+from ..config import DATABASE_ENV
 from ..errors import EXIT_DATAERR, EXIT_NOINPUT, HQError, InvalidRequest
 from .app import HOME_ENV
 from .limits import LIMITS_ENV, Limits
@@ -136,6 +137,7 @@ def run(
     limits: Limits,
     access_log: bool = True,
     forwarded_allow_ips: str | None = None,
+    database: str | None = None,
 ) -> None:
     if tls_cert is not None and tls_key is not None:
         check_tls(tls_cert, tls_key)
@@ -143,6 +145,8 @@ def run(
     port = int(sock.getsockname()[1])
     os.environ[HOME_ENV] = str(home)
     os.environ[LIMITS_ENV] = limits.to_env()
+    if database:  # --database: the workers read it from their environment
+        os.environ[DATABASE_ENV] = database
     scheme = "https" if tls_cert else "http"
     url = f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
     if as_json:

@@ -18,8 +18,9 @@ of its operations is one service's method, by the same name). Every operation ta
 
 from pathlib import Path
 
+from .. import config
 from ..keystore import KeyStore, prepare_home
-from ..storage import default_url, open_store
+from ..storage import open_store
 from .audit import AuditLog
 from .device_requests import DeviceRequests
 from .issuing import Contact, Issued, Issuing, Validation
@@ -37,11 +38,13 @@ class HQ:
     """HQ over one home: its store, its services, and each operation under its name."""
 
     def __init__(self, home: Path, *, database: str | None = None) -> None:
-        """``database``: a URL for ``storage.open_store``; default: the SQLite file in
-        ``home``."""
+        """``database``: a URL for ``storage.open_store``; default: as configured
+        (``config.database``: the environment, ``HOME/hq.toml``, else the SQLite file in
+        ``home``)."""
         self.home = home
         prepare_home(home)
-        self.store = open_store(database or default_url(home))
+        db = config.database(home, database)
+        self.store = open_store(db.url, pool_size=db.pool_size)
         self.audit_log = AuditLog(self.store)
         self.keys = Keys(self.store, KeyStore(home))
         self.licenses = Licenses(self.store)

@@ -69,3 +69,15 @@ def upgrade(tx: Tx, engine: str, migrations: EngineMigrations) -> None:
     for number, statements in migrations:
         if number > current:
             tx.apply_migration(number, statements)
+
+
+def current(tx: Tx) -> int:
+    """The version of the database in ``tx`` (a write transaction: an empty database
+    gets its bookkeeping table), without applying anything."""
+    tx.create_schema_table()
+    return tx.schema_version()
+
+
+def pending(version: int) -> list[Version]:
+    """What a database at ``version`` lacks, in the order it would be applied."""
+    return [v for v in VERSIONS if v.number > version]

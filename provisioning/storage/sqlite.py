@@ -15,12 +15,13 @@ import os
 import sqlite3
 import threading
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from ..errors import ConfigError, Conflict, StorageError
 from . import migrations
+from .group_commit import GroupCommit
 from .interface import Store
 from .tx import Tx
 
@@ -29,8 +30,8 @@ DB_NAME = "hq.sqlite3"
 BUSY_TIMEOUT_S = 30.0
 SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
-# Version 6, in DDL that SQLite and PostgreSQL both run as written (storage/postgres.py
-# uses the same list): usage reports, returns, plans' counters, meters and return limit.
+# Version 6, in portable DDL (storage/postgres.py writes the same tables with byte-ordered
+# text keys): usage reports, returns, plans' counters, meters and return limit.
 USAGE_AND_RETURNS = [
     """CREATE TABLE usage_reports (
         activation_id TEXT NOT NULL REFERENCES activations(id),
@@ -211,7 +212,7 @@ def url(path: Path, *, synchronous: str = "FULL") -> str:
     return text if synchronous == "FULL" else f"{text}?synchronous={synchronous}"
 
 
-def open_url(text: str) -> "SQLiteStore":
+def open_url(text: str, *, migrate: bool = True) -> "SQLiteStore":
     """The store of a ``sqlite:///PATH[?synchronous=FULL|NORMAL|...]`` URL."""
     parts = urllib.parse.urlsplit(text)
     query = urllib.parse.parse_qs(parts.query)
@@ -221,13 +222,20 @@ def open_url(text: str) -> "SQLiteStore":
     if synchronous not in SYNCHRONOUS:
         raise ConfigError(f"synchronous is one of {', '.join(SYNCHRONOUS)}")
     path = urllib.parse.unquote(parts.path, errors="surrogateescape")
-    return SQLiteStore(Path(path), synchronous=synchronous)
+    return SQLiteStore(Path(path), synchronous=synchronous, migrate=migrate)
 
 
 class SQLiteTx(Tx):
     def lock_license(self, license_id: str) -> None:
         """Nothing to do: a write transaction holds the database's one writer lock from
         its start (``BEGIN IMMEDIATE``), so no other can interleave."""
+
+    def columns(self, table: str) -> list[str]:
+        return [r[1] for r in self._all(f"PRAGMA table_info({table})")]
+
+    def table_names(self) -> set[str]:
+        rows = self._all("SELECT name FROM sqlite_master WHERE type = 'table'")
+        return {r[0] for r in rows} - {"sqlite_sequence"}
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
@@ -242,46 +250,83 @@ class SQLiteStore(Store):
 
     Connections are per thread (the HTTP server runs requests on a thread pool).
 
-    Writers queue on a lock before ``BEGIN IMMEDIATE``: a mutex between the threads of a
-    process, then ``flock`` on ``hq.sqlite3.writer`` between processes (server workers,
-    the CLI). A waiter wakes the moment the lock is free; SQLite's own busy handler
-    sleeps and polls instead (1, 2, 5 ... 100 ms), which under concurrent activations
-    spends more time asleep than writing. A process that dies releases its ``flock``.
+    Writers queue before ``BEGIN IMMEDIATE``: between the threads of a process on the
+    group commit's slot (storage/group_commit.py: threads that arrive while one writes
+    share its transaction and its one fsync), then on ``flock`` of ``hq.sqlite3.writer``
+    between processes (server workers, the CLI). A waiter wakes the moment the lock is
+    free; SQLite's own busy handler sleeps and polls instead (1, 2, 5 ... 100 ms), which
+    under concurrent activations spends more time asleep than writing. A process that
+    dies releases its ``flock``.
     """
 
-    def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
+    def __init__(self, path: Path, *, synchronous: str = "FULL", migrate: bool = True) -> None:
         self.path = path
         self.synchronous = synchronous
         self._local = threading.local()
-        self._thread_lock = threading.Lock()
         self._lock_fd: int | None = None
         self._write_conn: sqlite3.Connection | None = None
+        self._commits = self._group()
         try:
             # The database holds license keys: readable by its owner only.
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
         except OSError as e:
             raise ConfigError(f"cannot use the database {path}: {e.strerror}") from e
-        with self.write() as tx:
-            migrations.upgrade(tx, SCHEME, MIGRATIONS)
+        if migrate:
+            with self.write() as tx:
+                migrations.upgrade(tx, SCHEME, MIGRATIONS)
 
-    @contextmanager
-    def _writer_lock(self) -> Iterator[None]:
-        if not self._thread_lock.acquire(timeout=BUSY_TIMEOUT_S):
-            raise StorageError(f"database busy: no write lock in {BUSY_TIMEOUT_S:.0f} s")
-        try:
-            if self._lock_fd is None:
-                lock_path = self.path.with_name(self.path.name + ".writer")
-                try:
-                    self._lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-                except OSError as e:
-                    raise StorageError(f"cannot open the lock file {lock_path}: {e}") from e
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+    def _lock(self) -> None:
+        """``flock`` on ``hq.sqlite3.writer``: one writing process at a time."""
+        if self._lock_fd is None:
+            lock_path = self.path.with_name(self.path.name + ".writer")
             try:
-                yield
-            finally:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                self._lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as e:
+                raise StorageError(f"cannot open the lock file {lock_path}: {e}") from e
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _begin(self) -> None:
+        self._lock()
+        try:
+            self._writer().execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            self._unlock()
+            raise StorageError(f"database unavailable: {e}") from e
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _end(self, statement: str) -> None:
+        try:
+            self._writer().execute(statement)
+        except sqlite3.Error as e:
+            if statement == "COMMIT":
+                _rollback(self._writer())
+            raise StorageError(f"{statement.lower()} failed: {e}") from e
         finally:
-            self._thread_lock.release()
+            self._unlock()
+
+    def _group(self) -> GroupCommit:
+        def run(template: str) -> Callable[[str], None]:
+            def execute(name: str) -> None:
+                self._writer().execute(template.format(name))
+
+            return execute
+
+        return GroupCommit(
+            begin=self._begin,
+            commit=lambda: self._end("COMMIT"),
+            rollback=lambda: self._end("ROLLBACK"),
+            savepoint=run("SAVEPOINT {}"),
+            release=run("RELEASE {}"),
+            rollback_to=run("ROLLBACK TO {}"),
+            in_transaction=lambda: self._writer().in_transaction,
+            timeout_s=BUSY_TIMEOUT_S,
+        )
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -347,8 +392,16 @@ class SQLiteStore(Store):
 
     @contextmanager
     def write(self) -> Iterator[Tx]:
-        """A write transaction, on the write connection under the writer lock; BEGIN
-        IMMEDIATE takes SQLite's writer lock now, so a read-then-write (count seats,
-        insert) cannot interleave with another."""
-        with self._writer_lock(), self._transaction(self._writer(), "BEGIN IMMEDIATE") as tx:
-            yield tx
+        """A write transaction on the write connection, under the writer lock (``BEGIN
+        IMMEDIATE`` takes SQLite's writer lock at once, so a read-then-write such as
+        count seats, insert cannot interleave with another). The writes of threads that
+        arrive meanwhile share its commit (storage/group_commit.py): each returns after
+        the one fsync that makes all of them durable."""
+        try:
+            with self._commits.run():
+                try:
+                    yield SQLiteTx(self._writer())
+                except sqlite3.IntegrityError as e:
+                    raise Conflict(f"refused by the database: {e}") from e
+        except sqlite3.Error as e:
+            raise StorageError(f"database error: {e}") from e

@@ -40,6 +40,8 @@ class Cursor(Protocol):
 
     def fetchall(self) -> list[Any]: ...
 
+    def fetchmany(self, size: int) -> list[Any]: ...
+
 
 class Connection(Protocol):
     """The part of a DB-API connection the operations use."""
@@ -62,6 +64,12 @@ _LICENSE = (
 _PLAN = "SELECT name, product, offline_ttl_s, grace_s, seats, warn_s, created_at FROM plans"
 _TOKEN = "SELECT name, created_at, expires_at, revoked_at FROM api_tokens"  # noqa: S105
 _AUDIT = "SELECT at, actor, source, action, license_id, activation_id, detail, id FROM audit"
+
+
+def select_all(table: str, columns: Sequence[str], order: Sequence[str]) -> str:
+    """A whole table's rows in key order. The names come from storage/copy.py's TABLES
+    and the engine's own catalogue, never from input."""
+    return f"SELECT {', '.join(columns)} FROM {table} ORDER BY {', '.join(order)}"  # noqa: S608
 
 
 def _activation(row: Any) -> Activation:
@@ -115,6 +123,46 @@ class Tx(UsageOps):
         for statement in statements:
             self._run(statement)
         self._run("INSERT INTO schema_version (version) VALUES (:version)", version=version)
+
+    # -- whole tables: for storage.copy only (db copy, backup, restore) ----------------
+    def columns(self, table: str) -> list[str]:
+        """The columns of ``table`` in table order (each engine reads its catalogue)."""
+        raise NotImplementedError
+
+    def table_names(self) -> set[str]:
+        raise NotImplementedError
+
+    def iter_rows(self, table: str, columns: Sequence[str], order: Sequence[str]) -> Iterable[Any]:
+        """Every row of ``table`` in key order (``order``: the key's columns), streamed."""
+        cur = self._execute(select_all(table, columns, order), {})
+        while rows := cur.fetchmany(2000):
+            yield from rows
+
+    def insert_rows(
+        self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+    ) -> None:
+        names = ", ".join(columns)
+        marks = ", ".join(f":c{i}" for i in range(len(columns)))
+        self._execute_many(
+            f"INSERT INTO {table} ({names}) VALUES ({marks})",  # noqa: S608 - see select_all
+            ({f"c{i}": v for i, v in enumerate(row)} for row in rows),
+        )
+
+    def before_load(self) -> None:
+        """Before whole tables are inserted into an empty database (PostgreSQL: the
+        seat-count triggers off, so that a license with many devices is not updated once
+        per row)."""
+
+    def after_load(self) -> None:
+        """After rows were inserted with their own ids: what the engine must catch up
+        on (PostgreSQL: the seat counts, the triggers, the audit id sequence)."""
+
+    def recount_seats(self) -> None:
+        """Every license's seats in use counted again from its live activations."""
+        self._run(
+            "UPDATE licenses SET seats_used = (SELECT COUNT(*) FROM activations a "
+            "WHERE a.license_id = licenses.id AND a.deactivated_at IS NULL)"
+        )
 
     # -- signing keys ----------------------------------------------------------------
     def insert_key(self, kid: str, public_key: bytes, now: int) -> None:
@@ -215,7 +263,11 @@ class Tx(UsageOps):
         )
 
     def get_license(self, license_id: str) -> License | None:
-        row = self._one(f"{_LICENSE} WHERE id = :id", id=license_id)
+        return self._get_license(license_id, "")
+
+    def _get_license(self, license_id: str, lock: str) -> License | None:
+        """``lock``: what an engine appends to lock the row it reads (`` FOR UPDATE``)."""
+        row = self._one(f"{_LICENSE} WHERE id = :id{lock}", id=license_id)
         return None if row is None else self._license(row)
 
     def list_licenses(self) -> list[License]:

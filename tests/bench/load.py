@@ -17,11 +17,16 @@ def post(path: str, host: str, body: bytes) -> bytes:
 
 
 async def _connection(
-    host: str, port: int, requests: Sequence[bytes], statuses: Counter[int]
+    host: str,
+    port: int,
+    requests: Sequence[bytes],
+    statuses: Counter[int],
+    times: list[float] | None = None,
 ) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     try:
         for request in requests:
+            start = time.perf_counter()
             writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
             status = int(head[9:12])
@@ -31,6 +36,8 @@ async def _connection(
                     length = int(line[15:])
             await reader.readexactly(length)
             statuses[status] += 1
+            if times is not None:
+                times.append(time.perf_counter() - start)
     finally:
         writer.close()
 
@@ -49,3 +56,12 @@ def run(
         return time.perf_counter() - start
 
     return asyncio.run(main()), statuses
+
+
+def latencies(host: str, port: int, requests: Sequence[bytes]) -> tuple[list[float], Counter[int]]:
+    """Send ``requests`` one after the other on one keep-alive connection; each one's
+    time from sending to the whole answer, in seconds, and the count of each status."""
+    statuses: Counter[int] = Counter()
+    times: list[float] = []
+    asyncio.run(_connection(host, port, requests, statuses, times))
+    return times, statuses

@@ -92,10 +92,12 @@ class Online:
 
 
 @pytest.fixture(scope="module")
-def online(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def online(tmp_path_factory: pytest.TempPathFactory, hq_engine: Any) -> Any:
+    """On each database engine (tests/engines.py)."""
     from .server import prepare_home, start_server
 
     home = tmp_path_factory.mktemp("online") / "hq"
+    hq_engine.configure(home)
     token = prepare_home(home)
     server = start_server(home)
     try:

@@ -75,6 +75,16 @@ FAILURES: list[tuple[str, int]] = [
     ("push --broker mqtt://127.0.0.1:{closed}", 2),
     ("push --broker mqtt://127.0.0.1:{closed} --license {lid}", 69),
     ("broker-config -o {report}/sub", 73),
+    ("--home {broken}/home db status", 78),
+    ("--home {broken}/home db upgrade", 78),
+    ("db copy --to mysql://db/hq", 78),
+    ("db copy --to sqlite://{tmp}/missing/copy.sqlite3", 78),
+    ("--database postgresql://127.0.0.1:{closed}/hq db status", 74),
+    ("backup -o {tmp}/missing/hq.backup", 73),
+    ("backup -o {tmp}/hq.backup --with-secrets", 2),
+    ("restore {report}", 78),  # this home is not empty
+    ("--home {tmp}/fresh restore {tmp}/no-such.backup", 65),
+    ("--home {tmp}/fresh restore {report}", 65),  # not a backup
     ("no-such-command", 2),
 ]
 

@@ -2,7 +2,8 @@
 driven with httpx. The device's own online path against this server is in
 tests/test_online.py; here are the server's promises: the flow, the seat rule under
 concurrency, bad input refused with a code and no change, a SIGKILL mid-activation, the
-audit trail, and no secret in the server's log."""
+audit trail, and no secret in the server's log. Each runs on both database engines
+(SQLite, PostgreSQL: tests/engines.py)."""
 
 import base64
 import random
@@ -22,6 +23,7 @@ from agent.wire import armor, license_key
 from agent.wire.keys import Keyring
 from agent.wire.machine_file import open_machine_file
 from agent.wire.signed_time import verify_time_v1
+from tests.engines import Engine, connect, snapshot, url_of
 
 from .conftest import Online, fingerprint
 from .server import Server, hq_cli, hq_json, prepare_home, start_server
@@ -47,13 +49,8 @@ def new_key(home: Path) -> str:
 
 
 def db_snapshot(home: Path) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every table, read directly (a second reader of the WAL database)."""
-    conn = sqlite3.connect(home / DB)
-    try:
-        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        return {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}
-    finally:
-        conn.close()
+    """Every row of every table, read directly (a second client of the database)."""
+    return snapshot(home)
 
 
 def test_the_whole_device_flow_over_http(online: Online) -> None:
@@ -155,10 +152,11 @@ def race(url: str, bodies: list[dict[str, Any]]) -> list[httpx.Response]:
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["1-worker", "2-workers"])
 def racing_server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, hq_engine: Engine
 ) -> Iterator[Server]:
     """A server with one process, and with two processes sharing the database."""
     home = tmp_path_factory.mktemp("race") / "hq"
+    hq_engine.configure(home)
     prepare_home(home, seats=5)
     server = start_server(home, "--workers", str(request.param))
     try:
@@ -400,10 +398,13 @@ def test_the_audit_log_says_who_when_and_from_where(online: Online) -> None:
     # the CLI reads the same log
     assert "reinstate" in hq_cli(online.server.home, "audit", "--license", lic)
     # and it is append-only in the database itself
-    conn = sqlite3.connect(online.server.home / DB)
-    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-        conn.execute("DELETE FROM audit")
-    conn.close()
+    with connect(online.server.home) as conn:
+        for statement in ("DELETE FROM audit", "UPDATE audit SET actor = 'x'"):
+            with pytest.raises(Exception, match="append-only"):
+                conn.execute(statement)
+        if url_of(online.server.home) is not None:
+            with pytest.raises(Exception, match="append-only"):
+                conn.execute("TRUNCATE audit")
 
 
 def test_no_secret_in_the_server_log(online: Online, seated: str) -> None:
@@ -434,12 +435,15 @@ def activate_until_killed(
             i += 16
 
 
-def test_sigkill_mid_activation_leaves_no_half_activation(tmp_path: Path) -> None:
+def test_sigkill_mid_activation_leaves_no_half_activation(
+    tmp_path: Path, hq_engine: Engine
+) -> None:
     """Activations stream in from 16 clients while the server is SIGKILLed at a random
     moment, five times over: every answered activation is in the database after the
     restart (synchronous=FULL), and every activation in it is whole (a serial, an
     issued file's expiry, its audit entry) with the seat limit kept."""
     home = tmp_path / "hq"
+    hq_engine.configure(home)
     prepare_home(home, seats=100_000)
     key = new_key(home)
     rng = random.Random()
@@ -474,9 +478,12 @@ def test_sigkill_mid_activation_leaves_no_half_activation(tmp_path: Path) -> Non
     for row in acts.values():
         _id, _lic, _fp, serial, created, issued, expires, _off = row[:8]
         assert serial >= 1 and issued >= created and expires > issued
-    conn = sqlite3.connect(home / DB)
-    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    conn.close()
+    if url_of(home) is None:
+        conn = sqlite3.connect(home / DB)
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        conn.close()
+    seats_used = {row[0]: row[7] for row in snap["licenses"]}
+    assert seats_used[license_key.license_id(key)] == len(acts)
     # and the restarted server goes on serving the same license
     server = start_server(home)
     try:
@@ -486,8 +493,9 @@ def test_sigkill_mid_activation_leaves_no_half_activation(tmp_path: Path) -> Non
         server.stop()
 
 
-def test_the_access_log_can_be_left_to_the_proxy(tmp_path: Path) -> None:
+def test_the_access_log_can_be_left_to_the_proxy(tmp_path: Path, hq_engine: Engine) -> None:
     home = tmp_path / "hq"
+    hq_engine.configure(home)
     prepare_home(home)
     server = start_server(home, "--no-access-log")
     try:

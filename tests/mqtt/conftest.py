@@ -21,7 +21,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.daemon import topics
-from tests.conftest import FIELDPASS, DeviceRoot, clean_env
+from tests.conftest import FIELDPASS, HQ, DeviceRoot, clean_env
+from tests.engines import Engine
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -87,6 +88,14 @@ class Broker:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+@pytest.fixture
+def hq(tmp_path: Path, hq_engine: Engine) -> HQ:
+    """The real ``fieldpass-hq`` on a home of its own, on each database engine."""
+    home = tmp_path / "hq-home"
+    hq_engine.configure(home)
+    return HQ(home)
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """The bridge's decisions in process (HQ's service on a temporary home; no broker)."""
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -9,17 +10,20 @@ from provisioning.models import Actor, Plan
 from provisioning.mqtt import brokerconf, credentials
 from provisioning.mqtt.bridge import Bridge
 from provisioning.services import HQ
+from tests.engines import Engine
 
 ACTOR = Actor("test", "local")
 FP = "ab" * 32
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> HQ:
+def service(tmp_path: Path, hq_engine: Engine) -> Iterator[HQ]:
+    hq_engine.configure(tmp_path / "home")
     hq = HQ(tmp_path / "home")
     hq.generate_key(1000, ACTOR)
     hq.create_plan(Plan("industrial", "robot-os", 365 * 86400, 86400, 5, None, 1000), ACTOR)
-    return hq
+    yield hq
+    hq.store.close()
 
 
 def _request(serial: int, due: bool) -> bytes:

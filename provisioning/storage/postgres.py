@@ -1,0 +1,540 @@
+"""The PostgreSQL engine (psycopg 3 and its pool, in the ``hq`` extra): HQ's database
+shared by several processes and hosts, and everything about it that is PostgreSQL's
+alone.
+
+Here and nowhere else: the DDL of every migration in PostgreSQL's dialect (``BIGSERIAL``
+for ``audit.id``, PL/pgSQL trigger functions for the seat count and the append-only
+audit), the ``postgresql://`` URL, the connection pool, the isolation levels, and how a
+write transaction serializes the changes of one license across processes: the
+license's row is locked (``SELECT ... FOR UPDATE``) before anything of that license is
+read, so a seat count and the insert after it, or a serial and the next one, see every
+earlier writer's commit and no other writer in between. No process-local lock is
+relied on. Read transactions are ``REPEATABLE READ READ ONLY`` snapshots.
+
+The URL goes to libpq as it is (``sslmode``, ``sslrootcert``, ``sslcert``, ``passfile``
+and the other libpq parameters pass through) and is never echoed: it may hold a
+password, which is also scrubbed from any driver message. Never sees a signing key;
+never logs anything (rows hold license keys).
+"""
+
+import re
+import threading
+import urllib.parse
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, ClassVar
+
+from ..errors import ConfigError, Conflict, StorageError
+from ..models import Activation, License, Plan
+from . import migrations
+from .interface import Store
+from .tx import Cursor, Tx, select_all
+
+SCHEMES = ("postgresql", "postgres")
+POOL_TIMEOUT_S = 30.0
+READY_TIMEOUT_S = 5.0
+_READ = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+_WRITE = "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL synchronous_commit TO off"
+# After a write transaction's commit, which did not wait for its WAL flush (so the
+# license's lock was released at once): a one-statement transaction that writes a WAL
+# record (a logical-decoding message nobody reads) and commits synchronously. It comes
+# after ours in the WAL, so its return means ours is on disk too; the flush is shared
+# with every backend committing at that moment. (A transaction that writes no WAL of
+# its own, such as SELECT txid_current(), would not wait for the flush.)
+_DURABLE = "SELECT pg_logical_emit_message(true, 'fieldpass-hq', 'durable')"
+CONNECT_TIMEOUT_S = 10
+DEFAULT_POOL_SIZE = 8
+# Taken by every migration transaction: two processes opening an old database at once
+# apply its migrations one after the other, never both.
+_MIGRATION_LOCK = 0x46505351  # "FPSQ"
+# Taken around a change of the active signing key (two generations at once would
+# otherwise each leave theirs active).
+_KEY_LOCK = 0x4650534B  # "FPSK"
+
+_T = 'TEXT COLLATE "C"'  # byte order, as SQLite compares text
+
+_SEAT_TRIGGERS = ("seats_on_activate", "seats_on_deactivate")
+
+# PostgreSQL's statements for each of storage.migrations.VERSIONS: the same tables,
+# columns, constraints and indexes as storage/sqlite.py's, in this dialect.
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (
+        1,
+        [
+            f"""CREATE TABLE signing_keys (
+                kid {_T} PRIMARY KEY,
+                public_key TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                active INTEGER NOT NULL DEFAULT 0)""",
+            f"""CREATE TABLE plans (
+                name {_T} PRIMARY KEY,
+                product {_T} NOT NULL,
+                offline_ttl_s BIGINT NOT NULL CHECK (offline_ttl_s > 0),
+                grace_s BIGINT NOT NULL CHECK (grace_s >= 0),
+                warn_s BIGINT CHECK (warn_s >= 0),
+                seats BIGINT NOT NULL CHECK (seats > 0),
+                created_at BIGINT NOT NULL)""",
+            f"""CREATE TABLE licenses (
+                id {_T} PRIMARY KEY,
+                license_key TEXT NOT NULL UNIQUE,
+                plan {_T} NOT NULL REFERENCES plans(name),
+                status {_T} NOT NULL CHECK (status IN ('active', 'suspended', 'revoked')),
+                expires_at BIGINT,
+                created_at BIGINT NOT NULL,
+                updated_at BIGINT NOT NULL)""",
+            f"""CREATE TABLE entitlements (
+                license_id {_T} NOT NULL REFERENCES licenses(id),
+                feature {_T} NOT NULL,
+                expires_at BIGINT,
+                PRIMARY KEY (license_id, feature))""",
+            f"""CREATE TABLE activations (
+                id {_T} PRIMARY KEY,
+                license_id {_T} NOT NULL REFERENCES licenses(id),
+                fingerprint {_T} NOT NULL,
+                serial BIGINT NOT NULL CHECK (serial >= 1),
+                created_at BIGINT NOT NULL,
+                last_issued_at BIGINT NOT NULL,
+                last_expires_at BIGINT NOT NULL,
+                deactivated_at BIGINT)""",
+            """CREATE UNIQUE INDEX activations_live ON activations (license_id, fingerprint)
+                WHERE deactivated_at IS NULL""",
+            "CREATE INDEX activations_by_license ON activations (license_id, created_at)",
+            f"""CREATE TABLE audit (
+                id BIGSERIAL PRIMARY KEY,
+                at BIGINT NOT NULL,
+                actor {_T} NOT NULL,
+                source {_T} NOT NULL,
+                action {_T} NOT NULL,
+                license_id {_T},
+                activation_id {_T},
+                detail TEXT)""",
+            "CREATE INDEX audit_by_license ON audit (license_id, id)",
+            # The audit log is append-only in the database itself: UPDATE, DELETE and
+            # TRUNCATE are refused whoever asks (an integrity violation, like SQLite's).
+            """CREATE FUNCTION fieldpass_audit_append_only() RETURNS trigger
+                LANGUAGE plpgsql AS $$
+                BEGIN
+                    RAISE EXCEPTION 'the audit log is append-only'
+                        USING ERRCODE = 'integrity_constraint_violation';
+                END $$""",
+            """CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+                FOR EACH ROW EXECUTE FUNCTION fieldpass_audit_append_only()""",
+            """CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+                FOR EACH ROW EXECUTE FUNCTION fieldpass_audit_append_only()""",
+            """CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
+                FOR EACH STATEMENT EXECUTE FUNCTION fieldpass_audit_append_only()""",
+            f"""CREATE TABLE api_tokens (
+                name {_T} PRIMARY KEY,
+                token_hash TEXT NOT NULL UNIQUE,
+                created_at BIGINT NOT NULL)""",
+        ],
+    ),
+    (
+        2,
+        [
+            """ALTER TABLE licenses ADD COLUMN seats_used BIGINT NOT NULL DEFAULT 0
+                CHECK (seats_used >= 0)""",
+            """UPDATE licenses SET seats_used = (SELECT COUNT(*) FROM activations a
+                WHERE a.license_id = licenses.id AND a.deactivated_at IS NULL)""",
+            """CREATE FUNCTION fieldpass_seats_on_activate() RETURNS trigger
+                LANGUAGE plpgsql AS $$
+                BEGIN
+                    UPDATE licenses SET seats_used = seats_used + 1 WHERE id = NEW.license_id;
+                    RETURN NULL;
+                END $$""",
+            """CREATE TRIGGER seats_on_activate AFTER INSERT ON activations
+                FOR EACH ROW WHEN (NEW.deactivated_at IS NULL)
+                EXECUTE FUNCTION fieldpass_seats_on_activate()""",
+            """CREATE FUNCTION fieldpass_seats_on_deactivate() RETURNS trigger
+                LANGUAGE plpgsql AS $$
+                BEGIN
+                    UPDATE licenses SET seats_used = seats_used - 1 WHERE id = NEW.license_id;
+                    RETURN NULL;
+                END $$""",
+            """CREATE TRIGGER seats_on_deactivate AFTER UPDATE OF deactivated_at ON activations
+                FOR EACH ROW
+                WHEN (OLD.deactivated_at IS NULL AND NEW.deactivated_at IS NOT NULL)
+                EXECUTE FUNCTION fieldpass_seats_on_deactivate()""",
+        ],
+    ),
+    (
+        3,
+        [
+            f"""CREATE TABLE sites (
+                activation_id {_T} PRIMARY KEY REFERENCES activations(id),
+                site {_T} NOT NULL,
+                assigned_at BIGINT NOT NULL)""",
+            "CREATE INDEX sites_by_site ON sites (site)",
+        ],
+    ),
+    (
+        4,
+        [
+            "ALTER TABLE activations ADD COLUMN device_key TEXT",
+            f"ALTER TABLE activations ADD COLUMN device_key_id {_T}",
+            "ALTER TABLE activations ADD COLUMN agent_version TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE activations ADD COLUMN claims_format BIGINT NOT NULL DEFAULT 1",
+            "ALTER TABLE activations ADD COLUMN last_seen_at BIGINT",
+            f"ALTER TABLE activations ADD COLUMN last_channel {_T}",
+            """CREATE UNIQUE INDEX activations_by_device_key ON activations (device_key_id)
+                WHERE device_key_id IS NOT NULL AND deactivated_at IS NULL""",
+            f"""CREATE TABLE challenges (
+                challenge {_T} PRIMARY KEY,
+                created_at BIGINT NOT NULL,
+                used_at BIGINT)""",
+            "CREATE INDEX challenges_by_age ON challenges (created_at)",
+            "ALTER TABLE signing_keys ADD COLUMN retired_at BIGINT",
+        ],
+    ),
+    (
+        5,
+        [
+            "ALTER TABLE api_tokens ADD COLUMN expires_at BIGINT",
+            "ALTER TABLE api_tokens ADD COLUMN revoked_at BIGINT",
+        ],
+    ),
+    (
+        6,
+        [
+            # storage/sqlite.py's USAGE_AND_RETURNS, with byte-ordered text keys
+            f"""CREATE TABLE usage_reports (
+                activation_id {_T} NOT NULL REFERENCES activations(id),
+                seq BIGINT NOT NULL,
+                counters TEXT NOT NULL,
+                device_at BIGINT NOT NULL,
+                received_at BIGINT NOT NULL,
+                via {_T} NOT NULL,
+                PRIMARY KEY (activation_id, seq))""",
+            "ALTER TABLE activations ADD COLUMN report_seq BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE activations ADD COLUMN tpm_bound BIGINT NOT NULL DEFAULT 0",
+            f"""CREATE TABLE returns (
+                activation_id {_T} PRIMARY KEY REFERENCES activations(id),
+                serial BIGINT NOT NULL,
+                returned_at BIGINT NOT NULL,
+                received_at BIGINT NOT NULL,
+                via {_T} NOT NULL,
+                receipt TEXT NOT NULL,
+                frees_at BIGINT NOT NULL,
+                override TEXT)""",
+            "ALTER TABLE plans ADD COLUMN returns_per_year BIGINT",
+            f"""CREATE TABLE plan_counters (
+                plan {_T} NOT NULL REFERENCES plans(name),
+                counter {_T} NOT NULL,
+                PRIMARY KEY (plan, counter))""",
+            f"""CREATE TABLE plan_meters (
+                plan {_T} NOT NULL REFERENCES plans(name),
+                feature {_T} NOT NULL,
+                counter {_T} NOT NULL,
+                usage_limit BIGINT NOT NULL,
+                period_s BIGINT NOT NULL,
+                PRIMARY KEY (plan, feature))""",
+            f"""CREATE TABLE meter_periods (
+                activation_id {_T} NOT NULL REFERENCES activations(id),
+                feature {_T} NOT NULL,
+                period_start BIGINT NOT NULL,
+                period_end BIGINT NOT NULL,
+                base BIGINT NOT NULL,
+                PRIMARY KEY (activation_id, feature, period_start))""",
+        ],
+    ),
+]
+
+_NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+def _pyformat(sql: str) -> str:
+    """``:name`` (the portable SQL of storage/tx.py) to psycopg's ``%(name)s``."""
+    return _NAMED.sub(r"%(\1)s", sql.replace("%", "%%"))
+
+
+def redact(url: str) -> str:
+    """The URL without its password (for a message that must name the database)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or "localhost"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def check_url(url: str) -> None:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in SCHEMES or parts.fragment:
+        raise ConfigError("a PostgreSQL database URL is postgresql://[USER@]HOST[:PORT]/DBNAME")
+
+
+class _Adapter:
+    """A psycopg connection seen as storage/tx.py's ``Connection``: named parameters
+    translated once per statement text, ``executemany`` counting every row changed."""
+
+    _cache: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def _sql(self, sql: str) -> str:
+        text = self._cache.get(sql)
+        if text is None:
+            text = self._cache[sql] = _pyformat(sql)
+        return text
+
+    def execute(self, sql: str, parameters: Mapping[str, Any], /) -> Cursor:
+        if not parameters:
+            return self.conn.execute(sql)  # type: ignore[no-any-return] # not parsed for %
+        return self.conn.execute(self._sql(sql), parameters)  # type: ignore[no-any-return]
+
+    def executemany(self, sql: str, parameters: Iterable[Mapping[str, Any]], /) -> Cursor:
+        cur = self.conn.cursor()
+        cur.executemany(self._sql(sql), list(parameters))
+        return cur  # type: ignore[no-any-return]
+
+
+class PostgresTx(Tx):
+    """The portable operations, with what PostgreSQL needs for the seat rule: in a
+    write transaction, a license's row is locked before any of its rows is read, in
+    the one order license -> activation (so two writers never wait on each other in
+    a circle)."""
+
+    def __init__(self, conn: _Adapter, *, write: bool) -> None:
+        super().__init__(conn)
+        self._write = write
+        self._locked: set[str] = set()
+        self._plans: dict[str, Plan | None] = {}
+
+    def lock_license(self, license_id: str) -> None:
+        """``SELECT ... FOR UPDATE`` on the license's row: every other write
+        transaction touching this license waits until this one ends."""
+        if not self._write or license_id in self._locked:
+            return
+        self._run("SELECT id FROM licenses WHERE id = :id FOR UPDATE", id=license_id)
+        self._locked.add(license_id)
+
+    def _license_of_activation(self, where: str, **params: Any) -> None:
+        if self._write:
+            sql = f"SELECT license_id FROM activations WHERE {where}"  # noqa: S608 - fixed text
+            for license_id in sorted({str(r[0]) for r in self._all(sql, **params)}):
+                self.lock_license(license_id)
+
+    def get_license(self, license_id: str) -> License | None:
+        """Read and lock in one statement (the lock first: the row as of the lock)."""
+        if not self._write or license_id in self._locked:
+            return super().get_license(license_id)
+        lic = self._get_license(license_id, " FOR UPDATE")
+        if lic is not None:
+            self._locked.add(license_id)
+        return lic
+
+    def get_plan(self, name: str) -> Plan | None:
+        """A plan's row (what ``Plan`` holds) never changes once created: read once per
+        transaction."""
+        if name not in self._plans:
+            self._plans[name] = super().get_plan(name)
+        return self._plans[name]
+
+    def set_plan_returns(self, plan: str, per_year: int | None) -> None:
+        self._plans.pop(plan, None)
+        super().set_plan_returns(plan, per_year)
+
+    def find_live_activation(self, license_id: str, fingerprint: str) -> Activation | None:
+        self.lock_license(license_id)
+        return super().find_live_activation(license_id, fingerprint)
+
+    def get_activation(self, activation_id: str) -> Activation | None:
+        self._license_of_activation("id = :id", id=activation_id)
+        return super().get_activation(activation_id)
+
+    def find_by_device_key(self, device_key_id: str) -> Activation | None:
+        self._license_of_activation(
+            "device_key_id = :kid AND deactivated_at IS NULL", kid=device_key_id
+        )
+        return super().find_by_device_key(device_key_id)
+
+    def find_by_device_key_any(self, device_key_id: str) -> Activation | None:
+        self._license_of_activation("device_key_id = :kid", kid=device_key_id)
+        return super().find_by_device_key_any(device_key_id)
+
+    def count_seats(self, license_id: str) -> int:
+        self.lock_license(license_id)
+        return super().count_seats(license_id)
+
+    def activate_key(self, kid: str) -> None:
+        self._run("SELECT pg_advisory_xact_lock(:lock)", lock=_KEY_LOCK)
+        super().activate_key(kid)
+
+    def create_schema_table(self) -> None:
+        self._run("SELECT pg_advisory_xact_lock(:lock)", lock=_MIGRATION_LOCK)
+        super().create_schema_table()
+
+    def columns(self, table: str) -> list[str]:
+        rows = self._all(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = :t "
+            "AND table_schema = current_schema() ORDER BY ordinal_position",
+            t=table,
+        )
+        return [r[0] for r in rows]
+
+    def table_names(self) -> set[str]:
+        rows = self._all("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
+        return {r[0] for r in rows}
+
+    def iter_rows(self, table: str, columns: Sequence[str], order: Sequence[str]) -> Iterator[Any]:
+        """Streamed through a server-side cursor: a large table never sits in memory."""
+        assert isinstance(self._conn, _Adapter)
+        with self._conn.conn.cursor(name="fieldpass_rows") as cur:
+            cur.itersize = 2000
+            cur.execute(select_all(table, columns, order))
+            yield from cur
+
+    def before_load(self) -> None:
+        for trigger in _SEAT_TRIGGERS:
+            self._run(f"ALTER TABLE activations DISABLE TRIGGER {trigger}")
+
+    def after_load(self) -> None:
+        self.recount_seats()
+        for trigger in _SEAT_TRIGGERS:
+            self._run(f"ALTER TABLE activations ENABLE TRIGGER {trigger}")
+        self._run(
+            "SELECT setval(pg_get_serial_sequence('audit', 'id'), "
+            "COALESCE(MAX(id), 1), MAX(id) IS NOT NULL) FROM audit"
+        )
+
+
+def _driver() -> Any:
+    try:
+        import psycopg
+        import psycopg_pool
+    except ImportError as e:
+        raise ConfigError(
+            f"PostgreSQL needs the 'hq' extra: pip install 'fieldpass[hq]' ({e.name} missing)"
+        ) from e
+    return psycopg, psycopg_pool
+
+
+class PostgresStore(Store):
+    """A PostgreSQL database with HQ's schema, through a pool of connections (one per
+    thread at a time; ``pool_size`` at most)."""
+
+    def __init__(
+        self, url: str, *, pool_size: int = DEFAULT_POOL_SIZE, migrate: bool = True
+    ) -> None:
+        check_url(url)
+        self._psycopg, pool_module = _driver()
+        self._secret = urllib.parse.urlsplit(url).password or ""
+        self.where = redact(url)
+        self._lock = threading.Lock()
+        try:
+            # one connection first: a wrong password or host fails now, in one line,
+            # where the pool would retry in the background
+            self._psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S).close()
+        except self._psycopg.Error as e:
+            raise StorageError(self._message("cannot connect to", e)) from e
+        try:
+            self._pool = pool_module.ConnectionPool(
+                url,
+                min_size=max(1, pool_size),  # all opened at start: none at a burst
+                max_size=max(1, pool_size),
+                kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
+                open=False,
+                timeout=POOL_TIMEOUT_S,
+                name="fieldpass-hq",
+            )
+            self._pool.open(wait=False)  # the first transaction waits for one
+        except self._psycopg.Error as e:
+            raise StorageError(self._message("cannot connect to", e)) from e
+        except pool_module.PoolTimeout as e:
+            self._close_pool()
+            raise StorageError(self._message("cannot connect to", e)) from e
+        if migrate:
+            try:
+                with self.write() as tx:
+                    migrations.upgrade(tx, "postgresql", MIGRATIONS)
+            except BaseException:
+                self._close_pool()
+                raise
+
+    def _message(self, what: str, e: BaseException) -> str:
+        text = " ".join(str(e).split())
+        if self._secret:
+            text = text.replace(self._secret, "***")
+        return f"{what} the database {self.where}: {text[:300]}"
+
+    def _close_pool(self) -> None:
+        try:
+            self._pool.close()
+        except Exception:  # noqa: S110 - nothing more to release
+            pass
+
+    def close(self) -> None:
+        self._close_pool()
+
+    @contextmanager
+    def _transaction(
+        self, begin: str, write: bool, timeout_s: float = POOL_TIMEOUT_S
+    ) -> Iterator[Tx]:
+        psycopg = self._psycopg
+        try:
+            with self._pool.connection(timeout=timeout_s) as conn:
+                try:
+                    conn.execute(begin)
+                except psycopg.Error as e:
+                    raise StorageError(self._message("cannot use", e)) from e
+                tx = PostgresTx(_Adapter(conn), write=write)
+                try:
+                    yield tx
+                except BaseException as e:
+                    self._rollback(conn)
+                    if isinstance(e, psycopg.IntegrityError):
+                        raise Conflict(f"refused by the database: {_first_line(e)}") from e
+                    if isinstance(e, psycopg.Error):
+                        raise StorageError(self._message("error in", e)) from e
+                    raise
+                try:
+                    # a write: both statements in one round trip (no parameters: the
+                    # simple protocol runs them in turn, the second in its own transaction)
+                    conn.execute(f"COMMIT; {_DURABLE}" if write else "COMMIT")
+                except psycopg.Error as e:
+                    self._rollback(conn)
+                    if isinstance(e, psycopg.IntegrityError):
+                        raise Conflict(f"refused by the database: {_first_line(e)}") from e
+                    raise StorageError(self._message("commit failed in", e)) from e
+        except self._pool_errors() as e:
+            raise StorageError(self._message("no connection to", e)) from e
+
+    def _pool_errors(self) -> tuple[type[BaseException], ...]:
+        import psycopg_pool
+
+        return (psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed)
+
+    def _rollback(self, conn: Any) -> None:
+        try:
+            conn.execute("ROLLBACK")
+        except self._psycopg.Error:
+            pass  # the connection is broken: the pool discards it
+
+    def read(self) -> AbstractContextManager[Tx]:
+        """A consistent snapshot of the database."""
+        return self._transaction(_READ, False)
+
+    def schema_version(self) -> int:
+        """As ``Store``'s, waiting at most ``READY_TIMEOUT_S`` for a connection (a
+        readiness probe answers quickly when the database is gone)."""
+        with self._transaction(_READ, False, READY_TIMEOUT_S) as tx:
+            return tx.schema_version()
+
+    def write(self) -> AbstractContextManager[Tx]:
+        """A READ COMMITTED write transaction whose reads of a license lock its row
+        first (``PostgresTx``): what it reads of a license is what it writes on.
+
+        Durable before it returns, like every write: it commits with
+        ``synchronous_commit`` off for itself alone, which releases its row locks
+        without waiting for the disk, then waits for the WAL flush that covers its
+        commit (``_transaction``). Another transaction may read its rows in between;
+        if the server crashed then, WAL order means nothing that read them was durable
+        either, and nobody was answered."""
+        return self._transaction(_WRITE, True)
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+
+
+def open_url(url: str, *, pool_size: int = DEFAULT_POOL_SIZE, migrate: bool = True) -> Store:
+    return PostgresStore(url, pool_size=pool_size, migrate=migrate)

@@ -1,0 +1,205 @@
+"""Several ``fieldpass-hq serve`` processes sharing one PostgreSQL, as replicas on
+several hosts would: the seat rule, the serials and the audit log hold across them
+(the database's row lock, no lock in any process), and each answers ``/healthz`` and
+``/readyz`` for a load balancer."""
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from agent.wire import license_key
+from tests.engines import snapshot
+from tests.pg_server import Postgres
+
+from .conftest import fingerprint
+from .server import Server, hq_json, prepare_home, start_server
+
+REPLICAS = 3
+DEVICES = 300
+SEATS = 5
+
+
+@pytest.fixture(scope="module")
+def replicas(
+    tmp_path_factory: pytest.TempPathFactory, postgres_server: Postgres
+) -> Iterator[list[Server]]:
+    """Three servers, each with its own home (as on its own host: the same signing key
+    copied into it) and one shared database."""
+    base = tmp_path_factory.mktemp("replicas")
+    url = postgres_server.database()
+    homes = [base / f"host{n}" for n in range(REPLICAS)]
+    for home in homes:
+        home.mkdir()
+        (home / "hq.toml").write_text(f'[database]\nurl = "{url}"\n')
+    prepare_home(homes[0], seats=SEATS)
+    for home in homes[1:]:
+        (home / "keys").mkdir(mode=0o700)
+        for seed in (homes[0] / "keys").iterdir():
+            (home / "keys" / seed.name).write_bytes(seed.read_bytes())
+    servers = [start_server(home) for home in homes]
+    try:
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def test_three_replicas_race_three_hundred_devices_for_five_seats(
+    replicas: list[Server],
+) -> None:
+    key = str(hq_json(replicas[0].home, "licenses", "create", "--plan", "std")["key"])
+    barrier = threading.Barrier(DEVICES)
+
+    def one(n: int) -> tuple[int, httpx.Response]:
+        url = replicas[n % REPLICAS].url
+        with httpx.Client(timeout=120) as client:
+            barrier.wait()
+            res = client.post(
+                url + "/v1/activate", json={"license_key": key, "fingerprint": fingerprint(n)}
+            )
+            return n, res
+
+    with ThreadPoolExecutor(DEVICES) as pool:
+        results = list(pool.map(one, range(DEVICES)))
+    won = [(n, r) for n, r in results if r.status_code == 201]
+    lost = [r for _, r in results if r.status_code != 201]
+    assert len(won) == SEATS
+    assert {(r.status_code, r.json()["error"]["code"]) for r in lost} == {
+        (409, "seat_limit_reached")
+    }
+    assert len({n % REPLICAS for n, _ in won}) >= 1
+    snap = snapshot(replicas[0].home)
+    lic = license_key.license_id(key)
+    rows = {a[0]: a for a in snap["activations"] if a[1] == lic}
+    answered = {r.json()["activation_id"]: (n, r.json()) for n, r in won}
+    assert set(rows) == set(answered)  # every 201 has its row, and nothing else does
+    for act_id, (n, doc) in answered.items():
+        assert rows[act_id][2] == fingerprint(n) and rows[act_id][3] == doc["serial"] == 1
+    audited = [a for a in snap["audit"] if a[4] == "activate" and a[5] == lic]
+    assert sorted(a[6] for a in audited) == sorted(answered)  # one audit line each
+    assert {row[0]: row[7] for row in snap["licenses"]}[lic] == SEATS
+
+
+def test_one_device_on_every_replica_at_once_gets_one_seat_and_serials_in_order(
+    replicas: list[Server],
+) -> None:
+    key = str(hq_json(replicas[0].home, "licenses", "create", "--plan", "std")["key"])
+    body: dict[str, Any] = {"license_key": key, "fingerprint": fingerprint(7)}
+    barrier = threading.Barrier(30)
+
+    def one(n: int) -> httpx.Response:
+        with httpx.Client(timeout=120) as client:
+            barrier.wait()
+            return client.post(replicas[n % REPLICAS].url + "/v1/activate", json=body)
+
+    with ThreadPoolExecutor(30) as pool:
+        results = list(pool.map(one, range(30)))
+    assert {r.status_code for r in results} == {201}
+    assert len({r.json()["activation_id"] for r in results}) == 1
+    assert sorted(r.json()["serial"] for r in results) == list(range(1, 31))
+
+
+def test_every_replica_is_live_and_ready(replicas: list[Server]) -> None:
+    for server in replicas:
+        assert httpx.get(server.url + "/healthz", timeout=10).status_code == 200
+        ready = httpx.get(server.url + "/readyz", timeout=10)
+        assert ready.status_code == 200 and ready.json()["status"] == "ready"
+
+
+def test_readyz_says_not_ready_when_the_database_is_gone(tmp_path: Path) -> None:
+    """A server whose PostgreSQL stops: /healthz (the process) stays 200, /readyz
+    turns 503 without naming the database; when it is back, ready again."""
+    pg = Postgres().start()
+    try:
+        home = tmp_path / "hq"
+        home.mkdir()
+        (home / "hq.toml").write_text(f'[database]\nurl = "{pg.database()}"\n')
+        prepare_home(home)
+        server = start_server(home)
+        try:
+            assert httpx.get(server.url + "/readyz", timeout=10).status_code == 200
+            pg.terminate()
+            gone = httpx.get(server.url + "/readyz", timeout=60)
+            assert gone.status_code == 503 and gone.json()["error"]["code"] == "not_ready"
+            assert pg.password not in gone.text and str(pg.port) not in gone.text
+            assert httpx.get(server.url + "/healthz", timeout=60).status_code in (200, 503)
+            pg.spawn()
+            deadline = time.monotonic() + 60
+            while httpx.get(server.url + "/readyz", timeout=60).status_code != 200:
+                assert time.monotonic() < deadline, "not ready again after the restart"
+                time.sleep(0.5)
+        finally:
+            server.stop()
+        assert pg.password not in server.log.read_text()
+    finally:
+        pg.stop()
+
+
+def test_postgresql_crashing_mid_activation_loses_nothing_answered(tmp_path: Path) -> None:
+    """Activations stream in while PostgreSQL itself stops dead (immediate shutdown:
+    no checkpoint, WAL buffers not written, as in a crash), three times: after each
+    restart every activation answered 201 is there, whole, with its audit line. (A
+    commit answered before its WAL flush would be lost here.)"""
+    import random
+
+    pg = Postgres().start()
+    try:
+        home = tmp_path / "hq"
+        home.mkdir()
+        (home / "hq.toml").write_text(f'[database]\nurl = "{pg.database()}"\n')
+        prepare_home(home, seats=100_000)
+        key = str(hq_json(home, "licenses", "create", "--plan", "std")["key"])
+        server = start_server(home, "--workers", "2")
+        answered: set[str] = set()
+        rng = random.Random()
+        try:
+            for round_ in range(3):
+                stop, streaming = threading.Event(), threading.Event()
+
+                def stream(first: int, stop: threading.Event = stop,
+                           streaming: threading.Event = streaming) -> None:  # fmt: skip
+                    n = first
+                    with httpx.Client(timeout=60) as client:
+                        while not stop.is_set():
+                            try:
+                                res = client.post(
+                                    server.url + "/v1/activate",
+                                    json={"license_key": key, "fingerprint": fingerprint(n)},
+                                )
+                            except httpx.TransportError:
+                                continue
+                            if res.status_code == 201:
+                                answered.add(res.json()["activation_id"])
+                                streaming.set()
+                            n += 16
+
+                threads = [
+                    threading.Thread(target=stream, args=(round_ * 10**6 + k,)) for k in range(16)
+                ]
+                for t in threads:
+                    t.start()
+                assert streaming.wait(60)
+                time.sleep(rng.uniform(0.05, 0.5))
+                assert pg.proc is not None
+                pg.proc.send_signal(signal.SIGQUIT)  # immediate shutdown
+                pg.proc.wait(30)
+                stop.set()
+                pg.spawn()  # the server's pool reconnects; waiting requests go on
+                for t in threads:
+                    t.join(90)
+        finally:
+            server.stop()
+        snap = snapshot(home)
+        acts = {a[0] for a in snap["activations"]}
+        assert answered and answered <= acts
+        assert {a[6] for a in snap["audit"] if a[4] == "activate"} == acts
+        assert {r[0]: r[7] for r in snap["licenses"]}[license_key.license_id(key)] == len(acts)
+    finally:
+        pg.stop()
