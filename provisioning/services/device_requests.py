@@ -299,7 +299,9 @@ class DeviceRequests:
         verified = self.verify(data, "deactivate")
         with self.store.write() as tx:
             self._spend(tx, verified.message["challenge"], now, True)
-        return self.issuing.deactivate(now, actor, activation_id=verified.activation.id)
+        return self.issuing.deactivate(
+            now, actor, activation_id=verified.activation.id, tell_device=False
+        )
 
     def refuse_legacy(self, license_key: str, fingerprint: str) -> None:
         """A request in the form of agents up to 0.1.0 (the license key in the body) is

@@ -157,7 +157,9 @@ class Issuing:
         self.store = store
         self.keys = keys
 
-    def _issuer(self, tx: Tx, lic: License) -> _Issuer:
+    def issuer(self, tx: Tx, lic: License) -> _Issuer:
+        """What every file of ``lic`` shares, read once in ``tx`` (for the bridge's and
+        the outbox's batches, too)."""
         plan = tx.get_plan(lic.plan)
         if plan is None:  # pragma: no cover - a foreign key makes this impossible
             raise PlanNotFound(f"license {lic.id} names a missing plan")
@@ -206,12 +208,12 @@ class Issuing:
                     last_seen_at=now,
                     last_channel=contact.channel,
                 )
-                issued = self._issuer(tx, lic).issue(
+                issued = self.issuer(tx, lic).issue(
                     tx, act, None, now, new=True, binding=contact.binding
                 )
             else:
-                act = self._take_contact(tx, existing, contact, now)
-                issued = self._issuer(tx, lic).issue(
+                act = self.take_contact(tx, existing, contact, now)
+                issued = self.issuer(tx, lic).issue(
                     tx, act, None, now, new=False, binding=contact.binding
                 )
             action = "activate" if issued.created else "reactivate"
@@ -220,7 +222,7 @@ class Issuing:
         return issued.seal()
 
     @staticmethod
-    def _take_contact(tx: Tx, act: Activation, contact: "Contact", now: int) -> Activation:
+    def take_contact(tx: Tx, act: Activation, contact: "Contact", now: int) -> Activation:
         """Record what a request said of the device on its live activation."""
         if contact.device_key is not None and act.device_key != contact.device_key:
             if act.device_key is not None:
@@ -303,9 +305,9 @@ class Issuing:
             tx.lock_license(lic.id)
             binding = None
             if contact is not None:
-                act = self._take_contact(tx, act, contact, now)
+                act = self.take_contact(tx, act, contact, now)
                 binding = contact.binding
-            issued = self._issuer(tx, lic).issue(tx, act, ttl_s, now, new=False, binding=binding)
+            issued = self.issuer(tx, lic).issue(tx, act, ttl_s, now, new=False, binding=binding)
             serial = f"serial={issued.claims.serial}"
             tx.append_audit(event(now, actor, "renew", lic.id, act.id, serial))
         return issued.seal()
@@ -317,7 +319,7 @@ class Issuing:
             lic = find_license(tx, license_id)
             check_usable(lic, now)
             tx.lock_license(lic.id)
-            issuer = self._issuer(tx, lic)
+            issuer = self.issuer(tx, lic)
             issued = [
                 issuer.prepare(act, ttl_s, now, new=False)
                 for act in tx.list_activations(lic.id)
@@ -337,9 +339,15 @@ class Issuing:
         activation_id: str | None = None,
         license_key: str | None = None,
         fingerprint: str | None = None,
+        tell_device: bool = True,
     ) -> Activation:
+        """Free a seat. The operator's deactivation (by activation id) is also recorded
+        in the outbox, in the same transaction, for the device to be told by a signed
+        revocation (reason ``deactivated``); a device's own request (with its license
+        key, or signed: ``tell_device=False``) already has its answer."""
         with self.store.write() as tx:
             if license_key is not None:
+                tell_device = False
                 # A device may give its seat back even when its license is suspended.
                 lic = license_of_key(tx, license_key)
                 if fingerprint is None or not lk.is_fingerprint(fingerprint):
@@ -353,6 +361,8 @@ class Issuing:
                 _, act = self._live_activation(tx, activation_id, None, None, now)
             tx.lock_license(act.license_id)
             tx.deactivate(act.id, now)
+            if tell_device:
+                tx.outbox_activation(act.id, act.license_id, "deactivate", now)
             tx.append_audit(event(now, actor, "deactivate", act.license_id, act.id))
             return replace(act, deactivated_at=now)
 

@@ -41,6 +41,12 @@ VERSIONS: tuple[Version, ...] = (
         "retired signing keys",
     ),
     Version(5, "admin tokens expire and can be revoked (their rows kept, for the record)"),
+    Version(
+        6,
+        "the MQTT bridge's last answer per activation (the rate limit every replica shares, "
+        "and the file to publish again); the outbox of what each device must be told after "
+        "a suspension, revocation, reinstatement or deactivation",
+    ),
 )
 SCHEMA_VERSION = VERSIONS[-1].number
 
