@@ -1,127 +1,15 @@
 """HQ's side against a real mosquitto with the generated password and ACL files: the
 real ``fieldpass-hq bridge`` / ``push`` / ``broker-config`` and real ``fieldpass run``."""
 
-import csv
 import json
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
-from provisioning.models import OutboxEntry
-from tests.conftest import FIELDPASS_HQ, HQ, DeviceRoot, clean_env
-from tests.mqtt.conftest import Broker, Client, Daemon, device_topic, mqtt_config, wait_for
-
-
-class Fleet:
-    def __init__(self, hq: HQ, broker: Broker, tmp: Path) -> None:
-        self.hq, self.broker, self.tmp = hq, broker, tmp
-        self.key = hq.setup(seats=20)
-        self.license_id = ""
-        self.activations: dict[str, str] = {}
-        self.bridge: subprocess.Popen[bytes] | None = None
-        self.bridges: list[subprocess.Popen[bytes]] = []
-
-    def enroll(self, device: DeviceRoot, faketime: str | None = None) -> None:
-        self.hq.image(device)
-        out = self.tmp / f"{device.path.name}.machine"
-        doc = self.hq.json(
-            "activate", self.key, "--fingerprint", device.fingerprint, "-o", str(out),
-            faketime=faketime,
-        )  # fmt: skip
-        self.license_id = str(doc["license_id"])
-        self.activations[device.path.name] = str(doc["activation_id"])
-        key_file = self.tmp / "key.txt"
-        key_file.write_text(self.key + "\n")
-        result = device.run("install", str(out), "--license-key-file", str(key_file))
-        assert result.returncode == 0, result.stderr
-
-    def lock_down(self, devices: list[DeviceRoot], bridges: int = 2) -> dict[str, str]:
-        """broker-config, the broker restarted on its files and settings (client ids
-        bound to user names), each device given its password; returns device id ->
-        password. The test's own observer (OBSERVER) may read and write every topic."""
-        out = self.tmp / "broker-config"
-        self.hq.run("broker-config", "-o", str(out), "--bridges", str(bridges))
-        add_user(out, OBSERVER, OBSERVER_PASSWORD, "topic readwrite fieldpass/v1/#")
-        self.broker.configure((out / "mosquitto.conf").read_text())
-        self.broker.restart()
-        with open(out / "credentials.csv") as f:
-            rows = {r["device_id"]: r["password"] for r in csv.DictReader(f)}
-        for device in devices:
-            password = rows[device_topic(device, "x").split("/")[3]]
-            (device.path / "etc/fieldpass/mqtt.password").write_text(password + "\n")
-            device.write_config(
-                mqtt_config(self.broker, 'password_file = "/etc/fieldpass/mqtt.password"')
-            )
-        return rows
-
-    def start_bridge(self, replica: int = 1, min_interval: str = "0s") -> subprocess.Popen[bytes]:
-        log_path = self.tmp / f"bridge-{replica}.log"
-        log = open(log_path, "ab")  # noqa: SIM115 - the process owns it
-        offset = log_path.stat().st_size
-        proc = subprocess.Popen(
-            [FIELDPASS_HQ, "--home", str(self.hq.home), "bridge", "--broker", self.broker.url,
-             "--min-interval", min_interval, "--replica", str(replica)],
-            stdout=log, stderr=log, env=clean_env(),
-        )  # fmt: skip
-        wait_for(lambda: b"bridge connected" in log_path.read_bytes()[offset:])
-        self.bridges.append(proc)
-        self.bridge = proc
-        return proc
-
-    def bridge_log(self, replica: int = 1) -> str:
-        return (self.tmp / f"bridge-{replica}.log").read_text(errors="replace")
-
-    def stop_bridges(self) -> None:
-        for proc in self.bridges:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                assert proc.wait(15) == 0
-        self.bridges = []
-
-    def observer(self) -> Client:
-        return Client(self.broker, OBSERVER, OBSERVER_PASSWORD)
-
-    def hq_password(self, user: str = "fieldpass-hq-push") -> str:
-        from provisioning.mqtt import credentials
-
-        return credentials.password(credentials.secret(self.hq.home), user)
-
-    def audit(self) -> list[dict[str, object]]:
-        return json.loads(self.hq.run("audit", "--json", "--limit", "100000").stdout)  # type: ignore[no-any-return]
-
-    def outbox(self) -> list[OutboxEntry]:
-        """What HQ still has to tell devices (read from HQ's database)."""
-        from provisioning.services import HQ as Service
-
-        service = Service(self.hq.home)
-        try:
-            return service.outbox.pending()
-        finally:
-            service.store.close()
-
-
-OBSERVER, OBSERVER_PASSWORD = "test-observer", "observer-password"
-
-
-def add_user(out: Path, user: str, password: str, *acl: str) -> None:
-    """A broker user of the test's own, added to broker-config's files."""
-    subprocess.run(["mosquitto_passwd", "-b", str(out / "passwd"), user, password], check=True)
-    with open(out / "acl", "a") as f:
-        f.write(f"\nuser {user}\n" + "".join(line + "\n" for line in acl))
-
-
-@pytest.fixture
-def fleet(hq: HQ, broker: Broker, tmp_path: Path) -> Iterator[Fleet]:
-    f = Fleet(hq, broker, tmp_path)
-    yield f
-    for proc in f.bridges:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(15)
+from tests.conftest import FIELDPASS_HQ, DeviceRoot, clean_env
+from tests.mqtt.conftest import Client, Daemon, Fleet, device_topic, wait_for
 
 
 def test_bridge_renews_then_revokes_acl_confines(
