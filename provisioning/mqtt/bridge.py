@@ -183,10 +183,11 @@ class Bridge:
         if inbound.is_legacy(payload):
             serial, due, revoked = inbound.legacy_renew(payload)
             act = self._legacy_activation(dev_id, "request")
+            lic = self.hq.licenses.license(act.license_id)
             request = RenewalRequest(act.id, serial, LEGACY)
         else:
             verified = self._verified(dev_id, payload, "renew")
-            act, m = verified.activation, verified.message
+            act, lic, m = verified.activation, verified.license, verified.message
             serial, due, revoked = int(str(m["serial"])), bool(m["due"]), bool(m["revoked"])
             ttl, challenge = m["ttl_s"], m["challenge"]
             request = RenewalRequest(
@@ -201,7 +202,6 @@ class Bridge:
             return told
         if act.deactivated_at is not None:
             raise inbound.BadMessage("deactivated_device")
-        lic = self.hq.get_license(act.license_id)[0]
         if license_status(lic, self.clock()) in ("revoked", "suspended"):
             return [] if revoked else self._revocation(act)
         if due or revoked or serial < act.serial:

@@ -110,14 +110,44 @@ STATUS_ACTOR = Actor("mqtt-push", "mqtt")
 
 class Confirmations:
     """Collects the devices' status messages (what each device id says it holds), and
-    confirms the outbox entries of the devices it watches."""
+    counts, as they arrive, the confirmations of what push sent: a file's serial, or an
+    outbox entry (``confirms``), which it also records at HQ."""
 
     def __init__(self, hq: HQ | None = None) -> None:
         self.hq = hq
         self.held: dict[str, Held] = {}
-        self.watch: dict[str, Activation] = {}  # device id -> activation being told
+        self.files: dict[str, int] = {}  # device id -> serial sent, not confirmed yet
+        self.telling: dict[str, tuple[OutboxEntry, Activation]] = {}  # not confirmed yet
+        self.counts: dict[str, int] = dict.fromkeys(("file", *KINDS), 0)
         self.ignored: dict[str, int] = {}
         self.lock = threading.Lock()
+
+    def expect_file(self, dev_id: str, serial: int) -> None:
+        with self.lock:
+            self.files[dev_id] = serial
+            self._settle(dev_id)
+
+    def expect_told(self, dev_id: str, entry: OutboxEntry, act: Activation) -> None:
+        with self.lock:
+            self.telling[dev_id] = (entry, act)
+            self._settle(dev_id)
+
+    def _settle(self, dev_id: str) -> bool:
+        """Count what the device's newest status confirms (the lock held); True if it
+        confirmed an outbox entry."""
+        held = self.held.get(dev_id)
+        if held is None:
+            return False
+        serial = self.files.get(dev_id)
+        if serial is not None and held.serial >= serial:
+            del self.files[dev_id]
+            self.counts["file"] += 1
+        told = self.telling.get(dev_id)
+        if told is not None and confirms(told[0], told[1], held):
+            del self.telling[dev_id]
+            self.counts[kind_of(told[0])] += 1
+            return True
+        return False
 
     def on_message(self, client: object, userdata: object, message: object) -> None:
         """paho's callback: nothing it raises may escape into paho's thread."""
@@ -146,9 +176,10 @@ class Confirmations:
             before = self.held.get(dev_id)
             serial = max(held.serial, before.serial if before else 0)
             self.held[dev_id] = Held(serial, held.revoked, held.revoked_at)
-            watched = self.watch.get(dev_id)
-        if watched is not None and self.hq is not None:
-            self.hq.outbox.confirm(act or watched, held, int(time.time()))
+            told = self.telling.get(dev_id)
+            confirmed = self._settle(dev_id)
+        if confirmed and told is not None and self.hq is not None:
+            self.hq.outbox.confirm(act or told[1], held, int(time.time()))
 
     def held_of(self, dev_id: str, payload: bytes) -> tuple[Held, Activation | None]:
         """What a device reports holding: its signed status (agents after 0.1.0, verified
@@ -164,24 +195,9 @@ class Confirmations:
             self.hq.device.register(verified, int(time.time()), STATUS_ACTOR)
         return inbound.held(verified), verified.activation
 
-    def confirmed(self, expected: dict[str, int]) -> int:
+    def outstanding(self) -> int:
         with self.lock:
-            return sum(1 for d, s in expected.items() if self.serial(d) >= s)
-
-    def serial(self, dev_id: str) -> int:
-        held = self.held.get(dev_id)
-        return held.serial if held is not None else 0
-
-    def told_confirmed(self, telling: dict[str, tuple[OutboxEntry, Activation]]) -> dict[str, int]:
-        """How many of what the outbox told are confirmed, by kind (file, revocation,
-        deactivation)."""
-        counts = dict.fromkeys(("file", *KINDS), 0)
-        with self.lock:
-            for dev_id, (entry, act) in telling.items():
-                held = self.held.get(dev_id)
-                if held is not None and confirms(entry, act, held):
-                    counts[kind_of(entry)] += 1
-        return counts
+            return len(self.files) + len(self.telling)
 
 
 def issue(
@@ -227,8 +243,6 @@ def push(
     to_renew = [a for a in chosen if a.id not in telling_ids]
     narrowed = bool(sel.plan or sel.devices or sel.expiring_within_s is not None)
     whole = not narrowed and not to_tell
-    expected: dict[str, int] = {}  # device id -> the serial of its new file
-    telling: dict[str, tuple[OutboxEntry, Activation]] = {}
     pending: list[tuple[Any, str, int | Delivery]] = []  # info, device id, serial or told
     for result in issue(hq, sel, to_renew, ttl_s, now, actor, whole):
         progress(1)
@@ -243,7 +257,6 @@ def push(
     deliveries = hq.outbox.deliver([a.id for a in to_tell], now, actor)
     for delivery in deliveries:
         dev_id = topics.device_id(delivery.activation.fingerprint)
-        confirmations.watch[dev_id] = delivery.activation
         infos = [
             client.publish(name, data, qos=1, retain=retain)  # type: ignore[attr-defined]
             for name, data, retain in told(prefix, delivery)
@@ -267,24 +280,21 @@ def push(
             summary.failures.append(f"device {dev_id}: not accepted by the broker")
         elif isinstance(what, int):
             summary.sent += 1
-            expected[dev_id] = what
+            confirmations.expect_file(dev_id, what)
         else:
-            telling[dev_id] = (what.entry, what.activation)
             kind = kind_of(what.entry)
             if kind == "file":
                 summary.sent += 1
             else:
                 summary.told_sent[kind] += 1
-
-    def count() -> None:
-        told_counts = confirmations.told_confirmed(telling)
-        summary.confirmed = confirmations.confirmed(expected) + told_counts.pop("file")
-        summary.told_confirmed = told_counts
+            confirmations.expect_told(dev_id, what.entry, what.activation)
 
     deadline = time.monotonic() + wait_s
-    count()
-    while time.monotonic() < deadline and summary.pending > 0:
+    while time.monotonic() < deadline and confirmations.outstanding():
         time.sleep(0.05)
-        count()
-    summary.ignored = dict(confirmations.ignored)
+    with confirmations.lock:
+        counts = dict(confirmations.counts)
+        summary.ignored = dict(confirmations.ignored)
+    summary.confirmed = counts.pop("file")
+    summary.told_confirmed = counts
     return summary

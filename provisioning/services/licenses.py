@@ -167,6 +167,14 @@ class Licenses:
         with self.store.read() as tx:
             return tx.list_licenses()
 
+    def license(self, license_id: str) -> License:
+        """One license by id, without its activations (the MQTT bridge, per request)."""
+        with self.store.read() as tx:
+            lic = tx.get_license(license_id)
+        if lic is None:
+            raise LicenseNotFound(f"no license {license_id}")
+        return lic
+
     def get_license(self, id_or_key: str) -> tuple[License, list[Activation]]:
         with self.store.read() as tx:
             lic = find_license(tx, id_or_key)

@@ -46,6 +46,7 @@ FAILURES: list[tuple[str, int]] = [
     ("activate {key} --request {tmp}/no-such.request", 66),
     ("machine-file act_00000000000000000000", 3),
     ("deactivate act_00000000000000000000", 3),
+    ("activations reset-key act_00000000000000000000", 3),
     ("provision {key} --root {tmp}", 2),
     ("provision {key} --csv {tmp}/no-such.csv", 66),
     ("sites assign site-7 --fingerprints /nonexistent", 66),
