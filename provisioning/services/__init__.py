@@ -8,6 +8,7 @@
   status confirms it;
 - ``renewals``: the MQTT bridges' renewals, at most one new file per device per interval
   whichever replica answers;
+- ``usage``: what devices report back: usage reports and licenses given back;
 - ``sites``: where devices stand;
 - ``tokens``: the admin API's bearer tokens;
 - ``audit``: the append-only log every change writes in its own transaction;
@@ -33,6 +34,7 @@ from .outbox import Outbox
 from .renewals import Renewals
 from .sites import Sites
 from .tokens import Tokens
+from .usage import Usage
 
 __all__ = ["HQ", "Contact", "Issued", "Validation", "check_name", "license_status"]
 
@@ -53,6 +55,7 @@ class HQ:
         self.device = DeviceRequests(self.store, self.keys, self.issuing)
         self.outbox = Outbox(self.store, self.issuing)
         self.renewals = Renewals(self.store, self.issuing)
+        self.usage = Usage(self.store, self.device)
         self.sites = Sites(self.store)
         self.tokens = Tokens(self.store)
 

@@ -181,7 +181,7 @@ def test_a_deactivation_is_told_and_agents_of_0_1_0_are_told_revoked(service: HQ
 
 
 def test_an_old_suspension_is_told_after_the_upgrade(service: HQ, tmp_path: Path) -> None:
-    """Licenses suspended before the outbox existed (schema 5): their live devices get
+    """Licenses suspended before the outbox existed (schema 6): their live devices get
     an entry from the migration."""
     import sqlite3
 
@@ -192,7 +192,7 @@ def test_an_old_suspension_is_told_after_the_upgrade(service: HQ, tmp_path: Path
     db = sqlite3.connect(tmp_path / "home/hq.sqlite3")
     db.executescript(
         "DROP TABLE device_outbox; DROP TABLE bridge_answers; "
-        "DELETE FROM schema_version WHERE version = 6;"
+        "DELETE FROM schema_version WHERE version = 7;"
     )
     db.close()
     upgraded = HQ(tmp_path / "home")
