@@ -457,6 +457,9 @@ class Issuing:
             if status not in revocation.REASONS:
                 return None
             signing = self.keys.signing_key(tx)
+        # Never dated at or before the last file HQ issued it: the device would take it
+        # for one HQ has lifted since.
+        issued_at = max(now, act.last_issued_at + 1)
         return revocation.sign_revocation(
-            signing, revocation.Revocation(activation_id, now, status)
+            signing, revocation.Revocation(activation_id, issued_at, status)
         )

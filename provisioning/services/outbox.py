@@ -152,8 +152,11 @@ class Outbox:
         if not entry.is_file:
             reason = reason_for(entry.action, act)
             signing = self.issuing.keys.signing_key(tx)
+            # Dated at the change, and after the last file HQ issued the device: a device
+            # ignores a revocation that is not newer than the file it holds.
+            issued_at = max(entry.created_at, act.last_issued_at + 1)
             token = revocation.sign_revocation(
-                signing, revocation.Revocation(act.id, entry.created_at, reason)
+                signing, revocation.Revocation(act.id, issued_at, reason)
             )
             tx.outbox_prepared(act.id, reason, None, token)
             tx.append_audit(event(now, actor, "mqtt_revocation", act.license_id, act.id, reason))
