@@ -241,7 +241,7 @@ class Bridge:
             act = self._legacy_activation(dev_id, "status")
         else:
             verified = self._verified(dev_id, payload, "status")
-            act, held = verified.activation, inbound.held(verified)
+            act, held = verified.activation, inbound.held(verified.message)
         confirmed = self.hq.outbox.confirm(act, held, self.clock())
         if confirmed is not None and confirmed.action == "deactivate":
             # Recorded on the device: the retained deactivation goes, so that the same

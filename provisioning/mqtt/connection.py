@@ -58,7 +58,7 @@ def connect(
     host, port, tls = parse_url(url)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     client.username_pw_set(username, password)
-    client.max_inflight_messages_set(1000)
+    client.max_inflight_messages_set(0)
     client.max_queued_messages_set(0)
     if tls:
         client.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)

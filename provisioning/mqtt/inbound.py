@@ -16,10 +16,14 @@ a second, harmless check. Never logs; an error's kind never holds payload bytes.
 
 from agent.daemon import messages
 from agent.wire import device_msg
+from agent.wire.device_msg import DeviceMessage
+from agent.wire.errors import WireError
+from agent.wire.signed import signed_kid
 
 from ..errors import HQError, InvalidRequest
+from ..models import Activation
 from ..services import HQ
-from ..services.device_requests import Verified
+from ..services.device_requests import Verified, open_for
 from ..services.outbox import Held
 
 MAX_SIGNED_BYTES = device_msg.MAX_MESSAGE_BYTES
@@ -107,7 +111,22 @@ def signed(hq: HQ, payload: bytes, msg_type: str) -> Verified:
         raise BadMessage(e.code) from None
 
 
-def held(verified: Verified) -> Held:
+def held(m: DeviceMessage) -> Held:
     """What a verified signed status says the device holds."""
-    m = verified.message
     return Held(int(str(m["serial"])), str(m["revoked"]), int(str(m["revoked_at"])))
+
+
+def signer(payload: bytes) -> str:
+    """The key id a signed device message names (read before anything is verified)."""
+    try:
+        return signed_kid(payload, MAX_SIGNED_BYTES)
+    except WireError:
+        raise BadMessage("malformed_status") from None
+
+
+def signed_by(act: Activation, payload: bytes, msg_type: str) -> DeviceMessage:
+    """A device message verified against an activation the caller holds already."""
+    try:
+        return open_for(act, payload, msg_type)
+    except HQError as e:
+        raise BadMessage(e.code) from None

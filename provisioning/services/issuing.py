@@ -10,7 +10,7 @@ that the database's writer lock is held only for the writes. Refusals are
 """
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 from agent.wire import license_key as lk
@@ -364,6 +364,13 @@ class Issuing:
     def renew_all(self, license_id: str, ttl_s: int | None, now: int, actor: Actor) -> list[Issued]:
         """Bulk issuance: a fresh file for every live activation of a license, in one
         transaction (field bundles, fleet refresh)."""
+        return list(self.renew_all_lazily(license_id, ttl_s, now, actor))
+
+    def renew_all_lazily(
+        self, license_id: str, ttl_s: int | None, now: int, actor: Actor
+    ) -> Iterator[Issued]:
+        """``renew_all`` whose files are sealed as they are taken (``push`` publishes
+        each at once): everything is recorded, in one transaction, before this returns."""
         with self.store.write() as tx:
             lic = find_license(tx, license_id)
             check_usable(lic, now)
@@ -378,7 +385,7 @@ class Issuing:
                 [(i.activation.id, i.claims.serial, now, i.claims.expires_at) for i in issued]
             )
             tx.append_audit(event(now, actor, "renew_all", lic.id, detail=f"files={len(issued)}"))
-        return [i.seal() for i in issued]
+        return (i.seal() for i in issued)
 
     def deactivate(
         self,

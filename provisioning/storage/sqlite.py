@@ -231,6 +231,9 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 confirmed_at BIGINT)""",
             """CREATE INDEX device_outbox_due ON device_outbox (next_at)
                 WHERE confirmed_at IS NULL""",
+            # A deactivated device is still heard (its status confirms what it was told):
+            # its key found without a scan of every activation.
+            "CREATE INDEX activations_by_any_device_key ON activations (device_key_id)",
             # Devices of licenses suspended or revoked before this version are told too.
             """INSERT INTO device_outbox (activation_id, license_id, action, created_at,
                     next_at, attempts)

@@ -62,7 +62,7 @@ def _client(port: int, name: str) -> Any:
 
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv5)
     client.username_pw_set(name, "-")
-    client.max_inflight_messages_set(1000)
+    client.max_inflight_messages_set(0)
     client.max_queued_messages_set(0)
     return client
 
