@@ -67,61 +67,6 @@ def _client(port: int, name: str) -> Any:
     return client
 
 
-def _status(key: Any, fingerprint: str, act_id: str, serial: int) -> bytes:
-    from agent.wire import device_msg
-
-    return device_msg.sign(
-        key,
-        "status",
-        {
-            "activation_id": act_id,
-            "fingerprint": fingerprint,
-            "at": int(time.time()),
-            "agent_version": "bench",
-            "verdict": "valid",
-            "reason": "",
-            "serial": serial,
-            "expires_at": 0,
-            "revoked": "",
-            "revoked_at": 0,
-            "lifted_at": 0,
-            "hwm": 0,
-            "unrecorded_boots": 0,
-            "notes": [],
-            "bad_messages": {},
-            "challenge": None,
-            "device_key": None,
-            "proof": None,
-        },
-    )
-
-
-def _renew(key: Any, fingerprint: str, act_id: str) -> bytes:
-    from agent.wire import device_msg
-
-    return device_msg.sign(
-        key,
-        "renew",
-        {
-            "activation_id": act_id,
-            "fingerprint": fingerprint,
-            "at": int(time.time()),
-            "agent_version": "bench",
-            "challenge": None,
-            "serial": 1,
-            "expires_at": 0,
-            "due": True,
-            "revoked": False,
-            "ttl_s": None,
-            "counter": None,
-            "nonce": None,
-            "formats": [1, 2],
-            "device_key": None,
-            "proof": None,
-        },
-    )
-
-
 def _simulate(
     index: int,
     port: int,
@@ -138,11 +83,14 @@ def _simulate(
     from agent.wire.errors import WireError
     from agent.wire.keys import Keyring
     from agent.wire.machine_file import open_machine_file
+    from tests.mqtt.simdevices import SimDevice
 
     ring = Keyring.loads(LICENSE["keyring"])
     license_key = LICENSE["key"]
-    keys = {dev: DeviceKey(seed) for dev, (_, _, seed) in FLEET.items()}
-    serials: dict[str, int] = {}
+    sims = {
+        dev: SimDevice(fingerprint, act_id, DeviceKey(seed), 1)
+        for dev, (fingerprint, act_id, seed) in FLEET.items()
+    }
     inbox: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
     client = _client(port, f"sim-{index}")
     file_share = "$share/sim/" + topics.topic(PREFIX, "+", topics.MACHINE_FILE)
@@ -153,10 +101,7 @@ def _simulate(
     mine = sorted(FLEET)[index::SIM_PROCS]
     requests: list[tuple[str, bytes]] = []
     if mode == "bridges":
-        for dev in mine:
-            fingerprint, act_id, _ = FLEET[dev]
-            name = topics.topic(PREFIX, dev, topics.RENEW_REQUEST)
-            requests.append((name, _renew(keys[dev], fingerprint, act_id)))
+        requests = [(sims[dev].topic(topics.RENEW_REQUEST), sims[dev].renew()) for dev in mine]
     time.sleep(0.5)
     ready.set()
     go.wait()
@@ -177,17 +122,16 @@ def _simulate(
         parsed = topics.parse(PREFIX, name)
         if not payload or parsed is None or parsed[0] not in FLEET:
             continue
-        dev = parsed[0]
-        fingerprint, act_id, _ = FLEET[dev]
+        device = sims[parsed[0]]
         try:
-            claims = open_machine_file(payload, ring, license_key, fingerprint)
+            claims = open_machine_file(payload, ring, license_key, device.fingerprint)
         except WireError:
             continue
-        if claims.serial <= serials.get(dev, 1):
+        if claims.serial <= device.serial:
             continue
-        serials[dev] = claims.serial
-        status = _status(keys[dev], fingerprint, act_id, claims.serial)
-        client.publish(topics.topic(PREFIX, dev, topics.STATUS), status, qos=1)
+        device.serial = claims.serial
+        client.publish(device.topic(topics.STATUS), device.status(claims.serial), qos=1)
+        dev = parsed[0]
         batch.append(f"{dev}:{claims.serial}:{claims.issued_at}")
         if len(batch) >= 500 or time.monotonic() - last_flush > 0.5:
             seen.put(batch)

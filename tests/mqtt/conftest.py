@@ -222,6 +222,17 @@ def daemons() -> Iterator[Callable[[DeviceRoot], Daemon]]:
             d.stop(signal.SIGKILL)
 
 
+def connect_all(daemons: Callable[[DeviceRoot], Daemon], devices: list[DeviceRoot]) -> list[Daemon]:
+    """A real daemon for each device, each connected to its broker."""
+    running = []
+    for device in devices:
+        d = daemons(device)
+        d.start()
+        d.wait_log("state CONNECTING -> CONNECTED")
+        running.append(d)
+    return running
+
+
 def env_without_systemd() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
 

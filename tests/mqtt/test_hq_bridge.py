@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import FIELDPASS_HQ, DeviceRoot, clean_env
-from tests.mqtt.conftest import Client, Daemon, Fleet, device_topic, wait_for
+from tests.mqtt.conftest import Client, Daemon, Fleet, connect_all, device_topic, wait_for
 
 
 def test_bridge_renews_then_revokes_acl_confines(
@@ -67,12 +67,7 @@ def test_push_renews_a_license_and_counts_confirmations(
     for robot in robots:
         fleet.enroll(robot)
     fleet.lock_down(robots)
-    running = []
-    for robot in robots[:2]:
-        d = daemons(robot)
-        d.start()
-        d.wait_log("connected")
-        running.append(d)
+    running = connect_all(daemons, robots[:2])
     result = fleet.hq.run(
         "push", "--broker", fleet.broker.url, "--license", fleet.license_id, "--wait", "5s",
         "--json",
@@ -300,12 +295,7 @@ def test_push_delivers_what_hq_must_tell_and_counts_it_so(
     for robot in robots:
         fleet.enroll(robot)
     fleet.lock_down(robots)
-    running = []
-    for robot in robots[:2]:
-        d = daemons(robot)
-        d.start()
-        d.wait_log("state CONNECTING -> CONNECTED")
-        running.append(d)
+    running = connect_all(daemons, robots[:2])
     push = ["push", "--broker", fleet.broker.url, "--license", fleet.license_id, "--wait", "10s",
             "--json"]  # fmt: skip
 
