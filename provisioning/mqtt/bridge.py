@@ -50,6 +50,7 @@ SHARE_GROUP = "fieldpass-hq-bridge"
 REINDEX_S = 5.0
 OUTBOX_POLL_S = 1.0
 BATCH_MAX = 256  # messages answered in one database transaction
+OUTBOX_BATCH = 500  # outbox entries taken in one; a full one is followed by the next at once
 LEGACY = Contact(channel="mqtt", agent_version="0.1.0", claims_format=1)
 
 Outgoing = tuple[str, bytes, bool]  # topic, payload, retain
@@ -92,6 +93,7 @@ class Bridge:
         self.indexed_at = -REINDEX_S
         self.counts: dict[str, int] = {}  # what was ignored, by kind
         self.told: dict[str, int] = {}  # outbox entries published, by action
+        self.more_due = False
 
     def _count(self, what: str) -> None:
         self.counts[what] = self.counts.get(what, 0) + 1
@@ -267,9 +269,13 @@ class Bridge:
 
     # -- the outbox ---------------------------------------------------------------------
     def deliver_due(self) -> list[Outgoing]:
-        """The outbox entries due now, to publish (retained)."""
+        """The outbox entries due now, a batch of them, to publish (retained);
+        ``more_due`` says whether a full batch was taken (more may be waiting)."""
         out: list[Outgoing] = []
-        for delivery in self.hq.outbox.take_due(self.clock(), ACTOR):
+        self.more_due = False
+        deliveries = self.hq.outbox.take_due(self.clock(), ACTOR, OUTBOX_BATCH)
+        self.more_due = len(deliveries) == OUTBOX_BATCH
+        for delivery in deliveries:
             out += self.outgoing(delivery)
         return out
 
@@ -301,14 +307,14 @@ def serve(bridge: Bridge, connect: Callable[..., object], stop: threading.Event)
     polled = 0.0
     try:
         while not stop.is_set():
-            batch = _drain(inbox, OUTBOX_POLL_S)
+            batch = _drain(inbox, 0 if bridge.more_due else OUTBOX_POLL_S)
             out: list[Outgoing] = []
             if CONNECTED in batch:
                 batch = [m for m in batch if m != CONNECTED]
                 _guarded(bridge, bridge.connected)
             if batch:
                 out += bridge.handle_batch(batch)
-            if time.monotonic() - polled >= OUTBOX_POLL_S:
+            if bridge.more_due or time.monotonic() - polled >= OUTBOX_POLL_S:
                 polled = time.monotonic()
                 out += _guarded(bridge, bridge.deliver_due) or []
             for name, data, retain in out:

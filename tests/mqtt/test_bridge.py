@@ -30,7 +30,7 @@ FP = "ab" * 32
 def service(tmp_path: Path) -> HQ:
     hq = HQ(tmp_path / "home")
     hq.generate_key(1000, ACTOR)
-    hq.create_plan(Plan("industrial", "robot-os", 365 * 86400, 86400, 500, None, 1000), ACTOR)
+    hq.create_plan(Plan("industrial", "robot-os", 365 * 86400, 86400, 1000, None, 1000), ACTOR)
     return hq
 
 
@@ -153,6 +153,20 @@ def test_a_suspension_is_told_until_the_device_confirms_it(service: HQ) -> None:
     assert entry is not None and entry.confirmed_at == 3002
 
 
+def test_a_large_fleet_is_told_batch_after_batch(service: HQ) -> None:
+    from provisioning.mqtt.bridge import OUTBOX_BATCH
+
+    lic = service.create_license("industrial", [], None, 1000, ACTOR)
+    enroll(service, lic.license_key, OUTBOX_BATCH + 20, now=1000)
+    bridge = Bridge(service, clock=lambda: 2000)
+    service.set_status(lic.id, "revoke", 2000, ACTOR)
+    first = bridge.deliver_due()
+    assert len(first) == OUTBOX_BATCH and bridge.more_due  # the loop takes the next at once
+    rest = bridge.deliver_due()
+    assert len(rest) == 20 and not bridge.more_due
+    assert len({t for t, _, _ in first + rest}) == OUTBOX_BATCH + 20
+
+
 def test_a_deactivation_is_told_and_agents_of_0_1_0_are_told_revoked(service: HQ) -> None:
     lic = service.create_license("industrial", [], None, 1000, ACTOR)
     (keyed,) = enroll(service, lic.license_key, 1, now=1000)
@@ -192,6 +206,7 @@ def test_an_old_suspension_is_told_after_the_upgrade(service: HQ, tmp_path: Path
     db = sqlite3.connect(tmp_path / "home/hq.sqlite3")
     db.executescript(
         "DROP TABLE device_outbox; DROP TABLE bridge_answers; "
+        "DROP INDEX activations_by_any_device_key; "
         "DELETE FROM schema_version WHERE version = 7;"
     )
     db.close()
