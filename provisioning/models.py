@@ -70,6 +70,43 @@ class Activation:
 
 
 @dataclass(frozen=True)
+class OutboxEntry:
+    """What one device must be told after HQ changed its standing (the outbox,
+    docs/mqtt.md): ``action`` is suspend, revoke, reinstate or deactivate, recorded at
+    ``created_at`` in the transaction of the change. ``payload`` is what is published
+    (a signed revocation with ``reason``, or a machine file with ``serial``), made when
+    it is first delivered; ``next_at`` when it is published again if no status of the
+    device has confirmed it (``confirmed_at``)."""
+
+    activation_id: str
+    license_id: str
+    action: str
+    created_at: int
+    next_at: int
+    attempts: int
+    sent_at: int | None
+    reason: str | None
+    serial: int | None
+    payload: bytes | None = field(repr=False)
+    confirmed_at: int | None
+
+    @property
+    def is_file(self) -> bool:
+        """A machine file (a reinstatement) rather than a signed revocation."""
+        return self.action == "reinstate"
+
+
+@dataclass(frozen=True)
+class BridgeAnswer:
+    """The last new file the MQTT bridges issued a device, and when."""
+
+    activation_id: str
+    answered_at: int
+    serial: int
+    machine_file: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
 class AuditEvent:
     at: int
     actor: str

@@ -136,7 +136,7 @@ def export(
     help="Also offer the bundle over MQTT on this broker (the site's, or the laptop's own "
     "mosquitto): mqtt://HOST[:PORT] or mqtts://.",
 )
-@click.option("--broker-username", default="fieldpass-hq", show_default=True)
+@click.option("--broker-username", default="fieldpass-hq-field", show_default=True)
 @click.option(
     "--broker-password-file",
     type=click.Path(dir_okay=False),

@@ -274,7 +274,7 @@ def offer_over_mqtt(server: FieldServer, url: str, username: str, password: str)
 
     client = connect(
         url,
-        f"fieldpass-field-{os.getpid()}",
+        username,  # the client id is the user name (broker-config binds them)
         username,
         password,
         on_message=on_message,

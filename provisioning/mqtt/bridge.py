@@ -1,39 +1,80 @@
-"""``fieldpass-hq bridge``: answers the devices' renewal requests over MQTT.
+"""``fieldpass-hq bridge``: answers the devices over MQTT, and tells them what HQ decided.
 
-For a request on ``<prefix>/dev/<id>/renew-request`` from a device with a live
-activation:
+It reads ``<prefix>/dev/+/renew-request`` and ``.../status`` through MQTT 5 shared
+subscriptions (``$share/fieldpass-hq-bridge/...``), so that several replicas share the
+load: the broker hands each message to one of them. For a renewal request:
 
-- license revoked or suspended: a signed revocation, retained on ``.../revocation``;
+- the device must be told something (an outbox entry, services/outbox.py): that is
+  delivered first (the request shows the device is connected);
+- license revoked or suspended: the signed revocation, retained on ``.../revocation``;
 - license active and the device's file due (or older than HQ's latest serial, or the
   device holding a revocation HQ has since lifted): a fresh machine file, retained on
-  ``.../machine-file`` (and the revocation topic cleared); at most one per
-  ``min_interval_s`` per device, so that a looping device cannot make HQ sign without end;
+  ``.../machine-file`` (and the revocation topic cleared); at most one new file per
+  device per ``min_interval_s``, whichever replica answers (services/renewals.py keeps
+  the check in the database), the same file published again within it;
 - otherwise nothing.
 
-Every answer is in the audit log (``renew`` by ``mqtt-bridge``, ``mqtt_revocation``,
-``mqtt_refused``). Unknown devices and malformed requests are counted and logged once
-per kind. ``Bridge.handle`` is plain logic (topic and payload in, messages out) so that
-it is tested without a broker; ``serve`` runs it on a paho client.
+A status confirms the device's outbox entry. Every second (``OUTBOX_POLL_S``), and on
+every (re)connection to the broker, the bridge publishes the outbox entries due: what a
+suspension, revocation, reinstatement or deactivation means for each device, retained,
+again and again until the device's status confirms it.
+
+Nothing a device publishes stops the bridge: every payload is bounded (inbound.py);
+each message runs under a guard (any exception is counted by kind, logged once per kind,
+and the bridge goes on); a retained message on a device's topic (devices never retain:
+it would come back at every start, a poison message) is counted and dropped unread.
+``Bridge`` is plain logic (messages in, messages out), tested without a broker;
+``serve`` runs it on a paho client. Never logs a payload, a license key or a fingerprint.
 """
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
 
-from agent.daemon import messages, topics
+from agent.daemon import topics
 
-from ..errors import HQError, InvalidRequest
+from ..errors import HQError
 from ..models import Activation, Actor
-from ..services import HQ, Contact, Issued
+from ..services import HQ, Contact, license_status
 from ..services.audit import event
+from ..services.device_requests import Verified
+from ..services.outbox import Delivery
+from ..services.renewals import AGAIN, GONE, ISSUED, RATE_LIMITED, RenewalRequest
+from . import inbound
 
 log = logging.getLogger("fieldpass.hq.bridge")
 ACTOR = Actor("mqtt-bridge", "mqtt")
+SHARE_GROUP = "fieldpass-hq-bridge"
 REINDEX_S = 5.0
+OUTBOX_POLL_S = 1.0
+BATCH_MAX = 256  # messages answered in one database transaction
+OUTBOX_BATCH = 500  # outbox entries taken in one; a full one is followed by the next at once
 LEGACY = Contact(channel="mqtt", agent_version="0.1.0", claims_format=1)
 
 Outgoing = tuple[str, bytes, bool]  # topic, payload, retain
+Incoming = tuple[str, bytes, bool]  # topic, payload, retained
+
+
+def subscriptions(prefix: str) -> list[str]:
+    """The bridge's shared subscriptions (every replica the same group)."""
+    return [
+        f"$share/{SHARE_GROUP}/" + topics.topic(prefix, "+", kind)
+        for kind in (topics.RENEW_REQUEST, topics.STATUS)
+    ]
+
+
+def told(prefix: str, delivery: Delivery) -> list[Outgoing]:
+    """What is published, retained, for an outbox entry: a reinstatement's file (and the
+    revocation topic cleared), or a signed revocation."""
+    dev_id = topics.device_id(delivery.activation.fingerprint)
+    if delivery.entry.is_file:
+        return [
+            (topics.topic(prefix, dev_id, topics.MACHINE_FILE), delivery.payload, True),
+            (topics.topic(prefix, dev_id, topics.REVOCATION), b"", True),
+        ]
+    return [(topics.topic(prefix, dev_id, topics.REVOCATION), delivery.payload, True)]
 
 
 class Bridge:
@@ -48,136 +89,261 @@ class Bridge:
         self.prefix = prefix
         self.min_interval_s = min_interval_s
         self.clock = clock
-        self.index: dict[str, str] = {}  # device id -> activation id
-        self.indexed_at = 0.0
-        self.counts: dict[str, int] = {}
+        self.index: dict[str, str] = {}  # device id -> activation id (live ones first)
+        self.indexed_at = -REINDEX_S
+        self.counts: dict[str, int] = {}  # what was ignored, by kind
+        self.told: dict[str, int] = {}  # outbox entries published, by action
+        self.more_due = False
 
     def _count(self, what: str) -> None:
         self.counts[what] = self.counts.get(what, 0) + 1
         if self.counts[what] == 1:
             log.warning("ignored a message (%s); more of the kind are only counted", what)
 
+    def _fault(self, e: Exception) -> None:
+        kind = "error_" + type(e).__name__
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        if self.counts[kind] == 1:
+            log.warning(
+                "a device message raised %s (%s); the bridge goes on, more are only counted",
+                type(e).__name__,
+                str(e)[:200],
+            )
+
+    def _topic(self, act: Activation, kind: str) -> str:
+        return topics.topic(self.prefix, topics.device_id(act.fingerprint), kind)
+
     def _activation(self, dev_id: str) -> Activation | None:
+        """The activation of an agent of 0.1.0 (which signs nothing) by its device id."""
         act_id = self.index.get(dev_id)
         if act_id is None and time.monotonic() - self.indexed_at > REINDEX_S:
-            self.index = {
-                topics.device_id(a.fingerprint): a.id
-                for a in self.hq.list_activations()
-                if a.deactivated_at is None
-            }
+            acts = self.hq.list_activations()
+            acts.sort(key=lambda a: a.deactivated_at is None)  # live ones win
+            self.index = {topics.device_id(a.fingerprint): a.id for a in acts}
             self.indexed_at = time.monotonic()
             act_id = self.index.get(dev_id)
-        if act_id is None:
-            return None
-        act = self.hq.get_activation(act_id)
-        return act if act.deactivated_at is None else None
+        return None if act_id is None else self.hq.get_activation(act_id)
 
-    def handle(self, topic: str, payload: bytes) -> list[Outgoing]:
+    # -- messages in ------------------------------------------------------------------
+    def handle(self, topic: str, payload: bytes, retained: bool = False) -> list[Outgoing]:
+        return self.handle_batch([(topic, payload, retained)])
+
+    def handle_batch(self, batch: list[Incoming]) -> list[Outgoing]:
+        """The answers to a batch of messages; the renewals among them are issued in
+        one database transaction."""
+        out: list[Outgoing] = []
+        renewals: list[RenewalRequest] = []
+        for topic, payload, retained in batch:
+            try:
+                out += self._read(topic, payload, retained, renewals)
+            except inbound.BadMessage as e:
+                self._count(e.kind)
+            except Exception as e:  # one message never stops the bridge
+                self._fault(e)
+        if renewals:
+            try:
+                out += self._renew(renewals)
+            except Exception as e:
+                self._fault(e)
+        return out
+
+    def _read(
+        self, topic: str, payload: bytes, retained: bool, renewals: list[RenewalRequest]
+    ) -> list[Outgoing]:
         parsed = topics.parse(self.prefix, topic)
-        if parsed is None:
-            self._count("unexpected_topic")
-            return []
+        if parsed is None or parsed[1] not in topics.TO_HQ:
+            raise inbound.BadMessage("unexpected_topic")
+        if retained:
+            raise inbound.BadMessage("retained")  # devices never retain: a poison message
+        if len(payload) > inbound.MAX_BYTES:
+            raise inbound.BadMessage("oversized")
         dev_id, kind = parsed
         if kind == topics.STATUS:
-            return []
-        if kind != topics.RENEW_REQUEST:
-            self._count("unexpected_topic")
-            return []
-        if payload[:1] == b"{":  # the JSON request of agents up to 0.1.0
-            return self._legacy(dev_id, payload)
-        try:
-            verified = self.hq.device.verify(payload, "renew")
-        except InvalidRequest:
-            self._count("malformed_request")
-            return []
-        except HQError as e:
-            self._count(e.code)
-            return []
-        act = verified.activation
-        if topics.device_id(act.fingerprint) != dev_id:
-            self._count("foreign_topic")  # signed by one device, sent on another's topic
-            return []
-        m = verified.message
-        try:
-            self.hq.device.register(verified, self.clock(), ACTOR)
-        except HQError as e:
-            self._count(e.code)
-            return []
-        wants = bool(m["due"]) or bool(m["revoked"])
-        renew: Callable[[int], Issued] = lambda now: self.hq.device.renew_verified(  # noqa: E731
-            verified, now, ACTOR, "mqtt", challenge_required=False
-        )
-        return self._answer(dev_id, act, int(str(m["serial"])), bool(wants), renew)
+            return self._status(dev_id, payload)
+        return self._request(dev_id, payload, renewals)
 
-    def _legacy(self, dev_id: str, payload: bytes) -> list[Outgoing]:
-        try:
-            serial, _, due, revoked = messages.parse_renew_request(payload)
-        except messages.MessageError:
-            self._count("malformed_request")
-            return []
+    def _legacy_activation(self, dev_id: str, what: str) -> Activation:
         act = self._activation(dev_id)
         if act is None:
-            self._count("unknown_device")
-            return []
+            raise inbound.BadMessage("unknown_device")
         if act.device_key is not None:
-            self._count("signed_request_required")  # this device signs its requests
-            return []
-        renew: Callable[[int], Issued] = lambda now: self.hq.renew(  # noqa: E731
-            now, ACTOR, activation_id=act.id, contact=LEGACY
-        )
-        return self._answer(dev_id, act, serial, due or revoked, renew)
+            raise inbound.BadMessage(f"signed_{what}_required")  # this device signs
+        return act
 
-    def _answer(
-        self, dev_id: str, act: Activation, serial: int, due: bool, renew: Callable[[int], Issued]
+    def _verified(self, dev_id: str, payload: bytes, msg_type: str) -> Verified:
+        verified = inbound.signed(self.hq, payload, msg_type)
+        act = verified.activation
+        if topics.device_id(act.fingerprint) != dev_id:
+            raise inbound.BadMessage("foreign_topic")  # signed by one, sent on another's
+        if act.deactivated_at is None:
+            self.hq.device.register(verified, self.clock(), ACTOR)
+        return verified
+
+    def _request(
+        self, dev_id: str, payload: bytes, renewals: list[RenewalRequest]
     ) -> list[Outgoing]:
+        if inbound.is_legacy(payload):
+            serial, due, revoked = inbound.legacy_renew(payload)
+            act = self._legacy_activation(dev_id, "request")
+            lic = self.hq.licenses.license(act.license_id)
+            request = RenewalRequest(act.id, serial, LEGACY)
+        else:
+            verified = self._verified(dev_id, payload, "renew")
+            act, lic, m = verified.activation, verified.license, verified.message
+            serial, due, revoked = int(str(m["serial"])), bool(m["due"]), bool(m["revoked"])
+            ttl, challenge = m["ttl_s"], m["challenge"]
+            request = RenewalRequest(
+                act.id,
+                serial,
+                verified.contact("mqtt"),
+                ttl if isinstance(ttl, int) else None,
+                challenge if isinstance(challenge, str) else None,
+            )
+        told = self._told_on_request(act, revoked)
+        if told is not None:
+            return told
+        if act.deactivated_at is not None:
+            raise inbound.BadMessage("deactivated_device")
+        if license_status(lic, self.clock()) in ("revoked", "suspended"):
+            return [] if revoked else self._revocation(act)
+        if due or revoked or serial < act.serial:
+            renewals.append(request)
+        return []
+
+    def _told_on_request(self, act: Activation, holds_revocation: bool) -> list[Outgoing] | None:
+        """What the outbox says for a device that asked: an entry still to confirm is
+        made due now (the poll publishes it: the device is connected); a confirmed
+        revocation or deactivation is published again if the device says it holds
+        none (it lost its state). None: the outbox has no say."""
+        entry = self.hq.outbox.get(act.id)
+        if entry is None:
+            return None
+        if entry.confirmed_at is None:
+            self.hq.outbox.heard_from(act.id, self.clock())
+            return []
+        if entry.is_file or entry.payload is None:
+            return None
+        if holds_revocation:
+            return []
+        # A confirmed deactivation is no longer retained (see _status): sent live.
+        retain = entry.action != "deactivate"
+        return [(self._topic(act, topics.REVOCATION), entry.payload, retain)]
+
+    def _revocation(self, act: Activation) -> list[Outgoing]:
         now = self.clock()
-        file_topic = topics.topic(self.prefix, dev_id, topics.MACHINE_FILE)
-        rev_topic = topics.topic(self.prefix, dev_id, topics.REVOCATION)
-        revocation = self.hq.signed_revocation(act.id, now)
-        if revocation is not None:
-            self.hq.record_audit(event(now, ACTOR, "mqtt_revocation", act.license_id, act.id))
-            return [(rev_topic, revocation, True)]
-        if not due and serial >= act.serial:
+        token = self.hq.signed_revocation(act.id, now)
+        if token is None:
             return []
-        # At most one file per device per min_interval_s, whatever the request says (its
-        # serial is the device's word, not HQ's): a looping device cannot make HQ sign.
-        if now - act.last_issued_at < self.min_interval_s:
-            self._count("rate_limited")
-            return []
-        try:
-            issued = renew(now)
-        except HQError as e:
-            self.hq.record_audit(event(now, ACTOR, "mqtt_refused", act.license_id, act.id, e.code))
-            return []
-        return [(file_topic, issued.machine_file, True), (rev_topic, b"", True)]
+        self.hq.record_audit(event(now, ACTOR, "mqtt_revocation", act.license_id, act.id))
+        return [(self._topic(act, topics.REVOCATION), token, True)]
+
+    def _status(self, dev_id: str, payload: bytes) -> list[Outgoing]:
+        if inbound.is_legacy(payload):
+            held = inbound.legacy_held(payload)
+            act = self._legacy_activation(dev_id, "status")
+        else:
+            verified = self._verified(dev_id, payload, "status")
+            act, held = verified.activation, inbound.held(verified.message)
+        confirmed = self.hq.outbox.confirm(act, held, self.clock())
+        if confirmed is not None and confirmed.action == "deactivate":
+            # Recorded on the device: the retained deactivation goes, so that the same
+            # device activated again does not read the old one at every connection.
+            return [(self._topic(act, topics.REVOCATION), b"", True)]
+        return []
+
+    def _renew(self, renewals: list[RenewalRequest]) -> list[Outgoing]:
+        answers = self.hq.renewals.answer(renewals, self.clock(), ACTOR, self.min_interval_s)
+        out: list[Outgoing] = []
+        for answer in answers:
+            if answer.kind in (ISSUED, AGAIN) and answer.activation and answer.machine_file:
+                act = answer.activation
+                out.append((self._topic(act, topics.MACHINE_FILE), answer.machine_file, True))
+                out.append((self._topic(act, topics.REVOCATION), b"", True))
+            elif answer.kind == RATE_LIMITED:
+                self._count("rate_limited")
+            elif answer.kind == GONE:
+                self._count("unknown_device")
+            elif answer.error is not None:
+                self._count(answer.error.code)
+        return out
+
+    # -- the outbox ---------------------------------------------------------------------
+    def deliver_due(self) -> list[Outgoing]:
+        """The outbox entries due now, a batch of them, to publish (retained);
+        ``more_due`` says whether a full batch was taken (more may be waiting)."""
+        out: list[Outgoing] = []
+        self.more_due = False
+        deliveries = self.hq.outbox.take_due(self.clock(), ACTOR, OUTBOX_BATCH)
+        self.more_due = len(deliveries) == OUTBOX_BATCH
+        for delivery in deliveries:
+            out += self.outgoing(delivery)
+        return out
+
+    def outgoing(self, delivery: Delivery) -> list[Outgoing]:
+        action = delivery.entry.action
+        self.told[action] = self.told.get(action, 0) + 1
+        return told(self.prefix, delivery)
+
+    def connected(self) -> None:
+        """(Re)connected to the broker: whatever was sent and not confirmed is due now
+        (an outage may have lost what the broker kept)."""
+        self.hq.outbox.rearm(self.clock())
+
+
+CONNECTED = ("", b"", False)  # the marker the connection callback queues
 
 
 def serve(bridge: Bridge, connect: Callable[..., object], stop: threading.Event) -> None:
-    """Run the bridge until ``stop`` is set. ``connect(on_message, subscriptions)``
-    returns a connected paho client (connection.connect with HQ's credentials)."""
-    import queue
-
-    inbox: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
+    """Run the bridge until ``stop`` is set. ``connect(on_message, subscriptions,
+    on_connected)`` returns a connected paho client (connection.connect with this
+    replica's credentials). paho's thread only queues; this thread does the work."""
+    inbox: queue.SimpleQueue[Incoming] = queue.SimpleQueue()
 
     def on_message(client: object, userdata: object, message: object) -> None:
-        inbox.put((message.topic, bytes(message.payload)))  # type: ignore[attr-defined]
+        m = message
+        inbox.put((m.topic, bytes(m.payload), bool(m.retain)))  # type: ignore[attr-defined]
 
-    subscriptions = [
-        topics.topic(bridge.prefix, "+", topics.RENEW_REQUEST),
-        topics.topic(bridge.prefix, "+", topics.STATUS),
-    ]
-    client = connect(on_message, subscriptions)
+    client = connect(on_message, subscriptions(bridge.prefix), lambda: inbox.put(CONNECTED))
+    polled = 0.0
     try:
         while not stop.is_set():
-            try:
-                topic, payload = inbox.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            if len(payload) > messages.MAX_DEVICE_MESSAGE_BYTES:
-                bridge._count("oversized")
-                continue
-            for name, data, retain in bridge.handle(topic, payload):
+            batch = _drain(inbox, 0 if bridge.more_due else OUTBOX_POLL_S)
+            out: list[Outgoing] = []
+            if CONNECTED in batch:
+                batch = [m for m in batch if m != CONNECTED]
+                _guarded(bridge, bridge.connected)
+            if batch:
+                out += bridge.handle_batch(batch)
+            if bridge.more_due or time.monotonic() - polled >= OUTBOX_POLL_S:
+                polled = time.monotonic()
+                out += _guarded(bridge, bridge.deliver_due) or []
+            for name, data, retain in out:
                 client.publish(name, data, qos=1, retain=retain)  # type: ignore[attr-defined]
     finally:
         client.disconnect()  # type: ignore[attr-defined]
         client.loop_stop()  # type: ignore[attr-defined]
+
+
+def _drain(inbox: "queue.SimpleQueue[Incoming]", wait_s: float) -> list[Incoming]:
+    try:
+        batch = [inbox.get(timeout=wait_s)]
+    except queue.Empty:
+        return []
+    while len(batch) < BATCH_MAX:
+        try:
+            batch.append(inbox.get_nowait())
+        except queue.Empty:
+            break
+    return batch
+
+
+def _guarded(bridge: Bridge, work: Callable[[], object]) -> list[Outgoing] | None:
+    """Run ``work``; a failure (the database busy or away) is counted and retried at
+    the next poll, never the end of the bridge."""
+    try:
+        return work()  # type: ignore[return-value]
+    except HQError as e:
+        bridge._count(e.code)
+    except Exception as e:
+        bridge._fault(e)
+    return None

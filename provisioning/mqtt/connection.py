@@ -1,10 +1,15 @@
 """One paho-mqtt client for HQ (callback API v2, MQTT 5), connected and looping.
 
 The broker URL is ``mqtt://host[:port]`` or ``mqtts://host[:port]``; the user name and
-password come from the caller (by default HQ's own user and derived password), never
-from the URL, so that no secret shows in a process list.
+password come from the caller (by default the process's own HQ user and its derived
+password, credentials.py), never from the URL, so that no secret shows in a process
+list. The client id is the user name: a broker set up by ``broker-config`` binds them
+(``use_username_as_clientid``), so no two HQ processes share one. paho reconnects by
+itself; every connection subscribes again and calls ``on_connected``; a lost one is
+logged.
 """
 
+import logging
 import ssl
 import threading
 import urllib.parse
@@ -18,6 +23,7 @@ from paho.mqtt.properties import Properties
 from ..errors import HQError, InvalidRequest
 
 MessageHandler = Callable[[mqtt.Client, object, mqtt.MQTTMessage], None]
+log = logging.getLogger("fieldpass.hq.mqtt")
 
 
 class BrokerUnavailable(HQError):
@@ -47,11 +53,12 @@ def connect(
     subscriptions: list[str] = (),  # type: ignore[assignment]
     session_expiry_s: int = 0,
     timeout_s: float = 10,
+    on_connected: Callable[[], None] | None = None,
 ) -> mqtt.Client:
     host, port, tls = parse_url(url)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     client.username_pw_set(username, password)
-    client.max_inflight_messages_set(1000)
+    client.max_inflight_messages_set(0)
     client.max_queued_messages_set(0)
     if tls:
         client.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
@@ -63,11 +70,24 @@ def connect(
     ) -> None:
         if getattr(reason, "is_failure", True):
             failure.append(str(reason))
-        elif subscriptions:
+            ready.set()
+            return
+        if subscriptions:
             c.subscribe([(name, 1) for name in subscriptions])
+        if ready.is_set():
+            log.info("connected to the broker again as %s", client_id)
+        if on_connected is not None:
+            on_connected()
         ready.set()
 
+    def on_disconnect(
+        c: mqtt.Client, userdata: object, flags: object, reason: object, props: object
+    ) -> None:
+        if ready.is_set() and not failure and getattr(reason, "is_failure", False):
+            log.warning("lost the broker connection (%s); reconnecting", reason)
+
     client.on_connect = on_connect
+    client.on_disconnect = on_disconnect
     if on_message is not None:
         client.on_message = on_message
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]

@@ -1,26 +1,38 @@
 """``fieldpass-hq push``: renew a chosen set of devices over MQTT and count who got it.
 
-The set: a license's live activations, a plan's, a list of activations (ids or
+The set: a license's activations, a plan's, a list of activations (ids or
 fingerprints), or all whose last file expires within a given time; combined options
-narrow the set. Each device gets a fresh machine file, retained on its
-``machine-file`` topic (a device offline now receives it when it reconnects). A device
-confirms by publishing a status with the new serial; ``push`` waits for confirmations
-up to ``wait_s`` and reports sent, confirmed, failed (not issued or not published) and
-pending (sent, not yet confirmed). Never waits without a bound, and never publishes a
-license key (each file is encrypted to its device).
+narrow the set. Live activations, and deactivated ones that still have to be told so.
+
+A device with an outbox entry (services/outbox.py: HQ suspended, revoked or reinstated
+its license, or deactivated it, and its status has not confirmed it yet) is sent that:
+a signed revocation, a signed deactivation, or the reinstatement's file. Every other
+device gets a fresh machine file. Everything is retained on the device's topic (a device
+offline now receives it when it reconnects). A device confirms with its status; ``push``
+waits for confirmations up to ``wait_s`` and counts, by kind, what was sent and
+confirmed, what failed (not issued, or not accepted by the broker) and what is pending.
+
+Statuses are read on paho's thread under a guard: whatever a device publishes is
+bounded (inbound.py), and a payload HQ cannot use is counted, never the end of paho's
+loop. Never waits without a bound, and never publishes a license key (each file is
+encrypted to its device).
 """
 
-import json
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
-from agent.daemon import messages, topics
+from agent.daemon import topics
+from agent.wire.device_key import key_id
 
 from ..errors import HQError
-from ..models import Activation, Actor
+from ..models import Activation, Actor, OutboxEntry
 from ..services import HQ, Issued
+from ..services.outbox import Delivery, Held, confirms
+from . import inbound
+from .bridge import told
 
 
 @dataclass
@@ -31,17 +43,28 @@ class Selection:
     expiring_within_s: int | None = None
 
 
+KINDS = ("revocation", "deactivation")
+
+
 @dataclass
 class Summary:
+    """``sent``/``confirmed``: machine files (renewals and reinstatements);
+    ``revocations_*`` and ``deactivations_*``: what the outbox had to tell."""
+
     selected: int = 0
     sent: int = 0
     confirmed: int = 0
     failed: int = 0
     failures: list[str] = field(default_factory=list)
+    told_sent: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    told_confirmed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    ignored: dict[str, int] = field(default_factory=dict)
 
     @property
     def pending(self) -> int:
-        return self.sent - self.confirmed
+        """Sent, of every kind, and not confirmed yet."""
+        told = sum(self.told_sent.values()) - sum(self.told_confirmed.values())
+        return self.sent - self.confirmed + told
 
     def doc(self) -> dict[str, object]:
         return {
@@ -51,75 +74,158 @@ class Summary:
             "failed": self.failed,
             "pending": self.pending,
             "failures": self.failures[:100],
+            "revocations_sent": self.told_sent["revocation"],
+            "revocations_confirmed": self.told_confirmed["revocation"],
+            "deactivations_sent": self.told_sent["deactivation"],
+            "deactivations_confirmed": self.told_confirmed["deactivation"],
+            "ignored": dict(self.ignored),
         }
 
 
+def kind_of(entry: OutboxEntry) -> str:
+    if entry.is_file:
+        return "file"
+    return "deactivation" if entry.action == "deactivate" else "revocation"
+
+
 def select(hq: HQ, sel: Selection, now: int) -> list[Activation]:
-    live = [a for a in hq.list_activations(sel.license_id) if a.deactivated_at is None]
+    telling = {e.activation_id for e in hq.outbox.pending(sel.license_id)}
+    chosen = [
+        a
+        for a in hq.list_activations(sel.license_id)
+        if a.deactivated_at is None or a.id in telling
+    ]
     if sel.plan is not None:
         plans = {lic.id: lic.plan for lic in hq.list_licenses()}
-        live = [a for a in live if plans.get(a.license_id) == sel.plan]
+        chosen = [a for a in chosen if plans.get(a.license_id) == sel.plan]
     if sel.devices:
         wanted = set(sel.devices)
-        live = [a for a in live if a.id in wanted or a.fingerprint in wanted]
+        chosen = [a for a in chosen if a.id in wanted or a.fingerprint in wanted]
     if sel.expiring_within_s is not None:
-        live = [a for a in live if a.last_expires_at <= now + sel.expiring_within_s]
-    return live
+        chosen = [a for a in chosen if a.last_expires_at <= now + sel.expiring_within_s]
+    return chosen
 
 
 STATUS_ACTOR = Actor("mqtt-push", "mqtt")
 
 
 class Confirmations:
-    """Collects the devices' status messages: device id -> newest serial reported."""
+    """Collects the devices' status messages (what each device id says it holds), and
+    counts, as they arrive, the confirmations of what push sent: a file's serial, or an
+    outbox entry (``confirms``), which it also records at HQ."""
 
     def __init__(self, hq: HQ | None = None) -> None:
         self.hq = hq
-        self.serials: dict[str, int] = {}
+        self.held: dict[str, Held] = {}
+        self.known: dict[str, Activation] = {}  # device key id -> activation being sent
+        self.files: dict[str, int] = {}  # device id -> serial sent, not confirmed yet
+        self.telling: dict[str, tuple[OutboxEntry, Activation]] = {}  # not confirmed yet
+        self.counts: dict[str, int] = dict.fromkeys(("file", *KINDS), 0)
+        self.ignored: dict[str, int] = {}
         self.lock = threading.Lock()
 
+    def know(self, activations: list[Activation]) -> None:
+        """The activations push sends to: their statuses verify against the keys at
+        hand, without a database read each."""
+        with self.lock:
+            for act in activations:
+                if act.device_key is not None:
+                    self.known[key_id(act.device_key)] = act
+
+    def expect_file(self, dev_id: str, serial: int) -> None:
+        with self.lock:
+            self.files[dev_id] = serial
+            self._settle(dev_id)
+
+    def expect_told(self, dev_id: str, entry: OutboxEntry, act: Activation) -> None:
+        with self.lock:
+            self.telling[dev_id] = (entry, act)
+            self._settle(dev_id)
+
+    def _settle(self, dev_id: str) -> bool:
+        """Count what the device's newest status confirms (the lock held); True if it
+        confirmed an outbox entry."""
+        held = self.held.get(dev_id)
+        if held is None:
+            return False
+        serial = self.files.get(dev_id)
+        if serial is not None and held.serial >= serial:
+            del self.files[dev_id]
+            self.counts["file"] += 1
+        told = self.telling.get(dev_id)
+        if told is not None and confirms(told[0], told[1], held):
+            del self.telling[dev_id]
+            self.counts[kind_of(told[0])] += 1
+            return True
+        return False
+
     def on_message(self, client: object, userdata: object, message: object) -> None:
-        payload = bytes(message.payload)  # type: ignore[attr-defined]
+        """paho's callback: nothing it raises may escape into paho's thread."""
+        try:
+            self._read(message)
+        except inbound.BadMessage as e:
+            self._ignore(e.kind)
+        except Exception as e:  # one device's status never stops push
+            self._ignore("error_" + type(e).__name__)
+
+    def _ignore(self, kind: str) -> None:
+        with self.lock:
+            self.ignored[kind] = self.ignored.get(kind, 0) + 1
+
+    def _read(self, message: object) -> None:
         parsed = topics.parse(topics.DEFAULT_PREFIX, message.topic)  # type: ignore[attr-defined]
         if parsed is None or parsed[1] != topics.STATUS:
-            return
-        serial = self.serial_of(parsed[0], payload)
-        if type(serial) is int:
-            with self.lock:
-                if serial > self.serials.get(parsed[0], 0):
-                    self.serials[parsed[0]] = serial
-
-    def serial_of(self, dev_id: str, payload: bytes) -> object:
-        """The serial a device reports holding: its signed status (agents after 0.1.0,
-        verified against the activation's device key), or the JSON of 0.1.0."""
-        if payload[:1] == b"{":
-            try:
-                return messages.parse_status(payload).get("serial")
-            except (messages.MessageError, json.JSONDecodeError, RecursionError):
-                return None
-        if self.hq is None:
-            return None
-        try:
-            verified = self.hq.device.verify(payload, "status")
-            self.hq.device.register(verified, int(time.time()), STATUS_ACTOR)
-        except HQError:
-            return None
-        if topics.device_id(verified.activation.fingerprint) != dev_id:
-            return None
-        return verified.message["serial"]
-
-    def confirmed(self, expected: dict[str, int]) -> int:
+            raise inbound.BadMessage("unexpected_topic")
+        if message.retain:  # type: ignore[attr-defined]
+            raise inbound.BadMessage("retained")  # devices never retain: not news
+        dev_id, payload = parsed[0], bytes(message.payload)  # type: ignore[attr-defined]
+        if len(payload) > inbound.MAX_BYTES:
+            raise inbound.BadMessage("oversized")
+        held, act = self.held_of(dev_id, payload)
         with self.lock:
-            return sum(1 for d, s in expected.items() if self.serials.get(d, 0) >= s)
+            before = self.held.get(dev_id)
+            serial = max(held.serial, before.serial if before else 0)
+            self.held[dev_id] = Held(serial, held.revoked, held.revoked_at)
+            told = self.telling.get(dev_id)
+            confirmed = self._settle(dev_id)
+        if confirmed and told is not None and self.hq is not None:
+            self.hq.outbox.confirm(act or told[1], held, int(time.time()))
+
+    def held_of(self, dev_id: str, payload: bytes) -> tuple[Held, Activation | None]:
+        """What a device reports holding: its signed status (agents after 0.1.0, verified
+        against the activation's device key), or the JSON of 0.1.0."""
+        if inbound.is_legacy(payload):
+            return inbound.legacy_held(payload), None
+        act = self.known.get(inbound.signer(payload))
+        if act is not None:  # a device push renewed: its key is at hand
+            return inbound.held(inbound.signed_by(act, payload, "status")), act
+        if self.hq is None:
+            raise inbound.BadMessage("unverifiable")
+        verified = inbound.signed(self.hq, payload, "status")
+        if topics.device_id(verified.activation.fingerprint) != dev_id:
+            raise inbound.BadMessage("foreign_topic")
+        if verified.activation.deactivated_at is None:
+            self.hq.device.register(verified, int(time.time()), STATUS_ACTOR)
+        return inbound.held(verified.message), verified.activation
+
+    def outstanding(self) -> int:
+        with self.lock:
+            return len(self.files) + len(self.telling)
 
 
 def issue(
-    hq: HQ, sel: Selection, chosen: list[Activation], ttl_s: int | None, now: int, actor: Actor
+    hq: HQ,
+    sel: Selection,
+    chosen: list[Activation],
+    ttl_s: int | None,
+    now: int,
+    actor: Actor,
+    whole_license: bool,
 ) -> Iterable[Issued | HQError]:
     """Fresh files for ``chosen``: one transaction for a whole license, else one each."""
-    if sel.license_id is not None and not (sel.plan or sel.devices or sel.expiring_within_s):
+    if whole_license and sel.license_id is not None:
         try:
-            yield from hq.renew_all(sel.license_id, ttl_s, now, actor)
+            yield from hq.issuing.renew_all_lazily(sel.license_id, ttl_s, now, actor)
         except HQError as e:
             yield e
         return
@@ -145,33 +251,64 @@ def push(
 ) -> Summary:
     chosen = select(hq, sel, now)
     summary = Summary(selected=len(chosen))
-    expected: dict[str, int] = {}
-    pending = []
-    for result in issue(hq, sel, chosen, ttl_s, now, actor):
+    telling_ids = {e.activation_id for e in hq.outbox.pending(sel.license_id)}
+    to_tell = [a for a in chosen if a.id in telling_ids]
+    to_renew = [a for a in chosen if a.id not in telling_ids]
+    narrowed = bool(sel.plan or sel.devices or sel.expiring_within_s is not None)
+    whole = not narrowed and not to_tell
+    confirmations.know(chosen)
+    pending: list[tuple[Any, str, int | Delivery]] = []  # info, device id, serial or told
+    for result in issue(hq, sel, to_renew, ttl_s, now, actor, whole):
+        progress(1)
         if isinstance(result, HQError):
             summary.failed += 1
             summary.failures.append(result.message)
-            progress(1)
             continue
         dev_id = topics.device_id(result.activation.fingerprint)
         name = topics.topic(prefix, dev_id, topics.MACHINE_FILE)
         info = client.publish(name, result.machine_file, qos=1, retain=True)  # type: ignore[attr-defined]
         pending.append((info, dev_id, result.claims.serial))
+    deliveries = hq.outbox.deliver([a.id for a in to_tell], now, actor)
+    for delivery in deliveries:
+        dev_id = topics.device_id(delivery.activation.fingerprint)
+        infos = [
+            client.publish(name, data, qos=1, retain=retain)  # type: ignore[attr-defined]
+            for name, data, retain in told(prefix, delivery)
+        ]
+        pending.append((infos[0], dev_id, delivery))
         progress(1)
-    for info, dev_id, serial in pending:
+    delivered = {d.activation.id for d in deliveries}
+    for act in to_tell:
+        if act.id not in delivered:
+            progress(1)
+            summary.failed += 1
+            summary.failures.append(f"activation {act.id}: nothing can be told (no file now)")
+    for info, dev_id, what in pending:
         try:
             info.wait_for_publish(30)
             ok = info.is_published()
         except (RuntimeError, ValueError):
             ok = False
-        if ok:
-            summary.sent += 1
-            expected[dev_id] = serial
-        else:
+        if not ok:
             summary.failed += 1
             summary.failures.append(f"device {dev_id}: not accepted by the broker")
+        elif isinstance(what, int):
+            summary.sent += 1
+            confirmations.expect_file(dev_id, what)
+        else:
+            kind = kind_of(what.entry)
+            if kind == "file":
+                summary.sent += 1
+            else:
+                summary.told_sent[kind] += 1
+            confirmations.expect_told(dev_id, what.entry, what.activation)
+
     deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline and confirmations.confirmed(expected) < len(expected):
+    while time.monotonic() < deadline and confirmations.outstanding():
         time.sleep(0.05)
-    summary.confirmed = confirmations.confirmed(expected)
+    with confirmations.lock:
+        counts = dict(confirmations.counts)
+        summary.ignored = dict(confirmations.ignored)
+    summary.confirmed = counts.pop("file")
+    summary.told_confirmed = counts
     return summary

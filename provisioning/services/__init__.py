@@ -4,6 +4,10 @@
 - ``licenses``: plans and licenses, a license's status, suspend/reinstate/revoke;
 - ``issuing``: activations and machine files, renewals, validation, revocations;
 - ``device_requests``: the requests devices sign with their own key, and challenges;
+- ``outbox``: what each device must be told after a change of its standing, until its
+  status confirms it;
+- ``renewals``: the MQTT bridges' renewals, at most one new file per device per interval
+  whichever replica answers;
 - ``usage``: what devices report back: usage reports and licenses given back;
 - ``sites``: where devices stand;
 - ``tokens``: the admin API's bearer tokens;
@@ -27,6 +31,8 @@ from .issuing import Contact, Issued, Issuing, Validation
 from .keys import Keys
 from .licenses import Licenses, license_status
 from .names import check_name
+from .outbox import Outbox
+from .renewals import Renewals
 from .sites import Sites
 from .tokens import Tokens
 from .usage import Usage
@@ -50,6 +56,8 @@ class HQ:
         self.licenses = Licenses(self.store)
         self.issuing = Issuing(self.store, self.keys)
         self.device = DeviceRequests(self.store, self.keys, self.issuing)
+        self.outbox = Outbox(self.store, self.issuing)
+        self.renewals = Renewals(self.store, self.issuing)
         self.usage = Usage(self.store, self.device)
         self.sites = Sites(self.store)
         self.tokens = Tokens(self.store)

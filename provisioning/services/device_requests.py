@@ -20,7 +20,7 @@ import secrets
 from dataclasses import dataclass
 
 from agent.wire import device_msg, signed_time
-from agent.wire.device_key import check_key_proof
+from agent.wire.device_key import check_key_proof, key_id
 from agent.wire.errors import WireError
 from agent.wire.license_key import license_id
 from agent.wire.machine_file import Binding
@@ -86,6 +86,27 @@ class Verified:
         )
 
 
+def open_for(act: Activation, data: bytes, msg_type: str) -> device_msg.DeviceMessage:
+    """A device message verified against ``act``'s recorded device key, naming ``act``'s
+    device and activation (for a caller that holds the activation already: ``push``
+    knows those it renewed)."""
+    key = act.device_key
+    kid = None if key is None else key_id(key)
+    try:
+        msg = device_msg.open_message(data, lambda k: key if k == kid else None, msg_type)
+    except WireError as e:
+        raise DeviceUnauthenticated(f"device request refused ({e})") from None
+    _names(msg, act)
+    return msg
+
+
+def _names(m: device_msg.DeviceMessage, act: Activation) -> None:
+    if m.fingerprint != act.fingerprint:
+        raise FingerprintMismatch("the request names another device than its key's")
+    if m.activation_id not in ("", act.id):
+        raise FingerprintMismatch("the request names another activation than its key's")
+
+
 def _key(m: device_msg.DeviceMessage) -> bytes | None:
     value = m.fields.get("device_key")
     return value if isinstance(value, bytes) else None
@@ -130,25 +151,16 @@ class DeviceRequests:
         except WireError as e:
             raise InvalidRequest(f"not a signed device request ({e})") from None
         with self.store.read() as tx:
-            act = tx.find_by_device_key(kid) if live else tx.find_by_device_key_any(kid)
+            act = tx.find_by_device_key(kid)  # the live one, by its unique index
+            if act is None and not live:
+                act = tx.find_by_device_key_any(kid)
             if act is not None:
-                key = act.device_key
-                try:
-                    msg = device_msg.open_message(
-                        data, lambda k: key if k == kid else None, msg_type
-                    )
-                except WireError as e:
-                    raise DeviceUnauthenticated(f"device request refused ({e})") from None
+                msg = open_for(act, data, msg_type)
                 lic = tx.get_license(act.license_id)
                 assert lic is not None
-                verified = Verified(msg, act, lic, registering=False)
-            else:
-                verified = self._registration(tx, data, msg_type)
-        m = verified.message
-        if m.fingerprint != verified.activation.fingerprint:
-            raise FingerprintMismatch("the request names another device than its key's")
-        if m.activation_id not in ("", verified.activation.id):
-            raise FingerprintMismatch("the request names another activation than its key's")
+                return Verified(msg, act, lic, registering=False)
+            verified = self._registration(tx, data, msg_type)
+        _names(verified.message, verified.activation)
         return verified
 
     def _registration(self, tx: Tx, data: bytes, msg_type: str) -> Verified:
@@ -302,7 +314,9 @@ class DeviceRequests:
         verified = self.verify(data, "deactivate")
         with self.store.write() as tx:
             self._spend(tx, verified.message["challenge"], now, True)
-        return self.issuing.deactivate(now, actor, activation_id=verified.activation.id)
+        return self.issuing.deactivate(
+            now, actor, activation_id=verified.activation.id, tell_device=False
+        )
 
     def refuse_legacy(self, license_key: str, fingerprint: str) -> None:
         """A request in the form of agents up to 0.1.0 (the license key in the body) is

@@ -10,7 +10,7 @@ that the database's writer lock is held only for the writes. Refusals are
 """
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 from agent.wire import license_key as lk
@@ -190,7 +190,9 @@ class Issuing:
         self.store = store
         self.keys = keys
 
-    def _issuer(self, tx: Tx, lic: License) -> _Issuer:
+    def issuer(self, tx: Tx, lic: License) -> _Issuer:
+        """What every file of ``lic`` shares, read once in ``tx`` (for the bridge's and
+        the outbox's batches, too)."""
         plan = tx.get_plan(lic.plan)
         if plan is None:  # pragma: no cover - a foreign key makes this impossible
             raise PlanNotFound(f"license {lic.id} names a missing plan")
@@ -251,14 +253,14 @@ class Issuing:
                     last_seen_at=now,
                     last_channel=contact.channel,
                 )
-                issued = self._issuer(tx, lic).issue(
+                issued = self.issuer(tx, lic).issue(
                     tx, act, None, now, new=True, binding=contact.binding
                 )
                 if contact.binding is not None and contact.binding.counter is not None:
                     tx.set_tpm_bound(act.id)
             else:
-                act = self._take_contact(tx, existing, contact, now)
-                issued = self._issuer(tx, lic).issue(
+                act = self.take_contact(tx, existing, contact, now)
+                issued = self.issuer(tx, lic).issue(
                     tx, act, None, now, new=False, binding=contact.binding
                 )
             action = "activate" if issued.created else "reactivate"
@@ -267,7 +269,7 @@ class Issuing:
         return issued.seal()
 
     @staticmethod
-    def _take_contact(tx: Tx, act: Activation, contact: "Contact", now: int) -> Activation:
+    def take_contact(tx: Tx, act: Activation, contact: "Contact", now: int) -> Activation:
         """Record what a request said of the device on its live activation."""
         if contact.binding is not None and contact.binding.counter is not None:
             tx.set_tpm_bound(act.id)  # its state is bound to a TPM counter
@@ -352,9 +354,9 @@ class Issuing:
             tx.lock_license(lic.id)
             binding = None
             if contact is not None:
-                act = self._take_contact(tx, act, contact, now)
+                act = self.take_contact(tx, act, contact, now)
                 binding = contact.binding
-            issued = self._issuer(tx, lic).issue(tx, act, ttl_s, now, new=False, binding=binding)
+            issued = self.issuer(tx, lic).issue(tx, act, ttl_s, now, new=False, binding=binding)
             serial = f"serial={issued.claims.serial}"
             tx.append_audit(event(now, actor, "renew", lic.id, act.id, serial))
         return issued.seal()
@@ -362,11 +364,18 @@ class Issuing:
     def renew_all(self, license_id: str, ttl_s: int | None, now: int, actor: Actor) -> list[Issued]:
         """Bulk issuance: a fresh file for every live activation of a license, in one
         transaction (field bundles, fleet refresh)."""
+        return list(self.renew_all_lazily(license_id, ttl_s, now, actor))
+
+    def renew_all_lazily(
+        self, license_id: str, ttl_s: int | None, now: int, actor: Actor
+    ) -> Iterator[Issued]:
+        """``renew_all`` whose files are sealed as they are taken (``push`` publishes
+        each at once): everything is recorded, in one transaction, before this returns."""
         with self.store.write() as tx:
             lic = find_license(tx, license_id)
             check_usable(lic, now)
             tx.lock_license(lic.id)
-            issuer = self._issuer(tx, lic)
+            issuer = self.issuer(tx, lic)
             issued = [
                 issuer.prepare(act, ttl_s, now, new=False)
                 for act in tx.list_activations(lic.id)
@@ -376,7 +385,7 @@ class Issuing:
                 [(i.activation.id, i.claims.serial, now, i.claims.expires_at) for i in issued]
             )
             tx.append_audit(event(now, actor, "renew_all", lic.id, detail=f"files={len(issued)}"))
-        return [i.seal() for i in issued]
+        return (i.seal() for i in issued)
 
     def deactivate(
         self,
@@ -387,11 +396,17 @@ class Issuing:
         license_key: str | None = None,
         fingerprint: str | None = None,
         reason: str | None = None,
+        tell_device: bool = True,
     ) -> Activation:
+        """Free a seat. The operator's deactivation (by activation id) is also recorded
+        in the outbox, in the same transaction, for the device to be told by a signed
+        revocation (reason ``deactivated``); a device's own request (with its license
+        key, or signed: ``tell_device=False``) already has its answer."""
         if reason is not None and (not reason.isprintable() or len(reason) > 200):
             raise InvalidRequest("a reason is one printable line of at most 200 characters")
         with self.store.write() as tx:
             if license_key is not None:
+                tell_device = False
                 # A device may give its seat back even when its license is suspended.
                 lic = license_of_key(tx, license_key)
                 if fingerprint is None or not lk.is_fingerprint(fingerprint):
@@ -405,6 +420,8 @@ class Issuing:
                 _, act = self._live_activation(tx, activation_id, None, None, now)
             tx.lock_license(act.license_id)
             tx.deactivate(act.id, now)
+            if tell_device:
+                tx.outbox_activation(act.id, act.license_id, "deactivate", now)
             tx.append_audit(event(now, actor, "deactivate", act.license_id, act.id, reason))
             return replace(act, deactivated_at=now)
 
@@ -447,6 +464,9 @@ class Issuing:
             if status not in revocation.REASONS:
                 return None
             signing = self.keys.signing_key(tx)
+        # Never dated at or before the last file HQ issued it: the device would take it
+        # for one HQ has lifted since.
+        issued_at = max(now, act.last_issued_at + 1)
         return revocation.sign_revocation(
-            signing, revocation.Revocation(activation_id, now, status)
+            signing, revocation.Revocation(activation_id, issued_at, status)
         )

@@ -167,13 +167,23 @@ class Licenses:
         with self.store.read() as tx:
             return tx.list_licenses()
 
+    def license(self, license_id: str) -> License:
+        """One license by id, without its activations (the MQTT bridge, per request)."""
+        with self.store.read() as tx:
+            lic = tx.get_license(license_id)
+        if lic is None:
+            raise LicenseNotFound(f"no license {license_id}")
+        return lic
+
     def get_license(self, id_or_key: str) -> tuple[License, list[Activation]]:
         with self.store.read() as tx:
             lic = find_license(tx, id_or_key)
             return lic, tx.list_activations(lic.id)
 
     def set_status(self, id_or_key: str, action: str, now: int, actor: Actor) -> License:
-        """``action`` is suspend, reinstate or revoke."""
+        """``action`` is suspend, reinstate or revoke. The same transaction records, in
+        the outbox, that every live device of the license must be told (a signed
+        revocation, or a fresh file that lifts one: services/outbox.py)."""
         with self.store.write() as tx:
             lic = find_license(tx, id_or_key)
             tx.lock_license(lic.id)
@@ -181,5 +191,6 @@ class Licenses:
                 raise LicenseRevoked(f"license {lic.id} is revoked; a revocation is final")
             new = STATUS_OF_ACTION[action]
             tx.set_license_status(lic.id, new, now)
-            tx.append_audit(event(now, actor, action, lic.id))
+            told = tx.outbox_license(lic.id, action, now)
+            tx.append_audit(event(now, actor, action, lic.id, detail=f"devices_told={told}"))
             return replace(lic, status=new, updated_at=now)

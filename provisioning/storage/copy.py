@@ -36,6 +36,8 @@ TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("plan_counters", ("plan", "counter")),
     ("plan_meters", ("plan", "feature")),
     ("meter_periods", ("activation_id", "feature", "period_start")),
+    ("bridge_answers", ("activation_id",)),
+    ("device_outbox", ("activation_id",)),
 )
 # Kept by the database itself (triggers on activations): loaded as 0, counted again
 # (by the triggers as rows arrive, or at the end: Tx.after_load), then verified like

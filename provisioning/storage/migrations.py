@@ -47,6 +47,12 @@ VERSIONS: tuple[Version, ...] = (
         "returns with their receipts, whether a device is bound to a TPM; plans' usage "
         "counters, metered entitlements and a limit on returns; each meter's periods",
     ),
+    Version(
+        7,
+        "the MQTT bridge's last answer per activation (the rate limit every replica shares, "
+        "and the file to publish again); the outbox of what each device must be told after "
+        "a suspension, revocation, reinstatement or deactivation",
+    ),
 )
 SCHEMA_VERSION = VERSIONS[-1].number
 

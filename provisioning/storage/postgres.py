@@ -237,6 +237,40 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 PRIMARY KEY (activation_id, feature, period_start))""",
         ],
     ),
+    (
+        7,
+        [
+            # storage/sqlite.py's version 7, with byte-ordered text keys
+            f"""CREATE TABLE bridge_answers (
+                activation_id {_T} PRIMARY KEY REFERENCES activations(id),
+                answered_at BIGINT NOT NULL,
+                serial BIGINT NOT NULL,
+                machine_file TEXT NOT NULL)""",
+            f"""CREATE TABLE device_outbox (
+                activation_id {_T} PRIMARY KEY REFERENCES activations(id),
+                license_id {_T} NOT NULL,
+                action {_T} NOT NULL
+                    CHECK (action IN ('suspend', 'revoke', 'reinstate', 'deactivate')),
+                created_at BIGINT NOT NULL,
+                next_at BIGINT NOT NULL,
+                attempts BIGINT NOT NULL DEFAULT 0,
+                sent_at BIGINT,
+                reason TEXT,
+                serial BIGINT,
+                payload TEXT,
+                confirmed_at BIGINT)""",
+            """CREATE INDEX device_outbox_due ON device_outbox (next_at)
+                WHERE confirmed_at IS NULL""",
+            "CREATE INDEX activations_by_any_device_key ON activations (device_key_id)",
+            """INSERT INTO device_outbox (activation_id, license_id, action, created_at,
+                    next_at, attempts)
+                SELECT a.id, a.license_id,
+                    CASE WHEN l.status = 'revoked' THEN 'revoke' ELSE 'suspend' END,
+                    l.updated_at, l.updated_at, 0
+                FROM activations a JOIN licenses l ON l.id = a.license_id
+                WHERE a.deactivated_at IS NULL AND l.status IN ('suspended', 'revoked')""",
+        ],
+    ),
 ]
 
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")

@@ -202,6 +202,49 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         ],
     ),
     (6, USAGE_AND_RETURNS),
+    (
+        7,
+        [
+            # What the MQTT bridges last answered each device: the rate limit's
+            # check-and-set (one UPDATE guarded by the interval, whichever replica runs
+            # it) and the sealed file, base64, to publish again within the interval.
+            # Portable DDL: PostgreSQL runs these as written.
+            """CREATE TABLE bridge_answers (
+                activation_id TEXT PRIMARY KEY REFERENCES activations(id),
+                answered_at BIGINT NOT NULL,
+                serial BIGINT NOT NULL,
+                machine_file TEXT NOT NULL)""",
+            # The outbox: what each device must be told after HQ changed its standing,
+            # written in the transaction of the change, kept until the device's status
+            # confirms it (docs/mqtt.md). One row per activation: the newest change wins.
+            """CREATE TABLE device_outbox (
+                activation_id TEXT PRIMARY KEY REFERENCES activations(id),
+                license_id TEXT NOT NULL,
+                action TEXT NOT NULL
+                    CHECK (action IN ('suspend', 'revoke', 'reinstate', 'deactivate')),
+                created_at BIGINT NOT NULL,
+                next_at BIGINT NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                sent_at BIGINT,
+                reason TEXT,
+                serial BIGINT,
+                payload TEXT,
+                confirmed_at BIGINT)""",
+            """CREATE INDEX device_outbox_due ON device_outbox (next_at)
+                WHERE confirmed_at IS NULL""",
+            # A deactivated device is still heard (its status confirms what it was told):
+            # its key found without a scan of every activation.
+            "CREATE INDEX activations_by_any_device_key ON activations (device_key_id)",
+            # Devices of licenses suspended or revoked before this version are told too.
+            """INSERT INTO device_outbox (activation_id, license_id, action, created_at,
+                    next_at, attempts)
+                SELECT a.id, a.license_id,
+                    CASE WHEN l.status = 'revoked' THEN 'revoke' ELSE 'suspend' END,
+                    l.updated_at, l.updated_at, 0
+                FROM activations a JOIN licenses l ON l.id = a.license_id
+                WHERE a.deactivated_at IS NULL AND l.status IN ('suspended', 'revoked')""",
+        ],
+    ),
 ]
 
 

@@ -27,6 +27,7 @@ from ..models import (
     Plan,
     TokenInfo,
 )
+from .outbox_ops import OutboxOps
 from .usage_ops import UsageOps
 
 
@@ -82,7 +83,7 @@ def _b64(data: bytes | None) -> str | None:
     return None if data is None else base64.b64encode(data).decode("ascii")
 
 
-class Tx(UsageOps):
+class Tx(UsageOps, OutboxOps):
     """The operations, inside one transaction. Obtain one from ``Store.read/write``."""
 
     def __init__(self, conn: Connection) -> None:

@@ -1,11 +1,15 @@
 """Fixtures for the MQTT tests: a real mosquitto on 127.0.0.1 and a free port, the
-daemon as a real ``fieldpass run`` process, and a small HQ-side MQTT client.
+daemon as a real ``fieldpass run`` process, a small MQTT client, and ``fleet``: a real
+HQ home with devices enrolled, the broker locked down by ``broker-config`` (passwords,
+ACL, client ids bound to user names) and real ``fieldpass-hq bridge`` replicas.
 
 The broker's config file lives in the test's tmp directory (persistence on, so a
 restart keeps the sessions and retained messages); it is stopped at the end.
 """
 
+import csv
 import getpass
+import json
 import os
 import shutil
 import signal
@@ -21,7 +25,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.daemon import topics
-from tests.conftest import FIELDPASS, HQ, DeviceRoot, clean_env
+from provisioning.models import OutboxEntry
+from tests.conftest import FIELDPASS, FIELDPASS_HQ, HQ, DeviceRoot, clean_env
 from tests.engines import Engine
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -226,5 +231,124 @@ def daemons() -> Iterator[Callable[[DeviceRoot], Daemon]]:
             d.stop(signal.SIGKILL)
 
 
+def connect_all(daemons: Callable[[DeviceRoot], Daemon], devices: list[DeviceRoot]) -> list[Daemon]:
+    """A real daemon for each device, each connected to its broker."""
+    running = []
+    for device in devices:
+        d = daemons(device)
+        d.start()
+        d.wait_log("state CONNECTING -> CONNECTED")
+        running.append(d)
+    return running
+
+
 def env_without_systemd() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+
+
+class Fleet:
+    def __init__(self, hq: HQ, broker: Broker, tmp: Path) -> None:
+        self.hq, self.broker, self.tmp = hq, broker, tmp
+        self.key = hq.setup(seats=20)
+        self.license_id = ""
+        self.activations: dict[str, str] = {}
+        self.bridge: subprocess.Popen[bytes] | None = None
+        self.bridges: list[subprocess.Popen[bytes]] = []
+
+    def enroll(self, device: DeviceRoot, faketime: str | None = None) -> None:
+        self.hq.image(device)
+        out = self.tmp / f"{device.path.name}.machine"
+        doc = self.hq.json(
+            "activate", self.key, "--fingerprint", device.fingerprint, "-o", str(out),
+            faketime=faketime,
+        )  # fmt: skip
+        self.license_id = str(doc["license_id"])
+        self.activations[device.path.name] = str(doc["activation_id"])
+        key_file = self.tmp / "key.txt"
+        key_file.write_text(self.key + "\n")
+        result = device.run("install", str(out), "--license-key-file", str(key_file))
+        assert result.returncode == 0, result.stderr
+
+    def lock_down(self, devices: list[DeviceRoot], bridges: int = 2) -> dict[str, str]:
+        """broker-config, the broker restarted on its files and settings (client ids
+        bound to user names), each device given its password; returns device id ->
+        password. The test's own observer (OBSERVER) may read and write every topic."""
+        out = self.tmp / "broker-config"
+        self.hq.run("broker-config", "-o", str(out), "--bridges", str(bridges))
+        add_user(out, OBSERVER, OBSERVER_PASSWORD, "topic readwrite fieldpass/v1/#")
+        self.broker.configure((out / "mosquitto.conf").read_text())
+        self.broker.restart()
+        with open(out / "credentials.csv") as f:
+            rows = {r["device_id"]: r["password"] for r in csv.DictReader(f)}
+        for device in devices:
+            password = rows[device_topic(device, "x").split("/")[3]]
+            (device.path / "etc/fieldpass/mqtt.password").write_text(password + "\n")
+            device.write_config(
+                mqtt_config(self.broker, 'password_file = "/etc/fieldpass/mqtt.password"')
+            )
+        return rows
+
+    def start_bridge(self, replica: int = 1, min_interval: str = "0s") -> subprocess.Popen[bytes]:
+        log_path = self.tmp / f"bridge-{replica}.log"
+        log = open(log_path, "ab")  # noqa: SIM115 - the process owns it
+        offset = log_path.stat().st_size
+        proc = subprocess.Popen(
+            [FIELDPASS_HQ, "--home", str(self.hq.home), "bridge", "--broker", self.broker.url,
+             "--min-interval", min_interval, "--replica", str(replica)],
+            stdout=log, stderr=log, env=clean_env(),
+        )  # fmt: skip
+        wait_for(lambda: b"bridge connected" in log_path.read_bytes()[offset:])
+        self.bridges.append(proc)
+        self.bridge = proc
+        return proc
+
+    def bridge_log(self, replica: int = 1) -> str:
+        return (self.tmp / f"bridge-{replica}.log").read_text(errors="replace")
+
+    def stop_bridges(self) -> None:
+        for proc in self.bridges:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(15) == 0
+        self.bridges = []
+
+    def observer(self) -> Client:
+        return Client(self.broker, OBSERVER, OBSERVER_PASSWORD)
+
+    def hq_password(self, user: str = "fieldpass-hq-push") -> str:
+        from provisioning.mqtt import credentials
+
+        return credentials.password(credentials.secret(self.hq.home), user)
+
+    def audit(self) -> list[dict[str, object]]:
+        return json.loads(self.hq.run("audit", "--json", "--limit", "100000").stdout)  # type: ignore[no-any-return]
+
+    def outbox(self) -> list[OutboxEntry]:
+        """What HQ still has to tell devices (read from HQ's database)."""
+        from provisioning.services import HQ as Service
+
+        service = Service(self.hq.home)
+        try:
+            return service.outbox.pending()
+        finally:
+            service.store.close()
+
+
+OBSERVER, OBSERVER_PASSWORD = "test-observer", "observer-password"
+
+
+def add_user(out: Path, user: str, password: str, *acl: str) -> None:
+    """A broker user of the test's own, added to broker-config's files."""
+    subprocess.run(["mosquitto_passwd", "-b", str(out / "passwd"), user, password], check=True)
+    with open(out / "acl", "a") as f:
+        f.write(f"\nuser {user}\n" + "".join(line + "\n" for line in acl))
+
+
+@pytest.fixture
+def fleet(hq: HQ, broker: Broker, tmp_path: Path) -> Iterator[Fleet]:
+    f = Fleet(hq, broker, tmp_path)
+    yield f
+    for proc in f.bridges:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(15)

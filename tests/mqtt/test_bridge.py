@@ -1,16 +1,28 @@
-"""The bridge's decisions in process (HQ's service on a temporary home; no broker)."""
+"""The bridge's decisions and the outbox in process (HQ's service on a temporary home;
+no broker): rate limits shared through the database, what each change of standing
+tells each device, what confirms it, and hostile payloads. The same behaviour through
+a real mosquitto and the real processes: test_hq_bridge.py, test_hostile.py,
+test_replicas.py."""
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from agent.daemon import messages, topics
+from agent.wire.keys import Keyring
+from agent.wire.machine_file import open_machine_file
+from agent.wire.revocation import verify_revocation
 from provisioning.models import Actor, Plan
 from provisioning.mqtt import brokerconf, credentials
 from provisioning.mqtt.bridge import Bridge
 from provisioning.services import HQ
-from tests.engines import Engine
+from provisioning.services.outbox import Held
+from tests.engines import Engine, connect
+from tests.mqtt.simdevices import SimDevice, enroll
 
 ACTOR = Actor("test", "local")
 FP = "ab" * 32
@@ -21,7 +33,7 @@ def service(tmp_path: Path, hq_engine: Engine) -> Iterator[HQ]:
     hq_engine.configure(tmp_path / "home")
     hq = HQ(tmp_path / "home")
     hq.generate_key(1000, ACTOR)
-    hq.create_plan(Plan("industrial", "robot-os", 365 * 86400, 86400, 5, None, 1000), ACTOR)
+    hq.create_plan(Plan("industrial", "robot-os", 365 * 86400, 86400, 1000, None, 1000), ACTOR)
     yield hq
     hq.store.close()
 
@@ -30,38 +42,253 @@ def _request(serial: int, due: bool) -> bytes:
     return messages.renew_request(serial, 0, due)
 
 
-def test_bridge_answers_due_requests_and_revokes(service: HQ) -> None:
+def _topic(dev: str, kind: str) -> str:
+    return topics.topic(topics.DEFAULT_PREFIX, dev, kind)
+
+
+def _kinds(out: list[tuple[str, bytes, bool]]) -> list[str]:
+    return [t.rsplit("/", 1)[1] for t, _, _ in out]
+
+
+def _renews(hq: HQ) -> int:
+    return sum(1 for e in hq.audit(100000) if e.action == "renew")
+
+
+def test_bridge_answers_due_requests_within_the_rate_limit(service: HQ) -> None:
     lic = service.create_license("industrial", [], None, 1000, ACTOR)
-    act = service.activate(lic.license_key, FP, 1000, ACTOR).activation
+    service.activate(lic.license_key, FP, 1000, ACTOR)
     clock = [2000]
     bridge = Bridge(service, min_interval_s=60, clock=lambda: clock[0])
-    dev = topics.device_id(FP)
-    request_topic = topics.topic(topics.DEFAULT_PREFIX, dev, topics.RENEW_REQUEST)
+    request_topic = _topic(topics.device_id(FP), topics.RENEW_REQUEST)
     assert bridge.handle(request_topic, _request(1, False)) == []  # not due: nothing
     out = bridge.handle(request_topic, _request(1, True))
-    assert [(t.rsplit("/", 1)[1], r) for t, _, r in out] == [
+    assert [(k, r) for k, (_, _, r) in zip(_kinds(out), out, strict=True)] == [
         ("machine-file", True),
         ("revocation", True),
     ]
     assert out[1][1] == b""  # a stale revocation cleared
-    assert bridge.handle(request_topic, _request(2, True)) == []  # rate limited
+    first = out[0][1]
+    # Whatever the request says (serial 0, not due...), one new file per interval: the
+    # same file again for a device that says it lacks it, nothing for one that has it.
+    for _ in range(50):
+        again = bridge.handle(request_topic, _request(0, False))
+        assert again[0][1] == first
+    assert bridge.handle(request_topic, _request(2, True)) == []
     assert bridge.counts["rate_limited"] == 1
-    service.set_status(lic.id, "suspend", 2100, ACTOR)
-    clock[0] = 2200
-    out = bridge.handle(request_topic, _request(2, False))
-    assert len(out) == 1 and out[0][0].endswith("/revocation") and out[0][1]
-    actions = [e.action for e in service.audit(20)]
-    assert "renew" in actions and "mqtt_revocation" in actions
-    assert act.id
+    assert _renews(service) == 1
+    clock[0] += 60
+    assert bridge.handle(request_topic, _request(2, True))[0][1] != first
+    assert _renews(service) == 2
 
 
-def test_bridge_counts_what_it_cannot_use(service: HQ) -> None:
-    bridge = Bridge(service)
-    stranger = topics.topic(topics.DEFAULT_PREFIX, topics.device_id("cd" * 32), "renew-request")
-    assert bridge.handle(stranger, _request(1, True)) == []
-    assert bridge.handle(stranger, b"\xff not json") == []
-    assert bridge.handle("elsewhere/topic", b"{}") == []
-    assert bridge.counts == {"unknown_device": 1, "malformed_request": 1, "unexpected_topic": 1}
+def test_two_bridges_on_one_database_issue_one_file_per_interval(
+    service: HQ, tmp_path: Path
+) -> None:
+    """Two replicas are two processes with their own store on one database: the check
+    and set of the rate limit is the database's, not a process's."""
+    lic = service.create_license("industrial", [], None, 1000, ACTOR)
+    (device,) = enroll(service, lic.license_key, 1, now=1000)
+    other = HQ(tmp_path / "home")  # a second store: its own connections and writer lock
+    bridges = [Bridge(hq, min_interval_s=60, clock=lambda: 5000) for hq in (service, other)]
+    files: set[bytes] = set()
+    for i in range(2000):
+        out = bridges[i % 2].handle(device.topic(topics.RENEW_REQUEST), device.renew(serial=0))
+        files.update(data for t, data, _ in out if t.endswith("machine-file"))
+    other.store.close()
+    assert len(files) == 1
+    assert _renews(service) == 1
+    assert service.get_activation(device.activation_id).serial == 2
+
+
+def _keyring(hq: HQ) -> Keyring:
+    return hq.keyring()  # type: ignore[no-any-return]
+
+
+def test_a_suspension_is_told_until_the_device_confirms_it(service: HQ) -> None:
+    lic = service.create_license("industrial", [], None, 1000, ACTOR)
+    devices = enroll(service, lic.license_key, 3, now=1000)
+    clock = [2000]
+    bridge = Bridge(service, clock=lambda: clock[0])
+    service.set_status(lic.id, "suspend", 2000, ACTOR)  # the outbox, in the same transaction
+    out = bridge.deliver_due()
+    assert sorted(_kinds(out)) == ["revocation"] * 3
+    by_topic = {t: data for t, data, _ in out}
+    for d in devices:
+        rev = verify_revocation(
+            by_topic[d.topic(topics.REVOCATION)], _keyring(service), d.activation_id
+        )
+        assert (rev.reason, rev.issued_at) == ("suspended", 2000)  # dated at the change
+    assert bridge.deliver_due() == []  # not due again before RETRY_S
+    clock[0] += 31
+    assert len(bridge.deliver_due()) == 3  # no confirmation: published again
+    # Two devices confirm with their status; the third only asks (RESEND_GAP_S after the
+    # last send): it is connected, its entry is due now.
+    for d in devices[:2]:
+        status = d.status(d.serial, "suspended", 2000)
+        assert bridge.handle(d.topic(topics.STATUS), status) == []
+    clock[0] += 11
+    assert bridge.handle(devices[2].topic(topics.RENEW_REQUEST), devices[2].renew()) == []
+    again = bridge.deliver_due()
+    assert [t for t, _, _ in again] == [devices[2].topic(topics.REVOCATION)]
+    assert [e.activation_id for e in service.outbox.pending()] == [devices[2].activation_id]
+
+    # Reinstated in the same second as the suspension: the file waits one second (a
+    # file lifts a revocation only if HQ issued it strictly later).
+    service.set_status(lic.id, "suspend", 3000, ACTOR)
+    service.set_status(lic.id, "reinstate", 3000, ACTOR)
+    clock[0] = 3000
+    assert bridge.deliver_due() == []
+    clock[0] = 3001
+    out = bridge.deliver_due()
+    assert sorted(_kinds(out)) == ["machine-file"] * 3 + ["revocation"] * 3
+    d = devices[0]
+    machine_file = {t: data for t, data, _ in out}[d.topic(topics.MACHINE_FILE)]
+    claims = open_machine_file(machine_file, _keyring(service), lic.license_key, d.fingerprint)
+    assert (claims.issued_at, claims.serial) == (3001, 2)
+    # A status that still holds the suspension with the new serial: a newer file is made.
+    bridge.handle(d.topic(topics.STATUS), d.status(2, "suspended", 3001))
+    clock[0] = 3002
+    newer = {t: data for t, data, _ in bridge.deliver_due()}
+    claims = open_machine_file(
+        newer[d.topic(topics.MACHINE_FILE)], _keyring(service), lic.license_key, d.fingerprint
+    )
+    assert (claims.issued_at, claims.serial) == (3002, 3)
+    bridge.handle(d.topic(topics.STATUS), d.status(3))
+    entry = service.outbox.get(d.activation_id)
+    assert entry is not None and entry.confirmed_at == 3002
+
+
+def test_a_large_fleet_is_told_batch_after_batch(service: HQ) -> None:
+    from provisioning.mqtt.bridge import OUTBOX_BATCH
+
+    lic = service.create_license("industrial", [], None, 1000, ACTOR)
+    enroll(service, lic.license_key, OUTBOX_BATCH + 20, now=1000)
+    bridge = Bridge(service, clock=lambda: 2000)
+    service.set_status(lic.id, "revoke", 2000, ACTOR)
+    first = bridge.deliver_due()
+    assert len(first) == OUTBOX_BATCH and bridge.more_due  # the loop takes the next at once
+    rest = bridge.deliver_due()
+    assert len(rest) == 20 and not bridge.more_due
+    assert len({t for t, _, _ in first + rest}) == OUTBOX_BATCH + 20
+
+
+def test_a_deactivation_is_told_and_agents_of_0_1_0_are_told_revoked(service: HQ) -> None:
+    lic = service.create_license("industrial", [], None, 1000, ACTOR)
+    (keyed,) = enroll(service, lic.license_key, 1, now=1000)
+    old = service.activate(lic.license_key, FP, 1000, ACTOR).activation  # claims format 1
+    bridge = Bridge(service, clock=lambda: 2000)
+    for act_id in (keyed.activation_id, old.id):
+        service.deactivate(2000, ACTOR, activation_id=act_id)
+    out = {t: data for t, data, _ in bridge.deliver_due()}
+    rev = verify_revocation(
+        out[keyed.topic(topics.REVOCATION)], _keyring(service), keyed.activation_id
+    )
+    assert rev.reason == "deactivated"
+    legacy = out[_topic(topics.device_id(FP), topics.REVOCATION)]
+    assert verify_revocation(legacy, _keyring(service), old.id).reason == "revoked"
+    # The deactivated device is still heard (its key is kept): its status confirms, and
+    # the retained deactivation is cleared (the same device activated again reads none).
+    done = bridge.handle(keyed.topic(topics.STATUS), keyed.status(1, "deactivated", 2000))
+    assert done == [(keyed.topic(topics.REVOCATION), b"", True)]
+    status = messages.status({"verdict": "revoked", "serial": 1, "revoked": True})
+    bridge.handle(_topic(topics.device_id(FP), topics.STATUS), status)
+    assert service.outbox.pending() == []
+    # A device's own deactivation has its answer already: nothing to tell.
+    again = service.activate(lic.license_key, FP, 2100, ACTOR).activation
+    service.deactivate(2100, ACTOR, license_key=lic.license_key, fingerprint=FP)
+    assert service.outbox.get(again.id) is None
+
+
+def test_an_old_suspension_is_told_after_the_upgrade(service: HQ, tmp_path: Path) -> None:
+    """Licenses suspended before the outbox existed (schema 6): their live devices get
+    an entry from the migration, on either engine."""
+    lic = service.create_license("industrial", [], None, 1000, ACTOR)
+    act = service.activate(lic.license_key, FP, 1000, ACTOR).activation
+    service.set_status(lic.id, "suspend", 1500, ACTOR)
+    service.store.close()
+    with connect(tmp_path / "home") as db:
+        for statement in (
+            "DROP TABLE device_outbox",
+            "DROP TABLE bridge_answers",
+            "DROP INDEX activations_by_any_device_key",
+            "DELETE FROM schema_version WHERE version = 7",
+        ):
+            db.execute(statement)
+        db.commit()
+    upgraded = HQ(tmp_path / "home")
+    (entry,) = upgraded.outbox.pending()
+    upgraded.store.close()
+    assert (entry.activation_id, entry.action, entry.created_at) == (act.id, "suspend", 1500)
+
+
+def test_confirmation_rules() -> None:
+    from provisioning.models import Activation, OutboxEntry
+    from provisioning.services.outbox import confirms
+
+    act = Activation("act_1", "lic", FP, 3, 0, 0, 0, None, claims_format=2)
+
+    def entry(action: str, serial: int | None = None) -> OutboxEntry:
+        return OutboxEntry("act_1", "lic", action, 100, 0, 1, 100, None, serial, b"x", None)
+
+    assert confirms(entry("suspend"), act, Held(3, "suspended", 100))
+    assert not confirms(entry("suspend"), act, Held(3, "suspended", 99))  # an older one
+    assert not confirms(entry("revoke"), act, Held(3, "suspended", 100))  # not the newest
+    assert confirms(entry("deactivate"), act, Held(3, "deactivated", 150))
+    assert confirms(entry("suspend"), act, Held(0, "revoked", None))  # 0.1.0 says revoked
+    assert confirms(entry("reinstate", 4), act, Held(4, "", 0))
+    assert not confirms(entry("reinstate", 4), act, Held(4, "suspended", 100))  # not lifted
+    assert not confirms(entry("reinstate", 4), act, Held(3, "", 0))
+
+
+@pytest.fixture
+def hostile_setup(service: HQ) -> tuple[HQ, Bridge, SimDevice]:
+    lic = service.create_license("industrial", [], None, 1000, ACTOR)
+    (device,) = enroll(service, lic.license_key, 1, now=1000)
+    service.activate(lic.license_key, FP, 1000, ACTOR)  # an agent of 0.1.0
+    return service, Bridge(service, min_interval_s=3600, clock=lambda: 5000), device
+
+
+def _json_bomb(depth: int) -> bytes:
+    """The 0.1.0 form nested ``depth`` deep, within its 1 KiB bound (json recurses once
+    per level: near 1,000 levels, RecursionError)."""
+    return b'{"v":1,"serial":' + b"[" * depth
+
+
+hostile = st.one_of(
+    st.binary(max_size=3000),
+    st.integers(1, 5000).map(lambda n: b"[" * n),
+    st.integers(1, 1008).map(_json_bomb),
+    st.just(_json_bomb(1008)),
+    st.integers(1, 5000).map(lambda n: b"\x81" * n),  # CBOR arrays in arrays
+    st.integers(1, 3000).map(lambda n: b"\xbf" * n),  # indefinite maps
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+        max_leaves=40,
+    ).map(lambda doc: json.dumps(doc).encode()),
+    st.fixed_dictionaries(  # the 0.1.0 form, with a field of the wrong type
+        {"v": st.just(1), "serial": st.integers(), "expires_at": st.integers()},
+        optional={"due": st.none() | st.integers() | st.text(max_size=3), "revoked": st.none()},
+    ).map(lambda doc: json.dumps(doc).encode()),
+)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(payload=hostile, kind=st.sampled_from(["renew-request", "status"]), legacy=st.booleans())
+def test_no_payload_stops_the_bridge_or_changes_what_hq_stores(
+    hostile_setup: tuple[HQ, Bridge, SimDevice], payload: bytes, kind: str, legacy: bool
+) -> None:
+    hq, bridge, device = hostile_setup
+    dev = topics.device_id(FP) if legacy else device.device_id
+    before = (_renews(hq), [hq.get_activation(a.id) for a in hq.list_activations()])
+    out = bridge.handle(_topic(dev, kind), payload)  # never raises
+    assert all(len(data) < 4096 for _, data, _ in out)
+    assert not any(t.endswith("machine-file") for t, _, _ in out)
+    assert (_renews(hq), [hq.get_activation(a.id) for a in hq.list_activations()]) == before
+    retained = bridge.handle(device.topic(topics.RENEW_REQUEST), device.renew(), retained=True)
+    assert retained == [] and bridge.counts["retained"] >= 1  # a poison message, unread
 
 
 def test_broker_config_files(service: HQ, tmp_path: Path) -> None:
@@ -71,13 +298,21 @@ def test_broker_config_files(service: HQ, tmp_path: Path) -> None:
     assert credentials.secret(service.home) == secret  # created once, then kept
     doc = brokerconf.write(tmp_path / "out", secret, service.list_activations(), "fieldpass/v1")
     assert doc["devices"] == 1
+    assert doc["hq_users"] == [
+        "fieldpass-hq-bridge-1",
+        "fieldpass-hq-bridge-2",
+        "fieldpass-hq-push",
+        "fieldpass-hq-field",
+    ]
     passwd = (tmp_path / "out/passwd").read_text()
     dev = topics.device_id(FP)
-    assert passwd.startswith("fieldpass-hq:$") and f"\n{dev}:$" in passwd  # hashed
+    assert passwd.startswith("fieldpass-hq-bridge-1:$") and f"\n{dev}:$" in passwd  # hashed
     assert credentials.password(secret, dev) not in passwd
     acl = (tmp_path / "out/acl").read_text()
     assert "pattern read fieldpass/v1/dev/%u/machine-file" in acl
     assert "pattern write fieldpass/v1/dev/%u/status" in acl
+    conf = (tmp_path / "out/mosquitto.conf").read_text()
+    assert "use_username_as_clientid true" in conf and "allow_anonymous false" in conf
     assert oct((tmp_path / "out/credentials.csv").stat().st_mode & 0o777) == "0o600"
 
 
@@ -90,12 +325,15 @@ def test_push_selection_narrows_by_each_option(service: HQ) -> None:
     a = service.activate(industrial.license_key, "a" * 64, 1000, ACTOR).activation
     b = service.activate(industrial.license_key, "b" * 64, 1000, ACTOR).activation
     c = service.activate(lab.license_key, "c" * 64, 1000, ACTOR).activation
-    service.deactivate(2000, ACTOR, activation_id=b.id)
+    d = service.activate(lab.license_key, "d" * 64, 1000, ACTOR).activation
+    service.deactivate(2000, ACTOR, activation_id=b.id)  # told: still selected
+    service.deactivate(2000, ACTOR, activation_id=d.id)
+    service.outbox.confirm(d, Held(1, "revoked", None), 2001)  # told and confirmed
 
     def ids(sel: Selection) -> set[str]:
         return {x.id for x in select(service, sel, 1000)}
 
-    assert ids(Selection(license_id=industrial.id)) == {a.id}  # b is deactivated
+    assert ids(Selection(license_id=industrial.id)) == {a.id, b.id}
     assert ids(Selection(plan="lab")) == {c.id}
     assert ids(Selection(devices=(a.id, "c" * 64))) == {a.id, c.id}
     assert ids(Selection(expiring_within_s=31 * 86400)) == {c.id}  # lab files: 30 days

@@ -112,7 +112,7 @@ def test_an_agent_of_0_1_0_renews_over_mqtt_through_the_bridge(
     make_device: Callable[..., DeviceRoot],
     tmp_path: Path,
 ) -> None:
-    from tests.mqtt.test_hq_bridge import Fleet
+    from tests.mqtt.conftest import Fleet
 
     fleet = Fleet(hq, broker, tmp_path)
     robot = make_device()
@@ -140,3 +140,46 @@ def test_an_agent_of_0_1_0_renews_over_mqtt_through_the_bridge(
         assert fleet.bridge is not None
         fleet.bridge.send_signal(signal.SIGTERM)
         fleet.bridge.wait(15)
+
+
+def test_an_agent_of_0_1_0_that_stays_connected_is_told_of_its_deactivation(
+    old_agent: Path,
+    hq: HQ,
+    broker: Broker,
+    make_device: Callable[..., DeviceRoot],
+    tmp_path: Path,
+) -> None:
+    """HQ's outbox tells a connected 0.1.0 daemon that its seat was freed, as a signed
+    revocation with the reason it reads ("revoked": it knows no "deactivated"), and its
+    JSON status confirms it."""
+    from tests.mqtt.conftest import Fleet
+
+    fleet = Fleet(hq, broker, tmp_path)
+    robot = make_device()
+    fleet.hq.image(robot)
+    out = tmp_path / "robot.machine"
+    act = fleet.hq.json("activate", fleet.key, "--fingerprint", robot.fingerprint, "-o", str(out))
+    key_file = tmp_path / "key.txt"
+    key_file.write_text(fleet.key + "\n")
+    installed = old(old_agent, robot, "install", str(out), "--license-key-file", str(key_file))
+    assert installed.returncode == 0
+    fleet.lock_down([robot])
+    fleet.start_bridge()
+    log_path = tmp_path / "old-daemon.log"
+    with open(log_path, "wb") as log:
+        daemon = subprocess.Popen(
+            [sys.executable, "-c", "from agent.main import main; main()", "--root",
+             str(robot.path), "run"],
+            stdout=log, stderr=log, cwd=str(old_agent),
+            env=clean_env(PYTHONPATH=str(old_agent), FIELDPASS_LOG_LEVEL="DEBUG"),
+        )  # fmt: skip
+    try:
+        wait_for(lambda: b"-> CONNECTED" in log_path.read_bytes(), 20, "the old daemon connected")
+        fleet.hq.run("deactivate", str(act["activation_id"]))
+        wait_for(lambda: b"signed revocation" in log_path.read_bytes(), 20, "the deactivation")
+        assert old(old_agent, robot, "check").returncode == 32
+        wait_for(lambda: fleet.outbox() == [], 20, "its status confirming it")
+        assert daemon.poll() is None
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(15)

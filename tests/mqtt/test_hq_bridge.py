@@ -1,89 +1,15 @@
 """HQ's side against a real mosquitto with the generated password and ACL files: the
 real ``fieldpass-hq bridge`` / ``push`` / ``broker-config`` and real ``fieldpass run``."""
 
-import csv
 import json
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import FIELDPASS_HQ, HQ, DeviceRoot, clean_env
-from tests.mqtt.conftest import Broker, Client, Daemon, device_topic, mqtt_config, wait_for
-
-
-class Fleet:
-    def __init__(self, hq: HQ, broker: Broker, tmp: Path) -> None:
-        self.hq, self.broker, self.tmp = hq, broker, tmp
-        self.key = hq.setup(seats=20)
-        self.license_id = ""
-        self.activations: dict[str, str] = {}
-        self.bridge: subprocess.Popen[bytes] | None = None
-
-    def enroll(self, device: DeviceRoot, faketime: str | None = None) -> None:
-        self.hq.image(device)
-        out = self.tmp / f"{device.path.name}.machine"
-        doc = self.hq.json(
-            "activate", self.key, "--fingerprint", device.fingerprint, "-o", str(out),
-            faketime=faketime,
-        )  # fmt: skip
-        self.license_id = str(doc["license_id"])
-        self.activations[device.path.name] = str(doc["activation_id"])
-        key_file = self.tmp / "key.txt"
-        key_file.write_text(self.key + "\n")
-        result = device.run("install", str(out), "--license-key-file", str(key_file))
-        assert result.returncode == 0, result.stderr
-
-    def lock_down(self, devices: list[DeviceRoot]) -> dict[str, str]:
-        """broker-config, the broker restarted on its files, each device given its
-        password; returns device id -> password."""
-        out = self.tmp / "broker-config"
-        self.hq.run("broker-config", "-o", str(out))
-        self.broker.configure(
-            f"allow_anonymous false\npassword_file {out}/passwd\nacl_file {out}/acl\n"
-        )
-        self.broker.restart()
-        with open(out / "credentials.csv") as f:
-            rows = {r["device_id"]: r["password"] for r in csv.DictReader(f)}
-        for device in devices:
-            password = rows[device_topic(device, "x").split("/")[3]]
-            (device.path / "etc/fieldpass/mqtt.password").write_text(password + "\n")
-            device.write_config(
-                mqtt_config(self.broker, 'password_file = "/etc/fieldpass/mqtt.password"')
-            )
-        return rows
-
-    def start_bridge(self) -> None:
-        log = open(self.tmp / "bridge.log", "ab")  # noqa: SIM115 - the process owns it
-        self.bridge = subprocess.Popen(
-            [FIELDPASS_HQ, "--home", str(self.hq.home), "bridge", "--broker", self.broker.url,
-             "--min-interval", "0s"],
-            stdout=log, stderr=log, env=clean_env(),
-        )  # fmt: skip
-        wait_for(lambda: b"bridge connected" in (self.tmp / "bridge.log").read_bytes())
-
-    def hq_client(self, rows: dict[str, str]) -> Client:
-        return Client(self.broker, "fieldpass-hq", self.hq_password())
-
-    def hq_password(self) -> str:
-        from provisioning.mqtt import credentials
-
-        return credentials.password(credentials.secret(self.hq.home), credentials.HQ_USER)
-
-    def audit(self) -> list[dict[str, object]]:
-        return json.loads(self.hq.run("audit", "--json").stdout)  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-def fleet(hq: HQ, broker: Broker, tmp_path: Path) -> Iterator[Fleet]:
-    f = Fleet(hq, broker, tmp_path)
-    yield f
-    if f.bridge is not None:
-        f.bridge.send_signal(signal.SIGTERM)
-        f.bridge.wait(15)
+from tests.conftest import FIELDPASS_HQ, DeviceRoot, clean_env
+from tests.mqtt.conftest import Client, Daemon, Fleet, connect_all, device_topic, wait_for
 
 
 def test_bridge_renews_then_revokes_acl_confines(
@@ -111,7 +37,7 @@ def test_bridge_renews_then_revokes_acl_confines(
     intruder.subscribe("#")
     forged = b'{"v":1,"serial":0,"expires_at":0,"due":true}'
     intruder.publish(device_topic(robot, "renew-request"), forged)
-    hq_side = fleet.hq_client(rows)
+    hq_side = fleet.observer()
     hq_side.subscribe(device_topic(robot, "#"))
     wait_for(lambda: hq_side.received("machine-file"), what="HQ's own view of the retained file")
     time.sleep(1)
@@ -141,12 +67,7 @@ def test_push_renews_a_license_and_counts_confirmations(
     for robot in robots:
         fleet.enroll(robot)
     fleet.lock_down(robots)
-    running = []
-    for robot in robots[:2]:
-        d = daemons(robot)
-        d.start()
-        d.wait_log("connected")
-        running.append(d)
+    running = connect_all(daemons, robots[:2])
     result = fleet.hq.run(
         "push", "--broker", fleet.broker.url, "--license", fleet.license_id, "--wait", "5s",
         "--json",
@@ -228,7 +149,8 @@ def test_bridge_says_connected_only_once_the_broker_accepted_it(
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
-    assert json.loads(out) == {"broker": fleet.broker.url, "stopped": True, "ignored": {}}
+    doc = json.loads(out)
+    assert doc == {"broker": fleet.broker.url, "stopped": True, "ignored": {}, "told": {}}
 
 
 def test_push_exits_1_when_a_device_failed(fleet: Fleet) -> None:
@@ -248,3 +170,164 @@ def test_push_exits_1_when_a_device_failed(fleet: Fleet) -> None:
     summary = json.loads(failed.stdout)
     assert summary["failed"] == 1 and summary["sent"] == 0
     assert "expired" in summary["failures"][0]
+
+
+def _verdict(device: DeviceRoot) -> dict[str, object]:
+    try:
+        return device.verdict()
+    except (OSError, ValueError):
+        return {}
+
+
+def _revoked(device: DeviceRoot, reason: str = "") -> Callable[[], bool]:
+    def check() -> bool:
+        doc = _verdict(device)
+        return doc.get("verdict") == "revoked" and reason in str(doc.get("reason", ""))
+
+    return check
+
+
+def test_a_connected_device_learns_a_revocation_and_an_offline_one_when_it_returns(
+    fleet: Fleet,
+    make_device: Callable[..., DeviceRoot],
+    daemons: Callable[[DeviceRoot], Daemon],
+) -> None:
+    """The daemon stays connected and asks nothing (its file is months from due): HQ's
+    outbox tells it, within seconds of ``licenses revoke``, and tells the device that
+    was offline then as soon as it is back."""
+    online, offline = make_device(), make_device()
+    for robot in (online, offline):
+        fleet.enroll(robot)
+    fleet.lock_down([online, offline])
+    fleet.start_bridge()
+    daemon = daemons(online)
+    daemon.start()
+    daemon.wait_log("state CONNECTING -> CONNECTED")
+    fleet.hq.run("licenses", "revoke", fleet.license_id, "--yes")
+    wait_for(_revoked(online, "revoked"), 10, "the revocation on the connected device")
+    assert online.check().returncode == 32
+    assert daemon.running()  # still the same connection: nothing asked, HQ told
+    away = fleet.activations[offline.path.name]
+    wait_for(lambda: [e.activation_id for e in fleet.outbox()] == [away], 10, "a confirmation")
+    late = daemons(offline)
+    late.start()
+    wait_for(_revoked(offline, "revoked"), 20, "the revocation after the device's return")
+    wait_for(lambda: fleet.outbox() == [], 10, "every device's confirmation")
+    assert daemon.stop() == 0 and late.stop() == 0
+    revocations = [e for e in fleet.audit() if e["action"] == "mqtt_revocation"]
+    assert len(revocations) == 2  # made once per device, however often it was published
+    assert offline.check().returncode == 32
+
+
+def test_suspend_reinstate_and_deactivate_reach_a_device_that_stays_connected(
+    fleet: Fleet,
+    make_device: Callable[..., DeviceRoot],
+    daemons: Callable[[DeviceRoot], Daemon],
+) -> None:
+    robot = make_device()
+    fleet.enroll(robot)
+    fleet.lock_down([robot])
+    fleet.start_bridge()
+    daemon = daemons(robot)
+    daemon.start()
+    daemon.wait_log("state CONNECTING -> CONNECTED")
+    fleet.hq.run("licenses", "suspend", fleet.license_id)
+    wait_for(_revoked(robot, "suspended"), 10, "the suspension")
+    fleet.hq.run("licenses", "reinstate", fleet.license_id)  # a newer file lifts it
+    wait_for(lambda: _verdict(robot).get("verdict") == "valid", 10, "the reinstatement")
+    assert _verdict(robot)["serial"] == 2 and robot.check().returncode == 0
+    wait_for(lambda: fleet.outbox() == [], 10, "the reinstatement confirmed")
+    fleet.hq.run("deactivate", fleet.activations[robot.path.name])
+    wait_for(_revoked(robot, "deactivated"), 10, "the deactivation")
+    assert robot.check().returncode == 32
+    wait_for(lambda: fleet.outbox() == [], 10, "the deactivation confirmed")
+    assert daemon.running() and daemon.stop() == 0
+    # confirmed: the retained deactivation is cleared, and the device keeps its verdict
+    observer = fleet.observer()
+    observer.subscribe(device_topic(robot, "revocation"))
+    time.sleep(1)
+    assert observer.received("revocation") in ([], [b""])
+    observer.close()
+    assert robot.check().returncode == 32
+
+
+def test_the_outbox_outlives_a_bridge_outage_and_a_broker_that_lost_everything(
+    fleet: Fleet,
+    make_device: Callable[..., DeviceRoot],
+    daemons: Callable[[DeviceRoot], Daemon],
+) -> None:
+    robot = make_device()
+    fleet.enroll(robot)
+    fleet.lock_down([robot])
+    daemon = daemons(robot)
+    daemon.start()
+    daemon.wait_log("state CONNECTING -> CONNECTED")
+    # No bridge runs when HQ suspends: the entry waits in the database.
+    fleet.hq.run("licenses", "suspend", fleet.license_id)
+    time.sleep(1)
+    assert _verdict(robot).get("verdict") == "valid"
+    fleet.start_bridge()
+    wait_for(_revoked(robot, "suspended"), 10, "the suspension once a bridge runs")
+    wait_for(lambda: fleet.outbox() == [], 10, "the suspension confirmed")
+    assert daemon.stop() == 0
+    # Reinstated while the device is away; then the broker goes down and comes back
+    # with nothing (its store lost, the retained file with it). The bridge publishes
+    # again what no status has confirmed, so the device finds a file when it returns.
+    fleet.hq.run("licenses", "reinstate", fleet.license_id)
+    wait_for(lambda: fleet.outbox()[0].sent_at is not None, 10, "the file published")
+    fleet.broker.stop()
+    for name in fleet.broker.home.glob("*.db"):
+        name.unlink()
+    fleet.broker.start()
+    wait_for(lambda: "connected to the broker again" in fleet.bridge_log(), 20, "the bridge back")
+    daemon.start()
+    wait_for(lambda: _verdict(robot).get("verdict") == "valid", 20, "the file after the outage")
+    wait_for(lambda: fleet.outbox() == [], 15, "the reinstatement confirmed")
+    assert daemon.stop() == 0
+
+
+def test_push_delivers_what_hq_must_tell_and_counts_it_so(
+    fleet: Fleet,
+    make_device: Callable[..., DeviceRoot],
+    daemons: Callable[[DeviceRoot], Daemon],
+) -> None:
+    robots = [make_device() for _ in range(3)]
+    for robot in robots:
+        fleet.enroll(robot)
+    fleet.lock_down(robots)
+    running = connect_all(daemons, robots[:2])
+    push = ["push", "--broker", fleet.broker.url, "--license", fleet.license_id, "--wait", "10s",
+            "--json"]  # fmt: skip
+
+    def pushed() -> dict[str, object]:
+        result = fleet.hq.run(*push, check=False)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+    fleet.hq.run("licenses", "suspend", fleet.license_id)  # no bridge: push tells
+    summary = pushed()
+    assert summary["failed"] == 0 and summary["sent"] == 0
+    assert summary["revocations_sent"] == 3 and summary["revocations_confirmed"] == 2
+    assert summary["pending"] == 1  # the third is offline
+    for robot in robots[:2]:
+        assert robot.check().returncode == 32
+    time.sleep(1.1)  # a file lifts a revocation only if issued in a later second
+    fleet.hq.run("licenses", "reinstate", fleet.license_id)
+    summary = pushed()
+    assert (summary["sent"], summary["confirmed"], summary["failed"]) == (3, 2, 0)
+    for robot in robots[:2]:
+        assert robot.check().returncode == 0
+    fleet.hq.run("deactivate", fleet.activations[robots[0].path.name])
+    summary = pushed()
+    assert summary["deactivations_sent"] == 1 and summary["deactivations_confirmed"] == 1
+    assert summary["sent"] == 2  # one renewal, and the reinstatement still to confirm
+    assert robots[0].check().returncode == 32
+    late = daemons(robots[2])  # offline all along: the reinstatement's file waits
+    late.start()
+    wait_for(lambda: _verdict(robots[2]).get("serial") == 3, 20, "the retained file")
+    summary = pushed()  # no bridge heard it: push tells again, with a newer file
+    assert (summary["selected"], summary["sent"], summary["confirmed"]) == (2, 2, 2)
+    assert fleet.outbox() == []
+    for d in [*running, late]:
+        assert d.stop() == 0
+    assert robots[2].check().returncode == 0
