@@ -160,3 +160,7 @@ def add_routes(app: FastAPI, hq: HQ) -> None:
     def healthz() -> dict[str, Any]:
         hq.list_plans()
         return {"status": "ok", "version": __version__}
+
+    from .status import add_routes as add_status_route  # imports this module
+
+    add_status_route(app, hq)
