@@ -293,12 +293,28 @@ def _report_install(c: Context, device: Device, claims: object, result: str, as_
 @cli.command()
 @click.argument("license_key", metavar="LICENSE_KEY")
 @server_options
+@click.option(
+    "--allow-http",
+    is_flag=True,
+    help="Send the license key over plain http:// to a host other than this machine "
+    "(it crosses the network in clear text: only on a network you trust).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_ctx
 def activate(
-    c: Context, license_key: str, server: str | None, timeout_s: int | None, as_json: bool
+    c: Context,
+    license_key: str,
+    server: str | None,
+    timeout_s: int | None,
+    allow_http: bool,
+    as_json: bool,
 ) -> None:
     """Activate this device online (takes one seat) and install its machine file.
+
+    The license key is sent this once, to HQ, and should go over TLS (https://):
+    plain http:// is refused unless HQ runs on this machine or --allow-http is given,
+    and warned about either way. Afterwards the device signs its requests with its own
+    key and never sends the license key again.
 
     \b
     Examples:
@@ -310,7 +326,22 @@ def activate(
     key = _read_key(license_key, None)
     assert key is not None
     device = c.device()
-    claims, result = sync.activate(device, online.hqs(c.cfg, server, timeout_s), key, _now())
+    servers = online.hqs(c.cfg, server, timeout_s)
+    for hq in servers:
+        if not hq.server.startswith("http://"):
+            continue
+        if not (online.is_loopback(hq.server) or allow_http):
+            raise CliError(
+                f"refusing to send the license key over plain http:// to {hq.server}: "
+                "use https:// (or --allow-http on a network you trust)",
+                exitcodes.EX_USAGE,
+            )
+        click.echo(
+            f"fieldpass: warning: activating over plain http:// ({hq.server}): the license "
+            "key crosses the network in clear text; use https:// for HQ",
+            err=True,
+        )
+    claims, result = sync.activate(device, servers, key, _now())
     _report_install(c, device, claims, result, as_json)
 
 

@@ -19,6 +19,7 @@ import json
 import os
 import ssl
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from . import __version__
@@ -131,6 +132,12 @@ def _json(raw: bytes, strict: bool = True) -> dict[str, object]:
             raise Unreachable("HQ's answer is not a JSON object")
         return {}
     return doc
+
+
+def is_loopback(url: str) -> bool:
+    """The URL names this machine (127.0.0.0/8, ::1, localhost)."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def new_nonce() -> str:
