@@ -352,9 +352,13 @@ class Device:
         identity = self.identity
         try:
             data = self.stored_machine_file()
-        except fsio.StorageError as e:
+        except fsio.NoAccess:
+            raise  # not a verdict on the file: the caller says who may read it (exit 71)
+        except fsio.StorageError as e:  # a FIFO, a device, too large: reason says which
             return Outcome(
-                Verdict(INVALID, f"Machine file unreadable: {e.strerror}"), identity, None
+                Verdict(INVALID, f"Machine file refused: {e.strerror}", reason=e.reason),
+                identity,
+                None,
             )
         key = self.stored_license_key()
         try:

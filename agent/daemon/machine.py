@@ -24,7 +24,7 @@ import queue
 import time
 from collections.abc import Callable
 
-from .. import __version__, fsio, hooks, report
+from .. import __version__, clock, fsio, hooks, report
 from ..config import Config, ConfigError
 from ..device import Device, InstallRefused
 from ..identity import IdentityError
@@ -109,7 +109,12 @@ class UnhandledEvent(Exception):
 
 
 def now() -> int:
-    return int(time.time())
+    return clock.now()
+
+
+def _why(e: Exception) -> str:
+    """An error as a log line says it: never "[Errno 13] ..."."""
+    return fsio.describe(e) if isinstance(e, OSError) else str(e)
 
 
 class Machine:
@@ -306,7 +311,7 @@ class Machine:
             self._count_bad("machine_file_" + e.reason)
             return
         except (ConfigError, IdentityError, OSError) as e:
-            log.warning("could not install a machine file: %s", e)
+            log.warning("could not install a machine file: %s", _why(e))
             return
         if result == "installed":
             log.info("installed machine file serial %d", claims.serial)
@@ -327,7 +332,7 @@ class Machine:
             self._count_bad("revocation_" + getattr(e, "reason", "refused"))
             return
         except (ConfigError, IdentityError, OSError) as e:
-            log.warning("could not record a revocation: %s", e)
+            log.warning("could not record a revocation: %s", _why(e))
             return
         if result == "recorded":
             log.warning("HQ's signed revocation for this device was recorded")
@@ -350,7 +355,7 @@ class Machine:
                 doc = report.document(outcome, t)
                 problems = report.write_files(self.cfg, doc)
         except (ConfigError, IdentityError, OSError) as e:
-            log.warning("could not evaluate the license: %s", e)
+            log.warning("could not evaluate the license: %s", _why(e))
             self._timer(TICK, min(self.cfg.check_interval_s, 60))
             return
         verdict = outcome.verdict
@@ -358,7 +363,7 @@ class Machine:
             self.last_verdict = outcome.previous_verdict
         if verdict.name != self.last_verdict:
             log.info("verdict %s -> %s", self.last_verdict or "-", verdict.name)
-            problems += hooks.run(self.cfg.hooks_dir, doc, self.last_verdict)
+            problems += hooks.run(self.cfg.hooks_dir, doc, self.last_verdict, self.cfg.root)
             self.last_verdict = verdict.name
         for problem in problems:
             log.warning("%s", problem)
@@ -414,4 +419,4 @@ class Machine:
         try:
             resume.save(self.cfg.state_dir, self.resume)
         except (OSError, fsio.StorageError) as e:
-            log.warning("could not save the resume point: %s", e)
+            log.warning("could not save the resume point: %s", _why(e))

@@ -15,7 +15,7 @@ import signal
 import sys
 from types import FrameType
 
-from .. import exitcodes
+from .. import exitcodes, fsio
 from ..config import Config, ConfigError
 from ..device import Device
 from ..identity import IdentityError
@@ -55,7 +55,7 @@ def choose_transport(
 
         if not cfg.servers:
             raise ConfigError("[daemon] transport is http but [online] names no server")
-        return HttpTransport(device, events), len(cfg.servers)
+        return HttpTransport(device, events), 1  # one attempt asks every server in turn
     return None, 1
 
 
@@ -99,7 +99,7 @@ def _run(cfg: Config, once: bool, events: "queue.SimpleQueue[Event]") -> int:
         log.error("%s", e)
         return exitcodes.EX_CONFIG
     except OSError as e:
-        log.error("cannot use the state directory %s: %s", cfg.state_dir, e)
+        log.error("cannot use the state directory %s: %s", cfg.state_dir, fsio.describe(e))
         return exitcodes.EX_CANTCREAT
 
     machine = Machine(cfg, device, transport, events, once=once, endpoints=endpoints)
