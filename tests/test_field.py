@@ -318,3 +318,29 @@ def test_a_status_obtained_by_another_laptop_session_is_recorded_once(
     assert len(audit_events(hq, "field_pickup")) == 2
     refused = audit_events(hq, "field_served")
     assert len(refused) == 1 and "status-refused=device_unauthenticated" in refused[0]["detail"]
+
+
+def test_the_http_daemon_renews_from_the_laptop_and_confirms(
+    hq: HQ, make_device: Callable[..., DeviceRoot], tmp_path: Path
+) -> None:
+    """``fieldpass run`` over HTTP (no broker): the laptop's renewal is installed by the
+    daemon, which then posts its signed status: the laptop records the pickup."""
+    from tests.mqtt.conftest import Daemon
+
+    _, (robot,) = activated_fleet(hq, make_device, 1, tmp_path)
+    bundle, report = tmp_path / "b", tmp_path / "r"
+    hq.run("field", "export", "--all", "-o", str(bundle))
+    with laptop(bundle, report) as lp:
+        robot.write_config(
+            f'[online]\nserver = "http://127.0.0.1:9"\nservers = ["{lp.url}"]\ntimeout_s = 2\n'
+            "[daemon]\nbackoff_min_ms = 100\nbackoff_max_ms = 1000\nrenew_timeout_s = 10\n"
+        )
+        daemon = Daemon(robot)
+        daemon.start("--once")
+        assert daemon.proc is not None
+        assert daemon.proc.wait(60) == 0, daemon.text()
+    assert robot.verdict()["serial"] == 2
+    done = json.loads(report.read_text())
+    assert [(p["fingerprint"], p["serial"], p["via"]) for p in done["pickups"]] == [
+        (robot.fingerprint, 2, "http")
+    ]

@@ -104,6 +104,6 @@ class HttpTransport:
         over that server's challenge (``sync.send_status``; ``payload``, signed without
         one, is for MQTT): HQ records the contact, a technician's laptop the install it
         confirms. Best effort: a failure is a note in the log."""
-        t = int(time.time())
+        t = clock.now()
         for note in sync.send_status(self.device, self.servers, t, sync.held(self.device, t)):
             log.info("%s", note)

@@ -11,16 +11,18 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
+from agent.wire import device_msg
+
 from ..services import HQ
-from .api_models import COMMON_ERRORS, Strict, error_responses
+from .api_models import BASE64, COMMON_ERRORS, Strict, error_responses
 from .common import now
 from .device import DeviceActor
 
 
 class StatusRequest(Strict):
     request: str = Field(
-        max_length=4096,
-        pattern=r"^[A-Za-z0-9+/]+={0,2}$",
+        max_length=4 * ((device_msg.MAX_MESSAGE_BYTES + 2) // 3),
+        pattern=BASE64,
         description="The device's status message signed by its own key over a challenge "
         "of POST /v1/challenge, base64.",
     )
