@@ -78,6 +78,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, object]]] = {
         "renew_timeout_s": (int, 60),
         "backoff_min_ms": (int, 1000),
         "backoff_max_ms": (int, 300_000),
+        "usage_socket": (str, ""),
     },
 }
 DAEMON_TRANSPORTS = ("auto", "mqtt", "http")
@@ -156,6 +157,12 @@ class Config:
         self.renew_timeout_s = int(str(daemon["renew_timeout_s"]))
         self.backoff_min_ms = int(str(daemon["backoff_min_ms"]))
         self.backoff_max_ms = int(str(daemon["backoff_max_ms"]))
+        socket_path = str(daemon["usage_socket"])
+        self.usage_socket = (
+            self.device_path(socket_path)
+            if socket_path
+            else os.path.join(self.verdict_dir, "usage.sock")
+        )
         if self.daemon_transport not in DAEMON_TRANSPORTS:
             raise ConfigError(
                 f"{path}: [daemon] transport must be one of {', '.join(DAEMON_TRANSPORTS)}"

@@ -816,6 +816,7 @@ class Device:
         st, loaded = self._usable_state("report usage")
         st = self.save_state(st.replace(report_seq=st.report_seq + 1), loaded, bump=False)
         key = self.ensure_device_key()
+        public, proof = self._registration(key, st.activation_id, challenge)
         return device_msg.sign(
             key,
             "report",
@@ -827,8 +828,23 @@ class Device:
                 "seq": st.report_seq,
                 "counters": usage.counters(st),
                 "challenge": challenge,
+                "device_key": public,
+                "proof": proof,
             },
         )
+
+    def _registration(
+        self, key: "DeviceKey", activation_id: str, challenge: str | None
+    ) -> tuple[bytes | None, bytes | None]:
+        """(public key, proof) when HQ may not know this device's key yet (its file names
+        none, or another), so that an offline message can register it; else (None, None)."""
+        from .wire.device_key import key_proof
+
+        claims = self._claims_now()
+        license = self.stored_license_key()
+        if license is None or (claims is not None and claims.device_key == key.public_key):
+            return None, None
+        return key.public_key, key_proof(license, key.public_key, activation_id, challenge or "")
 
     def give_back(self, now: int) -> bytes:
         """``fieldpass return``: mark the state returned (a security-relevant save: the
@@ -844,9 +860,11 @@ class Device:
             )
         if self.stored_machine_file() is None:
             raise InstallRefused(NOT_ACTIVATED, "not_activated", "this device holds no license")
+        key = self.ensure_device_key()
+        public, proof = self._registration(key, st.activation_id, None)
         st = self.save_state(st.replace(returned_at=now), loaded, bump=True)
         receipt = device_msg.sign(
-            self.ensure_device_key(),
+            key,
             "receipt",
             {
                 "activation_id": st.activation_id,
@@ -856,11 +874,26 @@ class Device:
                 "serial": st.serial,
                 "returned_at": now,
                 "reason": "returned",
+                "device_key": public,
+                "proof": proof,
             },
         )
         fsio.atomic_write(self._path(RECEIPT_NAME), receipt, 0o600)
         self.remove()
         return receipt
+
+    def pending_receipt(self) -> bytes | None:
+        """The return receipt HQ has not acknowledged yet, if any."""
+        try:
+            return fsio.read_bytes(self._path(RECEIPT_NAME), 4096)
+        except fsio.StorageError:
+            return None
+
+    def receipt_delivered(self) -> None:
+        try:
+            os.unlink(self._path(RECEIPT_NAME))
+        except OSError:
+            pass
 
     def remove(self) -> None:
         """Forget the local activation (after HQ freed the seat)."""

@@ -59,6 +59,13 @@ def document(outcome: Outcome, now: int) -> dict[str, object]:
             days_left=max(0, days_ceil(c.expires_at - t)),
             entitlements=_entitlements(c, t, doc) if v.exit_code in (0, 10) else [],
         )
+        if outcome.state is not None:
+            from . import usage
+
+            doc.update(
+                usage=usage.counters(outcome.state),
+                exhausted=usage.exhausted(c, outcome.state, t) if v.exit_code in (0, 10) else [],
+            )
     return doc
 
 
@@ -108,6 +115,8 @@ def _skeleton(verdict: str, code: int, message: str, reason: str, now: int) -> d
         "license_expires_at": None,
         "days_left": None,
         "entitlements": [],
+        "exhausted": [],
+        "usage": {},
     }
 
 
@@ -135,9 +144,18 @@ def env_pairs(doc: dict[str, object]) -> list[tuple[str, str]]:
         ("FIELDPASS_GRACE_ENDS_AT", doc.get("grace_ends_at")),
         ("FIELDPASS_DAYS_LEFT", doc.get("days_left")),
         ("FIELDPASS_ENTITLEMENTS", ",".join(names)),
+        ("FIELDPASS_EXHAUSTED", ",".join(_names(doc.get("exhausted")))),
         ("FIELDPASS_CHECKED_AT", doc.get("checked_at")),
     ]
     return [(k, env_value(v)) for k, v in pairs]
+
+
+def _names(value: object) -> list[str]:
+    return (
+        [e for e in value if isinstance(e, str) and is_feature_name(e)]
+        if isinstance(value, list)
+        else []
+    )
 
 
 def env_text(doc: dict[str, object]) -> str:

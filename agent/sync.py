@@ -16,7 +16,9 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from . import asks
+from .config import ConfigError
 from .device import Device, InstallRefused
+from .identity import IdentityError
 from .online import Hq, OnlineError, Refused, Unreachable, new_nonce
 from .state import StateError
 from .wire.errors import WireError
@@ -78,8 +80,8 @@ def refresh(
     """Renew now (no seat). Also the way back from lost state: the answer is bound to
     this request's nonce (and the TPM counter), which rebuilds the state. Once the file
     is installed, the device's signed status goes to the server that answered (a
-    technician's laptop records it as the pickup); a failure there is a note in the
-    answer's ``status_notes``."""
+    technician's laptop records it as the pickup), then its usage report; a failure
+    there is a note in the answer's ``notes``."""
     answered: list[Hq] = []
 
     def ask(hq: Hq) -> tuple[bytes, dict[str, object], str]:
@@ -90,11 +92,12 @@ def refresh(
     data, doc, nonce = first_answer(servers, ask)
     with device.writer_lock():
         claims, result = device.install(data, None, now, nonce=nonce)
-    doc["status_notes"] = send_status(device, answered, now, held(device, now))
+    notes = [*send_status(device, answered, now), *send_report(device, servers, now)]
+    doc = {**doc, "notes": notes}
     return claims, result, doc
 
 
-def held(device: Device, now: int) -> dict[str, object]:
+def holding(device: Device, now: int) -> dict[str, object]:
     """What the device holds now (its verdict, its revocation), for its signed status."""
     outcome = device.evaluate(now, record=False)
     st = outcome.state
@@ -108,25 +111,28 @@ def held(device: Device, now: int) -> dict[str, object]:
     }
 
 
-def send_status(device: Device, servers: list[Hq], now: int, doc: dict[str, object]) -> list[str]:
-    """Post the device's signed status (``asks.status`` of ``doc``, over each server's
-    challenge) to the first of ``servers`` that takes it (``POST /v1/status``): HQ records
-    the contact, a technician's laptop the install it confirms. Best effort: returns
-    notes, never raises."""
+def send_status(
+    device: Device, servers: list[Hq], now: int, doc: dict[str, object] | None = None
+) -> list[str]:
+    """Post the device's signed status (``asks.status`` of ``doc``, by default what it
+    holds now, over each server's challenge) to the first of ``servers`` that takes it
+    (``POST /v1/status``): HQ records the contact, a technician's laptop the install it
+    confirms. Best effort: returns notes, never raises."""
 
     def ask(hq: Hq) -> dict[str, object]:
         challenge = hq.challenge()
         with device.writer_lock():
-            signed = asks.status(device, {**doc, "challenge": challenge}, now)
+            signed = asks.status(device, {**held, "challenge": challenge}, now)
         return hq.post("/v1/status", {"request": _b64(signed)})
 
     if not servers:
         return []
     try:
+        held = doc if doc is not None else holding(device, now)
         first_answer(servers, ask)
     except OnlineError as e:
         return [f"the device's status was not delivered: {e}"]
-    except (StateError, WireError, OSError, ValueError) as e:
+    except (ConfigError, IdentityError, StateError, WireError, OSError, ValueError) as e:
         return [f"the device's status could not be signed: {e}"]
     return []
 
@@ -180,7 +186,7 @@ def validate(device: Device, servers: list[Hq], now: int) -> list[str]:
         # the laptop that carried it records the device's signed word that it holds it
         return [
             f"HQ's signed revocation for this device was {result}",
-            *send_status(device, answered, now, held(device, now)),
+            *send_status(device, answered, now),
         ]
     token = doc.get("signed_time")
     if not isinstance(token, str) or len(token) > 2048:
@@ -203,3 +209,26 @@ def validate(device: Device, servers: list[Hq], now: int) -> list[str]:
         return [f"HQ's answer not recorded: {e}"]
     status = signed_status.status
     return [] if status == "active" else [f"HQ says this license is {status}"]
+
+
+def send_report(device: Device, servers: list[Hq], now: int) -> list[str]:
+    """Send a signed usage report (best effort: a failure is a note, the counters being
+    cumulative the next report carries it all). Sends a pending return receipt too."""
+    notes: list[str] = []
+    try:
+        with device.writer_lock():
+            report = device.report(now)
+    except (InstallRefused, StateError, OSError) as e:
+        return [f"no usage report: {e}"]
+    try:
+        first_answer(servers, lambda hq: hq.post("/v1/report", {"request": _b64(report)}))
+    except OnlineError as e:
+        notes.append(f"usage report not delivered: {e}")
+    receipt = device.pending_receipt()
+    if receipt is not None:
+        try:
+            first_answer(servers, lambda hq: hq.post("/v1/receipt", {"request": _b64(receipt)}))
+            device.receipt_delivered()
+        except OnlineError as e:
+            notes.append(f"return receipt not delivered: {e}")
+    return notes

@@ -58,7 +58,7 @@ class HttpTransport:
             except (online.OnlineError, OSError) as e:
                 log.info("%s", e if isinstance(e, online.OnlineError) else fsio.describe(e))
                 continue
-            for note in notes:
+            for note in notes + sync.send_report(self.device, [hq], clock.now()):
                 log.info("%s", note)
             answered = validated = True
             break
@@ -104,6 +104,5 @@ class HttpTransport:
         over that server's challenge (``sync.send_status``; ``payload``, signed without
         one, is for MQTT): HQ records the contact, a technician's laptop the install it
         confirms. Best effort: a failure is a note in the log."""
-        t = clock.now()
-        for note in sync.send_status(self.device, self.servers, t, sync.held(self.device, t)):
+        for note in sync.send_status(self.device, self.servers, clock.now()):
             log.info("%s", note)

@@ -103,6 +103,13 @@ def _run(cfg: Config, once: bool, events: "queue.SimpleQueue[Event]") -> int:
         return exitcodes.EX_CANTCREAT
 
     machine = Machine(cfg, device, transport, events, once=once, endpoints=endpoints)
+    from .usage_socket import UsageSocket
+
+    counts = UsageSocket(cfg.usage_socket, events, INTERNAL)
+    try:
+        counts.start()
+    except OSError as e:
+        log.warning("no local usage socket at %s: %s", cfg.usage_socket, fsio.describe(e))
     try:
         return machine.run()
     except UnhandledEvent as e:
@@ -112,6 +119,7 @@ def _run(cfg: Config, once: bool, events: "queue.SimpleQueue[Event]") -> int:
         log.exception("bug: unexpected error: exiting for the supervisor to restart")
         return EX_SOFTWARE
     finally:
+        counts.stop()
         if transport is not None:
             try:
                 transport.disconnect()

@@ -163,9 +163,21 @@ SCHEMAS: dict[str, dict[str, Check]] = {
     },
     # The device's cumulative usage counters, numbered (HQ keeps the highest seq): with
     # the status over MQTT, after validate/refresh over HTTP, through a laptop, by hand.
-    "report": {"seq": fields.uint, "counters": _usage, "challenge": _opt_nonce},
+    "report": {
+        "seq": fields.uint,
+        "counters": _usage,
+        "challenge": _opt_nonce,
+        "device_key": _opt_key,
+        "proof": _opt_proof,
+    },
     # The license given back (`fieldpass return`): HQ frees the seat when it sees this.
-    "receipt": {"serial": fields.uint, "returned_at": fields.time_s, "reason": _short},
+    "receipt": {
+        "serial": fields.uint,
+        "returned_at": fields.time_s,
+        "reason": _short,
+        "device_key": _opt_key,
+        "proof": _opt_proof,
+    },
 }
 SELF_SIGNED = frozenset({"activate", "request"})
 _FIELDS = {t: frozenset(_COMMON) | frozenset(s) for t, s in SCHEMAS.items()}

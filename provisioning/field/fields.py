@@ -10,8 +10,9 @@ with a size and a depth bound. Nothing here reads the clock or writes anything.
 import re
 from pathlib import Path
 
+from agent.jsonin import JsonError, loads_object
+
 from ..errors import CannotRead, MalformedInput
-from .jsonin import JsonError, loads_object
 
 ACTIVATION_ID = re.compile(r"act_[0-9a-f]{20}")
 LICENSE_ID = re.compile(r"lic_[0-9a-f]{20}")

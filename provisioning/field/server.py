@@ -30,6 +30,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from agent.jsonin import JsonError, loads_object
 from agent.wire import armor, device_msg, sodium
 from agent.wire import license_key as lk
 from agent.wire.device_key import key_id
@@ -38,7 +39,6 @@ from agent.wire.errors import WireError
 from agent.wire.signed import signed_kid
 
 from .fields import printable
-from .jsonin import JsonError, loads_object
 from .listener import MAX_BODY_BYTES, Document, error
 
 CHALLENGE_TTL_S = 300

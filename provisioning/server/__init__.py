@@ -20,7 +20,7 @@ from fastapi import FastAPI
 
 from .. import __version__
 from ..services import HQ
-from . import admin, device
+from . import admin, device, reports
 from .errors import install_error_handlers
 from .middleware import MAX_BODY_BYTES, BodyLimit
 
@@ -38,6 +38,7 @@ def create_app(home: Path, *, database: str | None = None) -> FastAPI:
     install_error_handlers(app)
     device.add_routes(app, hq)
     admin.add_routes(app, hq)
+    reports.add_routes(app, hq)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     return app
 

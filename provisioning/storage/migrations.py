@@ -41,6 +41,12 @@ VERSIONS: tuple[Version, ...] = (
         "retired signing keys",
     ),
     Version(5, "admin tokens expire and can be revoked (their rows kept, for the record)"),
+    Version(
+        6,
+        "devices' signed usage reports (the highest sequence kept per activation), license "
+        "returns with their receipts, whether a device is bound to a TPM; plans' usage "
+        "counters, metered entitlements and a limit on returns; each meter's periods",
+    ),
 )
 SCHEMA_VERSION = VERSIONS[-1].number
 

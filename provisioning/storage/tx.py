@@ -27,6 +27,7 @@ from ..models import (
     Plan,
     TokenInfo,
 )
+from .usage_ops import UsageOps
 
 
 class Cursor(Protocol):
@@ -73,7 +74,7 @@ def _b64(data: bytes | None) -> str | None:
     return None if data is None else base64.b64encode(data).decode("ascii")
 
 
-class Tx:
+class Tx(UsageOps):
     """The operations, inside one transaction. Obtain one from ``Store.read/write``."""
 
     def __init__(self, conn: Connection) -> None:

@@ -21,8 +21,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from agent import cli, gate
-from agent.identity import read_identity
-from agent.state import load as load_state
+from agent.device import Device
 from tests.conftest import FIELDPASS, DeviceRoot, Signer, clean_env
 
 LONG = os.environ.get("FIELDPASS_FUZZ", "") == "long"
@@ -91,7 +90,7 @@ class Stored:
     def __init__(self, device: DeviceRoot) -> None:
         self.device = device
         self.snapshot = self._files()
-        self.state_key = read_identity(device.config()).state_key  # before any hostile config
+        self.reader = Device(device.config())  # its config read before any hostile one
 
     def _files(self) -> dict[str, bytes]:
         files = {}
@@ -125,7 +124,7 @@ class Stored:
     def license_facts(self) -> tuple[object, ...]:
         """The machine file, the key and what the state says about the license: a check
         may count a boot and move the clock mark, never change these."""
-        st = load_state(str(self.device.state_dir), self.state_key)
+        st = Device(self.reader.cfg).load_state()
         facts = (st.activation_id, st.serial, st.issued_at, st.revoked) if st else None
         return (
             _read(self.device.machine_file),
