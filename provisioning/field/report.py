@@ -170,7 +170,8 @@ def import_report(
 
 
 def _served(p: dict[str, Any], who: Actor, why: str) -> AuditEvent:
-    detail = f"{p['what']} serial={p['serial']} via={p['via']} unconfirmed {why}"
+    serial = f" serial={p['serial']}" if p["serial"] is not None else ""
+    detail = f"{p['what']}{serial} via={p['via']} unconfirmed {why}"
     return event(p["at"], who, "field_served", p["license_id"], p["activation_id"], detail)
 
 

@@ -51,8 +51,9 @@ def test_a_refresh_ends_with_the_device_status_that_hq_records(
     activated(hqc, device, proxy.url, key)
     assert device.run("refresh").returncode == 0
     paths = [p for p, _ in proxy.bodies]
-    assert paths[-4:] == ["/v1/challenge", "/v1/machine-file", "/v1/challenge", "/v1/status"]
-    recorded = proxy.bodies[-1][1]
+    renewed = len(paths) - 1 - paths[::-1].index("/v1/machine-file")
+    assert paths[renewed + 1 : renewed + 3] == ["/v1/challenge", "/v1/status"]  # then usage
+    recorded = proxy.bodies[renewed + 2][1]
     assert key.encode() not in recorded  # signed by the device key, never the license key
     fields = device.signed(base64.b64decode(json.loads(recorded)["request"]), "status")
     assert fields["serial"] == 2 and fields["verdict"] == "valid"
