@@ -230,3 +230,16 @@ def test_a_busy_port_is_said_in_one_line(site: Site, served: Laptop) -> None:
     result = site.hq.run(*args, check=False)
     assert result.returncode == 69 and "the port is in use" in result.stderr, result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_a_fingerprint_list_is_read_with_a_bound(site: Site, tmp_path: Path) -> None:
+    """``field export --fingerprints`` reads at most 16 MiB, of a file or of an endless
+    stream, and says so in one line."""
+    big = tmp_path / "site.txt"
+    with big.open("wb") as f:
+        f.truncate(17 * MIB)
+    for source in (big, Path("/dev/zero")):
+        args = ("field", "export", "--fingerprints", str(source), "-o", str(tmp_path / "b"))
+        result = site.hq.run(*args, check=False)
+        assert result.returncode == 2 and "larger than 16 MiB" in result.stderr, result.stderr
+        assert result.stderr.count("\n") == 1 and not (tmp_path / "b").exists()
