@@ -16,7 +16,9 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from . import asks
+from .config import ConfigError
 from .device import Device, InstallRefused
+from .identity import IdentityError
 from .online import Hq, OnlineError, Refused, Unreachable, new_nonce
 from .state import StateError
 from .wire.errors import WireError
@@ -76,14 +78,63 @@ def refresh(
     device: Device, servers: list[Hq], now: int, ttl_s: int | None = None
 ) -> tuple[Claims, str, dict[str, object]]:
     """Renew now (no seat). Also the way back from lost state: the answer is bound to
-    this request's nonce (and the TPM counter), which rebuilds the state."""
-    data, doc, nonce = first_answer(
-        servers, lambda hq: renewal(device, hq, now, due=True, ttl_s=ttl_s)
-    )
+    this request's nonce (and the TPM counter), which rebuilds the state. Once the file
+    is installed, the device's signed status goes to the server that answered (a
+    technician's laptop records it as the pickup), then its usage report; a failure
+    there is a note in the answer's ``notes``."""
+    answered: list[Hq] = []
+
+    def ask(hq: Hq) -> tuple[bytes, dict[str, object], str]:
+        found = renewal(device, hq, now, due=True, ttl_s=ttl_s)
+        answered.append(hq)
+        return found
+
+    data, doc, nonce = first_answer(servers, ask)
     with device.writer_lock():
         claims, result = device.install(data, None, now, nonce=nonce)
-    doc = {**doc, "notes": send_report(device, servers, now)}
+    notes = [*send_status(device, answered, now), *send_report(device, servers, now)]
+    doc = {**doc, "notes": notes}
     return claims, result, doc
+
+
+def holding(device: Device, now: int) -> dict[str, object]:
+    """What the device holds now (its verdict, its revocation), for its signed status."""
+    outcome = device.evaluate(now, record=False)
+    st = outcome.state
+    return {
+        "verdict": outcome.verdict.name,
+        "reason": outcome.verdict.reason,
+        "revoked_reason": st.revoked if st else "",
+        "revoked_at": st.revoked_at if st else 0,
+        "lifted_at": st.lifted_at if st else 0,
+        "hwm": st.hwm if st else 0,
+    }
+
+
+def send_status(
+    device: Device, servers: list[Hq], now: int, doc: dict[str, object] | None = None
+) -> list[str]:
+    """Post the device's signed status (``asks.status`` of ``doc``, by default what it
+    holds now, over each server's challenge) to the first of ``servers`` that takes it
+    (``POST /v1/status``): HQ records the contact, a technician's laptop the install it
+    confirms. Best effort: returns notes, never raises."""
+
+    def ask(hq: Hq) -> dict[str, object]:
+        challenge = hq.challenge()
+        with device.writer_lock():
+            signed = asks.status(device, {**held, "challenge": challenge}, now)
+        return hq.post("/v1/status", {"request": _b64(signed)})
+
+    if not servers:
+        return []
+    try:
+        held = doc if doc is not None else holding(device, now)
+        first_answer(servers, ask)
+    except OnlineError as e:
+        return [f"the device's status was not delivered: {e}"]
+    except (ConfigError, IdentityError, StateError, WireError, OSError, ValueError) as e:
+        return [f"the device's status could not be signed: {e}"]
+    return []
 
 
 def deactivate(device: Device, servers: list[Hq], now: int) -> None:
@@ -109,12 +160,15 @@ def validate(device: Device, servers: list[Hq], now: int) -> list[str]:
     if standing.lost:
         return ["the device state is lost: only `fieldpass refresh` can restore it"]
     nonce = new_nonce()
+    answered: list[Hq] = []
 
     def ask(hq: Hq) -> dict[str, object]:
         challenge = hq.challenge()
         with device.writer_lock():
             signed = asks.validate(device, now, challenge=challenge, nonce=nonce)
-        return hq.post("/v1/validate", {"request": _b64(signed)})
+        doc = hq.post("/v1/validate", {"request": _b64(signed)})
+        answered.append(hq)
+        return doc
 
     try:
         doc = first_answer(servers, ask)
@@ -129,7 +183,11 @@ def validate(device: Device, servers: list[Hq], now: int) -> list[str]:
                 result = device.apply_revocation(carried.encode("ascii", "replace"))
         except (WireError, InstallRefused, StateError):
             raise Unreachable("the revocation offered does not verify: ignored") from None
-        return [f"HQ's signed revocation for this device was {result}"]
+        # the laptop that carried it records the device's signed word that it holds it
+        return [
+            f"HQ's signed revocation for this device was {result}",
+            *send_status(device, answered, now),
+        ]
     token = doc.get("signed_time")
     if not isinstance(token, str) or len(token) > 2048:
         raise Unreachable("HQ's answer carries no signed status: answer ignored")

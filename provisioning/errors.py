@@ -132,6 +132,15 @@ class StorageError(HQError):
     exit_code = EXIT_IOERR
 
 
+class MalformedInput(HQError):
+    """An input file named by the caller is not what it claims (a field bundle or report
+    with a missing, mistyped or implausible field): nothing of it is used."""
+
+    code = "malformed_input"
+    http_status = 422
+    exit_code = EXIT_DATAERR
+
+
 class CannotRead(HQError):
     """An input file named by the caller cannot be read (missing, unreadable, not text)."""
 

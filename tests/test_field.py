@@ -2,62 +2,18 @@
 own HTTP path, field import back at HQ; and the 365-day robot acceptance story, with
 the clocks of HQ, laptop and robot all moved by libfaketime."""
 
+import base64
 import json
-import signal
-import subprocess
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.conftest import FIELDPASS_HQ, HQ, DeviceRoot, clean_env, faketime_env
-from tests.hq.server import free_port
-
-
-@contextmanager
-def laptop(
-    hq: HQ, bundle: Path, report: Path, faketime: str | None = None
-) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            FIELDPASS_HQ,
-            "--home",
-            str(hq.home),
-            "field",
-            "serve",
-            str(bundle),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--report",
-            str(report),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=clean_env(**(faketime_env(faketime) if faketime else {})),
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.05)
-        else:
-            raise RuntimeError(proc.stderr.read() if proc.stderr else "laptop did not start")
-        yield url, proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=20)
+from tests.conftest import HQ, DeviceRoot
+from tests.laptop import laptop
+from tests.mqtt.test_compat_agent_0_1_0 import old as old_fieldpass
+from tests.mqtt.test_compat_agent_0_1_0 import old_agent  # noqa: F401 - a fixture
 
 
 def on_site(device: DeviceRoot, url: str) -> None:
@@ -100,21 +56,20 @@ def test_export_serve_import(
     text = bundle.read_text()
     assert key not in text  # nothing secret, nothing that activates
     assert len(json.loads(text)["devices"]) == 3
-    with laptop(hq, bundle, report) as (url, proc):
+    with laptop(bundle, report) as lp:
         for robot in fleet[:2]:
-            on_site(robot, url)
+            on_site(robot, lp.url)
             renewed = robot.run("refresh")
             assert renewed.returncode == 0, renewed.stderr
             assert robot.check().returncode == 0
             assert robot.verdict()["serial"] == 2  # 1: provisioned; 2: the bundle
         stranger = make_device()
-        on_site(stranger, url)
+        on_site(stranger, lp.url)
         refused = stranger.run("activate", key)
         assert refused.returncode == 77 and "not_available_in_the_field" in refused.stderr
         fleet[2].write_config('[online]\nserver = "http://127.0.0.1:9"\ntimeout_s = 2\n')
         assert fleet[2].run("check", "--online").returncode == 0  # offline fallback
-    out, _ = proc.communicate()
-    assert "2 of 3 device(s) picked up their renewal or revocation" in out
+    assert "2 of 3 device(s) picked up their renewal or revocation" in lp.stdout
     doc = json.loads(report.read_text())
     assert len(doc["pickups"]) == 2 and len(doc["not_picked_up"]) == 1
     imported = hq.run("field", "import", str(report))
@@ -132,18 +87,18 @@ def test_a_wrong_license_key_gets_nothing_from_the_laptop(
     activated_fleet(hq, make_device, 1, tmp_path)
     bundle, report = tmp_path / "b", tmp_path / "r"
     hq.run("field", "export", "--all", "-o", str(bundle))
-    with laptop(hq, bundle, report) as (url, _):
+    with laptop(bundle, report) as lp:
         entry = json.loads(bundle.read_text())["devices"][0]
         answer = httpx.post(
-            url + "/v1/machine-file",
+            lp.url + "/v1/machine-file",
             json={
                 "license_key": "FP-ABCDE-FGHJK-LMNPQ-RSTUV-WXYZ2",
                 "fingerprint": entry["fingerprint"],
             },
         )
         assert answer.status_code == 403
-        assert httpx.post(url + "/v1/machine-file", content=b"{").status_code == 400
-        assert httpx.post(url + "/v1/machine-file", content=b"x" * 100_000).status_code == 413
+        assert httpx.post(lp.url + "/v1/machine-file", content=b"{").status_code == 400
+        assert httpx.post(lp.url + "/v1/machine-file", content=b"x" * 100_000).status_code == 413
 
 
 def test_the_365_day_robot(hq: HQ, make_device: Callable[..., DeviceRoot], tmp_path: Path) -> None:
@@ -160,8 +115,8 @@ def test_the_365_day_robot(hq: HQ, make_device: Callable[..., DeviceRoot], tmp_p
     assert "expires in 65 days" in day300.stdout
     bundle, report = tmp_path / "site.bundle", tmp_path / "site.report"
     hq.run("field", "export", "--expiring-within", "60d", "-o", str(bundle), faketime="+330d")
-    with laptop(hq, bundle, report, faketime="+330d") as (url, _):
-        on_site(robot, url)
+    with laptop(bundle, report, faketime="+330d") as lp:
+        on_site(robot, lp.url)
         assert robot.run("refresh", faketime="+330d").returncode == 0
     renewed = robot.check(faketime="+330d")
     assert renewed.returncode == 0 and "(365 days left)" in renewed.stdout
@@ -172,20 +127,39 @@ def test_the_365_day_robot(hq: HQ, make_device: Callable[..., DeviceRoot], tmp_p
 def test_a_revoked_license_reaches_a_device_through_the_laptop(
     hq: HQ, make_device: Callable[..., DeviceRoot], tmp_path: Path
 ) -> None:
-    key, fleet = activated_fleet(hq, make_device, 1, tmp_path)
-    robot = fleet[0]
+    """The device takes HQ's signed revocation and confirms it with its signed status;
+    a revocation handed to an anonymous request is nobody's pickup."""
+    key, (robot, other) = activated_fleet(hq, make_device, 2, tmp_path)
     hq.run("licenses", "revoke", str(hq.json("licenses", "show", key)["id"]), "--yes")
     bundle, report = tmp_path / "site.bundle", tmp_path / "site.report"
     exported = hq.run("field", "export", "--all", "-o", str(bundle))
-    assert "0 renewed machine file(s), 1 signed revocation(s)" in exported.stdout
-    with laptop(hq, bundle, report) as (url, _):
-        on_site(robot, url)
+    assert "0 renewed machine file(s), 2 signed revocation(s)" in exported.stdout
+    ids = {
+        e["fingerprint"]: e["activation_id"] for e in json.loads(bundle.read_text())["revocations"]
+    }
+    with laptop(bundle, report) as lp:
+        on_site(robot, lp.url)
         result = robot.run("check", "--online")
         assert result.returncode == 32, result.stdout + result.stderr
-        assert robot.run("refresh").returncode == 77  # nothing to renew from the bundle
+        refresh = robot.run("refresh")  # nothing to renew from the bundle: HQ's refusal
+        assert refresh.returncode == 77 and "license_revoked" in refresh.stderr
+        anonymous = httpx.post(lp.url + "/v1/validate", json={"fingerprint": other.fingerprint})
+        assert anonymous.status_code == 200 and "revocation" in anonymous.json()
+    assert f"picked up: revocation of {ids[robot.fingerprint]}" in lp.stdout
+    assert "Traceback" not in lp.stderr, lp.stderr
     robot.write_config("")
     assert robot.check().returncode == 32  # kept offline
-    assert json.loads(report.read_text())["pickups"][0]["activation_id"]
+    done = json.loads(report.read_text())
+    assert [(p["activation_id"], p["what"]) for p in done["pickups"]] == [
+        (ids[robot.fingerprint], "revocation")
+    ]
+    assert done["served_unconfirmed"] == [] and done["not_picked_up"] == []
+    assert done["unidentified_revocation_requests"] == [ids[other.fingerprint]]
+    imported = hq.run("field", "import", str(report), "--json")
+    assert json.loads(imported.stdout)["pickups"] == 1
+    assert [e["activation_id"] for e in audit_events(hq, "field_pickup")] == [
+        ids[robot.fingerprint]
+    ]
 
 
 def test_a_revocation_carried_by_hand(
@@ -245,3 +219,128 @@ def test_a_bundle_for_one_site(
     assert {d["fingerprint"] for d in devices} == {fleet[0].fingerprint, fleet[1].fingerprint}
     events = doc("audit", "--limit", "1000")
     assert [e["detail"] for e in events if e["action"] == "site_assign"].count("site-7") == 2
+
+
+def audit_events(hq: HQ, action: str) -> list[dict[str, Any]]:
+    events = hq.json("audit", "--limit", "10000")
+    listed = events if isinstance(events, list) else events.get("events", [])
+    return [e for e in listed if e["action"] == action]
+
+
+def test_the_report_holds_what_the_devices_confirmed(
+    hq: HQ,
+    make_device: Callable[..., DeviceRoot],
+    tmp_path: Path,
+    old_agent: Path,  # noqa: F811 - the fixture imported above
+) -> None:
+    """A pickup is the device's signed status after its install, with the serial the
+    device holds: not a file served (one refused, one taken by an agent of 0.1.0 that
+    cannot sign), not the serial the bundle claims. HQ verifies each status at import."""
+    key, fleet = activated_fleet(hq, make_device, 3, tmp_path)
+    old = make_device()
+    hq.image(old)
+    machine, key_file = tmp_path / "old.machine", tmp_path / "key.txt"
+    hq.run("activate", key, "--fingerprint", old.fingerprint, "-o", str(machine))
+    key_file.write_text(key + "\n")
+    assert old_fieldpass(old_agent, old, "install", str(machine), "--license-key-file",
+                         str(key_file)).returncode == 0  # fmt: skip
+    bundle, report = tmp_path / "site.bundle", tmp_path / "site.report"
+    hq.run("field", "export", "--license", str(hq.json("licenses", "show", key)["id"]),
+           "-o", str(bundle))  # fmt: skip
+    doc = json.loads(bundle.read_text())
+    entries = {e["fingerprint"]: e for e in doc["devices"]}
+    # fleet[1] is offered fleet[0]'s file, which it refuses; fleet[2]'s entry says less
+    # than the file it carries (the device's own word is what counts)
+    entries[fleet[1].fingerprint]["machine_file"] = entries[fleet[0].fingerprint]["machine_file"]
+    entries[fleet[2].fingerprint]["serial"] = 1
+    bundle.write_text(json.dumps(doc))
+    with laptop(bundle, report) as lp:
+        for robot in fleet:
+            on_site(robot, lp.url)
+        assert fleet[0].run("refresh").returncode == 0
+        assert fleet[1].run("refresh").returncode == 31  # another device's file
+        assert fleet[2].run("refresh").returncode == 0
+        renewed = old_fieldpass(old_agent, old, "refresh", "--server", lp.url)
+        assert renewed.returncode == 0, renewed.stderr
+    assert "Traceback" not in lp.stderr, lp.stderr
+    assert "2 of 4 device(s) picked up" in lp.stdout and "2 more served, unconfirmed" in lp.stdout
+    done = json.loads(report.read_text())
+    confirmed = {p["fingerprint"]: p["serial"] for p in done["pickups"]}
+    assert confirmed == {fleet[0].fingerprint: 2, fleet[2].fingerprint: 2}
+    unconfirmed = {p["fingerprint"]: p["agent_version"] for p in done["served_unconfirmed"]}
+    assert set(unconfirmed) == {fleet[1].fingerprint, old.fingerprint}
+    assert unconfirmed[old.fingerprint] == "0.1.0"
+    imported = hq.run("field", "import", str(report))
+    assert "recorded 2 pickup(s) confirmed by the devices and 2 served, unconfirmed" in (
+        imported.stdout
+    )
+    pickups = audit_events(hq, "field_pickup")
+    assert (
+        sorted(e["detail"].split(" status=")[0] for e in pickups)
+        == ["machine_file serial=2 via=http confirmed"] * 2
+    )
+    assert len(audit_events(hq, "field_served")) == 2
+    # the statuses registered the devices' keys (HQ had none: provisioned by fingerprint)
+    assert len(audit_events(hq, "device_key_register")) == 2
+    # the same report, spaced and ordered otherwise, is the same report
+    report.write_text(json.dumps(done, indent=4, sort_keys=False))
+    again = hq.run("field", "import", str(report), check=False)
+    assert again.returncode == 1 and "imported already" in again.stderr
+    assert len(audit_events(hq, "field_pickup")) == 2
+
+
+def test_a_status_obtained_by_another_laptop_session_is_recorded_once(
+    hq: HQ, make_device: Callable[..., DeviceRoot], tmp_path: Path
+) -> None:
+    """Two reports of one bundle (a technician serving it on two days) that carry the
+    same signed status record it once; a status edited on the way is not a pickup."""
+    _, (robot, other) = activated_fleet(hq, make_device, 2, tmp_path)
+    bundle = tmp_path / "b"
+    hq.run("field", "export", "--all", "-o", str(bundle))
+    first, second = tmp_path / "day1.report", tmp_path / "day2.report"
+    with laptop(bundle, first) as lp:
+        on_site(robot, lp.url)
+        on_site(other, lp.url)
+        assert robot.run("refresh").returncode == 0
+        assert other.run("refresh").returncode == 0
+    day1 = json.loads(first.read_text())
+    day2 = {**day1, "started_at": day1["started_at"] + 1, "ended_at": day1["ended_at"] + 1}
+    forged = dict(day2["pickups"][1])
+    status = bytearray(base64.b64decode(forged["status"]))
+    status[-1] ^= 1  # the signature no longer verifies
+    forged["status"] = base64.b64encode(bytes(status)).decode()
+    day2["pickups"] = [day2["pickups"][0], forged]
+    second.write_text(json.dumps(day2))
+    hq.run("field", "import", str(first))
+    result = hq.run("field", "import", str(second))
+    assert "1 were recorded already" in result.stdout
+    assert "their signed status does not verify" in result.stdout
+    assert len(audit_events(hq, "field_pickup")) == 2
+    refused = audit_events(hq, "field_served")
+    assert len(refused) == 1 and "status-refused=device_unauthenticated" in refused[0]["detail"]
+
+
+def test_the_http_daemon_renews_from_the_laptop_and_confirms(
+    hq: HQ, make_device: Callable[..., DeviceRoot], tmp_path: Path
+) -> None:
+    """``fieldpass run`` over HTTP (no broker): the laptop's renewal is installed by the
+    daemon, which then posts its signed status: the laptop records the pickup."""
+    from tests.mqtt.conftest import Daemon
+
+    _, (robot,) = activated_fleet(hq, make_device, 1, tmp_path)
+    bundle, report = tmp_path / "b", tmp_path / "r"
+    hq.run("field", "export", "--all", "-o", str(bundle))
+    with laptop(bundle, report) as lp:
+        robot.write_config(
+            f'[online]\nserver = "http://127.0.0.1:9"\nservers = ["{lp.url}"]\ntimeout_s = 2\n'
+            "[daemon]\nbackoff_min_ms = 100\nbackoff_max_ms = 1000\nrenew_timeout_s = 10\n"
+        )
+        daemon = Daemon(robot)
+        daemon.start("--once")
+        assert daemon.proc is not None
+        assert daemon.proc.wait(60) == 0, daemon.text()
+    assert robot.verdict()["serial"] == 2
+    done = json.loads(report.read_text())
+    assert [(p["fingerprint"], p["serial"], p["via"]) for p in done["pickups"]] == [
+        (robot.fingerprint, 2, "http")
+    ]

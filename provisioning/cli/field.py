@@ -17,6 +17,7 @@ import click
 
 from ..errors import InvalidRequest
 from ..field import bundle, report
+from ..field.listener import Limits, Listener
 from ..field.server import FieldServer, offer_over_mqtt
 from ..units import format_time
 from . import common, output
@@ -142,6 +143,27 @@ def export(
     type=click.Path(dir_okay=False),
     help="The password of that user in the broker's password file.",
 )
+@click.option(
+    "--header-timeout",
+    type=click.IntRange(1, 600),
+    default=int(Limits.header_timeout_s),
+    show_default=True,
+    help="Seconds a client has, from connecting, to send a request's line and headers.",
+)
+@click.option(
+    "--body-timeout",
+    type=click.IntRange(1, 600),
+    default=int(Limits.body_timeout_s),
+    show_default=True,
+    help="Seconds a client has, after the headers, to send the body.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(1, 100_000),
+    default=Limits.max_connections,
+    show_default=True,
+    help="Connections served at once (at most 1/20 of them, and 50, from one address).",
+)
 @common.json_option
 def serve(
     bundle_path: Path,
@@ -152,14 +174,18 @@ def serve(
     broker: str | None,
     broker_username: str,
     broker_password_file: str | None,
+    header_timeout: int,
+    body_timeout: int,
+    max_connections: int,
     as_json: bool,
 ) -> None:
     """On site: offer the bundle's renewals to the devices over the local link.
 
     Devices pick them up through their usual HTTP path once the laptop's URL is in
     their `[online] servers`, and through their MQTT daemon once the broker given with
-    --broker is in their `[mqtt] brokers`. Each pickup is shown; the report is written
-    on exit. With --json the pickups go to stderr and a summary is printed on exit.
+    --broker is in their `[mqtt] brokers`. Each file served and each pickup a device
+    confirms (its signed status) is shown; the report is written on exit. With --json
+    these go to stderr and a summary is printed on exit.
 
     \b
     Examples:
@@ -170,51 +196,79 @@ def serve(
     """
     doc = bundle.load_bundle(bundle_path)
 
-    def show_pickup(entry: dict[str, Any], via: str) -> None:
+    def show(record: dict[str, Any], confirmed: bool) -> None:
+        serial = f" serial {record['serial']}" if record.get("serial") is not None else ""
+        what = "renewal" if record["what"] == "machine_file" else "revocation"
+        head = "picked up" if confirmed else "served"
+        tail = " (confirmed by the device)" if confirmed else ", waiting for its status"
         click.echo(
-            f"picked up: {entry['activation_id']} (device "
-            f"{entry['fingerprint'][:12]}…) serial {entry['serial']} via {via}",
+            f"{head}: {what} of {record['activation_id']} (device "
+            f"{record['fingerprint'][:12]}…){serial} via {record['via']}{tail}",
             err=as_json,
         )
 
-    server = FieldServer((host, port), doc, on_pickup=show_pickup)
+    server = FieldServer(doc, on_record=show)
+    limits = Limits(
+        header_timeout_s=header_timeout,
+        body_timeout_s=body_timeout,
+        max_connections=max_connections,
+        max_per_address=max(1, min(50, max_connections // 20)),
+    )
+    listener = Listener(host, port, server.answer, limits)
+    listener.start()
     started = int(time.time())
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     mqtt_client = None
-    if broker:
-        password = Path(broker_password_file).read_text().strip() if broker_password_file else ""
-        mqtt_client = offer_over_mqtt(server, broker, broker_username, password)
-        click.echo(f"offering the bundle on {broker} too", err=True)
-    click.echo(
-        f"serving {len(server.by_fingerprint)} renewal(s) on http://{host}:{port} "
-        f"(Ctrl-C to stop and write the report)",
-        err=True,
-    )
-    stop.wait(timeout=duration)
-    if mqtt_client is not None:
-        mqtt_client.loop_stop()
-        mqtt_client.disconnect()
-    server.shutdown()
-    server.server_close()
-    picked = {p["activation_id"] for p in server.pickups}
+    try:
+        if broker:
+            password = (
+                Path(broker_password_file).read_text().strip() if broker_password_file else ""
+            )
+            mqtt_client = offer_over_mqtt(server, broker, broker_username, password)
+            click.echo(f"offering the bundle on {broker} too", err=True)
+        click.echo(
+            f"serving {len(server.by_fingerprint)} renewal(s) and {len(server.revocations)} "
+            f"revocation(s) on http://{host}:{port} (Ctrl-C to stop and write the report)",
+            err=True,
+        )
+        stop.wait(timeout=duration)
+    finally:
+        if mqtt_client is not None:
+            mqtt_client.loop_stop()
+            mqtt_client.disconnect()
+        listener.stop()
+    records = server.records()
     offered = server.offered()
     served_from = f"{host}:{port}"
     operator = common.actor().who
     doc = report.make_report(
-        doc, server.pickups, offered, served_from, operator, started, int(time.time())
+        doc, records, offered, served_from, operator, started, int(time.time())
     )
     out = report_path or bundle_path.with_name(bundle_path.name + ".report")
     output.write_file(out, bundle.to_bytes(doc))
+    confirmed = sorted(r["activation_id"] for r in records[0])
+    unconfirmed = sorted(r["activation_id"] for r in records[1])
     if as_json:
-        output.emit_json({"report": str(out), "offered": len(offered), "picked_up": sorted(picked)})
+        output.emit_json(
+            {
+                "report": str(out),
+                "offered": len(offered),
+                "picked_up": confirmed,
+                "served_unconfirmed": unconfirmed,
+                "ignored_messages": server.ignored,
+            }
+        )
         return
+    more = (
+        f"; {len(unconfirmed)} more served, unconfirmed (no signed status: agents of 0.1.0)"
+        if unconfirmed
+        else ""
+    )
     click.echo(
-        f"{len(picked)} of {len(offered)} device(s) picked up their renewal or "
-        f"revocation; report written to {out}. Next: bring it to HQ: "
+        f"{len(confirmed)} of {len(offered)} device(s) picked up their renewal or "
+        f"revocation{more}; report written to {out}. Next: bring it to HQ: "
         f"`fieldpass-hq field import {out.name}`."
     )
 
@@ -235,9 +289,19 @@ def import_report(ctx: click.Context, report_path: Path, as_json: bool) -> None:
     if as_json:
         output.emit_json(summary)
         return
-    missing = summary["not_picked_up"]
-    output.emit_text(
-        f"recorded {summary['pickups']} pickup(s) from {report_path} in the audit log"
-        + (f"; not picked up: {', '.join(missing)}" if missing else "")
-        + f" (since {format_time(int(doc['started_at']))})"
-    )
+    missing, unverified = summary["not_picked_up"], summary["unverified"]
+    lines = [
+        f"recorded {summary['pickups']} pickup(s) confirmed by the devices and "
+        f"{summary['served_unconfirmed']} served, unconfirmed, from {report_path} in the "
+        f"audit log (served from {format_time(int(doc['started_at']))})"
+    ]
+    if summary["already_recorded"]:
+        lines.append(f"  {summary['already_recorded']} were recorded already (another report)")
+    if unverified:
+        lines.append(
+            "  recorded as unconfirmed, their signed status does not verify (a device key "
+            f"reset since, or a forgery): {', '.join(unverified)}"
+        )
+    if missing:
+        lines.append(f"  not picked up: {', '.join(missing)}")
+    output.emit_text("\n".join(lines))

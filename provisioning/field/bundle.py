@@ -2,26 +2,37 @@
 
 A bundle (JSON, ``"format": "fieldpass-field-bundle"``, ``"v": 1``) holds, for each
 chosen device, a fresh machine file (signed, and encrypted to that device) and, for a
-device whose license is revoked or suspended, HQ's signed revocation. It holds nothing
-that could activate a new seat and no secret: a lost bundle gives nobody a license.
+device whose license is revoked or suspended, HQ's signed revocation, each with the
+device's public key (so that the laptop can check what the device signs). It holds
+nothing that could activate a new seat and no secret: a lost bundle gives nobody a
+license. Its ``id`` is recorded at HQ (a ``field_export`` audit event), so that its report
+can be tied to it.
 
 ``select`` chooses the devices, ``export`` renews them (audited as renewals) and builds
-the document, ``load_bundle`` reads one back with a size bound.
+the document, ``load_bundle`` reads one back with a size and depth bound and checks
+every field of it (``MalformedInput``, exit 65, for anything else).
 """
 
+import base64
 import json
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.wire import armor
+from agent.wire import armor, sodium
+from agent.wire.errors import FormatError
 
-from ..errors import CannotRead, InvalidRequest
+from ..errors import MalformedInput
 from ..models import Activation, Actor, License
 from ..services import HQ, license_status
+from ..services.audit import event
+from .fields import ACTIVATION_ID, BUNDLE_ID, FINGERPRINT, LICENSE_ID, Entry, read_document
 
 BUNDLE_FORMAT = "fieldpass-field-bundle"
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
+MAX_BUNDLE_DEPTH = 4  # the bundle, its lists, their entries, an entry's values
+REASONS = ("suspended", "revoked")
 
 
 def select(
@@ -63,8 +74,8 @@ def export(
     progress: Callable[[int], None] = lambda n: None,
 ) -> dict[str, Any]:
     """Renew ``chosen`` (a revocation instead where the license is revoked or
-    suspended; nothing where it expired) and return the bundle. ``progress(1)`` is
-    called as each device is taken up."""
+    suspended; nothing where it expired) and return the bundle, its id audited
+    (``field_export``). ``progress(1)`` is called as each device is taken up."""
     devices: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     revocations: list[dict[str, Any]] = []
@@ -81,6 +92,7 @@ def export(
                     "activation_id": act.id,
                     "license_id": lic.id,
                     "fingerprint": act.fingerprint,
+                    "device_key": _b64(act.device_key),
                     "reason": status,
                     "revocation": armor.armor(signed, armor.REVOCATION),
                 }
@@ -99,9 +111,13 @@ def export(
                 "machine_file": armor.armor(issued.machine_file, armor.MACHINE_FILE),
             }
         )
+    bundle_id = "fb_" + secrets.token_hex(10)
+    detail = f"bundle={bundle_id} files={len(devices)} revocations={len(revocations)}"
+    hq.record_audit(event(now, actor, "field_export", detail=detail))
     return {
         "format": BUNDLE_FORMAT,
         "v": 1,
+        "id": bundle_id,
         "created_at": now,
         "created_by": actor.who,
         "devices": devices,
@@ -111,8 +127,6 @@ def export(
 
 
 def _b64(data: bytes | None) -> str | None:
-    import base64
-
     return None if data is None else base64.b64encode(data).decode("ascii")
 
 
@@ -122,14 +136,77 @@ def to_bytes(doc: dict[str, Any]) -> bytes:
 
 
 def load_bundle(path: Path) -> dict[str, Any]:
+    """The bundle at ``path``, every field checked; only the fields it defines."""
+    doc = Entry(read_document(path, "field bundle", MAX_BUNDLE_BYTES, MAX_BUNDLE_DEPTH), str(path))
+    if doc.doc.get("format") != BUNDLE_FORMAT or doc.doc.get("v") != 1:
+        raise MalformedInput(f"{path}: not a version-1 field bundle")
+    devices = [
+        _device(Entry(d, f"{path}: devices[{i}]")) for i, d in enumerate(doc.items("devices"))
+    ]
+    revocations = [
+        _revocation(Entry(r, f"{path}: revocations[{i}]"))
+        for i, r in enumerate(doc.items("revocations", optional=True))
+    ]
+    seen: set[str] = set()
+    for entry in devices + revocations:
+        for value in (entry["activation_id"], entry["fingerprint"]):
+            if value in seen:
+                raise MalformedInput(f"{path}: {value} is in the bundle twice")
+            seen.add(value)
+    return {
+        "format": BUNDLE_FORMAT,
+        "v": 1,
+        # bundles exported before ids were recorded have none: their reports cannot be
+        # tied to them at import
+        "id": doc.text("id", BUNDLE_ID) if doc.has("id") else None,
+        "created_at": doc.time("created_at"),
+        "created_by": doc.text("created_by"),
+        "devices": devices,
+        "revocations": revocations,
+    }
+
+
+def _common(e: Entry) -> dict[str, Any]:
+    key = None
+    if e.has("device_key"):
+        try:
+            raw = base64.b64decode(e.text("device_key", max_chars=64), validate=True)
+        except ValueError:
+            raw = b""
+        if len(raw) != sodium.PUBLIC_KEY_BYTES:
+            raise MalformedInput(f"{e.where}: device_key must be a public key in base64")
+        key = base64.b64encode(raw).decode("ascii")
+    return {
+        "activation_id": e.text("activation_id", ACTIVATION_ID),
+        "license_id": e.text("license_id", LICENSE_ID),
+        "fingerprint": e.text("fingerprint", FINGERPRINT),
+        "device_key": key,
+    }
+
+
+def _armored(e: Entry, name: str, label: str) -> str:
+    value = e.doc.get(name)
     try:
-        raw = path.read_bytes()[:MAX_BUNDLE_BYTES]
-    except OSError as e:
-        raise CannotRead(f"cannot read the bundle {path}: {e.strerror or e}") from None
-    try:
-        doc = json.loads(raw)
-    except ValueError as e:
-        raise InvalidRequest(f"{path}: not a field bundle ({e})") from None
-    if not isinstance(doc, dict) or doc.get("format") != BUNDLE_FORMAT or doc.get("v") != 1:
-        raise InvalidRequest(f"{path}: not a version-1 field bundle")
-    return doc
+        if not isinstance(value, str):
+            raise FormatError("not a text")
+        armor.unarmor(value, label)
+    except FormatError:
+        raise MalformedInput(f"{e.where}: {name} must be an armored {label.lower()}") from None
+    return value
+
+
+def _device(e: Entry) -> dict[str, Any]:
+    return {
+        **_common(e),
+        "serial": e.integer("serial", 1, (1 << 53) - 1),
+        "expires_at": e.time("expires_at"),
+        "machine_file": _armored(e, "machine_file", armor.MACHINE_FILE),
+    }
+
+
+def _revocation(e: Entry) -> dict[str, Any]:
+    return {
+        **_common(e),
+        "reason": e.choice("reason", REASONS),
+        "revocation": _armored(e, "revocation", armor.REVOCATION),
+    }

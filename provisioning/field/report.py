@@ -1,94 +1,319 @@
-"""The field report: what the laptop saw on site (which device picked up what, when,
-over HTTP or MQTT), and its import back at HQ into the audit log.
+"""The field report: what the laptop saw on site, and its import back at HQ into the
+audit log.
 
-``make_report`` builds it when ``field serve`` stops; ``import_report`` records each
-pickup as a ``field_pickup`` event and the report itself as ``field_import`` (by the
-SHA-256 of its bytes), so that a report is imported once. A report is read with a size
-bound and holds no secret (activation and license ids, serials, times); importing one
-never changes a license or an activation, it only adds to the audit log.
+``make_report`` builds it when ``field serve`` stops (``"v": 2``): the pickups the
+devices *confirmed* (each with the device's signed status), what was *served* but not
+confirmed (agents of 0.1.0 cannot sign), and what nobody picked up.
+
+``import_report`` checks every field first (types, known activation ids of the right
+license and device, times not before the bundle's export nor after the import, no
+control character in any text) and refuses a malformed report whole
+(``MalformedInput``, exit 65). It verifies each confirming status against the device key
+HQ recorded for the activation; a status that does not verify (a key reset since, a
+forgery) leaves its pickup "served, unconfirmed". Pickups become ``field_pickup`` events
+(confirmed: the serial the device signed) and ``field_served`` events (unconfirmed), one
+line each; the report is recorded as ``field_import`` under the digest of a canonical
+form of its entries, so that the same report, however it is spaced, imports once, and
+an event already recorded (the same status in two reports) is never recorded twice.
+Importing never changes a license; it records, at most, a device key a status
+registers with its proof. A report holds no secret.
 """
 
+import base64
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
-from agent.wire import sodium
-
-from ..errors import CannotRead, Conflict, InvalidRequest
+from ..errors import Conflict, HQError, MalformedInput, NotFound
 from ..models import Actor, AuditEvent
 from ..services import HQ
 from ..services.audit import event
+from ..services.device_requests import Verified
 from .bundle import MAX_BUNDLE_BYTES
+from .fields import (
+    ACTIVATION_ID,
+    BUNDLE_ID,
+    FINGERPRINT,
+    LICENSE_ID,
+    Entry,
+    printable,
+    read_document,
+)
 
 REPORT_FORMAT = "fieldpass-field-report"
+REPORT_VERSION = 2
 MAX_REPORT_BYTES = MAX_BUNDLE_BYTES
+MAX_REPORT_DEPTH = 3  # the report, its lists, their entries
+CLOCK_SKEW_S = 600  # how far the laptop's clock may be from HQ's
+AUDIT_WINDOW = 100_000  # the newest audit events searched for the bundle and past imports
+WHAT = ("machine_file", "revocation")
+VIA = ("http", "mqtt")
+MAX_SERIAL = (1 << 53) - 1
+MAX_STATUS_CHARS = 4096
 
 
 def make_report(
     bundle: dict[str, Any],
-    pickups: list[dict[str, Any]],
+    records: tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]],
     offered: set[str],
     served_from: str,
     operator: str,
     started_at: int,
     ended_at: int,
 ) -> dict[str, Any]:
-    """The report of one ``field serve``: ``offered`` is every activation id the bundle
-    had something for; those without a pickup are listed as not picked up."""
-    picked = {p["activation_id"] for p in pickups}
+    """The report of one ``field serve``: ``records`` as ``FieldServer.records`` gives
+    them; ``offered`` is every activation id the bundle had something for."""
+    confirmed, unconfirmed, unidentified = records
+    taken = {r["activation_id"] for r in confirmed} | {r["activation_id"] for r in unconfirmed}
+    taken |= set(unidentified)
     return {
         "format": REPORT_FORMAT,
-        "v": 1,
+        "v": REPORT_VERSION,
+        "bundle_id": bundle["id"],
         "bundle_created_at": bundle["created_at"],
-        "served_from": served_from,
-        "operator": operator,
+        "served_from": printable(served_from, 300),
+        "operator": printable(operator),
         "started_at": started_at,
         "ended_at": ended_at,
-        "pickups": pickups,
-        "not_picked_up": sorted(offered - picked),
+        "pickups": confirmed,
+        "served_unconfirmed": unconfirmed,
+        "unidentified_revocation_requests": unidentified,
+        "not_picked_up": sorted(offered - taken),
     }
+
+
+class _Past:
+    """What the audit log already holds of field bundles and reports."""
+
+    def __init__(self, hq: HQ) -> None:
+        self.exports: dict[str, int] = {}
+        self.imports: set[str] = set()
+        self.events: set[tuple[str, str | None, int, str | None]] = set()
+        for e in hq.audit(AUDIT_WINDOW):
+            words = dict(w.split("=", 1) for w in (e.detail or "").split() if "=" in w)
+            if e.action == "field_export" and "bundle" in words:
+                self.exports[words["bundle"]] = e.at
+            elif e.action == "field_import" and "report" in words:
+                self.imports.add(words["report"])
+            elif e.action in ("field_pickup", "field_served"):
+                self.events.add(_key(e))
+
+
+def _key(e: AuditEvent) -> tuple[str, str | None, int, str | None]:
+    return e.action, e.activation_id, e.at, e.detail
 
 
 def import_report(
     hq: HQ, report_path: Path, now: int, actor: Actor
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Record the report at ``report_path`` in the audit log, once; return the summary
-    (report digest, pickups, not picked up) and the report."""
-    try:
-        raw = report_path.read_bytes()[:MAX_REPORT_BYTES]
-    except OSError as e:
-        raise CannotRead(f"cannot read the report {report_path}: {e.strerror or e}") from None
-    try:
-        report = json.loads(raw)
-    except ValueError as e:
-        raise InvalidRequest(f"{report_path}: not a field report ({e})") from None
-    if not isinstance(report, dict) or report.get("format") != REPORT_FORMAT:
-        raise InvalidRequest(f"{report_path}: not a field report")
-    digest = sodium.sha256(raw).hex()[:32]
-    if any(
-        e.action == "field_import" and e.detail and digest in e.detail for e in hq.audit(100_000)
-    ):
+    and the checked report."""
+    raw = read_document(report_path, "field report", MAX_REPORT_BYTES, MAX_REPORT_DEPTH)
+    where = str(report_path)
+    doc = Entry(raw, where)
+    if raw.get("format") != REPORT_FORMAT:
+        raise MalformedInput(f"{where}: not a field report")
+    if raw.get("v") == 1:
+        raise MalformedInput(
+            f"{where}: a version-1 report (fieldpass-hq 0.1.0) records a pickup when a file "
+            "was served, not when the device took it: nothing imported; serve the bundle "
+            "again with this fieldpass-hq"
+        )
+    if raw.get("v") != REPORT_VERSION:
+        raise MalformedInput(f"{where}: not a version-{REPORT_VERSION} field report")
+    past = _Past(hq)
+    report = _checked(hq, doc, past, now)
+    digest = _digest(report)
+    if digest in past.imports:
         raise Conflict(f"{report_path} was imported already (report {digest})")
-    who = f"field:{report.get('operator', 'unknown')}"
-    pickups = report.get("pickups", [])
-    hq.record_audit(
-        *(
-            AuditEvent(
-                int(p["at"]),
-                who,
-                f"field-report:{report.get('served_from', '?')}",
-                "field_pickup",
-                str(p["license_id"]),
-                str(p["activation_id"]),
-                f"serial={int(p['serial'])} via={p['via']}",
-            )
-            for p in pickups
-        ),
-        event(now, actor, "field_import", detail=f"report={digest} pickups={len(pickups)}"),
+    who = Actor(f"field:{report['operator']}", f"field-report:{report['served_from']}")
+    checked = [(p, _verify(hq, p, where)) for p in report["pickups"]]  # nothing written yet
+    events: list[AuditEvent] = []
+    unverified: list[str] = []
+    for p, verified in checked:
+        if isinstance(verified, HQError):
+            unverified.append(p["activation_id"])
+            events.append(_served(p, who, f"status-refused={verified.code}"))
+            continue
+        if verified.registering:
+            try:
+                hq.device.register(verified, now, actor)
+            except HQError:
+                pass  # the status verified with its proof; the key is for HQ's next contact
+        digest16 = hashlib.sha256(base64.b64decode(p["status"])).hexdigest()[:16]
+        detail = f"{p['what']} serial={p['serial']} via={p['via']} confirmed status={digest16}"
+        events.append(
+            event(p["at"], who, "field_pickup", p["license_id"], p["activation_id"], detail)
+        )
+    for s in report["served_unconfirmed"]:
+        events.append(_served(s, who, f"agent={s['agent_version']}"))
+    new = [e for e in events if _key(e) not in past.events]
+    unconfirmed = sum(1 for e in new if e.action == "field_served")
+    confirmed = len(new) - unconfirmed
+    detail = (
+        f"report={digest} bundle={report['bundle_id']} confirmed={confirmed} "
+        f"unconfirmed={unconfirmed} unidentified={len(report['unidentified'])}"
     )
+    hq.record_audit(*new, event(now, actor, "field_import", detail=detail))
     summary = {
         "report": digest,
-        "pickups": len(pickups),
-        "not_picked_up": report.get("not_picked_up", []),
+        "bundle": report["bundle_id"],
+        "pickups": confirmed,
+        "served_unconfirmed": unconfirmed,
+        "already_recorded": len(events) - len(new),
+        "unverified": unverified,
+        "unidentified": report["unidentified"],
+        "not_picked_up": report["not_picked_up"],
     }
     return summary, report
+
+
+def _served(p: dict[str, Any], who: Actor, why: str) -> AuditEvent:
+    serial = f" serial={p['serial']}" if p["serial"] is not None else ""
+    detail = f"{p['what']}{serial} via={p['via']} unconfirmed {why}"
+    return event(p["at"], who, "field_served", p["license_id"], p["activation_id"], detail)
+
+
+def _verify(hq: HQ, p: dict[str, Any], where: str) -> Verified | HQError:
+    """The pickup's status verified against the device key HQ holds for it (or the
+    refusal); MalformedInput if it is another activation's, or of another serial."""
+    try:
+        verified = hq.device.verify(base64.b64decode(p["status"]), "status")
+    except HQError as e:
+        return e
+    if verified.activation.id != p["activation_id"] or verified.message["serial"] != p["serial"]:
+        raise MalformedInput(
+            f"{where}: the pickup of {p['activation_id']} does not say what its signed status "
+            "says (another activation or serial)"
+        )
+    return verified
+
+
+def _checked(hq: HQ, doc: Entry, past: _Past, now: int) -> dict[str, Any]:
+    """The report's fields, every one checked; MalformedInput at the first that fails."""
+    where = doc.where
+    bundle_id = doc.text("bundle_id", BUNDLE_ID) if doc.has("bundle_id") else None
+    if bundle_id is None:
+        raise MalformedInput(
+            f"{where}: the report names no bundle (one exported by an older fieldpass-hq): "
+            "its pickups cannot be tied to an export"
+        )
+    exported_at = past.exports.get(bundle_id)
+    if exported_at is None:
+        raise MalformedInput(f"{where}: bundle {bundle_id} was not exported by this HQ")
+    if doc.time("bundle_created_at") != exported_at:
+        raise MalformedInput(f"{where}: bundle_created_at is not when {bundle_id} was exported")
+    earliest, latest = exported_at - CLOCK_SKEW_S, now + CLOCK_SKEW_S
+    started = doc.time("started_at", earliest, latest)
+    ended = doc.time("ended_at", started, latest)
+    report: dict[str, Any] = {
+        "bundle_id": bundle_id,
+        "bundle_created_at": exported_at,
+        "served_from": doc.text("served_from", max_chars=300),
+        "operator": doc.text("operator"),
+        "started_at": started,
+        "ended_at": ended,
+    }
+    seen: set[str] = set()
+
+    def entry(e: Entry) -> dict[str, Any]:
+        act_id = e.text("activation_id", ACTIVATION_ID)
+        if act_id in seen:
+            raise MalformedInput(f"{e.where}: {act_id} is in the report twice")
+        seen.add(act_id)
+        checked = {
+            "activation_id": act_id,
+            "license_id": e.text("license_id", LICENSE_ID),
+            "fingerprint": e.text("fingerprint", FINGERPRINT),
+            "what": e.choice("what", WHAT),
+            "at": e.time("at", started - CLOCK_SKEW_S, ended + CLOCK_SKEW_S),
+            "via": e.choice("via", VIA),
+        }
+        checked["serial"] = (
+            e.integer("serial", 0, MAX_SERIAL)
+            if checked["what"] == "machine_file" or e.has("serial")
+            else None
+        )
+        _known(hq, checked, e.where)
+        return checked
+
+    pickups = []
+    for i, value in enumerate(doc.items("pickups")):
+        e = Entry(value, f"{where}: pickups[{i}]")
+        p = entry(e)
+        p["status"] = e.text("status", max_chars=MAX_STATUS_CHARS)
+        try:
+            base64.b64decode(p["status"], validate=True)
+        except ValueError:
+            raise MalformedInput(f"{e.where}: status must be base64") from None
+        pickups.append(p)
+    served = []
+    for i, value in enumerate(doc.items("served_unconfirmed")):
+        e = Entry(value, f"{where}: served_unconfirmed[{i}]")
+        s = entry(e)
+        s["agent_version"] = e.text("agent_version", max_chars=100)
+        served.append(s)
+
+    def activation_ids(name: str) -> list[str]:
+        ids = []
+        for i, value in enumerate(doc.items(name)):
+            here = f"{where}: {name}[{i}]"
+            act_id = Entry({"activation_id": value}, here).text("activation_id", ACTIVATION_ID)
+            if act_id in seen:
+                raise MalformedInput(f"{where}: {act_id} is in the report twice")
+            seen.add(act_id)
+            _known(hq, {"activation_id": act_id}, here)
+            ids.append(act_id)
+        return sorted(ids)
+
+    report.update(
+        pickups=pickups,
+        served_unconfirmed=served,
+        unidentified=activation_ids("unidentified_revocation_requests"),
+        not_picked_up=activation_ids("not_picked_up"),
+    )
+    return report
+
+
+def _known(hq: HQ, entry: dict[str, Any], where: str) -> None:
+    """The activation exists at HQ, of the license and device the entry names."""
+    try:
+        act = hq.get_activation(entry["activation_id"])
+    except NotFound:
+        raise MalformedInput(f"{where}: HQ has no activation {entry['activation_id']}") from None
+    if "license_id" in entry and (
+        act.license_id != entry["license_id"] or act.fingerprint != entry["fingerprint"]
+    ):
+        raise MalformedInput(
+            f"{where}: activation {act.id} is of another license or device than the report says"
+        )
+    if entry.get("what") == "machine_file" and entry["serial"] > act.serial:
+        raise MalformedInput(
+            f"{where}: serial {entry['serial']} of {act.id} was never issued "
+            f"(HQ is at {act.serial})"
+        )
+
+
+def _digest(report: dict[str, Any]) -> str:
+    """The report's identity: SHA-256 of the canonical JSON of its checked entries (the
+    bundle, when it was served, what was picked up), so that spacing, key order or an
+    edited operator name never make the same report import twice."""
+    canonical = {
+        k: report[k]
+        for k in (
+            "bundle_id",
+            "started_at",
+            "ended_at",
+            "pickups",
+            "served_unconfirmed",
+            "unidentified",
+            "not_picked_up",
+        )
+    }
+    canonical["pickups"] = sorted(report["pickups"], key=lambda p: str(p["activation_id"]))
+    canonical["served_unconfirmed"] = sorted(
+        report["served_unconfirmed"], key=lambda p: str(p["activation_id"])
+    )
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]

@@ -1,28 +1,36 @@
-"""The technician's laptop, on site: an HTTP server that answers the devices' usual
-renewal path from a field bundle, and (``offer_over_mqtt``) the same bundle on a broker.
+"""The technician's laptop, on site: answers the devices' usual HTTP paths from a field
+bundle (through ``listener.py``, which bounds every peer), and (``offer_over_mqtt``) offers
+the same bundle on a broker.
 
-``POST /v1/machine-file`` answers a device's request signed by its own key (checked
-against the device key the bundle carries, over a challenge of the laptop's
-``POST /v1/challenge``), or, from an agent of 0.1.0, whose fingerprint and license key
-match a renewal in the bundle; ``POST /v1/validate`` hands over a revocation HQ signed (the
-laptop cannot sign HQ's time); ``/v1/activate`` and ``/v1/deactivate`` are refused, so
-that a laptop never grants a seat. Each pickup is recorded (``FieldServer.pickups``) for
-the report (field/report.py).
+- ``POST /v1/challenge``: the laptop's own single-use challenges.
+- ``POST /v1/machine-file``: a renewal, for a request signed by the device's own key
+  (checked against the device key the bundle carries, or the key a registering request
+  carries), or, from an agent of 0.1.0, whose fingerprint and license key match a
+  renewal in the bundle. A device whose license HQ revoked or suspended gets HQ's refusal.
+- ``POST /v1/validate``: a revocation HQ signed (the laptop cannot sign HQ's time).
+- ``POST /v1/status``: the device's signed status after an install: what confirms a
+  pickup. ``/v1/activate`` and ``/v1/deactivate`` are refused: a laptop never grants a
+  seat.
 
-Holds no secret and signs nothing: everything it serves was signed at HQ and is
-encrypted to its device. Bodies are capped at ``MAX_BODY_BYTES`` before parsing; never
-logs a request (the license key is in the body).
+What the laptop records, for the report (field/report.py): a file or revocation
+*served* to a device that identified itself, and a pickup *confirmed* by the device's
+signed status (its serial, or its revoked verdict), kept with the status so that HQ
+verifies it at import. An agent of 0.1.0 cannot sign: what it takes stays "served,
+unconfirmed". A revocation handed to a request the laptop cannot attribute is listed
+apart, never recorded as anyone's pickup. Holds no secret and signs nothing; never logs a request
+(the license key is in the body of agents of 0.1.0). Thread-safe: the listener's thread
+and the MQTT client's thread both call in.
 """
 
 import base64
-import http.server
-import json
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from agent.jsonin import JsonError, loads_object
 from agent.wire import armor, device_msg, sodium
 from agent.wire import license_key as lk
 from agent.wire.device_key import key_id
@@ -30,55 +38,86 @@ from agent.wire.device_msg import unverified_fingerprint
 from agent.wire.errors import WireError
 from agent.wire.signed import signed_kid
 
-MAX_BODY_BYTES = 16 * 1024
+from .fields import printable
+from .listener import MAX_BODY_BYTES, Document, error
+
 CHALLENGE_TTL_S = 300
 MAX_CHALLENGES = 10_000
+MAX_CHALLENGES_PER_ADDRESS = 64
+MAX_REQUEST_DEPTH = 2  # every request body is a flat object
+LEGACY_AGENT = "0.1.0"  # the agent whose requests carry the license key
+
+Answer = tuple[int, Document]
+OnRecord = Callable[[dict[str, Any], bool], None]
 
 
-class FieldServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
+class FieldServer:
+    """The laptop's state over one (checked) bundle: what it offers, its challenges,
+    what it served and what the devices confirmed."""
 
-    def __init__(
-        self,
-        address: tuple[str, int],
-        bundle: dict[str, Any],
-        on_pickup: Callable[[dict[str, Any], str], None] | None = None,
-    ) -> None:
+    def __init__(self, bundle: dict[str, Any], on_record: OnRecord | None = None) -> None:
+        self.bundle = bundle
         self.by_fingerprint = {d["fingerprint"]: d for d in bundle["devices"]}
+        self.revocations = {r["fingerprint"]: r for r in bundle["revocations"]}
+        self.entries = {**self.by_fingerprint, **self.revocations}
         self.by_device_key = {
-            key_id(base64.b64decode(d["device_key"])): d
-            for d in bundle["devices"]
-            if isinstance(d.get("device_key"), str)
+            key_id(base64.b64decode(e["device_key"])): e
+            for e in self.entries.values()
+            if e.get("device_key")
         }
-        self.revocations = {r["fingerprint"]: r for r in bundle.get("revocations", [])}
-        self.challenges: dict[str, float] = {}  # the laptop's own single-use challenges
-        self.pickups: list[dict[str, Any]] = []
+        self.challenges: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        self.outstanding: dict[str, int] = {}
+        self.served: dict[str, dict[str, Any]] = {}
+        self.confirmed: dict[str, dict[str, Any]] = {}
+        self.unidentified: set[str] = set()  # revocations handed to unattributed requests
+        self.ignored = 0  # device messages on MQTT that could not be read or verified
         self.lock = threading.Lock()
-        self.on_pickup = on_pickup
-        super().__init__(address, _Handler)
+        self.on_record = on_record
 
-    def new_challenge(self) -> str:
-        value = base64.urlsafe_b64encode(os.urandom(18)).decode("ascii")
+    # -- challenges --------------------------------------------------------------------
+    def new_challenge(self, address: str) -> str | None:
+        """A fresh challenge; None when this address holds too many unused ones (or the
+        laptop does)."""
         now = time.monotonic()
         with self.lock:
-            for old, at in list(self.challenges.items()):
-                if now - at > CHALLENGE_TTL_S:
-                    del self.challenges[old]
-            if len(self.challenges) < MAX_CHALLENGES:
-                self.challenges[value] = now
+            while self.challenges:
+                value, (at, _) = next(iter(self.challenges.items()))
+                if now - at <= CHALLENGE_TTL_S:
+                    break
+                self._forget(value)
+            held = self.outstanding.get(address, 0)
+            if held >= MAX_CHALLENGES_PER_ADDRESS or len(self.challenges) >= MAX_CHALLENGES:
+                return None
+            value = base64.urlsafe_b64encode(os.urandom(18)).decode("ascii")
+            self.challenges[value] = (now, address)
+            self.outstanding[address] = held + 1
         return value
 
-    def spend_challenge(self, value: object) -> bool:
-        with self.lock:
-            at = self.challenges.pop(value, None) if isinstance(value, str) else None
-        return at is not None and time.monotonic() - at <= CHALLENGE_TTL_S
+    def _forget(self, value: str) -> tuple[float, str] | None:
+        found = self.challenges.pop(value, None)
+        if found is not None:
+            left = self.outstanding[found[1]] - 1
+            if left:
+                self.outstanding[found[1]] = left
+            else:
+                del self.outstanding[found[1]]
+        return found
 
+    def spend_challenge(self, value: object) -> bool:
+        if not isinstance(value, str):
+            return False
+        with self.lock:
+            found = self._forget(value)
+        return found is not None and time.monotonic() - found[0] <= CHALLENGE_TTL_S
+
+    # -- who is asking -------------------------------------------------------------------
     def entry_for(
         self, data: bytes, msg_type: str, *, challenge: bool = True
     ) -> tuple[dict[str, Any], device_msg.DeviceMessage] | None:
         """The bundle entry a device's signed message is about, the message verified:
         against the device key the bundle carries, or (a device registering its key)
-        against the key the message carries. None if it verifies against neither."""
+        against the key the message carries. None if it verifies against neither, or
+        (``challenge``) its challenge is not one of the laptop's, unused."""
         try:
             kid = signed_kid(data, device_msg.MAX_MESSAGE_BYTES)
             entry = self.by_device_key.get(kid)
@@ -87,190 +126,268 @@ class FieldServer(http.server.ThreadingHTTPServer):
                 msg = device_msg.open_message(data, lambda k: key if k == kid else None, msg_type)
             else:
                 msg = device_msg.open_self_signed(data, msg_type)
-                entry = self.by_fingerprint.get(msg.fingerprint)
+                entry = self.entries.get(msg.fingerprint)
         except (WireError, ValueError):
             return None
         if entry is None or entry["fingerprint"] != msg.fingerprint:
+            return None
+        if msg.activation_id not in ("", entry["activation_id"]):
             return None
         if challenge and not self.spend_challenge(msg.fields.get("challenge")):
             return None
         return entry, msg
 
+    # -- what the report records ---------------------------------------------------------
     def offered(self) -> set[str]:
         """The activation ids the bundle has something for (a file or a revocation)."""
-        offered = {e["activation_id"] for e in self.by_fingerprint.values()}
-        return offered | {e["activation_id"] for e in self.revocations.values()}
+        return {e["activation_id"] for e in self.entries.values()}
 
-    def picked(self, entry: dict[str, Any], via: str) -> None:
+    def record_served(self, entry: dict[str, Any], via: str, agent_version: str) -> None:
+        """A file or revocation handed to the device it is for (it identified itself)."""
         record = {
-            "activation_id": entry["activation_id"],
-            "license_id": entry["license_id"],
-            "fingerprint": entry["fingerprint"],
-            "serial": entry.get("serial", 0),
+            **_ids(entry),
+            "what": "machine_file" if "machine_file" in entry else "revocation",
+            "serial": entry.get("serial"),
             "at": int(time.time()),
             "via": via,
+            "agent_version": printable(agent_version, 100),
         }
         with self.lock:
-            self.pickups.append(record)
-        if self.on_pickup is not None:
-            self.on_pickup(entry, via)
+            if entry["activation_id"] in self.served:
+                return
+            self.served[entry["activation_id"]] = record
+        if self.on_record is not None:
+            self.on_record(record, False)
 
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server: FieldServer
-    server_version = "fieldpass-field"
-
-    def _send(self, status: int, doc: dict[str, Any]) -> None:
-        body = json.dumps(doc).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _error(self, status: int, code: str, message: str) -> None:
-        self._send(status, {"error": {"code": code, "message": message}})
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # request lines could carry nothing secret, but keep the console for pickups
-
-    def do_GET(self) -> None:
-        if self.path == "/healthz":
-            self._send(200, {"ok": True, "field": True})
+    def record_status(
+        self, entry: dict[str, Any], msg: device_msg.DeviceMessage, payload: bytes, via: str
+    ) -> bool:
+        """Keep the device's verified status if it confirms what the bundle had for it:
+        the file's serial (or a newer one) installed, or the revocation recorded."""
+        if "machine_file" in entry:
+            serial = msg.fields.get("serial")
+            confirms = type(serial) is int and serial >= entry["serial"]
         else:
-            self._error(404, "not_found", "no such endpoint")
+            confirms = bool(msg.fields.get("revoked")) or msg.fields.get("verdict") == "revoked"
+        if not confirms:
+            return False
+        record = {
+            **_ids(entry),
+            "what": "machine_file" if "machine_file" in entry else "revocation",
+            "serial": msg.fields.get("serial"),
+            "at": int(time.time()),
+            "via": via,
+            "status": base64.b64encode(payload).decode("ascii"),
+        }
+        with self.lock:
+            if entry["activation_id"] in self.confirmed:
+                return True
+            self.confirmed[entry["activation_id"]] = record
+        if self.on_record is not None:
+            self.on_record(record, True)
+        return True
 
-    def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY_BYTES:
-            self._error(413, "invalid_request", "request body too large")
-            return
+    def count_ignored(self) -> None:
+        with self.lock:
+            self.ignored += 1
+
+    def records(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+        """(confirmed pickups, served but unconfirmed, the activation ids whose revocation
+        went only to requests that could not be attributed), for the report."""
+        with self.lock:
+            confirmed = sorted(self.confirmed.values(), key=lambda r: r["at"])
+            unconfirmed = [r for a, r in self.served.items() if a not in self.confirmed]
+            unidentified = self.unidentified - set(self.confirmed) - set(self.served)
+            return confirmed, sorted(unconfirmed, key=lambda r: r["at"]), sorted(unidentified)
+
+    # -- the routes ----------------------------------------------------------------------
+    def answer(self, method: str, path: str, body: bytes, address: str) -> Answer:
+        """The listener's handler: one complete request, its answer."""
+        if path == "/healthz":
+            return (200, {"ok": True, "field": True}) if method == "GET" else _no_method()
+        routes: dict[str, Callable[[dict[str, object], str], Answer]] = {
+            "/v1/challenge": self._challenge,
+            "/v1/machine-file": self._machine_file,
+            "/v1/validate": self._validate,
+            "/v1/status": self._status,
+            "/v1/activate": _not_in_the_field,
+            "/v1/deactivate": _not_in_the_field,
+        }
+        route = routes.get(path)
+        if route is None:
+            return error(404, "not_found", "no such endpoint")
+        if method != "POST":
+            return _no_method()
         try:
-            body = json.loads(self.rfile.read(length))
-            assert isinstance(body, dict)
-        except (ValueError, AssertionError):
-            self._error(400, "invalid_request", "the body is not a JSON object")
-            return
-        if self.path == "/v1/challenge":
-            self._send(200, {"challenge": self.server.new_challenge(), "expires_in": 300})
-        elif self.path == "/v1/machine-file":
-            self._machine_file(body)
-        elif self.path in ("/v1/activate", "/v1/deactivate"):
-            self._error(
-                403,
-                "not_available_in_the_field",
-                "a technician's laptop cannot activate or deactivate: ask HQ",
-            )
-        elif self.path == "/v1/validate":
-            self._validate(body)
+            doc = loads_object(body, max_bytes=MAX_BODY_BYTES, max_depth=MAX_REQUEST_DEPTH)
+        except JsonError as e:
+            return error(400, "invalid_request", f"the body is not a JSON object ({e})")
+        return route(doc, address)
+
+    def _challenge(self, body: dict[str, object], address: str) -> Answer:
+        value = self.new_challenge(address)
+        if value is None:
+            return error(429, "busy", "too many unused challenges: use them or wait 5 minutes")
+        return 200, {"challenge": value, "expires_in": CHALLENGE_TTL_S}
+
+    def _machine_file(self, body: dict[str, object], address: str) -> Answer:
+        entry: dict[str, Any] | None
+        if "request" in body:  # signed by the device's key (agents after 0.1.0)
+            found = self.entry_for(_request_bytes(body), "renew")
+            if found is None:
+                return _unauthenticated()
+            entry, agent = found[0], str(found[1]["agent_version"])
         else:
-            self._error(404, "not_found", "no such endpoint")
+            entry = self.entries.get(str(body.get("fingerprint", "")))
+            if entry is None:
+                return error(
+                    404, "activation_not_found", "no renewal for this device in the bundle"
+                )
+            if not _license_matches(body, entry):
+                return error(403, "license_not_found", "the license key does not match this device")
+            if entry.get("device_key"):
+                return error(
+                    403,
+                    "signed_request_required",
+                    "this device has a device key: its requests must be signed by it, "
+                    "without the license key",
+                )
+            agent = LEGACY_AGENT
+        if "machine_file" not in entry:
+            reason = entry["reason"]
+            return error(403, f"license_{reason}", f"HQ {reason} this device's license")
+        self.record_served(entry, "http", agent)
+        return 200, {k: entry[k] for k in ("activation_id", "serial", "expires_at", "machine_file")}
 
-    def _signed(self, body: dict[str, Any], msg_type: str) -> dict[str, Any] | None:
-        """The bundle entry of a signed device request, or None (answered already)."""
-        try:
-            data = base64.b64decode(str(body.get("request", "")), validate=True)
-        except ValueError:
-            data = b""
-        found = self.server.entry_for(data, msg_type)
-        if found is None:
-            self._error(
-                401,
-                "device_unauthenticated",
-                "the request is not signed by a device this bundle has a renewal for, or its "
-                "challenge is unknown or used",
-            )
-            return None
-        return found[0]
-
-    def _validate(self, body: dict[str, Any]) -> None:
+    def _validate(self, body: dict[str, object], address: str) -> Answer:
         """The laptop cannot sign HQ's time; it can hand over a revocation HQ signed."""
-        fingerprint = str(body.get("fingerprint", ""))
+        entry: dict[str, Any] | None = None
+        agent = ""
         if "request" in body:
-            data = b""
-            try:
-                data = base64.b64decode(str(body["request"]), validate=True)
-                kid = signed_kid(data, device_msg.MAX_MESSAGE_BYTES)
-            except (ValueError, WireError):
-                kid = ""
-            known = self.server.by_device_key.get(kid)
-            # A revocation is HQ-signed and public (the device verifies it): for a device
-            # whose key the bundle does not know, its claimed fingerprint is enough to
-            # look one up.
-            fingerprint = known["fingerprint"] if known else unverified_fingerprint(data)
-        entry = self.server.revocations.get(fingerprint)
-        if entry is None:
-            self._error(
+            data = _request_bytes(body)
+            found = self.entry_for(data, "validate")
+            if found is not None:
+                entry, agent = found[0], str(found[1]["agent_version"])
+            else:
+                # A revocation is HQ-signed and public (the device verifies it): for a
+                # request the laptop cannot check, the fingerprint it claims is enough to
+                # look one up, and nobody is recorded.
+                entry = self.revocations.get(unverified_fingerprint(data))
+        else:
+            entry = self.revocations.get(str(body.get("fingerprint", "")))
+            if entry is not None and _license_matches(body, entry):
+                agent = LEGACY_AGENT
+        if entry is None or "revocation" not in entry:
+            return error(
                 503, "hq_unreachable", "a technician's laptop cannot validate: offline verdict"
             )
-            return
-        self._send(200, {"revocation": entry["revocation"], "status": entry["reason"]})
-        self.server.picked(entry, "http")
+        if agent:
+            self.record_served(entry, "http", agent)
+        else:
+            with self.lock:
+                self.unidentified.add(entry["activation_id"])
+        return 200, {"revocation": entry["revocation"], "status": entry["reason"]}
 
-    def _machine_file(self, body: dict[str, Any]) -> None:
-        if "request" in body:  # signed by the device's key (agents after 0.1.0)
-            signed = self._signed(body, "renew")
-            if signed is not None:
-                self._serve(signed)
-            return
-        entry = self.server.by_fingerprint.get(str(body.get("fingerprint", "")))
-        if entry is None:
-            self._error(404, "activation_not_found", "no renewal for this device in the bundle")
-            return
-        try:
-            lic_id = lk.license_id(lk.normalize(str(body.get("license_key", ""))))
-        except ValueError:
-            lic_id = ""
-        if not sodium.constant_time_equal(lic_id.encode(), entry["license_id"].encode()):
-            self._error(403, "license_not_found", "the license key does not match this device")
-            return
-        self._serve(entry)
+    def _status(self, body: dict[str, object], address: str) -> Answer:
+        data = _request_bytes(body)
+        found = self.entry_for(data, "status")
+        if found is None:
+            return _unauthenticated()
+        entry, msg = found
+        confirmed = self.record_status(entry, msg, data, "http")
+        return 200, {"recorded": True, "confirmed": confirmed}
 
-    def _serve(self, entry: dict[str, Any]) -> None:
-        self._send(
-            200, {k: entry[k] for k in ("activation_id", "serial", "expires_at", "machine_file")}
-        )
-        self.server.picked(entry, "http")
+
+def _ids(entry: dict[str, Any]) -> dict[str, Any]:
+    return {k: entry[k] for k in ("activation_id", "license_id", "fingerprint")}
+
+
+def _request_bytes(body: dict[str, object]) -> bytes:
+    value = body.get("request")
+    if not isinstance(value, str):
+        return b""
+    try:
+        return base64.b64decode(value, validate=True)
+    except ValueError:
+        return b""
+
+
+def _license_matches(body: dict[str, object], entry: dict[str, Any]) -> bool:
+    try:
+        lic_id = lk.license_id(lk.normalize(str(body.get("license_key", ""))))
+    except ValueError:
+        lic_id = ""
+    return sodium.constant_time_equal(lic_id.encode(), entry["license_id"].encode())
+
+
+def _unauthenticated() -> Answer:
+    return error(
+        401,
+        "device_unauthenticated",
+        "the request is not signed by a device this bundle has something for, or its "
+        "challenge is unknown or used",
+    )
+
+
+def _not_in_the_field(body: dict[str, object], address: str) -> Answer:
+    return error(
+        403,
+        "not_available_in_the_field",
+        "a technician's laptop cannot activate or deactivate: ask HQ",
+    )
+
+
+def _no_method() -> Answer:
+    return error(405, "method_not_allowed", "this endpoint takes another method")
+
+
+MAX_LEGACY_STATUS_BYTES = 1024
 
 
 def offer_over_mqtt(server: FieldServer, url: str, username: str, password: str) -> Any:
     """Publish every renewal and revocation of the bundle, retained, on each device's
-    topics, and count a pickup when the device's status reports the new serial (or the
-    revoked verdict). The device's daemon verifies everything it receives."""
-    from agent.daemon import messages, topics
+    topics, and keep each device's signed status that confirms it (the new serial, or
+    the revoked verdict). The JSON status of an agent of 0.1.0 (unsigned) makes a pickup
+    "served, unconfirmed". The device's daemon verifies everything it receives; nothing
+    a device publishes stops the laptop (bounded parsing, a guard per message)."""
+    from agent.daemon import topics
 
     from ..mqtt.connection import connect
 
     prefix = topics.DEFAULT_PREFIX
-    by_device = {topics.device_id(fp): e for fp, e in server.by_fingerprint.items()}
-    revoked = {topics.device_id(fp): e for fp, e in server.revocations.items()}
-    seen: set[str] = set()
+    by_device = {topics.device_id(fp): e for fp, e in server.entries.items()}
 
-    def on_message(client: object, userdata: object, message: Any) -> None:
-        parsed = topics.parse(prefix, message.topic)
-        if parsed is None or parsed[1] != topics.STATUS or parsed[0] in seen:
+    def on_status(dev: str, payload: bytes) -> None:
+        entry = by_device.get(dev)
+        if entry is None or entry["activation_id"] in server.confirmed:
             return
-        payload = bytes(message.payload)
-        status: dict[str, object]
         if payload[:1] == b"{":  # an agent of 0.1.0
             try:
-                status = messages.parse_status(payload)
-            except (messages.MessageError, RecursionError):
+                doc = loads_object(payload, max_bytes=MAX_LEGACY_STATUS_BYTES, max_depth=2)
+            except JsonError:
+                server.count_ignored()
                 return
-        else:  # signed by the device's key
-            found = server.entry_for(payload, "status", challenge=False)
-            if found is None:
-                return
-            status = dict(found[1].fields)
-        dev = parsed[0]
-        entry = by_device.get(dev)
-        serial = status.get("serial")
-        if entry is not None and type(serial) is int and serial >= entry["serial"]:
-            seen.add(dev)
-            server.picked(entry, "mqtt")
-        elif dev in revoked and status.get("verdict") == "revoked":
-            seen.add(dev)
-            server.picked(revoked[dev], "mqtt")
+            serial = doc.get("serial")
+            if "machine_file" in entry:
+                holds = type(serial) is int and serial >= entry["serial"]
+            else:
+                holds = doc.get("verdict") == "revoked"
+            if holds:
+                server.record_served(entry, "mqtt", LEGACY_AGENT)
+            return
+        found = server.entry_for(payload, "status", challenge=False)
+        if found is None or found[0] is not entry:  # unreadable, or another device's
+            server.count_ignored()
+            return
+        server.record_status(entry, found[1], payload, "mqtt")
+
+    def on_message(client: object, userdata: object, message: Any) -> None:
+        try:
+            parsed = topics.parse(prefix, message.topic)
+            if parsed is not None and parsed[1] == topics.STATUS:
+                on_status(parsed[0], bytes(message.payload))
+        except Exception:  # a guard per message: one device never stops the laptop
+            server.count_ignored()
 
     client = connect(
         url,
@@ -281,9 +398,10 @@ def offer_over_mqtt(server: FieldServer, url: str, username: str, password: str)
         subscriptions=[f"{prefix}/dev/+/{topics.STATUS}"],
     )
     for dev, entry in by_device.items():
-        data = armor.unarmor(entry["machine_file"], armor.MACHINE_FILE)
-        client.publish(topics.topic(prefix, dev, topics.MACHINE_FILE), data, qos=1, retain=True)
-    for dev, entry in revoked.items():
-        data = armor.unarmor(entry["revocation"], armor.REVOCATION)
-        client.publish(topics.topic(prefix, dev, topics.REVOCATION), data, qos=1, retain=True)
+        if "machine_file" in entry:
+            data = armor.unarmor(entry["machine_file"], armor.MACHINE_FILE)
+            client.publish(topics.topic(prefix, dev, topics.MACHINE_FILE), data, qos=1, retain=True)
+        else:
+            data = armor.unarmor(entry["revocation"], armor.REVOCATION)
+            client.publish(topics.topic(prefix, dev, topics.REVOCATION), data, qos=1, retain=True)
     return client

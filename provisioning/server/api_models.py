@@ -27,10 +27,12 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+# Base64 with its padding, whole groups of four: what ``base64.b64decode`` takes.
+BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=|[A-Za-z0-9+/]{4})$"
 SIGNED_REQUEST = Field(
     default=None,
     max_length=4096,
-    pattern=r"^[A-Za-z0-9+/]+={0,2}$",
+    pattern=BASE64,
     description="A device message signed by the device's own key, base64 "
     "(docs/wire-format.md section 9). Agents after 0.1.0 send this instead of the "
     "license key.",

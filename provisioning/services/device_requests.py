@@ -310,6 +310,17 @@ class DeviceRequests:
         )
         return Validation(lic.id, status, lic.expires_at, act, now, token)
 
+    def status(self, data: bytes, now: int, actor: Actor, channel: str = "http") -> Verified:
+        """The device's signed status, over a challenge (``POST /v1/status``): HQ records
+        the contact, and the key a status registers with its proof."""
+        verified = self.verify(data, "status")
+        m, act = verified.message, verified.activation
+        with self.store.write() as tx:
+            self._spend(tx, m["challenge"], now, True)
+            tx.record_contact(act.id, now, channel, str(m["agent_version"]), act.claims_format)
+        self.register(verified, now, actor)
+        return verified
+
     def deactivate(self, data: bytes, now: int, actor: Actor) -> Activation:
         verified = self.verify(data, "deactivate")
         with self.store.write() as tx:

@@ -62,8 +62,11 @@ FAILURES: list[tuple[str, int]] = [
     ("field export -o {tmp}/b", 2),
     ("field export --fingerprints /nonexistent -o {tmp}/b", 66),
     ("field serve {tmp}/no-such.bundle", 66),
+    ("field serve {tmp}/bad.bundle", 65),
     ("field import {report}", 1),
     ("field import {tmp}/no-such.report", 66),
+    ("field import {tmp}/bad.report", 65),
+    ("activations reset-key act_00000000000000000000", 3),
     ("serve --tls-cert {report}", 2),
     ("tokens create tests", 1),
     ("tokens create bad/name", 2),
@@ -117,22 +120,30 @@ def world(hq: Run, license_key: str, tmp_path: Path) -> dict[str, str]:
     assert hq("tokens", "create", "tests").code == 0
     revoked = hq("licenses", "create", "--plan", "std", "--json").json()["id"]
     assert hq("licenses", "revoke", revoked, "--yes").code == 0
+    bundle = tmp_path / "site.bundle"
+    assert hq("field", "export", "--all", "-o", str(bundle)).code == 0
+    exported = json.loads(bundle.read_text())
     report = tmp_path / "site.report"
     report.write_text(
         json.dumps(
             {
                 "format": "fieldpass-field-report",
-                "v": 1,
-                "bundle_created_at": 0,
+                "v": 2,
+                "bundle_id": exported["id"],
+                "bundle_created_at": exported["created_at"],
                 "served_from": "127.0.0.1:8750",
                 "operator": "tech",
-                "started_at": 0,
-                "ended_at": 0,
+                "started_at": exported["created_at"],
+                "ended_at": exported["created_at"],
                 "pickups": [],
+                "served_unconfirmed": [],
+                "unidentified_revocation_requests": [],
                 "not_picked_up": [],
             }
         )
     )
+    (tmp_path / "bad.report").write_text(report.read_text().replace('"v": 2', '"v": "2"'))
+    (tmp_path / "bad.bundle").write_text(bundle.read_text().replace('"devices"', '"devises"'))
     assert hq("field", "import", str(report)).code == 0
     broken = tmp_path / "not-a-directory"
     broken.write_text("")

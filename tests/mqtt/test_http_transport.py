@@ -81,7 +81,7 @@ def test_run_and_refresh_both_renew_from_the_laptop(
 ) -> None:
     """The real `fieldpass-hq field serve` answers /v1/validate with 503 (it cannot sign
     HQ's time): the daemon still asks it for the renewal, due or not; refresh too."""
-    from tests.test_field import laptop
+    from tests.laptop import laptop
 
     key = hq.setup(seats=4)
     due, fresh, by_refresh = make_device(), make_device(), make_device()
@@ -96,7 +96,8 @@ def test_run_and_refresh_both_renew_from_the_laptop(
     license_id = str(doc["license_id"])
     bundle, report = tmp_path / "site.bundle", tmp_path / "site.report"
     hq.run("field", "export", "--license", license_id, "-o", str(bundle))
-    with laptop(hq, bundle, report) as (url, _proc):
+    with laptop(bundle, report) as lp:
+        url = lp.url
         for robot in (due, fresh, by_refresh):
             robot.write_config(
                 f'[online]\nserver = "http://127.0.0.1:9"\nservers = ["{url}"]\ntimeout_s = 2\n'
