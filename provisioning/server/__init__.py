@@ -2,6 +2,11 @@
 
 - ``device``: the device endpoints (license key in the body);
 - ``admin``: the admin endpoints (bearer token);
+- ``fleet``: the fleet's read API (activations and licenses filtered and paged, the
+  overview, sites, the audit log) and plan and seat changes (bearer token);
+- ``console``: the web console under ``/console/`` (server-rendered pages, sessions);
+- ``docs``: the API's interactive documentation, with every asset from the package;
+- ``headers``: the Content-Security-Policy and the other headers of browser pages;
 - ``errors``: every error as ``{"error": {"code", "message"}}`` with the stable code and
   status of ``provisioning.errors``;
 - ``middleware``: the body limit;
@@ -20,8 +25,9 @@ from fastapi import FastAPI
 
 from .. import __version__
 from ..services import HQ
-from . import admin, device
+from . import admin, console, device, docs, fleet
 from .errors import install_error_handlers
+from .headers import BrowserHeaders
 from .middleware import MAX_BODY_BYTES, BodyLimit
 
 HOME_ENV = "FIELDPASS_HQ_HOME"
@@ -33,12 +39,18 @@ def create_app(home: Path, *, database: str | None = None) -> FastAPI:
         title="Fieldpass HQ",
         version=__version__,
         description="Activations, renewals and validation for Fieldpass devices; admin API.",
+        docs_url=None,  # server/docs.py serves /docs from the package
+        redoc_url=None,
     )
     app.state.hq = hq
     install_error_handlers(app)
     device.add_routes(app, hq)
     admin.add_routes(app, hq)
+    fleet.add_routes(app, hq)
+    console.add_routes(app, hq)
+    docs.add_routes(app)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(BrowserHeaders)
     return app
 
 

@@ -6,6 +6,7 @@ the database.
 """
 
 import base64
+import binascii
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -46,6 +47,16 @@ LEGACY_FINGERPRINT = Field(
 )
 
 
+def _check_base64(text: str | None) -> None:
+    """The pattern lets through text of a length no base64 has ("0"): refused here (422),
+    not by the decoder in the route (a 500)."""
+    if text is not None:
+        try:
+            base64.b64decode(text, validate=True)
+        except binascii.Error:
+            raise ValueError("request: not base64") from None
+
+
 class SignedOrLegacy(Strict):
     """Either ``request`` (signed, agents after 0.1.0) or ``license_key`` and
     ``fingerprint`` (the form of agents up to 0.1.0), never both."""
@@ -61,6 +72,7 @@ class SignedOrLegacy(Strict):
             raise ValueError("give a signed request, or license_key and fingerprint, not both")
         if self.request is None and (self.license_key is None or self.fingerprint is None):
             raise ValueError("give a signed request (or license_key and fingerprint)")
+        _check_base64(self.request)
         return self
 
     def signed(self) -> bytes | None:
@@ -82,6 +94,7 @@ class ActivateRequest(Strict):
     def _one_form(self) -> "ActivateRequest":
         if (self.request is None) == (self.fingerprint is None):
             raise ValueError("give the signed activation request, or (0.1.0) a fingerprint")
+        _check_base64(self.request)
         return self
 
 
@@ -118,6 +131,19 @@ class LicenseCreate(Strict):
     plan: str = Field(pattern=NAME)
     entitlements: list[EntitlementIn] = Field(default_factory=list, max_length=64)
     expires_at: int | None = Field(default=None, ge=0, le=MAX_TIME)
+
+
+class PlanUpdate(Strict):
+    """What changes (a field left out stays; ``warn_s: null``: a third of the TTL)."""
+
+    seats: int | None = Field(default=None, ge=1, le=1_000_000)
+    offline_ttl_s: int | None = Field(default=None, ge=1, le=MAX_DURATION_S)
+    grace_s: int | None = Field(default=None, ge=0, le=MAX_DURATION_S)
+    warn_s: int | None = Field(default=None, ge=0, le=MAX_DURATION_S)
+
+
+class LicenseSeats(Strict):
+    seats: int | None = Field(ge=1, le=1_000_000, description="null: the plan's seats")
 
 
 class ErrorDetail(BaseModel):

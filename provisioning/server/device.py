@@ -79,7 +79,7 @@ def _validation_doc(v: Validation) -> dict[str, Any]:
 def add_routes(app: FastAPI, hq: HQ) -> None:
     """Add these routes to ``app``, over ``hq``."""
 
-    @app.post("/v1/challenge", tags=["device"], responses=error_responses(*COMMON_ERRORS))
+    @app.post("/v1/challenge", tags=["device"], responses=error_responses(400, *COMMON_ERRORS))
     def challenge(body: ChallengeRequest) -> JSONResponse:
         """A single-use challenge (5 minutes) for the next signed device request."""
         return JSONResponse({"challenge": hq.device.challenge(now()), "expires_in": 300})

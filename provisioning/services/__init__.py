@@ -6,6 +6,10 @@
 - ``device_requests``: the requests devices sign with their own key, and challenges;
 - ``sites``: where devices stand;
 - ``tokens``: the admin API's bearer tokens;
+- ``terms``: a plan's values and a license's own seat limit, changed after creation;
+- ``fleet``: the fleet views (overview, activations and licenses filtered and paged),
+  reads only, each device's verdict from ``verdicts``;
+- ``console_sessions``: the web console's logins, sessions and logouts;
 - ``audit``: the append-only log every change writes in its own transaction;
 - ``names``: the grammar of the names people give.
 
@@ -20,12 +24,15 @@ from pathlib import Path
 from ..keystore import KeyStore, prepare_home
 from ..storage import default_url, open_store
 from .audit import AuditLog
+from .console_sessions import ConsoleSessions
 from .device_requests import DeviceRequests
+from .fleet import Fleet
 from .issuing import Contact, Issued, Issuing, Validation
 from .keys import Keys
 from .licenses import Licenses, license_status
 from .names import check_name
 from .sites import Sites
+from .terms import Terms
 from .tokens import Tokens
 
 __all__ = ["HQ", "Contact", "Issued", "Validation", "check_name", "license_status"]
@@ -47,9 +54,13 @@ class HQ:
         self.device = DeviceRequests(self.store, self.keys, self.issuing)
         self.sites = Sites(self.store)
         self.tokens = Tokens(self.store)
+        self.terms = Terms(self.store)
+        self.fleet = Fleet(self.store)
+        self.sessions = ConsoleSessions(self.store, self.tokens)
 
         self.generate_key = self.keys.generate_key
         self.retire_key = self.keys.retire_key
+        self.activate_key = self.keys.activate_key
         self.list_keys = self.keys.list_keys
         self.keyring = self.keys.keyring
 
@@ -59,6 +70,8 @@ class HQ:
         self.list_licenses = self.licenses.list_licenses
         self.get_license = self.licenses.get_license
         self.set_status = self.licenses.set_status
+        self.update_plan = self.terms.update_plan
+        self.set_license_seats = self.terms.set_license_seats
 
         self.activate = self.issuing.activate
         self.renew = self.issuing.renew
@@ -72,6 +85,7 @@ class HQ:
         self.assign_site = self.sites.assign_site
         self.site_activations = self.sites.site_activations
         self.list_sites = self.sites.list_sites
+        self.remove_from_site = self.sites.remove_from_site
 
         self.create_token = self.tokens.create_token
         self.list_tokens = self.tokens.list_tokens

@@ -41,6 +41,12 @@ VERSIONS: tuple[Version, ...] = (
         "retired signing keys",
     ),
     Version(5, "admin tokens expire and can be revoked (their rows kept, for the record)"),
+    Version(
+        6,
+        "a license's own seat limit over its plan's; the web console's sessions (the hash "
+        "of each session's id, its admin token, expiry and end); indexes for the fleet "
+        "views (activations by file expiry, the audit log by license and by time)",
+    ),
 )
 SCHEMA_VERSION = VERSIONS[-1].number
 
