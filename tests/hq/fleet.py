@@ -49,7 +49,10 @@ def seed(home: Path, now: int) -> Fleet:
     - ``old``: 1 device with no record of contact (unknown);
     - ``idle``: no device.
     """
-    hq = HQ(home)
+    from provisioning.storage import sqlite as engine
+
+    home.mkdir(parents=True, exist_ok=True)
+    hq = HQ(home, database=engine.url(home / engine.DB_NAME, synchronous="OFF"))  # a bulk load
     hq.generate_key(now - 500 * DAY, SEED)
     hq.create_plan(Plan("std", "robot", 365 * DAY, 30 * DAY, 100, 30 * DAY, now - 500 * DAY), SEED)
     token, _ = hq.create_token(TOKEN_NAME, now, SEED, 90 * DAY)
@@ -117,3 +120,22 @@ def is_license_key(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def bulk(home: Path, count: int, now: int | None = None) -> tuple[str, int]:
+    """``count`` more live devices on one license (its own seat limit), for the pages'
+    and the benchmark's large fleet; written with synchronous=OFF, as a bulk load."""
+    import time
+
+    from provisioning.storage import sqlite as engine
+
+    t = int(time.time()) if now is None else now
+    hq = HQ(home, database=engine.url(home / engine.DB_NAME, synchronous="OFF"))
+    lic = hq.create_license("std", [], None, t, SEED)
+    hq.set_license_seats(lic.id, count, t, SEED)
+    for i in range(count):
+        # Files spread over the year, as a fleet renewed at different times has them.
+        at = t - (i * 7919) % (300 * DAY)
+        hq.activate(lic.license_key, fingerprint(1_000_000 + i), at, SEED)
+    hq.store.close()
+    return lic.id, count

@@ -59,7 +59,10 @@ class Server:
         self.proc.wait(timeout=10)
 
 
-def start_server(home: Path, *extra: str, env: dict[str, str] | None = None) -> Server:
+def start_server(
+    home: Path, *extra: str, env: dict[str, str] | None = None, tls: bool = False
+) -> Server:
+    """``tls``: ``extra`` names a certificate and key (serve --tls-cert/--tls-key)."""
     port = free_port()
     log = home.parent / f"server-{port}.log"
     proc = subprocess.Popen(
@@ -78,13 +81,13 @@ def start_server(home: Path, *extra: str, env: dict[str, str] | None = None) -> 
         stderr=subprocess.STDOUT,
         env={**os.environ, **(env or {})},
     )
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited: {log.read_text()}")
         try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+            if httpx.get(url + "/healthz", timeout=1, verify=not tls).status_code == 200:
                 return Server(home, url, proc, log)
         except httpx.TransportError:
             pass

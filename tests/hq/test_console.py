@@ -178,6 +178,13 @@ def test_filter_licenses_by_expiry(console: Console) -> None:
         for r in b.find_all("tr[data-license]")
     }
     assert seats[console.seeded.licenses["soon"]] == "7 / 100"
+    # Sorted by seats used, most first: the header's link, twice (ascending, then not).
+    b.visit("/console/licenses")
+    b.click("th a[href*='sort=seats']")
+    b.click("th a[href*='sort=seats']")
+    assert "order=desc" in b.path
+    used = [int(c.text.split(" / ")[0]) for c in b.find_all("td.seats")]
+    assert used == sorted(used, reverse=True) and used[0] == 12
 
 
 def test_revoke_through_the_confirmation_and_see_the_devices_change(console: Console) -> None:
@@ -267,3 +274,14 @@ def test_dates_show_as_dates_with_their_zone(console: Console) -> None:
         assert t.text.endswith(" UTC") and t.text[:4].isdigit() and "-" in t.text
     epoch = re.compile(r"\b1[0-9]{9}\b")  # Unix seconds of these years
     assert not [c.text for c in b.find_all("table.devices td") if epoch.search(c.text)]
+
+
+def test_selenium_manager_cannot_run_so_nothing_is_downloaded(console: Console) -> None:
+    """The browser above started with Selenium Manager pointed at a file that does not
+    exist: had Selenium wanted a driver or a browser it would have failed, not fetched."""
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.common.selenium_manager import SeleniumManager
+
+    assert console.browser.driver.capabilities["browserName"] in ("chrome", "chromium")
+    with pytest.raises(WebDriverException, match="selenium-manager"):
+        SeleniumManager().binary_paths(["--browser", "chrome"])

@@ -18,7 +18,7 @@ from ...services import HQ
 from ...services.verdicts import VERDICTS
 from ...storage.views import ACTIVATION_SORTS
 from ..common import now
-from .render import download, listing, redirect, refused, render, within
+from .render import download, filters, listing, redirect, refused, render
 from .session import PATH, Form, Op
 from .sites import site_path
 
@@ -32,33 +32,21 @@ def add_routes(app: FastAPI, hq: HQ) -> None:
 
     @app.get(PATH + "/activations", include_in_schema=False)
     def activations(request: Request, op: Op) -> Response:
-        q = request.query_params
         sort, desc, offset = listing(request, ACTIVATION_SORTS, "expires")
-        within_s, problem = within(q.get("within"))
+        chosen, shown = filters(request, hq, ("license_id", "plan", "site"))
         page = hq.fleet.activations(
-            now(),
-            license_id=q.get("license") or None,
-            site=q.get("site") or None,
-            plan=q.get("plan") or None,
-            expiring_within_s=within_s,
-            sort=sort,
-            descending=desc,
-            limit=PAGE,
-            offset=offset,
+            now(), sort=sort, descending=desc, limit=PAGE, offset=offset, **chosen
         )
         return render(
             request,
             "activations.html",
             op=op,
             devices=page,
-            plans=hq.list_plans(),
-            sites=hq.fleet.sites(),
             sort=sort,
             desc=desc,
-            problem=problem,
             verdicts=VERDICTS,
-            now=now(),
             nav="activations",
+            **shown,
         )
 
     def _activation(request: Request, op: Op, activation_id: str) -> Response | None:

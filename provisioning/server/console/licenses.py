@@ -16,10 +16,10 @@ from ...errors import HQError, InvalidRequest
 from ...models import EntitlementRow
 from ...services import HQ, license_status
 from ...services.verdicts import VERDICTS
-from ...storage.views import LICENSE_SORTS, LICENSE_STATUSES
+from ...storage.views import LICENSE_SORTS, LICENSE_STATUSES, LicenseSummary
 from ...units import parse_date
 from ..common import now
-from .render import download, listing, redirect, refused, render, within
+from .render import download, filters, listing, redirect, refused, render
 from .session import PATH, Form, Op
 from .sites import BUNDLE_TYPE, field_bundle
 
@@ -45,39 +45,38 @@ def add_routes(app: FastAPI, hq: HQ) -> None:
     def back(license_id: str) -> str:
         return f"{PATH}/licenses/{license_id}"
 
+    def summary_of(license_id: str) -> LicenseSummary | None:
+        if not LICENSE_ID.fullmatch(license_id):
+            return None
+        return hq.fleet.license_summary(license_id, now())
+
     def not_found(request: Request, op: Op) -> Response:
         return render(request, "error.html", http_status=404, op=op, message="no such license")
 
     @app.get(PATH + "/licenses", include_in_schema=False)
     def licenses(request: Request, op: Op) -> Response:
-        q = request.query_params
         sort, desc, offset = listing(request, LICENSE_SORTS, "created")
-        within_s, problem = within(q.get("within"))
-        status = q.get("status") if q.get("status") in LICENSE_STATUSES else None
+        chosen, shown = filters(request, hq, ("plan", "site"))
+        status = request.query_params.get("status")
         page = hq.fleet.licenses(
             now(),
-            plan=q.get("plan") or None,
-            status=status,
-            site=q.get("site") or None,
-            expiring_within_s=within_s,
+            status=status if status in LICENSE_STATUSES else None,
             sort=sort,
             descending=desc,
             limit=PAGE,
             offset=offset,
+            **chosen,
         )
         return render(
             request,
             "licenses.html",
             op=op,
             page=page,
-            plans=hq.list_plans(),
-            sites=hq.fleet.sites(),
             statuses=LICENSE_STATUSES,
             sort=sort,
             desc=desc,
-            problem=problem,
-            now=now(),
             nav="licenses",
+            **shown,
         )
 
     @app.get(PATH + "/licenses/new", include_in_schema=False)
@@ -105,11 +104,7 @@ def add_routes(app: FastAPI, hq: HQ) -> None:
 
     @app.get(PATH + "/licenses/{license_id}", include_in_schema=False)
     def license_page(request: Request, op: Op, license_id: str) -> Response:
-        summary = (
-            hq.fleet.license_summary(license_id, now())
-            if LICENSE_ID.fullmatch(license_id)
-            else None
-        )
+        summary = summary_of(license_id)
         if summary is None:
             return not_found(request, op)
         sort, desc, offset = listing(request, {"expires", "seen", "site", "serial"}, "expires")
@@ -158,11 +153,7 @@ def add_routes(app: FastAPI, hq: HQ) -> None:
 
     @app.get(PATH + "/licenses/{license_id}/revoke", include_in_schema=False)
     def revoke_confirm(request: Request, op: Op, license_id: str) -> Response:
-        summary = (
-            hq.fleet.license_summary(license_id, now())
-            if LICENSE_ID.fullmatch(license_id)
-            else None
-        )
+        summary = summary_of(license_id)
         if summary is None:
             return not_found(request, op)
         live = hq.fleet.activations(now(), license_id=license_id)

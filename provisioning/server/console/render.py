@@ -19,6 +19,7 @@ from markupsafe import Markup
 
 from ...errors import HQError
 from ...units import format_duration, parse_duration
+from ..common import now
 
 ZONE = "UTC"
 # What an action leaves for the next page (``?done=CODE``): fixed texts only, so that a
@@ -103,6 +104,7 @@ def render(
 
     done = MESSAGES.get(request.query_params.get("done", ""))
     context.setdefault("op", None)
+    context.setdefault("nav", "")
     html = _env.get_template(template).render(
         request=request, url=url, done=done, zone=ZONE, **context
     )
@@ -155,3 +157,25 @@ def within(text: str | None) -> tuple[int | None, str]:
         return parse_duration(text), ""
     except ValueError as e:
         return None, str(e)
+
+
+# A list page's filter -> its query parameter.
+_FILTER_PARAMS = {"license_id": "license", "plan": "plan", "site": "site"}
+
+
+def filters(
+    request: Request, hq: Any, names: tuple[str, ...]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A list page's filters from its query (``names`` of ``_FILTER_PARAMS`` and the
+    expiry, ``within``), for the fleet view; and what its form shows: the plans and
+    sites to choose from, the time, what was wrong with the expiry filter."""
+    q = request.query_params
+    chosen: dict[str, Any] = {n: q.get(_FILTER_PARAMS[n]) or None for n in names}
+    chosen["expiring_within_s"], problem = within(q.get("within"))
+    shown = {
+        "plans": hq.list_plans(),
+        "sites": hq.fleet.sites(),
+        "problem": problem,
+        "now": now(),
+    }
+    return chosen, shown
