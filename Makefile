@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 
-.PHONY: all venv install sysdeps lint test demo bench vectors clean
+.PHONY: all venv install sysdeps lint test fuzz demo bench vectors clean
 
 all: test
 
@@ -33,6 +33,11 @@ lint: venv
 
 test: sysdeps install lint
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The fuzz suite (tests/fuzz/) runs in `make test` with a fixed seed, about 40 s;
+# here with twenty times the examples and random seeds (tests/fuzz/conftest.py).
+fuzz: sysdeps install
+	FIELDPASS_FUZZ=long $(PY) -m pytest -q -p no:cacheprovider tests/fuzz
 
 demo: sysdeps install
 	./scripts/demo

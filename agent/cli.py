@@ -7,15 +7,14 @@ else; data goes to stdout, messages to stderr.
 
 import json
 import sys
-import time
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
 import click
 
-from . import __version__, exitcodes, fsio, gate, report
+from . import __version__, clock, exitcodes, fsio, gate, perms, report
 from .config import Config, ConfigError, load
-from .device import Device, InstallRefused
+from .device import Device, InstallRefused, Outcome
 from .identity import IdentityError
 from .verdict import EXIT_CODES
 from .wire import license_key
@@ -24,9 +23,10 @@ EPILOG_EXIT = "Exit codes: see `fieldpass check --help` and the README."
 
 
 class CliError(Exception):
-    def __init__(self, message: str, code: int) -> None:
+    def __init__(self, message: str, code: int, reason: str = "usage") -> None:
         super().__init__(message)
         self.code = code
+        self.reason = reason
 
 
 class Context:
@@ -91,7 +91,8 @@ def check(c: Context, args: tuple[str, ...]) -> None:
 
     \b
     Exit: 0 valid, 10 grace (limited mode), 20 expired, 30 not activated,
-    31 invalid, 32 revoked, 40 clock rollback, 2/64-78 usage or configuration.
+    31 invalid, 32 revoked, 40 clock rollback; 2 usage, 70 internal error,
+    71 no access to the device's data (run as root), 75 locked, 78 configuration.
 
     \b
     Examples:
@@ -133,9 +134,9 @@ def _read_input(path: str) -> bytes:
             with open(path, "rb") as f:
                 data = f.read(limit + 1)
         except OSError as e:
-            raise CliError(f"{path}: {e.strerror}", exitcodes.EX_NOINPUT) from None
+            raise CliError(f"{path}: {e.strerror}", exitcodes.EX_NOINPUT, "no_input") from None
     if len(data) > limit:
-        raise CliError(f"{path}: larger than any machine file", EXIT_CODES["invalid"])
+        raise CliError(f"{path}: larger than any machine file", EXIT_CODES["invalid"], "too_large")
     return data
 
 
@@ -147,20 +148,32 @@ def _read_key(key: str | None, key_file: str | None) -> str | None:
             with open(key_file, encoding="ascii", errors="replace") as f:
                 key = f.read(256)
         except OSError as e:
-            raise CliError(f"{key_file}: {e.strerror}", exitcodes.EX_NOINPUT) from None
+            raise CliError(f"{key_file}: {e.strerror}", exitcodes.EX_NOINPUT, "no_input") from None
     if key is None:
         return None
     try:
         return license_key.normalize(key)
     except ValueError as e:
-        raise CliError(str(e), exitcodes.EX_USAGE) from None
+        raise CliError(str(e), exitcodes.EX_USAGE, "bad_license_key") from None
+
+
+def _evaluate(c: Context, device: Device, now: int) -> Outcome:
+    """The gate's decision without counting a boot; a user who may not read the data
+    directory gets exit 71 and the sentence saying why, never a verdict on the file."""
+    try:
+        return device.evaluate(now, record=False)
+    except fsio.NoAccess:
+        raise CliError(
+            report.no_access_message(c.cfg), exitcodes.EX_NOACCESS, "no_access"
+        ) from None
 
 
 def _refresh_verdict(c: Context, device: Device) -> dict[str, object]:
-    now = int(time.time())
-    outcome = device.evaluate(now, record=False)
+    now = _now()
+    outcome = _evaluate(c, device, now)
     doc = report.document(outcome, now)
-    doc["notes"] = [*outcome.notes, *report.write_files(c.cfg, doc)]
+    doc["notes"] = [*perms.warnings(c.cfg), *outcome.notes, *doc["notes"]]  # type: ignore[misc]
+    doc["notes"] += report.write_files(c.cfg, doc)  # type: ignore[operator]
     return doc
 
 
@@ -200,12 +213,12 @@ def install(
             with device.writer_lock():
                 result = device.apply_revocation(data)
         except WireError as e:
-            raise CliError(f"revocation refused: {e}", EXIT_CODES["invalid"]) from None
+            raise CliError(f"revocation refused: {e}", EXIT_CODES["invalid"], e.reason) from None
         doc = _refresh_verdict(c, device)
         emit(doc, as_json, f"Revocation from HQ {result}.\n{doc['message']}")
         return
     with device.writer_lock():
-        claims, result = device.install(data, key, int(time.time()))
+        claims, result = device.install(data, key, _now())
         doc = _refresh_verdict(c, device)
     what = (
         f"Installed machine file serial {claims.serial} (activation {claims.activation_id})"
@@ -228,9 +241,10 @@ def status(c: Context, as_json: bool) -> None:
       fieldpass status --json
     """
     device = c.device()
-    now = int(time.time())
-    outcome = device.evaluate(now, record=False)
+    now = _now()
+    outcome = _evaluate(c, device, now)
     doc = report.document(outcome, now)
+    doc["notes"] = [*perms.warnings(c.cfg), *outcome.notes, *doc["notes"]]  # type: ignore[misc]
     doc["fingerprint"] = outcome.identity.fingerprint
     doc["clock_policy"] = c.cfg.clock_policy
     doc["clock_tolerance_s"] = c.cfg.tolerance_s
@@ -256,6 +270,7 @@ def status(c: Context, as_json: bool) -> None:
         f"Clock:         policy {c.cfg.clock_policy}, tolerance {c.cfg.tolerance_s} s, "
         f"trusted mark {doc['high_water_mark'] or '-'}",
     ]
+    lines += [f"Warning:       {note}" for note in doc["notes"]]  # type: ignore[attr-defined]
     click.echo("\n".join(lines))
     sys.exit(int(str(doc["exit_code"])))
 
@@ -278,27 +293,52 @@ def server_options(f: F) -> F:
     )(f)
 
 
-def _report_install(c: Context, device: Device, claims: object, result: str, as_json: bool) -> None:
+def _report_install(
+    c: Context,
+    device: Device,
+    claims: object,
+    result: str,
+    as_json: bool,
+    extra: dict[str, object] | None = None,
+    extra_line: str = "",
+) -> None:
     doc = _refresh_verdict(c, device)
     doc["install"] = result
+    doc.update(extra or {})
     serial = doc.get("serial")
     what = (
         f"Installed machine file serial {serial} (activation {doc.get('activation_id')})"
         if result == "installed"
         else f"Machine file serial {serial} is already installed: nothing changed"
     )
-    emit(doc, as_json, f"{what}.\n{doc['message']}")
+    emit(doc, as_json, f"{what}.\n{extra_line}{doc['message']}")
 
 
 @cli.command()
 @click.argument("license_key", metavar="LICENSE_KEY")
 @server_options
+@click.option(
+    "--allow-http",
+    is_flag=True,
+    help="Send the license key over plain http:// to a host other than this machine "
+    "(it crosses the network in clear text: only on a network you trust).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_ctx
 def activate(
-    c: Context, license_key: str, server: str | None, timeout_s: int | None, as_json: bool
+    c: Context,
+    license_key: str,
+    server: str | None,
+    timeout_s: int | None,
+    allow_http: bool,
+    as_json: bool,
 ) -> None:
     """Activate this device online (takes one seat) and install its machine file.
+
+    The license key is sent this once, to HQ, and should go over TLS (https://):
+    plain http:// is refused unless HQ runs on this machine or --allow-http is given,
+    and warned about either way. Afterwards the device signs its requests with its own
+    key and never sends the license key again.
 
     \b
     Examples:
@@ -310,7 +350,22 @@ def activate(
     key = _read_key(license_key, None)
     assert key is not None
     device = c.device()
-    claims, result = sync.activate(device, online.hqs(c.cfg, server, timeout_s), key, _now())
+    servers = online.hqs(c.cfg, server, timeout_s)
+    for hq in servers:
+        if not hq.server.startswith("http://"):
+            continue
+        if not (online.is_loopback(hq.server) or allow_http):
+            raise CliError(
+                f"refusing to send the license key over plain http:// to {hq.server}: "
+                "use https:// (or --allow-http on a network you trust)",
+                exitcodes.EX_USAGE,
+            )
+        click.echo(
+            f"fieldpass: warning: activating over plain http:// ({hq.server}): the license "
+            "key crosses the network in clear text; use https:// for HQ",
+            err=True,
+        )
+    claims, result = sync.activate(device, servers, key, _now())
     _report_install(c, device, claims, result, as_json)
 
 
@@ -357,7 +412,16 @@ def prepare_offline(
     device = c.device()
     ttl_s = days * 86400 if days else None
     claims, result, _ = sync.refresh(device, online.hqs(c.cfg, server, timeout_s), _now(), ttl_s)
-    _report_install(c, device, claims, result, as_json)
+    granted_days = max(0, claims.expires_at - claims.issued_at) // 86400
+    capped = days is not None and granted_days < days
+    extra: dict[str, object] = {"granted_days": granted_days, "asked_days": days, "capped": capped}
+    line = f"HQ granted {granted_days} days of offline validity.\n"
+    if capped:
+        line = (
+            f"HQ granted {granted_days} days of offline validity, not the {days} asked: "
+            "the most this license's plan allows.\n"
+        )
+    _report_install(c, device, claims, result, as_json, extra, line)
 
 
 @cli.command()
@@ -427,6 +491,142 @@ def request(c: Context, output: str | None) -> None:
         f"`fieldpass-hq {hq_command}`, then here `{install_hint}`.",
         err=True,
     )
+
+
+@cli.group()
+def usage() -> None:
+    """What the equipment did: counters that only grow, reported to HQ signed.
+
+    Fieldpass counts `boots` and `operating_s` (seconds of operation while the license
+    is valid or in grace) itself; the application counts what its plan declares.
+
+    \b
+    Examples:
+      fieldpass usage add units 12
+      fieldpass usage show --json
+    """
+
+
+@usage.command("add")
+@click.argument("name")
+@click.argument("count", type=click.IntRange(1, 1 << 32), default=1)
+@click.option("--json", "as_json", is_flag=True, help="Print the counters as JSON.")
+@pass_ctx
+def usage_add(c: Context, name: str, count: int, as_json: bool) -> None:
+    """Add COUNT (default 1) to the counter NAME, one the plan declares.
+
+    Crash-safe (written with the state); about 40 ms a call: an application counting
+    many events a second adds them up and calls this now and then, or uses the daemon's
+    socket (docs/usage.md).
+
+    \b
+    Examples:
+      fieldpass usage add units
+      fieldpass usage add units 250
+    """
+    from . import usage as counting
+
+    device = c.device()
+    try:
+        with device.writer_lock():
+            st = device.add_usage(name, count)
+    except counting.UsageError as e:
+        raise CliError(str(e), exitcodes.EX_USAGE) from None
+    values = counting.counters(st)
+    emit(values, as_json, f"{name}: {values.get(name, 0)}")
+
+
+@usage.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print the counters as JSON.")
+@pass_ctx
+def usage_show(c: Context, as_json: bool) -> None:
+    """Show every counter (reads only).
+
+    \b
+    Examples:
+      fieldpass usage show
+      fieldpass usage show --json
+    """
+    from . import usage as counting
+
+    st = c.device().load_state()
+    values = counting.counters(st) if st is not None else {}
+    emit(values, as_json, "\n".join(f"{k}: {v}" for k, v in sorted(values.items())) or "-")
+
+
+@cli.command("report")
+@click.option("-o", "--output", metavar="FILE", help="Write the report to FILE [default: stdout].")
+@pass_ctx
+def usage_report(c: Context, output: str | None) -> None:
+    """Write a usage report signed by this device (armored) for the air-gapped site.
+
+    It carries the cumulative counters and a sequence number: HQ keeps the highest, so
+    a report lost or carried twice loses or doubles nothing. At HQ: `fieldpass-hq usage
+    import FILE`.
+
+    \b
+    Examples:
+      fieldpass report -o /media/usb/robot-17.report
+    """
+    from .wire import armor
+
+    device = c.device()
+    with device.writer_lock():
+        data = device.report(_now())
+    text = armor.armor(data, armor.REPORT)
+    _write_or_echo(output, text)
+    click.echo(
+        "fieldpass: usage report written. Next: at HQ run `fieldpass-hq usage import FILE`.",
+        err=True,
+    )
+
+
+@cli.command("return")
+@click.option("-o", "--output", metavar="FILE", help="Write the receipt to FILE [default: stdout].")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_ctx
+def give_back(c: Context, output: str | None, yes: bool) -> None:
+    """Give the license back offline: destroy the machine file and the license key, and
+    write a receipt signed by this device (armored) that frees the seat at HQ.
+
+    From then on the gate exits 30 and no kept file of this activation installs again.
+    Refused for a revoked device or one in lost state. The receipt is also kept in the
+    state directory until HQ has seen it (the daemon sends it when it next reaches HQ).
+
+    \b
+    Examples:
+      fieldpass return -o /media/usb/robot-17.receipt
+      fieldpass return --yes
+    """
+    from .wire import armor
+
+    device = c.device()
+    if not yes:
+        if not sys.stdin.isatty():
+            raise CliError(
+                "giving the license back is final: confirm on a terminal or pass --yes",
+                exitcodes.EX_USAGE,
+            )
+        click.confirm(
+            "Give this device's license back? The equipment stops running (exit 30)", abort=True
+        )
+    with device.writer_lock():
+        receipt = device.give_back(_now())
+    _write_or_echo(output, armor.armor(receipt, armor.RECEIPT))
+    click.echo(
+        "fieldpass: license given back. Next: carry the receipt to HQ "
+        "(`fieldpass-hq deactivate --receipt FILE`) to free the seat.",
+        err=True,
+    )
+
+
+def _write_or_echo(output: str | None, text: str) -> None:
+    if output:
+        import os
+
+        fsio.atomic_write(os.path.abspath(output), text.encode("ascii"))
+    else:
+        click.echo(text, nl=False)
 
 
 @cli.group()
@@ -527,16 +727,50 @@ def run_daemon(c: Context, once: bool) -> None:
 
 
 def _now() -> int:
-    return int(time.time())
+    return clock.now()
 
 
-def _die(message: str, code: int) -> NoReturn:
+def _die(message: str, code: int, reason: str, as_json: bool) -> NoReturn:
+    """One line on stderr; with ``--json`` also ``{"error", "reason", "exit_code"}`` on
+    stdout, ``reason`` being the stable code a program acts on."""
+    if as_json:
+        click.echo(json.dumps({"error": message, "reason": reason, "exit_code": code}))
     click.echo(f"fieldpass: error: {message}", err=True)
     sys.exit(code)
 
 
+def _classify(e: Exception) -> tuple[str, int, str] | None:
+    """(message, exit code, reason) for a typed error; None for a bug."""
+    from . import online
+
+    if isinstance(e, CliError):
+        return str(e), e.code, e.reason
+    if isinstance(e, InstallRefused):
+        return str(e), EXIT_CODES[e.verdict_name], e.reason
+    if isinstance(e, ConfigError):
+        return str(e), exitcodes.EX_CONFIG, e.reason
+    if isinstance(e, IdentityError):
+        return str(e), exitcodes.EX_CONFIG, "no_identity"
+    if isinstance(e, online.Refused):
+        return f"HQ refused: {e} ({e.code})", exitcodes.EX_NOPERM, e.code
+    if isinstance(e, online.Unreachable):
+        return str(e), exitcodes.EX_UNAVAILABLE, "unreachable"
+    if isinstance(e, online.OnlineError):
+        return str(e), exitcodes.EX_USAGE, "usage"
+    if isinstance(e, fsio.LockTimeout):
+        return str(e), exitcodes.EX_TEMPFAIL, e.reason
+    if isinstance(e, fsio.NoAccess):
+        return str(e), exitcodes.EX_NOACCESS, e.reason
+    if isinstance(e, fsio.StorageError):
+        return str(e), exitcodes.EX_CANTCREAT, e.reason
+    if isinstance(e, OSError):
+        return fsio.describe(e), exitcodes.EX_CANTCREAT, "cannot_write"
+    return None
+
+
 def run(args: list[str]) -> None:
     """Run the CLI and map every typed error to its exit code (the one place)."""
+    as_json = "--json" in args
     try:
         cli.main(args, prog_name="fieldpass", standalone_mode=False)
     except click.exceptions.Exit as e:
@@ -545,29 +779,14 @@ def run(args: list[str]) -> None:
         e.show()
         sys.exit(exitcodes.USAGE)
     except click.Abort:
-        _die("aborted", 130)
-    except CliError as e:
-        _die(str(e), e.code)
-    except InstallRefused as e:
-        _die(str(e), EXIT_CODES[e.verdict_name])
-    except (ConfigError, IdentityError) as e:
-        _die(str(e), exitcodes.EX_CONFIG)
-    except Exception as e:  # online errors, imported lazily
-        from . import online
-
-        if isinstance(e, online.Refused):
-            _die(f"HQ refused: {e} ({e.code})", exitcodes.EX_NOPERM)
-        if isinstance(e, online.Unreachable):
-            _die(str(e), exitcodes.EX_UNAVAILABLE)
-        if isinstance(e, online.OnlineError):
-            _die(str(e), exitcodes.EX_USAGE)
-        if isinstance(e, fsio.LockTimeout):
-            _die(str(e), exitcodes.EX_TEMPFAIL)
-        if isinstance(e, fsio.StorageError):
-            _die(str(e), exitcodes.EX_CANTCREAT)
-        raise
-    except fsio.LockTimeout as e:
-        _die(str(e), exitcodes.EX_TEMPFAIL)
-    except fsio.StorageError as e:
-        _die(str(e), exitcodes.EX_CANTCREAT)
+        _die("aborted", 130, "aborted", as_json)
+    except Exception as e:
+        known = _classify(e)
+        if known is None:  # a bug: one line, never a traceback
+            known = (
+                f"internal error ({type(e).__name__}): please report it",
+                exitcodes.EX_SOFTWARE,
+                "internal",
+            )
+        _die(*known, as_json)
     sys.exit(0)

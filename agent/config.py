@@ -9,7 +9,7 @@ Unknown keys are an error (a typo must not silently fall back to a default).
 
 import os
 
-from . import tomlsubset
+from . import fsio, tomlsubset
 
 DEFAULT_CONFIG = "/etc/fieldpass/agent.toml"
 DEFAULT_KEYRING = "/etc/fieldpass/keyring"
@@ -23,7 +23,12 @@ MAX_CONFIG_BYTES = 64 * 1024
 
 
 class ConfigError(Exception):
-    """The device configuration is missing something or holds a bad value (exit 78)."""
+    """The device configuration is missing something or holds a bad value (exit 78).
+    ``reason`` is the stable code in ``--json`` and the verdict files."""
+
+    def __init__(self, message: str, reason: str = "config") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 # section -> key -> (type, default)
@@ -73,9 +78,18 @@ _SCHEMA: dict[str, dict[str, tuple[type, object]]] = {
         "renew_timeout_s": (int, 60),
         "backoff_min_ms": (int, 1000),
         "backoff_max_ms": (int, 300_000),
+        "usage_socket": (str, ""),
     },
 }
 DAEMON_TRANSPORTS = ("auto", "mqtt", "http")
+_TYPE_WORDS: dict[type, str] = {
+    str: 'text in quotes ("...")',
+    int: "a whole number",
+    bool: "true or false",
+    list: "a list ([...])",
+    dict: "a table",
+    float: "a decimal number",
+}
 
 
 class Config:
@@ -143,6 +157,12 @@ class Config:
         self.renew_timeout_s = int(str(daemon["renew_timeout_s"]))
         self.backoff_min_ms = int(str(daemon["backoff_min_ms"]))
         self.backoff_max_ms = int(str(daemon["backoff_max_ms"]))
+        socket_path = str(daemon["usage_socket"])
+        self.usage_socket = (
+            self.device_path(socket_path)
+            if socket_path
+            else os.path.join(self.verdict_dir, "usage.sock")
+        )
         if self.daemon_transport not in DAEMON_TRANSPORTS:
             raise ConfigError(
                 f"{path}: [daemon] transport must be one of {', '.join(DAEMON_TRANSPORTS)}"
@@ -196,33 +216,40 @@ def _validate(doc: dict[str, object], path: str) -> dict[str, dict[str, object]]
                 raise ConfigError(f"{path}: unknown key {where}{key!r}")
             expected = _SCHEMA[section][key][0]
             if type(item) is not expected:
-                raise ConfigError(f"{path}: {key!r} must be a {expected.__name__}")
+                where = f"[{section}] " if section else ""
+                raise ConfigError(
+                    f"{path}: {where}{key} must be {_TYPE_WORDS[expected]}, "
+                    f"not {_TYPE_WORDS.get(type(item), 'a ' + type(item).__name__)}"
+                )
             values[section][key] = item
     return values
 
 
 def load(root: str = "", config_path: str | None = None, state_dir: str | None = None) -> Config:
     """Load the config; a missing default config file means all defaults."""
+    if root and not os.path.isdir(root):
+        raise ConfigError(f"{root}: no such directory: --root must name a device's root", "no_root")
     explicit = config_path is not None
     path = config_path or DEFAULT_CONFIG
     host_path = os.path.join(root, path.lstrip("/")) if root else path
     try:
-        with open(host_path, "rb") as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)
-    except FileNotFoundError:
+        raw = fsio.read_bytes(host_path, MAX_CONFIG_BYTES)
+    except fsio.TooLarge:
+        raise ConfigError(
+            f"{host_path}: config file is larger than {MAX_CONFIG_BYTES} bytes"
+        ) from None
+    except fsio.StorageError as e:
+        raise ConfigError(f"{host_path}: cannot read the config: {e.strerror}") from None
+    if raw is None:
         if explicit:
-            raise ConfigError(f"{host_path}: no such config file") from None
+            raise ConfigError(f"{host_path}: no such config file")
         raw = b""
-    except OSError as e:
-        raise ConfigError(f"{host_path}: cannot read: {e.strerror}") from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{host_path}: config file is larger than {MAX_CONFIG_BYTES} bytes")
     try:
         doc = tomlsubset.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"{host_path}: not UTF-8 text") from None
     except ValueError as e:  # tomllib.TOMLDecodeError is a ValueError
-        raise ConfigError(f"{host_path}: {e}") from None
+        raise ConfigError(f"{host_path}: not valid TOML: {e}") from None
     values = _validate(doc, host_path)
     if state_dir is not None:
         values[""]["state_dir"] = state_dir

@@ -37,6 +37,7 @@ MAX_PENDING_BYTES = 512
 INCOMING = "incoming"  # the factory's spool: fieldpass-hq provision writes here
 DEVICE_KEY_NAME = "device.key"
 PENDING_NAME = "request.pending"
+RECEIPT_NAME = "return.receipt"
 STATE_KEY_CONTEXT = b"fieldpass/state-key/v2\0"
 LOST = "state_lost"
 RECOVER_HINT = (
@@ -351,9 +352,13 @@ class Device:
         identity = self.identity
         try:
             data = self.stored_machine_file()
-        except fsio.StorageError as e:
+        except fsio.NoAccess:
+            raise  # not a verdict on the file: the caller says who may read it (exit 71)
+        except fsio.StorageError as e:  # a FIFO, a device, too large: reason says which
             return Outcome(
-                Verdict(INVALID, f"Machine file unreadable: {e.strerror}"), identity, None
+                Verdict(INVALID, f"Machine file refused: {e.strerror}", reason=e.reason),
+                identity,
+                None,
             )
         key = self.stored_license_key()
         try:
@@ -367,14 +372,15 @@ class Device:
             if loaded.error is not None:
                 return Outcome(self._refusal(loaded), identity, None)
             what = "no machine file" if data is None else "no license key"
-            return Outcome(
-                Verdict(
-                    NOT_ACTIVATED,
-                    f"This device is not activated ({what}): activate it with a license key",
-                ),
-                identity,
-                st,
-            )
+            message = f"This device is not activated ({what}): activate it with a license key"
+            reason = ""
+            if st is not None and st.returned_at:
+                message = (
+                    f"This device gave its license back on {verdict.date(st.returned_at)}: "
+                    "activate it again with a license key"
+                )
+                reason = "returned"
+            return Outcome(Verdict(NOT_ACTIVATED, message, reason=reason), identity, st)
         keyring = self.keyring()
         try:
             claims = open_machine_file(data, keyring, key, identity.fingerprint)
@@ -425,8 +431,15 @@ class Device:
             )
         if record:
             fsio.remove_stale_temps(self.cfg.state_dir)
+            after = verdict.advance(st, now, result)
+            if st.usage_stop and result.name in (verdict.VALID, verdict.GRACE):
+                # the daemon was stopped while the system ran: that time was operating
+                from . import usage
+
+                t = result.effective_now if result.effective_now is not None else now
+                after = usage.operate(after, st.usage_stop, t).replace(usage_stop=0)
             try:
-                outcome.state = self.save_state(verdict.advance(st, now, result), loaded, bump=True)
+                outcome.state = self.save_state(after, loaded, bump=True)
                 outcome.unrecorded_boots = 0
             except OSError as e:
                 outcome.notes.append(f"could not record the check in {self.cfg.state_dir}: {e}")
@@ -533,6 +546,14 @@ class Device:
         st = loaded.state
         if loaded.error is not None or (st is None and self._needs_binding(loaded)):
             return self._rebuild(data, key, claims, loaded, fresh)
+        if st is not None and st.returned_at and claims.activation_id == st.activation_id:
+            raise InstallRefused(
+                INVALID,
+                "returned",
+                f"this device gave activation {st.activation_id} back on "
+                f"{verdict.date(st.returned_at)}: its files cannot be installed again; "
+                "activate the device again",
+            )
         if st is not None:
             stored = self._stored_claims(key)
             if stored is not None and verdict.compare(stored, st) == verdict.NEWER:
@@ -756,6 +777,124 @@ class Device:
         if changed != st:
             self.save_state(changed, loaded, bump=bump)
 
+    # -- usage, reports, giving the license back ---------------------------------------
+
+    def _claims_now(self) -> Claims | None:
+        key = self.stored_license_key()
+        return self._stored_claims(key) if key is not None else None
+
+    def add_usage(self, name: str, count: int) -> State:
+        """Grow an application counter the plan declares (a routine save: the TPM counter
+        does not move). Call with the writer lock held."""
+        from . import usage
+
+        st, loaded = self._usable_state("count usage")
+        new = usage.add(st, self._claims_now(), name, count)
+        return self.save_state(new, loaded, bump=False)
+
+    def operated(self, since: int, until: int) -> State:
+        """Add operating seconds (the daemon, every interval). Writer lock held."""
+        from . import usage
+
+        st, loaded = self._usable_state("count operating time")
+        return self.save_state(usage.operate(st, since, until), loaded, bump=False)
+
+    def stopped_counting(self, at: int) -> None:
+        """The daemon stopped while the system keeps running: the next boot's gate counts
+        the time from ``at`` as operating time (a stopped daemon cannot hide hours)."""
+        st, loaded = self._usable_state("record the daemon's stop")
+        self.save_state(
+            st.replace(usage_stop=at, usage_at=max(st.usage_at, at)), loaded, bump=False
+        )
+
+    def report(self, now: int, challenge: str | None = None) -> bytes:
+        """A signed usage report with the next sequence number (saved first: numbers are
+        never reused, and a lost report loses nothing, its counters being cumulative)."""
+        from . import usage
+        from .wire import device_msg
+
+        st, loaded = self._usable_state("report usage")
+        st = self.save_state(st.replace(report_seq=st.report_seq + 1), loaded, bump=False)
+        key = self.ensure_device_key()
+        public, proof = self._registration(key, st.activation_id, challenge)
+        return device_msg.sign(
+            key,
+            "report",
+            {
+                "activation_id": st.activation_id,
+                "fingerprint": self.identity.fingerprint,
+                "at": now,
+                "agent_version": _agent_version(),
+                "seq": st.report_seq,
+                "counters": usage.counters(st),
+                "challenge": challenge,
+                "device_key": public,
+                "proof": proof,
+            },
+        )
+
+    def _registration(
+        self, key: "DeviceKey", activation_id: str, challenge: str | None
+    ) -> tuple[bytes | None, bytes | None]:
+        """(public key, proof) when HQ may not know this device's key yet (its file names
+        none, or another), so that an offline message can register it; else (None, None)."""
+        from .wire.device_key import key_proof
+
+        claims = self._claims_now()
+        license = self.stored_license_key()
+        if license is None or (claims is not None and claims.device_key == key.public_key):
+            return None, None
+        return key.public_key, key_proof(license, key.public_key, activation_id, challenge or "")
+
+    def give_back(self, now: int) -> bytes:
+        """``fieldpass return``: mark the state returned (a security-relevant save: the
+        TPM counter moves), write the signed receipt beside it, then destroy the machine
+        file and the license key. Refused for a revoked device or a lost state. Returns
+        the receipt (also kept as ``return.receipt`` until HQ has seen it)."""
+        from .wire import device_msg
+
+        st, loaded = self._usable_state("give the license back")
+        if st.revoked:
+            raise InstallRefused(
+                "revoked", "revoked", f"this device's license is {st.revoked}: nothing to give back"
+            )
+        if self.stored_machine_file() is None:
+            raise InstallRefused(NOT_ACTIVATED, "not_activated", "this device holds no license")
+        key = self.ensure_device_key()
+        public, proof = self._registration(key, st.activation_id, None)
+        st = self.save_state(st.replace(returned_at=now), loaded, bump=True)
+        receipt = device_msg.sign(
+            key,
+            "receipt",
+            {
+                "activation_id": st.activation_id,
+                "fingerprint": self.identity.fingerprint,
+                "at": now,
+                "agent_version": _agent_version(),
+                "serial": st.serial,
+                "returned_at": now,
+                "reason": "returned",
+                "device_key": public,
+                "proof": proof,
+            },
+        )
+        fsio.atomic_write(self._path(RECEIPT_NAME), receipt, 0o600)
+        self.remove()
+        return receipt
+
+    def pending_receipt(self) -> bytes | None:
+        """The return receipt HQ has not acknowledged yet, if any."""
+        try:
+            return fsio.read_bytes(self._path(RECEIPT_NAME), 4096)
+        except fsio.StorageError:
+            return None
+
+    def receipt_delivered(self) -> None:
+        try:
+            os.unlink(self._path(RECEIPT_NAME))
+        except OSError:
+            pass
+
     def remove(self) -> None:
         """Forget the local activation (after HQ freed the seat)."""
         for path in (self.cfg.machine_file, self.cfg.license_key_file):
@@ -764,6 +903,12 @@ class Device:
             except FileNotFoundError:
                 pass
         fsio.fsync_dir(self.cfg.state_dir)
+
+
+def _agent_version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 def _lost(detail: str) -> StateError:

@@ -13,6 +13,7 @@ EX_DATAERR = 65  # input data is not what the command takes
 EX_NOINPUT = 66  # an input file does not exist or cannot be read
 EX_UNAVAILABLE = 69  # HQ could not be reached (online commands only)
 EX_SOFTWARE = 70  # a bug: please report it
+EX_NOACCESS = 71  # this user may not read the device's data: the gate runs as root
 EX_CANTCREAT = 73  # cannot write to the persistent partition
 EX_IOERR = 74  # an I/O error on the persistent partition
 EX_TEMPFAIL = 75  # another fieldpass process holds the lock; try again

@@ -19,6 +19,7 @@ logged, printed, written or returned.
 
 import os
 
+from . import fsio
 from .config import Config
 from .wire import sodium
 
@@ -48,9 +49,9 @@ class Identity:
 
 
 def _read(path: str) -> str:
+    """A bounded, non-blocking read: a FIFO or device planted at an id path is no id."""
     try:
-        with open(path, "rb") as f:
-            return f.read(_MAX_ID_BYTES).decode("utf-8", "replace")
+        return fsio.read_system_file(path, _MAX_ID_BYTES).decode("utf-8", "replace")
     except OSError:
         return ""
 

@@ -48,8 +48,26 @@ def dumps(value: object, *, pretty: bool = False) -> str:
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
+def env_clean(value: str) -> str:
+    """``value`` restricted to what every reader of verdict.env (dash, bash, busybox sh,
+    systemd's EnvironmentFile=, Python's ``str.splitlines``) reads the same: printable
+    characters only (``str.isprintable``: no control characters, no line or paragraph
+    separators such as U+2028, \\x0b, \\x1c-\\x1e or \\x85, no NUL, no lone surrogate),
+    and neither a quote nor a backslash. Anything else becomes a space (quotes and
+    backslashes a look-alike), so nothing can end a value or start another variable."""
+    out = []
+    for c in value:
+        if c == "'":
+            out.append("\u2019")
+        elif c == "\\":
+            out.append("/")
+        elif c.isprintable():
+            out.append(c)
+        else:
+            out.append(" ")
+    return "".join(out)
+
+
 def env_quote(value: str) -> str:
-    """Single-quoted for both sh and systemd's EnvironmentFile=; no quote, backslash or
-    newline can break out (they are replaced)."""
-    cleaned = "".join(" " if c in "\n\r" else c for c in value)
-    return "'" + cleaned.replace("'", "’").replace("\\", "/") + "'"
+    """Single-quoted for both sh and systemd's EnvironmentFile=, after ``env_clean``."""
+    return "'" + env_clean(value) + "'"

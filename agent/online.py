@@ -5,7 +5,9 @@
 file named in the config. Failures are typed by who must act:
 
 - ``Unreachable``: the network, a timeout, or a server error. The caller falls back to
-  the offline verdict, as the product document says.
+  the offline verdict, as the product document says. ``ServerError`` is the kind of
+  Unreachable where a server did answer, with a 5xx status (a technician's laptop
+  answers /v1/validate with 503: it cannot validate, but it may carry a renewal).
 - ``Refused``: an authoritative answer from HQ (revoked, suspended, not found, seat
   limit, ...) with HQ's stable error code.
 
@@ -15,13 +17,15 @@ logged, printed or put in a URL.
 """
 
 import base64
+import http.client
 import json
 import os
 import ssl
 import urllib.error
+import urllib.parse
 import urllib.request
 
-from . import __version__
+from . import __version__, jsonin
 from .config import Config
 
 MAX_RESPONSE_BYTES = 256 * 1024
@@ -33,6 +37,14 @@ class OnlineError(Exception):
 
 class Unreachable(OnlineError):
     """HQ could not be asked: fall back to the offline verdict."""
+
+
+class ServerError(Unreachable):
+    """A server answered with a 5xx status: it is there but cannot serve this request."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class Refused(OnlineError):
@@ -80,18 +92,22 @@ class Hq:
             ) as response:
                 return _json(response.read(MAX_RESPONSE_BYTES + 1))
         except urllib.error.HTTPError as e:
-            payload = _json(e.read(MAX_RESPONSE_BYTES + 1), strict=False)
             if e.code >= 500:
-                raise Unreachable(f"HQ answered with a server error ({e.code})") from None
+                raise ServerError(
+                    f"HQ at {self.server} answered with a server error ({e.code})", e.code
+                ) from None
+            try:
+                payload = _json(e.read(MAX_RESPONSE_BYTES + 1))
+            except (Unreachable, OSError, http.client.HTTPException):
+                payload = {}
             error = payload.get("error")
             code, message = "http_" + str(e.code), f"HQ refused the request ({e.code})"
             if isinstance(error, dict):
-                code = str(error.get("code", code))
-                message = str(error.get("message", message))
+                code = _printable(error.get("code"), code, 64)
+                message = _printable(error.get("message"), message, 300)
             raise Refused(code, message, e.code) from None
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            reason = getattr(e, "reason", e)
-            raise Unreachable(f"HQ at {self.server} is unreachable ({reason})") from None
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
+            raise Unreachable(f"HQ at {self.server} is unreachable ({_why(e)})") from None
 
     def challenge(self) -> str:
         """A fresh server challenge: the nonce a signed device request is made over, so
@@ -117,20 +133,36 @@ class Hq:
             raise Unreachable("HQ's answer holds a malformed machine file") from None
 
 
-def _json(raw: bytes, strict: bool = True) -> dict[str, object]:
+def _json(raw: bytes) -> dict[str, object]:
+    """An answer's JSON object, bounded in size and depth; anything else is Unreachable
+    (the offline verdict stands)."""
     if len(raw) > MAX_RESPONSE_BYTES:
         raise Unreachable("HQ's answer is too large")
     try:
-        doc = json.loads(raw)
-    except ValueError:
-        if strict:
-            raise Unreachable("HQ's answer is not JSON") from None
-        return {}
-    if not isinstance(doc, dict):
-        if strict:
-            raise Unreachable("HQ's answer is not a JSON object")
-        return {}
-    return doc
+        return jsonin.loads_object(raw, max_bytes=MAX_RESPONSE_BYTES)
+    except jsonin.JsonError as e:
+        raise Unreachable(f"HQ's answer is unusable ({e})") from None
+
+
+def _why(e: Exception) -> str:
+    """Why a request failed, in words ("Connection refused", "timed out")."""
+    reason = getattr(e, "reason", None) or e
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror
+    return _printable(str(reason), type(reason).__name__, 200)
+
+
+def _printable(value: object, default: str, limit: int) -> str:
+    """A peer's text for a message a person reads: short, one line, printable."""
+    if not isinstance(value, str) or not value:
+        return default
+    return "".join(c if c.isprintable() else " " for c in value[:limit])
+
+
+def is_loopback(url: str) -> bool:
+    """The URL names this machine (127.0.0.0/8, ::1, localhost)."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def new_nonce() -> str:

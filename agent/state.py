@@ -46,7 +46,7 @@ class StateError(Exception):
 
 
 _UINTS = ("gen", "boot", "serial", "report_seq")
-_TIMES = ("hwm", "issued_at", "revoked_at", "lifted_at", "returned_at", "usage_at")
+_TIMES = ("hwm", "issued_at", "revoked_at", "lifted_at", "returned_at", "usage_at", "usage_stop")
 _TEXTS = ("activation_id", "revoked", "last_verdict", "id_source")
 _OPTIONAL_UINTS = ("tpm", "unrecorded_mark")
 LEGACY_FIELDS = frozenset(
@@ -93,6 +93,7 @@ class State:
         returned_at: int = 0,
         usage: dict[str, int] | None = None,
         usage_at: int = 0,
+        usage_stop: int = 0,
         report_seq: int = 0,
         legacy: bool = False,
     ) -> None:
@@ -112,6 +113,7 @@ class State:
         self.returned_at = returned_at
         self.usage = dict(usage or {})
         self.usage_at = usage_at
+        self.usage_stop = usage_stop
         self.report_seq = report_seq
         self.legacy = legacy
 

@@ -82,6 +82,7 @@ def refresh(
     )
     with device.writer_lock():
         claims, result = device.install(data, None, now, nonce=nonce)
+    doc = {**doc, "notes": send_report(device, servers, now)}
     return claims, result, doc
 
 
@@ -150,3 +151,26 @@ def validate(device: Device, servers: list[Hq], now: int) -> list[str]:
         return [f"HQ's answer not recorded: {e}"]
     status = signed_status.status
     return [] if status == "active" else [f"HQ says this license is {status}"]
+
+
+def send_report(device: Device, servers: list[Hq], now: int) -> list[str]:
+    """Send a signed usage report (best effort: a failure is a note, the counters being
+    cumulative the next report carries it all). Sends a pending return receipt too."""
+    notes: list[str] = []
+    try:
+        with device.writer_lock():
+            report = device.report(now)
+    except (InstallRefused, StateError, OSError) as e:
+        return [f"no usage report: {e}"]
+    try:
+        first_answer(servers, lambda hq: hq.post("/v1/report", {"request": _b64(report)}))
+    except OnlineError as e:
+        notes.append(f"usage report not delivered: {e}")
+    receipt = device.pending_receipt()
+    if receipt is not None:
+        try:
+            first_answer(servers, lambda hq: hq.post("/v1/receipt", {"request": _b64(receipt)}))
+            device.receipt_delivered()
+        except OnlineError as e:
+            notes.append(f"return receipt not delivered: {e}")
+    return notes

@@ -8,6 +8,10 @@ integers, booleans and one-line arrays of those. The moment it meets anything el
 (escapes, floats, dates, dotted keys, inline tables, multi-line values, a duplicate) it
 hands the whole text to ``tomllib``, which decides. ``tests/test_tomlsubset.py`` proves
 with hypothesis that whenever the fast path returns, ``tomllib`` returns the same.
+
+``tomllib`` recurses once per level of nested arrays and inline tables, so deep nesting
+ends in a RecursionError: text nested deeper than ``MAX_DEPTH`` is refused (ValueError)
+by a cheap scan before it is handed over. It must never reach tomllib unscanned.
 """
 
 TomlValue = str | int | bool | list["TomlValue"]
@@ -17,17 +21,74 @@ _DIGITS = frozenset("0123456789")
 _WS = " \t"
 
 
+MAX_DEPTH = 16  # arrays and inline tables inside each other; agent.toml needs 1
+_TOO_MANY_DIGITS = "a number with too many digits"
+
+
 class _Unsupported(Exception):
     pass
 
 
 def loads(text: str) -> dict[str, object]:
+    """The TOML document; ValueError (tomllib's TOMLDecodeError is one) if it is not."""
     try:
         return _fast(text)
     except _Unsupported:
-        import tomllib
+        pass
+    if nesting(text) > MAX_DEPTH:
+        raise ValueError(f"arrays or tables nested more than {MAX_DEPTH} deep")
+    import tomllib
 
+    try:
         return tomllib.loads(text)
+    except RecursionError:  # the scan above makes this unreachable; never a traceback
+        raise ValueError("nested too deeply") from None
+    except tomllib.TOMLDecodeError:
+        raise
+    except ValueError:  # int() refuses thousands of digits, in its own words
+        raise ValueError(_TOO_MANY_DIGITS) from None
+
+
+def nesting(text: str) -> int:
+    """How deep ``[``/``{`` nest outside strings and comments (an upper bound where the
+    text is not valid TOML): a lexer just good enough to skip strings and comments."""
+    depth = deepest = 0
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "]}":
+            depth = max(0, depth - 1)
+        elif c == "#":
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+            continue
+        elif c in "\"'":
+            i = _skip_string(text, i)
+            continue
+        i += 1
+    return deepest
+
+
+def _skip_string(text: str, i: int) -> int:
+    """The index just after the string that starts at ``i`` (the end, if unterminated)."""
+    quote = text[i]
+    if text.startswith(quote * 3, i):
+        close, i = quote * 3, i + 3
+    else:
+        close, i = quote, i + 1
+    while i < len(text):
+        if quote == '"' and text[i] == "\\":
+            i += 2
+            continue
+        if text.startswith(close, i):
+            return i + len(close)
+        if len(close) == 1 and text[i] == "\n":
+            return i  # a one-line string cannot span lines
+        i += 1
+    return i
 
 
 def _is_bare(key: str) -> bool:
@@ -67,6 +128,8 @@ def _scalar(s: str, i: int) -> tuple[TomlValue, int]:
         return False, j
     digits = word[1:] if word[:1] in "+-" else word
     if digits and all(c in _DIGITS for c in digits) and (digits == "0" or digits[0] != "0"):
+        if len(digits) > 100:
+            raise ValueError(_TOO_MANY_DIGITS)
         return int(word), j
     raise _Unsupported
 

@@ -113,3 +113,42 @@ class TokenInfo:
         if self.expires_at is not None and now >= self.expires_at:
             return "expired"
         return "active"
+
+
+@dataclass(frozen=True)
+class PlanMeter:
+    """A plan's metered entitlement: ``feature`` allows ``limit`` of ``counter`` per
+    period of ``period_s`` seconds (periods counted from the activation)."""
+
+    feature: str
+    counter: str
+    limit: int
+    period_s: int
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    """One usage report a device signed, as HQ accepted it."""
+
+    activation_id: str
+    seq: int
+    counters: dict[str, int]
+    device_at: int
+    received_at: int
+    via: str
+
+
+@dataclass(frozen=True)
+class ReturnRecord:
+    """A license given back (`fieldpass return`): the receipt (armored), and when the
+    seat is freed (at once for a TPM-bound device, else after the file's expiry and
+    grace). ``override``: the operator's note when a plan's return limit was passed."""
+
+    activation_id: str
+    serial: int
+    returned_at: int
+    received_at: int
+    via: str
+    receipt: str
+    frees_at: int
+    override: str | None

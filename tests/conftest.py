@@ -270,3 +270,6 @@ class HQ:
 @pytest.fixture
 def hq(tmp_path: Path) -> HQ:
     return HQ(tmp_path / "hq-home")
+
+
+from tests.answering_server import answering_server  # noqa: E402, F401 - a fixture

@@ -1,5 +1,12 @@
 """Clocks that lie and clocks that are simply wrong, with the real libfaketime."""
 
+import time
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent import clock
+from tests.answering_server import AnsweringServer
 from tests.conftest import DeviceRoot, Signer
 
 
@@ -102,3 +109,46 @@ def test_future_versioned_state_has_a_clear_message(device: DeviceRoot, signer: 
     result = device.check()
     assert result.returncode == 31
     assert "newer Fieldpass" in result.stdout
+
+
+# -- a clock past 2262-04-11 (CPython's time.time() overflows there) ------------------
+
+FAR = "@2300-01-01 00:00:00"
+FAR_TS = 10413792000  # 2300-01-01T00:00:00Z
+
+
+def test_a_clock_past_2262_is_a_verdict_not_a_traceback(
+    device: DeviceRoot, signer: Signer, answering_server: AnsweringServer
+) -> None:
+    signer.provision(device)
+    expired = device.run("check", "--json", faketime=FAR)
+    assert "Traceback" not in expired.stderr and "OverflowError" not in expired.stderr
+    assert expired.returncode == 20, expired.stderr
+    assert device.verdict()["checked_at"] == "2300-01-01T00:00:00Z"
+    status = device.run("status", faketime=FAR)
+    assert status.returncode == 20 and "Traceback" not in status.stderr, status.stderr
+    assert "2300-01-01T00:00:00Z" in device.run("status", "--json", faketime=FAR).stdout
+    device.write_config(f'[online]\nserver = "{answering_server.url}"\ntimeout_s = 3\n')
+    online = device.run("check", "--online", faketime=FAR)
+    assert online.returncode == 20 and "Traceback" not in online.stderr, online.stderr
+    # HQ's renewal issued in 2300 is installed and valid then
+    renewal = device.path.parent / "renewal.machine"
+    renewal.write_bytes(signer.issue(device.fingerprint, serial=2, issued_at=FAR_TS))
+    installed = device.run("install", str(renewal), faketime="@2300-01-01 00:10:00")
+    assert installed.returncode == 0, installed.stderr
+    valid = device.run("check", faketime="@2300-01-02 00:00:00")
+    assert valid.returncode == 0, valid.stderr
+    assert "License valid until 2301-01-01" in valid.stdout
+
+
+@given(st.integers(-(1 << 62), 1 << 62))
+def test_dates_never_overflow_and_agree_with_gmtime(ts: int) -> None:
+    text = clock.iso(ts)
+    assert text is not None and text.endswith("Z")
+    try:
+        reference = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+    except (OverflowError, OSError, ValueError):
+        return  # beyond the C library: ours still answers
+    if 1000 <= time.gmtime(ts).tm_year <= 9999:
+        assert text == reference
+        assert clock.date(ts) == reference[:10]

@@ -1,10 +1,21 @@
 """The boot gate as a subprocess: the installed ``fieldpass check``, clocks moved with
 libfaketime, every verdict and its exit code, the verdict files."""
 
+import io
+import json
 import os
+import shutil
+import stat
 import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
 
-from tests.conftest import DAY, DeviceRoot, Signer
+import pytest
+
+from tests.conftest import DAY, FIELDPASS, DeviceRoot, Signer, clean_env
 
 
 def test_not_activated_is_30(device: DeviceRoot) -> None:
@@ -122,8 +133,6 @@ def test_json_output_and_verdict_files_hold_no_secrets(device: DeviceRoot, signe
     signer.provision(device)
     result = device.run("check", "--json")
     assert result.returncode == 0
-    import json
-
     doc = json.loads(result.stdout)
     assert doc["verdict"] == "valid" and doc["exit_code"] == 0
     assert doc["entitlements"] == ["navigation"]
@@ -167,3 +176,174 @@ def test_no_identity_is_a_config_error(device: DeviceRoot) -> None:
     result = device.check()
     assert result.returncode == 78
     assert "no device id" in result.stderr
+
+
+# -- every run leaves verdict files that match its exit code -------------------------
+
+
+ALLOWS = Path(__file__).resolve().parents[1] / "firmware-hooks/libexec/fieldpass-verdict-allows"
+
+
+def allows(device: DeviceRoot) -> int:
+    """What an application's start condition says (the real fieldpass-verdict-allows)."""
+    env = clean_env(FIELDPASS_ROOT=str(device.path))
+    return subprocess.run([str(ALLOWS)], env=env, capture_output=True, check=False).returncode
+
+
+def assert_error_files(device: DeviceRoot, code: int, reason: str) -> None:
+    doc = device.verdict()
+    assert (doc["verdict"], doc["exit_code"], doc["reason"]) == ("error", code, reason), doc
+    assert doc["entitlements"] == [] and doc["expires_at"] is None
+    env = (device.verdict_dir / "verdict.env").read_text()
+    assert "FIELDPASS_VERDICT='error'\n" in env and f"FIELDPASS_EXIT='{code}'\n" in env
+    assert allows(device) == 1
+
+
+def test_a_config_error_replaces_a_valid_verdict(device: DeviceRoot, signer: Signer) -> None:
+    signer.provision(device)
+    assert device.check().returncode == 0 and allows(device) == 0
+    device.write_config('[clock]\npolicy = "sometimes"\n')
+    result = device.run("check", "--json")
+    assert result.returncode == 78
+    assert json.loads(result.stdout)["reason"] == "config"
+    assert_error_files(device, 78, "config")
+
+
+def test_a_keyring_error_replaces_a_valid_verdict(device: DeviceRoot, signer: Signer) -> None:
+    signer.provision(device)
+    assert device.check().returncode == 0
+    (device.path / "etc/fieldpass/keyring").write_text("not a keyring\n")
+    assert device.check().returncode == 78
+    assert_error_files(device, 78, "config")
+
+
+def test_an_unknown_config_writes_the_default_verdict_directory(
+    device: DeviceRoot, signer: Signer
+) -> None:
+    signer.provision(device)
+    assert device.check().returncode == 0
+    result = device.run("--config", "/etc/fieldpass/missing.toml", "check")
+    assert result.returncode == 78 and "no such config file" in result.stderr
+    assert_error_files(device, 78, "config")
+
+
+def test_a_lock_timeout_replaces_a_valid_verdict(device: DeviceRoot, signer: Signer) -> None:
+    import fcntl
+
+    signer.provision(device)
+    assert device.check().returncode == 0
+    with open(device.state_dir / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another fieldpass process, stuck
+        result = device.check()
+    assert result.returncode == 75, result.stderr
+    assert_error_files(device, 75, "locked")
+
+
+def test_an_internal_error_is_one_line_and_an_error_verdict(
+    device: DeviceRoot, signer: Signer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug (injected: the report step raises) exits 70 with one line, never a
+    traceback, and the verdict files say "error"."""
+    from agent import gate, report
+
+    signer.provision(device)
+    assert device.check().returncode == 0
+
+    def broken(*args: object) -> dict[str, object]:
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(report, "document", broken)
+    err = io.StringIO()
+    with redirect_stdout(io.StringIO()), redirect_stderr(err):
+        code = gate.main(str(device.path), None, None, [])
+    assert code == 70
+    assert err.getvalue() == "fieldpass: error: internal error (RuntimeError): please report it\n"
+    assert_error_files(device, 70, "internal")
+
+
+def test_usage_errors_leave_the_files_alone(device: DeviceRoot, signer: Signer) -> None:
+    """Not a run of the gate: a mistyped option must not stop the applications."""
+    signer.provision(device)
+    assert device.check().returncode == 0
+    assert device.run("check", "--jsn").returncode == 2
+    assert device.verdict()["verdict"] == "valid" and allows(device) == 0
+
+
+# -- a user who may not read the data directory -----------------------------------------
+
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+@pytest.fixture
+def open_device(signer: Signer) -> Iterator[DeviceRoot]:
+    """A provisioned device in a directory every user may traverse (pytest's tmp_path
+    is private to root); the data directory itself is 0700 root, as on a device."""
+    base = Path(tempfile.mkdtemp(prefix="fieldpass-open-", dir="/tmp"))
+    base.chmod(0o755)
+    device = DeviceRoot(base / "device", os.urandom(16).hex())
+    try:
+        signer.provision(device)
+        assert device.check().returncode == 0
+        assert stat.S_IMODE(device.state_dir.stat().st_mode) == 0o700
+        yield device
+    finally:
+        shutil.rmtree(base)
+
+
+def as_nobody(device: DeviceRoot, *args: str) -> subprocess.CompletedProcess[str]:
+    """The installed script as user nobody. setpriv starts the interpreter itself, as
+    the script's sh line would (`python3 -I SCRIPT`): this machine's Python lives under
+    /root, which nobody may not enter by a later exec (on a device it is /usr/bin)."""
+    return subprocess.run(
+        [*NOBODY, sys.executable, "-I", FIELDPASS, "--root", str(device.path), *args],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=60,
+        check=False,
+    )
+
+
+def test_no_access_to_the_data_is_71_not_a_verdict_on_the_file(open_device: DeviceRoot) -> None:
+    device = open_device
+    sentence = (
+        f"cannot read the device's data in {device.state_dir}: the gate runs as root; "
+        f"applications read {device.verdict_dir}/verdict.json, never the data directory"
+    )
+    for command in ("check", "status"):
+        result = as_nobody(device, command)
+        assert result.returncode == 71, (command, result.stdout, result.stderr)
+        assert f"fieldpass: error: {sentence}\n" in result.stderr
+        assert "Machine file" not in result.stderr and "Errno" not in result.stderr
+        as_json = as_nobody(device, command, "--json")
+        assert as_json.returncode == 71
+        assert json.loads(as_json.stdout)["reason"] == "no_access"
+    assert device.check().returncode == 0  # root still decides
+
+
+# -- messages a person reads -----------------------------------------------------------
+
+
+def test_a_damaged_file_is_said_in_plain_words(device: DeviceRoot, signer: Signer) -> None:
+    data = signer.provision(device)
+    for broken in (data[: len(data) // 2], data + b"\0", data[:1]):
+        device.machine_file.write_bytes(broken)
+        result = device.run("check", "--json")
+        assert result.returncode == 31
+        message = str(device.verdict()["message"])
+        assert "damaged" in message and "CBOR" not in message, message
+        assert device.verdict()["reason"] == "malformed"
+        path = device.path.parent / "broken.machine"
+        path.write_bytes(broken)
+        refused = device.run("install", str(path))
+        assert refused.returncode == 31
+        assert "damaged" in refused.stderr and "CBOR" not in refused.stderr
+    device.machine_file.write_bytes(data)
+    assert device.check().returncode == 0  # both slots written
+    for name in ("state.a", "state.b"):
+        slot = device.state_dir / name
+        slot.write_bytes(slot.read_bytes()[:5])
+    result = device.run("check", "--json")
+    assert result.returncode == 31
+    assert "CBOR" not in str(device.verdict()["message"])

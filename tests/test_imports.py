@@ -94,3 +94,41 @@ def test_python_dash_m_agent_works(device: DeviceRoot) -> None:
     )
     assert result.returncode == 0
     assert '"source": "machine-id"' in result.stdout
+
+
+def test_the_gate_interpreter_is_isolated_from_the_environment(
+    device: DeviceRoot, tmp_path: Path
+) -> None:
+    """A fake ``agent`` (and a fake ``encodings``, ``sitecustomize``, a user site with a
+    .pth) in the environment of the installed script: none of it runs, the gate says
+    30 for a device without a machine file. The flag survives pip's rewrite of the
+    interpreter line because the script starts with sh (see bin/fieldpass)."""
+    fake = tmp_path / "fake"
+    (fake / "agent").mkdir(parents=True)
+    (fake / "agent/__init__.py").write_text("")
+    (fake / "agent/main.py").write_text("def main():\n    print('FAKE AGENT')\n    return 0\n")
+    (fake / "encodings").mkdir()
+    (fake / "encodings/__init__.py").write_text("raise SystemExit('FAKE ENCODINGS')\n")
+    (fake / "sitecustomize.py").write_text("print('FAKE SITECUSTOMIZE')\n")
+    user_site = tmp_path / "userbase/lib/python3.11/site-packages"
+    user_site.mkdir(parents=True)
+    (user_site / "evil.pth").write_text("import sys; print('FAKE PTH')\n")
+    env = clean_env(
+        PYTHONPATH=str(fake),
+        PYTHONUSERBASE=str(tmp_path / "userbase"),
+        PYTHONSTARTUP=str(fake / "sitecustomize.py"),
+        PYTHONINSPECT="1",
+        PYTHONWARNINGS="error",
+    )
+    result = subprocess.run(
+        [FIELDPASS, "--root", str(device.path), "check"],
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert "FAKE" not in result.stdout + result.stderr
+    assert result.returncode == 30, result.stdout + result.stderr
+    script = Path(FIELDPASS).read_text()
+    assert script.startswith("#!/bin/sh\n") and 'exec "$py" -I "$0"' in script

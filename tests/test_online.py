@@ -2,6 +2,8 @@
 port): activation, renewal, validation with fallback, revocation kept offline,
 deactivation, and HQ's signed time re-anchoring the clock."""
 
+import itertools
+import json
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -9,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import HQ, DeviceRoot
+from tests.answering_server import AnsweringServer
+from tests.conftest import HQ, DeviceRoot, Signer
 from tests.hq.server import Server, start_server
 
 
@@ -237,3 +240,97 @@ def test_servers_are_tried_in_turn(
     assert robot.run("refresh").returncode == 0
     assert robot.check().returncode == 0 and robot.verdict()["serial"] == 2
     assert robot.run("check", "--online").returncode == 0
+
+
+# -- hostile answers: bounded in size and depth, the offline verdict stands --------------
+
+DEEP = b"[" * 120_000  # far under the size cap, far over any depth json can recurse
+
+
+@pytest.mark.parametrize("status", [200, 400, 403, 503])
+@pytest.mark.parametrize("body", [DEEP, b'{"error": ' * 20_000, b'{"revocation": ' + DEEP])
+def test_deeply_nested_answers_leave_the_offline_verdict(
+    device: DeviceRoot, signer: Signer, answering_server: AnsweringServer, status: int, body: bytes
+) -> None:
+    signer.provision(device)
+    device.write_config(f'[online]\nserver = "{answering_server.url}"\ntimeout_s = 5\n')
+    assert device.check().returncode == 0
+    (device.verdict_dir / "verdict.json").write_text('{"verdict": "stale"}')
+    answering_server.answer_all(status, body)
+    result = device.run("check", "--online", "--json")
+    assert "Traceback" not in result.stderr and "RecursionError" not in result.stderr
+    assert result.returncode == 0, result.stderr
+    assert "offline verdict" in result.stderr
+    assert device.verdict()["verdict"] == "valid"  # the files were rewritten
+    assert "/v1/validate" in answering_server.asked
+
+
+@pytest.mark.parametrize("status", [200, 400])
+def test_refresh_against_a_deep_answer_is_one_line(
+    device: DeviceRoot, signer: Signer, answering_server: AnsweringServer, status: int
+) -> None:
+    signer.provision(device)
+    device.write_config(f'[online]\nserver = "{answering_server.url}"\ntimeout_s = 5\n')
+    stored = device.machine_file.read_bytes()
+    answering_server.answer_all(status, DEEP)
+    result = device.run("refresh", "--json")
+    assert result.returncode == (69 if status == 200 else 77), result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert device.machine_file.read_bytes() == stored
+
+
+def test_garbled_http_is_unreachable_never_a_traceback(device: DeviceRoot, signer: Signer) -> None:
+    """A peer that speaks no HTTP at all (http.client raises its own exceptions)."""
+    signer.provision(device)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    stop = threading.Event()
+    # http.client raises its own exceptions (BadStatusLine, LineTooLong, IncompleteRead)
+    answers = [
+        b"HELLO WORLD\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n" + b"X: " + b"y" * 70_000 + b"\r\n\r\n",
+        b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"a"',
+    ]
+    garbage = itertools.cycle(answers)
+
+    def garble() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            conn.recv(65536)
+            conn.sendall(next(garbage))
+            conn.close()
+
+    thread = threading.Thread(target=garble, daemon=True)
+    thread.start()
+    try:
+        port = listener.getsockname()[1]
+        device.write_config(f'[online]\nserver = "http://127.0.0.1:{port}"\ntimeout_s = 3\n')
+        for _ in answers:
+            result = device.run("check", "--online")
+            assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+            refresh = device.run("refresh")
+            assert refresh.returncode == 69 and refresh.stderr.count("\n") == 1, refresh.stderr
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+
+
+def test_prepare_offline_says_what_was_granted(
+    hq: HQ, server: Server, make_device: Callable[..., DeviceRoot]
+) -> None:
+    key = license_key(hq)
+    robot = online_device(make_device, hq, server.url)
+    assert robot.run("activate", key).returncode == 0
+    capped = robot.run("prepare-offline", "--days", "400")
+    assert capped.returncode == 0, capped.stderr
+    assert "HQ granted 365 days of offline validity, not the 400 asked" in capped.stdout
+    doc = json.loads(robot.run("prepare-offline", "--days", "400", "--json").stdout)
+    assert (doc["granted_days"], doc["asked_days"], doc["capped"]) == (365, 400, True)
+    asked = json.loads(robot.run("prepare-offline", "--days", "30", "--json").stdout)
+    assert (asked["granted_days"], asked["capped"]) == (30, False)

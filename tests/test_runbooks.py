@@ -21,7 +21,7 @@ from tests.conftest import FIELDPASS, HQ, DeviceRoot, clean_env
 from tests.hq.server import free_port
 
 RUNBOOKS = Path(__file__).resolve().parents[1] / "docs" / "runbooks"
-PROMPT = re.compile(r"^\s*(device|hq|laptop)\$ (.+)$")
+PROMPT = re.compile(r"^\s*(device|hq|laptop|old-board|new-board)\$ (.+)$")
 
 
 def commands(name: str) -> list[tuple[str, str]]:
@@ -39,19 +39,26 @@ def commands(name: str) -> list[tuple[str, str]]:
 
 
 def run_all(
-    name: str, workdir: Path, hq: HQ, device: DeviceRoot | None, extra_env: dict[str, str]
+    name: str,
+    workdir: Path,
+    hq: HQ,
+    device: DeviceRoot | None,
+    extra_env: dict[str, str],
+    boards: dict[str, DeviceRoot] | None = None,
 ) -> list[subprocess.CompletedProcess[str]]:
-    wrappers = workdir / ".bin"
-    wrappers.mkdir(exist_ok=True)
-    if device is not None:
-        wrapper = wrappers / "fieldpass"
-        wrapper.write_text(f'#!/bin/sh\nexec "{FIELDPASS}" --root "{device.path}" "$@"\n')
-        wrapper.chmod(0o755)
-    env = clean_env(
-        PATH=f"{wrappers}:{Path(sys.executable).parent}:{os.environ['PATH']}",
-        FIELDPASS_HQ_HOME=str(hq.home),
-        **extra_env,
-    )
+    """Run the runbook's commands. ``device$`` lines reach ``device``; other device
+    prompts (``old-board$``, ``new-board$``) the device of that name in ``boards``."""
+    targets = {"device": device, **(boards or {})}
+    paths: dict[str, str] = {}
+    for prompt, target in targets.items():
+        wrappers = workdir / f".bin-{prompt}"
+        wrappers.mkdir(exist_ok=True)
+        if target is not None:
+            wrapper = wrappers / "fieldpass"
+            wrapper.write_text(f'#!/bin/sh\nexec "{FIELDPASS}" --root "{target.path}" "$@"\n')
+            wrapper.chmod(0o755)
+        paths[prompt] = f"{wrappers}:{Path(sys.executable).parent}:{os.environ['PATH']}"
+    env = clean_env(PATH=paths["device"], FIELDPASS_HQ_HOME=str(hq.home), **extra_env)
     results: list[subprocess.CompletedProcess[str]] = []
     background: list[subprocess.Popen[str]] = []
 
@@ -82,7 +89,7 @@ def run_all(
         result = subprocess.run(
             ["sh", "-c", command],
             cwd=workdir,
-            env=env,
+            env={**env, "PATH": paths.get(where, paths["device"])},
             capture_output=True,
             text=True,
             timeout=60,
@@ -123,7 +130,7 @@ def test_factory_runbook(hq: HQ, make_device: Callable[..., DeviceRoot], tmp_pat
     work = tmp_path / "station"
     line = work / "line"
     robots = {}
-    for name in ("robot-01", "robot-02", "robot-03", "robot-04"):
+    for name in ("robot-01", "robot-02", "robot-03", "robot-04", "robot-05"):
         robots[name] = DeviceRoot(line / name, os.urandom(16).hex())
     (line / "batch.csv").write_text(
         "name,fingerprint,root\n"
@@ -131,14 +138,15 @@ def test_factory_runbook(hq: HQ, make_device: Callable[..., DeviceRoot], tmp_pat
             f"{n},{robots[n].fingerprint},{n}\n" for n in ("robot-02", "robot-03", "robot-04")
         )
     )
+    hq.image(robots["robot-05"])  # its image carries HQ's keyring; it writes a request
     results = run_all(
         "factory.md",
         work,
         hq,
-        None,
+        robots["robot-05"],
         {"LICENSE_KEY": key, "FINGERPRINT": robots["robot-01"].fingerprint},
     )
-    assert "3 provisioned, 0 skipped, 0 failed" in results[-1].stdout
+    assert any("3 provisioned, 0 skipped, 0 failed" in r.stdout for r in results)
     for robot in robots.values():
         first_boot = robot.check()
         assert first_boot.returncode == 0, first_boot.stdout + first_boot.stderr
@@ -146,7 +154,7 @@ def test_factory_runbook(hq: HQ, make_device: Callable[..., DeviceRoot], tmp_pat
 
 @pytest.mark.parametrize("name", sorted(p.name for p in RUNBOOKS.glob("*.md")))
 def test_every_runbook_is_tested(name: str) -> None:
-    tested = {"air-gapped.md", "factory.md", "technician.md"}
+    tested = {"air-gapped.md", "factory.md", "technician.md", "mainboard-swap.md"}
     assert name in tested, f"docs/runbooks/{name} has no test running its commands"
 
 
@@ -179,3 +187,35 @@ def test_technician_runbook(hq: HQ, make_device: Callable[..., DeviceRoot], tmp_
         r.stdout for r in results
     )
     assert "recorded 1 pickup(s)" in results[-1].stdout
+
+
+def test_mainboard_swap_runbook(
+    hq: HQ, make_device: Callable[..., DeviceRoot], tmp_path: Path
+) -> None:
+    key = hq.setup(seats=1)
+    old, new = make_device(), make_device()  # a new mainboard: a new fingerprint
+    for board in (old, new):
+        hq.image(board)
+    work = tmp_path / "site"
+    work.mkdir()
+    (work / "license.key").write_text(key + "\n")
+    first = work / "old.machine"
+    hq.run("activate", key, "--fingerprint", old.fingerprint, "-o", str(first))
+    assert (
+        old.run("install", str(first), "--license-key-file", str(work / "license.key")).returncode
+        == 0
+    )
+    old_act = str(hq.json("licenses", "show", key)["activations"][0]["activation_id"])  # type: ignore[index]
+    results = run_all(
+        "mainboard-swap.md",
+        work,
+        hq,
+        None,
+        {"LICENSE_KEY": key, "OLD_ACTIVATION": old_act},
+        {"old-board": old, "new-board": new},
+    )
+    assert old.check().returncode == 30  # the old board gave its license back
+    assert new.check().returncode == 0  # the new one runs, on the one seat
+    assert any("returned" in r.stdout for r in results)
+    audit = hq.run("audit", "--json").stdout
+    assert '"return"' in audit and "mainboard swap" in audit

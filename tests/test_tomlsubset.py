@@ -79,3 +79,47 @@ def test_everything_else_falls_back_to_tomllib(text: str) -> None:
     with pytest.raises(tomlsubset._Unsupported):
         tomlsubset._fast(text)
     assert tomlsubset.loads(text) == tomllib.loads(text)
+
+
+nested_toml = st.recursive(
+    scalar,
+    lambda inner: (
+        st.lists(inner, max_size=3).map(lambda xs: "[" + ", ".join(xs) + "]")
+        | st.lists(st.tuples(bare, inner), max_size=2).map(
+            lambda kv: "{" + ", ".join(f"{k} = {v}" for k, v in kv) + "}"
+        )
+    ),
+    max_leaves=12,
+)
+
+
+def toml_depth(value: object) -> int:
+    if isinstance(value, list):
+        return 1 + max((toml_depth(v) for v in value), default=0)
+    if isinstance(value, dict):
+        return 1 + max((toml_depth(v) for v in value.values()), default=0)
+    return 0
+
+
+@given(nested_toml, st.sampled_from(["", " # [[[ {{", "\n# ]]]"]))
+def test_the_nesting_scan_matches_what_tomllib_builds(text: str, tail: str) -> None:
+    """Exact on valid TOML: strings and comments holding brackets do not count."""
+    doc = f"a = {text}{tail}\n"
+    try:
+        parsed = tomllib.loads(doc)
+    except tomllib.TOMLDecodeError:
+        return  # a duplicate key in an inline table: not this test's subject
+    assert tomlsubset.nesting(doc) == toml_depth(parsed["a"])
+
+
+@pytest.mark.parametrize("depth", [2000, 100_000])
+def test_deep_nesting_is_a_value_error_never_a_recursion_error(depth: int) -> None:
+    for text in (f"a = {'[' * depth}", f"a = {'[' * depth}{']' * depth}", "a = " + "{b=" * depth):
+        with pytest.raises(ValueError, match="nested more than"):
+            tomlsubset.loads(text)
+
+
+def test_nesting_up_to_the_limit_reaches_tomllib() -> None:
+    depth = tomlsubset.MAX_DEPTH
+    text = f"a = {'[' * depth}1{']' * depth}\n"
+    assert toml_depth(tomlsubset.loads(text)["a"]) == depth

@@ -24,7 +24,7 @@ import queue
 import time
 from collections.abc import Callable
 
-from .. import __version__, fsio, hooks, report
+from .. import __version__, clock, fsio, hooks, report
 from ..config import Config, ConfigError
 from ..device import Device, InstallRefused
 from ..identity import IdentityError
@@ -43,6 +43,7 @@ from .transport import (
     EventQueue,
     Transport,
 )
+from .usage_socket import USAGE
 
 log = logging.getLogger("fieldpass.daemon")
 
@@ -64,14 +65,18 @@ INTERNAL = -1  # the generation of internal events: never stale
 LOST_REASONS = frozenset(
     {"state_lost", "state_missing", "state_corrupt", "state_foreign", "state_key_missing"}
 )
+USAGE_FLUSH_S = 1.0  # counts from the socket are written at most this late
 SETTLE_S = 2.0  # --once: how long to wait for retained messages after connecting
 EX_UNAVAILABLE, EX_SOFTWARE = 69, 70
 
 _INPUT = {FILE: "install", REVOCATION: "revoke", BAD: "count_bad", STATUS: "reevaluate"}
+FLUSH_USAGE = "flush_usage"
 _ALWAYS: dict[str, tuple[str | None, str | None]] = {
     STOP: (None, STOPPING),
     BAD: ("count_bad", None),
     TICK: ("tick", None),
+    USAGE: ("usage", None),
+    FLUSH_USAGE: ("flush_usage", None),
 }
 
 # (state, event) -> (action, next state); None: no action / stay.
@@ -109,7 +114,12 @@ class UnhandledEvent(Exception):
 
 
 def now() -> int:
-    return int(time.time())
+    return clock.now()
+
+
+def _why(e: Exception) -> str:
+    """An error as a log line says it: never "[Errno 13] ..."."""
+    return fsio.describe(e) if isinstance(e, OSError) else str(e)
 
 
 class Machine:
@@ -144,6 +154,8 @@ class Machine:
         self.bad: dict[str, int] = {}
         self.exit_code = 0
         self.watchdog_s = notify.watchdog_interval_s()
+        self.counting_since: int | None = None  # the last point of operating time counted
+        self.pending_usage: dict[str, int] = {}  # counts from the socket, not yet written
         self.next_ping = 0.0
 
     # -- the loop ----------------------------------------------------------------------
@@ -182,7 +194,7 @@ class Machine:
     def enter(self, state: str) -> None:
         log.debug("state %s -> %s", self.state or "-", state)
         self.state = state
-        for name in (RETRY, RENEW_TIMEOUT, SETTLED):
+        for name in (RETRY, RENEW_TIMEOUT, SETTLED):  # the usage flush survives a state change
             self.timers.pop(name, None)
         getattr(self, "_enter_" + state.lower())()
 
@@ -217,6 +229,7 @@ class Machine:
         self.failures = min(self.resume.starts - 1, 16)  # the loop guard: back off sooner
         self._save_resume()
         self._reevaluate(None)
+        self.counting_since = now()
         notify.notify("READY=1\nSTATUS=fieldpass: " + str(self.status_doc.get("verdict")))
         self.post(START if self.transport is not None else OFFLINE)
 
@@ -272,6 +285,8 @@ class Machine:
 
     def _enter_stopping(self) -> None:
         notify.notify("STOPPING=1")
+        self._flush_usage()
+        self._count_operating(now(), stopping=True)
         if self.transport is not None:
             self.transport.disconnect()
         if self.bad:
@@ -280,9 +295,47 @@ class Machine:
     # -- actions -----------------------------------------------------------------------
 
     def _tick(self, _: object) -> None:
+        self._count_operating(now())
         self._reevaluate(None)
         if self.due:
             self.post(DUE)
+
+    def _usage(self, payload: object) -> None:
+        """A count from the local socket: added up, written about once a second."""
+        assert isinstance(payload, tuple)
+        name, count = payload
+        self.pending_usage[name] = self.pending_usage.get(name, 0) + count
+        if FLUSH_USAGE not in self.timers:
+            self._timer(FLUSH_USAGE, USAGE_FLUSH_S)
+
+    def _flush_usage(self, _: object = None) -> None:
+        pending, self.pending_usage = self.pending_usage, {}
+        from ..usage import UsageError
+
+        for name, count in pending.items():
+            try:
+                with self.device.writer_lock():
+                    self.device.add_usage(name, min(count, 1 << 32))
+            except UsageError as e:
+                self._count_bad("usage_" + ("undeclared" if "declares" in str(e) else "bad"))
+            except (InstallRefused, ConfigError, IdentityError, OSError) as e:
+                log.warning("could not count %s: %s", name, e)
+
+    def _count_operating(self, t: int, *, stopping: bool = False) -> None:
+        """Add the seconds since the last point to ``operating_s`` while the license is
+        valid or in grace (a routine save: at most one interval is lost to a power cut).
+        Stopping while the system keeps running leaves a mark: the next boot's gate
+        counts the time from it, so a stopped daemon cannot hide hours."""
+        since, self.counting_since = self.counting_since, t
+        running = self.status_doc.get("verdict") in (VALID, GRACE)
+        try:
+            with self.device.writer_lock():
+                if since is not None and running:
+                    self.device.operated(since, t)
+                if stopping and running and not self.once and not notify.system_stopping():
+                    self.device.stopped_counting(t)
+        except (InstallRefused, ConfigError, IdentityError, OSError) as e:
+            log.warning("could not count operating time: %s", e)
 
     def _renew_timeout(self, _: object) -> None:
         if self.once:
@@ -306,7 +359,7 @@ class Machine:
             self._count_bad("machine_file_" + e.reason)
             return
         except (ConfigError, IdentityError, OSError) as e:
-            log.warning("could not install a machine file: %s", e)
+            log.warning("could not install a machine file: %s", _why(e))
             return
         if result == "installed":
             log.info("installed machine file serial %d", claims.serial)
@@ -327,7 +380,7 @@ class Machine:
             self._count_bad("revocation_" + getattr(e, "reason", "refused"))
             return
         except (ConfigError, IdentityError, OSError) as e:
-            log.warning("could not record a revocation: %s", e)
+            log.warning("could not record a revocation: %s", _why(e))
             return
         if result == "recorded":
             log.warning("HQ's signed revocation for this device was recorded")
@@ -350,7 +403,7 @@ class Machine:
                 doc = report.document(outcome, t)
                 problems = report.write_files(self.cfg, doc)
         except (ConfigError, IdentityError, OSError) as e:
-            log.warning("could not evaluate the license: %s", e)
+            log.warning("could not evaluate the license: %s", _why(e))
             self._timer(TICK, min(self.cfg.check_interval_s, 60))
             return
         verdict = outcome.verdict
@@ -358,7 +411,7 @@ class Machine:
             self.last_verdict = outcome.previous_verdict
         if verdict.name != self.last_verdict:
             log.info("verdict %s -> %s", self.last_verdict or "-", verdict.name)
-            problems += hooks.run(self.cfg.hooks_dir, doc, self.last_verdict)
+            problems += hooks.run(self.cfg.hooks_dir, doc, self.last_verdict, self.cfg.root)
             self.last_verdict = verdict.name
         for problem in problems:
             log.warning("%s", problem)
@@ -414,4 +467,4 @@ class Machine:
         try:
             resume.save(self.cfg.state_dir, self.resume)
         except (OSError, fsio.StorageError) as e:
-            log.warning("could not save the resume point: %s", e)
+            log.warning("could not save the resume point: %s", _why(e))

@@ -15,7 +15,7 @@ import signal
 import sys
 from types import FrameType
 
-from .. import exitcodes
+from .. import exitcodes, fsio
 from ..config import Config, ConfigError
 from ..device import Device
 from ..identity import IdentityError
@@ -55,7 +55,7 @@ def choose_transport(
 
         if not cfg.servers:
             raise ConfigError("[daemon] transport is http but [online] names no server")
-        return HttpTransport(device, events), len(cfg.servers)
+        return HttpTransport(device, events), 1  # one attempt asks every server in turn
     return None, 1
 
 
@@ -99,10 +99,17 @@ def _run(cfg: Config, once: bool, events: "queue.SimpleQueue[Event]") -> int:
         log.error("%s", e)
         return exitcodes.EX_CONFIG
     except OSError as e:
-        log.error("cannot use the state directory %s: %s", cfg.state_dir, e)
+        log.error("cannot use the state directory %s: %s", cfg.state_dir, fsio.describe(e))
         return exitcodes.EX_CANTCREAT
 
     machine = Machine(cfg, device, transport, events, once=once, endpoints=endpoints)
+    from .usage_socket import UsageSocket
+
+    counts = UsageSocket(cfg.usage_socket, events, INTERNAL)
+    try:
+        counts.start()
+    except OSError as e:
+        log.warning("no local usage socket at %s: %s", cfg.usage_socket, fsio.describe(e))
     try:
         return machine.run()
     except UnhandledEvent as e:
@@ -112,6 +119,7 @@ def _run(cfg: Config, once: bool, events: "queue.SimpleQueue[Event]") -> int:
         log.exception("bug: unexpected error: exiting for the supervisor to restart")
         return EX_SOFTWARE
     finally:
+        counts.stop()
         if transport is not None:
             try:
                 transport.disconnect()

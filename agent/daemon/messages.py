@@ -10,6 +10,8 @@ absent (false). status: ``{"v": 1, "verdict", "days_left", "serial", "expires_at
 
 import json
 
+from .. import jsonin
+
 FORMAT_VERSION = 1
 MAX_DEVICE_MESSAGE_BYTES = 1024
 
@@ -33,10 +35,11 @@ def _load(data: bytes) -> dict[str, object]:
     if len(data) > MAX_DEVICE_MESSAGE_BYTES:
         raise MessageError("message too large")
     try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise MessageError("not JSON") from None
-    if not isinstance(doc, dict) or doc.get("v") != FORMAT_VERSION:
+        doc = jsonin.loads_object(data, max_bytes=MAX_DEVICE_MESSAGE_BYTES, max_depth=2)
+    except jsonin.JsonError as e:
+        raise MessageError(str(e)) from None
+    version = doc.get("v")
+    if type(version) is not int or version != FORMAT_VERSION:
         raise MessageError("not a version-1 object")
     return doc
 

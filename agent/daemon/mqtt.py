@@ -22,6 +22,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from .. import fsio
 from ..config import Config, ConfigError
 from ..device import Device
 from . import topics
@@ -66,10 +67,12 @@ class MqttTransport:
         if not self.cfg.mqtt_password_file:
             return None
         try:
-            with open(self.cfg.mqtt_password_file, encoding="utf-8") as f:
-                return f.read(1024).strip()
-        except OSError as e:
+            data = fsio.read_bytes(self.cfg.mqtt_password_file, 1024)
+        except fsio.StorageError as e:
             raise ConfigError(f"{self.cfg.mqtt_password_file}: {e.strerror}") from None
+        if data is None:
+            raise ConfigError(f"{self.cfg.mqtt_password_file}: no such file")
+        return data.decode("utf-8", "replace").strip()
 
     def describe(self) -> str:
         host, port, tls = self.brokers[max(self.index, 0)]
@@ -134,16 +137,12 @@ class MqttTransport:
     def ask(self, due: bool) -> None:
         """Publish a signed renewal request (no server challenge over MQTT: the broker's
         per-device credentials and ACL say who publishes; the nonce binds the answer)."""
-        import time
-
-        from .. import asks
+        from .. import asks, clock
         from ..online import new_nonce
 
         nonce = new_nonce()
         with self.device.writer_lock():
-            payload = asks.renew(
-                self.device, int(time.time()), challenge=None, due=due, nonce=nonce
-            )
+            payload = asks.renew(self.device, clock.now(), challenge=None, due=due, nonce=nonce)
         self.nonce = nonce
         self._publish(self.request_topic, payload)
 

@@ -35,3 +35,19 @@ def watchdog_interval_s() -> float | None:
     if pid and (not pid.isdigit() or int(pid) != os.getpid()):
         return None
     return int(usec) / 2_000_000
+
+
+def system_stopping() -> bool:
+    """The whole system is shutting down (systemd says "stopping"), rather than the
+    daemon alone being stopped. Without systemd there is no way to tell: False."""
+    if not os.path.isdir("/run/systemd/system"):
+        return False
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["systemctl", "is-system-running"], capture_output=True, timeout=5, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.strip() == b"stopping"

@@ -12,7 +12,7 @@ broker), which ``main`` uses to slow down a crash loop. A missing or damaged fil
 import json
 import os
 
-from .. import fsio
+from .. import fsio, jsonin
 
 FORMAT_VERSION = 1
 NAME = "daemon.json"
@@ -30,10 +30,10 @@ class Resume:
 def load(state_dir: str) -> Resume:
     try:
         data = fsio.read_bytes(os.path.join(state_dir, NAME), MAX_BYTES)
-        doc = json.loads(data) if data else None
-    except (OSError, ValueError):
+        doc = jsonin.loads_object(data, max_bytes=MAX_BYTES, max_depth=1) if data else None
+    except (OSError, jsonin.JsonError):
         return Resume()
-    if not isinstance(doc, dict) or doc.get("v") != FORMAT_VERSION:
+    if doc is None or type(doc.get("v")) is not int or doc.get("v") != FORMAT_VERSION:
         return Resume()
     renewing, starts = doc.get("renewing"), doc.get("starts")
     if type(renewing) is not bool or type(starts) is not int or starts < 0:

@@ -96,7 +96,7 @@ class _Decoder:
     def _take(self, n: int) -> bytes:
         end = self.pos + n
         if end > len(self.data):
-            raise FormatError("truncated CBOR")
+            raise FormatError("the file is damaged or was cut short")
         chunk = self.data[self.pos : end]
         self.pos = end
         return chunk
@@ -105,18 +105,18 @@ class _Decoder:
         if info < 24:
             return info
         if info > 27:
-            raise FormatError("indefinite or reserved CBOR length")
+            raise FormatError("the file is damaged (a length HQ never writes)")
         size = 1 << (info - 24)
         arg = int.from_bytes(self._take(size), "big")
         minimum = 24 if size == 1 else 1 << (4 * size)
         if arg < minimum:
-            raise FormatError("non-canonical CBOR length or integer")
+            raise FormatError("the file is damaged (not in the one form HQ writes)")
         return arg
 
     def _length(self, info: int) -> int:
         length = self._argument(info)
         if length > len(self.data) - self.pos:
-            raise FormatError("CBOR length exceeds the input")
+            raise FormatError("the file is damaged or was cut short")
         return length
 
     def value(self, depth: int) -> Value:
@@ -132,17 +132,17 @@ class _Decoder:
             try:
                 return self._take(self._length(info)).decode("utf-8")
             except UnicodeDecodeError as e:
-                raise FormatError("invalid UTF-8 in CBOR text") from e
+                raise FormatError("the file is damaged (text that is not UTF-8)") from e
         if major in (4, 5):
             if depth >= self.max_depth:
-                raise FormatError("CBOR nested too deeply")
+                raise FormatError("the file is damaged (nested too deeply)")
             count = self._length(info)
             if major == 4:
                 return [self.value(depth + 1) for _ in range(count)]
             return self._map(count, depth + 1)
         if major == 7 and info in (20, 21, 22):
             return (False, True, None)[info - 20]
-        raise FormatError("CBOR type not used by the wire format")
+        raise FormatError("the file is damaged (a value HQ never writes)")
 
     def _map(self, count: int, depth: int) -> dict[str, Value]:
         result: dict[str, Value] = {}
@@ -151,10 +151,10 @@ class _Decoder:
             start = self.pos
             key = self.value(depth)
             if not isinstance(key, str):
-                raise FormatError("CBOR map key is not text")
+                raise FormatError("the file is damaged (a field name that is not text)")
             encoded_key = self.data[start : self.pos]
             if encoded_key <= previous:
-                raise FormatError("CBOR map keys duplicated or not in canonical order")
+                raise FormatError("the file is damaged (fields repeated or out of order)")
             previous = encoded_key
             result[key] = self.value(depth)
         return result
@@ -165,9 +165,9 @@ def loads(
 ) -> Value:
     """Decode exactly one canonical CBOR item filling all of ``data``."""
     if len(data) > max_size:
-        raise FormatError(f"input of {len(data)} bytes exceeds the {max_size}-byte limit")
+        raise FormatError(f"the file is larger than the {max_size}-byte limit")
     decoder = _Decoder(bytes(data), max_depth)
     value = decoder.value(0)
     if decoder.pos != len(decoder.data):
-        raise FormatError("trailing bytes after CBOR item")
+        raise FormatError("the file is damaged (extra bytes after its end)")
     return value

@@ -29,6 +29,7 @@ MAX_MESSAGE_BYTES = 2048
 MAX_NOTES = 8
 MAX_NOTE_CHARS = 200
 MAX_NONCE_CHARS = 128
+MAX_COUNTERS = 64
 CLAIMS_FORMATS = (1, 2)
 
 Check = Callable[[object, str], object]
@@ -84,6 +85,12 @@ def _notes(value: object, what: str) -> list[str]:
 def _counts(value: object, what: str) -> dict[str, int]:
     if not isinstance(value, dict) or len(value) > 32:
         raise FormatError(f"{what} must be a map of at most 32 counts")
+    return {fields.name(k, what): fields.uint(v, what) for k, v in value.items()}
+
+
+def _usage(value: object, what: str) -> dict[str, int]:
+    if not isinstance(value, dict) or len(value) > MAX_COUNTERS:
+        raise FormatError(f"{what} must be a map of at most {MAX_COUNTERS} counters")
     return {fields.name(k, what): fields.uint(v, what) for k, v in value.items()}
 
 
@@ -153,6 +160,23 @@ SCHEMAS: dict[str, dict[str, Check]] = {
         "device_name": _short,
         "lost": fields.flag,
         "formats": _formats,
+    },
+    # The device's cumulative usage counters, numbered (HQ keeps the highest seq): with
+    # the status over MQTT, after validate/refresh over HTTP, through a laptop, by hand.
+    "report": {
+        "seq": fields.uint,
+        "counters": _usage,
+        "challenge": _opt_nonce,
+        "device_key": _opt_key,
+        "proof": _opt_proof,
+    },
+    # The license given back (`fieldpass return`): HQ frees the seat when it sees this.
+    "receipt": {
+        "serial": fields.uint,
+        "returned_at": fields.time_s,
+        "reason": _short,
+        "device_key": _opt_key,
+        "proof": _opt_proof,
     },
 }
 SELF_SIGNED = frozenset({"activate", "request"})

@@ -31,6 +31,7 @@ from . import (
     serve,
     sites,
     tokens,
+    usage,
 )
 
 PROG = "fieldpass-hq"
@@ -77,6 +78,7 @@ COMMANDS: tuple[click.Command, ...] = (
     serve.serve,
     tokens.tokens,
     audit.audit,
+    usage.usage,
     mqtt.bridge,
     mqtt.push,
     mqtt.broker_config,

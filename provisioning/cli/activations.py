@@ -182,19 +182,76 @@ def machine_file(
 
 
 @click.command()
-@click.argument("activation_id")
+@click.argument("activation_id", required=False)
+@click.option(
+    "--receipt",
+    "receipt_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="A return receipt the device wrote (`fieldpass return`): frees its seat.",
+)
+@click.option(
+    "--override",
+    metavar="REASON",
+    help="Free the seat although the plan's return limit is reached (audited with REASON).",
+)
+@click.option(
+    "--reason",
+    metavar="TEXT",
+    help="Why (recorded in the audit log), e.g. a mainboard swap with a dead board.",
+)
 @common.json_option
 @click.pass_context
-def deactivate(ctx: click.Context, activation_id: str, as_json: bool) -> None:
-    """Deactivate ACTIVATION_ID and free its seat.
+def deactivate(
+    ctx: click.Context,
+    activation_id: str | None,
+    receipt_file: Path | None,
+    override: str | None,
+    reason: str | None,
+    as_json: bool,
+) -> None:
+    """Deactivate ACTIVATION_ID and free its seat, or free the seat of a device that
+    gave its license back (--receipt FILE, verified against the device's key).
+
+    A returned device's seat is free at once when its state is bound to its TPM, else
+    once its last file's expiry and grace have passed (docs/runbooks/technician.md).
 
     Examples:
 
     \b
       fieldpass-hq deactivate act_0123456789abcdef0123
       fieldpass-hq deactivate act_0123456789abcdef0123 --json
+      fieldpass-hq deactivate --receipt robot-17.receipt
+      fieldpass-hq deactivate act_0123456789abcdef0123 --reason "mainboard swap: board dead"
     """
-    act = common.state(ctx).hq.deactivate(common.now(), common.actor(), activation_id=activation_id)
+    hq = common.state(ctx).hq
+    if receipt_file is not None:
+        if activation_id:
+            raise InvalidRequest("give ACTIVATION_ID or --receipt, not both")
+        from agent.wire import armor as _armor
+
+        from .usage import read_armored
+
+        for data in read_armored(receipt_file, _armor.RECEIPT):
+            returned = hq.usage.accept_receipt(
+                data, common.now(), "air-gapped", common.actor(), override=override
+            )
+            rec = returned.record
+            if as_json:
+                output.emit_json(
+                    {"activation_id": rec.activation_id, "freed": returned.freed,
+                     "frees_at": rec.frees_at, "serial": rec.serial}
+                )  # fmt: skip
+            elif returned.freed:
+                output.emit_text(f"activation {rec.activation_id} returned: seat freed")
+            else:
+                output.emit_text(
+                    f"activation {rec.activation_id} returned: its seat is freed on "
+                    f"{format_time(rec.frees_at)} (its file's expiry and grace; no TPM binding)"
+                )
+        return
+    if not activation_id:
+        raise InvalidRequest("name an ACTIVATION_ID or give --receipt FILE")
+    act = hq.deactivate(common.now(), common.actor(), activation_id=activation_id, reason=reason)
     if as_json:
         output.emit_json(documents.activation_doc(act))
     else:

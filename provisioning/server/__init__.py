@@ -25,7 +25,7 @@ from fastapi import FastAPI
 
 from .. import __version__
 from ..services import HQ
-from . import admin, console, device, docs, fleet
+from . import admin, console, device, docs, fleet, reports
 from .errors import install_error_handlers
 from .headers import BrowserHeaders
 from .middleware import MAX_BODY_BYTES, BodyLimit
@@ -46,6 +46,7 @@ def create_app(home: Path, *, database: str | None = None) -> FastAPI:
     install_error_handlers(app)
     device.add_routes(app, hq)
     admin.add_routes(app, hq)
+    reports.add_routes(app, hq)
     fleet.add_routes(app, hq)
     console.add_routes(app, hq)
     docs.add_routes(app)

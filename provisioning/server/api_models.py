@@ -83,6 +83,16 @@ class ChallengeRequest(Strict):
     pass
 
 
+class SignedMessage(Strict):
+    """A device message signed by the device's own key (a usage report, a receipt)."""
+
+    request: str = Field(
+        max_length=4096,
+        pattern=r"^[A-Za-z0-9+/]+={0,2}$",
+        description="The signed device message, base64 (docs/wire-format.md section 9).",
+    )
+
+
 class ActivateRequest(Strict):
     license_key: str = Field(
         pattern=LICENSE_KEY, description="FP-XXXXX-XXXXX-XXXXX-XXXXX-XXXXX (a secret)"

@@ -4,6 +4,7 @@
 - ``licenses``: plans and licenses, a license's status, suspend/reinstate/revoke;
 - ``issuing``: activations and machine files, renewals, validation, revocations;
 - ``device_requests``: the requests devices sign with their own key, and challenges;
+- ``usage``: what devices report back: usage reports and licenses given back;
 - ``sites``: where devices stand;
 - ``tokens``: the admin API's bearer tokens;
 - ``terms``: a plan's values and a license's own seat limit, changed after creation;
@@ -34,6 +35,7 @@ from .names import check_name
 from .sites import Sites
 from .terms import Terms
 from .tokens import Tokens
+from .usage import Usage
 
 __all__ = ["HQ", "Contact", "Issued", "Validation", "check_name", "license_status"]
 
@@ -52,6 +54,7 @@ class HQ:
         self.licenses = Licenses(self.store)
         self.issuing = Issuing(self.store, self.keys)
         self.device = DeviceRequests(self.store, self.keys, self.issuing)
+        self.usage = Usage(self.store, self.device)
         self.sites = Sites(self.store)
         self.tokens = Tokens(self.store)
         self.terms = Terms(self.store)

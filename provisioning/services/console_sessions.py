@@ -1,7 +1,7 @@
 """The web console's sessions: an operator logs in with an admin token (the token names
 them: ``console:NAME`` in the audit log), gets a session id for a cookie, and logs out.
 
-Sessions live in the database (schema 6), so that every ``serve`` worker and replica
+Sessions live in the database (schema 7), so that every ``serve`` worker and replica
 sharing it knows them, and a logout or a token's revocation ends a session everywhere
 on its next request; no signing secret has to be copied between hosts. HQ keeps the
 SHA-256 of a session id, never the id. A session ends at its expiry

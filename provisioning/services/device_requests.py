@@ -44,6 +44,9 @@ from .keys import Keys
 from .licenses import license_status
 
 CHALLENGE_TTL_S = 300
+# The message types that may register a device key (with the proof of the license key):
+# a device HQ activated by fingerprint learns of its own key only when it speaks.
+REGISTERING = frozenset({"renew", "status", "report", "receipt"})
 CHANNELS = ("http", "mqtt", "laptop", "air-gapped")
 
 
@@ -153,7 +156,7 @@ class DeviceRequests:
             "no live activation has this device key: activate the device, or register "
             "its key with a renewal"
         )
-        if msg_type not in ("renew", "status"):
+        if msg_type not in REGISTERING:
             raise unknown
         try:
             msg = device_msg.open_self_signed(data, msg_type)

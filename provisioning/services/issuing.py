@@ -10,12 +10,13 @@ that the database's writer lock is held only for the writes. Refusals are
 """
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from agent.wire import license_key as lk
 from agent.wire import revocation, signed_time
 from agent.wire.keys import SigningKey
-from agent.wire.machine_file import Binding, Claims, Entitlement, seal_machine_file
+from agent.wire.machine_file import Binding, Claims, Entitlement, Meter, seal_machine_file
 
 from ..errors import (
     ActivationNotFound,
@@ -26,7 +27,7 @@ from ..errors import (
     PlanNotFound,
     SeatLimitReached,
 )
-from ..models import Activation, Actor, License, Plan
+from ..models import Activation, Actor, License, Plan, PlanMeter
 from ..storage import Store, Tx
 from .audit import event
 from .keys import Keys
@@ -65,12 +66,18 @@ class _Recorded:
 
 @dataclass(frozen=True)
 class _Issuer:
-    """What every file of one license shares (its plan, HQ's signing key), looked up
-    once per transaction: bulk issuance reads them once, not once per device."""
+    """What every file of one license shares (its plan, HQ's signing key, the plan's
+    usage counters), looked up once per transaction: bulk issuance reads them once, not
+    once per device; ``extras`` gives what differs per device (its meters' periods, the
+    usage HQ last accepted from it), inside the same transaction."""
 
     lic: License
     plan: Plan
     signing: SigningKey
+    counters: tuple[str, ...] = ()
+    extras: "Callable[[Activation, int], tuple[tuple[Meter, ...], int, dict[str, int]]] | None" = (
+        None
+    )
 
     def issue(
         self,
@@ -85,6 +92,8 @@ class _Issuer:
         rec = self.prepare(act, ttl_s, now, new, binding)
         if new:
             tx.insert_activation(rec.activation)
+            for m in rec.claims.meters:  # the first period's base, fixed now
+                tx.insert_meter_period(act.id, m.feature, m.period_start, m.period_end, m.base)
         else:
             tx.record_issues([(act.id, rec.claims.serial, now, rec.claims.expires_at)])
         return rec
@@ -106,6 +115,11 @@ class _Issuer:
             expires_at = min(expires_at, self.lic.expires_at)
         warn_s = self.plan.warn_s if self.plan.warn_s is not None else (expires_at - now) // 3
         serial = 1 if new else act.serial + 1
+        meters: tuple[Meter, ...] = ()
+        if act.claims_format >= 2 and self.extras is not None:
+            meters, seq, usage = self.extras(act, now)
+            if binding is not None:  # a recovery answer resumes from what HQ accepted
+                binding = Binding(binding.counter, binding.nonce, seq, usage)
         claims = Claims(
             license_id=self.lic.id,
             product=self.plan.product,
@@ -124,9 +138,28 @@ class _Issuer:
             version=2 if act.claims_format >= 2 else 1,
             device_key=act.device_key if act.claims_format >= 2 else None,
             binding=binding if act.claims_format >= 2 else None,
+            counters=self.counters if act.claims_format >= 2 else (),
+            meters=meters,
         )
         act = replace(act, serial=serial, last_issued_at=now, last_expires_at=expires_at)
         return _Recorded(act, claims, self.lic.license_key, self.signing, new)
+
+
+def _period(tx: Tx, act: Activation, m: PlanMeter, now: int, usage: dict[str, int]) -> Meter:
+    """The meter's current period for ``act`` (periods counted from its activation), its
+    base fixed the first time HQ issues a file in it: the counter's value as HQ last knew
+    it. A renewal the device asks for never moves it."""
+    start = act.created_at + (max(0, now - act.created_at) // m.period_s) * m.period_s
+    if act.serial == 0:  # a new activation: stored with its first file (Issuer.issue)
+        return Meter(m.feature, m.counter, m.limit, start, start + m.period_s, 0)
+    stored = tx.meter_period(act.id, m.feature, start)
+    if stored is None:
+        base = usage.get(m.counter, 0)
+        tx.insert_meter_period(act.id, m.feature, start, start + m.period_s, base)
+        end = start + m.period_s
+    else:
+        end, base = stored
+    return Meter(m.feature, m.counter, m.limit, start, end, base)
 
 
 @dataclass(frozen=True)
@@ -161,7 +194,17 @@ class Issuing:
         plan = tx.get_plan(lic.plan)
         if plan is None:  # pragma: no cover - a foreign key makes this impossible
             raise PlanNotFound(f"license {lic.id} names a missing plan")
-        return _Issuer(lic, plan, self.keys.signing_key(tx))
+        plan_meters = tx.plan_meters(plan.name)
+
+        def extras(act: Activation, now: int) -> tuple[tuple[Meter, ...], int, dict[str, int]]:
+            report = tx.latest_report(act.id)
+            usage = dict(report.counters) if report else {}
+            meters = tuple(_period(tx, act, m, now, usage) for m in plan_meters)
+            return meters, (report.seq if report else 0), usage
+
+        return _Issuer(
+            lic, plan, self.keys.signing_key(tx), tuple(tx.plan_counters(plan.name)), extras
+        )
 
     def activate(
         self,
@@ -183,6 +226,8 @@ class Issuing:
         with self.store.write() as tx:
             lic = usable_license(tx, license_key, now)
             tx.lock_license(lic.id)
+            for act_id in tx.due_returns(lic.id, now):  # returned seats whose time came
+                tx.deactivate(act_id, now)
             existing = tx.find_live_activation(lic.id, fingerprint)
             if existing is None:
                 plan = tx.get_plan(lic.plan)
@@ -209,6 +254,8 @@ class Issuing:
                 issued = self._issuer(tx, lic).issue(
                     tx, act, None, now, new=True, binding=contact.binding
                 )
+                if contact.binding is not None and contact.binding.counter is not None:
+                    tx.set_tpm_bound(act.id)
             else:
                 act = self._take_contact(tx, existing, contact, now)
                 issued = self._issuer(tx, lic).issue(
@@ -222,6 +269,8 @@ class Issuing:
     @staticmethod
     def _take_contact(tx: Tx, act: Activation, contact: "Contact", now: int) -> Activation:
         """Record what a request said of the device on its live activation."""
+        if contact.binding is not None and contact.binding.counter is not None:
+            tx.set_tpm_bound(act.id)  # its state is bound to a TPM counter
         if contact.device_key is not None and act.device_key != contact.device_key:
             if act.device_key is not None:
                 raise DeviceKeyMismatch(
@@ -337,7 +386,10 @@ class Issuing:
         activation_id: str | None = None,
         license_key: str | None = None,
         fingerprint: str | None = None,
+        reason: str | None = None,
     ) -> Activation:
+        if reason is not None and (not reason.isprintable() or len(reason) > 200):
+            raise InvalidRequest("a reason is one printable line of at most 200 characters")
         with self.store.write() as tx:
             if license_key is not None:
                 # A device may give its seat back even when its license is suspended.
@@ -353,7 +405,7 @@ class Issuing:
                 _, act = self._live_activation(tx, activation_id, None, None, now)
             tx.lock_license(act.license_id)
             tx.deactivate(act.id, now)
-            tx.append_audit(event(now, actor, "deactivate", act.license_id, act.id))
+            tx.append_audit(event(now, actor, "deactivate", act.license_id, act.id, reason))
             return replace(act, deactivated_at=now)
 
     def get_activation(self, activation_id: str) -> Activation:

@@ -43,6 +43,12 @@ VERSIONS: tuple[Version, ...] = (
     Version(5, "admin tokens expire and can be revoked (their rows kept, for the record)"),
     Version(
         6,
+        "devices' signed usage reports (the highest sequence kept per activation), license "
+        "returns with their receipts, whether a device is bound to a TPM; plans' usage "
+        "counters, metered entitlements and a limit on returns; each meter's periods",
+    ),
+    Version(
+        7,
         "a license's own seat limit over its plan's; the web console's sessions (the hash "
         "of each session's id, its admin token, expiry and end); indexes for the fleet "
         "views (activations by file expiry, the audit log by license and by time)",

@@ -1,4 +1,4 @@
-"""The web console's session rows (schema 6): one per login, keyed by the SHA-256 of the
+"""The web console's session rows (schema 7): one per login, keyed by the SHA-256 of the
 session's id, with the admin token it was opened with.
 
 ``SessionRows`` is part of ``Tx`` (storage/tx.py mixes it in). A session is read with

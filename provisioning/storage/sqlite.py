@@ -29,6 +29,49 @@ DB_NAME = "hq.sqlite3"
 BUSY_TIMEOUT_S = 30.0
 SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
+# Version 6, in DDL that SQLite and PostgreSQL both run as written (storage/postgres.py
+# uses the same list): usage reports, returns, plans' counters, meters and return limit.
+USAGE_AND_RETURNS = [
+    """CREATE TABLE usage_reports (
+        activation_id TEXT NOT NULL REFERENCES activations(id),
+        seq BIGINT NOT NULL,
+        counters TEXT NOT NULL,
+        device_at BIGINT NOT NULL,
+        received_at BIGINT NOT NULL,
+        via TEXT NOT NULL,
+        PRIMARY KEY (activation_id, seq))""",
+    "ALTER TABLE activations ADD COLUMN report_seq BIGINT NOT NULL DEFAULT 0",
+    "ALTER TABLE activations ADD COLUMN tpm_bound BIGINT NOT NULL DEFAULT 0",
+    """CREATE TABLE returns (
+        activation_id TEXT PRIMARY KEY REFERENCES activations(id),
+        serial BIGINT NOT NULL,
+        returned_at BIGINT NOT NULL,
+        received_at BIGINT NOT NULL,
+        via TEXT NOT NULL,
+        receipt TEXT NOT NULL,
+        frees_at BIGINT NOT NULL,
+        override TEXT)""",
+    "ALTER TABLE plans ADD COLUMN returns_per_year BIGINT",
+    """CREATE TABLE plan_counters (
+        plan TEXT NOT NULL REFERENCES plans(name),
+        counter TEXT NOT NULL,
+        PRIMARY KEY (plan, counter))""",
+    """CREATE TABLE plan_meters (
+        plan TEXT NOT NULL REFERENCES plans(name),
+        feature TEXT NOT NULL,
+        counter TEXT NOT NULL,
+        usage_limit BIGINT NOT NULL,
+        period_s BIGINT NOT NULL,
+        PRIMARY KEY (plan, feature))""",
+    """CREATE TABLE meter_periods (
+        activation_id TEXT NOT NULL REFERENCES activations(id),
+        feature TEXT NOT NULL,
+        period_start BIGINT NOT NULL,
+        period_end BIGINT NOT NULL,
+        base BIGINT NOT NULL,
+        PRIMARY KEY (activation_id, feature, period_start))""",
+]
+
 # SQLite's statements for each of storage.migrations.VERSIONS. (Public keys are base64
 # text, so that no engine needs a binary type.)
 MIGRATIONS: list[tuple[int, list[str]]] = [
@@ -157,8 +200,9 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "ALTER TABLE api_tokens ADD COLUMN revoked_at BIGINT",
         ],
     ),
+    (6, USAGE_AND_RETURNS),
     (
-        6,
+        7,
         [
             # Portable DDL: PostgreSQL runs these as written.
             # A license's own seat limit (NULL: its plan's), set by `licenses seats`.

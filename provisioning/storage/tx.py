@@ -28,6 +28,7 @@ from ..models import (
     TokenInfo,
 )
 from .sessions import SessionRows
+from .usage_ops import UsageOps
 from .views import FleetViews
 
 
@@ -75,7 +76,7 @@ def _b64(data: bytes | None) -> str | None:
     return None if data is None else base64.b64encode(data).decode("ascii")
 
 
-class Tx(FleetViews, SessionRows):
+class Tx(UsageOps, FleetViews, SessionRows):
     """The operations, inside one transaction. Obtain one from ``Store.read/write``.
     The fleet views' queries (storage/views.py) and the console's session rows
     (storage/sessions.py) are in their own modules."""

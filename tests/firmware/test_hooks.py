@@ -2,6 +2,7 @@
 example on-verdict hook, fieldpass-verdict-allows on every kind of verdict file, and the
 sysvinit gate script's mapping of `fieldpass check` exit codes."""
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -204,3 +205,63 @@ def test_sysvinit_gate_maps_the_verdict(tmp_path: Path, check_exit: int, script_
     assert result.returncode == script_exit, result.stdout + result.stderr
     assert (tmp_path / "args").read_text() == f"--root {root} check\n"
     assert (root / "run/fieldpass").is_dir()
+
+
+SHELLS = {
+    "dash": ["dash"],
+    "busybox ash": ["busybox", "sh"],
+    "bash": ["bash", "--posix"],
+}
+
+
+@pytest.mark.parametrize("shell", sorted(SHELLS))
+@pytest.mark.parametrize("ignores_term", [False, True])
+def test_sysvinit_gate_stops_a_hung_gate(tmp_path: Path, shell: str, ignores_term: bool) -> None:
+    """A gate that never ends is stopped after FIELDPASS_GATE_TIMEOUT_S (60 on a device),
+    with KILL when it ignores TERM; start fails and the verdict files say "error" in place
+    of the "valid" a previous run left. Run by each shell a device may have as /bin/sh."""
+    pid_file = tmp_path / "pid"
+    trap = "trap '' TERM\n" if ignores_term else ""
+    stub = tmp_path / "fieldpass"
+    stub.write_text(f'#!/bin/sh\n{trap}echo $$ > "{pid_file}"\nwhile :; do sleep 1; done\n')
+    stub.chmod(0o755)
+    root = tmp_path / "root"
+    verdicts = root / "run/fieldpass"
+    verdicts.mkdir(parents=True)
+    (verdicts / "verdict.env").write_text("FIELDPASS_VERDICT='valid'\nFIELDPASS_EXIT='0'\n")
+    (verdicts / "verdict.json").write_text('{"verdict": "valid"}\n')
+    result = subprocess.run(
+        [*SHELLS[shell], str(SYSV_GATE), "start"],
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("FIELDPASS")},
+            "FIELDPASS_ROOT": str(root),
+            "FIELDPASS_BIN": str(stub),
+            "FIELDPASS_GATE_TIMEOUT_S": "1",
+        },
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "did not finish within 1 s" in result.stderr
+    env = (verdicts / "verdict.env").read_text()
+    assert "FIELDPASS_VERDICT='error'" in env and "FIELDPASS_REASON='timeout'" in env
+    doc = json.loads((verdicts / "verdict.json").read_text())
+    assert (doc["verdict"], doc["exit_code"], doc["reason"]) == ("error", 75, "timeout")
+    allows = run([str(ALLOWS)], FIELDPASS_ROOT=str(root))
+    assert allows.returncode == 1
+    pid = int(pid_file.read_text())
+    assert not Path(f"/proc/{pid}").exists() or " Z " in Path(f"/proc/{pid}/stat").read_text()
+
+
+def test_sysvinit_gate_passes_a_quick_gate_untouched(tmp_path: Path) -> None:
+    stub = tmp_path / "fieldpass"
+    stub.write_text("#!/bin/sh\nexit 0\n")
+    stub.chmod(0o755)
+    root = tmp_path / "root"
+    root.mkdir()
+    result = run([str(SYSV_GATE), "start"], FIELDPASS_ROOT=str(root), FIELDPASS_BIN=str(stub))
+    assert result.returncode == 0 and "license valid" in result.stdout
+    assert not (root / "run/fieldpass/verdict.env").exists()

@@ -228,3 +228,15 @@ def test_reactivation_with_another_device_key_needs_the_operator(
 
 def _json() -> dict[str, str]:
     return {"Content-Type": "application/json"}
+
+
+def test_activation_over_plain_http_is_refused_off_this_machine_and_warned_on_it(
+    hqc: HQ, server: Server, device: DeviceRoot
+) -> None:
+    key = new_key(hqc)
+    hqc.image(device)
+    far = device.run("activate", key, "--server", "http://192.0.2.10:8750", timeout=30)
+    assert far.returncode == 64 and "https://" in far.stderr
+    assert key not in far.stderr and not (device.state_dir / "license.key").exists()
+    near = device.run("activate", key, "--server", server.url)
+    assert near.returncode == 0 and "clear text" in near.stderr

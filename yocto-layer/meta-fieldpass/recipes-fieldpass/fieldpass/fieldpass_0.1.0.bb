@@ -102,6 +102,14 @@ do_install:append() {
     install -m 0644 ${S}/docs/firmware-integration.md ${D}${docdir}/fieldpass/firmware-integration.md
 }
 
+# bin/fieldpass starts with a sh line that execs the python3 beside it with -I (pip
+# and installer drop flags from a "#!python -I" line). On the image the interpreter is
+# known: the gate calls it directly, isolated from the environment, with no sh or
+# /usr/bin/env in between (docs/performance.md).
+do_install:append:class-target() {
+    sed -i -e '1s|^#!.*|#!${bindir}/python3 -I|' ${D}${bindir}/fieldpass
+}
+
 FILES:${PN}-daemon += "\
     ${systemd_system_unitdir}/fieldpass-agent.service \
     ${INIT_D_DIR}/fieldpass-agent \

@@ -1,0 +1,251 @@
+"""What devices tell HQ (issue 16): signed usage reports, and licenses given back.
+
+- ``accept_report``: a report signed by the activation's device key, numbered: HQ keeps
+  every report with a sequence higher than the last it accepted; a replayed, older or
+  equal one is refused with a counted reason and changes nothing. Counters are
+  cumulative, so a lost report loses nothing; a counter lower than HQ's last value (a
+  device restored from an old state) is stored and flagged to the operator (audited
+  ``usage_regression``), never refused for ever.
+- ``accept_receipt``: a return receipt signed by the device key frees the seat: at
+  once for a device whose state is bound to its TPM counter, else once the returned
+  file's expiry and grace have passed (a copy of the data directory taken before the
+  return could be put back: docs/runbooks/technician.md). A plan may limit returns per
+  year; past it HQ refuses unless the operator overrides (audited).
+- ``usage``: totals per device, license and period for billing (the CLI, the console).
+
+Every change is one transaction with its audit row. Never reads the clock or logs.
+"""
+
+from dataclasses import dataclass
+
+from agent.wire import armor
+from agent.wire.device_msg import DeviceMessage
+
+from ..errors import ActivationNotFound, Conflict, HQError, InvalidRequest
+from ..models import Activation, Actor, PlanMeter, ReturnRecord, UsageReport
+from ..storage import Store, Tx
+from .audit import event
+from .device_requests import DeviceRequests
+
+YEAR_S = 365 * 86400
+
+
+class ReportRefused(HQError):
+    """A usage report HQ will not store (replayed, older, foreign, forged)."""
+
+    code = "report_refused"
+    http_status = 409
+
+
+class ReturnLimitReached(HQError):
+    """The plan allows no more returns this year for this license."""
+
+    code = "return_limit_reached"
+    http_status = 409
+
+
+@dataclass(frozen=True)
+class Accepted:
+    report: UsageReport
+    regression: list[str]  # counters lower than HQ's last value
+
+
+@dataclass(frozen=True)
+class Returned:
+    record: ReturnRecord
+    freed: bool  # the seat is free now (else at record.frees_at)
+
+
+class Usage:
+    def __init__(self, store: Store, device: DeviceRequests) -> None:
+        self.store = store
+        self.device = device
+
+    # -- reports ----------------------------------------------------------------------
+    def accept_report(self, data: bytes, now: int, via: str, actor: Actor) -> Accepted:
+        verified = self.device.verify(data, "report", live=False)
+        self.device.register(verified, now, actor)
+        m, act = verified.message, verified.activation
+        seq = int(str(m["seq"]))
+        counters = dict(m["counters"])  # type: ignore[call-overload]
+        with self.store.write() as tx:
+            last = tx.report_seq(act.id)
+            if seq <= last:
+                raise ReportRefused(
+                    f"report {seq} of activation {act.id} is not newer than the last one "
+                    f"accepted ({last}): a replay or an older report"
+                )
+            previous = tx.latest_report(act.id)
+            report = UsageReport(act.id, seq, counters, int(str(m["at"])), now, via)
+            tx.record_report(report)
+            regression = sorted(
+                k
+                for k, v in (previous.counters if previous else {}).items()
+                if counters.get(k, 0) < v
+            )
+            if regression:
+                tx.append_audit(
+                    event(
+                        now,
+                        actor,
+                        "usage_regression",
+                        act.license_id,
+                        act.id,
+                        f"seq={seq} lower={','.join(regression)[:200]}",
+                    )
+                )
+        return Accepted(report, regression)
+
+    def last_accepted(self, tx: Tx, act: Activation) -> tuple[int, dict[str, int]]:
+        """The sequence and counters a recovery answer carries (claims' binding)."""
+        report = tx.latest_report(act.id)
+        return (report.seq, dict(report.counters)) if report else (0, {})
+
+    def usage(
+        self,
+        license_id: str | None = None,
+        activation_id: str | None = None,
+        since: int | None = None,
+        until: int | None = None,
+    ) -> list[dict[str, object]]:
+        """Per activation: the counters at the start and end of [since, until) as the
+        reports received in it say, and the growth between (what billing wants)."""
+        with self.store.read() as tx:
+            acts = [
+                a
+                for a in tx.list_activations(license_id)
+                if activation_id is None or a.id == activation_id
+            ]
+            rows = []
+            for act in acts:
+                reports = tx.reports([act.id], since, until)
+                if not reports:
+                    continue
+                first, last = reports[0], reports[-1]
+                names = sorted(set(first.counters) | set(last.counters))
+                rows.append(
+                    {
+                        "activation_id": act.id,
+                        "license_id": act.license_id,
+                        "fingerprint": act.fingerprint,
+                        "reports": len(reports),
+                        "first_seq": first.seq,
+                        "last_seq": last.seq,
+                        "first_at": first.received_at,
+                        "last_at": last.received_at,
+                        "counters": dict(last.counters),
+                        "growth": {
+                            n: last.counters.get(n, 0) - first.counters.get(n, 0) for n in names
+                        },
+                    }
+                )
+        return rows
+
+    # -- returns ------------------------------------------------------------------------
+    def accept_receipt(
+        self, data: bytes, now: int, via: str, actor: Actor, *, override: str | None = None
+    ) -> Returned:
+        verified = self.device.verify(data, "receipt", live=False)
+        self.device.register(verified, now, actor)
+        m, act = verified.message, verified.activation
+        with self.store.write() as tx:
+            current = tx.get_activation(act.id)
+            assert current is not None
+            if tx.get_return(act.id) is not None:
+                raise Conflict(f"activation {act.id} was returned already")
+            if current.deactivated_at is not None:
+                raise ActivationNotFound(f"activation {act.id} is not live: nothing to free")
+            lic = tx.get_license(act.license_id)
+            assert lic is not None
+            plan = tx.get_plan(lic.plan)
+            assert plan is not None
+            limit = tx.plan_returns(plan.name)
+            over = limit is not None and tx.returns_since(lic.id, now - YEAR_S) >= limit
+            if over and override is None:
+                raise ReturnLimitReached(
+                    f"license {lic.id} has had its {limit} return(s) this year: the plan's "
+                    "return limit is reached; an operator may override (--override REASON)"
+                )
+            bound = tx.tpm_bound(act.id)
+            frees_at = now if bound else max(now, current.last_expires_at + plan.grace_s)
+            record = ReturnRecord(
+                act.id,
+                int(str(m["serial"])),
+                int(str(m["returned_at"])),
+                now,
+                via,
+                armor.armor(data, armor.RECEIPT),
+                frees_at,
+                override,
+            )
+            tx.insert_return(record)
+            freed = frees_at <= now
+            if freed:
+                tx.lock_license(lic.id)
+                tx.deactivate(act.id, now)
+            detail = f"serial={record.serial} frees_at={frees_at}" + (
+                f" override={override[:100]}" if override else ""
+            )
+            tx.append_audit(event(now, actor, "return", lic.id, act.id, detail))
+        return Returned(record, freed)
+
+    @staticmethod
+    def free_due_returns(tx: Tx, license_id: str, now: int) -> list[str]:
+        """Free the seats of returns whose time has come (called with the license
+        locked, before a seat count)."""
+        due = tx.due_returns(license_id, now)
+        for act_id in due:
+            tx.deactivate(act_id, now)
+        return due
+
+
+def message_counters(m: DeviceMessage) -> dict[str, int]:
+    value = m.fields.get("counters")
+    if not isinstance(value, dict):
+        raise InvalidRequest("a usage report carries counters")
+    return {str(k): int(v) for k, v in value.items()}
+
+
+def set_terms(
+    store: Store,
+    plan: str,
+    counters: list[str],
+    meters: list[PlanMeter],
+    returns_per_year: int | None,
+    now: int,
+    actor: Actor,
+) -> None:
+    """A plan's usage terms: the counters its devices keep, its metered entitlements
+    (each on a counter the plan declares or a built-in one), and a limit on returns per
+    license and year (None: unlimited). Audited; files issued from now on carry them."""
+    from agent.usage import BUILTIN
+
+    from .names import check_name
+
+    for name in counters:
+        check_name("a counter name", name)
+        if name in BUILTIN:
+            raise InvalidRequest(f"{name} is counted by Fieldpass itself: do not declare it")
+    if len(set(counters)) != len(counters) or len(counters) > 64:
+        raise InvalidRequest("counters: at most 64, each once")
+    for m in meters:
+        check_name("a feature name", m.feature)
+        if m.counter not in counters and m.counter not in BUILTIN:
+            raise InvalidRequest(f"meter {m.feature}: {m.counter} is not a counter of the plan")
+        if m.limit < 1 or m.period_s < 3600:
+            raise InvalidRequest(f"meter {m.feature}: a limit >= 1 per a period of an hour or more")
+    if returns_per_year is not None and returns_per_year < 0:
+        raise InvalidRequest("returns per year: 0 or more")
+    with store.write() as tx:
+        if tx.get_plan(plan) is None:
+            from ..errors import PlanNotFound
+
+            raise PlanNotFound(f"no plan {plan!r}")
+        tx.set_plan_counters(plan, counters)
+        tx.set_plan_meters(plan, meters)
+        tx.set_plan_returns(plan, returns_per_year)
+        detail = (
+            f"plan={plan} counters={','.join(counters) or '-'} "
+            f"meters={','.join(m.feature for m in meters) or '-'} returns={returns_per_year}"
+        )
+        tx.append_audit(event(now, actor, "plan_usage_terms", detail=detail[:300]))

@@ -1,0 +1,192 @@
+"""The operations on what devices report back (schema version 6): usage reports, license
+returns, the plans' counters, meters and return limit, and each meter's periods.
+
+Portable SQL, like storage/tx.py, which mixes these into ``Tx``. Counters travel as JSON
+text (an object of name -> integer) so that no engine needs a JSON type.
+"""
+
+import json
+from typing import Any
+
+from ..models import PlanMeter, ReturnRecord, UsageReport
+
+
+class UsageOps:
+    """Mixed into ``Tx``, which supplies the three query helpers."""
+
+    def _one(self, sql: str, **params: Any) -> Any:  # pragma: no cover - Tx's
+        raise NotImplementedError
+
+    def _all(self, sql: str, **params: Any) -> list[Any]:  # pragma: no cover - Tx's
+        raise NotImplementedError
+
+    def _run(self, sql: str, **params: Any) -> int:  # pragma: no cover - Tx's
+        raise NotImplementedError
+
+    # -- plans: counters, meters, return limit ------------------------------------------
+    def set_plan_counters(self, plan: str, counters: list[str]) -> None:
+        self._run("DELETE FROM plan_counters WHERE plan = :p", p=plan)
+        for name in counters:
+            self._run("INSERT INTO plan_counters (plan, counter) VALUES (:p, :c)", p=plan, c=name)
+
+    def plan_counters(self, plan: str) -> list[str]:
+        rows = self._all(
+            "SELECT counter FROM plan_counters WHERE plan = :p ORDER BY counter", p=plan
+        )
+        return [str(r[0]) for r in rows]
+
+    def set_plan_meters(self, plan: str, meters: list[PlanMeter]) -> None:
+        self._run("DELETE FROM plan_meters WHERE plan = :p", p=plan)
+        for m in meters:
+            self._run(
+                "INSERT INTO plan_meters (plan, feature, counter, usage_limit, period_s) "
+                "VALUES (:p, :f, :c, :l, :s)",
+                p=plan,
+                f=m.feature,
+                c=m.counter,
+                l=m.limit,
+                s=m.period_s,
+            )
+
+    def plan_meters(self, plan: str) -> list[PlanMeter]:
+        rows = self._all(
+            "SELECT feature, counter, usage_limit, period_s FROM plan_meters "
+            "WHERE plan = :p ORDER BY feature",
+            p=plan,
+        )
+        return [PlanMeter(*r) for r in rows]
+
+    def set_plan_returns(self, plan: str, per_year: int | None) -> None:
+        self._run("UPDATE plans SET returns_per_year = :n WHERE name = :p", n=per_year, p=plan)
+
+    def plan_returns(self, plan: str) -> int | None:
+        row = self._one("SELECT returns_per_year FROM plans WHERE name = :p", p=plan)
+        return None if row is None or row[0] is None else int(row[0])
+
+    # -- usage reports ----------------------------------------------------------------
+    def report_seq(self, activation_id: str) -> int:
+        row = self._one("SELECT report_seq FROM activations WHERE id = :id", id=activation_id)
+        return 0 if row is None else int(row[0])
+
+    def record_report(self, report: UsageReport) -> None:
+        """Store a report and raise the activation's highest sequence to it (the caller
+        checked it is higher)."""
+        self._run(
+            "INSERT INTO usage_reports (activation_id, seq, counters, device_at, received_at, "
+            "via) VALUES (:a, :s, :c, :d, :r, :v)",
+            a=report.activation_id,
+            s=report.seq,
+            c=json.dumps(report.counters, sort_keys=True),
+            d=report.device_at,
+            r=report.received_at,
+            v=report.via,
+        )
+        self._run(
+            "UPDATE activations SET report_seq = :s WHERE id = :a AND report_seq < :s",
+            s=report.seq,
+            a=report.activation_id,
+        )
+
+    def latest_report(self, activation_id: str) -> UsageReport | None:
+        row = self._one(
+            "SELECT activation_id, seq, counters, device_at, received_at, via "
+            "FROM usage_reports WHERE activation_id = :a ORDER BY seq DESC LIMIT 1",
+            a=activation_id,
+        )
+        return None if row is None else _report(row)
+
+    def reports(
+        self, activation_ids: list[str] | None, since: int | None, until: int | None
+    ) -> list[UsageReport]:
+        """Every stored report (of these activations), received in [since, until)."""
+        rows = self._all(
+            "SELECT activation_id, seq, counters, device_at, received_at, via "
+            "FROM usage_reports WHERE received_at >= :since AND received_at < :until "
+            "ORDER BY activation_id, seq",
+            since=since if since is not None else 0,
+            until=until if until is not None else 1 << 62,
+        )
+        wanted = None if activation_ids is None else set(activation_ids)
+        return [_report(r) for r in rows if wanted is None or r[0] in wanted]
+
+    def set_tpm_bound(self, activation_id: str) -> None:
+        self._run("UPDATE activations SET tpm_bound = 1 WHERE id = :a", a=activation_id)
+
+    def tpm_bound(self, activation_id: str) -> bool:
+        row = self._one("SELECT tpm_bound FROM activations WHERE id = :a", a=activation_id)
+        return row is not None and bool(row[0])
+
+    # -- meters' periods ------------------------------------------------------------------
+    def meter_period(
+        self, activation_id: str, feature: str, period_start: int
+    ) -> tuple[int, int] | None:
+        row = self._one(
+            "SELECT period_end, base FROM meter_periods WHERE activation_id = :a "
+            "AND feature = :f AND period_start = :s",
+            a=activation_id,
+            f=feature,
+            s=period_start,
+        )
+        return None if row is None else (int(row[0]), int(row[1]))
+
+    def insert_meter_period(
+        self, activation_id: str, feature: str, start: int, end: int, base: int
+    ) -> None:
+        self._run(
+            "INSERT INTO meter_periods (activation_id, feature, period_start, period_end, base) "
+            "VALUES (:a, :f, :s, :e, :b)",
+            a=activation_id,
+            f=feature,
+            s=start,
+            e=end,
+            b=base,
+        )
+
+    # -- returns ------------------------------------------------------------------------
+    def insert_return(self, rec: ReturnRecord) -> None:
+        self._run(
+            "INSERT INTO returns (activation_id, serial, returned_at, received_at, via, "
+            "receipt, frees_at, override) VALUES (:a, :s, :r, :n, :v, :c, :f, :o)",
+            a=rec.activation_id,
+            s=rec.serial,
+            r=rec.returned_at,
+            n=rec.received_at,
+            v=rec.via,
+            c=rec.receipt,
+            f=rec.frees_at,
+            o=rec.override,
+        )
+
+    def get_return(self, activation_id: str) -> ReturnRecord | None:
+        row = self._one(f"{_RETURN} WHERE activation_id = :a", a=activation_id)
+        return None if row is None else ReturnRecord(*row)
+
+    def returns_since(self, license_id: str, since: int) -> int:
+        row = self._one(
+            "SELECT COUNT(*) FROM returns r JOIN activations a ON a.id = r.activation_id "
+            "WHERE a.license_id = :l AND r.received_at >= :s AND r.override IS NULL",
+            l=license_id,
+            s=since,
+        )
+        return int(row[0])
+
+    def due_returns(self, license_id: str, now: int) -> list[str]:
+        """Activations of this license whose return frees the seat by now, still live."""
+        rows = self._all(
+            "SELECT r.activation_id FROM returns r JOIN activations a ON a.id = r.activation_id "
+            "WHERE a.license_id = :l AND a.deactivated_at IS NULL AND r.frees_at <= :now",
+            l=license_id,
+            now=now,
+        )
+        return [str(r[0]) for r in rows]
+
+
+_RETURN = (
+    "SELECT activation_id, serial, returned_at, received_at, via, receipt, frees_at, "
+    "override FROM returns"
+)
+
+
+def _report(row: Any) -> UsageReport:
+    counters = json.loads(row[2])
+    return UsageReport(row[0], int(row[1]), dict(counters), int(row[3]), int(row[4]), row[5])

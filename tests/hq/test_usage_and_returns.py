@@ -1,0 +1,268 @@
+"""What the device tells HQ (issue 16), end to end with the real `fieldpass`, the real
+`fieldpass-hq` and a real `fieldpass-hq serve`: usage counted on the device, reported
+signed over HTTP and by hand, HQ's totals matching; forged, replayed and foreign reports
+and receipts refused; a metered limit enforced offline and reset by the next period's
+renewal; a returned device that cannot be brought back with a kept file.
+"""
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.wire import armor, device_msg
+from agent.wire.device_key import DeviceKey
+from agent.wire.license_key import license_id
+from tests.conftest import HQ, DeviceRoot
+from tests.hq.server import Server, start_server
+
+DAY = 86400
+
+
+@pytest.fixture
+def hqc(tmp_path: Path) -> HQ:
+    return HQ(tmp_path / "hq-home")
+
+
+@pytest.fixture
+def server(hqc: HQ) -> Iterator[Server]:
+    hqc.setup(seats=3)
+    hqc.run(
+        "usage", "terms", "industrial", "--counter", "units",
+        "--meter", "welding:units:100:30d", "--returns-per-year", "1",
+    )  # fmt: skip
+    s = start_server(hqc.home)
+    yield s
+    s.stop()
+
+
+def activated(hqc: HQ, server: Server, device: DeviceRoot) -> str:
+    key = str(
+        hqc.json("licenses", "create", "--plan", "industrial", "--entitlement", "welding")["key"]
+    )
+    hqc.image(device)
+    device.write_config(f'[online]\nserver = "{server.url}"\n')
+    done = device.run("activate", key, "--server", server.url)
+    assert done.returncode == 0, done.stderr
+    return key
+
+
+def test_counters_reported_over_http_and_by_hand_match_hqs_totals(
+    hqc: HQ, server: Server, device: DeviceRoot
+) -> None:
+    activated(hqc, server, device)
+    for n in (5, 7):
+        assert device.run("usage", "add", "units", str(n)).returncode == 0
+    bad = device.run("usage", "add", "coffee")
+    assert bad.returncode == 64 and "declares no counter" in bad.stderr
+    assert json.loads(device.run("usage", "show", "--json").stdout)["units"] == 12
+    assert device.run("refresh").returncode == 0  # renewal: the report travels with it
+    shown = hqc.json("usage", "show")
+    assert shown[0]["counters"]["units"] == 12  # type: ignore[index]
+    # by hand: an air-gapped site
+    assert device.run("usage", "add", "units", "30").returncode == 0
+    report = device.path.parent / "robot.report"
+    assert device.run("report", "-o", str(report)).returncode == 0
+    imported = hqc.json("usage", "import", str(report))
+    assert imported[0]["accepted"] is True  # type: ignore[index]
+    assert hqc.json("usage", "show")[0]["counters"]["units"] == 42  # type: ignore[index]
+    # the same report again is a replay: refused, nothing changed
+    again = hqc.run("usage", "import", str(report), check=False)
+    assert again.returncode == 1 and "report_refused" in again.stdout
+    csv_text = hqc.run("usage", "show", "--csv").stdout
+    assert "units,42," in csv_text
+
+
+def test_forged_and_foreign_reports_and_receipts_change_nothing(
+    hqc: HQ, server: Server, device: DeviceRoot, tmp_path: Path
+) -> None:
+    activated(hqc, server, device)
+    fp = device.fingerprint
+    stranger = DeviceKey.generate()
+    for kind, fields in (
+        ("report", {"seq": 99, "counters": {"units": 10**9}, "challenge": None}),
+        ("receipt", {"serial": 1, "returned_at": 1, "reason": "returned"}),
+        # a key "registered" with a proof made without the license key
+        (
+            "report",
+            {
+                "seq": 99,
+                "counters": {"units": 1},
+                "challenge": None,
+                "device_key": stranger.public_key,
+                "proof": bytes(32),
+            },
+        ),
+    ):
+        forged = device_msg.sign(
+            stranger,
+            kind,
+            {"activation_id": "", "fingerprint": fp, "at": 0, "agent_version": "x",
+             "device_key": None, "proof": None, **fields},
+        )  # fmt: skip
+        f = tmp_path / f"forged.{kind}"
+        label = armor.REPORT if kind == "report" else armor.RECEIPT
+        f.write_text(armor.armor(forged, label))
+        cmd = (
+            ("usage", "import", str(f)) if kind == "report" else ("deactivate", "--receipt", str(f))
+        )
+        refused = hqc.run(*cmd, check=False)
+        assert refused.returncode != 0, refused.stdout
+    assert hqc.json("usage", "show") == []
+    licenses = hqc.json("licenses", "list")
+    assert sum(int(item["seats_used"]) for item in licenses) == 1  # type: ignore[index]
+
+
+def test_a_metered_limit_is_enforced_offline_and_reset_by_the_next_periods_renewal(
+    hqc: HQ, server: Server, device: DeviceRoot
+) -> None:
+    key = activated(hqc, server, device)
+    assert device.check().returncode == 0
+    assert device.verdict()["exhausted"] == []
+    assert device.run("usage", "add", "units", "150").returncode == 0
+    offline = device.check()
+    assert offline.returncode == 0  # the license stands: the application decides
+    assert device.verdict()["exhausted"] == ["welding"]
+    env = (device.verdict_dir / "verdict.env").read_text()
+    assert "FIELDPASS_EXHAUSTED='welding'" in env
+    # a renewal inside the same period changes nothing: the base is HQ's, fixed
+    assert device.run("refresh").returncode == 0
+    assert device.check().returncode == 0 and device.verdict()["exhausted"] == ["welding"]
+    # the next period (31 days on): HQ's file carries a new base, the reported 150
+    report = device.path.parent / "late.report"
+    assert device.run("report", "-o", str(report), faketime="+31d").returncode == 0
+    hqc.run("usage", "import", str(report), faketime="+31d")
+    renewal = device.path.parent / "period2.machine"
+    act = hqc.json("licenses", "show", license_id(key))
+    act_id = act["activations"][0]["activation_id"]  # type: ignore[index]
+    hqc.run("machine-file", act_id, "-o", str(renewal), faketime="+31d")
+    assert device.run("install", str(renewal), faketime="+31d").returncode == 0
+    assert device.check(faketime="+31d").returncode == 0
+    assert device.verdict()["exhausted"] == []
+
+
+def test_a_returned_device_cannot_be_brought_back_with_a_kept_file(
+    hqc: HQ, server: Server, device: DeviceRoot, tmp_path: Path
+) -> None:
+    key = activated(hqc, server, device)
+    kept = tmp_path / "kept.machine"
+    kept.write_bytes(device.machine_file.read_bytes())
+    receipt = tmp_path / "robot.receipt"
+    given = device.run("return", "--yes", "-o", str(receipt))
+    assert given.returncode == 0, given.stderr
+    assert not device.machine_file.exists() and not (device.state_dir / "license.key").exists()
+    assert device.check().returncode == 30
+    assert device.verdict()["reason"] == "returned"
+    key_file = tmp_path / "key.txt"
+    key_file.write_text(key + "\n")
+    back = device.run("install", str(kept), "--license-key-file", str(key_file))
+    assert back.returncode == 31 and "gave activation" in back.stderr
+    assert device.check().returncode == 30
+    # HQ: the receipt verifies; without a TPM the seat frees after the file's expiry+grace
+    freed = hqc.json("deactivate", "--receipt", str(receipt))
+    assert freed["freed"] is False and freed["frees_at"] > 0
+    again = hqc.run("deactivate", "--receipt", str(receipt), check=False)
+    assert again.returncode != 0  # a receipt counts once
+    lic = license_id(key)
+    assert hqc.json("licenses", "show", lic)["activations"][0]["live"] is True  # type: ignore[index]
+    late = hqc.json("licenses", "show", lic, faketime="+400d")
+    del late
+    audit = hqc.run("audit", "--json").stdout
+    assert '"return"' in audit
+
+
+def test_a_tpm_bound_device_frees_its_seat_at_once_and_the_plan_limits_returns(
+    hqc: HQ, server: Server, make_device: object, tmp_path: Path
+) -> None:
+    from tests.tpm_server import Swtpm
+
+    with Swtpm(tmp_path / "tpmstate") as tpm:
+        robots = [make_device() for _ in range(2)]  # type: ignore[operator]
+        receipts = []
+        key = str(hqc.json("licenses", "create", "--plan", "industrial")["key"])
+        for n, robot in enumerate(robots):
+            robot.write_config(
+                f'[online]\nserver = "{server.url}"\n[tpm]\nenabled = true\n'
+                f'nv_index = "{0x01500016 + 3 * n:#010x}"\ntcti = "{tpm.tcti}"\n'
+            )
+            hqc.image(robot)
+            done = robot.run("activate", key, "--server", server.url)
+            assert done.returncode == 0, done.stderr
+            receipt = tmp_path / f"robot{n}.receipt"
+            assert robot.run("return", "--yes", "-o", str(receipt)).returncode == 0
+            receipts.append(receipt)
+        first = hqc.json("deactivate", "--receipt", str(receipts[0]))
+        assert first["freed"] is True  # bound to its TPM counter: no copy can come back
+        # the plan allows one return a year: the second is refused, then overridden
+        limited = hqc.run("deactivate", "--receipt", str(receipts[1]), check=False)
+        assert limited.returncode == 1 and "return limit is reached" in limited.stderr
+        over = hqc.json(
+            "deactivate", "--receipt", str(receipts[1]), "--override", "mainboard swap, ticket 42"
+        )
+        assert over["freed"] is True
+        assert "mainboard swap" in hqc.run("audit", "--json").stdout
+
+
+def test_counters_survive_sigkill_and_never_go_back(
+    hqc: HQ, server: Server, device: DeviceRoot
+) -> None:
+    import random
+    import signal
+    import subprocess
+    import time as _time
+
+    from tests.conftest import FIELDPASS, clean_env
+
+    activated(hqc, server, device)
+    done = 0
+    seen = 0
+    rng = random.Random()
+    for attempt in range(1, 41):
+        proc = subprocess.Popen(
+            [FIELDPASS, "--root", str(device.path), "usage", "add", "units", "1"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=clean_env(),
+        )
+        _time.sleep(rng.uniform(0, 0.08))
+        proc.send_signal(signal.SIGKILL)
+        if proc.wait() == 0:
+            done += 1
+        value = json.loads(device.run("usage", "show", "--json").stdout).get("units", 0)
+        # every add that finished is counted, none twice, and the counter never goes back
+        assert seen <= value and done <= value <= attempt
+        seen = value
+    assert device.check().returncode == 0
+
+
+def test_the_daemons_socket_counts_without_a_process_per_event(
+    hqc: HQ, server: Server, device: DeviceRoot
+) -> None:
+    import socket
+    import time as _time
+
+    from tests.mqtt.conftest import Daemon, wait_for
+
+    activated(hqc, server, device)
+    daemon = Daemon(device)
+    daemon.start()
+    try:
+        path = device.verdict_dir / "usage.sock"
+        wait_for(path.exists, 20, "the usage socket")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            for datagram in (b"units", b"units 41", b"x" * 5000, b"\xff\xfe", b"units -3",
+                             b"nope 1", b"units 99999999999"):  # fmt: skip
+                try:
+                    s.sendto(datagram, str(path))
+                except OSError:
+                    pass  # a datagram over the socket's limit: the kernel refuses it
+        wait_for(
+            lambda: json.loads(device.run("usage", "show", "--json").stdout).get("units") == 42,
+            20,
+            "the socket's counts written",
+        )
+        _time.sleep(1.5)
+        assert daemon.proc is not None and daemon.proc.poll() is None  # bad datagrams: counted
+    finally:
+        assert daemon.stop() == 0
