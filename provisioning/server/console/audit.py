@@ -13,7 +13,7 @@ from .render import number, render
 from .session import PATH, Op
 
 PAGE = 50
-# What the filter offers (docs/hq.md lists them all); any other text filters too.
+# What the filter offers (the actions HQ's services record; docs/hq.md lists them).
 ACTIONS = (
     "activate",
     "reactivate",
@@ -35,6 +35,15 @@ ACTIONS = (
     "site_assign",
     "site_remove",
     "field_pickup",
+    "field_import",
+    "device_key_register",
+    "device_key_reset",
+    "plan_usage_terms",
+    "usage_regression",
+    "return",
+    "return_limit_reached",
+    "mqtt_revocation",
+    "mqtt_refused",
     "console_login",
     "console_logout",
 )
