@@ -92,6 +92,11 @@ class SignedMessage(Strict):
         description="The signed device message, base64 (docs/wire-format.md section 9).",
     )
 
+    @model_validator(mode="after")
+    def _base64(self) -> "SignedMessage":
+        _check_base64(self.request)
+        return self
+
 
 class ActivateRequest(Strict):
     license_key: str = Field(

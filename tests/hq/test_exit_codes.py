@@ -83,6 +83,9 @@ FAILURES: list[tuple[str, int]] = [
     ("push --broker mqtt://127.0.0.1:{closed}", 2),
     ("push --broker mqtt://127.0.0.1:{closed} --license {lid}", 69),
     ("broker-config -o {report}/sub", 73),
+    ("usage show --since yesterday", 2),
+    ("usage import {tmp}/no-such.report", 66),
+    ("usage terms nope --counter cycles", 3),
     ("no-such-command", 2),
 ]
 
