@@ -1,12 +1,15 @@
 # Fieldpass developer entry points. Two commands do all the set-up on a fresh machine:
 #   make demo   HQ and a simulated device, end to end, on embedded defaults (SQLite)
 #   make test   system packages, virtualenv, ruff, mypy and the whole pytest suite
+# and the slow real checks CI runs after it (root):
+#   make yocto-parse   meta-fieldpass under a real bitbake, offline, per series
+#   make boot-test     a real systemd boot of the gate in systemd-nspawn; sysvinit scripts
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 
-.PHONY: all venv install sysdeps lint test fuzz demo bench vectors clean
+.PHONY: all venv install sysdeps lint test fuzz yocto-parse boot-test demo bench vectors clean
 
 all: test
 
@@ -38,6 +41,19 @@ test: sysdeps install lint
 # here with twenty times the examples and random seeds (tests/fuzz/conftest.py).
 fuzz: sysdeps install
 	FIELDPASS_FUZZ=long $(PY) -m pytest -q -p no:cacheprovider tests/fuzz
+
+# Not part of `make test`: a real bitbake parse and dry run of meta-fieldpass for each
+# series (tests/firmware/real_bitbake.py; about 15 minutes on 2 cores, root).
+yocto-parse: install
+	./scripts/install-test-deps .ci/apt-packages-yocto.txt
+	$(PY) -m pytest -q -p no:cacheprovider tests/firmware/real_bitbake.py
+
+# Not part of `make test`: systemd-nspawn boots of a debootstrap root and the sysvinit
+# scripts under two start-stop-daemons (tests/firmware/real_boot.py, real_sysvinit.py;
+# a few minutes, root).
+boot-test: install
+	./scripts/install-test-deps .ci/apt-packages-boot.txt
+	$(PY) -m pytest -q -p no:cacheprovider tests/firmware/real_sysvinit.py tests/firmware/real_boot.py
 
 demo: sysdeps install
 	./scripts/demo

@@ -556,8 +556,9 @@ def usage_show(c: Context, as_json: bool) -> None:
 
 @cli.command("report")
 @click.option("-o", "--output", metavar="FILE", help="Write the report to FILE [default: stdout].")
+@click.option("--json", "as_json", is_flag=True, help='Print {"report", "counters"} as JSON.')
 @pass_ctx
-def usage_report(c: Context, output: str | None) -> None:
+def usage_report(c: Context, output: str | None, as_json: bool) -> None:
     """Write a usage report signed by this device (armored) for the air-gapped site.
 
     It carries the cumulative counters and a sequence number: HQ keeps the highest, so
@@ -568,12 +569,20 @@ def usage_report(c: Context, output: str | None) -> None:
     Examples:
       fieldpass report -o /media/usb/robot-17.report
     """
+    from . import usage as counting
     from .wire import armor
 
     device = c.device()
     with device.writer_lock():
         data = device.report(_now())
     text = armor.armor(data, armor.REPORT)
+    st = device.load_state()
+    if as_json:
+        values = counting.counters(st) if st is not None else {}
+        emit({"report": text, "counters": values, "file": output}, True, "")
+        if output:
+            _write_or_echo(output, text)
+        return
     _write_or_echo(output, text)
     click.echo(
         "fieldpass: usage report written. Next: at HQ run `fieldpass-hq usage import FILE`.",
@@ -584,8 +593,9 @@ def usage_report(c: Context, output: str | None) -> None:
 @cli.command("return")
 @click.option("-o", "--output", metavar="FILE", help="Write the receipt to FILE [default: stdout].")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"receipt", ...} as JSON.')
 @pass_ctx
-def give_back(c: Context, output: str | None, yes: bool) -> None:
+def give_back(c: Context, output: str | None, yes: bool, as_json: bool) -> None:
     """Give the license back offline: destroy the machine file and the license key, and
     write a receipt signed by this device (armored) that frees the seat at HQ.
 
@@ -612,7 +622,13 @@ def give_back(c: Context, output: str | None, yes: bool) -> None:
         )
     with device.writer_lock():
         receipt = device.give_back(_now())
-    _write_or_echo(output, armor.armor(receipt, armor.RECEIPT))
+    text = armor.armor(receipt, armor.RECEIPT)
+    if as_json:
+        if output:
+            _write_or_echo(output, text)
+        emit({"receipt": text, "returned": True, "file": output}, True, "")
+        return
+    _write_or_echo(output, text)
     click.echo(
         "fieldpass: license given back. Next: carry the receipt to HQ "
         "(`fieldpass-hq deactivate --receipt FILE`) to free the seat.",

@@ -17,6 +17,9 @@ DEFAULT_STATE_DIR = "/data/fieldpass"
 DEFAULT_VERDICT_DIR = "/run/fieldpass"
 DEFAULT_HOOKS_DIR = "/etc/fieldpass/on-verdict.d"
 DEFAULT_IDENTITY_HOOK = "/usr/libexec/fieldpass/identity-hook"
+# [identity] sources: the hardware id sources agent/identity.py knows, and the default
+# order (first usable one wins; the container override, when allowed, comes first).
+IDENTITY_SOURCES = ("dmi", "machine-id", "device-tree", "hook")
 CLOCK_POLICIES = ("strict", "floor")
 DEFAULT_TOLERANCE_S = 300
 MAX_CONFIG_BYTES = 64 * 1024
@@ -47,6 +50,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, object]]] = {
     "identity": {
         "allow_override": (bool, False),
         "hook": (str, DEFAULT_IDENTITY_HOOK),
+        "sources": (list, list(IDENTITY_SOURCES)),
     },
     "online": {
         "server": (str, ""),
@@ -108,6 +112,18 @@ class Config:
         self.tolerance_s = int(str(clock["tolerance_s"]))
         self.allow_identity_override = bool(identity["allow_override"])
         self.identity_hook = self.device_path(str(identity["hook"]))
+        sources = identity["sources"]
+        assert isinstance(sources, list)
+        if (
+            not sources
+            or not all(isinstance(name, str) and name in IDENTITY_SOURCES for name in sources)
+            or len(set(sources)) != len(sources)
+        ):
+            raise ConfigError(
+                f"{path}: [identity] sources must name each of "
+                f"{', '.join(IDENTITY_SOURCES)} at most once, and at least one"
+            )
+        self.identity_sources = tuple(str(name) for name in sources)
         online = values["online"]
         self.server = str(online["server"])
         extra = online["servers"]

@@ -37,8 +37,12 @@ class AnsweringServer(http.server.ThreadingHTTPServer):
             self.default = (status, body)
 
     def for_path(self, path: str) -> Answer:
+        """The answer for ``path``. ``/v1/challenge`` gets a good challenge unless a test
+        set one for it: the hostile answers are meant for the request that follows."""
         with self.lock:
             self.asked.append(path)
+            if path == "/v1/challenge" and path not in self.answers:
+                return (200, b'{"challenge": "test-challenge", "expires_in": 300}')
             return self.answers.get(path, self.default)
 
 

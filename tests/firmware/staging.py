@@ -6,13 +6,16 @@ host's systemd package so that `systemd-analyze verify --root` can resolve the d
 dependencies, as it would on the image.
 """
 
+import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 HOOKS = REPO / "firmware-hooks"
 LAYER = REPO / "yocto-layer" / "meta-fieldpass"
+RECIPE = LAYER / "recipes-fieldpass/fieldpass/fieldpass_0.1.0.bb"
 BIN = Path(sys.executable).parent
 HOST_UNIT_DIRS = (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system"))
 
@@ -25,10 +28,12 @@ ALLOWS = "usr/libexec/fieldpass/fieldpass-verdict-allows"
 INSTALLED = {
     "systemd/fieldpass-gate.service": (f"{UNIT_DIR}/fieldpass-gate.service", 0o644),
     "systemd/fieldpass-agent.service": (f"{UNIT_DIR}/fieldpass-agent.service", 0o644),
+    "systemd/fieldpass-machine-id.service": (f"{UNIT_DIR}/fieldpass-machine-id.service", 0o644),
     "systemd/examples/robot-app.service": (f"{UNIT_DIR}/{APP_UNIT}", 0o644),
     "systemd/50-fieldpass-gate.conf": (DROP_IN, 0o644),
-    "systemd/fieldpass.tmpfiles.conf": ("usr/lib/tmpfiles.d/fieldpass.conf", 0o644),
     "libexec/fieldpass-verdict-allows": (ALLOWS, 0o755),
+    "libexec/fieldpass-data-dir": ("usr/libexec/fieldpass/fieldpass-data-dir", 0o755),
+    "libexec/fieldpass-machine-id": ("usr/libexec/fieldpass/fieldpass-machine-id", 0o755),
     "identity/fieldpass-identity-hook": ("usr/libexec/fieldpass/identity-hook", 0o755),
     "on-verdict.d/50-hmi-message": ("etc/fieldpass/on-verdict.d/50-hmi-message", 0o755),
     "sysvinit/fieldpass-gate": ("etc/init.d/fieldpass-gate", 0o755),
@@ -71,3 +76,25 @@ def unit_values(path: Path, key: str) -> list[str]:
         if sep and name.strip() == key:
             values.append(value.strip())
     return values
+
+
+def fieldpass_as_installed(script: str, python: str) -> str:
+    """``script`` (bin/fieldpass's text) as the recipe's do_install leaves it: its own
+    ``sed`` of the first line, with FIELDPASS_SHEBANG (``${bindir}/python3`` on the
+    target) replaced by ``python``."""
+    text = RECIPE.read_text()
+    assert 'FIELDPASS_SHEBANG = "${bindir}/python3"' in text
+    assert "install -m 0755 ${S}/bin/fieldpass ${D}${bindir}/fieldpass" in text
+    found = re.search(
+        r"sed -i -e '(1s\|\^#!python\|#!\$\{FIELDPASS_SHEBANG\}\|)' \$\{D\}\$\{bindir\}/fieldpass",
+        text,
+    )
+    assert found, "the shebang sed of do_install"
+    result = subprocess.run(
+        ["sed", "-e", found.group(1).replace("${FIELDPASS_SHEBANG}", python)],
+        input=script,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout

@@ -1,6 +1,8 @@
 """The shipped scripts run for real: the identity hook on staged sysfs/procfs files, the
-example on-verdict hook, fieldpass-verdict-allows on every kind of verdict file, and the
-sysvinit gate script's mapping of `fieldpass check` exit codes."""
+example on-verdict hook, fieldpass-verdict-allows on every kind of verdict file, the
+sysvinit gate script's mapping of `fieldpass check` exit codes, the state directory's
+first-boot creation and the persistent machine id (real bind mounts, in a private mount
+namespace)."""
 
 import json
 import os
@@ -15,6 +17,8 @@ IDENTITY = HOOKS / "identity/fieldpass-identity-hook"
 ALLOWS = HOOKS / "libexec/fieldpass-verdict-allows"
 HMI = HOOKS / "on-verdict.d/50-hmi-message"
 SYSV_GATE = HOOKS / "sysvinit/fieldpass-gate"
+DATA_DIR = HOOKS / "libexec/fieldpass-data-dir"
+MACHINE_ID = HOOKS / "libexec/fieldpass-machine-id"
 
 
 def run(cmd: list[str], **env: str) -> subprocess.CompletedProcess[str]:
@@ -265,3 +269,82 @@ def test_sysvinit_gate_passes_a_quick_gate_untouched(tmp_path: Path) -> None:
     result = run([str(SYSV_GATE), "start"], FIELDPASS_ROOT=str(root), FIELDPASS_BIN=str(stub))
     assert result.returncode == 0 and "license valid" in result.stdout
     assert not (root / "run/fieldpass/verdict.env").exists()
+
+
+# -- data partition: fieldpass-data-dir -----------------------------------------------
+
+
+def test_data_dir_is_created_at_first_boot_mode_0700(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    result = run([str(DATA_DIR), "/data/fieldpass"], FIELDPASS_ROOT=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "created the state directory /data/fieldpass (first boot)" in result.stdout
+    assert (tmp_path / "data/fieldpass").stat().st_mode & 0o777 == 0o700
+    again = run([str(DATA_DIR), "/data/fieldpass"], FIELDPASS_ROOT=str(tmp_path))
+    assert again.returncode == 0
+    assert again.stdout == again.stderr == ""
+    assert list((tmp_path / "data/fieldpass").iterdir()) == []
+
+
+def test_data_dir_that_cannot_be_made_says_why(tmp_path: Path) -> None:
+    (tmp_path / "data").write_text("not a partition\n")
+    result = run([str(DATA_DIR), "/data/fieldpass"], FIELDPASS_ROOT=str(tmp_path))
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1
+    assert "cannot write the state directory /data/fieldpass" in result.stderr
+    assert "mount the data partition read-write (FIELDPASS_DATA_MOUNT" in result.stderr
+    (tmp_path / "data").unlink()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/fieldpass").write_text("")
+    result = run([str(DATA_DIR), "/data/fieldpass"], FIELDPASS_ROOT=str(tmp_path))
+    assert result.returncode == 1
+    assert "is not a directory" in result.stderr
+    assert run([str(DATA_DIR)]).returncode == 2
+
+
+# -- persistent machine id: fieldpass-machine-id --------------------------------------
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounts need root (CI runs as root)")
+ID_A = "0123456789abcdef0123456789abcdef"
+ID_B = "fedcba9876543210fedcba9876543210"
+
+
+def boot_machine_id(root: Path) -> subprocess.CompletedProcess[str]:
+    """fieldpass-machine-id in a private mount namespace, then what /etc/machine-id
+    reads there (after the '---' line)."""
+    script = (
+        f'"{MACHINE_ID}" /data/machine-id; rc=$?; echo ---; cat "{root}/etc/machine-id"; exit $rc'
+    )
+    return run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        FIELDPASS_ROOT=str(root),
+    )
+
+
+@needs_root
+def test_machine_id_is_kept_on_the_data_partition(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "etc/machine-id").write_text(ID_A + "\n")  # this boot's, from systemd
+    first = boot_machine_id(tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "kept this boot's machine id in /data/machine-id" in first.stdout
+    assert (tmp_path / "data/machine-id").read_text() == ID_A + "\n"
+    assert (tmp_path / "data/machine-id").stat().st_mode & 0o777 == 0o444
+    # The next boot: systemd made up another one; the kept one is mounted over it.
+    (tmp_path / "etc/machine-id").write_text(ID_B + "\n")
+    second = boot_machine_id(tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.split("---\n")[1] == ID_A + "\n"
+    assert (tmp_path / "etc/machine-id").read_text() == ID_B + "\n"  # outside: unchanged
+
+
+@needs_root
+def test_machine_id_without_an_id_to_keep_fails_and_writes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "etc/machine-id").write_text("uninitialized\n")
+    result = boot_machine_id(tmp_path)
+    assert result.returncode == 1
+    assert "holds no id to keep" in result.stderr
+    assert not (tmp_path / "data/machine-id").exists()

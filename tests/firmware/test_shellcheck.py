@@ -27,6 +27,8 @@ def test_the_scripts_are_found() -> None:
         "50-hmi-message",
         "fieldpass-gate",
         "fieldpass-agent",
+        "fieldpass-data-dir",
+        "fieldpass-machine-id",
         "robot-app",
     } <= names
 

@@ -184,7 +184,7 @@ def test_requests_parse_or_refuse_with_a_wire_error(data: bytes) -> None:
 def test_a_request_given_to_install_is_refused(provisioned: Provisioned, tmp_path: Path) -> None:
     p = provisioned
     p.reset()
-    req = Request(p.device.fingerprint).armored().encode()
+    req = armor.armor(Request(p.device.fingerprint).to_bytes_v1(), armor.REQUEST).encode()
     code, out = install_hostile(p, req, tmp_path)
     assert_clean(code, out)
     assert code == 31 and p.stored.unchanged_files()

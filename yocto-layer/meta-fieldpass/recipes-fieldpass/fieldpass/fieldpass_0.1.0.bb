@@ -10,39 +10,43 @@ LICENSE = "Apache-2.0"
 LIC_FILES_CHKSUM = "file://LICENSE;md5=3b83ef96387f14655fc854ddc3c6bd57"
 CVE_PRODUCT = "fieldpass"
 
-DEPENDS += "python3-wheel-native"
+# Where the source comes from (layer README, "Source"):
+# "release": the pinned commit below of the Fieldpass repository, fetched with git (for
+#   an offline build, mirror it and point FIELDPASS_GIT_URI at the mirror);
+#   tests/firmware/test_yocto_layer.py checks that it holds every file installed here.
+# "tree": the Fieldpass checkout this layer lives in (fieldpass-source-tree.inc), for
+#   development of Fieldpass itself.
+FIELDPASS_SOURCE ??= "release"
+FIELDPASS_GIT_URI ??= "git://git.fieldpass.invalid/fieldpass.git;protocol=https;branch=main"
+SRC_URI = "${FIELDPASS_GIT_URI};destsuffix=${BP}"
+SRCREV = "15e25a0cbfe4518ea5734a24a4bdbe9cc9bf28e7"
+include ${@'fieldpass-source-tree.inc' if d.getVar('FIELDPASS_SOURCE') == 'tree' else ''}
 
-# Paths inside the Fieldpass source tree; fieldpass_%.bbappend beside this recipe
-# points FILESEXTRAPATHS at the checkout this layer lives in. Only what the device
-# needs is fetched: provisioning/ (HQ) is never in SRC_URI, so it cannot reach the image.
-SRC_URI = "\
-    file://pyproject.toml;subdir=fieldpass-${PV} \
-    file://README.md;subdir=fieldpass-${PV} \
-    file://LICENSE;subdir=fieldpass-${PV} \
-    file://agent;subdir=fieldpass-${PV} \
-    file://bin/fieldpass;subdir=fieldpass-${PV} \
-    file://firmware-hooks;subdir=fieldpass-${PV} \
-    file://docs/firmware-integration.md;subdir=fieldpass-${PV} \
-"
-# Releases before styhead unpack into WORKDIR and have no UNPACKDIR.
-UNPACKDIR ??= "${WORKDIR}"
-S = "${UNPACKDIR}/fieldpass-${PV}"
-
-# Vendor settings (see the layer README).
-# FIELDPASS_KEYRING: path of the public keyring exported at HQ (`fieldpass-hq keys
-# export`). Mandatory: the recipe is skipped, with this message, until it is set.
-FIELDPASS_KEYRING ??= ""
-# Persistent data partition for the machine file, license key and clock state.
-# Not the volatile system state directory of a read-only root: a persistent partition.
-FIELDPASS_DATA_DIR ??= "/data/fieldpass"
+# Vendor settings (layer README, "Variables"). The keyring is its own recipe,
+# fieldpass-keyring (FIELDPASS_KEYRING).
+# Mount point of the persistent read-write data partition, and the state directory on
+# it (machine file, license key, clock high-water mark). Never the system state
+# directory, which is volatile on a read-only root.
+FIELDPASS_DATA_MOUNT ??= "/data"
+FIELDPASS_DATA_DIR ??= "${FIELDPASS_DATA_MOUNT}/fieldpass"
+# Identity sources, in order, written to agent.toml ([identity] sources). machine-id is
+# left out on purpose: on a read-only root it is new at every boot, and a machine-id
+# kept on the data partition is cloned with it (docs/identity.md).
+FIELDPASS_IDENTITY_SOURCES ??= "dmi device-tree hook"
+# "1": keep /etc/machine-id on the data partition (package fieldpass-machine-id,
+# systemd only). It is never a Fieldpass identity source unless
+# FIELDPASS_IDENTITY_SOURCES names machine-id.
+FIELDPASS_PERSISTENT_MACHINE_ID ??= "0"
+FIELDPASS_MACHINE_ID_FILE ??= "${FIELDPASS_DATA_MOUNT}/machine-id"
 
 inherit python_setuptools_build_meta systemd update-rc.d
 
-PACKAGES =+ "${PN}-daemon"
+PACKAGES =+ "${PN}-daemon ${PN}-machine-id"
 
-SYSTEMD_PACKAGES = "${PN} ${PN}-daemon"
+SYSTEMD_PACKAGES = "${PN} ${PN}-daemon ${PN}-machine-id"
 SYSTEMD_SERVICE:${PN} = "fieldpass-gate.service"
 SYSTEMD_SERVICE:${PN}-daemon = "fieldpass-agent.service"
+SYSTEMD_SERVICE:${PN}-machine-id = "fieldpass-machine-id.service"
 SYSTEMD_AUTO_ENABLE = "enable"
 
 INITSCRIPT_PACKAGES = "${PN} ${PN}-daemon"
@@ -51,43 +55,81 @@ INITSCRIPT_PARAMS:${PN} = "start 20 2 3 4 5 ."
 INITSCRIPT_NAME:${PN}-daemon = "fieldpass-agent"
 INITSCRIPT_PARAMS:${PN}-daemon = "start 85 2 3 4 5 . stop 15 0 1 6 ."
 
-# Rebuild when the vendor's keyring changes.
-do_install[file-checksums] += "${@'%s:True' % d.getVar('FIELDPASS_KEYRING') if d.getVar('FIELDPASS_KEYRING') else ''}"
+FIELDPASS_KNOWN_SOURCES = "dmi machine-id device-tree hook"
+
+# Parse-time checks: a wrong setting skips the recipe with its reason before anything
+# builds, and an image that would run no gate says so.
+# nooelint: oelint.task.noanonpython
+python __anonymous() {
+    if d.getVar('FIELDPASS_SOURCE') not in ('release', 'tree'):
+        raise bb.parse.SkipRecipe(
+            "FIELDPASS_SOURCE = \"%s\": use release or tree" % d.getVar('FIELDPASS_SOURCE'))
+    sources = d.getVar('FIELDPASS_IDENTITY_SOURCES').split()
+    known = d.getVar('FIELDPASS_KNOWN_SOURCES').split()
+    unknown = [s for s in sources if s not in known]
+    if not sources or unknown or len(set(sources)) != len(sources):
+        raise bb.parse.SkipRecipe(
+            "FIELDPASS_IDENTITY_SOURCES = \"%s\": name each of %s at most once"
+            % (' '.join(sources), ', '.join(known)))
+    if bb.data.inherits_class('native', d):
+        return
+    features = d.getVar('DISTRO_FEATURES').split()
+    if 'systemd' not in features and 'sysvinit' not in features:
+        bb.warn("fieldpass: DISTRO_FEATURES has neither systemd nor sysvinit "
+                "(INIT_MANAGER = \"%s\"): no unit or init script is installed and nothing "
+                "runs the boot gate; run `fieldpass check` before the licensed "
+                "application starts (docs/firmware-integration.md, \"Without systemd\")"
+                % d.getVar('INIT_MANAGER'))
+    if oe.types.boolean(d.getVar('FIELDPASS_PERSISTENT_MACHINE_ID')):
+        if 'systemd' not in features:
+            bb.warn("fieldpass: FIELDPASS_PERSISTENT_MACHINE_ID needs systemd; ignored")
+        else:
+            d.appendVar('RDEPENDS:' + d.getVar('PN'), ' ' + d.getVar('PN') + '-machine-id')
+}
+
+# The release source is the whole repository: the HQ package must never reach the wheel.
+do_configure:prepend() {
+    rm -rf ${S}/provisioning
+}
+
+# bin/fieldpass starts with "#!python" and the interpreter's options (such as -I).
+# pypa/installer writes "#!/usr/bin/env python3" in its place and drops the options,
+# and "/usr/bin/env python3 -I" would not run (the kernel hands "python3 -I" to env as
+# one word): install it again with the interpreter named and its options kept.
+FIELDPASS_SHEBANG = "${bindir}/python3"
+FIELDPASS_SHEBANG:class-native = "${USRBINPATH}/env -S nativepython3"
 
 do_install:append() {
-    if [ -z "${FIELDPASS_KEYRING}" ]; then
-        bbfatal "FIELDPASS_KEYRING is not set: point it at the public keyring exported at HQ (fieldpass-hq keys export -o FILE), in local.conf or your distro configuration"
-    fi
-    if [ ! -f "${FIELDPASS_KEYRING}" ]; then
-        bbfatal "FIELDPASS_KEYRING=${FIELDPASS_KEYRING} is not a file"
-    fi
-    # Device side only: provisioning/ was never fetched, so the wheel holds no HQ code,
-    # but its console script would be a dangling entry point.
+    # Device side only: the wheel holds no HQ code, but its console script would be a
+    # dangling entry point.
     rm -f ${D}${bindir}/fieldpass-hq
     if [ -e ${D}${PYTHON_SITEPACKAGES_DIR}/provisioning ]; then
         bbfatal "the HQ package (provisioning) must never be installed on a device"
     fi
+    install -m 0755 ${S}/bin/fieldpass ${D}${bindir}/fieldpass
+    sed -i -e '1s|^#!python|#!${FIELDPASS_SHEBANG}|' ${D}${bindir}/fieldpass
 
     install -d ${D}${sysconfdir}/fieldpass/on-verdict.d
     install -m 0644 ${S}/firmware-hooks/config/agent.toml ${D}${sysconfdir}/fieldpass/agent.toml
-    sed -i -e 's#^state_dir = .*#state_dir = "${FIELDPASS_DATA_DIR}"#' ${D}${sysconfdir}/fieldpass/agent.toml
-    install -m 0644 ${FIELDPASS_KEYRING} ${D}${sysconfdir}/fieldpass/keyring
+    sed -i -e 's#^state_dir = .*#state_dir = "${FIELDPASS_DATA_DIR}"#' \
+        -e 's#^sources = .*#sources = [${@', '.join('"%s"' % s for s in d.getVar('FIELDPASS_IDENTITY_SOURCES').split())}]#' \
+        ${D}${sysconfdir}/fieldpass/agent.toml
     install -m 0755 ${S}/firmware-hooks/on-verdict.d/50-hmi-message ${D}${sysconfdir}/fieldpass/on-verdict.d/50-hmi-message
 
     install -d ${D}${libexecdir}/fieldpass
     install -m 0755 ${S}/firmware-hooks/identity/fieldpass-identity-hook ${D}${libexecdir}/fieldpass/identity-hook
     install -m 0755 ${S}/firmware-hooks/libexec/fieldpass-verdict-allows ${D}${libexecdir}/fieldpass/fieldpass-verdict-allows
+    install -m 0755 ${S}/firmware-hooks/libexec/fieldpass-data-dir ${D}${libexecdir}/fieldpass/fieldpass-data-dir
 
     if ${@bb.utils.contains('DISTRO_FEATURES', 'systemd', 'true', 'false', d)}; then
         install -d ${D}${systemd_system_unitdir}
-        install -m 0644 ${S}/firmware-hooks/systemd/fieldpass-gate.service ${D}${systemd_system_unitdir}/fieldpass-gate.service
-        install -m 0644 ${S}/firmware-hooks/systemd/fieldpass-agent.service ${D}${systemd_system_unitdir}/fieldpass-agent.service
-        sed -i -e 's#/data/fieldpass#${FIELDPASS_DATA_DIR}#g' \
-            ${D}${systemd_system_unitdir}/fieldpass-gate.service \
-            ${D}${systemd_system_unitdir}/fieldpass-agent.service
-        install -d ${D}${nonarch_libdir}/tmpfiles.d
-        install -m 0644 ${S}/firmware-hooks/systemd/fieldpass.tmpfiles.conf ${D}${nonarch_libdir}/tmpfiles.d/fieldpass.conf
-        sed -i -e 's#/data/fieldpass#${FIELDPASS_DATA_DIR}#g' ${D}${nonarch_libdir}/tmpfiles.d/fieldpass.conf
+        for unit in fieldpass-gate.service fieldpass-agent.service fieldpass-machine-id.service; do
+            install -m 0644 ${S}/firmware-hooks/systemd/$unit ${D}${systemd_system_unitdir}/$unit
+            sed -i -e 's#/data/fieldpass#${FIELDPASS_DATA_DIR}#g' \
+                -e 's#/data/machine-id#${FIELDPASS_MACHINE_ID_FILE}#g' \
+                ${D}${systemd_system_unitdir}/$unit
+        done
+        install -m 0755 ${S}/firmware-hooks/libexec/fieldpass-machine-id ${D}${libexecdir}/fieldpass/fieldpass-machine-id
         install -d ${D}${datadir}/fieldpass
         install -m 0644 ${S}/firmware-hooks/systemd/50-fieldpass-gate.conf ${D}${datadir}/fieldpass/50-fieldpass-gate.conf
     fi
@@ -114,16 +156,17 @@ FILES:${PN}-daemon += "\
     ${systemd_system_unitdir}/fieldpass-agent.service \
     ${INIT_D_DIR}/fieldpass-agent \
 "
-FILES:${PN} += "\
-    ${libexecdir}/fieldpass \
-    ${nonarch_libdir}/tmpfiles.d/fieldpass.conf \
+FILES:${PN}-machine-id += "\
+    ${systemd_system_unitdir}/fieldpass-machine-id.service \
+    ${libexecdir}/fieldpass/fieldpass-machine-id \
 "
-CONFFILES:${PN} = "${sysconfdir}/fieldpass/agent.toml ${sysconfdir}/fieldpass/keyring"
+FILES:${PN} += "${libexecdir}/fieldpass"
+CONFFILES:${PN} = "${sysconfdir}/fieldpass/agent.toml"
 
 # Python packages from meta-python / oe-core, and only the split standard-library
-# packages the agent imports (checked against agent/ by tests/firmware/test_yocto_layer.py).
+# packages the agent imports (checked against agent/ and each series' python3 manifest
+# by tests/firmware/test_yocto_layer.py and tests/firmware/real_bitbake.py).
 RDEPENDS:${PN} = "\
-    python3-cbor2 \
     python3-click \
     python3-core \
     python3-fcntl \
@@ -136,6 +179,7 @@ RDEPENDS:${PN} = "\
     python3-threading \
     python3-tomllib \
 "
+RDEPENDS:${PN}:append:class-target = " virtual-fieldpass-keyring"
 RDEPENDS:${PN}-daemon = "${PN}"
 
 # fieldpass-native: a build-host `fieldpass` for image-time checks of a staged rootfs
