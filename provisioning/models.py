@@ -35,7 +35,8 @@ class EntitlementRow:
 
 @dataclass(frozen=True)
 class License:
-    """A license. ``license_key`` is a secret: never log or print it (``repr`` hides it)."""
+    """A license. ``license_key`` is a secret: never log or print it (``repr`` hides it).
+    ``seats``: the license's own seat limit, None for its plan's (``seat_limit``)."""
 
     id: str
     license_key: str = field(repr=False)
@@ -46,6 +47,12 @@ class License:
     updated_at: int
     entitlements: tuple[EntitlementRow, ...] = ()
     seats_used: int = 0
+    seats: int | None = None
+
+    def seat_limit(self, plan: Plan) -> int:
+        """How many devices may be active at once: the license's own limit, else its
+        plan's."""
+        return plan.seats if self.seats is None else self.seats
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,7 @@ def cli(ctx: click.Context, home: Path | None, database: str | None) -> None:
       fieldpass-hq serve --port 8750
     """
     ctx.obj = common.State(home if home is not None else default_home(), database)
+    ctx.call_on_close(ctx.obj.close)
 
 
 COMMANDS: tuple[click.Command, ...] = (

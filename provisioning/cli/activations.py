@@ -1,5 +1,6 @@
 """``fieldpass-hq activate|machine-file|deactivate``: a device's seat and its machine
-files, from a fingerprint or from a request file carried from an air-gapped device.
+files, from a fingerprint or from a request file carried from an air-gapped device;
+``activations list|reset-key``: the fleet's activations (read only) and a device key.
 
 Writes the machine file where ``-o`` says (crash-safe), or armored text to stdout; never
 prints the license key it was given.
@@ -17,6 +18,8 @@ from .. import documents
 from ..errors import InvalidRequest
 from ..services import Issued
 from ..services.device_requests import answer_request
+from ..services.fleet import MAX_PAGE
+from ..storage.views import ACTIVATION_SORTS
 from ..units import format_time
 from . import common, output
 
@@ -257,13 +260,103 @@ def deactivate(
 
 @click.group()
 def activations() -> None:
-    """Activations (seats held by devices): the operator's actions on them.
+    """Activations (seats held by devices): list them, and the operator's actions on them.
 
     Examples:
 
-    
+    \b
+      fieldpass-hq activations list --expiring-within 30d
       fieldpass-hq activations reset-key act_0123456789abcdef0123
     """
+
+
+@activations.command("list")
+@click.option("--license", "license_id", help="Devices of this license id.")
+@click.option("--site", help="Devices placed at this site.")
+@click.option("--plan", help="Devices on this plan.")
+@click.option(
+    "--expiring-within",
+    callback=common.duration(),
+    metavar="DURATION",
+    help="Only devices whose file expires within DURATION (expired ones included).",
+)
+@click.option("--all", "everything", is_flag=True, help="Deactivated activations too.")
+@click.option(
+    "--sort",
+    type=click.Choice(sorted(ACTIVATION_SORTS)),
+    default="expires",
+    show_default=True,
+    help="Order by this column.",
+)
+@click.option("--desc", is_flag=True, help="Descending order.")
+@click.option("--limit", type=click.IntRange(1, MAX_PAGE), help="At most this many.")
+@click.option("--offset", type=click.IntRange(0), default=0, help="Skip this many first.")
+@common.json_option
+@click.pass_context
+def activations_list(
+    ctx: click.Context,
+    license_id: str | None,
+    site: str | None,
+    plan: str | None,
+    expiring_within: int | None,
+    everything: bool,
+    sort: str,
+    desc: bool,
+    limit: int | None,
+    offset: int,
+    as_json: bool,
+) -> None:
+    """List activations with their file's expiry, last contact and verdict.
+
+    Reads only: unlike `field export --expiring-within`, nothing is renewed. The
+    verdict is the device's as HQ last heard it (valid, warning, grace, expired,
+    revoked, unknown); --json gives every time in Unix seconds and ISO 8601.
+
+    Examples:
+
+    \b
+      fieldpass-hq activations list --expiring-within 30d
+      fieldpass-hq activations list --site site-7 --sort seen
+      fieldpass-hq activations list --license lic_0123456789abcdef0123 --all --json
+    """
+    page = common.state(ctx).hq.fleet.activations(
+        common.now(),
+        license_id=license_id,
+        site=site,
+        plan=plan,
+        expiring_within_s=expiring_within,
+        live=not everything,
+        sort=sort,
+        descending=desc,
+        limit=limit,
+        offset=offset,
+    )
+    if as_json:
+        output.emit_json([documents.device_doc(d) for d in page.items])
+        return
+    rows = []
+    for d in page.items:
+        a = d.row.activation
+        rows.append(
+            [
+                a.id,
+                a.license_id,
+                d.row.plan,
+                d.row.site or "-",
+                a.fingerprint[:16],
+                str(a.serial),
+                format_time(a.last_expires_at),
+                format_time(a.last_seen_at),
+                a.last_channel or "-",
+                d.verdict if a.deactivated_at is None else "deactivated",
+            ]
+        )
+    header = ["ACTIVATION", "LICENSE", "PLAN", "SITE", "DEVICE", "SERIAL", "FILE-EXPIRES"]
+    header += ["LAST-SEEN", "VIA", "VERDICT"]
+    text = output.table(rows, header)
+    if len(page.items) < page.total:
+        text += f"\n({len(page.items)} of {page.total}: --offset {page.offset + len(page.items)})"
+    output.emit_text(text)
 
 
 @activations.command("reset-key")
@@ -277,7 +370,7 @@ def reset_key(ctx: click.Context, activation_id: str, as_json: bool) -> None:
 
     Examples:
 
-    
+    \b
       fieldpass-hq activations reset-key act_0123456789abcdef0123
       fieldpass-hq activations reset-key act_0123456789abcdef0123 --json
     """

@@ -39,6 +39,12 @@ class State:
             self._hq = HQ(self.home, database=self.database)
         return self._hq
 
+    def close(self) -> None:
+        """Release the database (its connections and lock file) when the command ends."""
+        if self._hq is not None:
+            self._hq.store.close()
+            self._hq = None
+
 
 def now() -> int:
     return int(time.time())

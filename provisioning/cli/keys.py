@@ -1,4 +1,4 @@
-"""``fieldpass-hq keys generate|retire|list|export``: HQ's signing keys and the keyring
+"""``fieldpass-hq keys generate|activate|retire|list|export``: HQ's signing keys and the keyring
 that device images carry.
 
 Prints public parts only: a private key is never printed or written here.
@@ -23,6 +23,8 @@ def keys() -> None:
 
     \b
       fieldpass-hq keys generate
+      fieldpass-hq keys generate --standby
+      fieldpass-hq keys activate fpk_0123456789abcdef
       fieldpass-hq keys list --json
       fieldpass-hq keys export -o keyring
       fieldpass-hq keys retire fpk_0123456789abcdef
@@ -30,24 +32,55 @@ def keys() -> None:
 
 
 @keys.command("generate")
+@click.option(
+    "--standby",
+    is_flag=True,
+    help="Publish the key only (keyring, /v1/keys); it signs once `keys activate` says so.",
+)
 @common.json_option
 @click.pass_context
-def keys_generate(ctx: click.Context, as_json: bool) -> None:
+def keys_generate(ctx: click.Context, standby: bool, as_json: bool) -> None:
     """Create a new signing key; it signs every machine file from now on.
 
-    Prints the new key id. Devices must trust it: re-export the keyring.
+    Prints the new key id. Devices trust a key only once their image's keyring holds
+    it: to rotate without stranding a device, generate the successor with --standby,
+    ship the re-exported keyring in the images, then `keys activate` it (docs/hq.md).
 
     Examples:
 
     \b
       fieldpass-hq keys generate
-      fieldpass-hq keys generate --json
+      fieldpass-hq keys generate --standby --json
     """
-    info = common.state(ctx).hq.generate_key(common.now(), common.actor())
+    info = common.state(ctx).hq.generate_key(common.now(), common.actor(), standby=standby)
     if as_json:
         output.emit_json(documents.key_doc(info))
     else:
         output.emit_text(info.kid)
+
+
+@keys.command("activate")
+@click.argument("kid")
+@common.json_option
+@click.pass_context
+def keys_activate(ctx: click.Context, kid: str, as_json: bool) -> None:
+    """Make published key KID the signing key (audited as key_activate).
+
+    The second phase of a rotation: only once the images the devices run carry KID in
+    their keyring (a device refuses a file from a key it does not know, exit 31). The
+    previous key stops signing but stays trusted; retire it when no file of it is left.
+
+    Examples:
+
+    \b
+      fieldpass-hq keys activate fpk_0123456789abcdef
+      fieldpass-hq keys activate fpk_0123456789abcdef --json
+    """
+    info = common.state(ctx).hq.activate_key(kid, common.now(), common.actor())
+    if as_json:
+        output.emit_json(documents.key_doc(info))
+    else:
+        output.emit_text(f"key {info.kid} signs from now on")
 
 
 @keys.command("retire")

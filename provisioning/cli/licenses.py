@@ -1,4 +1,4 @@
-"""``fieldpass-hq licenses create|list|show|suspend|reinstate|revoke``.
+"""``fieldpass-hq licenses create|list|show|seats|suspend|reinstate|revoke``.
 
 ``create`` prints the new license's key, the one time it is ever shown; every other
 command shows the license id only, never the key.
@@ -11,13 +11,14 @@ import click
 from .. import documents
 from ..errors import InvalidRequest
 from ..models import LICENSE_REVOKED, EntitlementRow
+from ..storage.views import LICENSE_SORTS, LICENSE_STATUSES
 from ..units import format_time, parse_date
 from . import common, output
 
 
 @click.group()
 def licenses() -> None:
-    """Licenses: create, list, show, suspend, reinstate, revoke.
+    """Licenses: create, list, show, seats, suspend, reinstate, revoke.
 
     Examples:
 
@@ -85,33 +86,107 @@ def licenses_create(
 
 
 @licenses.command("list")
+@click.option("--plan", help="Licenses on this plan.")
+@click.option("--status", type=click.Choice(LICENSE_STATUSES), help="Licenses in this status.")
+@click.option("--site", help="Licenses with a live device at this site.")
+@click.option(
+    "--expiring-within",
+    callback=common.duration(),
+    metavar="DURATION",
+    help="Licenses with a live device whose file expires within DURATION.",
+)
+@click.option(
+    "--sort",
+    type=click.Choice(sorted(LICENSE_SORTS)),
+    default="created",
+    show_default=True,
+    help="Order by this column.",
+)
+@click.option("--desc", is_flag=True, help="Descending order.")
 @common.json_option
 @click.pass_context
-def licenses_list(ctx: click.Context, as_json: bool) -> None:
-    """List licenses by id (never their keys), with status and seats in use.
+def licenses_list(
+    ctx: click.Context,
+    plan: str | None,
+    status: str | None,
+    site: str | None,
+    expiring_within: int | None,
+    sort: str,
+    desc: bool,
+    as_json: bool,
+) -> None:
+    """List licenses by id (never their keys): status, seats used of the limit, and the
+    earliest expiry of their live devices' files.
 
     Examples:
 
     \b
       fieldpass-hq licenses list
-      fieldpass-hq licenses list --json
+      fieldpass-hq licenses list --expiring-within 30d --sort first_expiry
+      fieldpass-hq licenses list --plan robot-std --status active --json
     """
     now = common.now()
-    all_licenses = common.state(ctx).hq.list_licenses()
+    page = common.state(ctx).hq.fleet.licenses(
+        now,
+        plan=plan,
+        status=status,
+        site=site,
+        expiring_within_s=expiring_within,
+        sort=sort,
+        descending=desc,
+    )
+    docs = [documents.license_summary_doc(s, now) for s in page.items]
     if as_json:
-        output.emit_json([documents.license_doc(lic, now) for lic in all_licenses])
+        output.emit_json(docs)
         return
     rows = [
         [
-            lic.id,
-            lic.plan,
-            documents.license_doc(lic, now)["status"],
-            str(lic.seats_used),
-            format_time(lic.expires_at),
+            doc["id"],
+            doc["plan"],
+            doc["status"],
+            f"{doc['seats_used']}/{doc['seats_limit']}",
+            format_time(doc["first_file_expires_at"]),
+            format_time(doc["expires_at"]),
         ]
-        for lic in all_licenses
+        for doc in docs
     ]
-    output.emit_text(output.table(rows, ["ID", "PLAN", "STATUS", "SEATS-USED", "EXPIRES"]))
+    header = ["ID", "PLAN", "STATUS", "SEATS", "FIRST-FILE-EXPIRES", "LICENSE-EXPIRES"]
+    output.emit_text(output.table(rows, header))
+
+
+@licenses.command("seats")
+@click.argument("license_id")
+@click.argument("seats", metavar="SEATS|plan")
+@common.json_option
+@click.pass_context
+def licenses_seats(ctx: click.Context, license_id: str, seats: str, as_json: bool) -> None:
+    """Give a license its own seat limit SEATS, above or below its plan's ("add seats"
+    for one customer), or `plan` for its plan's again. Audited (license_seats).
+
+    A limit below the seats in use is refused (exit 1): deactivate devices first.
+
+    Examples:
+
+    \b
+      fieldpass-hq licenses seats lic_0123456789abcdef0123 12
+      fieldpass-hq licenses seats lic_0123456789abcdef0123 plan --json
+    """
+    if seats == "plan":
+        own = None
+    elif seats.isdigit():
+        own = int(seats)
+    else:
+        raise click.BadParameter("a number of seats, or 'plan'", param_hint="SEATS")
+    lic, plan = common.state(ctx).hq.set_license_seats(
+        license_id, own, common.now(), common.actor()
+    )
+    limit = lic.seat_limit(plan)
+    if as_json:
+        doc = {"id": lic.id, "seats_own": lic.seats, "seats_limit": limit}
+        output.emit_json({**doc, "seats_used": lic.seats_used, "plan_seats": plan.seats})
+        return
+    whose = f"plan {plan.name}'s" if own is None else "its own"
+    output.emit_text(f"license {lic.id}: {limit} seats ({whose}), {lic.seats_used} in use")
 
 
 @licenses.command("show")

@@ -1,4 +1,4 @@
-"""``fieldpass-hq sites assign|list``: where devices stand, so that a technician's
+"""``fieldpass-hq sites assign|remove|list``: where devices stand, so that a technician's
 bundle can be made for one site (``field export --site``).
 
 Parses options and prints; never checks a rule itself (live activations only, one
@@ -9,7 +9,9 @@ from pathlib import Path
 
 import click
 
+from .. import documents
 from ..errors import InvalidRequest
+from ..units import format_time
 from . import common, output
 
 
@@ -21,6 +23,7 @@ def sites() -> None:
     Examples:
       fieldpass-hq sites assign site-7 --fingerprints site-7.txt
       fieldpass-hq sites assign site-7 act_0123456789abcdef0123
+      fieldpass-hq sites remove act_0123456789abcdef0123
       fieldpass-hq sites list
       fieldpass-hq field export --site site-7 -o site-7.bundle
     """
@@ -68,19 +71,39 @@ def sites_assign(
     )
 
 
+@sites.command("remove")
+@click.argument("activation_id")
+@common.json_option
+@click.pass_context
+def sites_remove(ctx: click.Context, activation_id: str, as_json: bool) -> None:
+    """Take device ACTIVATION_ID off its site (audited as site_remove).
+
+    \b
+    Examples:
+      fieldpass-hq sites remove act_0123456789abcdef0123
+      fieldpass-hq sites remove act_0123456789abcdef0123 --json
+    """
+    site = common.state(ctx).hq.remove_from_site(activation_id, common.now(), common.actor())
+    if as_json:
+        output.emit_json({"activation_id": activation_id, "site": site})
+    else:
+        output.emit_text(f"activation {activation_id} is no longer at site {site}")
+
+
 @sites.command("list")
 @common.json_option
 @click.pass_context
 def sites_list(ctx: click.Context, as_json: bool) -> None:
-    """Every site and how many live devices it has.
+    """Every site, how many live devices it has, and the earliest expiry of their files.
 
     \b
     Examples:
       fieldpass-hq sites list
       fieldpass-hq sites list --json
     """
-    rows = common.state(ctx).hq.list_sites()
+    found = common.state(ctx).hq.fleet.sites()
     if as_json:
-        output.emit_json([{"site": name, "devices": n} for name, n in rows])
+        output.emit_json([documents.site_doc(s) for s in found])
         return
-    output.emit_text(output.table([[name, str(n)] for name, n in rows], ["SITE", "DEVICES"]))
+    rows = [[s.site, str(s.devices), format_time(s.first_file_expires_at)] for s in found]
+    output.emit_text(output.table(rows, ["SITE", "DEVICES", "FIRST-FILE-EXPIRES"]))

@@ -11,6 +11,11 @@
 - ``admin``: the admin endpoints (bearer token);
 - ``reports``: the devices' usage reports and return receipts;
 - ``health``: ``/readyz`` for a load balancer (database reachable, schema current);
+- ``fleet``: the fleet's read API (activations and licenses filtered and paged, the
+  overview, sites, the audit log) and plan and seat changes (bearer token);
+- ``console``: the web console under ``/console/`` (server-rendered pages, sessions);
+- ``docs``: the API's interactive documentation, with every asset from the package;
+- ``headers``: the Content-Security-Policy and the other headers of browser pages;
 - ``errors``: every error as ``{"error": {"code", "message"}}`` with the stable code and
   status of ``provisioning.errors``;
 - ``api_models``: the request bodies and error documents;

@@ -1,6 +1,6 @@
 """The admin endpoints of the HQ HTTP API: plans, licenses (create, show, suspend,
-reinstate, revoke), activations (list, deactivate), admin tokens (list, revoke) and the
-audit log.
+reinstate, revoke), activations (deactivate), admin tokens (list, revoke). The lists
+(licenses, activations, the audit log) are the fleet's read API, server/fleet.py.
 
 Each needs a bearer token from ``fieldpass-hq tokens create`` that is neither expired
 nor revoked; the token's name is the actor in the audit log. Tokens are created at the
@@ -73,11 +73,6 @@ def add_routes(app: FastAPI, hq: HQ) -> None:
         )
         return documents.plan_doc(hq.create_plan(plan, actor))
 
-    @app.get("/v1/licenses", tags=["admin"], responses=ADMIN)
-    def licenses(_: AdminActor) -> list[dict[str, Any]]:
-        t = now()
-        return [documents.license_doc(lic, t) for lic in hq.list_licenses()]
-
     @app.post("/v1/licenses", status_code=201, tags=["admin"], responses=ADMIN)
     def license_create(body: LicenseCreate, actor: AdminActor) -> dict[str, Any]:
         """Create a license; the response holds its key, the only time it is returned."""
@@ -108,13 +103,6 @@ def add_routes(app: FastAPI, hq: HQ) -> None:
     def revoke(license_id: LicenseId, actor: AdminActor) -> dict[str, Any]:
         return _set_status(license_id, "revoke", actor)
 
-    @app.get("/v1/activations", tags=["admin"], responses=ADMIN)
-    def activations(
-        _: AdminActor,
-        license_id: LicenseIdQuery = None,
-    ) -> list[dict[str, Any]]:
-        return [documents.activation_doc(a) for a in hq.list_activations(license_id)]
-
     @app.post("/v1/activations/{activation_id}/deactivate", tags=["admin"], responses=ADMIN)
     def admin_deactivate(activation_id: ActivationId, actor: AdminActor) -> dict[str, Any]:
         return documents.activation_doc(hq.deactivate(now(), actor, activation_id=activation_id))
@@ -134,11 +122,3 @@ def add_routes(app: FastAPI, hq: HQ) -> None:
         404."""
         t = now()
         return documents.token_doc(hq.revoke_token(name, t, actor), t)
-
-    @app.get("/v1/audit", tags=["admin"], responses=ADMIN)
-    def audit(
-        _: AdminActor,
-        limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
-        license_id: LicenseIdQuery = None,
-    ) -> list[dict[str, Any]]:
-        return [documents.audit_doc(e) for e in hq.audit(limit, license_id)]

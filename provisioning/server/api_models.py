@@ -6,6 +6,7 @@ the database.
 """
 
 import base64
+import binascii
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -48,9 +49,44 @@ LEGACY_FINGERPRINT = Field(
 )
 
 
+def _check_base64(text: str | None) -> None:
+    """The pattern lets through text of a length no base64 has ("0"): refused here (422),
+    not by the decoder in the route (a 500)."""
+    if text is not None:
+        try:
+            base64.b64decode(text, validate=True)
+        except binascii.Error:
+            raise ValueError("request: not base64") from None
+
+
+_STRING = {"type": "string"}
+_ABSENT = {"type": "null"}  # or left out
+
+
+def _forms(*forms: tuple[list[str], list[str]]) -> ConfigDict:
+    """The document's ``oneOf`` of a body's forms, each (fields it needs, fields it must
+    leave out or null): the rule the validator below applies, stated for clients."""
+    return ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {
+                    "required": needs,
+                    "properties": {**{n: _STRING for n in needs}, **{n: _ABSENT for n in out}},
+                }
+                for needs, out in forms
+            ]
+        }
+    )
+
+
 class SignedOrLegacy(Strict):
     """Either ``request`` (signed, agents after 0.1.0) or ``license_key`` and
     ``fingerprint`` (the form of agents up to 0.1.0), never both."""
+
+    model_config = _forms(
+        (["request"], ["license_key", "fingerprint"]),
+        (["license_key", "fingerprint"], ["request"]),
+    )
 
     request: str | None = SIGNED_REQUEST
     license_key: str | None = LEGACY_KEY
@@ -63,6 +99,7 @@ class SignedOrLegacy(Strict):
             raise ValueError("give a signed request, or license_key and fingerprint, not both")
         if self.request is None and (self.license_key is None or self.fingerprint is None):
             raise ValueError("give a signed request (or license_key and fingerprint)")
+        _check_base64(self.request)
         return self
 
     def signed(self) -> bytes | None:
@@ -78,12 +115,19 @@ class SignedMessage(Strict):
 
     request: str = Field(
         max_length=4096,
-        pattern=r"^[A-Za-z0-9+/]+={0,2}$",
+        pattern=BASE64,
         description="The signed device message, base64 (docs/wire-format.md section 9).",
     )
 
+    @model_validator(mode="after")
+    def _base64(self) -> "SignedMessage":
+        _check_base64(self.request)
+        return self
+
 
 class ActivateRequest(Strict):
+    model_config = _forms((["request"], ["fingerprint"]), (["fingerprint"], ["request"]))
+
     license_key: str = Field(
         pattern=LICENSE_KEY, description="FP-XXXXX-XXXXX-XXXXX-XXXXX-XXXXX (a secret)"
     )
@@ -94,6 +138,7 @@ class ActivateRequest(Strict):
     def _one_form(self) -> "ActivateRequest":
         if (self.request is None) == (self.fingerprint is None):
             raise ValueError("give the signed activation request, or (0.1.0) a fingerprint")
+        _check_base64(self.request)
         return self
 
 
@@ -130,6 +175,19 @@ class LicenseCreate(Strict):
     plan: str = Field(pattern=NAME)
     entitlements: list[EntitlementIn] = Field(default_factory=list, max_length=64)
     expires_at: int | None = Field(default=None, ge=0, le=MAX_TIME)
+
+
+class PlanUpdate(Strict):
+    """What changes (a field left out stays; ``warn_s: null``: a third of the TTL)."""
+
+    seats: int | None = Field(default=None, ge=1, le=1_000_000)
+    offline_ttl_s: int | None = Field(default=None, ge=1, le=MAX_DURATION_S)
+    grace_s: int | None = Field(default=None, ge=0, le=MAX_DURATION_S)
+    warn_s: int | None = Field(default=None, ge=0, le=MAX_DURATION_S)
+
+
+class LicenseSeats(Strict):
+    seats: int | None = Field(ge=1, le=1_000_000, description="null: the plan's seats")
 
 
 class ErrorDetail(BaseModel):

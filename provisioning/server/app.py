@@ -1,4 +1,5 @@
-"""The HQ HTTP API's app: the routes (``device``, ``admin``, ``reports``, ``health``) over one
+"""The HQ HTTP API's app: the routes (``device``, ``admin``, ``reports``, ``health``,
+``fleet``, the ``console`` and the offline ``docs``) over one
 ``HQ``, reading JSON as ``routing`` does, the error handlers, the request-body
 middleware, and an OpenAPI document that lists, on every operation, the errors any
 request may get before its route runs.
@@ -18,8 +19,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..services import HQ
-from . import admin, device, health, reports
+from . import admin, console, device, docs, fleet, health, reports
 from .errors import error_response, install_error_handlers
+from .headers import BrowserHeaders
 from .limits import MAX_BODY_BYTES, Limits, process_limits
 from .middleware import RequestBody
 from .routing import JsonRoute
@@ -61,6 +63,8 @@ def create_app(home: Path, *, database: str | None = None, limits: Limits | None
         version=__version__,
         description="Activations, renewals and validation for Fieldpass devices; admin API.",
         redirect_slashes=False,
+        docs_url=None,  # server/docs.py serves /docs from the package
+        redoc_url=None,
     )
     app.state.hq = hq
     app.router.route_class = JsonRoute
@@ -69,7 +73,11 @@ def create_app(home: Path, *, database: str | None = None, limits: Limits | None
     admin.add_routes(app, hq)
     reports.add_routes(app, hq)
     health.add_routes(app, hq)
+    fleet.add_routes(app, hq)
+    console.add_routes(app, hq)
+    docs.add_routes(app)
     app.add_middleware(RequestBody, max_bytes=MAX_BODY_BYTES, timeout_s=limits.body_timeout_s)
+    app.add_middleware(BrowserHeaders)
     return app
 
 

@@ -6,8 +6,9 @@ sees a byte of it, and refuses, closing the connection:
   byte of the body is read);
 - a body that is not whole within ``body_timeout_s`` of the end of the head: 408;
 - a body in a media type the API document does not declare (it declares
-  ``application/json``, optionally ``; charset=utf-8``): 415 ``unsupported_media_type``;
-  and one that is not JSON text in UTF-8 (UTF-16 or UTF-32, a byte-order mark, NUL): 400;
+  ``application/json``, optionally ``; charset=utf-8``; the console's forms under
+  ``/console/`` are ``application/x-www-form-urlencoded``): 415 ``unsupported_media_type``;
+  and one that is not text in UTF-8 (UTF-16 or UTF-32, a byte-order mark, NUL): 400;
 - a body shorter than declared (the client closed the connection before its end):
   nothing runs and nothing answers, as there is no one left to read an answer.
 
@@ -23,6 +24,8 @@ from .limits import BODY_TIMEOUT_S, MAX_BODY_BYTES
 
 MEDIA_TYPE = "application/json"
 CHARSET = "utf-8"
+FORM_TYPE = "application/x-www-form-urlencoded"  # the console's forms, nowhere else
+CONSOLE_PATH = "/console"
 
 
 class Refused(Exception):
@@ -40,11 +43,15 @@ def _unquote(value: str) -> str:
     return value
 
 
-def media_type_accepted(value: bytes) -> bool:
-    """``application/json``, with no parameter but ``charset=utf-8`` (either case, spaces
-    and quotes tolerated)."""
+def _in_console(path: str) -> bool:
+    return path == CONSOLE_PATH or path.startswith(CONSOLE_PATH + "/")
+
+
+def media_type_accepted(value: bytes, path: str = "") -> bool:
+    """``application/json`` (a console path: the form type), with no parameter but
+    ``charset=utf-8`` (either case, spaces and quotes tolerated)."""
     kind, *params = value.decode("latin-1").split(";")
-    if kind.strip().lower() != MEDIA_TYPE:
+    if kind.strip().lower() != (FORM_TYPE if _in_console(path) else MEDIA_TYPE):
         return False
     for param in params:
         if not param.strip():
@@ -55,7 +62,7 @@ def media_type_accepted(value: bytes) -> bool:
     return True
 
 
-def check_head(headers: list[tuple[bytes, bytes]], max_bytes: int) -> None:
+def check_head(headers: list[tuple[bytes, bytes]], max_bytes: int, path: str = "") -> None:
     """Refuse, from the headers alone, a body too large or in another media type."""
     lengths = [v for n, v in headers if n == b"content-length"]
     for value in lengths:
@@ -65,11 +72,12 @@ def check_head(headers: list[tuple[bytes, bytes]], max_bytes: int) -> None:
         int(v) > 0 for v in lengths
     )
     types = [v for n, v in headers if n == b"content-type"]
-    if has_body and (len(types) != 1 or not media_type_accepted(types[0])):
+    if has_body and (len(types) != 1 or not media_type_accepted(types[0], path)):
+        kind = FORM_TYPE if _in_console(path) else MEDIA_TYPE
         raise Refused(
             415,
             "unsupported_media_type",
-            f"the body must be {MEDIA_TYPE} (charset {CHARSET}), in one Content-Type header",
+            f"the body must be {kind} (charset {CHARSET}), in one Content-Type header",
         )
 
 
@@ -121,7 +129,7 @@ class RequestBody:
             await self.app(scope, receive, send)
             return
         try:
-            check_head(scope.get("headers", []), self.max_bytes)
+            check_head(scope.get("headers", []), self.max_bytes, scope.get("path", ""))
             try:
                 async with asyncio.timeout(self.timeout_s):
                     body = await read_body(receive, self.max_bytes)

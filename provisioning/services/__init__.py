@@ -11,6 +11,10 @@
 - ``usage``: what devices report back: usage reports and licenses given back;
 - ``sites``: where devices stand;
 - ``tokens``: the admin API's bearer tokens;
+- ``terms``: a plan's values and a license's own seat limit, changed after creation;
+- ``fleet``: the fleet views (overview, activations and licenses filtered and paged),
+  reads only, each device's verdict from ``verdicts``;
+- ``console_sessions``: the web console's logins, sessions and logouts;
 - ``audit``: the append-only log every change writes in its own transaction;
 - ``names``: the grammar of the names people give.
 
@@ -26,7 +30,9 @@ from .. import config
 from ..keystore import KeyStore, prepare_home
 from ..storage import open_store
 from .audit import AuditLog
+from .console_sessions import ConsoleSessions
 from .device_requests import DeviceRequests
+from .fleet import Fleet
 from .issuing import Contact, Issued, Issuing, Validation
 from .keys import Keys
 from .licenses import Licenses, license_status
@@ -34,6 +40,7 @@ from .names import check_name
 from .outbox import Outbox
 from .renewals import Renewals
 from .sites import Sites
+from .terms import Terms
 from .tokens import Tokens
 from .usage import Usage
 
@@ -61,9 +68,13 @@ class HQ:
         self.usage = Usage(self.store, self.device)
         self.sites = Sites(self.store)
         self.tokens = Tokens(self.store)
+        self.terms = Terms(self.store)
+        self.fleet = Fleet(self.store)
+        self.sessions = ConsoleSessions(self.store, self.tokens)
 
         self.generate_key = self.keys.generate_key
         self.retire_key = self.keys.retire_key
+        self.activate_key = self.keys.activate_key
         self.list_keys = self.keys.list_keys
         self.keyring = self.keys.keyring
 
@@ -73,6 +84,8 @@ class HQ:
         self.list_licenses = self.licenses.list_licenses
         self.get_license = self.licenses.get_license
         self.set_status = self.licenses.set_status
+        self.update_plan = self.terms.update_plan
+        self.set_license_seats = self.terms.set_license_seats
 
         self.activate = self.issuing.activate
         self.renew = self.issuing.renew
@@ -86,6 +99,7 @@ class HQ:
         self.assign_site = self.sites.assign_site
         self.site_activations = self.sites.site_activations
         self.list_sites = self.sites.list_sites
+        self.remove_from_site = self.sites.remove_from_site
 
         self.create_token = self.tokens.create_token
         self.list_tokens = self.tokens.list_tokens

@@ -233,7 +233,7 @@ class Issuing:
             existing = tx.find_live_activation(lic.id, fingerprint)
             if existing is None:
                 plan = tx.get_plan(lic.plan)
-                seats = plan.seats if plan else 0
+                seats = lic.seat_limit(plan) if plan else 0
                 if tx.count_seats(lic.id) >= seats:
                     raise SeatLimitReached(
                         f"license {lic.id} has all {seats} seats in use: deactivate a device first"

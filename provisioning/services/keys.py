@@ -1,5 +1,6 @@
-"""HQ's signing keys: generate (the new key signs from then on), retire (a retired key
-signs nothing new), list, the keyring devices carry, and the active private key for
+"""HQ's signing keys: generate (the new key signs from then on, or is only published
+with ``standby``), activate a published key, retire (a retired key signs nothing new),
+list, the keyring devices carry, and the active private key for
 whoever signs inside a transaction.
 
 Private seeds stay in the key store (keystore.py); the database holds public parts,
@@ -25,14 +26,37 @@ class Keys:
         self.keystore = keystore
         self._signing: SigningKey | None = None
 
-    def generate_key(self, now: int, actor: Actor) -> KeyInfo:
+    def generate_key(self, now: int, actor: Actor, *, standby: bool = False) -> KeyInfo:
+        """A new key. It signs from now on; with ``standby``, it is only published (in
+        the keyring, for the next images) until ``activate_key`` makes it the signing
+        key: devices trust a key only once their image carries it."""
+        with self.store.read() as tx:
+            if standby and tx.active_kid() is None:
+                raise Conflict("HQ has no signing key yet: the first key signs at once")
         key = SigningKey.generate()
         self.keystore.save(key)
         with self.store.write() as tx:
             tx.insert_key(key.kid, key.public_key, now)
-            tx.activate_key(key.kid)
-            tx.append_audit(event(now, actor, "key_generate", detail=f"kid={key.kid}"))
-        return KeyInfo(key.kid, key.public_key, now, True)
+            if not standby:
+                tx.activate_key(key.kid)
+            detail = f"kid={key.kid}" + (" standby" if standby else "")
+            tx.append_audit(event(now, actor, "key_generate", detail=detail))
+        return KeyInfo(key.kid, key.public_key, now, not standby)
+
+    def activate_key(self, kid: str, now: int, actor: Actor) -> KeyInfo:
+        """Make published key ``kid`` the one HQ signs with from now on (the second
+        phase of a rotation: once the images that devices run carry it)."""
+        with self.store.write() as tx:
+            info = next((k for k in tx.list_keys() if k.kid == kid), None)
+            if info is None:
+                raise NotFound(f"no signing key {kid!r}")
+            if info.retired_at is not None:
+                raise Conflict(f"key {kid} is retired: a retired key signs nothing new")
+            if info.active:
+                raise Conflict(f"key {kid} is the signing key already")
+            tx.activate_key(kid)
+            tx.append_audit(event(now, actor, "key_activate", detail=f"kid={kid}"))
+        return KeyInfo(info.kid, info.public_key, info.created_at, True)
 
     def retire_key(self, kid: str, now: int, actor: Actor) -> KeyInfo:
         """Retire ``kid``: it signs nothing from now on. The active key cannot be retired

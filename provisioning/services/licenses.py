@@ -36,6 +36,7 @@ from .audit import event
 from .names import check_name
 
 MAX_ENTITLEMENTS = 64
+MAX_SEATS = 1_000_000
 STATUS_OF_ACTION = {
     "suspend": LICENSE_SUSPENDED,
     "reinstate": LICENSE_ACTIVE,
@@ -50,6 +51,19 @@ def license_status(lic: License, now: int) -> str:
     if lic.expires_at is not None and now >= lic.expires_at:
         return "expired"
     return LICENSE_ACTIVE
+
+
+def check_seats(seats: int) -> None:
+    if not 1 <= seats <= MAX_SEATS:
+        raise InvalidRequest(f"seats must be between 1 and {MAX_SEATS}")
+
+
+def check_plan(plan: Plan) -> None:
+    """Refuse a plan whose values HQ cannot issue files under (at creation and at
+    every change, services/terms.py)."""
+    check_seats(plan.seats)
+    if plan.grace_s < 0 or plan.offline_ttl_s <= 0 or (plan.warn_s or 0) < 0:
+        raise InvalidRequest("durations must be positive")
 
 
 def check_usable(lic: License, now: int) -> None:
@@ -112,10 +126,7 @@ class Licenses:
     def create_plan(self, plan: Plan, actor: Actor) -> Plan:
         check_name("a plan name", plan.name)
         check_name("a product name", plan.product)
-        if plan.seats <= 0 or plan.seats > 1_000_000:
-            raise InvalidRequest("seats must be between 1 and 1000000")
-        if plan.grace_s < 0 or plan.offline_ttl_s <= 0 or (plan.warn_s or 0) < 0:
-            raise InvalidRequest("durations must be positive")
+        check_plan(plan)
         with self.store.write() as tx:
             if tx.get_plan(plan.name) is not None:
                 raise Conflict(f"plan {plan.name!r} already exists")

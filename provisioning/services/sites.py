@@ -1,7 +1,7 @@
 """Sites: where devices stand (a label on a live activation, one site at a time), so
 that a technician's bundle can be made for "the robots at site 7".
 
-Assigning again moves a device; every assignment is audited. A site is a label only:
+Assigning again moves a device; every assignment and removal is audited. A site is a label only:
 it grants nothing and holds no secret.
 """
 
@@ -50,6 +50,17 @@ class Sites:
                 tx.assign_site(act.id, site, now)
                 tx.append_audit(event(now, actor, "site_assign", act.license_id, act.id, site))
             return list(chosen.values())
+
+    def remove_from_site(self, activation_id: str, now: int, actor: Actor) -> str:
+        """Take a device off its site (audited as ``site_remove``); the site it was at."""
+        with self.store.write() as tx:
+            act = tx.get_activation(activation_id)
+            site = tx.site_of(activation_id) if act is not None else None
+            if act is None or site is None:
+                raise ActivationNotFound(f"activation {activation_id} is at no site")
+            tx.unassign_site(activation_id)
+            tx.append_audit(event(now, actor, "site_remove", act.license_id, act.id, site))
+        return site
 
     def site_activations(self, site: str) -> set[str]:
         """The activation ids placed at ``site``."""

@@ -31,14 +31,27 @@ class Tokens:
         self.store = store
 
     def create_token(
-        self, name: str, now: int, actor: Actor, ttl_s: int | None = DEFAULT_TOKEN_TTL_S
+        self,
+        name: str,
+        now: int,
+        actor: Actor,
+        ttl_s: int | None = DEFAULT_TOKEN_TTL_S,
+        *,
+        not_after: int | None = None,
     ) -> tuple[str, TokenInfo]:
-        """A new token named ``name``, valid for ``ttl_s`` (None: until revoked)."""
+        """A new token named ``name``, valid for ``ttl_s`` (None: until revoked), and
+        never after ``not_after`` (the console: no later than the token of the operator
+        who makes it, so that a leaked token cannot outlive itself through another)."""
         check_name("a token name", name)
         if ttl_s is not None and not 1 <= ttl_s <= MAX_DURATION_S:
             raise InvalidRequest("a token's lifetime is at least 1 s and at most 100 years")
-        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         expires_at = None if ttl_s is None else now + ttl_s
+        if not_after is not None and (expires_at is None or expires_at > not_after):
+            raise InvalidRequest(
+                f"this token may expire at {format_time(not_after)} at the latest "
+                "(the expiry of the token you are logged in with)"
+            )
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         with self.store.write() as tx:
             if tx.token_by_hash(_token_hash(token)) is not None:  # pragma: no cover
                 raise Conflict("token collision")
@@ -57,7 +70,7 @@ class Tokens:
         """Revoke token ``name`` for good: the next request with it gets 401. A token
         does not revoke itself over the API (a client would lock itself out by a
         mistake): another token or the command line does."""
-        if actor.who == f"token:{name}":
+        if actor.who in (f"token:{name}", f"console:{name}"):
             raise Conflict(
                 f"token {name!r} cannot revoke itself: use another token, or "
                 f"'fieldpass-hq tokens revoke {name}' on HQ's host"

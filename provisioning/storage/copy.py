@@ -38,6 +38,7 @@ TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("meter_periods", ("activation_id", "feature", "period_start")),
     ("bridge_answers", ("activation_id",)),
     ("device_outbox", ("activation_id",)),
+    ("console_sessions", ("id_hash",)),
 )
 # Kept by the database itself (triggers on activations): loaded as 0, counted again
 # (by the triggers as rows arrive, or at the end: Tx.after_load), then verified like

@@ -53,6 +53,12 @@ VERSIONS: tuple[Version, ...] = (
         "and the file to publish again); the outbox of what each device must be told after "
         "a suspension, revocation, reinstatement or deactivation",
     ),
+    Version(
+        8,
+        "a license's own seat limit over its plan's; the web console's sessions (the hash "
+        "of each session's id, its admin token, expiry and end); indexes for the fleet "
+        "views (activations by file expiry, the audit log by license and by time)",
+    ),
 )
 SCHEMA_VERSION = VERSIONS[-1].number
 

@@ -271,6 +271,23 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 WHERE a.deactivated_at IS NULL AND l.status IN ('suspended', 'revoked')""",
         ],
     ),
+    (
+        8,
+        [
+            # storage/sqlite.py's version 8, with byte-ordered text keys
+            "ALTER TABLE licenses ADD COLUMN seats BIGINT CHECK (seats > 0)",
+            f"""CREATE TABLE console_sessions (
+                id_hash {_T} PRIMARY KEY,
+                token_name {_T} NOT NULL REFERENCES api_tokens(name),
+                created_at BIGINT NOT NULL,
+                expires_at BIGINT NOT NULL,
+                ended_at BIGINT)""",
+            "CREATE INDEX console_sessions_by_expiry ON console_sessions (expires_at)",
+            "CREATE INDEX activations_by_expiry ON activations (last_expires_at)",
+            "CREATE INDEX audit_by_license ON audit (license_id, id)",
+            "CREATE INDEX audit_by_time ON audit (at)",
+        ],
+    ),
 ]
 
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")

@@ -245,6 +245,28 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 WHERE a.deactivated_at IS NULL AND l.status IN ('suspended', 'revoked')""",
         ],
     ),
+    (
+        8,
+        [
+            # Portable DDL: PostgreSQL runs these as written.
+            # A license's own seat limit (NULL: its plan's), set by `licenses seats`.
+            "ALTER TABLE licenses ADD COLUMN seats BIGINT CHECK (seats > 0)",
+            # The console's sessions, shared by every replica through the database: the
+            # SHA-256 of the session id (the cookie's value is never stored), the admin
+            # token it was opened with (checked again on every request), when it ends.
+            """CREATE TABLE console_sessions (
+                id_hash TEXT PRIMARY KEY,
+                token_name TEXT NOT NULL REFERENCES api_tokens(name),
+                created_at BIGINT NOT NULL,
+                expires_at BIGINT NOT NULL,
+                ended_at BIGINT)""",
+            "CREATE INDEX console_sessions_by_expiry ON console_sessions (expires_at)",
+            # The fleet views: files expiring within N days, a license's audit, a time range.
+            "CREATE INDEX activations_by_expiry ON activations (last_expires_at)",
+            "CREATE INDEX audit_by_license ON audit (license_id, id)",
+            "CREATE INDEX audit_by_time ON audit (at)",
+        ],
+    ),
 ]
 
 

@@ -28,7 +28,9 @@ from ..models import (
     TokenInfo,
 )
 from .outbox_ops import OutboxOps
+from .sessions import SessionRows
 from .usage_ops import UsageOps
+from .views import FleetViews
 
 
 class Cursor(Protocol):
@@ -60,7 +62,7 @@ _ACTIVATION = (
 )
 _LICENSE = (
     "SELECT id, license_key, plan, status, expires_at, created_at, updated_at, "
-    "seats_used FROM licenses"
+    "seats_used, seats FROM licenses"
 )
 _PLAN = "SELECT name, product, offline_ttl_s, grace_s, seats, warn_s, created_at FROM plans"
 _TOKEN = "SELECT name, created_at, expires_at, revoked_at FROM api_tokens"  # noqa: S105
@@ -83,8 +85,11 @@ def _b64(data: bytes | None) -> str | None:
     return None if data is None else base64.b64encode(data).decode("ascii")
 
 
-class Tx(UsageOps, OutboxOps):
-    """The operations, inside one transaction. Obtain one from ``Store.read/write``."""
+class Tx(UsageOps, OutboxOps, FleetViews, SessionRows):
+    """The operations, inside one transaction. Obtain one from ``Store.read/write``.
+    The usage and MQTT channel's operations (storage/usage_ops.py, outbox_ops.py), the
+    fleet views' queries (storage/views.py) and the console's session rows
+    (storage/sessions.py) are in their own modules."""
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
@@ -223,6 +228,19 @@ class Tx(UsageOps, OutboxOps):
         rows = self._all(f"{_PLAN} ORDER BY name")
         return [Plan(*r) for r in rows]
 
+    def update_plan(self, plan: Plan) -> None:
+        """Store a plan's seats, TTL, grace and warning window (its name, product and
+        creation stay)."""
+        self._run(
+            "UPDATE plans SET offline_ttl_s = :ttl, grace_s = :grace, warn_s = :warn, "
+            "seats = :seats WHERE name = :name",
+            ttl=plan.offline_ttl_s,
+            grace=plan.grace_s,
+            warn=plan.warn_s,
+            seats=plan.seats,
+            name=plan.name,
+        )
+
     # -- licenses --------------------------------------------------------------------
     def insert_license(self, lic: License) -> None:
         self._run(
@@ -261,6 +279,7 @@ class Tx(UsageOps, OutboxOps):
             updated_at=row[6],
             entitlements=tuple(EntitlementRow(f, e) for f, e in ents),
             seats_used=row[7],
+            seats=row[8],
         )
 
     def get_license(self, license_id: str) -> License | None:
@@ -274,6 +293,15 @@ class Tx(UsageOps, OutboxOps):
     def list_licenses(self) -> list[License]:
         rows = self._all(f"{_LICENSE} ORDER BY created_at, id")
         return [self._license(r) for r in rows]
+
+    def set_license_seats(self, license_id: str, seats: int | None, now: int) -> None:
+        """A license's own seat limit (None: its plan's)."""
+        self._run(
+            "UPDATE licenses SET seats = :seats, updated_at = :now WHERE id = :id",
+            seats=seats,
+            now=now,
+            id=license_id,
+        )
 
     def set_license_status(self, license_id: str, status: str, now: int) -> None:
         self._run(
@@ -436,6 +464,13 @@ class Tx(UsageOps, OutboxOps):
             site=site,
             now=now,
         )
+
+    def unassign_site(self, activation_id: str) -> int:
+        return self._run("DELETE FROM sites WHERE activation_id = :id", id=activation_id)
+
+    def site_of(self, activation_id: str) -> str | None:
+        row = self._one("SELECT site FROM sites WHERE activation_id = :id", id=activation_id)
+        return None if row is None else str(row[0])
 
     def site_activations(self, site: str) -> set[str]:
         return {r[0] for r in self._all("SELECT activation_id FROM sites WHERE site = :s", s=site)}

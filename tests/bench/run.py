@@ -22,7 +22,7 @@ def main() -> int:
     results["gate"] = gate.main()
     for k, v in results["gate"].items():  # type: ignore[attr-defined]
         print(f"  {k:24} {v}")
-    for name in ("bench_hq", "bench_tpm", "bench_mqtt"):
+    for name in ("bench_hq", "bench_console", "bench_tpm", "bench_mqtt"):
         try:
             module = __import__(f"tests.bench.{name}", fromlist=["main"])
         except ImportError:

@@ -79,19 +79,21 @@ def unit_values(path: Path, key: str) -> list[str]:
 
 
 def fieldpass_as_installed(script: str, python: str) -> str:
-    """``script`` (bin/fieldpass's text) as the recipe's do_install leaves it: its own
-    ``sed`` of the first line, with FIELDPASS_SHEBANG (``${bindir}/python3`` on the
-    target) replaced by ``python``."""
+    """``script`` (bin/fieldpass's text) as the recipe's do_install leaves it on the
+    target: its own ``sed`` of the first line, with FIELDPASS_SHEBANG's
+    ``${bindir}/python3`` replaced by ``python``."""
     text = RECIPE.read_text()
-    assert 'FIELDPASS_SHEBANG = "${bindir}/python3"' in text
+    shebang = re.search(r'^FIELDPASS_SHEBANG = "([^"]*)"$', text, re.M)
+    assert shebang and shebang.group(1) == "${bindir}/python3 -I", "FIELDPASS_SHEBANG"
     assert "install -m 0755 ${S}/bin/fieldpass ${D}${bindir}/fieldpass" in text
     found = re.search(
-        r"sed -i -e '(1s\|\^#!python\|#!\$\{FIELDPASS_SHEBANG\}\|)' \$\{D\}\$\{bindir\}/fieldpass",
+        r"sed -i -e '(1s\|\^#!\.\*\|#!\$\{FIELDPASS_SHEBANG\}\|)' \$\{D\}\$\{bindir\}/fieldpass",
         text,
     )
     assert found, "the shebang sed of do_install"
+    line = shebang.group(1).replace("${bindir}/python3", python)
     result = subprocess.run(
-        ["sed", "-e", found.group(1).replace("${FIELDPASS_SHEBANG}", python)],
+        ["sed", "-e", found.group(1).replace("${FIELDPASS_SHEBANG}", line)],
         input=script,
         capture_output=True,
         text=True,

@@ -7,6 +7,7 @@ tests/firmware/real_bitbake.py parses with a real bitbake (`make yocto-parse`)."
 
 import ast
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -341,28 +342,26 @@ def test_the_keyring_is_its_own_recipe_and_checked_at_parse_time() -> None:
     assert Keyring.loads(example.read_bytes()).dumps().count("fpk_") == 1
 
 
-def installed_script(first_line: str, python: str) -> str:
-    """bin/fieldpass with ``first_line`` as do_install leaves it."""
-    script = first_line + "\n" + (REPO / "bin/fieldpass").read_text().split("\n", 1)[1]
-    return fieldpass_as_installed(script, python)
-
-
-@pytest.mark.parametrize("options", ["", " -I"])
-def test_the_installed_fieldpass_keeps_its_interpreter_options(
-    tmp_path: Path, options: str
-) -> None:
+@pytest.mark.parametrize("first_line", ["#!/bin/sh", "#!python", "#!python -I"])
+def test_the_installed_fieldpass_runs_isolated(tmp_path: Path, first_line: str) -> None:
     """pypa/installer (what python_pep517 uses) drops the options of a ``#!python -I``
-    line; the recipe installs bin/fieldpass again with the interpreter named and the
-    options kept, and the script runs with them."""
-    assert installed_script("#!python" + options, "/usr/bin/python3").startswith(
-        f"#!/usr/bin/python3{options}\n"
-    )
+    line; the recipe installs bin/fieldpass again with its first line, whatever it was
+    (this tree's sh trampoline, release 0.1.0's ``#!python``), naming the interpreter
+    with -I, and the script runs isolated: PYTHONPATH cannot put a fake ``agent`` first."""
+    source = (REPO / "bin/fieldpass").read_text()
+    assert source.startswith("#!/bin/sh\n")
+    body = first_line + "\n" + source.split("\n", 1)[1]
+    assert fieldpass_as_installed(body, "/usr/bin/python3").startswith("#!/usr/bin/python3 -I\n")
     script = tmp_path / "fieldpass"
-    script.write_text(installed_script("#!python" + options, sys.executable))
+    script.write_text(fieldpass_as_installed(body, sys.executable))
     script.chmod(0o755)
+    fake = tmp_path / "fake/agent"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "main.py").write_text("def main():\n    print('fake agent')\n    return 0\n")
+    env = {**os.environ, "PYTHONPATH": str(fake.parent)}
     result = subprocess.run(
-        [str(script), "--help"], capture_output=True, text=True, timeout=60, check=False
+        [str(script), "--help"], capture_output=True, text=True, timeout=60, check=False, env=env
     )
     assert result.returncode == 0, result.stderr
-    assert "check" in result.stdout
-    assert (REPO / "bin/fieldpass").read_text().startswith("#!python")
+    assert "check" in result.stdout and "fake agent" not in result.stdout

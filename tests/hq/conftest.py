@@ -104,3 +104,12 @@ def online(tmp_path_factory: pytest.TempPathFactory, hq_engine: Any) -> Any:
         yield Online(server, token)
     finally:
         server.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Keep each phase's report on the test (``rep_call``...), so that a fixture's
+    teardown knows whether the test failed (the console's screenshots)."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)

@@ -13,7 +13,10 @@ body refused"):
   refusal (422 and its message), on ``POST /v1/licenses``: ``expires_at`` already past,
   "the license would expire before it is created" (a schema has no clock); two
   entitlements with the same ``feature``, "an entitlement is named twice" (a schema can
-  make whole items unique, not one of their fields).
+  make whole items unique, not one of their fields); on every device route, a signed
+  ``request`` that is not a device message signed by a key HQ knows, "does not verify"
+  or "not a signed device request" (a schema cannot state a signature; schemathesis
+  cannot make one).
 
 Any other refusal of a schema-valid body still fails the run.
 """
@@ -38,9 +41,20 @@ def _feature_twice(body: dict[str, Any]) -> bool:
     return len(set(features)) < len(features)
 
 
+def _signed(body: dict[str, Any]) -> bool:
+    return isinstance(body.get("request"), str)
+
+
+SIGNED_ROUTES = ("activate", "machine-file", "deactivate", "validate", "status", "report",
+                 "receipt")  # fmt: skip
 UNSTATABLE: list[tuple[str, Callable[[dict[str, Any]], bool], bytes]] = [
     ("POST /v1/licenses", _expired, b"the license would expire before it is created"),
     ("POST /v1/licenses", _feature_twice, b"an entitlement is named twice"),
+    *[
+        (f"POST /v1/{route}", _signed, message)
+        for route in SIGNED_ROUTES
+        for message in (b"does not verify", b"not a signed device request")
+    ],
 ]
 
 

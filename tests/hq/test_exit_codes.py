@@ -31,14 +31,29 @@ FAILURES: list[tuple[str, int]] = [
     ("keys export -o {fifo}", 73),  # never a file in place of a FIFO (or of /dev/null)
     ("keys retire fpk_nosuchkey", 3),
     ("keys retire {kid}", 1),
+    ("keys activate fpk_nosuchkey", 3),
+    ("keys activate {kid}", 1),  # it signs already
+    ("keys generate --standby --json --nosuch", 2),
     ("plans create std --offline-ttl 1d --seats 1", 1),
     ("plans create other --offline-ttl forever --seats 1", 2),
     ("--home {broken}/home plans list", 78),
+    ("plans update nope --seats 3", 3),
+    ("plans update std --seats 1", 1),  # a license of it uses 2
+    ("plans update std --grace forever", 2),
     ("licenses create --plan nope", 3),
     ("--home {broken}/home licenses list", 78),
     ("licenses show lic_00000000000000000000", 3),
     ("licenses suspend lic_00000000000000000000", 3),
     ("licenses reinstate {revoked}", 1),
+    ("licenses seats {lid} 1", 1),  # 2 in use
+    ("licenses seats {lid} many", 2),
+    ("licenses seats lic_00000000000000000000 3", 3),
+    ("licenses list --status lost", 2),
+    ("--home {broken}/home licenses list --expiring-within 30d", 78),
+    ("activations reset-key act_00000000000000000000", 3),
+    ("activations list --expiring-within soon", 2),
+    ("activations list --limit 0", 2),
+    ("--home {broken}/home activations list", 78),
     ("licenses revoke {lid}", 2),
     ("licenses revoke lic_00000000000000000000 --yes", 3),
     ("activate {key} --fingerprint xyz", 2),
@@ -59,6 +74,7 @@ FAILURES: list[tuple[str, int]] = [
     ("sites assign site-7 --fingerprints /nonexistent", 66),
     ("sites assign site-7 act_00000000000000000000", 3),
     ("--home {broken}/home sites list", 78),
+    ("sites remove {act}", 3),  # at no site
     ("field export -o {tmp}/b", 2),
     ("field export --fingerprints /nonexistent -o {tmp}/b", 66),
     ("field serve {tmp}/no-such.bundle", 66),

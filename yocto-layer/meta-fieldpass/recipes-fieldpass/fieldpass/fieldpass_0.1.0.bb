@@ -92,12 +92,14 @@ do_configure:prepend() {
     rm -rf ${S}/provisioning
 }
 
-# bin/fieldpass starts with "#!python" and the interpreter's options (such as -I).
-# pypa/installer writes "#!/usr/bin/env python3" in its place and drops the options,
-# and "/usr/bin/env python3 -I" would not run (the kernel hands "python3 -I" to env as
-# one word): install it again with the interpreter named and its options kept.
-FIELDPASS_SHEBANG = "${bindir}/python3"
-FIELDPASS_SHEBANG:class-native = "${USRBINPATH}/env -S nativepython3"
+# bin/fieldpass starts with a sh line that execs the python3 beside it with -I (pip
+# and pypa/installer drop the options of a "#!python -I" line, and "#!/usr/bin/env
+# python3 -I" would not run: the kernel hands "python3 -I" to env as one word). On the
+# image the interpreter is known: install the script again with its first line naming
+# it, isolated from the environment, so the gate runs with no sh or env in between
+# (docs/performance.md). Any first line is replaced (release 0.1.0's was "#!python").
+FIELDPASS_SHEBANG = "${bindir}/python3 -I"
+FIELDPASS_SHEBANG:class-native = "${USRBINPATH}/env -S nativepython3 -I"
 
 do_install:append() {
     # Device side only: the wheel holds no HQ code, but its console script would be a
@@ -107,7 +109,7 @@ do_install:append() {
         bbfatal "the HQ package (provisioning) must never be installed on a device"
     fi
     install -m 0755 ${S}/bin/fieldpass ${D}${bindir}/fieldpass
-    sed -i -e '1s|^#!python|#!${FIELDPASS_SHEBANG}|' ${D}${bindir}/fieldpass
+    sed -i -e '1s|^#!.*|#!${FIELDPASS_SHEBANG}|' ${D}${bindir}/fieldpass
 
     install -d ${D}${sysconfdir}/fieldpass/on-verdict.d
     install -m 0644 ${S}/firmware-hooks/config/agent.toml ${D}${sysconfdir}/fieldpass/agent.toml
@@ -142,14 +144,6 @@ do_install:append() {
 
     install -d ${D}${docdir}/fieldpass
     install -m 0644 ${S}/docs/firmware-integration.md ${D}${docdir}/fieldpass/firmware-integration.md
-}
-
-# bin/fieldpass starts with a sh line that execs the python3 beside it with -I (pip
-# and installer drop flags from a "#!python -I" line). On the image the interpreter is
-# known: the gate calls it directly, isolated from the environment, with no sh or
-# /usr/bin/env in between (docs/performance.md).
-do_install:append:class-target() {
-    sed -i -e '1s|^#!.*|#!${bindir}/python3 -I|' ${D}${bindir}/fieldpass
 }
 
 FILES:${PN}-daemon += "\
