@@ -284,7 +284,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 ended_at BIGINT)""",
             "CREATE INDEX console_sessions_by_expiry ON console_sessions (expires_at)",
             "CREATE INDEX activations_by_expiry ON activations (last_expires_at)",
-            "CREATE INDEX audit_by_license ON audit (license_id, id)",
+            # audit_by_license: in this engine's version 1 already
             "CREATE INDEX audit_by_time ON audit (at)",
         ],
     ),
