@@ -36,8 +36,13 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def faketime_prefix(offset: str | None) -> list[str]:
-    """``faketime -f +300d`` style: move the clock as an attacker would have to."""
-    return ["faketime", "-f", offset] if offset else []
+    """``faketime -f +300d`` style: move the clock as an attacker would have to, with
+    libfaketime preloaded through ``env`` rather than the ``faketime`` wrapper: the
+    wrapper creates a POSIX semaphore named by its PID, left behind in /dev/shm when it
+    is killed, and fails ("sem_open") when a later wrapper gets the same PID."""
+    if not offset:
+        return []
+    return ["env", *(f"{k}={v}" for k, v in faketime_env(offset).items())]
 
 
 def faketime_env(offset: str) -> dict[str, str]:

@@ -120,9 +120,13 @@ class Listener:
         async def close() -> None:
             if self.server is not None:
                 self.server.close()
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            # Let each connection run its cancellation (its writer closed) while the loop
+            # still runs: a task left pending would be closed by the garbage collector
+            # after the loop, and its cleanup fail on a closed loop.
+            await asyncio.wait(tasks, timeout=5) if tasks else None
 
         if self.thread.is_alive():
             asyncio.run_coroutine_threadsafe(close(), self.loop).result(timeout=10)

@@ -7,6 +7,7 @@ the database.
 
 import base64
 import binascii
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -66,17 +67,14 @@ _ABSENT = {"type": "null"}  # or left out
 def _forms(*forms: tuple[list[str], list[str]]) -> ConfigDict:
     """The document's ``oneOf`` of a body's forms, each (fields it needs, fields it must
     leave out or null): the rule the validator below applies, stated for clients."""
-    return ConfigDict(
-        json_schema_extra={
-            "oneOf": [
-                {
-                    "required": needs,
-                    "properties": {**{n: _STRING for n in needs}, **{n: _ABSENT for n in out}},
-                }
-                for needs, out in forms
-            ]
+    one_of: list[Any] = [
+        {
+            "required": list(needs),
+            "properties": {**{n: _STRING for n in needs}, **{n: _ABSENT for n in out}},
         }
-    )
+        for needs, out in forms
+    ]
+    return ConfigDict(json_schema_extra={"oneOf": one_of})
 
 
 class SignedOrLegacy(Strict):

@@ -1,8 +1,12 @@
 """Benchmark: the installed ``fieldpass check`` against ``python -I -S -c pass``.
 
 Both run interleaved in the same loop, so a noisy shared machine slows both alike; the
-ratio of medians is the figure that counts. Peak RSS comes from wait4(2)'s rusage of
-each child. Goals (issue 2): ratio <= 2.5, peak RSS <= 14 MiB.
+ratio of medians is the figure that counts. Peak RSS comes from GNU time's report of
+each child. The gate runs as the image installs it (meta-fieldpass rewrites
+bin/fieldpass's first line to ``#!/usr/bin/python3 -I``: tests/firmware/staging.py
+applies the recipe's own sed); the sh trampoline pip leaves in a virtualenv is measured
+beside it. Goals: ratio <= 2.2 (issue 11; 2.5 in issue 2), peak RSS <= 14 MiB; the gate
+bound to the TPM at most 1.5 times the plain gate (issue 11).
 """
 
 import os
@@ -48,7 +52,20 @@ def device_install() -> str:
     return str(DEVICE_VENV / "bin/fieldpass")
 
 
-RATIO_GOAL = 2.5
+def as_on_the_image(pip_script: str) -> str:
+    """A copy of the pip-installed ``fieldpass`` with its first line as the recipe
+    writes it on the image (the interpreter named, ``-I``: no sh in between)."""
+    from tests.firmware.staging import fieldpass_as_installed
+
+    image = Path(pip_script).with_name("fieldpass-image")
+    text = Path(pip_script).read_text()
+    image.write_text(fieldpass_as_installed(text, str(DEVICE_VENV / "bin/python")))
+    image.chmod(0o755)
+    return str(image)
+
+
+RATIO_GOAL = 2.2
+TPM_RATIO_GOAL = 1.5
 RSS_GOAL_MIB = 14.0
 
 
@@ -131,7 +148,7 @@ def measure(cmd: list[str], baseline: list[str], rounds: int, rss_file: str) -> 
     }
 
 
-def tpm_comparison(rounds: int = 20) -> dict[str, float]:
+def tpm_comparison(fieldpass: str, rounds: int = 20) -> dict[str, float]:
     """The gate with [tpm] enabled (swtpm on loopback) against the plain gate, interleaved."""
     from tests.tpm_server import Swtpm
 
@@ -152,7 +169,7 @@ def tpm_comparison(rounds: int = 20) -> dict[str, float]:
             def provisioned() -> int:
                 # the factory step, then the counter HQ's answer must name
                 subprocess.run(
-                    [FIELDPASS, "--root", str(bound), "tpm", "provision"],
+                    [fieldpass, "--root", str(bound), "tpm", "provision"],
                     check=True,
                     capture_output=True,
                 )
@@ -163,8 +180,8 @@ def tpm_comparison(rounds: int = 20) -> dict[str, float]:
                 return value
 
             staged_device(bound, provisioned)
-            plain_cmd = [FIELDPASS, "--root", str(plain), "check"]
-            tpm_cmd = [FIELDPASS, "--root", str(bound), "check"]
+            plain_cmd = [fieldpass, "--root", str(plain), "check"]
+            tpm_cmd = [fieldpass, "--root", str(bound), "check"]
             plain_t, tpm_t = [], []
             for _ in range(3):
                 wall_time(plain_cmd), wall_time(tpm_cmd)
@@ -181,27 +198,29 @@ def tpm_comparison(rounds: int = 20) -> dict[str, float]:
         "plain_gate_median_ms": round(p, 2),
         "tpm_gate_median_ms": round(b, 2),
         "tpm_over_plain": round(b / p, 2),
+        "tpm_ratio_goal": TPM_RATIO_GOAL,
         "tpm_rounds": rounds,
     }
 
 
 def main(rounds: int = 60) -> dict[str, float]:
-    fieldpass = device_install()
+    pip_fieldpass = device_install()
+    fieldpass = as_on_the_image(pip_fieldpass)
+    baseline = [str(DEVICE_VENV / "bin/python"), "-I", "-S", "-c", "pass"]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         staged_device(root)
-        result = measure(
-            [fieldpass, "--root", str(root), "check"],
-            [str(DEVICE_VENV / "bin/python"), "-I", "-S", "-c", "pass"],
-            rounds,
-            str(root / "rss"),
-        )
+        result = measure([fieldpass, "--root", str(root), "check"], baseline, rounds,
+                         str(root / "rss"))  # fmt: skip
+        pip_form = measure([pip_fieldpass, "--root", str(root), "check"], baseline, rounds,
+                           str(root / "rss"))  # fmt: skip
+    result["ratio_pip_sh_trampoline"] = pip_form["ratio"]
     result["ratio_goal"] = RATIO_GOAL
     result["rss_goal_mib"] = RSS_GOAL_MIB
     result["meets_goals"] = float(
         result["ratio"] <= RATIO_GOAL and result["gate_peak_rss_mib"] <= RSS_GOAL_MIB
     )
-    result.update(tpm_comparison())
+    result.update(tpm_comparison(fieldpass))
     return result
 
 

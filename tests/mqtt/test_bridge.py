@@ -21,7 +21,7 @@ from provisioning.mqtt import brokerconf, credentials
 from provisioning.mqtt.bridge import Bridge
 from provisioning.services import HQ
 from provisioning.services.outbox import Held
-from tests.engines import Engine, connect
+from tests.engines import Engine, connect, url_of
 from tests.mqtt.simdevices import SimDevice, enroll
 
 ACTOR = Actor("test", "local")
@@ -206,13 +206,23 @@ def test_an_old_suspension_is_told_after_the_upgrade(service: HQ, tmp_path: Path
     act = service.activate(lic.license_key, FP, 1000, ACTOR).activation
     service.set_status(lic.id, "suspend", 1500, ACTOR)
     service.store.close()
-    with connect(tmp_path / "home") as db:
-        for statement in (
-            "DROP TABLE device_outbox",
-            "DROP TABLE bridge_answers",
-            "DROP INDEX activations_by_any_device_key",
-            "DELETE FROM schema_version WHERE version = 7",
-        ):
+    home = tmp_path / "home"
+    undo_8 = [  # back to schema 6: undo 8 (the console's) and 7 (the outbox)
+        "DROP TABLE console_sessions",
+        "DROP INDEX activations_by_expiry",
+        "DROP INDEX audit_by_time",
+        "ALTER TABLE licenses DROP COLUMN seats",
+    ]
+    if url_of(home) is None:
+        undo_8.append("DROP INDEX audit_by_license")  # PostgreSQL's is from version 1
+    undo_7 = [
+        "DROP TABLE device_outbox",
+        "DROP TABLE bridge_answers",
+        "DROP INDEX activations_by_any_device_key",
+        "DELETE FROM schema_version WHERE version >= 7",
+    ]
+    with connect(home) as db:
+        for statement in undo_8 + undo_7:
             db.execute(statement)
         db.commit()
     upgraded = HQ(tmp_path / "home")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from agent.wire.license_key import license_id
-from tests.conftest import HQ, DeviceRoot, clean_env
+from tests.conftest import HQ, DeviceRoot, clean_env, faketime_prefix
 from tests.hq.server import Server, start_server
 from tests.mqtt.conftest import Broker, wait_for
 
@@ -38,7 +38,7 @@ def old(
     agent: Path, device: DeviceRoot, *args: str, faketime: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """The 0.1.0 ``fieldpass`` on ``device``: the old package first on the path."""
-    prefix = ["faketime", "-f", faketime] if faketime else []
+    prefix = faketime_prefix(faketime)
     cmd = [*prefix, sys.executable, "-c", "from agent.main import main; main()"]
     return subprocess.run(
         [*cmd, "--root", str(device.path), *args],
