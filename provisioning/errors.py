@@ -10,6 +10,7 @@ EXIT_REFUSED = 1  # a licensing rule refused: seat limit, suspended, revoked, ex
 EXIT_USAGE = 2  # bad command line or bad argument value
 EXIT_NOT_FOUND = 3  # no such license, activation, plan or key
 EXIT_DATAERR = 65  # input data malformed (sysexits EX_DATAERR)
+EXIT_UNAVAILABLE = 69  # a port to listen on, the MQTT broker (sysexits EX_UNAVAILABLE)
 EXIT_NOINPUT = 66  # an input file cannot be read
 EXIT_SOFTWARE = 70  # internal error (a bug)
 EXIT_CANTCREAT = 73  # an output file cannot be written

@@ -19,10 +19,7 @@ logs a request: bodies of agents of 0.1.0 hold their license key.
 """
 
 import asyncio
-import errno
 import json
-import resource
-import socket
 import sys
 import threading
 import traceback
@@ -33,9 +30,8 @@ from pathlib import Path
 
 import h11
 
-from ..errors import HQError, InvalidRequest
+from .. import listening
 
-EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE
 BACKLOG = 1024
 MAX_HEAD_BYTES = 16 * 1024
 MAX_BODY_BYTES = 16 * 1024
@@ -58,9 +54,7 @@ class Limits:
     max_per_address: int = 50
 
 
-class CannotListen(HQError):
-    code = "cannot_listen"
-    exit_code = EXIT_UNAVAILABLE
+CannotListen = listening.CannotListen
 
 
 class Refusal(Exception):
@@ -107,8 +101,8 @@ class Listener:
     def start(self) -> None:
         """Listen (``InvalidRequest`` for a bad ``--host``, ``CannotListen`` for a busy
         port) and serve on the listener's thread."""
-        sock = listen(self.host, self.port)
-        _allow_files(self.limits.max_connections + 64)
+        sock = listening.listen(self.host, self.port, BACKLOG)
+        listening.allow_open_files(self.limits.max_connections + 64)
         self.server = self.loop.run_until_complete(
             asyncio.start_server(self._connection, sock=sock, limit=READ_CHUNK)
         )
@@ -322,43 +316,3 @@ def _response(status: int, doc: Document) -> bytes:
         "Server: fieldpass-field\r\n\r\n"
     )
     return head.encode("ascii") + body
-
-
-def listen(host: str, port: int) -> socket.socket:
-    """A socket listening on ``host``:``port``, or one sentence saying why not."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-    except (OSError, UnicodeError, ValueError):
-        raise InvalidRequest(
-            f"--host {host!r} is neither an IP address nor a name this machine resolves"
-        ) from None
-    sock = socket.socket(family, kind, proto)
-    where = f"cannot listen on {host} port {port}"
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(BACKLOG)
-    except OSError as e:
-        sock.close()
-        if e.errno == errno.EADDRNOTAVAIL:
-            raise InvalidRequest(f"{where}: {host} is not an address of this machine") from None
-        if e.errno == errno.EADDRINUSE:
-            raise CannotListen(f"{where}: the port is in use; choose another --port") from None
-        if e.errno == errno.EACCES:
-            raise CannotListen(f"{where}: permission denied (a port below 1024)") from None
-        raise CannotListen(f"{where}: {e.strerror}") from None
-    return sock
-
-
-def _allow_files(needed: int) -> None:
-    """Raise the soft limit on open files to ``needed`` (within the hard limit): every
-    connection is one."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError):
-            pass

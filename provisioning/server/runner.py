@@ -9,32 +9,27 @@ runs the app of ``app.app_from_env`` in one or more processes over that socket, 
 connection protocol of ``protocol`` and the limits of ``limits``.
 """
 
-import errno
 import json
 import logging
 import os
-import resource
 import socket
 import ssl
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
+from .. import listening
 from ..config import DATABASE_ENV
-from ..errors import EXIT_DATAERR, EXIT_NOINPUT, HQError, InvalidRequest
+from ..errors import EXIT_DATAERR, EXIT_NOINPUT, HQError
 from .app import HOME_ENV
 from .limits import LIMITS_ENV, Limits
 
-EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE
 BACKLOG = 2048
 PROTOCOL = "provisioning.server.protocol:BoundedHttpToolsProtocol"
 APP = "provisioning.server.app:app_from_env"
 
 
-class CannotListen(HQError):
-    code = "cannot_listen"
-    http_status = 503
-    exit_code = EXIT_UNAVAILABLE
+CannotListen = listening.CannotListen
 
 
 class BadTlsFiles(HQError):
@@ -75,34 +70,8 @@ def check_tls(cert: str, key: str) -> None:
 
 
 def listen(host: str, port: int) -> socket.socket:
-    """A socket listening on ``host``:``port``, for uvicorn to serve."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-    except (OSError, UnicodeError, ValueError):
-        raise InvalidRequest(
-            f"--host {host!r} is neither an IP address nor a name this machine resolves"
-        ) from None
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(BACKLOG)
-    except OSError as e:
-        sock.close()
-        where = f"cannot listen on {host} port {port}"
-        if e.errno == errno.EADDRNOTAVAIL:
-            raise InvalidRequest(f"{where}: {host} is not an address of this machine") from None
-        if e.errno == errno.EADDRINUSE:
-            raise CannotListen(
-                f"{where}: the port is in use (another server?); stop it or choose another --port"
-            ) from None
-        if e.errno == errno.EACCES:
-            raise CannotListen(
-                f"{where}: permission denied (a port below 1024 needs root or CAP_NET_BIND_SERVICE)"
-            ) from None
-        raise CannotListen(f"{where}: {e.strerror}") from None
+    """A socket listening on ``host``:``port``, for uvicorn to serve (and its workers)."""
+    sock = listening.listen(host, port, BACKLOG)
     sock.set_inheritable(True)  # for the worker processes
     return sock
 
@@ -111,12 +80,7 @@ def fit_open_files(connections: int) -> None:
     """Raise this process's open-file limit (within the hard limit) to fit
     ``connections`` and the files the server itself holds."""
     needed = connections + 64
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or soft >= needed:
-        return
-    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-    if target > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    target = listening.allow_open_files(needed)
     if target < needed:
         logging.getLogger("uvicorn.error").warning(
             "this process may open %d files: fewer than --max-connections %d needs (ulimit -n)",
