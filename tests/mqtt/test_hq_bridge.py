@@ -150,7 +150,13 @@ def test_bridge_says_connected_only_once_the_broker_accepted_it(
         out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     doc = json.loads(out)
-    assert doc == {"broker": fleet.broker.url, "stopped": True, "ignored": {}, "told": {}}
+    assert doc == {
+        "broker": fleet.broker.url,
+        "stopped": True,
+        "ignored": {},
+        "told": {},
+        "heard": {},
+    }
 
 
 def test_push_exits_1_when_a_device_failed(fleet: Fleet) -> None:
