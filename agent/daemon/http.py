@@ -29,6 +29,7 @@ log = logging.getLogger("fieldpass.daemon")
 
 class HttpTransport:
     name = "http"
+    carries_usage = False  # connect sends the report and receipt (sync.send_report)
 
     def __init__(self, device: Device, events: EventQueue) -> None:
         self.device = device
@@ -98,6 +99,9 @@ class HttpTransport:
         from ..asks import Standing
 
         return Standing(self.device).revoked
+
+    def publish_usage(self, kind: str, payload: bytes) -> None:
+        """Not used: HTTP answers each report and receipt as it is sent on connect."""
 
     def publish_status(self, payload: bytes) -> None:
         """Post the device's signed status to the first server that takes it, signed

@@ -31,8 +31,9 @@ from ..identity import IdentityError
 from ..state import StateError
 from ..verdict import EXPIRED, GRACE, REVOKED, VALID, days_ceil
 from ..wire.errors import WireError
-from . import notify, resume
+from . import notify, reporting, resume
 from .transport import (
+    ACK,
     BAD,
     CONNECTED,
     DISCONNECTED,
@@ -59,7 +60,7 @@ TICK, RENEW_TIMEOUT, SETTLED, GIVE_UP, STOP = (
     "give_up",
     "stop",
 )
-TRANSPORT_EVENTS = frozenset({CONNECTED, DISCONNECTED, FILE, REVOCATION, BAD, STATUS})
+TRANSPORT_EVENTS = frozenset({CONNECTED, DISCONNECTED, FILE, REVOCATION, BAD, STATUS, ACK})
 INTERNAL = -1  # the generation of internal events: never stale
 
 LOST_REASONS = frozenset(
@@ -69,7 +70,13 @@ USAGE_FLUSH_S = 1.0  # counts from the socket are written at most this late
 SETTLE_S = 2.0  # --once: how long to wait for retained messages after connecting
 EX_UNAVAILABLE, EX_SOFTWARE = 69, 70
 
-_INPUT = {FILE: "install", REVOCATION: "revoke", BAD: "count_bad", STATUS: "reevaluate"}
+_INPUT = {
+    FILE: "install",
+    REVOCATION: "revoke",
+    BAD: "count_bad",
+    STATUS: "reevaluate",
+    ACK: "acknowledged",
+}
 FLUSH_USAGE = "flush_usage"
 _ALWAYS: dict[str, tuple[str | None, str | None]] = {
     STOP: (None, STOPPING),
@@ -157,6 +164,7 @@ class Machine:
         self.counting_since: int | None = None  # the last point of operating time counted
         self.pending_usage: dict[str, int] = {}  # counts from the socket, not yet written
         self.next_ping = 0.0
+        self.reporter = reporting.Reporter(device)
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -225,6 +233,7 @@ class Machine:
 
     def _enter_starting(self) -> None:
         self.resume = resume.load(self.cfg.state_dir)
+        self.reporter.license_id = self.resume.license_id
         self.resume.starts += 1
         self.failures = min(self.resume.starts - 1, 16)  # the loop guard: back off sooner
         self._save_resume()
@@ -251,6 +260,7 @@ class Machine:
             self.resume.starts = 0
             self._save_resume()
         self._send_status()
+        self._send_usage()
         if self.due or self.resume.renewing:
             self.post(DUE)
         else:
@@ -297,6 +307,7 @@ class Machine:
     def _tick(self, _: object) -> None:
         self._count_operating(now())
         self._reevaluate(None)
+        self._send_usage()
         if self.due:
             self.post(DUE)
 
@@ -365,6 +376,7 @@ class Machine:
             log.info("installed machine file serial %d", claims.serial)
             self._reevaluate(None)
             self._send_status()
+            self._send_usage()
         if not self.due:
             if self.resume.renewing:
                 self.resume.renewing = False
@@ -416,6 +428,9 @@ class Machine:
         for problem in problems:
             log.warning("%s", problem)
         claims = verdict.claims
+        if claims is not None and claims.license_id != self.resume.license_id:
+            self.resume.license_id = self.reporter.license_id = claims.license_id
+            self._save_resume()
         self.serial = claims.serial if claims is not None else 0
         self.expires_at = claims.expires_at if claims is not None else 0
         self.due_at = None
@@ -462,6 +477,28 @@ class Machine:
             log.warning("could not sign the status: %s", e)
             return
         self.transport.publish_status(payload)
+
+    def _send_usage(self) -> None:
+        """Publish the usage report (when its counters differ from the last one HQ
+        acknowledged) and a pending return receipt, over a transport that carries them
+        (MQTT): on connect, after each file installed, and at every tick
+        (``check_interval_s``) until HQ's ACK says it holds them (reporting.py)."""
+        transport = self.transport
+        if transport is None or not transport.carries_usage or self.generation == 0:
+            return
+        if self.state not in (ONLINE, RENEWING):
+            return
+        for kind, payload in self.reporter.due():
+            transport.publish_usage(kind, payload)
+
+    def _acknowledged(self, data: object) -> None:
+        assert isinstance(data, bytes)
+        try:
+            self.reporter.acknowledged(data)
+        except reporting.AckRefused as e:
+            self._count_bad(e.reason)
+        except OSError as e:
+            log.warning("could not act on HQ's acknowledgement: %s", _why(e))
 
     def _save_resume(self) -> None:
         try:

@@ -26,7 +26,7 @@ from .. import fsio
 from ..config import Config, ConfigError
 from ..device import Device
 from . import topics
-from .transport import BAD, CONNECTED, DISCONNECTED, FILE, REVOCATION, EventQueue
+from .transport import ACK, BAD, CONNECTED, DISCONNECTED, FILE, REVOCATION, EventQueue
 
 log = logging.getLogger("fieldpass.daemon")
 PACKET_OVERHEAD = 512  # topic, properties and headers on top of the payload
@@ -43,6 +43,7 @@ def parse_broker(url: str) -> tuple[str, int, bool]:
 
 class MqttTransport:
     name = "mqtt"
+    carries_usage = True
 
     def __init__(self, cfg: Config, device: Device, events: EventQueue) -> None:
         if not cfg.mqtt_brokers:
@@ -57,6 +58,10 @@ class MqttTransport:
         self.inbound = {topics.topic(prefix, self.device_id, kind): kind for kind in topics.FROM_HQ}
         self.request_topic = topics.topic(prefix, self.device_id, topics.RENEW_REQUEST)
         self.status_topic = topics.topic(prefix, self.device_id, topics.STATUS)
+        self.usage_topics = {
+            kind: topics.topic(prefix, self.device_id, kind)
+            for kind in (topics.REPORT, topics.RECEIPT)
+        }
         self.max_payload = cfg.mqtt_max_payload_bytes
         self.password = self._password()
         self.index = -1  # the broker of the current attempt
@@ -149,6 +154,11 @@ class MqttTransport:
     def publish_status(self, payload: bytes) -> None:
         self._publish(self.status_topic, payload)
 
+    def publish_usage(self, kind: str, payload: bytes) -> None:
+        """A signed usage report or return receipt (QoS 1, not retained: HQ's ``ack``
+        says it holds it; until then the machine sends it again)."""
+        self._publish(self.usage_topics[kind], payload)
+
     def _publish(self, name: str, payload: bytes) -> None:
         client = self.client
         if client is not None:
@@ -188,5 +198,7 @@ class MqttTransport:
         elif payload:  # an empty retained message only clears the topic
             if kind == topics.MACHINE_FILE:
                 self._post(FILE, gen, (bytes(payload), self.nonce))
+            elif kind == topics.ACK:
+                self._post(ACK, gen, bytes(payload))
             else:
                 self._post(REVOCATION, gen, bytes(payload))

@@ -17,6 +17,7 @@ FILE = "file"  # payload: (machine file bytes, the nonce last sent to HQ or None
 REVOCATION = "revocation"  # payload: a signed revocation (bytes)
 BAD = "bad"  # payload: the reason (str), e.g. "oversized"
 STATUS = "status"  # HQ's answer was recorded in the device state (HTTP validate)
+ACK = "ack"  # payload: HQ's signed acknowledgement of a report or receipt (bytes)
 
 Event = tuple[str, int, object]
 EventQueue = queue.SimpleQueue[Event]
@@ -40,6 +41,14 @@ class Transport(Protocol):
         ...
 
     def publish_status(self, payload: bytes) -> None: ...
+
+    # True: the transport carries the daemon's usage reports and return receipts, and
+    # posts HQ's ACK for each (MQTT). False: it sends them itself (HTTP, on connect).
+    carries_usage: bool
+
+    def publish_usage(self, kind: str, payload: bytes) -> None:
+        """Publish a signed report or receipt (``kind``: topics.REPORT or RECEIPT)."""
+        ...
 
     def describe(self) -> str:
         """Where it is connected to, for logs (no credentials)."""

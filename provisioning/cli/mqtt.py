@@ -153,6 +153,7 @@ def bridge(
                 "stopped": True,
                 "ignored": dict(worker.counts),
                 "told": dict(worker.told),
+                "heard": dict(worker.heard),
             }
         )
 

@@ -14,7 +14,16 @@ load: the broker hands each message to one of them. For a renewal request:
   the check in the database), the same file published again within it;
 - otherwise nothing.
 
-A status confirms the device's outbox entry. Every second (``OUTBOX_POLL_S``), and on
+A status confirms the device's outbox entry. A usage report or a return receipt
+(``.../report``, ``.../receipt``) is verified and recorded by the services the HTTP
+routes use (services/usage.py): a report newer than the last one accepted is stored, a
+receipt frees the seat as ``deactivate --receipt`` does (audited with it); each is
+answered on ``.../ack`` (not retained) with HQ's signed status bound to the payload's
+``topics.ack_nonce``, and so is a replay of what HQ already holds (a report not newer
+than the last accepted, a receipt of an activation returned or freed already: counted,
+nothing changes), so that the device stops resending. Forged ones, another device's on
+this device's topic, and receipts past the plan's return limit are counted, unanswered.
+Every second (``OUTBOX_POLL_S``), and on
 every (re)connection to the broker, the bridge publishes the outbox entries due: what a
 suspension, revocation, reinstatement or deactivation means for each device, retained,
 again and again until the device's status confirms it.
@@ -35,13 +44,14 @@ from collections.abc import Callable
 
 from agent.daemon import topics
 
-from ..errors import HQError
+from ..errors import ActivationNotFound, Conflict, HQError
 from ..models import Activation, Actor
 from ..services import HQ, Contact, license_status
 from ..services.audit import event
 from ..services.device_requests import Verified
 from ..services.outbox import Delivery
 from ..services.renewals import AGAIN, GONE, ISSUED, RATE_LIMITED, RenewalRequest
+from ..services.usage import ReportRefused, ReturnLimitReached
 from . import inbound
 
 log = logging.getLogger("fieldpass.hq.bridge")
@@ -59,10 +69,7 @@ Incoming = tuple[str, bytes, bool]  # topic, payload, retained
 
 def subscriptions(prefix: str) -> list[str]:
     """The bridge's shared subscriptions (every replica the same group)."""
-    return [
-        f"$share/{SHARE_GROUP}/" + topics.topic(prefix, "+", kind)
-        for kind in (topics.RENEW_REQUEST, topics.STATUS)
-    ]
+    return [f"$share/{SHARE_GROUP}/" + topics.topic(prefix, "+", kind) for kind in topics.TO_HQ]
 
 
 def told(prefix: str, delivery: Delivery) -> list[Outgoing]:
@@ -93,6 +100,7 @@ class Bridge:
         self.indexed_at = -REINDEX_S
         self.counts: dict[str, int] = {}  # what was ignored, by kind
         self.told: dict[str, int] = {}  # outbox entries published, by action
+        self.heard: dict[str, int] = {}  # reports and receipts recorded, by kind
         self.more_due = False
 
     def _count(self, what: str) -> None:
@@ -160,6 +168,10 @@ class Bridge:
         dev_id, kind = parsed
         if kind == topics.STATUS:
             return self._status(dev_id, payload)
+        if kind == topics.REPORT:
+            return self._report(dev_id, payload)
+        if kind == topics.RECEIPT:
+            return self._receipt(dev_id, payload)
         return self._request(dev_id, payload, renewals)
 
     def _legacy_activation(self, dev_id: str, what: str) -> Activation:
@@ -250,6 +262,39 @@ class Bridge:
             # device activated again does not read the old one at every connection.
             return [(self._topic(act, topics.REVOCATION), b"", True)]
         return []
+
+    def _report(self, dev_id: str, payload: bytes) -> list[Outgoing]:
+        verified = self._verified(dev_id, payload, "report")
+        try:
+            self.hq.usage.accept_verified_report(verified, self.clock(), "mqtt", ACTOR)
+            self._heard("reports")
+        except ReportRefused:
+            self._count("report_refused")  # a replay or an older one: HQ holds a newer
+        return self._ack(verified.activation, payload)
+
+    def _receipt(self, dev_id: str, payload: bytes) -> list[Outgoing]:
+        verified = self._verified(dev_id, payload, "receipt")
+        try:
+            returned = self.hq.usage.accept_verified_receipt(
+                verified, payload, self.clock(), "mqtt", ACTOR
+            )
+            self._heard("receipts_freed" if returned.freed else "receipts_recorded")
+        except Conflict:
+            self._count("receipt_returned_already")
+        except ActivationNotFound:
+            self._count("receipt_not_live")  # the seat is free already
+        except ReturnLimitReached:
+            self._count("return_limit_reached")  # kept on the device for the operator
+            return []
+        return self._ack(verified.activation, payload)
+
+    def _ack(self, act: Activation, payload: bytes) -> list[Outgoing]:
+        nonce = topics.ack_nonce(payload)
+        token = self.hq.usage.acknowledgement(act.id, nonce, self.clock())
+        return [(self._topic(act, topics.ACK), token, False)]
+
+    def _heard(self, what: str) -> None:
+        self.heard[what] = self.heard.get(what, 0) + 1
 
     def _renew(self, renewals: list[RenewalRequest]) -> list[Outgoing]:
         answers = self.hq.renewals.answer(renewals, self.clock(), ACTOR, self.min_interval_s)

@@ -3,9 +3,10 @@
 Each device's broker user is its device id, with a password derived from HQ's MQTT
 secret (credentials.py); so is each HQ process's (every bridge replica, ``push``, the
 laptop's offer), under names no device id can take. The ACL lets a device read only its
-own ``machine-file`` and ``revocation`` topics and write only its own ``renew-request``
-and ``status`` (the ``%u`` patterns); the bridges read every request and status and
-write every file and revocation, ``push`` and the laptop read every status and write
+own ``machine-file``, ``revocation`` and ``ack`` topics and write only its own
+``renew-request``, ``status``, ``report`` and ``receipt`` (the ``%u`` patterns); the
+bridges read every request, status, report and receipt and write every file,
+revocation and acknowledgement, ``push`` and the laptop read every status and write
 files and revocations. ``mosquitto.conf`` holds the lines the broker needs, above all
 ``use_username_as_clientid true``: the broker replaces every client id by the user name,
 so that no one's credentials can take over another's connection (a device posing as a
@@ -40,10 +41,10 @@ def acl_text(prefix: str, bridges: int) -> str:
     for n in range(1, bridges + 1):
         lines += [
             f"user {credentials.bridge_user(n)}",
-            f"topic read {dev}/+/{topics.RENEW_REQUEST}",
-            f"topic read {dev}/+/{topics.STATUS}",
+            *(f"topic read {dev}/+/{kind}" for kind in topics.TO_HQ),
             f"topic readwrite {dev}/+/{topics.MACHINE_FILE}",
             f"topic readwrite {dev}/+/{topics.REVOCATION}",
+            f"topic write {dev}/+/{topics.ACK}",
             "",
         ]
     for user in (credentials.PUSH_USER, credentials.FIELD_USER):
@@ -56,10 +57,8 @@ def acl_text(prefix: str, bridges: int) -> str:
         ]
     lines += [
         "# every device: its own topics only",
-        f"pattern read {dev}/%u/{topics.MACHINE_FILE}",
-        f"pattern read {dev}/%u/{topics.REVOCATION}",
-        f"pattern write {dev}/%u/{topics.RENEW_REQUEST}",
-        f"pattern write {dev}/%u/{topics.STATUS}",
+        *(f"pattern read {dev}/%u/{kind}" for kind in topics.FROM_HQ),
+        *(f"pattern write {dev}/%u/{kind}" for kind in topics.TO_HQ),
     ]
     return "\n".join(lines) + "\n"
 

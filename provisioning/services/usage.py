@@ -12,6 +12,8 @@
   return could be put back: docs/runbooks/technician.md). A plan may limit returns per
   year; past it HQ refuses unless the operator overrides (audited).
 - ``usage``: totals per device, license and period for billing (the CLI, the console).
+- ``acknowledgement``: HQ's signed status of an activation bound to a nonce the device
+  derives from what it sent (the MQTT bridge's ``ack``: the device stops resending).
 
 Every change is one transaction with its audit row. Never reads the clock or logs.
 """
@@ -20,12 +22,14 @@ from dataclasses import dataclass
 
 from agent.wire import armor
 from agent.wire.device_msg import DeviceMessage
+from agent.wire.signed_time import sign_time
 
 from ..errors import ActivationNotFound, Conflict, HQError, InvalidRequest
 from ..models import Activation, Actor, PlanMeter, ReturnRecord, UsageReport
 from ..storage import Store, Tx
 from .audit import event
-from .device_requests import DeviceRequests
+from .device_requests import DeviceRequests, Verified
+from .licenses import license_status
 
 YEAR_S = 365 * 86400
 
@@ -63,7 +67,15 @@ class Usage:
 
     # -- reports ----------------------------------------------------------------------
     def accept_report(self, data: bytes, now: int, via: str, actor: Actor) -> Accepted:
-        verified = self.device.verify(data, "report", live=False)
+        return self.accept_verified_report(
+            self.device.verify(data, "report", live=False), now, via, actor
+        )
+
+    def accept_verified_report(
+        self, verified: Verified, now: int, via: str, actor: Actor
+    ) -> Accepted:
+        """A report ``DeviceRequests.verify`` verified (the bridge checks its topic
+        between the two)."""
         self.device.register(verified, now, actor)
         m, act = verified.message, verified.activation
         seq = int(str(m["seq"]))
@@ -146,6 +158,20 @@ class Usage:
         self, data: bytes, now: int, via: str, actor: Actor, *, override: str | None = None
     ) -> Returned:
         verified = self.device.verify(data, "receipt", live=False)
+        return self.accept_verified_receipt(verified, data, now, via, actor, override=override)
+
+    def accept_verified_receipt(
+        self,
+        verified: Verified,
+        data: bytes,
+        now: int,
+        via: str,
+        actor: Actor,
+        *,
+        override: str | None = None,
+    ) -> Returned:
+        """A receipt ``DeviceRequests.verify`` verified from ``data`` (kept, armored,
+        with the return: the audit's evidence)."""
         self.device.register(verified, now, actor)
         m, act = verified.message, verified.activation
         with self.store.write() as tx:
@@ -188,6 +214,29 @@ class Usage:
             )
             tx.append_audit(event(now, actor, "return", lic.id, act.id, detail))
         return Returned(record, freed)
+
+    def acknowledgement(self, activation_id: str, nonce: str, now: int) -> bytes:
+        """HQ's signed status of the activation (as ``validate`` answers: "deactivated"
+        once the seat is free), bound to ``nonce``: what the device verifies before it
+        stops sending the report or receipt the nonce is derived from."""
+        with self.store.read() as tx:
+            act = tx.get_activation(activation_id)
+            if act is None:
+                raise ActivationNotFound(f"no activation {activation_id}")
+            lic = tx.get_license(act.license_id)
+            assert lic is not None
+            signing = self.device.keys.signing_key(tx)
+        status = license_status(lic, now)
+        signed = "deactivated" if act.deactivated_at is not None and status == "active" else status
+        return sign_time(
+            signing,
+            now,
+            act.fingerprint,
+            nonce,
+            signed,
+            license_id=lic.id,
+            activation_id=act.id,
+        )
 
     @staticmethod
     def free_due_returns(tx: Tx, license_id: str, now: int) -> list[str]:

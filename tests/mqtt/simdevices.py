@@ -83,6 +83,34 @@ class SimDevice:
             },
         )
 
+    def report(self, seq: int, counters: dict[str, int]) -> bytes:
+        return device_msg.sign(
+            self.key,
+            "report",
+            {
+                **self._common(),
+                "seq": seq,
+                "counters": counters,
+                "challenge": None,
+                "device_key": None,
+                "proof": None,
+            },
+        )
+
+    def receipt(self) -> bytes:
+        return device_msg.sign(
+            self.key,
+            "receipt",
+            {
+                **self._common(),
+                "serial": self.serial,
+                "returned_at": int(time.time()),
+                "reason": "returned",
+                "device_key": None,
+                "proof": None,
+            },
+        )
+
 
 def enroll(hq: HQ, license_key: str, n: int, now: int | None = None) -> list[SimDevice]:
     """``n`` activations of ``license_key``, each with its own device key (an agent

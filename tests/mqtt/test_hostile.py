@@ -96,7 +96,9 @@ class World:
             acts = [a for a in service.list_activations() if a.id != self.canary.activation_id]
             renews = sum(1 for e in service.audit(100000) if e.action == "renew")
             keys = [a.device_key for a in acts]
-            return tuple(acts), renews, tuple(keys)
+            usage = service.usage.usage()  # reports accepted; a return frees or audits
+            returns = sum(1 for e in service.audit(100000) if e.action == "return")
+            return tuple(acts), renews, tuple(keys), repr(usage), returns
         finally:
             service.store.close()
 
@@ -121,6 +123,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         ATTACKER_PASSWORD,
         "topic write fieldpass/v1/dev/+/renew-request",
         "topic write fieldpass/v1/dev/+/status",
+        "topic write fieldpass/v1/dev/+/report",
+        "topic write fieldpass/v1/dev/+/receipt",
     )
     broker.configure((out / "mosquitto.conf").read_text())
     broker.start()
@@ -138,16 +142,26 @@ def _flip(data: bytes, at: int) -> bytes:
     return data[:i] + bytes([data[i] ^ 0x40]) + data[i + 1 :]
 
 
+def _message(device: SimDevice, kind: str) -> bytes:
+    if kind == "renew-request":
+        return device.renew()
+    if kind == "report":
+        return device.report(10**6, {"units": 10**9})
+    if kind == "receipt":
+        return device.receipt()
+    return device.status(device.serial)
+
+
 def _signed(world: World, kind: str, how: str, at: int) -> bytes:
     device = world.target
-    good = device.renew() if kind == "renew-request" else device.status(device.serial)
+    good = _message(device, kind)
     if how == "flipped":
         return _flip(good, at)
     if how == "stranger":  # signed by a key HQ never saw
         stranger = SimDevice(device.fingerprint, device.activation_id, DeviceKey.generate(), 1)
-        return stranger.renew() if kind == "renew-request" else stranger.status(1)
+        return _message(stranger, kind)
     if how == "foreign":  # the canary's valid message, on the target's topic
-        return world.canary.renew() if kind == "renew-request" else world.canary.status(1)
+        return _message(world.canary, kind)
     return good[: at % len(good)]  # cut short
 
 
@@ -176,7 +190,7 @@ signed_cases = st.tuples(
     st.sampled_from(["flipped", "stranger", "foreign", "truncated"]), st.integers(0, 4000)
 )
 one_message = st.tuples(
-    st.sampled_from(["renew-request", "status"]),
+    st.sampled_from(["renew-request", "status", "report", "receipt"]),
     st.booleans(),  # on the 0.1.0 device's topic
     st.booleans(),  # retained
     st.one_of(raw_payloads.map(lambda p: ("raw", p)), signed_cases.map(lambda c: ("signed", c))),
@@ -233,9 +247,10 @@ def test_the_bridge_survives_every_payload_and_stores_nothing_of_it(
     attacker.close()
     _canary_answered(world)
     assert world.bridge is not None and world.bridge.poll() is None
-    acts, renews, keys = world.stored()
+    acts, renews, keys, *_ = world.stored()
     assert (acts, keys) == (stored[0], stored[2])  # nothing of the bad input stored
     assert renews == stored[1] + 1  # the canary's renewal, and nothing else
+    assert stored[3:] == world.stored()[3:]  # no report, no return
 
 
 def test_a_poison_message_retained_on_a_device_topic_survives_restarts(world: World) -> None:
@@ -323,7 +338,7 @@ def test_push_survives_every_status_payload(
     summary = json.loads(out)
     assert (summary["sent"], summary["confirmed"], summary["failed"]) == (1, 1, 0)
     assert summary["ignored"].get("retained", 0) >= 2  # the poison, dropped unread
-    acts, renews, keys = world.stored()
+    acts, renews, keys, *_ = world.stored()
     others = [a for a in acts if a.id != robot_act.id]  # type: ignore[attr-defined]
     assert others == [a for a in stored[0] if a.id != robot_act.id]  # type: ignore[attr-defined]
     assert renews == stored[1] + 1 and keys == stored[2]

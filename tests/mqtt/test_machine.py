@@ -42,6 +42,7 @@ def test_every_state_has_on_enter_and_every_action_exists() -> None:
 
 class FakeTransport:
     name = "fake"
+    carries_usage = False
 
     def __init__(self, events: "queue.SimpleQueue[machine.Event]") -> None:
         self.events = events
@@ -62,6 +63,9 @@ class FakeTransport:
 
     def publish_status(self, payload: bytes) -> None:
         self.statuses.append(payload)
+
+    def publish_usage(self, kind: str, payload: bytes) -> None:
+        raise AssertionError("this transport carries no usage reports")
 
     def describe(self) -> str:
         return "fake"
