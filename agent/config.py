@@ -79,6 +79,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, object]]] = {
         "transport": (str, "auto"),
         "renew_at_percent": (int, 67),
         "check_interval_s": (int, 3600),
+        "report_interval_s": (int, 86400),
         "renew_timeout_s": (int, 60),
         "backoff_min_ms": (int, 1000),
         "backoff_max_ms": (int, 300_000),
@@ -170,6 +171,7 @@ class Config:
         self.daemon_transport = str(daemon["transport"])
         self.renew_at_percent = int(str(daemon["renew_at_percent"]))
         self.check_interval_s = int(str(daemon["check_interval_s"]))
+        self.report_interval_s = int(str(daemon["report_interval_s"]))
         self.renew_timeout_s = int(str(daemon["renew_timeout_s"]))
         self.backoff_min_ms = int(str(daemon["backoff_min_ms"]))
         self.backoff_max_ms = int(str(daemon["backoff_max_ms"]))
@@ -185,7 +187,7 @@ class Config:
             )
         if not 1 <= self.renew_at_percent <= 99:
             raise ConfigError(f"{path}: [daemon] renew_at_percent must be between 1 and 99")
-        for name in ("check_interval_s", "renew_timeout_s"):
+        for name in ("check_interval_s", "renew_timeout_s", "report_interval_s"):
             if not 1 <= getattr(self, name) <= 7 * 86400:
                 raise ConfigError(f"{path}: [daemon] {name} must be between 1 and 604800")
         if not 10 <= self.backoff_min_ms <= self.backoff_max_ms <= 86_400_000:

@@ -164,7 +164,7 @@ class Machine:
         self.counting_since: int | None = None  # the last point of operating time counted
         self.pending_usage: dict[str, int] = {}  # counts from the socket, not yet written
         self.next_ping = 0.0
-        self.reporter = reporting.Reporter(device)
+        self.reporter = reporting.Reporter(device, cfg.report_interval_s)
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -307,7 +307,7 @@ class Machine:
     def _tick(self, _: object) -> None:
         self._count_operating(now())
         self._reevaluate(None)
-        self._send_usage()
+        self._send_usage(tick=True)
         if self.due:
             self.post(DUE)
 
@@ -478,17 +478,18 @@ class Machine:
             return
         self.transport.publish_status(payload)
 
-    def _send_usage(self) -> None:
+    def _send_usage(self, *, tick: bool = False) -> None:
         """Publish the usage report (when its counters differ from the last one HQ
         acknowledged) and a pending return receipt, over a transport that carries them
         (MQTT): on connect, after each file installed, and at every tick
-        (``check_interval_s``) until HQ's ACK says it holds them (reporting.py)."""
+        (``check_interval_s``; a new report at most every ``report_interval_s``) until
+        HQ's ACK says it holds them (reporting.py)."""
         transport = self.transport
         if transport is None or not transport.carries_usage or self.generation == 0:
             return
         if self.state not in (ONLINE, RENEWING):
             return
-        for kind, payload in self.reporter.due():
+        for kind, payload in self.reporter.due(tick=tick):
             transport.publish_usage(kind, payload)
 
     def _acknowledged(self, data: object) -> None:

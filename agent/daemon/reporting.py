@@ -2,7 +2,10 @@
 and a pending return receipt, sent again until HQ acknowledges them.
 
 - A report (``Device.report``: the next sequence number, saved first) is made only when
-  the counters differ from those of the last report HQ acknowledged; one HQ has not
+  the counters differ from those of the last report HQ acknowledged, and on a tick at
+  most once per ``[daemon] report_interval_s`` (a day by default: operating hours change
+  at every tick, and HQ keeps every report it accepts); on connect and after a file is
+  installed whenever they differ. One HQ has not
   acknowledged yet is sent again as it is (the same bytes and sequence) while the
   counters stay the same, and replaced by a new one once they changed.
 - A return receipt (``fieldpass return`` keeps it as ``return.receipt``) is sent until HQ
@@ -46,18 +49,21 @@ class AckRefused(Exception):
 
 
 class Reporter:
-    def __init__(self, device: Device) -> None:
+    def __init__(self, device: Device, interval_s: int = 86400) -> None:
         self.device = device
+        self.interval_s = interval_s
+        self.made_at: int | None = None  # when this daemon last made a new report
         self.license_id = ""  # the license of the last machine file seen (set by the machine)
         self.latest: bytes | None = None  # the newest report made, not acknowledged
         self.unacked: dict[str, Counters] = {}  # nonce -> counters of reports sent
         self.acked: Counters | None = None  # counters of the last report HQ acknowledged
         self.receipt_nonce: str | None = None
 
-    def due(self) -> list[tuple[str, bytes]]:
-        """What to publish now: ``(topics.REPORT or RECEIPT, payload)``."""
+    def due(self, *, tick: bool = False) -> list[tuple[str, bytes]]:
+        """What to publish now: ``(topics.REPORT or RECEIPT, payload)``; on a ``tick``, a
+        new report only once ``interval_s`` has passed since the last one made."""
         out: list[tuple[str, bytes]] = []
-        report = self._report()
+        report = self._report(tick)
         if report is not None:
             out.append((topics.REPORT, report))
         receipt = self.device.pending_receipt()
@@ -66,7 +72,8 @@ class Reporter:
             out.append((topics.RECEIPT, receipt))
         return out
 
-    def _report(self) -> bytes | None:
+    def _report(self, tick: bool) -> bytes | None:
+        now = clock.now()
         try:
             with self.device.writer_lock():
                 st = self.device.load_state()
@@ -78,7 +85,10 @@ class Reporter:
                 latest = self.latest
                 if latest is not None and self.unacked.get(topics.ack_nonce(latest)) == values:
                     return latest
-                payload = self.device.report(clock.now())
+                if tick and self.made_at is not None and now - self.made_at < self.interval_s:
+                    return latest  # the one not acknowledged yet, if any, again
+                payload = self.device.report(now)
+                self.made_at = now
         except (InstallRefused, StateError, ConfigError, IdentityError, OSError) as e:
             log.debug("no usage report: %s", e)
             return None

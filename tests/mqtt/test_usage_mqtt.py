@@ -67,11 +67,14 @@ def test_reports_from_real_daemons_reach_hq_and_match_what_they_counted(
         row = shown[fleet.activations[device.path.name]]
         assert row["counters"] == device_counters(device)  # HQ's totals = the device's
         assert row["reports"] == 1
-    # counters change while the daemons run: each tick sends the new counters
+    # counters change while the daemons run: each tick sends the new counters (a new
+    # report at most every report_interval_s: here every tick)
     for d in running:
         d.stop()
     for device in devices:
-        device.write_config(mqtt_config(fleet.broker, PASSWORD_LINE, check_interval_s=1))
+        device.write_config(
+            mqtt_config(fleet.broker, PASSWORD_LINE, check_interval_s=1, report_interval_s=1)
+        )
         device.check()
     running = connect_all(daemons, devices)
 
@@ -91,6 +94,18 @@ def test_reports_from_real_daemons_reach_hq_and_match_what_they_counted(
     )
     for d in running:
         d.stop()
+    # the default interval: a tick every second, but one new report (on connect) a day
+    before = {a: int(str(r["reports"])) for a, r in usage_by_activation(fleet.hq).items()}
+    for device in devices:
+        device.write_config(mqtt_config(fleet.broker, PASSWORD_LINE, check_interval_s=1))
+    running = connect_all(daemons, devices)
+    for d in running:
+        d.wait_log("HQ acknowledged the usage report")
+    time.sleep(3)  # three ticks
+    for d in running:
+        d.stop()
+    after = {a: int(str(r["reports"])) for a, r in usage_by_activation(fleet.hq).items()}
+    assert all(after[a] == before[a] + 1 for a in before), (before, after)
     for device in devices:
         row = usage_by_activation(fleet.hq)[fleet.activations[device.path.name]]
         counted = device_counters(device)
