@@ -11,15 +11,22 @@ the same bundle on a broker.
 - ``POST /v1/status``: the device's signed status after an install: what confirms a
   pickup. ``/v1/activate`` and ``/v1/deactivate`` are refused: a laptop never grants a
   seat.
+- ``POST /v1/report`` and ``POST /v1/receipt``: the device's signed usage report and
+  return receipt (what ``sync.send_report`` posts to HQ), verified as the status is and
+  carried in the report: the latest report of each activation (a replayed or older one
+  is refused, 409 ``report_refused``), and its receipt, which HQ turns into a freed seat
+  at ``field import``. The laptop frees nothing itself.
 
 What the laptop records, for the report (field/report.py): a file or revocation
 *served* to a device that identified itself, and a pickup *confirmed* by the device's
 signed status (its serial, or its revoked verdict), kept with the status so that HQ
 verifies it at import. An agent of 0.1.0 cannot sign: what it takes stays "served,
 unconfirmed". A revocation handed to a request the laptop cannot attribute is listed
-apart, never recorded as anyone's pickup. Holds no secret and signs nothing; never logs a request
-(the license key is in the body of agents of 0.1.0). Thread-safe: the listener's thread
-and the MQTT client's thread both call in.
+apart, never recorded as anyone's pickup. A usage report or receipt is recorded only if it
+verifies against the device key the bundle carries for its activation (or the key it
+registers); HQ verifies each again at import. Holds no secret and signs nothing; never
+logs a request (the license key is in the body of agents of 0.1.0). Thread-safe: the
+listener's thread and the MQTT client's thread both call in.
 """
 
 import base64
@@ -70,6 +77,8 @@ class FieldServer:
         self.served: dict[str, dict[str, Any]] = {}
         self.confirmed: dict[str, dict[str, Any]] = {}
         self.unidentified: set[str] = set()  # revocations handed to unattributed requests
+        self.usage_reports: dict[str, dict[str, Any]] = {}  # the latest per activation
+        self.receipts: dict[str, dict[str, Any]] = {}  # one per activation
         self.ignored = 0  # device messages on MQTT that could not be read or verified
         self.lock = threading.Lock()
         self.on_record = on_record
@@ -187,6 +196,68 @@ class FieldServer:
             self.on_record(record, True)
         return True
 
+    def record_report(
+        self, entry: dict[str, Any], msg: device_msg.DeviceMessage, payload: bytes, via: str
+    ) -> Answer:
+        """Keep a verified usage report if it is newer than the one the laptop holds for
+        its activation (the counters being cumulative, the latest says everything)."""
+        seq = msg.fields.get("seq")
+        assert type(seq) is int  # device_msg checked it
+        record = {
+            **_ids(entry),
+            "what": "usage_report",
+            "seq": seq,
+            "at": int(time.time()),
+            "via": via,
+            "report": base64.b64encode(payload).decode("ascii"),
+        }
+        with self.lock:
+            kept = self.usage_reports.get(entry["activation_id"])
+            if kept is not None and seq <= kept["seq"]:
+                return error(
+                    409,
+                    "report_refused",
+                    f"report {seq} is not newer than the one the laptop holds for this "
+                    f"activation ({kept['seq']}): a replay or an older report",
+                )
+            self.usage_reports[entry["activation_id"]] = record
+        if self.on_record is not None:
+            self.on_record(record, True)
+        return 200, {"accepted": True, "seq": seq, "carried": True}
+
+    def record_receipt(
+        self, entry: dict[str, Any], msg: device_msg.DeviceMessage, payload: bytes, via: str
+    ) -> Answer:
+        """Keep a verified return receipt for HQ (the same one again is fine: the device
+        may not have heard the first answer); another receipt of the same activation is
+        refused."""
+        record = {
+            **_ids(entry),
+            "what": "receipt",
+            "serial": msg.fields.get("serial"),
+            "at": int(time.time()),
+            "via": via,
+            "receipt": base64.b64encode(payload).decode("ascii"),
+        }
+        with self.lock:
+            kept = self.receipts.get(entry["activation_id"])
+            if kept is not None:
+                if kept["receipt"] == record["receipt"]:
+                    return 200, {"activation_id": entry["activation_id"], "carried": True}
+                return error(
+                    409, "receipt_refused", "the laptop holds another receipt of this activation"
+                )
+            self.receipts[entry["activation_id"]] = record
+        if self.on_record is not None:
+            self.on_record(record, True)
+        return 200, {"activation_id": entry["activation_id"], "carried": True}
+
+    def carried(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(usage reports, return receipts) for the report, in the order they came."""
+        with self.lock:
+            reports = sorted(self.usage_reports.values(), key=lambda r: r["at"])
+            return reports, sorted(self.receipts.values(), key=lambda r: r["at"])
+
     def count_ignored(self) -> None:
         with self.lock:
             self.ignored += 1
@@ -210,6 +281,8 @@ class FieldServer:
             "/v1/machine-file": self._machine_file,
             "/v1/validate": self._validate,
             "/v1/status": self._status,
+            "/v1/report": self._report,
+            "/v1/receipt": self._receipt,
             "/v1/activate": _not_in_the_field,
             "/v1/deactivate": _not_in_the_field,
         }
@@ -296,6 +369,20 @@ class FieldServer:
         entry, msg = found
         confirmed = self.record_status(entry, msg, data, "http")
         return 200, {"recorded": True, "confirmed": confirmed}
+
+    def _report(self, body: dict[str, object], address: str) -> Answer:
+        data = _request_bytes(body)
+        found = self.entry_for(data, "report", challenge=False)
+        if found is None:
+            return _unauthenticated()
+        return self.record_report(found[0], found[1], data, "http")
+
+    def _receipt(self, body: dict[str, object], address: str) -> Answer:
+        data = _request_bytes(body)
+        found = self.entry_for(data, "receipt", challenge=False)
+        if found is None:
+            return _unauthenticated()
+        return self.record_receipt(found[0], found[1], data, "http")
 
 
 def _ids(entry: dict[str, Any]) -> dict[str, Any]:
