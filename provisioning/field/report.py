@@ -376,10 +376,10 @@ def _carried_entries(
     for i, value in enumerate(doc.items(name, optional=True)):
         e = Entry(value, f"{doc.where}: {name}[{i}]")
         act_id = e.text("activation_id", ACTIVATION_ID)
-        if act_id in seen:
-            raise MalformedInput(f"{e.where}: {act_id} is in {name} twice")
-        seen.add(act_id)
         signed = e.text(msg_type, max_chars=MAX_STATUS_CHARS)
+        if signed in seen:
+            raise MalformedInput(f"{e.where}: this {msg_type} is in {name} twice")
+        seen.add(signed)
         try:
             base64.b64decode(signed, validate=True)
         except ValueError:
@@ -437,8 +437,8 @@ def _digest(report: dict[str, Any]) -> str:
     canonical["served_unconfirmed"] = sorted(
         report["served_unconfirmed"], key=lambda p: str(p["activation_id"])
     )
-    for name, _, _ in CARRIED:  # absent from older reports: their digest stays theirs
+    for name, kind, _ in CARRIED:  # absent from older reports: their digest stays theirs
         if report[name]:
-            canonical[name] = sorted(report[name], key=lambda p: str(p["activation_id"]))
+            canonical[name] = sorted(report[name], key=lambda p: (p["activation_id"], p[kind]))
     text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode()).hexdigest()[:32]

@@ -53,6 +53,7 @@ MAX_CHALLENGES = 10_000
 MAX_CHALLENGES_PER_ADDRESS = 64
 MAX_REQUEST_DEPTH = 2  # every request body is a flat object
 LEGACY_AGENT = "0.1.0"  # the agent whose requests carry the license key
+MAX_UNVERIFIED_KEYS = 4  # keys that may speak for an activation the bundle names none for
 
 Answer = tuple[int, Document]
 OnRecord = Callable[[dict[str, Any], bool], None]
@@ -77,8 +78,12 @@ class FieldServer:
         self.served: dict[str, dict[str, Any]] = {}
         self.confirmed: dict[str, dict[str, Any]] = {}
         self.unidentified: set[str] = set()  # revocations handed to unattributed requests
-        self.usage_reports: dict[str, dict[str, Any]] = {}  # the latest per activation
-        self.receipts: dict[str, dict[str, Any]] = {}  # one per activation
+        # per (activation id, signing key id): the latest report, the receipt. One key
+        # per activation when the bundle names it; else at most MAX_UNVERIFIED_KEYS that
+        # register themselves (HQ checks their proofs at import), so that a stranger's
+        # self-signed message never displaces the device's own
+        self.usage_reports: dict[tuple[str, str], dict[str, Any]] = {}
+        self.receipts: dict[tuple[str, str], dict[str, Any]] = {}
         self.ignored = 0  # device messages on MQTT that could not be read or verified
         self.lock = threading.Lock()
         self.on_record = on_record
@@ -124,9 +129,11 @@ class FieldServer:
         self, data: bytes, msg_type: str, *, challenge: bool = True
     ) -> tuple[dict[str, Any], device_msg.DeviceMessage] | None:
         """The bundle entry a device's signed message is about, the message verified:
-        against the device key the bundle carries, or (a device registering its key)
-        against the key the message carries. None if it verifies against neither, or
-        (``challenge``) its challenge is not one of the laptop's, unused."""
+        against the device key the bundle carries, or (a device registering its key, for
+        an entry that carries none) against the key the message carries. None if it
+        verifies against neither, or (``challenge``) its challenge is not one of the
+        laptop's, unused. A key a message carries never stands in for the bundle's: only
+        HQ can check its proof, and a stranger could sign with any key."""
         try:
             kid = signed_kid(data, device_msg.MAX_MESSAGE_BYTES)
             entry = self.by_device_key.get(kid)
@@ -136,6 +143,8 @@ class FieldServer:
             else:
                 msg = device_msg.open_self_signed(data, msg_type)
                 entry = self.entries.get(msg.fingerprint)
+                if entry is not None and entry.get("device_key"):
+                    return None
         except (WireError, ValueError):
             return None
         if entry is None or entry["fingerprint"] != msg.fingerprint:
@@ -212,7 +221,10 @@ class FieldServer:
             "report": base64.b64encode(payload).decode("ascii"),
         }
         with self.lock:
-            kept = self.usage_reports.get(entry["activation_id"])
+            slot = (entry["activation_id"], msg.kid)
+            kept = self.usage_reports.get(slot)
+            if kept is None and _too_many(self.usage_reports, slot):
+                return _too_many_keys()
             if kept is not None and seq <= kept["seq"]:
                 return error(
                     409,
@@ -220,7 +232,7 @@ class FieldServer:
                     f"report {seq} is not newer than the one the laptop holds for this "
                     f"activation ({kept['seq']}): a replay or an older report",
                 )
-            self.usage_reports[entry["activation_id"]] = record
+            self.usage_reports[slot] = record
         if self.on_record is not None:
             self.on_record(record, True)
         return 200, {"accepted": True, "seq": seq, "carried": True}
@@ -240,14 +252,17 @@ class FieldServer:
             "receipt": base64.b64encode(payload).decode("ascii"),
         }
         with self.lock:
-            kept = self.receipts.get(entry["activation_id"])
+            slot = (entry["activation_id"], msg.kid)
+            kept = self.receipts.get(slot)
+            if kept is None and _too_many(self.receipts, slot):
+                return _too_many_keys()
             if kept is not None:
                 if kept["receipt"] == record["receipt"]:
                     return 200, {"activation_id": entry["activation_id"], "carried": True}
                 return error(
                     409, "receipt_refused", "the laptop holds another receipt of this activation"
                 )
-            self.receipts[entry["activation_id"]] = record
+            self.receipts[slot] = record
         if self.on_record is not None:
             self.on_record(record, True)
         return 200, {"activation_id": entry["activation_id"], "carried": True}
@@ -383,6 +398,18 @@ class FieldServer:
         if found is None:
             return _unauthenticated()
         return self.record_receipt(found[0], found[1], data, "http")
+
+
+def _too_many(kept: dict[tuple[str, str], Any], slot: tuple[str, str]) -> bool:
+    return sum(1 for act, _ in kept if act == slot[0]) >= MAX_UNVERIFIED_KEYS
+
+
+def _too_many_keys() -> Answer:
+    return error(
+        429,
+        "busy",
+        "the laptop holds messages of this activation signed by too many keys: HQ decides",
+    )
 
 
 def _ids(entry: dict[str, Any]) -> dict[str, Any]:
