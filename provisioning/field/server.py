@@ -13,9 +13,9 @@ the same bundle on a broker.
   seat.
 - ``POST /v1/report`` and ``POST /v1/receipt``: the device's signed usage report and
   return receipt (what ``sync.send_report`` posts to HQ), verified as the status is and
-  carried in the report: the latest report of each activation (a replayed or older one
-  is refused, 409 ``report_refused``), and its receipt, which HQ turns into a freed seat
-  at ``field import``. The laptop frees nothing itself.
+  carried in the report: the latest report of each activation and signing key (a
+  replayed or older one is refused, 409 ``report_refused``), and its receipt, which HQ
+  turns into a freed seat at ``field import``. The laptop frees nothing itself.
 
 What the laptop records, for the report (field/report.py): a file or revocation
 *served* to a device that identified itself, and a pickup *confirmed* by the device's
