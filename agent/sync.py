@@ -15,7 +15,7 @@ import base64
 from collections.abc import Callable
 from typing import TypeVar
 
-from . import asks
+from . import asks, online
 from .config import ConfigError
 from .device import Device, InstallRefused
 from .identity import IdentityError
@@ -213,13 +213,17 @@ def validate(device: Device, servers: list[Hq], now: int) -> list[str]:
 
 def send_report(device: Device, servers: list[Hq], now: int) -> list[str]:
     """Send a signed usage report (best effort: a failure is a note, the counters being
-    cumulative the next report carries it all). Sends a pending return receipt too."""
+    cumulative the next report carries it all). Sends a pending return receipt too.
+    Each goes to the first of ``servers`` that takes it, else to the first of the other
+    configured servers that does: a returned device has nothing to validate, so the
+    daemon cannot tell which server answers (HQ, or a technician's laptop after it)."""
     notes: list[str] = []
     try:
         with device.writer_lock():
             report = device.report(now)
     except (InstallRefused, StateError, OSError) as e:
         return [f"no usage report: {e}"]
+    servers = [*servers, *_others(device, servers)]
     try:
         first_answer(servers, lambda hq: hq.post("/v1/report", {"request": _b64(report)}))
     except OnlineError as e:
@@ -232,3 +236,13 @@ def send_report(device: Device, servers: list[Hq], now: int) -> list[str]:
         except OnlineError as e:
             notes.append(f"return receipt not delivered: {e}")
     return notes
+
+
+def _others(device: Device, servers: list[Hq]) -> list[Hq]:
+    """The configured servers not in ``servers`` (none if the config names none)."""
+    asked = {hq.server for hq in servers}
+    try:
+        configured = online.hqs(device.cfg)
+    except OnlineError:
+        return []
+    return [hq for hq in configured if hq.server not in asked]

@@ -50,6 +50,7 @@ def visit(tmp_path_factory: pytest.TempPathFactory) -> Visit:
     visit = Visit(hq, report)
     assert len(visit.report["pickups"]) == 1 and len(visit.report["served_unconfirmed"]) == 1
     assert len(visit.report["not_picked_up"]) == 1
+    assert len(visit.report["usage_reports"]) == 1  # the robot's, sent with its renewal
     return visit
 
 
@@ -127,6 +128,40 @@ BAD: dict[str, tuple[Edit, str]] = {
     "an edited bundle time": (
         lambda r: r.update(bundle_created_at=r["bundle_created_at"] - 1),
         "bundle_created_at is not when",
+    ),
+    "usage reports in a dict": (lambda r: r.update(usage_reports={}), "usage_reports must be"),
+    "a usage report that is not base64": (
+        lambda r: r["usage_reports"][0].update(report="not base64!"),
+        "report must be base64",
+    ),
+    "a usage report's sequence edited": (
+        lambda r: r["usage_reports"][0].update(seq=r["usage_reports"][0]["seq"] + 1),
+        "does not say what its signature covers",
+    ),
+    "a usage report given to another device": (
+        lambda r: r["usage_reports"][0].update(r["_legacy"]),
+        "does not say what its signature covers",
+    ),
+    "a usage report twice": (
+        lambda r: r["usage_reports"].append(r["usage_reports"][0]),
+        "is in usage_reports twice",
+    ),
+    "a receipt of an activation that does not exist": (
+        lambda r: r.update(
+            receipts=[
+                {
+                    **r["usage_reports"][0],
+                    "activation_id": FOREIGN_ID,
+                    "serial": 1,
+                    "receipt": r["usage_reports"][0]["report"],
+                }
+            ]
+        ),
+        f"HQ has no activation {FOREIGN_ID}",
+    ),
+    "a receipt without its serial": (
+        lambda r: r.update(receipts=[{**r["usage_reports"][0], "receipt": "AAAA"}]),
+        "serial must be",
     ),
     "a version-1 report": (lambda r: r.update(v=1), "version-1 report"),
     "no format": (lambda r: r.pop("format"), "not a field report"),

@@ -206,16 +206,29 @@ def test_mainboard_swap_runbook(
         == 0
     )
     old_act = str(hq.json("licenses", "show", key)["activations"][0]["activation_id"])  # type: ignore[index]
+    port = free_port()
+    old.write_config(
+        f'[online]\nserver = "http://127.0.0.1:9"\nservers = ["http://127.0.0.1:{port}"]\n'
+        "timeout_s = 2\n"
+    )
     results = run_all(
         "mainboard-swap.md",
         work,
         hq,
         None,
-        {"LICENSE_KEY": key, "OLD_ACTIVATION": old_act},
+        {
+            "LICENSE_KEY": key,
+            "LICENSE_ID": str(hq.json("licenses", "show", key)["id"]),
+            "OLD_ACTIVATION": old_act,
+            "LAPTOP_ADDRESS": "127.0.0.1",
+            "LAPTOP_PORT": str(port),
+        },
         {"old-board": old, "new-board": new},
     )
     assert old.check().returncode == 30  # the old board gave its license back
+    assert not (old.state_dir / "return.receipt").exists()  # the laptop took it
     assert new.check().returncode == 0  # the new one runs, on the one seat
-    assert any("returned" in r.stdout for r in results)
-    audit = hq.run("audit", "--json").stdout
-    assert '"return"' in audit and "mainboard swap" in audit
+    assert any("1 return receipt(s), 0 seat(s) freed now" in r.stdout for r in results)
+    returns = [e for e in hq.json("audit", "--limit", "1000") if e["action"] == "return"]  # type: ignore[attr-defined]
+    assert [(e["activation_id"], e["actor"][:6]) for e in returns] == [(old_act, "field:")]
+    assert "mainboard swap" in hq.run("audit", "--json").stdout

@@ -197,6 +197,9 @@ def serve(
     doc = bundle.load_bundle(bundle_path)
 
     def show(record: dict[str, Any], confirmed: bool) -> None:
+        if record["what"] in ("usage_report", "receipt"):
+            carry(record)
+            return
         serial = f" serial {record['serial']}" if record.get("serial") is not None else ""
         what = "renewal" if record["what"] == "machine_file" else "revocation"
         head = "picked up" if confirmed else "served"
@@ -207,6 +210,32 @@ def serve(
             err=as_json,
         )
 
+    def carry(record: dict[str, Any]) -> None:
+        device = f"{record['activation_id']} (device {record['fingerprint'][:12]}…)"
+        if record["what"] == "usage_report":
+            click.echo(f"usage report {record['seq']} of {device}: carried to HQ", err=as_json)
+            return
+        click.echo(
+            f"return receipt of {device}: carried to HQ, where `field import` frees the seat",
+            err=as_json,
+        )
+        write_report()  # a receipt the device has let go of survives the laptop's power cut
+
+    def write_report() -> None:
+        made = report.make_report(
+            doc,
+            server.records(),
+            server.offered(),
+            f"{host}:{port}",
+            common.actor().who,
+            started,
+            int(time.time()),
+            server.carried(),
+        )
+        output.write_file(out, bundle.to_bytes(made))
+
+    out = report_path or bundle_path.with_name(bundle_path.name + ".report")
+    started = int(time.time())
     server = FieldServer(doc, on_record=show)
     limits = Limits(
         header_timeout_s=header_timeout,
@@ -216,7 +245,6 @@ def serve(
     )
     listener = Listener(host, port, server.answer, limits)
     listener.start()
-    started = int(time.time())
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -239,15 +267,9 @@ def serve(
             mqtt_client.loop_stop()
             mqtt_client.disconnect()
         listener.stop()
-    records = server.records()
-    offered = server.offered()
-    served_from = f"{host}:{port}"
-    operator = common.actor().who
-    doc = report.make_report(
-        doc, records, offered, served_from, operator, started, int(time.time())
-    )
-    out = report_path or bundle_path.with_name(bundle_path.name + ".report")
-    output.write_file(out, bundle.to_bytes(doc))
+    write_report()
+    records, offered = server.records(), server.offered()
+    usage_reports, receipts = server.carried()
     confirmed = sorted(r["activation_id"] for r in records[0])
     unconfirmed = sorted(r["activation_id"] for r in records[1])
     if as_json:
@@ -257,6 +279,8 @@ def serve(
                 "offered": len(offered),
                 "picked_up": confirmed,
                 "served_unconfirmed": unconfirmed,
+                "usage_reports": len(usage_reports),
+                "receipts": len(receipts),
                 "ignored_messages": server.ignored,
             }
         )
@@ -266,6 +290,11 @@ def serve(
         if unconfirmed
         else ""
     )
+    if usage_reports or receipts:
+        more += (
+            f"; carrying {len(usage_reports)} usage report(s) and {len(receipts)} return "
+            "receipt(s) for HQ"
+        )
     click.echo(
         f"{len(confirmed)} of {len(offered)} device(s) picked up their renewal or "
         f"revocation{more}; report written to {out}. Next: bring it to HQ: "
@@ -275,25 +304,41 @@ def serve(
 
 @field.command("import")
 @click.argument("report_path", metavar="REPORT", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--override",
+    metavar="REASON",
+    help="Free the seats of the report's receipts although the plan's return limit is "
+    "reached (audited with REASON); also for a report imported already.",
+)
 @common.json_option
 @click.pass_context
-def import_report(ctx: click.Context, report_path: Path, as_json: bool) -> None:
-    """Back at HQ: record a field report's pickups in the audit log (once per report).
+def import_report(
+    ctx: click.Context, report_path: Path, override: str | None, as_json: bool
+) -> None:
+    """Back at HQ: record a field report's pickups in the audit log (once per report),
+    its usage reports, and the seats its return receipts free.
 
     \b
     Examples:
       fieldpass-hq field import site-7.report
+      fieldpass-hq field import site-7.report --override "mainboard swap, ticket 4711"
     """
     hq = common.state(ctx).hq
-    summary, doc = report.import_report(hq, report_path, common.now(), common.actor())
+    summary, doc = report.import_report(
+        hq, report_path, common.now(), common.actor(), override=override
+    )
     if as_json:
         output.emit_json(summary)
         return
     missing, unverified = summary["not_picked_up"], summary["unverified"]
+    reports, receipts = summary["usage_reports"], summary["receipts"]
     lines = [
         f"recorded {summary['pickups']} pickup(s) confirmed by the devices and "
         f"{summary['served_unconfirmed']} served, unconfirmed, from {report_path} in the "
-        f"audit log (served from {format_time(int(doc['started_at']))})"
+        f"audit log (served from {format_time(int(doc['started_at']))}); "
+        f"{reports['accepted']} usage report(s){_refused(reports)}; "
+        f"{receipts['accepted']} return receipt(s){_refused(receipts)}, "
+        f"{receipts['freed']} seat(s) freed now"
     ]
     if summary["already_recorded"]:
         lines.append(f"  {summary['already_recorded']} were recorded already (another report)")
@@ -304,4 +349,16 @@ def import_report(ctx: click.Context, report_path: Path, as_json: bool) -> None:
         )
     if missing:
         lines.append(f"  not picked up: {', '.join(missing)}")
+    if receipts["refused"].get("return_limit_reached"):
+        lines.append(
+            "  a plan's return limit kept some seats: run again with --override REASON to free them"
+        )
     output.emit_text("\n".join(lines))
+
+
+def _refused(counts: dict[str, Any]) -> str:
+    refused = counts["refused"]
+    if not refused:
+        return ""
+    reasons = ", ".join(f"{n} {code}" for code, n in sorted(refused.items()))
+    return f" ({sum(refused.values())} refused: {reasons})"

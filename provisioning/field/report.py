@@ -3,7 +3,10 @@ audit log.
 
 ``make_report`` builds it when ``field serve`` stops (``"v": 2``): the pickups the
 devices *confirmed* (each with the device's signed status), what was *served* but not
-confirmed (agents of 0.1.0 cannot sign), and what nobody picked up.
+confirmed (agents of 0.1.0 cannot sign), what nobody picked up, and what the devices
+handed the laptop for HQ: their latest signed usage report (``usage_reports``) and their
+return receipts (``receipts``). A version-2 report written before those lists existed
+has neither, and imports as it did.
 
 ``import_report`` checks every field first (types, known activation ids of the right
 license and device, times not before the bundle's export nor after the import, no
@@ -15,7 +18,15 @@ forgery) leaves its pickup "served, unconfirmed". Pickups become ``field_pickup`
 line each; the report is recorded as ``field_import`` under the digest of a canonical
 form of its entries, so that the same report, however it is spaced, imports once, and
 an event already recorded (the same status in two reports) is never recorded twice.
-Importing never changes a license; it records, at most, a device key a status
+
+Usage reports and receipts go through HQ's own rules (services/usage.py), as if the
+device had posted them to HQ (``via`` "laptop"): each is verified against the device
+key HQ recorded for its activation, first for all of them (one that names another
+activation or sequence than its entry is a malformed report: nothing is recorded), then
+each is accepted or refused with a counted reason (a replayed or older report, a foreign
+receipt, a plan's return limit: ``--override`` frees those seats, audited). A receipt
+frees a seat as ``deactivate --receipt`` does; the laptop never frees one itself.
+Importing never changes a license otherwise; it records, at most, a device key a status
 registers with its proof. A report holds no secret.
 """
 
@@ -61,10 +72,13 @@ def make_report(
     operator: str,
     started_at: int,
     ended_at: int,
+    carried: tuple[list[dict[str, Any]], list[dict[str, Any]]] = ([], []),
 ) -> dict[str, Any]:
-    """The report of one ``field serve``: ``records`` as ``FieldServer.records`` gives
-    them; ``offered`` is every activation id the bundle had something for."""
+    """The report of one ``field serve``: ``records`` and ``carried`` as
+    ``FieldServer.records`` and ``FieldServer.carried`` give them; ``offered`` is every
+    activation id the bundle had something for."""
     confirmed, unconfirmed, unidentified = records
+    usage_reports, receipts = carried
     taken = {r["activation_id"] for r in confirmed} | {r["activation_id"] for r in unconfirmed}
     taken |= set(unidentified)
     return {
@@ -80,6 +94,8 @@ def make_report(
         "served_unconfirmed": unconfirmed,
         "unidentified_revocation_requests": unidentified,
         "not_picked_up": sorted(offered - taken),
+        "usage_reports": usage_reports,
+        "receipts": receipts,
     }
 
 
@@ -105,10 +121,13 @@ def _key(e: AuditEvent) -> tuple[str, str | None, int, str | None]:
 
 
 def import_report(
-    hq: HQ, report_path: Path, now: int, actor: Actor
+    hq: HQ, report_path: Path, now: int, actor: Actor, override: str | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Record the report at ``report_path`` in the audit log, once; return the summary
-    and the checked report."""
+    """Record the report at ``report_path`` in the audit log, once, and hand its usage
+    reports and receipts to HQ's usage service; return the summary and the checked
+    report. With ``override`` (the operator's reason), receipts past a plan's return
+    limit free their seats too, and a report imported already may be imported again for
+    them (everything else in it is recorded already, or refused as a replay)."""
     raw = read_document(report_path, "field report", MAX_REPORT_BYTES, MAX_REPORT_DEPTH)
     where = str(report_path)
     doc = Entry(raw, where)
@@ -125,10 +144,11 @@ def import_report(
     past = _Past(hq)
     report = _checked(hq, doc, past, now)
     digest = _digest(report)
-    if digest in past.imports:
+    if digest in past.imports and override is None:
         raise Conflict(f"{report_path} was imported already (report {digest})")
     who = Actor(f"field:{report['operator']}", f"field-report:{report['served_from']}")
     checked = [(p, _verify(hq, p, where)) for p in report["pickups"]]  # nothing written yet
+    handed = _verify_carried(hq, report, where)  # nothing written yet either
     events: list[AuditEvent] = []
     unverified: list[str] = []
     for p, verified in checked:
@@ -148,13 +168,16 @@ def import_report(
         )
     for s in report["served_unconfirmed"]:
         events.append(_served(s, who, f"agent={s['agent_version']}"))
+    usage = _hand_over(hq, handed, now, who, override)
     new = [e for e in events if _key(e) not in past.events]
     unconfirmed = sum(1 for e in new if e.action == "field_served")
     confirmed = len(new) - unconfirmed
     detail = (
         f"report={digest} bundle={report['bundle_id']} confirmed={confirmed} "
-        f"unconfirmed={unconfirmed} unidentified={len(report['unidentified'])}"
-    )
+        f"unconfirmed={unconfirmed} unidentified={len(report['unidentified'])} "
+        f"usage_reports={usage['usage_reports']['accepted']} "
+        f"receipts={usage['receipts']['accepted']}"
+    ) + (" override" if override is not None else "")
     hq.record_audit(*new, event(now, actor, "field_import", detail=detail))
     summary = {
         "report": digest,
@@ -165,8 +188,73 @@ def import_report(
         "unverified": unverified,
         "unidentified": report["unidentified"],
         "not_picked_up": report["not_picked_up"],
+        **usage,
     }
     return summary, report
+
+
+# What the laptop carried for HQ: the list in the report, the device message type, the
+# entry's field that holds it, and the signed field the entry must agree with.
+CARRIED = (("usage_reports", "report", "seq"), ("receipts", "receipt", "serial"))
+
+
+def _verify_carried(
+    hq: HQ, report: dict[str, Any], where: str
+) -> dict[str, list[tuple[bytes, HQError | None]]]:
+    """Each usage report and receipt verified against the device key HQ holds for it
+    (``live=False``: a returned device's report still counts), as (bytes, refusal or
+    None); MalformedInput if one names another activation or number than its entry."""
+    out: dict[str, list[tuple[bytes, HQError | None]]] = {}
+    for name, msg_type, number in CARRIED:
+        out[name] = []
+        for entry in report[name]:
+            data = base64.b64decode(entry[msg_type])
+            try:
+                verified = hq.device.verify(data, msg_type, live=False)
+            except HQError as e:
+                out[name].append((data, e))
+                continue
+            m = verified.message
+            if verified.activation.id != entry["activation_id"] or m[number] != entry[number]:
+                raise MalformedInput(
+                    f"{where}: the {msg_type} of {entry['activation_id']} does not say what "
+                    f"its signature covers (another activation or {number})"
+                )
+            out[name].append((data, None))
+    return out
+
+
+def _hand_over(
+    hq: HQ,
+    handed: dict[str, list[tuple[bytes, HQError | None]]],
+    now: int,
+    who: Actor,
+    override: str | None,
+) -> dict[str, Any]:
+    """Give the verified reports and receipts to HQ's usage service, as HQ's own routes
+    do (``via`` "laptop"); count what it accepted and, by code, what it refused."""
+    counts: dict[str, Any] = {}
+    for name, _, _ in CARRIED:
+        accepted, freed = 0, 0
+        refused: dict[str, int] = {}
+        for data, refusal in handed[name]:
+            try:
+                if refusal is not None:
+                    raise refusal
+                if name == "usage_reports":
+                    hq.usage.accept_report(data, now, "laptop", who)
+                else:
+                    freed += hq.usage.accept_receipt(
+                        data, now, "laptop", who, override=override
+                    ).freed
+            except HQError as e:
+                refused[e.code] = refused.get(e.code, 0) + 1
+                continue
+            accepted += 1
+        counts[name] = {"accepted": accepted, "refused": refused}
+        if name == "receipts":
+            counts[name]["freed"] = freed
+    return counts
 
 
 def _served(p: dict[str, Any], who: Actor, why: str) -> AuditEvent:
@@ -273,7 +361,41 @@ def _checked(hq: HQ, doc: Entry, past: _Past, now: int) -> dict[str, Any]:
         unidentified=activation_ids("unidentified_revocation_requests"),
         not_picked_up=activation_ids("not_picked_up"),
     )
+    for name, msg_type, number in CARRIED:
+        report[name] = _carried_entries(hq, doc, name, msg_type, number, started, ended)
     return report
+
+
+def _carried_entries(
+    hq: HQ, doc: Entry, name: str, msg_type: str, number: str, started: int, ended: int
+) -> list[dict[str, Any]]:
+    """The report's ``name`` list (absent in reports written before it existed), every
+    field checked: one entry per activation, its signed message in base64."""
+    entries: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for i, value in enumerate(doc.items(name, optional=True)):
+        e = Entry(value, f"{doc.where}: {name}[{i}]")
+        act_id = e.text("activation_id", ACTIVATION_ID)
+        signed = e.text(msg_type, max_chars=MAX_STATUS_CHARS)
+        if signed in seen:
+            raise MalformedInput(f"{e.where}: this {msg_type} is in {name} twice")
+        seen.add(signed)
+        try:
+            base64.b64decode(signed, validate=True)
+        except ValueError:
+            raise MalformedInput(f"{e.where}: {msg_type} must be base64") from None
+        checked: dict[str, Any] = {
+            "activation_id": act_id,
+            "license_id": e.text("license_id", LICENSE_ID),
+            "fingerprint": e.text("fingerprint", FINGERPRINT),
+            "at": e.time("at", started - CLOCK_SKEW_S, ended + CLOCK_SKEW_S),
+            "via": e.choice("via", VIA),
+            number: e.integer(number, 0, MAX_SERIAL),
+            msg_type: signed,
+        }
+        _known(hq, checked, e.where)
+        entries.append(checked)
+    return entries
 
 
 def _known(hq: HQ, entry: dict[str, Any], where: str) -> None:
@@ -315,5 +437,8 @@ def _digest(report: dict[str, Any]) -> str:
     canonical["served_unconfirmed"] = sorted(
         report["served_unconfirmed"], key=lambda p: str(p["activation_id"])
     )
+    for name, kind, _ in CARRIED:  # absent from older reports: their digest stays theirs
+        if report[name]:
+            canonical[name] = sorted(report[name], key=lambda p: (p["activation_id"], p[kind]))
     text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode()).hexdigest()[:32]

@@ -11,15 +11,22 @@ the same bundle on a broker.
 - ``POST /v1/status``: the device's signed status after an install: what confirms a
   pickup. ``/v1/activate`` and ``/v1/deactivate`` are refused: a laptop never grants a
   seat.
+- ``POST /v1/report`` and ``POST /v1/receipt``: the device's signed usage report and
+  return receipt (what ``sync.send_report`` posts to HQ), verified as the status is and
+  carried in the report: the latest report of each activation and signing key (a
+  replayed or older one is refused, 409 ``report_refused``), and its receipt, which HQ
+  turns into a freed seat at ``field import``. The laptop frees nothing itself.
 
 What the laptop records, for the report (field/report.py): a file or revocation
 *served* to a device that identified itself, and a pickup *confirmed* by the device's
 signed status (its serial, or its revoked verdict), kept with the status so that HQ
 verifies it at import. An agent of 0.1.0 cannot sign: what it takes stays "served,
 unconfirmed". A revocation handed to a request the laptop cannot attribute is listed
-apart, never recorded as anyone's pickup. Holds no secret and signs nothing; never logs a request
-(the license key is in the body of agents of 0.1.0). Thread-safe: the listener's thread
-and the MQTT client's thread both call in.
+apart, never recorded as anyone's pickup. A usage report or receipt is recorded only if it
+verifies against the device key the bundle carries for its activation (or the key it
+registers); HQ verifies each again at import. Holds no secret and signs nothing; never
+logs a request (the license key is in the body of agents of 0.1.0). Thread-safe: the
+listener's thread and the MQTT client's thread both call in.
 """
 
 import base64
@@ -46,6 +53,7 @@ MAX_CHALLENGES = 10_000
 MAX_CHALLENGES_PER_ADDRESS = 64
 MAX_REQUEST_DEPTH = 2  # every request body is a flat object
 LEGACY_AGENT = "0.1.0"  # the agent whose requests carry the license key
+MAX_UNVERIFIED_KEYS = 4  # keys that may speak for an activation the bundle names none for
 
 Answer = tuple[int, Document]
 OnRecord = Callable[[dict[str, Any], bool], None]
@@ -70,6 +78,12 @@ class FieldServer:
         self.served: dict[str, dict[str, Any]] = {}
         self.confirmed: dict[str, dict[str, Any]] = {}
         self.unidentified: set[str] = set()  # revocations handed to unattributed requests
+        # per (activation id, signing key id): the latest report, the receipt. One key
+        # per activation when the bundle names it; else at most MAX_UNVERIFIED_KEYS that
+        # register themselves (HQ checks their proofs at import), so that a stranger's
+        # self-signed message never displaces the device's own
+        self.usage_reports: dict[tuple[str, str], dict[str, Any]] = {}
+        self.receipts: dict[tuple[str, str], dict[str, Any]] = {}
         self.ignored = 0  # device messages on MQTT that could not be read or verified
         self.lock = threading.Lock()
         self.on_record = on_record
@@ -115,9 +129,11 @@ class FieldServer:
         self, data: bytes, msg_type: str, *, challenge: bool = True
     ) -> tuple[dict[str, Any], device_msg.DeviceMessage] | None:
         """The bundle entry a device's signed message is about, the message verified:
-        against the device key the bundle carries, or (a device registering its key)
-        against the key the message carries. None if it verifies against neither, or
-        (``challenge``) its challenge is not one of the laptop's, unused."""
+        against the device key the bundle carries, or (a device registering its key, for
+        an entry that carries none) against the key the message carries. None if it
+        verifies against neither, or (``challenge``) its challenge is not one of the
+        laptop's, unused. A key a message carries never stands in for the bundle's: only
+        HQ can check its proof, and a stranger could sign with any key."""
         try:
             kid = signed_kid(data, device_msg.MAX_MESSAGE_BYTES)
             entry = self.by_device_key.get(kid)
@@ -127,6 +143,8 @@ class FieldServer:
             else:
                 msg = device_msg.open_self_signed(data, msg_type)
                 entry = self.entries.get(msg.fingerprint)
+                if entry is not None and entry.get("device_key"):
+                    return None
         except (WireError, ValueError):
             return None
         if entry is None or entry["fingerprint"] != msg.fingerprint:
@@ -187,6 +205,74 @@ class FieldServer:
             self.on_record(record, True)
         return True
 
+    def record_report(
+        self, entry: dict[str, Any], msg: device_msg.DeviceMessage, payload: bytes, via: str
+    ) -> Answer:
+        """Keep a verified usage report if it is newer than the one the laptop holds for
+        its activation (the counters being cumulative, the latest says everything)."""
+        seq = msg.fields.get("seq")
+        assert type(seq) is int  # device_msg checked it
+        record = {
+            **_ids(entry),
+            "what": "usage_report",
+            "seq": seq,
+            "at": int(time.time()),
+            "via": via,
+            "report": base64.b64encode(payload).decode("ascii"),
+        }
+        with self.lock:
+            slot = (entry["activation_id"], msg.kid)
+            kept = self.usage_reports.get(slot)
+            if kept is None and _too_many(self.usage_reports, slot):
+                return _too_many_keys()
+            if kept is not None and seq <= kept["seq"]:
+                return error(
+                    409,
+                    "report_refused",
+                    f"report {seq} is not newer than the one the laptop holds for this "
+                    f"activation ({kept['seq']}): a replay or an older report",
+                )
+            self.usage_reports[slot] = record
+        if self.on_record is not None:
+            self.on_record(record, True)
+        return 200, {"accepted": True, "seq": seq, "carried": True}
+
+    def record_receipt(
+        self, entry: dict[str, Any], msg: device_msg.DeviceMessage, payload: bytes, via: str
+    ) -> Answer:
+        """Keep a verified return receipt for HQ (the same one again is fine: the device
+        may not have heard the first answer); another receipt of the same activation is
+        refused."""
+        record = {
+            **_ids(entry),
+            "what": "receipt",
+            "serial": msg.fields.get("serial"),
+            "at": int(time.time()),
+            "via": via,
+            "receipt": base64.b64encode(payload).decode("ascii"),
+        }
+        with self.lock:
+            slot = (entry["activation_id"], msg.kid)
+            kept = self.receipts.get(slot)
+            if kept is None and _too_many(self.receipts, slot):
+                return _too_many_keys()
+            if kept is not None:
+                if kept["receipt"] == record["receipt"]:
+                    return 200, {"activation_id": entry["activation_id"], "carried": True}
+                return error(
+                    409, "receipt_refused", "the laptop holds another receipt of this activation"
+                )
+            self.receipts[slot] = record
+        if self.on_record is not None:
+            self.on_record(record, True)
+        return 200, {"activation_id": entry["activation_id"], "carried": True}
+
+    def carried(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(usage reports, return receipts) for the report, in the order they came."""
+        with self.lock:
+            reports = sorted(self.usage_reports.values(), key=lambda r: r["at"])
+            return reports, sorted(self.receipts.values(), key=lambda r: r["at"])
+
     def count_ignored(self) -> None:
         with self.lock:
             self.ignored += 1
@@ -210,6 +296,8 @@ class FieldServer:
             "/v1/machine-file": self._machine_file,
             "/v1/validate": self._validate,
             "/v1/status": self._status,
+            "/v1/report": self._report,
+            "/v1/receipt": self._receipt,
             "/v1/activate": _not_in_the_field,
             "/v1/deactivate": _not_in_the_field,
         }
@@ -296,6 +384,32 @@ class FieldServer:
         entry, msg = found
         confirmed = self.record_status(entry, msg, data, "http")
         return 200, {"recorded": True, "confirmed": confirmed}
+
+    def _report(self, body: dict[str, object], address: str) -> Answer:
+        data = _request_bytes(body)
+        found = self.entry_for(data, "report", challenge=False)
+        if found is None:
+            return _unauthenticated()
+        return self.record_report(found[0], found[1], data, "http")
+
+    def _receipt(self, body: dict[str, object], address: str) -> Answer:
+        data = _request_bytes(body)
+        found = self.entry_for(data, "receipt", challenge=False)
+        if found is None:
+            return _unauthenticated()
+        return self.record_receipt(found[0], found[1], data, "http")
+
+
+def _too_many(kept: dict[tuple[str, str], Any], slot: tuple[str, str]) -> bool:
+    return sum(1 for act, _ in kept if act == slot[0]) >= MAX_UNVERIFIED_KEYS
+
+
+def _too_many_keys() -> Answer:
+    return error(
+        429,
+        "busy",
+        "the laptop holds messages of this activation signed by too many keys: HQ decides",
+    )
 
 
 def _ids(entry: dict[str, Any]) -> dict[str, Any]:

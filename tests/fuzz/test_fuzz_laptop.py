@@ -5,6 +5,9 @@ lengths and headers). For each: the laptop answers within its bounds (an HTTP an
 4xx with the error JSON unless the request was a valid one; never 5xx but the documented
 503 of /v1/validate, which a laptop cannot answer), stays up, and in
 the end its report holds nothing from the bad input and its console no traceback.
+Usage reports and receipts signed by strangers' keys that register themselves (the laptop
+cannot check their proof: only HQ holds the license key) may be carried, but at most a
+few keys per activation, and HQ's import records nothing from them.
 
 A fixed seed in ``make test``; ``FIELDPASS_FUZZ=long`` (``make fuzz``): twenty times the
 examples on random seeds."""
@@ -13,6 +16,7 @@ import base64
 import json
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import cbor2
 import pytest
@@ -20,6 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.jsonin import JsonError, loads_object
+from agent.wire import device_msg
+from agent.wire.device_key import DeviceKey
 from tests.conftest import HQ
 from tests.laptop import Laptop, Site, exchange, laptop, make_site, status_of
 
@@ -43,6 +49,8 @@ ROUTES = (
     "/v1/machine-file",
     "/v1/validate",
     "/v1/status",
+    "/v1/report",
+    "/v1/receipt",
     "/v1/activate",
     "/v1/deactivate",
 )
@@ -65,6 +73,7 @@ def served(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lap
     assert "Traceback" not in lp.stderr and "internal error" not in lp.stderr, lp.stderr
     doc = lp.report()
     assert doc["pickups"] == [] and doc["served_unconfirmed"] == []  # nothing from bad input
+    assert doc["usage_reports"] == [] and doc["receipts"] == []
     revoked = site.entries()[site.revoked_fingerprint]["activation_id"]
     assert set(doc["unidentified_revocation_requests"]) <= {revoked}
 
@@ -93,7 +102,7 @@ def hostile_strategies(site: Site) -> dict[str, st.SearchStrategy[object]]:
     fields = st.fixed_dictionaries(
         {},
         optional={
-            "request": signed_like | any_json,
+            "request": signed_like | any_json | device_messages(site, carry_key=False),
             "license_key": license_key,
             "fingerprint": fingerprint,
             "nonce": st.text(max_size=200),
@@ -103,6 +112,48 @@ def hostile_strategies(site: Site) -> dict[str, st.SearchStrategy[object]]:
         },
     )
     return {"any_json": any_json, "fields": fields}
+
+
+def device_messages(site: Site, carry_key: bool) -> st.SearchStrategy[str]:
+    """Well-formed usage reports and receipts (base64) naming the bundle's devices, each
+    signed by a fresh stranger's key, carrying it (with a made-up proof) or not."""
+    fingerprint = st.sampled_from([*site.fingerprints, site.revoked_fingerprint])
+    report = st.fixed_dictionaries(
+        {
+            "seq": st.integers(0, 2**53),
+            "counters": st.dictionaries(
+                st.sampled_from(["boots", "operating_s", "units"]), st.integers(0, 2**40)
+            ),
+            "challenge": st.none() | st.text("abc", min_size=1, max_size=10),
+        }
+    ).map(lambda f: ("report", f))
+    receipt = st.fixed_dictionaries(
+        {
+            "serial": st.integers(0, 2**53),
+            "returned_at": st.integers(1_600_000_000, 2_000_000_000),
+            "reason": st.sampled_from(["returned", "x"]),
+        }
+    ).map(lambda f: ("receipt", f))
+
+    def signed(kind_fields: tuple[str, dict[str, object]], fp: str, proof: bytes) -> str:
+        kind, fields = kind_fields
+        key = DeviceKey.generate()
+        data = device_msg.sign(
+            key,
+            kind,
+            {
+                "activation_id": site.entries()[fp]["activation_id"],
+                "fingerprint": fp,
+                "at": 1_800_000_000,
+                "agent_version": "9",
+                "device_key": key.public_key if carry_key else None,
+                "proof": proof if carry_key else None,
+                **fields,
+            },
+        )
+        return base64.b64encode(data).decode()
+
+    return st.builds(signed, report | receipt, fingerprint, st.binary(min_size=32, max_size=32))
 
 
 def body_strategy(site: Site) -> st.SearchStrategy[bytes]:
@@ -185,3 +236,51 @@ def test_hostile_heads(
 
 def test_the_laptop_still_serves_after_the_fuzz(served: Laptop) -> None:
     assert served.alive()
+
+
+@given(
+    route=st.sampled_from(["/v1/report", "/v1/receipt"]),
+    request=st.data(),
+)
+@examples(40)
+def test_self_registering_strangers_are_bounded_and_never_recorded_at_hq(
+    site: Site, registering: Laptop, route: str, request: st.DataObject
+) -> None:
+    """A message signed by a key it carries, for a device the bundle names no key for,
+    is what a device that never registered its key sends: the laptop cannot tell a
+    stranger's from it, so it may carry it (a few keys per activation at most), and HQ
+    refuses it at import (the proof does not verify)."""
+    body = {"request": request.draw(device_messages(site, carry_key=True), "request")}
+    answer = exchange(registering.port, _post(route, json.dumps(body).encode()), timeout_s=30)
+    assert status_of(answer) in (200, 401, 409, 429), answer[:300]
+    assert registering.proc.poll() is None
+
+
+@pytest.fixture(scope="module")
+def registering(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Laptop]:
+    report = tmp_path_factory.mktemp("fuzz-registering") / "report"
+    with laptop(site.bundle, report) as lp:
+        yield lp
+    assert "Traceback" not in lp.stderr, lp.stderr
+    doc = lp.report()
+    carried = doc["usage_reports"] + doc["receipts"]
+    assert carried  # the laptop could not tell them from a registering device's
+    per_activation: dict[str, int] = {}
+    for r in doc["usage_reports"]:
+        per_activation[r["activation_id"]] = per_activation.get(r["activation_id"], 0) + 1
+    assert max(per_activation.values(), default=0) <= 4  # MAX_UNVERIFIED_KEYS
+    imported: Any = site.hq.json("field", "import", str(report))
+    refused = 0
+    for name in ("usage_reports", "receipts"):
+        assert imported[name]["accepted"] == 0, imported[name]
+        refused += sum(imported[name]["refused"].values())
+    assert refused == len(carried)
+    shown: Any = site.hq.json("usage", "show")
+    assert shown == []
+    audit: Any = site.hq.json("audit", "--limit", "10000")
+    assert not [e for e in audit if e["action"] in ("return", "device_key_register")]
+
+
+def _post(route: str, body: bytes) -> bytes:
+    head = f"POST {route} HTTP/1.1\r\nHost: laptop\r\nContent-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body

@@ -82,6 +82,7 @@ FAILURES: list[tuple[str, int]] = [
     ("field import {report}", 1),
     ("field import {tmp}/no-such.report", 66),
     ("field import {tmp}/bad.report", 65),
+    ("field import {tmp}/bad-usage.report", 65),  # a usage report entry without its fields
     ("activations reset-key act_00000000000000000000", 3),
     ("serve --tls-cert {report}", 2),
     ("tokens create tests", 1),
@@ -159,6 +160,9 @@ def world(hq: Run, license_key: str, tmp_path: Path) -> dict[str, str]:
         )
     )
     (tmp_path / "bad.report").write_text(report.read_text().replace('"v": 2', '"v": "2"'))
+    usage = json.loads(report.read_text())
+    usage["usage_reports"] = [{"activation_id": first["activation_id"], "report": "AAAA"}]
+    (tmp_path / "bad-usage.report").write_text(json.dumps(usage))
     (tmp_path / "bad.bundle").write_text(bundle.read_text().replace('"devices"', '"devises"'))
     assert hq("field", "import", str(report)).code == 0
     broken = tmp_path / "not-a-directory"
