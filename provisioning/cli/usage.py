@@ -5,8 +5,6 @@ terms (counters, metered entitlements, a limit on returns).
 Parses options and prints; the rules are services/usage.py's.
 """
 
-import csv
-import io
 import sys
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from agent.wire import armor
 from ..errors import InvalidRequest
 from ..models import PlanMeter
 from ..services.usage import set_terms
+from ..services.usage_view import billing_csv
 from ..units import format_time, parse_date, parse_duration
 from . import common, output
 
@@ -95,15 +94,7 @@ def usage_show(
         output.emit_json(rows)
         return
     if as_csv:
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(["activation_id", "license_id", "counter", "value", "growth", "last_at"])
-        for r in rows:
-            for name, value in sorted(r["counters"].items()):  # type: ignore[attr-defined]
-                growth = r["growth"].get(name, 0)  # type: ignore[attr-defined]
-                writer.writerow([r["activation_id"], r["license_id"], name, value, growth,
-                                 format_time(int(str(r["last_at"])))])  # fmt: skip
-        sys.stdout.write(buf.getvalue())
+        sys.stdout.write(billing_csv(rows))
         return
     table = [
         [

@@ -1,5 +1,7 @@
 """The fleet's read API (what the console shows, for scripts): activations and licenses
-filtered and paged, the overview's figures, sites, the audit log filtered; and the
+filtered and paged, the overview's figures, sites, the audit log filtered, the usage
+devices reported (per device, the metered entitlements, the regressions; a license's
+returns); and the
 changes to what a plan or a license grants (``PATCH /v1/plans/{name}``, ``PUT
 /v1/licenses/{id}/seats``).
 
@@ -23,10 +25,11 @@ from ..errors import InvalidRequest
 from ..services import HQ
 from ..services.fleet import AUDIT_MAX, DEFAULT_QUIET_DAYS, MAX_PAGE, Page
 from ..services.terms import PlanChange
+from ..services.usage_view import COUNTER_SORT, USAGE_SORTS, UsageView, page_of
 from ..storage.views import ACTIVATION_SORTS, LICENSE_SORTS, LICENSE_STATUSES
 from ..units import MAX_DURATION_S, parse_duration
 from .admin import ADMIN, AdminActor, LicenseId, LicenseIdQuery
-from .api_models import NAME, LicenseSeats, PlanUpdate
+from .api_models import ACTIVATION_ID, NAME, LicenseSeats, PlanUpdate
 from .common import now
 
 DURATION = r"^[0-9]{1,9}[smhdw]?$"
@@ -48,6 +51,9 @@ Within = Annotated[
 Limit = Annotated[int | None, Query(ge=1, le=MAX_PAGE, description="A page of this many.")]
 Offset = Annotated[int, Query(ge=0, le=10**9, description="Skip this many first.")]
 Name = Annotated[str | None, Query(pattern=NAME)]
+ActivationIdQuery = Annotated[str | None, Query(pattern=ACTIVATION_ID)]
+UnixTime = Annotated[int | None, Query(ge=0, le=(1 << 53) - 1)]
+USAGE_SORT = "^(" + "|".join(USAGE_SORTS) + "|" + COUNTER_SORT + "[A-Za-z0-9_.-]{1,64})$"
 PlanName = Annotated[str, PathParam(pattern=NAME)]
 
 
@@ -73,8 +79,14 @@ def _paged(request: Request, response: Response, page: Page[Any]) -> None:
         response.headers["Link"] = f'<{request.url.path}?{query}>; rel="next"'
 
 
+def _usage_doc(row: dict[str, Any]) -> dict[str, Any]:
+    return {**row, "first_at_iso": documents.iso(row["first_at"]),
+            "last_at_iso": documents.iso(row["last_at"])}  # fmt: skip
+
+
 def add_routes(app: FastAPI, hq: HQ) -> None:
     """Add these routes to ``app``, over ``hq``."""
+    usage_view = UsageView(hq.store, hq.usage)
 
     @app.get("/v1/activations", tags=["fleet"], responses=ADMIN)
     def activations(
@@ -213,3 +225,92 @@ def add_routes(app: FastAPI, hq: HQ) -> None:
         summary = hq.fleet.license_summary(license_id, t)
         assert summary is not None  # it was just changed
         return documents.license_summary_doc(summary, t)
+
+    @app.get("/v1/usage", tags=["fleet"], responses=ADMIN)
+    def usage(
+        request: Request,
+        response: Response,
+        _: AdminActor,
+        license_id: LicenseIdQuery = None,
+        activation_id: ActivationIdQuery = None,
+        since: UnixTime = None,
+        until: UnixTime = None,
+        sort: Annotated[str, Query(pattern=USAGE_SORT)] = "last",
+        order: Annotated[str, Query(pattern="^(asc|desc)$")] = "asc",
+        limit: Limit = None,
+        offset: Offset = 0,
+    ) -> list[dict[str, Any]]:
+        """Usage per device from the reports received in [`since`, `until`) (Unix
+        seconds): the rows of `fieldpass-hq usage show --json` (`counters`: the last
+        report's in the period, `growth`: between its first and last), sorted by `sort`
+        (`counter:NAME`: that counter's value). Without `limit`, all of them."""
+        rows = usage_view.rows(license_id, activation_id, since, until)
+        page = page_of(rows, sort, order == "desc", limit, offset)
+        _paged(request, response, page)
+        return [_usage_doc(r) for r in page.items]
+
+    @app.get("/v1/usage/meters", tags=["fleet"], responses=ADMIN)
+    def usage_meters(
+        _: AdminActor,
+        license_id: LicenseIdQuery = None,
+        activation_id: ActivationIdQuery = None,
+    ) -> list[dict[str, Any]]:
+        """Each metered entitlement of the live devices chosen: its `limit`, the period
+        HQ last signed for the device (`period_start`, `period_end`: null if none yet)
+        and its `base`, the counter's last reported `value`, `used` and `left`; `ended`:
+        the period is over and the device waits for a file of the next one."""
+        t = now()
+        found = []
+        for m in usage_view.meters(t, license_id, activation_id):
+            doc = {**m.__dict__, "used": m.used, "left": m.left}
+            doc["period_start_iso"] = documents.iso(m.period_start)
+            doc["period_end_iso"] = documents.iso(m.period_end)
+            found.append(doc)
+        return found
+
+    @app.get("/v1/usage/regressions", tags=["fleet"], responses=ADMIN)
+    def usage_regressions(
+        request: Request,
+        response: Response,
+        _: AdminActor,
+        license_id: LicenseIdQuery = None,
+        activation_id: ActivationIdQuery = None,
+        since: UnixTime = None,
+        until: UnixTime = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+        offset: Offset = 0,
+    ) -> list[dict[str, Any]]:
+        """Reports stored with a counter lower than HQ's last value (a device restored
+        from an old state; audited `usage_regression`) in [`since`, `until`), newest
+        first: the report's `seq` and the counters that were `lower`."""
+        page = usage_view.regressions(license_id, activation_id, since, until, limit, offset)
+        _paged(request, response, page)
+        return [
+            {"at": g.at, "at_iso": documents.iso(g.at), "license_id": g.license_id,
+             "activation_id": g.activation_id, "seq": g.seq, "lower": list(g.lower)}
+            for g in page.items
+        ]  # fmt: skip
+
+    @app.get("/v1/licenses/{license_id}/returns", tags=["admin"], responses=ADMIN)
+    def license_returns(license_id: LicenseId, _: AdminActor) -> dict[str, Any]:
+        """The license's returns (newest first): when the device gave it back, when
+        and how the receipt reached HQ, when the seat frees (`frees_at`) or was freed
+        (`freed_at`, null while taken) and the operator's `override`; and
+        `returned_last_year` against the plan's `returns_per_year` (null: no limit;
+        overridden returns do not count). Never the receipt itself."""
+        r = usage_view.returns(license_id, now())
+        items = []
+        for s in r.items:
+            rec = s.record
+            times = {"returned_at": rec.returned_at, "received_at": rec.received_at,
+                     "frees_at": rec.frees_at, "freed_at": s.freed_at}  # fmt: skip
+            doc: dict[str, Any] = {"activation_id": rec.activation_id, "serial": rec.serial,
+                                   "via": rec.via, "override": rec.override, **times}  # fmt: skip
+            doc.update({f"{k}_iso": documents.iso(v) for k, v in times.items()})
+            items.append(doc)
+        return {
+            "license_id": license_id,
+            "returns": items,
+            "returned_last_year": r.this_year,
+            "returns_per_year": r.limit,
+        }

@@ -6,6 +6,7 @@ text (an object of name -> integer) so that no engine needs a JSON type.
 """
 
 import json
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..models import PlanMeter, ReturnRecord, UsageReport
@@ -179,6 +180,91 @@ class UsageOps:
             now=now,
         )
         return [str(r[0]) for r in rows]
+
+    # -- read views (the console, GET /v1/usage...) --------------------------------------
+    def latest_reports(self, activation_ids: Sequence[str]) -> dict[str, UsageReport]:
+        """The newest report of each of these activations (those that sent one)."""
+        found: dict[str, UsageReport] = {}
+        for names, marks in _chunks(activation_ids):
+            rows = self._all(
+                "SELECT r.activation_id, r.seq, r.counters, r.device_at, r.received_at, r.via "  # noqa: S608 - placeholders only
+                "FROM usage_reports r JOIN activations a ON a.id = r.activation_id "
+                f"AND r.seq = a.report_seq WHERE a.id IN ({marks})",
+                **names,
+            )
+            found.update((str(r[0]), _report(r)) for r in rows)
+        return found
+
+    def latest_meter_periods(
+        self, activation_ids: Sequence[str]
+    ) -> dict[tuple[str, str], tuple[int, int, int]]:
+        """(activation, feature) -> the start, end and base of the newest period HQ
+        signed for it."""
+        found: dict[tuple[str, str], tuple[int, int, int]] = {}
+        for names, marks in _chunks(activation_ids):
+            rows = self._all(
+                "SELECT activation_id, feature, period_start, period_end, base "  # noqa: S608 - placeholders only
+                f"FROM meter_periods WHERE activation_id IN ({marks}) ORDER BY period_start",
+                **names,
+            )
+            for act, feature, start, end, base in rows:
+                found[(str(act), str(feature))] = (int(start), int(end), int(base))
+        return found
+
+    def license_returns(self, license_id: str) -> list[tuple[ReturnRecord, int | None]]:
+        """The returns of a license's activations, newest first, each with when its
+        activation was deactivated (None: its seat is still taken)."""
+        rows = self._all(
+            "SELECT r.activation_id, r.serial, r.returned_at, r.received_at, r.via, r.receipt, "
+            "r.frees_at, r.override, a.deactivated_at FROM returns r "
+            "JOIN activations a ON a.id = r.activation_id WHERE a.license_id = :l "
+            "ORDER BY r.received_at DESC, r.activation_id",
+            l=license_id,
+        )
+        return [(ReturnRecord(*r[:8]), r[8]) for r in rows]
+
+    def usage_regressions(
+        self,
+        license_id: str | None,
+        activation_id: str | None,
+        since: int | None,
+        until: int | None,
+        limit: int,
+        offset: int,
+    ) -> tuple[list[tuple[int, str | None, str | None, str | None]], int]:
+        """The ``usage_regression`` events (newest first) of a license or an activation
+        in [since, until): (at, license, activation, detail), and how many in all."""
+        where = ["action = 'usage_regression'", "at >= :since", "at < :until"]
+        params: dict[str, Any] = {
+            "since": since if since is not None else 0,
+            "until": until if until is not None else 1 << 62,
+        }
+        if license_id is not None:
+            where.append("license_id = :l")
+            params["l"] = license_id
+        if activation_id is not None:
+            where.append("activation_id = :a")
+            params["a"] = activation_id
+        cond = " WHERE " + " AND ".join(where)
+        total = int(self._one(f"SELECT COUNT(*) FROM audit{cond}", **params)[0])  # noqa: S608 - constants only
+        rows = self._all(
+            f"SELECT at, license_id, activation_id, detail FROM audit{cond} "  # noqa: S608 - constants only
+            "ORDER BY id DESC LIMIT :limit OFFSET :offset",
+            limit=limit,
+            offset=offset,
+            **params,
+        )
+        return [(int(r[0]), r[1], r[2], r[3]) for r in rows], total
+
+
+_IDS_PER_QUERY = 500
+
+
+def _chunks(ids: Sequence[str]) -> Iterator[tuple[dict[str, str], str]]:
+    """``ids`` a few hundred at a time, as named parameters and their placeholders."""
+    for start in range(0, len(ids), _IDS_PER_QUERY):
+        names = {f"id{i}": v for i, v in enumerate(ids[start : start + _IDS_PER_QUERY])}
+        yield names, ", ".join(f":{k}" for k in names)
 
 
 _RETURN = (

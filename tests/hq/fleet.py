@@ -10,12 +10,16 @@ contact), written with sqlite3 as an old HQ would have.
 
 import sqlite3
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.wire import device_msg
 from agent.wire import license_key as lk
-from provisioning.models import Actor, Plan
-from provisioning.services import HQ
+from agent.wire.device_key import DeviceKey
+from provisioning.models import Actor, Plan, PlanMeter
+from provisioning.services import HQ, Contact
+from provisioning.services.usage import set_terms
 
 from .conftest import fingerprint
 
@@ -35,6 +39,7 @@ class Fleet:
     keys: dict[str, str] = field(default_factory=dict)  # role -> license key
     verdicts: Counter[str] = field(default_factory=Counter)
     sites: dict[str, int] = field(default_factory=dict)
+    metered: dict[str, str] = field(default_factory=dict)  # role -> activation id
 
 
 def seed(home: Path, now: int) -> Fleet:
@@ -47,7 +52,9 @@ def seed(home: Path, now: int) -> Fleet:
       at site ``south``;
     - ``revoked``: 4 devices, then the license revoked;
     - ``old``: 1 device with no record of contact (unknown);
-    - ``idle``: no device.
+    - ``idle``: no device;
+    - ``metered`` (plan ``metered``, ``seed_usage``): devices that report usage, signed
+      by their own keys, and two that gave their license back.
     """
     from provisioning.storage import sqlite as engine
 
@@ -92,12 +99,76 @@ def seed(home: Path, now: int) -> Fleet:
     old_act = activate(old, now - 20 * DAY)
     fleet.verdicts["unknown"] += 1
     license_of("idle", now)
+    seed_usage(hq, fleet, now, n)
     hq.store.close()
     conn = sqlite3.connect(home / "hq.sqlite3")
     with conn:
         conn.execute("UPDATE activations SET last_seen_at = NULL WHERE id = ?", (old_act,))
     conn.close()
     return fleet
+
+
+METERED_TERMS = ("units", PlanMeter("welding", "units", 1000, 30 * DAY), 1)
+# role -> the reports it signs: (days ago, via, units); boots and hours grow with them.
+REPORTS = {
+    "steady": [(15, "http", 100), (5, "mqtt", 400), (1, "laptop", 700)],
+    "exhausted": [(10, "air-gapped", 1200)],
+    "restored": [(12, "http", 500), (2, "http", 200)],  # a counter lower: a regression
+    "returned": [],
+    "swapped": [],
+}
+
+
+class SeedDevice:
+    """A seeded device with its own key, activated as the agent activates (its key and
+    the claims it reads in the request), signing what it reports as the agent does
+    (agent/wire/device_msg.py)."""
+
+    def __init__(self, hq: HQ, license_key: str, fp: str, at: int) -> None:
+        self.hq = hq
+        self.key = DeviceKey.generate()
+        contact = Contact("http", "seed", 2, self.key.public_key)
+        self.act = hq.activate(license_key, fp, at, SEED, contact).activation
+
+    def sign(self, kind: str, at: int, **values: object) -> bytes:
+        return device_msg.sign(
+            self.key,
+            kind,
+            {"activation_id": self.act.id, "fingerprint": self.act.fingerprint, "at": at,
+             "agent_version": "seed", "device_key": None, "proof": None, **values},
+        )  # fmt: skip
+
+    def report(self, seq: int, at: int, via: str, units: int) -> None:
+        counters = {"boots": 3 * seq, "operating_s": 3600 * seq, "units": units}
+        data = self.sign("report", at, seq=seq, counters=counters, challenge=None)
+        self.hq.usage.accept_report(data, at, via, SEED)
+
+    def give_back(self, at: int, via: str, override: str | None = None) -> None:
+        data = self.sign("receipt", at, serial=self.act.serial, returned_at=at, reason="returned")
+        self.hq.usage.accept_receipt(data, at, via, SEED, override=override)
+
+
+def seed_usage(hq: HQ, fleet: Fleet, now: int, n: Iterator[int]) -> None:
+    """License ``metered`` on plan ``metered`` (counter ``units``; ``welding`` metered at
+    1,000 units per 30 days; one return a year), 5 devices activated 20 days ago: one
+    reporting over HTTP, MQTT and a laptop, one past its meter, one whose report
+    regressed, one returned, one returned past the plan's limit by an override."""
+    counter, meter, returns = METERED_TERMS
+    created = now - 20 * DAY
+    hq.create_plan(Plan("metered", "robot", 365 * DAY, 30 * DAY, 10, 30 * DAY, created), SEED)
+    set_terms(hq.store, "metered", [counter], [meter], returns, created, SEED)
+    lic = hq.create_license("metered", [], None, created, SEED)
+    fleet.licenses["metered"], fleet.keys["metered"] = lic.id, lic.license_key
+    for role, reports in REPORTS.items():
+        device = SeedDevice(hq, lic.license_key, fingerprint(next(n)), created)
+        fleet.metered[role] = device.act.id
+        for seq, (days, via, units) in enumerate(reports, start=1):
+            device.report(seq, now - days * DAY, via, units)
+        if role == "returned":
+            device.give_back(now - 3 * DAY, "laptop")
+        elif role == "swapped":
+            device.give_back(now - 2 * DAY, "http", override="mainboard swap, ticket 42")
+    fleet.verdicts["valid"] += len(REPORTS)
 
 
 def stored(home: Path, sql: str, *params: object) -> list[tuple[object, ...]]:

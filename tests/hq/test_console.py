@@ -34,6 +34,10 @@ PAGES = [
     "/console/keys",
     "/console/tokens",
     "/console/licenses/new",
+    "/console/usage",
+    "/console/usage?view=licenses",
+    "/console/usage?view=meters",
+    "/console/usage?view=regressions",
 ]
 
 
@@ -258,7 +262,7 @@ def test_every_page_fits_a_laptop_and_a_tablet(console: Console, size: tuple[int
     b = console.browser
     b.login(console.seeded.token)
     b.resize(size)
-    for path in [*PAGES, console.license_page("spread")]:
+    for path in [*PAGES, console.license_page("spread"), console.license_page("metered")]:
         b.visit(path)
         assert not b.overflows(), f"{path} scrolls sideways at {size[0]}x{size[1]}"
         assert b.find("nav.main").is_displayed()
@@ -274,6 +278,53 @@ def test_dates_show_as_dates_with_their_zone(console: Console) -> None:
         assert t.text.endswith(" UTC") and t.text[:4].isdigit() and "-" in t.text
     epoch = re.compile(r"\b1[0-9]{9}\b")  # Unix seconds of these years
     assert not [c.text for c in b.find_all("table.devices td") if epoch.search(c.text)]
+
+
+def test_usage_from_the_menu_to_a_device_and_back_to_its_license(console: Console) -> None:
+    b = console.browser
+    b.login(console.seeded.token)
+    b.click("nav.main a[href='/console/usage']")
+    assert b.path == "/console/usage" and b.text("h1") == "Usage"
+    reported = fleet.stored(console.home, "SELECT DISTINCT activation_id FROM usage_reports")
+    rows = b.find_all("#usage-devices tr[data-activation]")
+    assert {r.get_attribute("data-activation") for r in rows} == {r[0] for r in reported}
+    # sorted by the plan's counter, most first: the header's link, twice
+    b.click("#usage-devices th a[href*='sort=counter%3Aunits']")
+    b.click("#usage-devices th a[href*='sort=counter%3Aunits']")
+    units = [int(c.text.split()[0]) for c in b.find_all("#usage-devices td[data-counter=units]")]
+    assert units == sorted(units, reverse=True) == [1200, 700, 200]
+    for t in b.find_all("#usage-devices time"):
+        assert t.text.endswith(" UTC") and t.text[:4].isdigit()
+    # a billing period in the operator's terms: this month, shown as dates with the zone
+    b.click("#presets a[data-preset='This month']")
+    assert "since=" in b.path and "until=" in b.path
+    assert b.text("#period").startswith("Reports received from ")
+    assert b.text("#period").count(" UTC") == 2
+    csv_link = b.find("#csv").get_attribute("href")
+    assert "/console/usage.csv?" in csv_link and "since=" in csv_link
+    # the metered entitlements: the exhausted device has nothing left
+    b.visit("/console/usage")
+    b.click("nav.tabs a[data-view=meters]")
+    exhausted = console.seeded.metered["exhausted"]
+    row = b.find(f"#usage-meters tr[data-activation={exhausted}]")
+    assert row.find_element("css selector", "td.left").text == "0"
+    assert "exhausted" in row.text
+    # the regressed device, flagged, and its license page with its last report
+    b.click("nav.tabs a[data-view=regressions]")
+    restored = console.seeded.metered["restored"]
+    assert [
+        r.get_attribute("data-activation") for r in b.find_all("#usage-regressions tbody tr")
+    ] == [restored]
+    b.visit(console.license_page("metered"))
+    assert "#3 from" in b.text("#last-report") and "via laptop" in b.text("#last-report")
+    assert "1 of the plan's limit of 1 a year" in b.text("#return-count")
+    assert len(b.find_all("table.returns tbody tr")) == 2
+    steady = console.seeded.metered["steady"]
+    b.click(f"table.devices tr[data-activation={steady}] td.last-report a")
+    assert b.path == f"/console/usage?device={steady}"
+    assert [r.get_attribute("data-activation") for r in b.find_all("#usage-devices tbody tr")] == [
+        steady
+    ]
 
 
 def test_selenium_manager_cannot_run_so_nothing_is_downloaded(console: Console) -> None:

@@ -211,6 +211,7 @@ def test_a_license_key_is_shown_once_and_a_private_key_never(
             "/console/sites/north", "/console/audit", "/console/plans", "/console/keys",
             "/console/tokens", f"/console/licenses/{lic}", f"/console/licenses/{lic}/revoke",
             f"/console/licenses/{world.licenses['soon']}", "/console/keys/keyring", "/docs",
+            "/console/usage", f"/console/licenses/{world.licenses['metered']}",
         ]  # fmt: skip
         seen = "".join(c.get(p).text for p in pages)
         seen += c.post("/console/sites/north/bundle", data={"csrf": csrf_of(c)}).text
@@ -338,7 +339,8 @@ def test_pages_keep_working_with_ten_thousand_activations(tmp_path: Path) -> Non
             assert 'rel="next"' not in last.text
             for path in ("/console/", "/console/licenses", "/console/sites",
                          "/console/activations?within=30d&sort=seen&order=desc",
-                         f"/console/licenses/{bulk_license}"):  # fmt: skip
+                         f"/console/licenses/{bulk_license}", "/console/usage",
+                         "/console/usage?view=meters", "/console/usage.csv"):  # fmt: skip
                 assert c.get(path).status_code == 200, path
             overview = c.get("/console/")
             assert f'<span id="devices-total">{total}</span>' in overview.text

@@ -21,6 +21,7 @@ from ..common import now
 from .render import download, filters, listing, redirect, refused, render
 from .session import PATH, Form, Op
 from .sites import site_path
+from .usage import last_reports
 
 PAGE = 100
 ACTIVATION_ID = re.compile(r"act_[0-9a-f]{20}")
@@ -42,6 +43,7 @@ def add_routes(app: FastAPI, hq: HQ) -> None:
             "activations.html",
             op=op,
             devices=page,
+            reports=last_reports(hq, page),
             sort=sort,
             desc=desc,
             verdicts=VERDICTS,

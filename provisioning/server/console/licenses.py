@@ -15,6 +15,7 @@ from fastapi.responses import Response
 from ...errors import HQError, InvalidRequest
 from ...models import EntitlementRow
 from ...services import HQ, license_status
+from ...services.usage_view import UsageView
 from ...services.verdicts import VERDICTS
 from ...storage.views import LICENSE_SORTS, LICENSE_STATUSES, LicenseSummary
 from ...units import parse_date
@@ -42,6 +43,8 @@ def _entitlements(text: str) -> list[EntitlementRow]:
 
 
 def add_routes(app: FastAPI, hq: HQ) -> None:
+    usage_view = UsageView(hq.store, hq.usage)
+
     def back(license_id: str) -> str:
         return f"{PATH}/licenses/{license_id}"
 
@@ -119,6 +122,8 @@ def add_routes(app: FastAPI, hq: HQ) -> None:
             offset=offset,
         )
         plan = next(p for p in hq.list_plans() if p.name == summary.license.plan)
+        t = now()
+        reports = usage_view.last_reports([a.id for a in hq.list_activations(license_id)])
         return render(
             request,
             "license.html",
@@ -128,6 +133,10 @@ def add_routes(app: FastAPI, hq: HQ) -> None:
             plan=plan,
             status=license_status(summary.license, now()),
             devices=devices,
+            reports=reports,
+            last_report=max(reports.values(), key=lambda r: (r.received_at, r.seq), default=None),
+            terms=usage_view.terms([plan.name])[0],
+            returns=usage_view.returns(license_id, t),
             everything=everything,
             sort=sort,
             desc=desc,

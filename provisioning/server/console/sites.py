@@ -20,6 +20,7 @@ from ...services.names import check_name
 from ..common import now
 from .render import download, listing, refused, render
 from .session import PATH, Form, Op
+from .usage import last_reports
 
 DEVICES_PAGE = 100
 BUNDLE_TYPE = "application/json"
@@ -67,6 +68,7 @@ def add_routes(app: FastAPI, hq: HQ) -> None:
             site=site,
             here=site_path(site),
             devices=devices,
+            reports=last_reports(hq, devices),
             sort=sort,
             desc=desc,
             now=now(),
