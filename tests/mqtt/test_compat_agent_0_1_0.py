@@ -183,3 +183,4 @@ def test_an_agent_of_0_1_0_that_stays_connected_is_told_of_its_deactivation(
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(15)
+        fleet.stop_bridges()  # the test made its Fleet itself: no fixture stops them
