@@ -261,7 +261,11 @@ def sign(key: DeviceKey, msg_type: str, values: dict[str, object]) -> bytes:
     if KEYRING in values and values[KEYRING] is None:  # nothing to tell: left out
         values = {k: v for k, v in values.items() if k != KEYRING}
     body = {k: v for k, v in _checked(msg_type, values).items() if v is not None or k != KEYRING}
-    return sign_message(key, SIGNATURE_CONTEXT, {"v": FORMAT_VERSION, "type": msg_type, **body})
+    data = sign_message(key, SIGNATURE_CONTEXT, {"v": FORMAT_VERSION, "type": msg_type, **body})
+    if len(data) > MAX_MESSAGE_BYTES and KEYRING in body:  # advisory: left out, not refused
+        del body[KEYRING]
+        data = sign_message(key, SIGNATURE_CONTEXT, {"v": FORMAT_VERSION, "type": msg_type, **body})
+    return data
 
 
 def open_message(data: bytes, keys: KeyLookup, msg_type: str) -> DeviceMessage:

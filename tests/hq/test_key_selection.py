@@ -174,3 +174,37 @@ def test_the_keyring_field_is_strict_and_optional() -> None:
             device_msg.sign(dk, "validate", {**body, "keyring": bad})
     with pytest.raises(FormatError):  # only the types that may carry it
         device_msg.sign(dk, "deactivate", {**body, "keyring": kids})
+
+
+def test_a_keyring_that_would_make_a_message_too_large_is_left_out() -> None:
+    from agent.wire.device_key import DeviceKey
+
+    dk = DeviceKey.generate()
+    kids = [f"fpk_{i:016x}" for i in range(device_msg.MAX_KEYRING_IDS)]
+    status: dict[str, object] = {
+        "activation_id": "act_" + "0" * 20,
+        "fingerprint": "0" * 64,
+        "at": 1,
+        "agent_version": "0.3.0",
+        "verdict": "valid",
+        "reason": "",
+        "serial": 1,
+        "expires_at": 1,
+        "revoked": "",
+        "revoked_at": 0,
+        "lifted_at": 0,
+        "hwm": 1,
+        "unrecorded_boots": 0,
+        "notes": ["n" * device_msg.MAX_NOTE_CHARS] * device_msg.MAX_NOTES,
+        "bad_messages": {},
+        "challenge": None,
+        "device_key": None,
+        "proof": None,
+    }
+    data = device_msg.sign(dk, "status", {**status, "keyring": kids})
+    assert len(data) <= device_msg.MAX_MESSAGE_BYTES
+    opened = device_msg.open_message(data, {dk.kid: dk.public_key}.get, "status")
+    assert device_msg.keyring_of(opened) is None
+    small = device_msg.sign(dk, "status", {**status, "notes": [], "keyring": kids})
+    opened = device_msg.open_message(small, {dk.kid: dk.public_key}.get, "status")
+    assert device_msg.keyring_of(opened) == tuple(kids)
