@@ -49,6 +49,23 @@ def online(hqc: HQ, device: DeviceRoot, url: str, key: str) -> None:
     assert device.check().returncode == 0
 
 
+def console_reported(hqc: HQ, server: Server) -> dict[str, str]:
+    """Key id -> its "Reported by" cell on the console's Keys page (a real session)."""
+    import re
+
+    import httpx
+
+    from tests.hq.test_console_http import login
+
+    token = hqc.run("tokens", "create", "console").stdout.strip()
+    with httpx.Client(base_url=server.url, timeout=30, follow_redirects=False) as c:
+        assert login(c, token).status_code == 303
+        page = c.get("/console/keys")
+    assert page.status_code == 200
+    rows = re.findall(r'data-kid="(fpk_[0-9a-f]{16})".*?class="reported">([^<]*)<', page.text, re.S)
+    return dict(rows)
+
+
 def keys_by_kid(hqc: HQ) -> dict[str, dict[str, Any]]:
     listed: Any = hqc.json("keys", "list")
     return {k["kid"]: k for k in listed}
@@ -89,6 +106,7 @@ def test_each_device_gets_files_from_a_key_its_keyring_holds(
     assert "REPORTED" in hqc.run("keys", "list").stdout
     acts: Any = hqc.json("activations", "list")
     assert sorted(len(a["keyring"]) for a in acts) == [1, 1, 2, 2]
+    assert console_reported(hqc, server) == {old: "4 device(s)", new: "2 device(s)"}
 
     # A retired key is never chosen: the device that trusts only it gets the active
     # key's file, refuses it (exit 31 on install) and keeps the file it holds.
