@@ -52,6 +52,19 @@ def _common(device: Device, standing: Standing, now: int) -> dict[str, object]:
     }
 
 
+def keyring_ids(device: Device) -> list[str] | None:
+    """The ids of the keys the device's keyring holds, for HQ to sign with one of them
+    (None when it cannot be read, or holds more than a message carries: HQ then signs
+    with its active key, as for an agent of 0.1.0)."""
+    from .config import ConfigError
+
+    try:
+        kids = sorted(device.keyring().keys)
+    except ConfigError:
+        return None
+    return kids if len(kids) <= device_msg.MAX_KEYRING_IDS else None
+
+
 def _registration(
     device: Device, key: DeviceKey, standing: Standing, challenge: str | None
 ) -> tuple[bytes | None, bytes | None]:
@@ -97,6 +110,7 @@ def renew(
             "formats": list(device_msg.CLAIMS_FORMATS),
             "device_key": device_key,
             "proof": proof,
+            "keyring": keyring_ids(device),
         },
     )
 
@@ -104,7 +118,12 @@ def renew(
 def validate(device: Device, now: int, *, challenge: str | None, nonce: str) -> bytes:
     key = device.ensure_device_key()
     standing = Standing(device)
-    body = {**_common(device, standing, now), "nonce": nonce, "challenge": challenge}
+    body = {
+        **_common(device, standing, now),
+        "nonce": nonce,
+        "challenge": challenge,
+        "keyring": keyring_ids(device),
+    }
     return device_msg.sign(key, "validate", body)
 
 
@@ -135,6 +154,7 @@ def activate(device: Device, license_id: str, now: int, *, nonce: str) -> bytes:
             "nonce": nonce,
             "device_name": device.cfg.device_name[:100],
             "formats": list(device_msg.CLAIMS_FORMATS),
+            "keyring": keyring_ids(device),
         },
     )
 
@@ -167,6 +187,7 @@ def status(device: Device, doc: dict[str, object], now: int) -> bytes:
             "challenge": challenge,
             "device_key": device_key,
             "proof": proof,
+            "keyring": keyring_ids(device),
         },
     )
 
@@ -216,5 +237,6 @@ def request(device: Device, now: int) -> tuple[str, Standing]:
         counter=counter,
         nonce=nonce,
         lost=standing.lost,
+        keyring=keyring_ids(device),
     )
     return text, standing

@@ -33,7 +33,9 @@ def _with_iso(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-def key_doc(k: KeyInfo) -> dict[str, Any]:
+def key_doc(k: KeyInfo, reported_by: int | None = None) -> dict[str, Any]:
+    """A key's public document; ``reported_by``: how many live activations said their
+    keyring holds it (``keys list``)."""
     doc: dict[str, Any] = {
         "kid": k.kid,
         "algorithm": "ed25519",
@@ -42,6 +44,8 @@ def key_doc(k: KeyInfo) -> dict[str, Any]:
         "active": k.active,
         "retired_at": k.retired_at,
     }
+    if reported_by is not None:
+        doc["reported_by"] = reported_by
     return _with_iso(doc)
 
 
@@ -103,6 +107,7 @@ def activation_doc(a: Activation) -> dict[str, Any]:
         "claims_format": a.claims_format,
         "last_seen_at": a.last_seen_at,
         "last_channel": a.last_channel,
+        "keyring": list(a.keyring),  # the signing keys the device said it trusts
     }
     return _with_iso(doc)
 

@@ -59,7 +59,8 @@ class License:
 class Activation:
     """A seat held by one device. ``device_key`` is the device's own Ed25519 public key
     (None until the device registered one); ``claims_format`` the newest machine-file
-    claims version its agent reads (1 for agents up to 0.1.0)."""
+    claims version its agent reads (1 for agents up to 0.1.0); ``keyring`` the ids of
+    the signing keys the device last said its keyring holds (empty: it never said)."""
 
     id: str
     license_id: str
@@ -74,6 +75,7 @@ class Activation:
     claims_format: int = 1
     last_seen_at: int | None = None
     last_channel: str | None = None
+    keyring: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,13 @@ Envelope: the one of signed.py, with the context ``b"fieldpass/device/"``::
                           "agent_version", ...the fields of TYPE}
 
 ``at`` is the device's clock (informational: HQ never trusts it). Each type has an exact
-set of fields (``SCHEMAS``); the verifier refuses anything else. HQ finds the public key
-by the key id (the activation's recorded device key), except for the self-signed types
-(``activate``, ``request``, and ``renew`` or ``status`` carrying a ``device_key`` to
-register), whose signer must be the key the message carries. What each type means and
-how HQ answers it: docs/wire-format.md §9.
+set of fields (``SCHEMAS``), plus, for ``KEYRING_TYPES``, the optional ``keyring``: the
+ids of the keys the device's keyring holds, so that HQ signs its answer with one the
+device trusts (agents of 0.1.0 send none). The verifier refuses anything else. HQ
+finds the public key by the key id (the activation's recorded device key), except for
+the self-signed types (``activate``, ``request``, and ``renew`` or ``status`` carrying a
+``device_key`` to register), whose signer must be the key the message carries. What
+each type means and how HQ answers it: docs/wire-format.md §9.
 """
 
 from collections.abc import Callable
@@ -30,6 +32,9 @@ MAX_NOTES = 8
 MAX_NOTE_CHARS = 200
 MAX_NONCE_CHARS = 128
 MAX_COUNTERS = 64
+MAX_KEYRING_IDS = 16
+_KID_PREFIX = "fpk_"
+_KID_HEX = frozenset("0123456789abcdef")
 CLAIMS_FORMATS = (1, 2)
 
 Check = Callable[[object, str], object]
@@ -92,6 +97,24 @@ def _usage(value: object, what: str) -> dict[str, int]:
     if not isinstance(value, dict) or len(value) > MAX_COUNTERS:
         raise FormatError(f"{what} must be a map of at most {MAX_COUNTERS} counters")
     return {fields.name(k, what): fields.uint(v, what) for k, v in value.items()}
+
+
+def is_kid(value: object) -> bool:
+    """A signing key id in its documented form: ``fpk_`` + 16 lowercase hex digits."""
+    return (
+        type(value) is str
+        and len(value) == len(_KID_PREFIX) + 16
+        and value.startswith(_KID_PREFIX)
+        and set(value[len(_KID_PREFIX) :]) <= _KID_HEX
+    )
+
+
+def _kids(value: object, what: str) -> list[str]:
+    if not isinstance(value, list) or not 0 < len(value) <= MAX_KEYRING_IDS:
+        raise FormatError(f"{what} must be a list of 1 to {MAX_KEYRING_IDS} key ids")
+    if not all(is_kid(v) for v in value) or len(set(value)) != len(value):
+        raise FormatError(f"{what} must hold distinct key ids of the form fpk_ + 16 hex digits")
+    return [str(v) for v in value]
 
 
 def _short(value: object, what: str) -> str:
@@ -180,6 +203,10 @@ SCHEMAS: dict[str, dict[str, Check]] = {
     },
 }
 SELF_SIGNED = frozenset({"activate", "request"})
+# The types that may carry the device's keyring (the ids of the keys it trusts), so that
+# HQ signs its answers with a key the device holds: optional, absent from 0.1.0's.
+KEYRING_TYPES = frozenset({"activate", "validate", "renew", "status", "request"})
+KEYRING = "keyring"
 _FIELDS = {t: frozenset(_COMMON) | frozenset(s) for t, s in SCHEMAS.items()}
 
 
@@ -209,18 +236,36 @@ class DeviceMessage:
 
 
 def _checked(msg_type: str, values: dict[str, object]) -> dict[str, object]:
+    """The checked fields; the optional keyring is None when the message has none."""
     schema = {**_COMMON, **SCHEMAS[msg_type]}
-    if set(values) != set(schema):
+    names = set(values)
+    optional = msg_type in KEYRING_TYPES and KEYRING in names
+    if names - ({KEYRING} if optional else set()) != set(schema):
         raise FormatError(f"a device {msg_type} message has missing or unknown fields")
-    return {name: check(values[name], f"{msg_type}.{name}") for name, check in schema.items()}
+    checked = {name: check(values[name], f"{msg_type}.{name}") for name, check in schema.items()}
+    if msg_type in KEYRING_TYPES:
+        checked[KEYRING] = _kids(values[KEYRING], f"{msg_type}.{KEYRING}") if optional else None
+    return checked
+
+
+def keyring_of(msg: "DeviceMessage") -> tuple[str, ...] | None:
+    """The key ids the device says its keyring holds (None: it said nothing)."""
+    value = msg.fields.get(KEYRING)
+    return tuple(str(v) for v in value) if isinstance(value, list) else None
 
 
 def sign(key: DeviceKey, msg_type: str, values: dict[str, object]) -> bytes:
     """A signed device message of ``msg_type`` (device side)."""
     if msg_type not in SCHEMAS:
         raise ValueError(f"unknown device message type {msg_type!r}")
-    body = _checked(msg_type, values)
-    return sign_message(key, SIGNATURE_CONTEXT, {"v": FORMAT_VERSION, "type": msg_type, **body})
+    if KEYRING in values and values[KEYRING] is None:  # nothing to tell: left out
+        values = {k: v for k, v in values.items() if k != KEYRING}
+    body = {k: v for k, v in _checked(msg_type, values).items() if v is not None or k != KEYRING}
+    data = sign_message(key, SIGNATURE_CONTEXT, {"v": FORMAT_VERSION, "type": msg_type, **body})
+    if len(data) > MAX_MESSAGE_BYTES and KEYRING in body:  # advisory: left out, not refused
+        del body[KEYRING]
+        data = sign_message(key, SIGNATURE_CONTEXT, {"v": FORMAT_VERSION, "type": msg_type, **body})
+    return data
 
 
 def open_message(data: bytes, keys: KeyLookup, msg_type: str) -> DeviceMessage:
@@ -237,6 +282,7 @@ def open_message(data: bytes, keys: KeyLookup, msg_type: str) -> DeviceMessage:
         fields_by_version={FORMAT_VERSION: _FIELDS[msg_type]},
         max_bytes=MAX_MESSAGE_BYTES,
         max_depth=2,
+        optional=frozenset({KEYRING}) if msg_type in KEYRING_TYPES else frozenset(),
     )
     del body["v"], body["type"]
     return DeviceMessage(msg_type, kid, _checked(msg_type, body))

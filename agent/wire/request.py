@@ -50,6 +50,7 @@ class Request:
         "device_name",
         "fingerprint",
         "formats",
+        "keyring",
         "lost",
         "nonce",
         "serial",
@@ -71,6 +72,7 @@ class Request:
         lost: bool = False,
         formats: tuple[int, ...] = (1,),
         signed: bool = False,
+        keyring: tuple[str, ...] | None = None,
     ) -> None:
         if not is_fingerprint(fingerprint):
             raise FormatError("request fingerprint is not 64 lowercase hex characters")
@@ -94,6 +96,7 @@ class Request:
         self.lost = lost
         self.formats = tuple(formats)
         self.signed = signed
+        self.keyring = keyring  # the ids of the keys the device trusts (None: not said)
 
     def to_bytes_v1(self) -> bytes:
         """The version-1 form (what agents up to 0.1.0 wrote; tests of HQ's reading)."""
@@ -149,6 +152,7 @@ class Request:
             lost=bool(m["lost"]),
             formats=tuple(m["formats"]),  # type: ignore[arg-type]
             signed=True,
+            keyring=device_msg.keyring_of(m),
         )
 
 
@@ -164,6 +168,7 @@ def make_request(
     counter: int | None,
     nonce: str,
     lost: bool,
+    keyring: list[str] | None = None,
 ) -> str:
     """The armored version-2 request (device side)."""
     data = device_msg.sign(
@@ -181,6 +186,7 @@ def make_request(
             "device_name": device_name,
             "lost": lost,
             "formats": list(device_msg.CLAIMS_FORMATS),
+            "keyring": keyring,
         },
     )
     return armor.armor(data, armor.REQUEST)

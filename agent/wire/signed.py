@@ -51,10 +51,12 @@ def open_signed(
     fields_by_version: dict[int, frozenset[str]],
     max_bytes: int = 1024,
     max_depth: int = 1,
+    optional: frozenset[str] = frozenset(),
 ) -> dict[str, object]:
     """The verified body of a signed message, or a WireError naming ``what``.
 
-    ``fields_by_version`` names the versions accepted and the exact fields of each.
+    ``fields_by_version`` names the versions accepted and the exact fields of each;
+    ``optional`` the fields a body may carry besides them.
     """
     doc = cbor.loads(data, max_size=max_bytes, max_depth=1)
     if not isinstance(doc, dict) or set(doc) != _ENVELOPE_KEYS:
@@ -76,6 +78,6 @@ def open_signed(
     )
     if expected is None:
         raise UnsupportedVersionError(f"unsupported {what} version")
-    if set(body) != expected | {"v", "type"} or body["type"] != msg_type:
+    if set(body) - optional != expected | {"v", "type"} or body["type"] != msg_type:
         raise FormatError(f"{what} has missing or unknown fields")
     return {str(k): v for k, v in body.items()}

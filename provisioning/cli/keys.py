@@ -66,9 +66,11 @@ def keys_generate(ctx: click.Context, standby: bool, as_json: bool) -> None:
 def keys_activate(ctx: click.Context, kid: str, as_json: bool) -> None:
     """Make published key KID the signing key (audited as key_activate).
 
-    The second phase of a rotation: only once the images the devices run carry KID in
-    their keyring (a device refuses a file from a key it does not know, exit 31). The
-    previous key stops signing but stays trusted; retire it when no file of it is left.
+    The second phase of a rotation. HQ signs with KID for every device that reports it
+    in its keyring, and for devices that report nothing (agents of 0.1.0, which refuse
+    a file from a key their image lacks, exit 31); a device that reports only older
+    keys keeps getting files from the newest of them not retired. The previous key
+    stays trusted; retire it when `keys list` shows no device needs it (docs/hq.md).
 
     Examples:
 
@@ -114,15 +116,20 @@ def keys_retire(ctx: click.Context, kid: str, as_json: bool) -> None:
 def keys_list(ctx: click.Context, as_json: bool) -> None:
     """List signing keys (public parts); the active one and the retired ones are marked.
 
+    REPORTED: how many live activations said their keyring holds the key (agents after
+    0.1.0 say so in their requests): HQ signs for each device with a key it reported
+    (docs/hq.md, "Rotating the signing key").
+
     Examples:
 
     \b
       fieldpass-hq keys list
       fieldpass-hq keys list --json
     """
-    infos = common.state(ctx).hq.list_keys()
+    hq = common.state(ctx).hq
+    infos, counts = hq.list_keys(), hq.keyring_counts()
     if as_json:
-        output.emit_json([documents.key_doc(k) for k in infos])
+        output.emit_json([documents.key_doc(k, counts.get(k.kid, 0)) for k in infos])
         return
     rows = [
         [
@@ -130,10 +137,11 @@ def keys_list(ctx: click.Context, as_json: bool) -> None:
             "yes" if k.active else "",
             format_time(k.created_at),
             format_time(k.retired_at) if k.retired_at is not None else "",
+            str(counts.get(k.kid, 0)),
         ]
         for k in infos
     ]
-    output.emit_text(output.table(rows, ["KID", "ACTIVE", "CREATED", "RETIRED"]))
+    output.emit_text(output.table(rows, ["KID", "ACTIVE", "CREATED", "RETIRED", "REPORTED"]))
 
 
 @keys.command("export")

@@ -77,6 +77,7 @@ class HQ:
         self.activate_key = self.keys.activate_key
         self.list_keys = self.keys.list_keys
         self.keyring = self.keys.keyring
+        self.keyring_counts = self.keys.keyring_counts
 
         self.create_plan = self.licenses.create_plan
         self.list_plans = self.licenses.list_plans

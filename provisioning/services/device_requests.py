@@ -83,6 +83,7 @@ class Verified:
             claims_format=claims_format(m.fields.get("formats", [1])),
             device_key=self.activation.device_key if not self.registering else _key(m),
             binding=_binding(m),
+            keyring=device_msg.keyring_of(m),
         )
 
 
@@ -212,6 +213,7 @@ class DeviceRequests:
             claims_format=claims_format(msg["formats"]),
             device_key=_key(msg),
             binding=_binding(msg),
+            keyring=device_msg.keyring_of(msg),
         )
         return self.issuing.activate(license_key, msg.fingerprint, now, actor, contact)
 
@@ -296,7 +298,8 @@ class DeviceRequests:
             self._spend(tx, m["challenge"], now, True)
             if act.deactivated_at is None:
                 tx.record_contact(act.id, now, channel, str(m["agent_version"]), act.claims_format)
-            signing = self.keys.signing_key(tx)
+                act = Issuing.take_keyring(tx, act, device_msg.keyring_of(m))
+            signing = self.keys.signing_key(tx, device_msg.keyring_of(m) or act.keyring)
         status = license_status(lic, now)
         signed = "deactivated" if act.deactivated_at is not None and status == "active" else status
         token = signed_time.sign_time(
@@ -318,6 +321,7 @@ class DeviceRequests:
         with self.store.write() as tx:
             self._spend(tx, m["challenge"], now, True)
             tx.record_contact(act.id, now, channel, str(m["agent_version"]), act.claims_format)
+            Issuing.take_keyring(tx, act, device_msg.keyring_of(m))
         self.register(verified, now, actor)
         return verified
 
@@ -354,6 +358,7 @@ def request_contact(req: Request) -> Contact:
         claims_format=claims_format(list(req.formats)),
         device_key=req.device_key,
         binding=Binding(counter=req.counter, nonce=req.nonce),
+        keyring=req.keyring,
     )
 
 

@@ -30,7 +30,7 @@ from ..errors import (
 from ..models import Activation, Actor, License, Plan, PlanMeter
 from ..storage import Store, Tx
 from .audit import event
-from .keys import Keys
+from .keys import Keys, Signer
 from .licenses import check_usable, find_license, license_of_key, license_status, usable_license
 
 FINGERPRINT_HINT = "a fingerprint is 64 lowercase hex characters"
@@ -66,14 +66,15 @@ class _Recorded:
 
 @dataclass(frozen=True)
 class _Issuer:
-    """What every file of one license shares (its plan, HQ's signing key, the plan's
+    """What every file of one license shares (its plan, HQ's signing keys, the plan's
     usage counters), looked up once per transaction: bulk issuance reads them once, not
     once per device; ``extras`` gives what differs per device (its meters' periods, the
-    usage HQ last accepted from it), inside the same transaction."""
+    usage HQ last accepted from it), inside the same transaction. The key that signs a
+    device's file is the one ``signer`` chooses for the keyring it reported."""
 
     lic: License
     plan: Plan
-    signing: SigningKey
+    signer: Signer
     counters: tuple[str, ...] = ()
     extras: "Callable[[Activation, int], tuple[tuple[Meter, ...], int, dict[str, int]]] | None" = (
         None
@@ -115,6 +116,7 @@ class _Issuer:
             expires_at = min(expires_at, self.lic.expires_at)
         warn_s = self.plan.warn_s if self.plan.warn_s is not None else (expires_at - now) // 3
         serial = 1 if new else act.serial + 1
+        signing = self.signer.key_for(act.keyring)
         meters: tuple[Meter, ...] = ()
         if act.claims_format >= 2 and self.extras is not None:
             meters, seq, usage = self.extras(act, now)
@@ -132,7 +134,7 @@ class _Issuer:
             grace_s=self.plan.grace_s,
             warn_s=warn_s,
             serial=serial,
-            kid=self.signing.kid,
+            kid=signing.kid,
             license_expires_at=self.lic.expires_at,
             entitlements=tuple(Entitlement(e.feature, e.expires_at) for e in self.lic.entitlements),
             version=2 if act.claims_format >= 2 else 1,
@@ -142,7 +144,7 @@ class _Issuer:
             meters=meters,
         )
         act = replace(act, serial=serial, last_issued_at=now, last_expires_at=expires_at)
-        return _Recorded(act, claims, self.lic.license_key, self.signing, new)
+        return _Recorded(act, claims, self.lic.license_key, signing, new)
 
 
 def _period(tx: Tx, act: Activation, m: PlanMeter, now: int, usage: dict[str, int]) -> Meter:
@@ -166,13 +168,15 @@ def _period(tx: Tx, act: Activation, m: PlanMeter, now: int, usage: dict[str, in
 class Contact:
     """What a request says of the device: how it came (``cli``, ``http``, ``mqtt``,
     ``laptop``, ``air-gapped``), its agent and the claims version it reads, its own key,
-    and what the answer must be bound to (its TPM counter, its nonce)."""
+    and what the answer must be bound to (its TPM counter, its nonce); the ids of the
+    keys its keyring holds (None: the request did not say)."""
 
     channel: str = "cli"
     agent_version: str = ""
     claims_format: int = 1
     device_key: bytes | None = None
     binding: Binding | None = None
+    keyring: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -204,9 +208,7 @@ class Issuing:
             meters = tuple(_period(tx, act, m, now, usage) for m in plan_meters)
             return meters, (report.seq if report else 0), usage
 
-        return _Issuer(
-            lic, plan, self.keys.signing_key(tx), tuple(tx.plan_counters(plan.name)), extras
-        )
+        return _Issuer(lic, plan, self.keys.signer(tx), tuple(tx.plan_counters(plan.name)), extras)
 
     def activate(
         self,
@@ -252,6 +254,7 @@ class Issuing:
                     claims_format=contact.claims_format,
                     last_seen_at=now,
                     last_channel=contact.channel,
+                    keyring=contact.keyring or (),
                 )
                 issued = self.issuer(tx, lic).issue(
                     tx, act, None, now, new=True, binding=contact.binding
@@ -273,6 +276,7 @@ class Issuing:
         """Record what a request said of the device on its live activation."""
         if contact.binding is not None and contact.binding.counter is not None:
             tx.set_tpm_bound(act.id)  # its state is bound to a TPM counter
+        act = Issuing.take_keyring(tx, act, contact.keyring)
         if contact.device_key is not None and act.device_key != contact.device_key:
             if act.device_key is not None:
                 raise DeviceKeyMismatch(
@@ -298,6 +302,15 @@ class Issuing:
             )
             act = replace(act, claims_format=contact.claims_format)
         return act
+
+    @staticmethod
+    def take_keyring(tx: Tx, act: Activation, keyring: tuple[str, ...] | None) -> Activation:
+        """Record the keyring a verified request of ``act``'s device named (None: it
+        named none, and HQ keeps what it knew)."""
+        if keyring is None or keyring == act.keyring:
+            return act
+        tx.set_keyring(act.id, keyring)
+        return replace(act, keyring=keyring)
 
     def _live_activation(
         self,
@@ -445,7 +458,7 @@ class Issuing:
         with self.store.read() as tx:
             lic = license_of_key(tx, license_key)
             act = tx.find_live_activation(lic.id, fingerprint)
-            signing = self.keys.signing_key(tx)
+            signing = self.keys.signing_key(tx, act.keyring if act is not None else ())
         status = license_status(lic, now)
         signed_status = "deactivated" if status == "active" and act is None else status
         token = signed_time.sign_time_v1(signing, now, fingerprint, nonce, signed_status)
@@ -463,7 +476,7 @@ class Issuing:
             status = license_status(lic, now)
             if status not in revocation.REASONS:
                 return None
-            signing = self.keys.signing_key(tx)
+            signing = self.keys.signing_key(tx, act.keyring)
         # Never dated at or before the last file HQ issued it: the device would take it
         # for one HQ has lifted since.
         issued_at = max(now, act.last_issued_at + 1)

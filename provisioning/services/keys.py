@@ -1,13 +1,17 @@
 """HQ's signing keys: generate (the new key signs from then on, or is only published
 with ``standby``), activate a published key, retire (a retired key signs nothing new),
-list, the keyring devices carry, and the active private key for
-whoever signs inside a transaction.
+list, the keyring devices carry, and the private key to sign with for a device, chosen
+inside a transaction by one rule (``choose_kid``): a device that says which keys its
+keyring holds gets files from one of them, so that a new key can sign for the devices
+whose images carry it while the others keep getting files they can install.
 
 Private seeds stay in the key store (keystore.py); the database holds public parts,
 which key is active and which are retired. A retired key is never chosen to sign; its
 seed stays on disk (HQ never deletes key material). Never returns, prints or logs a
 seed.
 """
+
+from collections.abc import Sequence
 
 from agent.wire.keys import Keyring, SigningKey
 
@@ -20,11 +24,40 @@ from .audit import event
 NO_KEY = "no signing key yet: run 'fieldpass-hq keys generate'"
 
 
+def choose_kid(keys: Sequence[KeyInfo], reported: Sequence[str]) -> str | None:
+    """The key HQ signs with for a device whose keyring holds ``reported`` (empty: the
+    device never said): the active key if the device reported it or nothing; else the
+    newest key it reported that is not retired; else the active key. None without an
+    active key. The one place this is decided."""
+    active = next((k.kid for k in keys if k.active and k.retired_at is None), None)
+    if active is None or not reported or active in reported:
+        return active
+    trusted = [k for k in keys if k.kid in reported and k.retired_at is None]
+    if not trusted:
+        return active
+    return max(trusted, key=lambda k: (k.created_at, k.kid)).kid
+
+
+class Signer:
+    """HQ's keys as of one transaction: the private key to sign with for each device."""
+
+    def __init__(self, keys: "Keys", infos: Sequence[KeyInfo]) -> None:
+        self._keys = keys
+        self._infos = tuple(infos)
+
+    def key_for(self, reported: Sequence[str] = ()) -> SigningKey:
+        """The key for a device whose keyring holds ``reported`` (``choose_kid``)."""
+        kid = choose_kid(self._infos, reported)
+        if kid is None:
+            raise ConfigError(NO_KEY)
+        return self._keys.load(kid)
+
+
 class Keys:
     def __init__(self, store: Store, keystore: KeyStore) -> None:
         self.store = store
         self.keystore = keystore
-        self._signing: SigningKey | None = None
+        self._loaded: dict[str, SigningKey] = {}
 
     def generate_key(self, now: int, actor: Actor, *, standby: bool = False) -> KeyInfo:
         """A new key. It signs from now on; with ``standby``, it is only published (in
@@ -87,11 +120,23 @@ class Keys:
             raise ConfigError(NO_KEY)
         return Keyring.of(*(k.public_key for k in keys))
 
-    def signing_key(self, tx: Tx) -> SigningKey:
-        """The active key as of ``tx`` (loaded once, again only after a new one)."""
-        kid = tx.active_kid()
-        if kid is None:
-            raise ConfigError(NO_KEY)
-        if self._signing is None or self._signing.kid != kid:
-            self._signing = self.keystore.load(kid)
-        return self._signing
+    def keyring_counts(self) -> dict[str, int]:
+        """How many live activations reported each key in their keyring."""
+        with self.store.read() as tx:
+            return tx.keyring_counts()
+
+    def signer(self, tx: Tx) -> Signer:
+        """The keys as of ``tx``, to choose per device (bulk issuance reads them once)."""
+        return Signer(self, tx.list_keys())
+
+    def signing_key(self, tx: Tx, reported: Sequence[str] = ()) -> SigningKey:
+        """The key to sign with, as of ``tx``, for a device whose keyring holds
+        ``reported`` (an activation's ``keyring``; empty: the active key)."""
+        return self.signer(tx).key_for(reported)
+
+    def load(self, kid: str) -> SigningKey:
+        """The private key ``kid`` from the key store (each loaded once)."""
+        key = self._loaded.get(kid)
+        if key is None:
+            key = self._loaded[kid] = self.keystore.load(kid)
+        return key

@@ -151,7 +151,7 @@ class Outbox:
         any more (a reinstated license that can get no file now: the entry is dropped)."""
         if not entry.is_file:
             reason = reason_for(entry.action, act)
-            signing = self.issuing.keys.signing_key(tx)
+            signing = self.issuing.keys.signing_key(tx, act.keyring)
             # Dated at the change, and after the last file HQ issued the device: a device
             # ignores a revocation that is not newer than the file it holds.
             issued_at = max(entry.created_at, act.last_issued_at + 1)

@@ -225,7 +225,7 @@ class Usage:
                 raise ActivationNotFound(f"no activation {activation_id}")
             lic = tx.get_license(act.license_id)
             assert lic is not None
-            signing = self.device.keys.signing_key(tx)
+            signing = self.device.keys.signing_key(tx, act.keyring)
         status = license_status(lic, now)
         signed = "deactivated" if act.deactivated_at is not None and status == "active" else status
         return sign_time(

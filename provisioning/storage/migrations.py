@@ -59,6 +59,11 @@ VERSIONS: tuple[Version, ...] = (
         "of each session's id, its admin token, expiry and end); indexes for the fleet "
         "views (activations by file expiry, the audit log by license and by time)",
     ),
+    Version(
+        9,
+        "the ids of the signing keys each device says its keyring holds, so that HQ signs "
+        "its files with a key the device trusts during a key rotation",
+    ),
 )
 SCHEMA_VERSION = VERSIONS[-1].number
 

@@ -288,6 +288,13 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "CREATE INDEX audit_by_time ON audit (at)",
         ],
     ),
+    (
+        9,
+        [
+            # storage/sqlite.py's version 9, with a byte-ordered text column
+            f"ALTER TABLE activations ADD COLUMN keyring {_T}",
+        ],
+    ),
 ]
 
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")

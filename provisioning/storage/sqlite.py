@@ -267,6 +267,15 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "CREATE INDEX audit_by_time ON audit (at)",
         ],
     ),
+    (
+        9,
+        [
+            # Portable DDL: PostgreSQL runs these as written.
+            # The ids of the signing keys the device says its keyring holds (space
+            # separated; NULL: it never said), so that HQ signs with one it trusts.
+            "ALTER TABLE activations ADD COLUMN keyring TEXT",
+        ],
+    ),
 ]
 
 

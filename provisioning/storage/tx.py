@@ -58,7 +58,7 @@ class Connection(Protocol):
 _ACTIVATION = (
     "SELECT id, license_id, fingerprint, serial, created_at, last_issued_at, "
     "last_expires_at, deactivated_at, device_key, agent_version, claims_format, "
-    "last_seen_at, last_channel FROM activations"
+    "last_seen_at, last_channel, keyring FROM activations"
 )
 _LICENSE = (
     "SELECT id, license_key, plan, status, expires_at, created_at, updated_at, "
@@ -78,6 +78,7 @@ def select_all(table: str, columns: Sequence[str], order: Sequence[str]) -> str:
 def _activation(row: Any) -> Activation:
     values = list(row)
     values[8] = None if values[8] is None else base64.b64decode(values[8])
+    values[13] = tuple(values[13].split()) if values[13] else ()
     return Activation(*values)
 
 
@@ -344,9 +345,9 @@ class Tx(UsageOps, OutboxOps, FleetViews, SessionRows):
         self._run(
             "INSERT INTO activations (id, license_id, fingerprint, serial, created_at, "
             "last_issued_at, last_expires_at, deactivated_at, device_key, device_key_id, "
-            "agent_version, claims_format, last_seen_at, last_channel) "
+            "agent_version, claims_format, last_seen_at, last_channel, keyring) "
             "VALUES (:id, :license_id, :fp, :serial, :created_at, :issued, :expires, NULL, "
-            ":dk, :dkid, :agent, :format, :seen, :channel)",
+            ":dk, :dkid, :agent, :format, :seen, :channel, :keyring)",
             id=act.id,
             license_id=act.license_id,
             fp=act.fingerprint,
@@ -360,6 +361,7 @@ class Tx(UsageOps, OutboxOps, FleetViews, SessionRows):
             format=act.claims_format,
             seen=act.last_seen_at,
             channel=act.last_channel,
+            keyring=" ".join(act.keyring) or None,
         )
 
     def find_by_device_key(self, device_key_id: str) -> Activation | None:
@@ -404,6 +406,25 @@ class Tx(UsageOps, OutboxOps, FleetViews, SessionRows):
             format=claims_format,
             id=activation_id,
         )
+
+    def set_keyring(self, activation_id: str, kids: Sequence[str]) -> None:
+        """The ids of the signing keys the device says its keyring holds."""
+        self._run(
+            "UPDATE activations SET keyring = :keyring WHERE id = :id",
+            keyring=" ".join(kids) or None,
+            id=activation_id,
+        )
+
+    def keyring_counts(self) -> dict[str, int]:
+        """How many live activations reported each signing key in their keyring."""
+        counts: dict[str, int] = {}
+        rows = self._all(
+            "SELECT keyring FROM activations WHERE deactivated_at IS NULL AND keyring IS NOT NULL"
+        )
+        for (text,) in rows:
+            for kid in str(text).split():
+                counts[kid] = counts.get(kid, 0) + 1
+        return counts
 
     # -- server challenges -------------------------------------------------------------
     def insert_challenge(self, challenge: str, now: int) -> None:

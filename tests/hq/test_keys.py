@@ -27,7 +27,8 @@ def test_a_retired_key_signs_nothing_new(hq: Run, license_key: str, home: Path) 
     assert listed[old]["retired_at"] is not None and listed[new]["retired_at"] is None
     table = hq("keys", "list").out
     assert "RETIRED" in table.splitlines()[0]
-    assert next(line for line in table.splitlines() if line.startswith(old)).endswith("Z")
+    row = next(line for line in table.splitlines() if line.startswith(old)).split()
+    assert row[-2].endswith("Z") and row[-1] == "0"  # RETIRED, then REPORTED (no device)
     issued = hq("activate", license_key, "--fingerprint", fingerprint(1), "--json").json()
     assert issued["kid"] == new
     keyring = Keyring.loads(hq("keys", "export").out.encode())

@@ -207,7 +207,8 @@ def test_an_old_suspension_is_told_after_the_upgrade(service: HQ, tmp_path: Path
     service.set_status(lic.id, "suspend", 1500, ACTOR)
     service.store.close()
     home = tmp_path / "home"
-    undo_8 = [  # back to schema 6: undo 8 (the console's) and 7 (the outbox)
+    undo_8 = [  # back to schema 6: undo 9 (the keyring), 8 (the console's), 7 (the outbox)
+        "ALTER TABLE activations DROP COLUMN keyring",
         "DROP TABLE console_sessions",
         "DROP INDEX activations_by_expiry",
         "DROP INDEX audit_by_time",

@@ -344,3 +344,30 @@ def test_push_delivers_what_hq_must_tell_and_counts_it_so(
     for d in [*running, late]:
         assert d.stop() == 0
     assert robots[2].check().returncode == 0
+
+
+def test_bridge_renews_each_device_with_a_key_its_keyring_holds(
+    fleet: Fleet,
+    make_device: Callable[..., DeviceRoot],
+    daemons: Callable[[DeviceRoot], Daemon],
+) -> None:
+    """Phase 2 of a key rotation taken before every image carries the new key: the
+    renewal over MQTT names the device's keyring, and the bridge signs with a key in it
+    (docs/hq.md, "Which key signs for a device")."""
+    from tests.hq.test_key_selection import keys_by_kid, signer_of
+
+    only_old, both = make_device(), make_device()
+    fleet.enroll(only_old, faketime="-300d")  # its image: the old key only; a file due
+    (old,) = keys_by_kid(fleet.hq)
+    new = str(fleet.hq.json("keys", "generate", "--standby")["kid"])
+    fleet.enroll(both, faketime="-300d")  # its image: [old, new]
+    fleet.lock_down([only_old, both])
+    fleet.hq.run("keys", "activate", new)
+    fleet.start_bridge()
+    running = connect_all(daemons, [only_old, both])
+    for device in (only_old, both):
+        wait_for(lambda d=device: d.verdict().get("serial") == 2, 20, "the bridge's renewal")  # type: ignore[misc]
+    for daemon in running:
+        assert daemon.stop() == 0
+    assert signer_of(both) == new and both.check().returncode == 0
+    assert signer_of(only_old) == old and only_old.check().returncode == 0

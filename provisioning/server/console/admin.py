@@ -82,7 +82,14 @@ def add_routes(app: FastAPI, hq: HQ) -> None:
     # -- signing keys --------------------------------------------------------------------
     @app.get(PATH + "/keys", include_in_schema=False)
     def keys(request: Request, op: Op) -> Response:
-        return render(request, "keys.html", op=op, keys=hq.list_keys(), nav="keys")
+        return render(
+            request,
+            "keys.html",
+            op=op,
+            keys=hq.list_keys(),
+            reported=hq.keyring_counts(),
+            nav="keys",
+        )
 
     @app.get(PATH + "/keys/keyring", include_in_schema=False)
     def keyring(request: Request, op: Op) -> Response:
