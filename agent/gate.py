@@ -15,7 +15,7 @@ The gate never prints a traceback.
 import os
 import sys
 
-from . import clock, exitcodes, fsio, hooks, jsonout, perms, report
+from . import clock, exitcodes, fsio, jsonout, perms, report
 from .config import DEFAULT_VERDICT_DIR, Config, ConfigError, load
 from .device import Device
 from .identity import IdentityError
@@ -103,6 +103,8 @@ class _Run:
         doc["notes"] = notes
         problems = report.write_files(cfg, doc)
         if outcome.verdict.name != outcome.previous_verdict:
+            from . import hooks  # only when the verdict changed: not on a routine boot
+
             problems += hooks.run(cfg.hooks_dir, doc, outcome.previous_verdict, cfg.root)
         doc["notes"] = notes + problems
         self._print(doc, report.text_lines(doc))

@@ -347,3 +347,34 @@ def test_a_damaged_file_is_said_in_plain_words(device: DeviceRoot, signer: Signe
     result = device.run("check", "--json")
     assert result.returncode == 31
     assert "CBOR" not in str(device.verdict()["message"])
+
+
+def test_the_gate_ends_with_its_output_whole_and_its_verdict_code(
+    device: DeviceRoot, signer: Signer, tmp_path: Path
+) -> None:
+    """The gate ends its process without the interpreter's finalization (agent/main.py,
+    _end_gate): what it printed must still arrive whole, and a reader that went away
+    must not change the exit code or print a traceback."""
+    signer.provision(device)
+    out = tmp_path / "out.json"
+    with out.open("wb") as f:  # a file: fully buffered, flushed only at the end
+        code = subprocess.call(
+            [FIELDPASS, "--root", str(device.path), "check", "--json"],
+            stdout=f,
+            stderr=subprocess.DEVNULL,
+            env=clean_env(),
+        )
+    assert code == 0
+    assert json.loads(out.read_text())["verdict"] == "valid"
+    gate = subprocess.Popen(
+        [FIELDPASS, "--root", str(device.path), "check", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=clean_env(),
+    )
+    assert gate.stdout is not None and gate.stderr is not None
+    gate.stdout.close()  # the reader is gone before the gate writes
+    err = gate.stderr.read().decode()
+    assert gate.wait(timeout=60) == 0
+    assert "Traceback" not in err
+    assert device.verdict()["verdict"] == "valid"

@@ -117,7 +117,7 @@ def install_image(root: Path) -> None:
     )
     fieldpass = root / "usr/bin/fieldpass"
     fieldpass.write_text(
-        fieldpass_as_installed((REPO / "bin/fieldpass").read_text(), "/usr/bin/python3")
+        fieldpass_as_installed((REPO / "bin/fieldpass").read_text(), "/usr/bin/python3", f"/{SITE}")
     )
     fieldpass.chmod(0o755)
     (root / "usr/bin/robot-app").write_text(APP)

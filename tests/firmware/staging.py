@@ -78,22 +78,33 @@ def unit_values(path: Path, key: str) -> list[str]:
     return values
 
 
-def fieldpass_as_installed(script: str, python: str) -> str:
+def fieldpass_as_installed(script: str, python: str, site_packages: str) -> str:
     """``script`` (bin/fieldpass's text) as the recipe's do_install leaves it on the
-    target: its own ``sed`` of the first line, with FIELDPASS_SHEBANG's
-    ``${bindir}/python3`` replaced by ``python``."""
+    target: its own ``sed`` of the first line (FIELDPASS_SHEBANG, its ``${bindir}/python3``
+    replaced by ``python``) and of the line it adds after it (FIELDPASS_SITE_LINE, its
+    ``${PYTHON_SITEPACKAGES_DIR}`` replaced by ``site_packages``)."""
     text = RECIPE.read_text()
     shebang = re.search(r'^FIELDPASS_SHEBANG = "([^"]*)"$', text, re.M)
-    assert shebang and shebang.group(1) == "${bindir}/python3 -I", "FIELDPASS_SHEBANG"
+    assert shebang and shebang.group(1) == "${bindir}/python3 -IS", "FIELDPASS_SHEBANG"
+    site_line = re.search(r'^FIELDPASS_SITE_LINE = "([^"]*)"$', text, re.M)
+    assert site_line and "${PYTHON_SITEPACKAGES_DIR}" in site_line.group(1), "FIELDPASS_SITE_LINE"
     assert "install -m 0755 ${S}/bin/fieldpass ${D}${bindir}/fieldpass" in text
     found = re.search(
-        r"sed -i -e '(1s\|\^#!\.\*\|#!\$\{FIELDPASS_SHEBANG\}\|)' \$\{D\}\$\{bindir\}/fieldpass",
+        r"sed -i -e '(1s\|\^#!\.\*\|#!\$\{FIELDPASS_SHEBANG\}\|)' "
+        r'-e "(1a \$\{FIELDPASS_SITE_LINE\})" \$\{D\}\$\{bindir\}/fieldpass',
         text,
     )
     assert found, "the shebang sed of do_install"
     line = shebang.group(1).replace("${bindir}/python3", python)
+    added = site_line.group(1).replace("${PYTHON_SITEPACKAGES_DIR}", site_packages)
     result = subprocess.run(
-        ["sed", "-e", found.group(1).replace("${FIELDPASS_SHEBANG}", line)],
+        [
+            "sed",
+            "-e",
+            found.group(1).replace("${FIELDPASS_SHEBANG}", line),
+            "-e",
+            found.group(2).replace("${FIELDPASS_SITE_LINE}", added),
+        ],
         input=script,
         capture_output=True,
         text=True,

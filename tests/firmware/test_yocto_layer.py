@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -347,13 +348,18 @@ def test_the_installed_fieldpass_runs_isolated(tmp_path: Path, first_line: str) 
     """pypa/installer (what python_pep517 uses) drops the options of a ``#!python -I``
     line; the recipe installs bin/fieldpass again with its first line, whatever it was
     (this tree's sh trampoline, release 0.1.0's ``#!python``), naming the interpreter
-    with -I, and the script runs isolated: PYTHONPATH cannot put a fake ``agent`` first."""
+    with -IS and adding site-packages by hand on the next line, and the script runs
+    isolated: PYTHONPATH cannot put a fake ``agent`` first."""
     source = (REPO / "bin/fieldpass").read_text()
     assert source.startswith("#!/bin/sh\n")
     body = first_line + "\n" + source.split("\n", 1)[1]
-    assert fieldpass_as_installed(body, "/usr/bin/python3").startswith("#!/usr/bin/python3 -I\n")
+    on_image = fieldpass_as_installed(body, "/usr/bin/python3", "/usr/lib/python3.12/site-packages")
+    assert on_image.startswith(
+        "#!/usr/bin/python3 -IS\nimport sys; sys.path.append('/usr/lib/python3.12/site-packages')"
+    )
+    site = sysconfig.get_paths()["purelib"]
     script = tmp_path / "fieldpass"
-    script.write_text(fieldpass_as_installed(body, sys.executable))
+    script.write_text(fieldpass_as_installed(body, sys.executable, site))
     script.chmod(0o755)
     fake = tmp_path / "fake/agent"
     fake.mkdir(parents=True)

@@ -98,8 +98,12 @@ do_configure:prepend() {
 # image the interpreter is known: install the script again with its first line naming
 # it, isolated from the environment, so the gate runs with no sh or env in between
 # (docs/performance.md). Any first line is replaced (release 0.1.0's was "#!python").
-FIELDPASS_SHEBANG = "${bindir}/python3 -I"
+# On the target it also skips site (-S: no site module, no .pth file of site-packages runs
+# before the gate, 0.5 ms less per boot): the line after it puts the one directory the
+# agent and PyNaCl live in at the end of sys.path, after the standard library.
+FIELDPASS_SHEBANG = "${bindir}/python3 -IS"
 FIELDPASS_SHEBANG:class-native = "${USRBINPATH}/env -S nativepython3 -I"
+FIELDPASS_SITE_LINE = "import sys; sys.path.append('${PYTHON_SITEPACKAGES_DIR}')  # -S: site-packages by hand"
 
 do_install:append() {
     # Device side only: the wheel holds no HQ code, but its console script would be a
@@ -109,7 +113,7 @@ do_install:append() {
         bbfatal "the HQ package (provisioning) must never be installed on a device"
     fi
     install -m 0755 ${S}/bin/fieldpass ${D}${bindir}/fieldpass
-    sed -i -e '1s|^#!.*|#!${FIELDPASS_SHEBANG}|' ${D}${bindir}/fieldpass
+    sed -i -e '1s|^#!.*|#!${FIELDPASS_SHEBANG}|' -e "1a ${FIELDPASS_SITE_LINE}" ${D}${bindir}/fieldpass
 
     install -d ${D}${sysconfdir}/fieldpass/on-verdict.d
     install -m 0644 ${S}/firmware-hooks/config/agent.toml ${D}${sysconfdir}/fieldpass/agent.toml
