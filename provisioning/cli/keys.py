@@ -87,14 +87,22 @@ def keys_activate(ctx: click.Context, kid: str, as_json: bool) -> None:
 
 @keys.command("retire")
 @click.argument("kid")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Retire it even though live devices trust no other key (a leaked key).",
+)
 @common.json_option
 @click.pass_context
-def keys_retire(ctx: click.Context, kid: str, as_json: bool) -> None:
+def keys_retire(ctx: click.Context, kid: str, force: bool, as_json: bool) -> None:
     """Retire signing key KID: HQ signs nothing new with it, ever.
 
     Devices keep trusting it (their keyring still holds it), so the files it signed
     stay valid; to stop that too, see `keys export --without-retired` and docs/hq.md
     (a leaked key). The active key cannot be retired: generate its successor first.
+    A key that live devices report as the only one they trust (`keys list`, REPORTED)
+    is refused (exit 1, a conflict): they could install no renewal again. --force
+    retires it anyway, audited with how many devices it strands.
 
     Examples:
 
@@ -102,8 +110,9 @@ def keys_retire(ctx: click.Context, kid: str, as_json: bool) -> None:
       fieldpass-hq keys generate
       fieldpass-hq keys retire fpk_0123456789abcdef
       fieldpass-hq keys retire fpk_0123456789abcdef --json
+      fieldpass-hq keys retire fpk_0123456789abcdef --force
     """
-    info = common.state(ctx).hq.retire_key(kid, common.now(), common.actor())
+    info = common.state(ctx).hq.retire_key(kid, common.now(), common.actor(), force=force)
     if as_json:
         output.emit_json(documents.key_doc(info))
     else:

@@ -91,11 +91,14 @@ class Keys:
             tx.append_audit(event(now, actor, "key_activate", detail=f"kid={kid}"))
         return KeyInfo(info.kid, info.public_key, info.created_at, True)
 
-    def retire_key(self, kid: str, now: int, actor: Actor) -> KeyInfo:
+    def retire_key(self, kid: str, now: int, actor: Actor, *, force: bool = False) -> KeyInfo:
         """Retire ``kid``: it signs nothing from now on. The active key cannot be retired
-        (generate its successor first), so that HQ never stands without a signing key."""
+        (generate its successor first), so that HQ never stands without a signing key.
+        Nor, unless ``force`` (a leaked key), a key that live devices report as the only
+        one they trust of those not retired: they could install no renewal again."""
         with self.store.write() as tx:
-            info = next((k for k in tx.list_keys() if k.kid == kid), None)
+            keys = tx.list_keys()
+            info = next((k for k in keys if k.kid == kid), None)
             if info is None:
                 raise NotFound(f"no signing key {kid!r}")
             if info.retired_at is not None:
@@ -105,8 +108,18 @@ class Keys:
                     f"key {kid} is the active signing key: run 'fieldpass-hq keys generate' "
                     "first (the new key takes over), then retire this one"
                 )
+            others = {k.kid for k in keys if k.kid != kid and k.retired_at is None}
+            stranded = tx.trusting_only(kid, others)
+            if stranded and not force:
+                raise Conflict(
+                    f"{stranded} live device(s) trust no other key than {kid}: retired, it "
+                    "leaves them no renewal they can install (keys list, REPORTED). Roll "
+                    "out an image or keyring with the new key first, or retire with --force "
+                    "(a leaked key)"
+                )
             tx.retire_key(kid, now)
-            tx.append_audit(event(now, actor, "key_retire", detail=f"kid={kid}"))
+            detail = f"kid={kid}" + (f" forced stranded={stranded}" if stranded else "")
+            tx.append_audit(event(now, actor, "key_retire", detail=detail))
         return KeyInfo(info.kid, info.public_key, info.created_at, False, now)
 
     def list_keys(self) -> list[KeyInfo]:

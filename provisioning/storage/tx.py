@@ -426,6 +426,16 @@ class Tx(UsageOps, OutboxOps, FleetViews, SessionRows):
                 counts[kid] = counts.get(kid, 0) + 1
         return counts
 
+    def trusting_only(self, kid: str, others: "set[str]") -> int:
+        """How many live activations reported ``kid`` in their keyring and none of
+        ``others``: the devices a retirement of ``kid`` would leave with no key to
+        renew with."""
+        rows = self._all(
+            "SELECT keyring FROM activations WHERE deactivated_at IS NULL AND keyring IS NOT NULL"
+        )
+        held = (set(str(text).split()) for (text,) in rows)
+        return sum(1 for kids in held if kid in kids and not kids & others)
+
     # -- server challenges -------------------------------------------------------------
     def insert_challenge(self, challenge: str, now: int) -> None:
         self._run(

@@ -108,9 +108,18 @@ def test_each_device_gets_files_from_a_key_its_keyring_holds(
     assert sorted(len(a["keyring"]) for a in acts) == [1, 1, 2, 2]
     assert console_reported(hqc, server) == {old: "4 device(s)", new: "2 device(s)"}
 
+    # Two live devices trust only the old key: HQ refuses to retire it, says so, and
+    # changes nothing; --force is the operator's decision (a leaked key), audited.
+    refused = hqc.run("keys", "retire", old, check=False)
+    assert refused.returncode == 1
+    assert f"2 live device(s) trust no other key than {old}" in refused.stderr
+    assert keys_by_kid(hqc)[old]["retired_at"] is None
+    hqc.run("keys", "retire", old, "--force")
+    audit: Any = hqc.json("audit")
+    retired = [e for e in audit if e["action"] == "key_retire"]
+    assert [e["detail"] for e in retired] == [f"kid={old} forced stranded=2"]
     # A retired key is never chosen: the device that trusts only it gets the active
     # key's file, refuses it (exit 31 on install) and keeps the file it holds.
-    hqc.run("keys", "retire", old)
     assert only_old.run("refresh").returncode != 0
     assert signer_of(only_old) == old and only_old.check().returncode == 0
     assert both.run("refresh").returncode == 0 and signer_of(both) == new
