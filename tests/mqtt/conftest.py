@@ -208,7 +208,17 @@ class Daemon:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Signal the daemon and wait for its exit code. A daemon still starting (its
+        interpreter importing, on a loaded machine) has no handler yet and would die of
+        the signal: it is given until its state machine starts (the handlers are set by
+        then) or it exits on its own."""
         assert self.proc is not None
+        proc = self.proc
+
+        def started_or_gone() -> bool:
+            return b"-> STARTING" in self.log.read_bytes()[self.offset :] or proc.poll() is not None
+
+        wait_for(started_or_gone, 30, "the daemon to start")
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         code = self.proc.wait(15)

@@ -117,13 +117,14 @@ def test_asks_when_the_file_enters_its_window_while_running(
 ) -> None:
     device = make_device()
     device.write_config(mqtt_config(broker, renew_at_percent=50))
-    signer.provision(device, ttl=6, warn_s=1)  # due 3 s after issue
+    # due 8 s after issue: time for a daemon started on a loaded machine to ask first
+    signer.provision(device, ttl=16, warn_s=1)
     hq_client.subscribe(device_topic(device, "renew-request"))
     daemon = daemons(device)
     daemon.start()
     wait_for(lambda: hq_client.received("renew-request"))
     assert device.signed(hq_client.received("renew-request")[0], "renew")["due"] is False
-    wait_for(lambda: len(hq_client.received("renew-request")) >= 2, 10, "the timer's request")
+    wait_for(lambda: len(hq_client.received("renew-request")) >= 2, 20, "the timer's request")
     assert device.signed(hq_client.received("renew-request")[1], "renew")["due"] is True
     fresh = signer.issue(device.fingerprint, serial=2)
     hq_client.publish(device_topic(device, "machine-file"), fresh, retain=True)
