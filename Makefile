@@ -34,8 +34,12 @@ lint: venv
 	$(BIN)/ruff format --check agent provisioning tests
 	$(BIN)/mypy
 
+# Two workers (pytest-xdist), each file on one worker: the suite mostly waits on real
+# brokers, servers and clocks. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
+
 test: sysdeps install lint
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 # The fuzz passes of `make test` run on a fixed seed (the suite tests/fuzz/ about 40 s,
 # schemathesis over the HQ HTTP API about 30 s); here with twenty times the examples
