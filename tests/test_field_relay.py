@@ -2,9 +2,9 @@
 real `fieldpass-hq serve` over TLS on 127.0.0.1, and the same by hand at HQ
 (`fieldpass-hq activate --request --receipt`), with the real `fieldpass` on both boards.
 
-The certificates are made here with the `openssl` CLI (a throwaway CA and HQ's
-certificate for 127.0.0.1, and a second CA that did not sign it) and live in the test's
-temporary folder only. The TPM-bound old board runs against a real swtpm.
+The certificates are made with the `openssl` CLI (tests/tls_pki.py: a throwaway CA and
+HQ's certificate for 127.0.0.1, and a second CA that did not sign it) and live in the
+test's temporary folder only. The TPM-bound old board runs against a real swtpm.
 """
 
 import json
@@ -19,39 +19,13 @@ import pytest
 from agent.wire import armor
 from tests.conftest import HQ, DeviceRoot, clean_env
 from tests.hq.server import FIELDPASS_HQ, Server, free_port, start_server
+from tests.tls_pki import make_pki
 from tests.tpm_server import Swtpm
-
-
-def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=120)
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """ca.pem signed hq.pem (for IP 127.0.0.1, key hq.key); other-ca.pem signed nothing."""
-    d = tmp_path_factory.mktemp("pki")
-    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2")
-    for name in ("ca", "other-ca"):
-        openssl(
-            "req", "-x509", *ec, "-keyout", f"{name}.key", "-out", f"{name}.pem",
-            "-subj", f"/CN=Fieldpass test {name}",
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-            cwd=d,
-        )  # fmt: skip
-    openssl(
-        "req", *ec[:-2], "-keyout", "hq.key", "-out", "hq.csr", "-subj", "/CN=127.0.0.1", cwd=d
-    )  # fmt: skip
-    (d / "hq.ext").write_text(
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n"
-        "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
-    )
-    openssl(
-        "x509", "-req", "-in", "hq.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-days", "2", "-extfile", "hq.ext", "-out", "hq.pem",
-        cwd=d,
-    )  # fmt: skip
-    return d
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @dataclass
