@@ -8,6 +8,7 @@ test's temporary folder only. The TPM-bound old board runs against a real swtpm.
 """
 
 import json
+import socket
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -207,11 +208,19 @@ def test_a_certificate_of_another_ca_is_not_trusted(
     assert site.returns() == [] and not (site.work / "a").exists()
 
 
-def test_hq_unreachable_is_one_line_and_69(site: Site, make_device: object) -> None:
+def test_hq_unreachable_or_silent_is_one_line_and_69(site: Site, make_device: object) -> None:
     requested(site, make_device())  # type: ignore[operator]
-    url = f"https://127.0.0.1:{free_port()}"
+    url = f"https://127.0.0.1:{free_port()}"  # nothing listens there
     res = site.relay("--ca-file", str(site.ca), "--request", "new.request", "-o", "a", url=url)
     one_line(res, 69, f"HQ at {url} is unreachable", "run the same command again")
+    with socket.socket() as silent:  # a link that takes the connection and goes quiet
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        url = f"https://127.0.0.1:{silent.getsockname()[1]}"
+        res = site.relay("--ca-file", str(site.ca), "--timeout", "1", "--request",
+                         "new.request", "-o", "a", url=url)  # fmt: skip
+    one_line(res, 69, f"HQ at {url} is unreachable", "timed out", "run the same command again")
+    assert not (site.work / "a").exists()
 
 
 def test_a_receipt_of_another_license_changes_nothing(site: Site, make_device: object) -> None:
