@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from agent.wire.fields import MAX_TIME_S
 from agent.wire.signed_time import MAX_NONCE_CHARS
 
 from ..services.names import NAME_PATTERN
@@ -23,7 +24,7 @@ LICENSE_KEY = r"^[Ff][Pp](-[A-HJ-NP-Za-hj-np-z2-9]{5}){5}$"
 LICENSE_ID = r"^lic_[0-9a-f]{20}$"
 ACTIVATION_ID = r"^act_[0-9a-f]{20}$"
 NAME = NAME_PATTERN
-MAX_TIME = (1 << 53) - 1
+MAX_TIME = MAX_TIME_S  # 9999-12-31T23:59:59Z: later than that, no date can be shown
 
 
 class Strict(BaseModel):
@@ -125,7 +126,9 @@ class SignedMessage(Strict):
 
 
 class ActivateRequest(Strict):
-    model_config = _forms((["request"], ["fingerprint"]), (["fingerprint"], ["request"]))
+    model_config = _forms(
+        (["request"], ["fingerprint"]), (["fingerprint"], ["request", "receipts"])
+    )
 
     license_key: str = Field(
         pattern=LICENSE_KEY, description="FP-XXXXX-XXXXX-XXXXX-XXXXX-XXXXX (a secret)"
