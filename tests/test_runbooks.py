@@ -7,8 +7,10 @@ only thing the test adds: this machine is not the robot), `hq$` lines with the r
 
 import os
 import re
+import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -18,21 +20,32 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FIELDPASS, HQ, DeviceRoot, clean_env
-from tests.hq.server import free_port
+from tests.hq.server import free_port, start_server
+from tests.tls_pki import make_pki
 
 RUNBOOKS = Path(__file__).resolve().parents[1] / "docs" / "runbooks"
 PROMPT = re.compile(r"^\s*(device|hq|laptop|old-board|new-board)\$ (.+)$")
 
 
-def commands(name: str) -> list[tuple[str, str]]:
+def commands(name: str, skip: str | None = None) -> list[tuple[str, str]]:
+    """The runbook's commands in order; with ``skip``, not those of the section whose
+    heading starts with it (a path the reader takes instead of another: 3a or 3b)."""
     found = []
     in_block = False
+    skipping = 0  # the level of the heading being skipped
     for line in (RUNBOOKS / name).read_text().splitlines():
         if line.strip().startswith("```"):
             in_block = not in_block
             continue
+        heading = re.match(r"^(#+) ", line) if not in_block else None
+        if heading:
+            level = len(heading.group(1))
+            if skipping and level <= skipping:
+                skipping = 0
+            if skip is not None and line.startswith(skip):
+                skipping = level
         match = PROMPT.match(line)
-        if in_block and match:
+        if in_block and match and not skipping:
             found.append((match.group(1), match.group(2)))
     assert found, f"no commands in {name}"
     return found
@@ -45,9 +58,14 @@ def run_all(
     device: DeviceRoot | None,
     extra_env: dict[str, str],
     boards: dict[str, DeviceRoot] | None = None,
+    skip: str | None = None,
+    exits: dict[str, list[int]] | None = None,
 ) -> list[subprocess.CompletedProcess[str]]:
     """Run the runbook's commands. ``device$`` lines reach ``device``; other device
-    prompts (``old-board$``, ``new-board$``) the device of that name in ``boards``."""
+    prompts (``old-board$``, ``new-board$``) the device of that name in ``boards``.
+    Each must exit 0, but a command holding a key of ``exits``: the codes the runbook
+    says it exits with, in the order it runs (``skip``: as ``commands``)."""
+    expected = {k: list(v) for k, v in (exits or {}).items()}
     targets = {"device": device, **(boards or {})}
     paths: dict[str, str] = {}
     for prompt, target in targets.items():
@@ -70,7 +88,7 @@ def run_all(
             results.append(subprocess.CompletedProcess(proc.args, 0, out, err))
         background.clear()
 
-    for where, command in commands(name):
+    for where, command in commands(name, skip):
         if "field serve" in command:  # a server the technician leaves running
             background.append(
                 subprocess.Popen(
@@ -95,9 +113,12 @@ def run_all(
             timeout=60,
             check=False,
         )
-        assert result.returncode == 0, f"{where}$ {command}\n{result.stdout}{result.stderr}"
+        said = [k for k in expected if k in command]
+        code = expected[said[0]].pop(0) if said else 0
+        assert result.returncode == code, f"{where}$ {command}\n{result.stdout}{result.stderr}"
         results.append(result)
     stop_laptop()
+    assert all(not codes for codes in expected.values()), f"not run: {expected}"
     return results
 
 
@@ -189,9 +210,13 @@ def test_technician_runbook(hq: HQ, make_device: Callable[..., DeviceRoot], tmp_
     assert "recorded 1 pickup(s)" in results[-1].stdout
 
 
+@pytest.mark.parametrize("path", ["3a", "3b"])
 def test_mainboard_swap_runbook(
-    hq: HQ, make_device: Callable[..., DeviceRoot], tmp_path: Path
+    hq: HQ, make_device: Callable[..., DeviceRoot], tmp_path: Path, path: str
 ) -> None:
+    """3a: the laptop relays to HQ over TLS (a real `serve` on 127.0.0.1); 3b: by hand.
+    The old board has no TPM (tests/test_field_relay.py swaps a TPM-bound one): its
+    seat waits for the operator, as the runbook says."""
     key = hq.setup(seats=1)
     old, new = make_device(), make_device()  # a new mainboard: a new fingerprint
     for board in (old, new):
@@ -211,24 +236,46 @@ def test_mainboard_swap_runbook(
         f'[online]\nserver = "http://127.0.0.1:9"\nservers = ["http://127.0.0.1:{port}"]\n'
         "timeout_s = 2\n"
     )
-    results = run_all(
-        "mainboard-swap.md",
-        work,
-        hq,
-        None,
-        {
-            "LICENSE_KEY": key,
-            "LICENSE_ID": str(hq.json("licenses", "show", key)["id"]),
-            "OLD_ACTIVATION": old_act,
-            "LAPTOP_ADDRESS": "127.0.0.1",
-            "LAPTOP_PORT": str(port),
-        },
-        {"old-board": old, "new-board": new},
-    )
+    env = {
+        "LICENSE_KEY": key,
+        "LICENSE_ID": str(hq.json("licenses", "show", key)["id"]),
+        "OLD_ACTIVATION": old_act,
+        "LAPTOP_ADDRESS": "127.0.0.1",
+        "LAPTOP_PORT": str(port),
+    }
+    server = None
+    if path == "3a":  # HQ's API over TLS, its CA certificate on the laptop
+        pki = make_pki(tmp_path)
+        tls = ("--tls-cert", str(pki / "hq.pem"), "--tls-key", str(pki / "hq.key"))
+        context = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+        server = start_server(hq.home, *tls, tls=context)
+        shutil.copy(pki / "ca.pem", work / "hq-ca.pem")
+        env["HQ_URL"] = server.url
+    try:
+        results = run_all(
+            "mainboard-swap.md",
+            work,
+            hq,
+            None,
+            env,
+            {"old-board": old, "new-board": new},
+            skip="### 3b" if path == "3a" else "### 3a",
+            exits={"field relay": [1, 0]} if path == "3a" else None,
+        )
+    finally:
+        if server is not None:
+            server.stop()
     assert old.check().returncode == 30  # the old board gave its license back
     assert not (old.state_dir / "return.receipt").exists()  # the laptop took it
     assert new.check().returncode == 0  # the new one runs, on the one seat
-    assert any("1 return receipt(s), 0 seat(s) freed now" in r.stdout for r in results)
     returns = [e for e in hq.json("audit", "--limit", "1000") if e["action"] == "return"]  # type: ignore[attr-defined]
-    assert [(e["activation_id"], e["actor"][:6]) for e in returns] == [(old_act, "field:")]
+    out = "".join(r.stdout + r.stderr for r in results)
+    if path == "3a":  # the laptop relayed the receipt: HQ took it over HTTP
+        assert [(e["activation_id"], e["actor"]) for e in returns] == [(old_act, "device")]
+        assert f"seat_limit_reached: license {env['LICENSE_ID']} has all its seats" in out
+        assert f"HQ took the return receipt of {old_act} (taken before): seat freed" in out
+    else:
+        assert [(e["activation_id"], e["actor"][:6]) for e in returns] == [(old_act, "field:")]
+        assert "1 return receipt(s), 0 seat(s) freed now" in out
+        assert f"return receipt of {old_act}: taken before, seat freed" in out
     assert "mainboard swap" in hq.run("audit", "--json").stdout

@@ -17,11 +17,13 @@ from agent.wire import armor
 from .. import documents
 from ..errors import InvalidRequest
 from ..services import Issued
-from ..services.device_requests import answer_request
+from ..services.device_requests import answer_request, request_contact
 from ..services.fleet import MAX_PAGE
+from ..services.swap import Taken, swap
 from ..storage.views import ACTIVATION_SORTS
 from ..units import format_time
 from . import common, output
+from .usage import read_armored
 
 
 def _issued_text(i: Issued, file: str | None) -> str:
@@ -52,12 +54,17 @@ machine_file_options = [
 ]
 
 
-def _deliver(issued: Any, out: Path | None, armored: bool, as_json: bool) -> None:
+def _deliver(
+    issued: Any, out: Path | None, armored: bool, as_json: bool, taken: tuple[Taken, ...] = ()
+) -> None:
     text = armor.armor(issued.machine_file, armor.MACHINE_FILE)
     if out is not None:
         output.write_file(out, text.encode("ascii") if armored else issued.machine_file)
     if as_json:
-        output.emit_json(documents.issued_doc(issued, str(out) if out else None))
+        doc = documents.issued_doc(issued, str(out) if out else None)
+        if taken:
+            doc["receipts"] = [t.doc() for t in taken]
+        output.emit_json(doc)
     elif out is None:
         sys.stdout.write(text)
     else:
@@ -86,10 +93,25 @@ def _next_step(out: Path | None, *, with_key: bool) -> None:
     )
 
 
+override_option = click.option(
+    "--override",
+    metavar="REASON",
+    help="Free the seat although the plan's return limit is reached (audited with REASON).",
+)
+
+
 @click.command()
 @click.argument("license_key")
 @click.option("--fingerprint", help="The device fingerprint (64 hex).")
 @request_option
+@click.option(
+    "--receipt",
+    "receipt_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="A mainboard swap: the old board's return receipt (`fieldpass return`), of this "
+    "license, taken first as `deactivate --receipt` takes it.",
+)
+@override_option
 @common.with_options(machine_file_options)
 @click.pass_context
 def activate(
@@ -97,6 +119,8 @@ def activate(
     license_key: str,
     fingerprint: str | None,
     request_file: Path | None,
+    receipt_file: Path | None,
+    override: str | None,
     out: Path | None,
     armored: bool,
     as_json: bool,
@@ -107,6 +131,13 @@ def activate(
     Past the seat limit the activation is refused (exit 1). The device prints its
     fingerprint with `fieldpass fingerprint`.
 
+    With --receipt (a mainboard swap, docs/runbooks/mainboard-swap.md), the old board's
+    receipt is taken first (its seat frees at once when its state is bound to its TPM,
+    else after its file's expiry and grace), then the new board is activated. A receipt
+    of another license is refused before anything changes; one HQ took already is no
+    error (running the command again gives the same seat); a refused activation leaves
+    the receipt taken, as `deactivate --receipt` would have.
+
     Examples:
 
     \b
@@ -114,24 +145,47 @@ def activate(
       fieldpass-hq activate FP-XXXXX-... --fingerprint 3f2a... > machine-file.txt
       fieldpass-hq activate FP-XXXXX-... --fingerprint 3f2a... -o m.lic --json
       fieldpass-hq activate FP-XXXXX-... --request robot-17.request --armor -o answer.txt
+      fieldpass-hq activate FP-XXXXX-... --request new.request --receipt old.receipt -o new.lic
     """
     hq = common.state(ctx).hq
+    if request_file is not None and fingerprint:
+        raise InvalidRequest("give --fingerprint or --request, not both")
+    if override is not None and receipt_file is None:
+        raise InvalidRequest("--override goes with --receipt")
+    contact = None
     if request_file is not None:
-        if fingerprint:
-            raise InvalidRequest("give --fingerprint or --request, not both")
-        issued = answer_request(
-            hq.device, common.read_request(request_file), common.now(), common.actor(), license_key
+        req = common.read_request(request_file)
+        fingerprint, contact = req.fingerprint, request_contact(req)
+    elif not fingerprint or len(fingerprint) != 64:
+        raise click.BadParameter(
+            "a fingerprint is 64 lowercase hex characters (or give --request)",
+            param_hint="--fingerprint",
         )
+    taken: tuple[Taken, ...] = ()
+    if receipt_file is not None:
+        done = swap(
+            hq.usage, license_key, fingerprint, contact, read_armored(receipt_file, armor.RECEIPT),
+            common.now(), "air-gapped", common.actor(), override=override,
+        )  # fmt: skip
+        issued, taken = done.issued, done.receipts
     else:
-        if not fingerprint or len(fingerprint) != 64:
-            raise click.BadParameter(
-                "a fingerprint is 64 lowercase hex characters (or give --request)",
-                param_hint="--fingerprint",
-            )
-        issued = hq.activate(license_key, fingerprint, common.now(), common.actor())
-    _deliver(issued, out, armored, as_json)
+        issued = hq.activate(license_key, fingerprint, common.now(), common.actor(), contact)
+    if taken and not as_json:
+        output.emit_text("\n".join(_taken_text(t) for t in taken))
+    _deliver(issued, out, armored, as_json, taken)
     if not as_json:
         _next_step(out, with_key=True)
+
+
+def _taken_text(t: Taken) -> str:
+    rec = t.record
+    how = "taken before" if t.again else "taken"
+    if t.freed:
+        return f"return receipt of {rec.activation_id}: {how}, seat freed"
+    return (
+        f"return receipt of {rec.activation_id}: {how}, its seat frees on "
+        f"{format_time(rec.frees_at)} (its file's expiry and grace; no TPM binding)"
+    )
 
 
 @click.command("machine-file")
@@ -189,11 +243,7 @@ def machine_file(
     type=click.Path(path_type=Path, dir_okay=False),
     help="A return receipt the device wrote (`fieldpass return`): frees its seat.",
 )
-@click.option(
-    "--override",
-    metavar="REASON",
-    help="Free the seat although the plan's return limit is reached (audited with REASON).",
-)
+@override_option
 @click.option(
     "--reason",
     metavar="TEXT",
@@ -227,11 +277,7 @@ def deactivate(
     if receipt_file is not None:
         if activation_id:
             raise InvalidRequest("give ACTIVATION_ID or --receipt, not both")
-        from agent.wire import armor as _armor
-
-        from .usage import read_armored
-
-        for data in read_armored(receipt_file, _armor.RECEIPT):
+        for data in read_armored(receipt_file, armor.RECEIPT):
             returned = hq.usage.accept_receipt(
                 data, common.now(), "air-gapped", common.actor(), override=override
             )

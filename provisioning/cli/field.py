@@ -1,9 +1,12 @@
-"""``fieldpass-hq field export|serve|import``: the technician's laptop (provisioning/field/).
+"""``fieldpass-hq field export|serve|relay|import``: the technician's laptop
+(provisioning/field/).
 
 ``export`` runs at HQ and writes a bundle; ``serve`` runs on the laptop, on site, and
-shows each pickup as it happens; ``import`` runs back at HQ. The bundle format, the
-laptop's server and the report are in ``provisioning/field/``; this module parses
-options, reads the clock and prints, and never decides what a bundle may carry.
+shows each pickup as it happens; ``relay`` (on the laptop, with a link to HQ) carries a
+mainboard swap's request and receipt to HQ and HQ's answer back; ``import`` runs back at
+HQ. The bundle format, the laptop's server, the relay and the report are in
+``provisioning/field/``; this module parses options, reads the clock and prints, and
+never decides what a bundle may carry.
 """
 
 import signal
@@ -16,7 +19,7 @@ from typing import Any
 import click
 
 from ..errors import InvalidRequest
-from ..field import bundle, report
+from ..field import bundle, relay, report
 from ..field.listener import Limits, Listener
 from ..field.server import FieldServer, offer_over_mqtt
 from ..units import format_time
@@ -31,6 +34,8 @@ def field() -> None:
     Examples:
       fieldpass-hq field export --license lic_0123456789abcdef0123 -o site-7.bundle
       fieldpass-hq field serve site-7.bundle --host 192.168.7.1 --report site-7.report
+      fieldpass-hq field relay --hq https://hq.example.com --license-key-file license.key \\
+        --request new.request --report site-7.report -o new.answer
       fieldpass-hq field import site-7.report
     """
 
@@ -300,6 +305,143 @@ def serve(
         f"revocation{more}; report written to {out}. Next: bring it to HQ: "
         f"`fieldpass-hq field import {out.name}`."
     )
+
+
+@field.command("relay")
+@click.option(
+    "--hq",
+    "hq_url",
+    metavar="URL",
+    required=True,
+    help="HQ's API: https://HOST[:PORT] (plain http:// only to this machine).",
+)
+@click.option(
+    "--ca-file",
+    type=click.Path(dir_okay=False, exists=True),
+    help="PEM CA certificate(s) HQ's certificate is verified against [default: the system's].",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.IntRange(1, 120),
+    default=relay.DEFAULT_TIMEOUT_S,
+    show_default=True,
+    help="Seconds to wait for HQ (connecting, then its answer).",
+)
+@click.option(
+    "--license-key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="A file holding the license key (sent to HQ only, over TLS; never printed).",
+)
+@click.option(
+    "--request",
+    "request_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="The new board's request (`fieldpass request -o FILE`).",
+)
+@click.option(
+    "--receipt",
+    "receipt_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The old board's return receipt (`fieldpass return -o FILE`).",
+)
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Instead of --receipt: the receipts of this license that the laptop collected "
+    "(`field serve`'s report).",
+)
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Write HQ's answer (the new board's machine file) to FILE.",
+)
+@click.option("--armor", "armored", is_flag=True, help="Write FILE as armored text.")
+@common.json_option
+def relay_swap(
+    hq_url: str,
+    ca_file: str | None,
+    timeout_s: int,
+    license_key_file: Path,
+    request_path: Path,
+    receipt_path: Path | None,
+    report_path: Path | None,
+    out: Path,
+    armored: bool,
+    as_json: bool,
+) -> None:
+    """On site, with a link to HQ: activate a new mainboard at HQ, the old board's
+    return receipt(s) with it (docs/runbooks/mainboard-swap.md).
+
+    Sends the new board's request and the old board's receipt, the devices' bytes
+    unchanged, to HQ over TLS; HQ takes the receipt (its seat frees at once for a board
+    bound to its TPM), activates the new board and answers its machine file, written to
+    FILE for `fieldpass install FILE --license-key-file KEYFILE` on the new board. The
+    laptop activates and frees nothing itself. Running it again is safe: a receipt HQ
+    took is not taken twice, and the same board gets its seat again. Without the old
+    board's receipt (a dead board: the operator's decision at HQ), give neither
+    --receipt nor --report.
+
+    \b
+    Examples:
+      fieldpass-hq field relay --hq https://hq.example.com --license-key-file license.key \\
+        --request robot-17-new.request --receipt robot-17.receipt -o robot-17-new.answer
+      fieldpass-hq field relay --hq https://hq.example.com --ca-file hq-ca.pem \\
+        --license-key-file license.key --request robot-17-new.request \\
+        --report site-7.bundle.report -o robot-17-new.answer
+    """
+    from agent.wire import armor, license_key
+
+    if receipt_path is not None and report_path is not None:
+        raise InvalidRequest("give --receipt or --report, not both")
+    key = relay.read_license_key(license_key_file)
+    request = relay.read_request(request_path)
+    receipts: list[bytes] = []
+    if receipt_path is not None:
+        from .usage import read_armored
+
+        receipts = read_armored(receipt_path, armor.RECEIPT)
+    elif report_path is not None:
+        receipts = relay.report_receipts(report_path, license_key.license_id(key))
+    done = relay.relay(hq_url, ca_file, timeout_s, key, request, receipts)
+    text = armor.armor(done.machine_file, armor.MACHINE_FILE)
+    output.write_file(out, text.encode("ascii") if armored else done.machine_file)
+    if as_json:
+        output.emit_json(
+            {
+                "answer": str(out),
+                "activation_id": done.activation_id,
+                "serial": done.serial,
+                "created": done.created,
+                "receipts": done.receipts,
+            }
+        )
+        return
+    lines = [_relayed_receipt(r) for r in done.receipts]
+    seat = "a new seat" if done.created else "its seat again"
+    lines.append(
+        f"HQ activated the new board: {done.activation_id} serial {done.serial} ({seat}) -> {out}"
+    )
+    lines.append(
+        f"Next: on the new board, `fieldpass install {out.name} --license-key-file KEYFILE`; "
+        "`fieldpass check` then exits 0."
+    )
+    output.emit_text("\n".join(lines))
+
+
+def _relayed_receipt(r: dict[str, Any]) -> str:
+    head = f"HQ took the return receipt of {r['activation_id']}"
+    if r["taken_before"]:
+        head += " (taken before)"
+    if r["freed"]:
+        return f"{head}: seat freed"
+    return f"{head}: its seat frees on {format_time(r['frees_at'])} (no TPM binding)"
 
 
 @field.command("import")

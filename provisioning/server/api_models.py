@@ -7,13 +7,15 @@ the database.
 
 import base64
 import binascii
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from agent.wire.fields import MAX_TIME_S
 from agent.wire.signed_time import MAX_NONCE_CHARS
 
 from ..services.names import NAME_PATTERN
+from ..services.swap import MAX_RECEIPTS
 from ..units import MAX_DURATION_S
 
 FINGERPRINT = r"^[0-9a-f]{64}$"
@@ -22,7 +24,7 @@ LICENSE_KEY = r"^[Ff][Pp](-[A-HJ-NP-Za-hj-np-z2-9]{5}){5}$"
 LICENSE_ID = r"^lic_[0-9a-f]{20}$"
 ACTIVATION_ID = r"^act_[0-9a-f]{20}$"
 NAME = NAME_PATTERN
-MAX_TIME = (1 << 53) - 1
+MAX_TIME = MAX_TIME_S  # 9999-12-31T23:59:59Z: later than that, no date can be shown
 
 
 class Strict(BaseModel):
@@ -124,19 +126,38 @@ class SignedMessage(Strict):
 
 
 class ActivateRequest(Strict):
-    model_config = _forms((["request"], ["fingerprint"]), (["fingerprint"], ["request"]))
+    model_config = _forms(
+        (["request"], ["fingerprint"]), (["fingerprint"], ["request", "receipts"])
+    )
 
     license_key: str = Field(
         pattern=LICENSE_KEY, description="FP-XXXXX-XXXXX-XXXXX-XXXXX-XXXXX (a secret)"
     )
-    request: str | None = SIGNED_REQUEST
+    request: str | None = Field(
+        default=None,
+        max_length=4096,
+        pattern=BASE64,
+        description="The device's self-signed activation message (`fieldpass activate`), "
+        "or its air-gapped request (`fieldpass request`, relayed by a technician's laptop), "
+        "base64 (docs/wire-format.md section 9).",
+    )
     fingerprint: str | None = LEGACY_FINGERPRINT
+    receipts: list[Annotated[str, Field(max_length=4096, pattern=BASE64)]] = Field(
+        default_factory=list,
+        max_length=MAX_RECEIPTS,
+        description="Return receipts of the old board(s) of a mainboard swap, base64, taken "
+        "first as POST /v1/receipt takes them, each of this license "
+        "(docs/runbooks/mainboard-swap.md); only with `request`.",
+    )
 
     @model_validator(mode="after")
     def _one_form(self) -> "ActivateRequest":
         if (self.request is None) == (self.fingerprint is None):
             raise ValueError("give the signed activation request, or (0.1.0) a fingerprint")
-        _check_base64(self.request)
+        if self.receipts and self.request is None:
+            raise ValueError("receipts go with a signed activation request")
+        for text in (self.request, *self.receipts):
+            _check_base64(text)
         return self
 
 

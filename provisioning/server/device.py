@@ -24,6 +24,7 @@ from agent.wire import armor
 from .. import __version__, documents
 from ..models import Actor
 from ..services import HQ, Contact, Issued, Validation
+from ..services.swap import swap
 from .api_models import (
     COMMON_ERRORS,
     ActivateRequest,
@@ -76,6 +77,19 @@ def _validation_doc(v: Validation) -> dict[str, Any]:
     }
 
 
+def _swapped(hq: HQ, body: ActivateRequest, actor: Actor) -> dict[str, Any]:
+    """The old board's receipts taken, the new board activated (services/swap.py)."""
+    assert body.request is not None
+    fingerprint, contact = hq.device.activation_contact(
+        body.license_key, base64.b64decode(body.request)
+    )
+    receipts = [base64.b64decode(r) for r in body.receipts]
+    done = swap(hq.usage, body.license_key, fingerprint, contact, receipts, now(), "http", actor)
+    doc = _issued(done.issued)
+    doc["receipts"] = [t.doc() for t in done.receipts]
+    return doc
+
+
 def add_routes(app: FastAPI, hq: HQ) -> None:
     """Add these routes to ``app``, over ``hq``."""
 
@@ -86,7 +100,11 @@ def add_routes(app: FastAPI, hq: HQ) -> None:
 
     @app.post("/v1/activate", status_code=201, tags=["device"], responses=DEVICE)
     def activate(body: ActivateRequest, actor: DeviceActor) -> JSONResponse:
-        """Consume a seat (or reuse this device's) and return a machine file."""
+        """Consume a seat (or reuse this device's) and return a machine file. With
+        `receipts` (a mainboard swap a laptop relays): the old board's receipts first."""
+        if body.receipts:
+            assert body.request is not None
+            return JSONResponse(_swapped(hq, body, actor), status_code=201)
         if body.request is not None:
             issued = hq.device.activate(
                 body.license_key, base64.b64decode(body.request), now(), actor

@@ -17,11 +17,11 @@ stable code; nothing here reads the clock or logs.
 """
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from agent.wire import device_msg, signed_time
 from agent.wire.device_key import check_key_proof, key_id
-from agent.wire.errors import WireError
+from agent.wire.errors import FormatError, WireError
 from agent.wire.license_key import license_id
 from agent.wire.machine_file import Binding
 from agent.wire.request import Request
@@ -201,10 +201,29 @@ class DeviceRequests:
         self, license_key: str, data: bytes, now: int, actor: Actor, channel: str = "http"
     ) -> Issued:
         """Take a seat with the license key and the device's self-signed message."""
+        fingerprint, contact = self.activation_contact(license_key, data, channel)
+        return self.issuing.activate(license_key, fingerprint, now, actor, contact)
+
+    def activation_contact(
+        self, license_key: str, data: bytes, channel: str = "http"
+    ) -> tuple[str, Contact]:
+        """The fingerprint and what the device says of itself, verified, from its
+        self-signed ``activate`` message (``fieldpass activate``) or from its air-gapped
+        ``request`` (``fieldpass request``) that a technician's laptop relays with the
+        license key (``fieldpass-hq field relay``): answered as ``activate --request``."""
         try:
             msg = device_msg.open_self_signed(data, "activate")
         except WireError as e:
-            raise InvalidRequest(f"the activation request does not verify ({e})") from None
+            try:
+                req = Request.parse(data)
+            except WireError as other:  # neither: say why the likelier one failed
+                why = other if isinstance(e, FormatError) else e
+                raise InvalidRequest(f"the activation request does not verify ({why})") from None
+            if not req.signed:
+                raise InvalidRequest(
+                    "an unsigned request (agent 0.1.0) is answered by hand only"
+                ) from None
+            return req.fingerprint, replace(request_contact(req), channel=channel)
         if msg["license_id"] != license_id(license_key):
             raise InvalidRequest("the activation request names another license than the key")
         contact = Contact(
@@ -215,7 +234,7 @@ class DeviceRequests:
             binding=_binding(msg),
             keyring=device_msg.keyring_of(msg),
         )
-        return self.issuing.activate(license_key, msg.fingerprint, now, actor, contact)
+        return msg.fingerprint, contact
 
     def renew(
         self,

@@ -21,8 +21,9 @@ from tests.hq.server import free_port
 
 from .conftest import FIELDPASS_HQ, Result, Run, fingerprint
 
-# (command line, exit code). {key} {lid} {act} {kid} {tmp} {fifo} {report} {revoked} are
-# filled in by the ``world`` fixture; {broken} is a file: a home below it is unusable.
+# (command line, exit code). {key} {keyfile} {lid} {act} {kid} {tmp} {fifo} {report}
+# {revoked} are filled in by the ``world`` fixture; {broken} is a file: a home below it is
+# unusable.
 FAILURES: list[tuple[str, int]] = [
     ("--home {broken}/home keys generate", 78),
     ("--home {broken}/home keys list", 78),
@@ -59,6 +60,8 @@ FAILURES: list[tuple[str, int]] = [
     ("activate {key} --fingerprint xyz", 2),
     ("activate {key} --fingerprint " + fingerprint(9), 1),
     ("activate {key} --request {tmp}/no-such.request", 66),
+    ("activate {key} --fingerprint " + fingerprint(9) + " --receipt {tmp}/no-such.receipt", 66),
+    ("activate {key} --fingerprint " + fingerprint(9) + " --receipt {report}", 2),  # none in it
     ("machine-file act_00000000000000000000", 3),
     ("deactivate act_00000000000000000000", 3),
     ("deactivate --receipt {tmp}/no-such.receipt", 66),
@@ -84,6 +87,14 @@ FAILURES: list[tuple[str, int]] = [
     ("field import {tmp}/bad.report", 65),
     ("field import {tmp}/bad-usage.report", 65),  # a usage report entry without its fields
     ("activations reset-key act_00000000000000000000", 3),
+    ("field relay --hq http://192.0.2.1 --license-key-file {keyfile} --request {report} -o a", 2),
+    ("field relay --hq https://h --license-key-file {report} --request {report} -o a", 2),
+    ("field relay --hq https://h --license-key-file {keyfile} --request {tmp}/no -o a", 66),
+    (
+        "field relay --hq https://127.0.0.1:{closed} --license-key-file {keyfile} "
+        "--request {report} -o {tmp}/a",
+        69,
+    ),
     ("serve --tls-cert {report}", 2),
     ("tokens create tests", 1),
     ("tokens create bad/name", 2),
@@ -165,11 +176,13 @@ def world(hq: Run, license_key: str, tmp_path: Path) -> dict[str, str]:
     (tmp_path / "bad-usage.report").write_text(json.dumps(usage))
     (tmp_path / "bad.bundle").write_text(bundle.read_text().replace('"devices"', '"devises"'))
     assert hq("field", "import", str(report)).code == 0
+    (tmp_path / "license.key").write_text(license_key + "\n")
     broken = tmp_path / "not-a-directory"
     broken.write_text("")
     os.mkfifo(tmp_path / "fifo")
     return {
         "key": license_key,
+        "keyfile": str(tmp_path / "license.key"),
         "lid": first["license_id"],
         "act": first["activation_id"],
         "kid": hq("keys", "list", "--json").json()[0]["kid"],
