@@ -122,7 +122,6 @@ class Confirmations:
         self.hq = hq
         self.held: dict[str, Held] = {}
         self.known: dict[str, tuple[str, Activation]] = {}  # device id -> key id, activation
-        self.device_ids: dict[str, str] = {}  # activation id -> device id
         self.files: dict[str, int] = {}  # device id -> serial sent, not confirmed yet
         self.telling: dict[str, tuple[OutboxEntry, Activation]] = {}  # not confirmed yet
         self.counts: dict[str, int] = dict.fromkeys(("file", *KINDS), 0)
@@ -130,20 +129,23 @@ class Confirmations:
         self.lock = threading.Lock()
 
     def know(self, activations: list[Activation]) -> None:
-        """The activations push sends to: their statuses verify against the keys at
-        hand (each device's key id computed once here), without a database read each.
-        Of two activations on one device id, a live one is the one known."""
-        with self.lock:
-            for act in sorted(activations, key=lambda a: a.deactivated_at is None):
-                dev_id = topics.device_id(act.fingerprint)
-                self.device_ids[act.id] = dev_id
-                if act.device_key is not None:
-                    self.known[dev_id] = (key_id(act.device_key), act)
+        for act in activations:
+            self.device_id(act)
 
     def device_id(self, act: Activation) -> str:
-        """The device id of an activation (known ones computed once, in ``know``)."""
-        dev_id = self.device_ids.get(act.id)
-        return topics.device_id(act.fingerprint) if dev_id is None else dev_id
+        """The device id of an activation push sends to, known from now on: its
+        statuses verify against the key at hand (its key id computed once, here),
+        without a database read each. Push calls it as it sends, so that the work
+        is spread over the stream rather than done for the whole fleet first. Of two
+        activations on one device id, a live one is the one known."""
+        dev_id = topics.device_id(act.fingerprint)
+        if act.device_key is not None:
+            kid = key_id(act.device_key)
+            with self.lock:
+                current = self.known.get(dev_id)
+                if current is None or act.deactivated_at is None or current[1].id == act.id:
+                    self.known[dev_id] = (kid, act)
+        return dev_id
 
     def expect_file(self, dev_id: str, serial: int) -> None:
         with self.lock:
@@ -332,7 +334,7 @@ def push(
     to_renew = [a for a in chosen if a.id not in telling_ids]
     narrowed = bool(sel.plan or sel.devices or sel.expiring_within_s is not None)
     whole = not narrowed and not to_tell
-    confirmations.know(chosen)
+    confirmations.know(to_tell)  # those to renew: as each is sent
     sent = _Outstanding(confirmations, summary)
     for result in issue(hq, sel, to_renew, ttl_s, now, actor, whole):
         progress(1)
@@ -346,7 +348,7 @@ def push(
         sent.add(info, dev_id, result.claims.serial)
     deliveries = hq.outbox.deliver([a.id for a in to_tell], now, actor)
     for delivery in deliveries:
-        dev_id = topics.device_id(delivery.activation.fingerprint)
+        dev_id = confirmations.device_id(delivery.activation)
         infos = [
             client.publish(name, data, qos=1, retain=retain)  # type: ignore[attr-defined]
             for name, data, retain in told(prefix, delivery)
