@@ -259,19 +259,19 @@ class _Outstanding:
     most ``connection.PUBLISH_WINDOW`` (paho's packet ids wrap past 65,535 in flight;
     connection.py). Each is settled as its PUBACK arrives (sent, and its confirmation
     expected, or failed), not all at the end, so that statuses count as they come. A
-    publish not acknowledged within ``PUBACK_WAIT_S`` of the last one that was fails;
-    a broker that stops acknowledging costs that once, not once per device."""
+    publish fails if it is not acknowledged within ``PUBACK_WAIT_S`` of when it was
+    published or of the last acknowledgement, whichever is later: a broker that stops
+    acknowledging costs that once, not once per device."""
 
     def __init__(self, confirmations: Confirmations, summary: Summary) -> None:
         self.confirmations = confirmations
         self.summary = summary
-        self.items: deque[tuple[Any, str, int | Delivery]] = deque()  # info, device, what
-        self.acked_at: float | None = None  # when the last acknowledgement was seen
+        # info, device id, serial or what was told, when published
+        self.items: deque[tuple[Any, str, int | Delivery, float]] = deque()
+        self.acked_at = 0.0  # when the last acknowledgement was seen (monotonic)
 
     def add(self, info: Any, dev_id: str, what: int | Delivery) -> None:
-        if self.acked_at is None:
-            self.acked_at = time.monotonic()
-        self.items.append((info, dev_id, what))
+        self.items.append((info, dev_id, what, time.monotonic()))
         while self.items and (len(self.items) > PUBLISH_WINDOW or _acked(self.items[0][0])):
             self._settle(*self.items.popleft())
 
@@ -279,9 +279,9 @@ class _Outstanding:
         while self.items:
             self._settle(*self.items.popleft())
 
-    def _settle(self, info: Any, dev_id: str, what: int | Delivery) -> None:
+    def _settle(self, info: Any, dev_id: str, what: int | Delivery, published_at: float) -> None:
         summary = self.summary
-        if not self._wait(info):
+        if not self._wait(info, published_at):
             summary.failed += 1
             summary.failures.append(f"device {dev_id}: not accepted by the broker")
         elif isinstance(what, int):
@@ -295,10 +295,10 @@ class _Outstanding:
                 summary.told_sent[kind] += 1
             self.confirmations.expect_told(dev_id, what.entry, what.activation)
 
-    def _wait(self, info: Any) -> bool:
-        start = self.acked_at if self.acked_at is not None else time.monotonic()
+    def _wait(self, info: Any, published_at: float) -> bool:
+        until = max(published_at, self.acked_at) + PUBACK_WAIT_S
         try:
-            info.wait_for_publish(max(0.0, start + PUBACK_WAIT_S - time.monotonic()))
+            info.wait_for_publish(max(0.0, until - time.monotonic()))
             ok = bool(info.is_published())
         except (RuntimeError, ValueError):
             ok = False
