@@ -25,6 +25,13 @@ from ..errors import HQError, InvalidRequest
 MessageHandler = Callable[[mqtt.Client, object, mqtt.MQTTMessage], None]
 log = logging.getLogger("fieldpass.hq.mqtt")
 
+# paho numbers QoS 1 publishes with 16-bit packet ids and, with more than 65,535 of
+# them awaiting their PUBACK, reuses an id still in flight without a check: the message
+# it replaces is never acknowledged (and mosquitto drops one of the two). A client that
+# publishes many (push, the benchmark's floor) waits for its oldest publish before it
+# has more than this many outstanding.
+PUBLISH_WINDOW = 1000
+
 
 class BrokerUnavailable(HQError):
     code = "broker_unavailable"

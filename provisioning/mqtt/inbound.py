@@ -20,7 +20,7 @@ from agent.wire.device_msg import DeviceMessage
 from agent.wire.errors import WireError
 from agent.wire.signed import signed_kid
 
-from ..errors import HQError, InvalidRequest
+from ..errors import DeviceUnauthenticated, FingerprintMismatch, HQError, InvalidRequest
 from ..models import Activation
 from ..services import HQ
 from ..services.device_requests import Verified, open_for
@@ -130,3 +130,30 @@ def signed_by(act: Activation, payload: bytes, msg_type: str) -> DeviceMessage:
         return open_for(act, payload, msg_type)
     except HQError as e:
         raise BadMessage(e.code) from None
+
+
+def signed_by_kid(act: Activation, kid: str, payload: bytes, msg_type: str) -> DeviceMessage | None:
+    """A device message verified against ``act``'s device key, whose key id ``kid`` the
+    caller computed once (``push``, per device it sends to, not per message); None if
+    the message names another key (the caller looks that one up). The checks are
+    ``signed_by``'s: signature, the activation's fingerprint and id."""
+    key = act.device_key
+    named: list[str] = []
+
+    def lookup(k: str) -> bytes | None:
+        named.append(k)
+        return key if k == kid else None
+
+    if len(payload) > MAX_SIGNED_BYTES:
+        raise BadMessage("oversized")
+    try:
+        m = device_msg.open_message(payload, lookup, msg_type)
+    except WireError:
+        if not named:
+            raise BadMessage(f"malformed_{msg_type}") from None  # not a signed message
+        if named[0] != kid:
+            return None
+        raise BadMessage(DeviceUnauthenticated.code) from None
+    if m.fingerprint != act.fingerprint or m.activation_id not in ("", act.id):
+        raise BadMessage(FingerprintMismatch.code)
+    return m

@@ -20,6 +20,7 @@ encrypted to its device).
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,9 @@ from ..services import HQ, Issued
 from ..services.outbox import Delivery, Held, confirms
 from . import inbound
 from .bridge import told
+from .connection import PUBLISH_WINDOW
+
+PUBACK_WAIT_S = 30.0
 
 
 @dataclass
@@ -117,7 +121,7 @@ class Confirmations:
     def __init__(self, hq: HQ | None = None) -> None:
         self.hq = hq
         self.held: dict[str, Held] = {}
-        self.known: dict[str, Activation] = {}  # device key id -> activation being sent
+        self.known: dict[str, tuple[str, Activation]] = {}  # device id -> key id, activation
         self.files: dict[str, int] = {}  # device id -> serial sent, not confirmed yet
         self.telling: dict[str, tuple[OutboxEntry, Activation]] = {}  # not confirmed yet
         self.counts: dict[str, int] = dict.fromkeys(("file", *KINDS), 0)
@@ -125,12 +129,23 @@ class Confirmations:
         self.lock = threading.Lock()
 
     def know(self, activations: list[Activation]) -> None:
-        """The activations push sends to: their statuses verify against the keys at
-        hand, without a database read each."""
-        with self.lock:
-            for act in activations:
-                if act.device_key is not None:
-                    self.known[key_id(act.device_key)] = act
+        for act in activations:
+            self.device_id(act)
+
+    def device_id(self, act: Activation) -> str:
+        """The device id of an activation push sends to, known from now on: its
+        statuses verify against the key at hand (its key id computed once, here),
+        without a database read each. Push calls it as it sends, so that the work
+        is spread over the stream rather than done for the whole fleet first. Of two
+        activations on one device id, a live one is the one known."""
+        dev_id = topics.device_id(act.fingerprint)
+        if act.device_key is not None:
+            kid = key_id(act.device_key)
+            with self.lock:
+                current = self.known.get(dev_id)
+                if current is None or act.deactivated_at is None or current[1].id == act.id:
+                    self.known[dev_id] = (kid, act)
+        return dev_id
 
     def expect_file(self, dev_id: str, serial: int) -> None:
         with self.lock:
@@ -196,9 +211,12 @@ class Confirmations:
         against the activation's device key), or the JSON of 0.1.0."""
         if inbound.is_legacy(payload):
             return inbound.legacy_held(payload), None
-        act = self.known.get(inbound.signer(payload))
-        if act is not None:  # a device push renewed: its key is at hand
-            return inbound.held(inbound.signed_by(act, payload, "status")), act
+        known = self.known.get(dev_id)
+        if known is not None:  # a device push sends to: its key is at hand
+            kid, act = known
+            m = inbound.signed_by_kid(act, kid, payload, "status")
+            if m is not None:
+                return inbound.held(m), act
         if self.hq is None:
             raise inbound.BadMessage("unverifiable")
         verified = inbound.signed(self.hq, payload, "status")
@@ -236,6 +254,66 @@ def issue(
             yield e
 
 
+class _Outstanding:
+    """What push published and the broker has not acknowledged yet, oldest first: at
+    most ``connection.PUBLISH_WINDOW`` (paho's packet ids wrap past 65,535 in flight;
+    connection.py). Each is settled as its PUBACK arrives (sent, and its confirmation
+    expected, or failed), not all at the end, so that statuses count as they come. A
+    publish fails if it is not acknowledged within ``PUBACK_WAIT_S`` of when it was
+    published or of the last acknowledgement, whichever is later: a broker that stops
+    acknowledging costs that once, not once per device."""
+
+    def __init__(self, confirmations: Confirmations, summary: Summary) -> None:
+        self.confirmations = confirmations
+        self.summary = summary
+        # info, device id, serial or what was told, when published
+        self.items: deque[tuple[Any, str, int | Delivery, float]] = deque()
+        self.acked_at = 0.0  # when the last acknowledgement was seen (monotonic)
+
+    def add(self, info: Any, dev_id: str, what: int | Delivery) -> None:
+        self.items.append((info, dev_id, what, time.monotonic()))
+        while self.items and (len(self.items) > PUBLISH_WINDOW or _acked(self.items[0][0])):
+            self._settle(*self.items.popleft())
+
+    def drain(self) -> None:
+        while self.items:
+            self._settle(*self.items.popleft())
+
+    def _settle(self, info: Any, dev_id: str, what: int | Delivery, published_at: float) -> None:
+        summary = self.summary
+        if not self._wait(info, published_at):
+            summary.failed += 1
+            summary.failures.append(f"device {dev_id}: not accepted by the broker")
+        elif isinstance(what, int):
+            summary.sent += 1
+            self.confirmations.expect_file(dev_id, what)
+        else:
+            kind = kind_of(what.entry)
+            if kind == "file":
+                summary.sent += 1
+            else:
+                summary.told_sent[kind] += 1
+            self.confirmations.expect_told(dev_id, what.entry, what.activation)
+
+    def _wait(self, info: Any, published_at: float) -> bool:
+        until = max(published_at, self.acked_at) + PUBACK_WAIT_S
+        try:
+            info.wait_for_publish(max(0.0, until - time.monotonic()))
+            ok = bool(info.is_published())
+        except (RuntimeError, ValueError):
+            ok = False
+        if ok:
+            self.acked_at = time.monotonic()
+        return ok
+
+
+def _acked(info: Any) -> bool:
+    try:
+        return bool(info.is_published())
+    except (RuntimeError, ValueError):
+        return True  # failed already: settled (and counted) at once
+
+
 def push(
     hq: HQ,
     client: object,
@@ -256,26 +334,26 @@ def push(
     to_renew = [a for a in chosen if a.id not in telling_ids]
     narrowed = bool(sel.plan or sel.devices or sel.expiring_within_s is not None)
     whole = not narrowed and not to_tell
-    confirmations.know(chosen)
-    pending: list[tuple[Any, str, int | Delivery]] = []  # info, device id, serial or told
+    confirmations.know(to_tell)  # those to renew: as each is sent
+    sent = _Outstanding(confirmations, summary)
     for result in issue(hq, sel, to_renew, ttl_s, now, actor, whole):
         progress(1)
         if isinstance(result, HQError):
             summary.failed += 1
             summary.failures.append(result.message)
             continue
-        dev_id = topics.device_id(result.activation.fingerprint)
+        dev_id = confirmations.device_id(result.activation)
         name = topics.topic(prefix, dev_id, topics.MACHINE_FILE)
         info = client.publish(name, result.machine_file, qos=1, retain=True)  # type: ignore[attr-defined]
-        pending.append((info, dev_id, result.claims.serial))
+        sent.add(info, dev_id, result.claims.serial)
     deliveries = hq.outbox.deliver([a.id for a in to_tell], now, actor)
     for delivery in deliveries:
-        dev_id = topics.device_id(delivery.activation.fingerprint)
+        dev_id = confirmations.device_id(delivery.activation)
         infos = [
             client.publish(name, data, qos=1, retain=retain)  # type: ignore[attr-defined]
             for name, data, retain in told(prefix, delivery)
         ]
-        pending.append((infos[0], dev_id, delivery))
+        sent.add(infos[0], dev_id, delivery)
         progress(1)
     delivered = {d.activation.id for d in deliveries}
     for act in to_tell:
@@ -283,25 +361,7 @@ def push(
             progress(1)
             summary.failed += 1
             summary.failures.append(f"activation {act.id}: nothing can be told (no file now)")
-    for info, dev_id, what in pending:
-        try:
-            info.wait_for_publish(30)
-            ok = info.is_published()
-        except (RuntimeError, ValueError):
-            ok = False
-        if not ok:
-            summary.failed += 1
-            summary.failures.append(f"device {dev_id}: not accepted by the broker")
-        elif isinstance(what, int):
-            summary.sent += 1
-            confirmations.expect_file(dev_id, what)
-        else:
-            kind = kind_of(what.entry)
-            if kind == "file":
-                summary.sent += 1
-            else:
-                summary.told_sent[kind] += 1
-            confirmations.expect_told(dev_id, what.entry, what.activation)
+    sent.drain()
 
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline and confirmations.outstanding():

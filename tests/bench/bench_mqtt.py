@@ -23,15 +23,24 @@ file on its own flash, in parallel across the fleet).
   twice).
 - floor: the same N round trips with no work at either end (a file-sized QoS 1 message
   out through the two simulator processes, a status-sized one back), so that the ratio
-  push ÷ floor says what HQ's work costs on top of MQTT on this machine.
+  push ÷ floor says what HQ's work costs on top of MQTT on this machine. Like push, the
+  floor's publisher keeps at most ``connection.PUBLISH_WINDOW`` publishes awaiting
+  their PUBACK (unbounded, paho's 16-bit packet ids wrapped past 65,535 in flight and
+  the floor lost a fifth of its messages).
+
+Beside the times: the CPU seconds (user + system, from ``/proc``) of push's process
+(the benchmark's own, during push), of the simulator (or echo) processes and of
+mosquitto, over each phase: what the shared machine blurs least.
 
 Idle daemon: one real ``fieldpass run`` connected to the broker with nothing to do; its
 peak RSS (VmHWM) and the CPU it uses over IDLE_S seconds.
 
 ``BENCH_MQTT_DEVICES`` (default 100,000), ``BENCH_MQTT_RUNS`` (repeats of push and
-bridges, default 1), ``BENCH_MQTT_IDLE_S`` shrink or grow a run.
+bridges, default 1), ``BENCH_MQTT_IDLE_S`` shrink or grow a run;
+``BENCH_MQTT_PHASES`` (default ``floor,push,bridges,idle``) picks phases.
 """
 
+import collections
 import multiprocessing as mp
 import os
 import queue
@@ -49,6 +58,7 @@ SIM_PROCS = 2
 IDLE_S = float(os.environ.get("BENCH_MQTT_IDLE_S", "60"))
 REASK_S = 30.0
 PREFIX = "fieldpass/v1"
+PHASES = os.environ.get("BENCH_MQTT_PHASES", "floor,push,bridges,idle").split(",")
 
 # What the simulator processes inherit by fork: device id -> (fingerprint, activation
 # id, device key seed), and the license key and keyring.
@@ -108,6 +118,7 @@ def _simulate(
     if requests:
         threading.Thread(target=_ask, args=(client, requests), daemon=True).start()
     batch: list[str] = []
+    window = _Window()
     last_flush = time.monotonic()
     while True:
         try:
@@ -130,7 +141,7 @@ def _simulate(
         if claims.serial <= device.serial:
             continue
         device.serial = claims.serial
-        client.publish(device.topic(topics.STATUS), device.status(claims.serial), qos=1)
+        window.publish(client, device.topic(topics.STATUS), device.status(claims.serial))
         dev = parsed[0]
         batch.append(f"{dev}:{claims.serial}:{claims.issued_at}")
         if len(batch) >= 500 or time.monotonic() - last_flush > 0.5:
@@ -144,8 +155,25 @@ def _simulate(
 
 
 def _ask(client: Any, requests: list[tuple[str, bytes]]) -> None:
+    window = _Window()
     for name, payload in requests:
-        client.publish(name, payload, qos=1)
+        window.publish(client, name, payload)
+
+
+class _Window:
+    """Publishes (QoS 1) with at most ``connection.PUBLISH_WINDOW`` awaiting their
+    PUBACK: the oldest is waited for first (see connection.py)."""
+
+    def __init__(self) -> None:
+        from provisioning.mqtt.connection import PUBLISH_WINDOW
+
+        self.size = PUBLISH_WINDOW
+        self.infos: collections.deque[Any] = collections.deque()
+
+    def publish(self, client: Any, name: str, payload: bytes) -> None:
+        while len(self.infos) >= self.size:
+            self.infos.popleft().wait_for_publish(30)
+        self.infos.append(client.publish(name, payload, qos=1))
 
 
 def _echo(index: int, port: int, ready: Any, stop: Any) -> None:
@@ -159,12 +187,13 @@ def _echo(index: int, port: int, ready: Any, stop: Any) -> None:
     client.loop_start()
     time.sleep(0.5)
     ready.set()
+    window = _Window()
     while not stop.is_set():
         try:
             name = inbox.get(timeout=0.2)
         except queue.Empty:
             continue
-        client.publish(name[: -len("out")] + "back", answer, qos=1)
+        window.publish(client, name[: -len("out")] + "back", answer)
     client.disconnect()
     client.loop_stop()
 
@@ -243,7 +272,7 @@ def _stop_sims(procs: list[Any], stop: Any, seen: "mp.Queue[list[str]]") -> list
             return rest
 
 
-def _push(tmp: Path, port: int) -> dict[str, float]:
+def _push(tmp: Path, port: int, broker_pid: int) -> dict[str, float]:
     from provisioning.models import Actor
     from provisioning.mqtt import connection
     from provisioning.mqtt import push as push_mod
@@ -262,6 +291,7 @@ def _push(tmp: Path, port: int) -> dict[str, float]:
         on_message=confirmations.on_message,
         subscriptions=[f"{PREFIX}/dev/+/status"],
     )
+    cpu = _Cpu(broker_pid, [p.pid for p in procs])
     start = time.perf_counter()
     summary = push_mod.push(
         hq,
@@ -275,6 +305,7 @@ def _push(tmp: Path, port: int) -> dict[str, float]:
         actor=Actor("bench", "local"),
     )
     total_s = time.perf_counter() - start
+    used = cpu.used()
     client.disconnect()
     client.loop_stop()
     installed = {line.split(":")[0] for line in _stop_sims(procs, stop, seen)}
@@ -287,6 +318,9 @@ def _push(tmp: Path, port: int) -> dict[str, float]:
         "push_confirmed": float(summary.confirmed),
         "push_failed": float(summary.failed),
         "push_devices_installed": float(len(installed)),
+        "push_cpu_push_s": used["self"],
+        "push_cpu_devices_s": used["peers"],
+        "push_cpu_mosquitto_s": used["broker"],
     }
 
 
@@ -346,7 +380,7 @@ def _bridges(tmp: Path, port: int) -> dict[str, float]:
     }
 
 
-def _floor(port: int) -> dict[str, float]:
+def _floor(port: int, broker_pid: int) -> dict[str, float]:
     """N file-sized QoS 1 messages out through the two simulator processes, N
     status-sized ones back, no work at either end."""
     ctx = mp.get_context("fork")
@@ -376,23 +410,51 @@ def _floor(port: int) -> dict[str, float]:
     client.loop_start()
     subscribed.wait(10)
     payload = os.urandom(600)
+    cpu = _Cpu(broker_pid, [p.pid for p in procs if p.pid is not None])
     start = time.perf_counter()
+    window = _Window()
     for i in range(N):
-        client.publish(f"floor/d{i:024x}/out", payload, qos=1)
+        window.publish(client, f"floor/d{i:024x}/out", payload)
     while back[0] < N and time.perf_counter() - start < 300:
         time.sleep(0.01)
     total_s = time.perf_counter() - start
+    used = cpu.used()
     stop.set()
     for p in procs:
         p.join(10)
     client.disconnect()
     client.loop_stop()
-    return {"floor_round_trips_s": round(total_s, 2), "floor_answered": float(back[0])}
+    return {
+        "floor_round_trips_s": round(total_s, 2),
+        "floor_answered": float(back[0]),
+        "floor_cpu_publisher_s": used["self"],
+        "floor_cpu_echo_s": used["peers"],
+        "floor_cpu_mosquitto_s": used["broker"],
+    }
 
 
 def _proc_cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _Cpu:
+    """CPU seconds used from now on by this process, by ``peers`` and by the broker."""
+
+    def __init__(self, broker_pid: int, peers: list[int]) -> None:
+        self.broker_pid, self.peers = broker_pid, peers
+        self.start = self._now()
+
+    def _now(self) -> dict[str, float]:
+        return {
+            "self": time.process_time(),
+            "peers": sum(_proc_cpu_s(pid) for pid in self.peers),
+            "broker": _proc_cpu_s(self.broker_pid),
+        }
+
+    def used(self) -> dict[str, float]:
+        now = self._now()
+        return {k: round(now[k] - self.start[k], 1) for k in now}
 
 
 def _proc_kib(pid: int, key: str) -> int:
@@ -458,19 +520,25 @@ def main() -> dict[str, float]:
         try:
             for run in range(RUNS):
                 suffix = "" if RUNS == 1 else f"_{run + 1}"
-                for key, value in _floor(broker.port).items():
-                    results[key + suffix] = value
-                for key, value in _push(tmp / f"run{run}", broker.port).items():
-                    results[key + suffix] = value
-                results["push_over_floor" + suffix] = round(
-                    results["push_to_all_confirmed_s" + suffix]
-                    / results["floor_round_trips_s" + suffix],
-                    2,
-                )
-                for key, value in _bridges(tmp / f"run{run}", broker.port).items():
-                    results[key + suffix] = value
+                pid = broker.proc.pid if broker.proc else 0
+                if "floor" in PHASES:
+                    for key, value in _floor(broker.port, pid).items():
+                        results[key + suffix] = value
+                if "push" in PHASES:
+                    for key, value in _push(tmp / f"run{run}", broker.port, pid).items():
+                        results[key + suffix] = value
+                if "floor" in PHASES and "push" in PHASES:
+                    results["push_over_floor" + suffix] = round(
+                        results["push_to_all_confirmed_s" + suffix]
+                        / results["floor_round_trips_s" + suffix],
+                        2,
+                    )
+                if "bridges" in PHASES:
+                    for key, value in _bridges(tmp / f"run{run}", broker.port).items():
+                        results[key + suffix] = value
                 broker.restart()  # a fresh broker: no retained files of the last run
-            results.update(_idle_daemon(tmp, broker.port))
+            if "idle" in PHASES:
+                results.update(_idle_daemon(tmp, broker.port))
         finally:
             broker.stop()
     return results

@@ -1,0 +1,143 @@
+"""``push`` in process (provisioning/mqtt/push.py) against a real mosquitto and simulated
+devices (tests/mqtt/simdevices.py): its window of publishes awaiting their PUBACK, and
+how it reads statuses of the devices it sends to. The command through the real
+process: test_hq_bridge.py, test_hostile.py."""
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from agent.daemon import topics
+from agent.wire.keys import Keyring
+from agent.wire.machine_file import open_machine_file
+from provisioning.models import Actor, Plan
+from provisioning.mqtt import connection
+from provisioning.mqtt import push as push_mod
+from provisioning.services import HQ
+from tests.engines import Engine
+from tests.mqtt.conftest import Broker, Client
+from tests.mqtt.simdevices import SimDevice, enroll
+
+ACTOR = Actor("test", "local")
+PREFIX = topics.DEFAULT_PREFIX
+
+
+@pytest.fixture
+def service(tmp_path: Path, hq_engine: Engine) -> Iterator[HQ]:
+    hq_engine.configure(tmp_path / "home")
+    hq = HQ(tmp_path / "home")
+    now = int(time.time())
+    hq.generate_key(now, ACTOR)
+    hq.create_plan(Plan("industrial", "robot-os", 365 * 86400, 86400, 1000, None, now), ACTOR)
+    yield hq
+    hq.store.close()
+
+
+class Devices:
+    """Simulated devices on the broker: each file received is opened as the daemon
+    opens it and answered by the device's signed status."""
+
+    def __init__(self, broker: Broker, hq: HQ, license_key: str, sims: list[SimDevice]):
+        self.ring = Keyring.loads(hq.keyring().dumps().encode())
+        self.license_key = license_key
+        self.by_id = {s.device_id: s for s in sims}
+        self.installed: dict[str, int] = {}
+        self.lock = threading.Lock()
+        self.client = Client(broker)
+        self.client.client.on_message = self._on_file
+        self.client.subscribe(topics.topic(PREFIX, "+", topics.MACHINE_FILE))
+
+    def _on_file(self, client: object, userdata: object, message: mqtt.MQTTMessage) -> None:
+        parsed = topics.parse(PREFIX, message.topic)
+        sim = self.by_id.get(parsed[0]) if parsed else None
+        if sim is None or not message.payload:
+            return
+        claims = open_machine_file(
+            bytes(message.payload), self.ring, self.license_key, sim.fingerprint
+        )
+        with self.lock:
+            self.installed[sim.device_id] = claims.serial
+        self.client.client.publish(sim.topic(topics.STATUS), sim.status(claims.serial), qos=1)
+
+
+def test_push_sends_through_a_small_window_and_counts_every_confirmation(
+    service: HQ, broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With at most 3 publishes awaiting their PUBACK, every one of 40 devices is sent its
+    file, settled as acknowledged, and confirmed by its signed status."""
+    monkeypatch.setattr(push_mod, "PUBLISH_WINDOW", 3)
+    lic = service.create_license("industrial", [], None, int(time.time()), ACTOR)
+    sims = enroll(service, lic.license_key, 40)
+    devices = Devices(broker, service, lic.license_key, sims)
+    confirmations = push_mod.Confirmations(service)
+    client = connection.connect(
+        broker.url,
+        "fieldpass-hq-push",
+        "fieldpass-hq-push",
+        "-",
+        on_message=confirmations.on_message,
+        subscriptions=[topics.topic(PREFIX, "+", topics.STATUS)],
+    )
+    try:
+        summary = push_mod.push(
+            service,
+            client,
+            confirmations,
+            push_mod.Selection(license_id=lic.id),
+            prefix=PREFIX,
+            ttl_s=None,
+            wait_s=30,
+            now=int(time.time()),
+            actor=ACTOR,
+        )
+    finally:
+        client.disconnect()
+        client.loop_stop()
+        devices.client.close()
+    assert (summary.selected, summary.sent, summary.confirmed, summary.failed) == (40, 40, 40, 0)
+    assert summary.pending == 0 and summary.ignored == {}
+    assert devices.installed == {s.device_id: 2 for s in sims}
+    assert {a.id: a.serial for a in service.list_activations(lic.id)} == {
+        s.activation_id: 2 for s in sims
+    }
+
+
+def _status(topic: str, payload: bytes) -> mqtt.MQTTMessage:
+    message = mqtt.MQTTMessage(topic=topic.encode())
+    message.payload = payload
+    return message
+
+
+def test_statuses_of_known_devices_verify_against_their_own_topic(service: HQ) -> None:
+    """A device push sends to is verified by its key at hand; its status on another
+    device's topic, a status whose signature fails, and bytes that are no signed
+    message are each counted, and confirm nothing."""
+    lic = service.create_license("industrial", [], None, int(time.time()), ACTOR)
+    a, b = enroll(service, lic.license_key, 2)
+    confirmations = push_mod.Confirmations(service)
+    acts = {act.id: act for act in service.list_activations(lic.id)}
+    confirmations.know([acts[a.activation_id], acts[b.activation_id]])
+    confirmations.expect_file(a.device_id, 2)
+    confirmations.expect_file(b.device_id, 2)
+
+    confirmations.on_message(None, None, _status(b.topic(topics.STATUS), a.status(2)))
+    forged = bytearray(b.status(2))
+    forged[-1] ^= 1  # the signature's last byte
+    confirmations.on_message(None, None, _status(b.topic(topics.STATUS), bytes(forged)))
+    confirmations.on_message(None, None, _status(b.topic(topics.STATUS), b"\xa0garbage"))
+    assert confirmations.ignored == {
+        "foreign_topic": 1,
+        "device_unauthenticated": 1,
+        "malformed_status": 1,
+    }
+    assert confirmations.outstanding() == 2 and confirmations.counts["file"] == 0
+
+    confirmations.on_message(None, None, _status(a.topic(topics.STATUS), a.status(2)))
+    confirmations.on_message(None, None, _status(b.topic(topics.STATUS), b.status(1)))
+    assert confirmations.counts["file"] == 1 and confirmations.outstanding() == 1
+    confirmations.on_message(None, None, _status(b.topic(topics.STATUS), b.status(2)))
+    assert confirmations.counts["file"] == 2 and confirmations.outstanding() == 0
