@@ -29,10 +29,17 @@ from ..errors import (
     SignedRequestRequired,
 )
 from ..models import Activation, Actor, License, Plan, PlanMeter
-from ..storage import Store, Tx
+from ..storage import PlanRows, Store, Tx
 from .audit import event
 from .keys import Keys, Signer
-from .licenses import check_usable, find_license, license_of_key, license_status
+from .licenses import (
+    check_key,
+    check_usable,
+    find_license,
+    license_of_key,
+    license_status,
+    normalize_key,
+)
 
 FINGERPRINT_HINT = "a fingerprint is 64 lowercase hex characters"
 
@@ -206,10 +213,10 @@ class Issuing:
         self.store = store
         self.keys = keys
 
-    def issuer(self, tx: Tx, lic: License) -> _Issuer:
+    def issuer(self, tx: Tx, lic: License, rows: PlanRows | None = None) -> _Issuer:
         """What every file of ``lic`` shares, read once in ``tx`` (for the bridge's and
-        the outbox's batches, too)."""
-        plan, plan_meters, counters, keys = tx.plan_rows(lic.plan)
+        the outbox's batches, too); ``rows``: its plan's rows if read already."""
+        plan, plan_meters, counters, keys = rows or tx.plan_rows(lic.plan)
         if plan is None:  # pragma: no cover - a foreign key makes this impossible
             raise PlanNotFound(f"license {lic.id} names a missing plan")
 
@@ -244,16 +251,17 @@ class Issuing:
         with self.store.write() as tx:
             # read with its row locked (PostgreSQL) or under the writer lock (SQLite):
             # no other activation of it can change its seats before this one ends
-            lic = license_of_key(tx, license_key)
+            key = normalize_key(license_key)
+            found, existing, due, rows = tx.issue_reads(lk.license_id(key), fingerprint, now)
+            lic = check_key(found, key)
             tx.lock_license(lic.id)
-            existing, due = tx.find_live_and_due(lic.id, fingerprint, now)
             contact.refuse_unsigned(existing)
             check_usable(lic, now)
             for act_id in due:  # returned seats whose time came
                 tx.deactivate(act_id, now)
             if existing is not None and existing.id in due:
                 existing = None
-            issuer = self.issuer(tx, lic)
+            issuer = self.issuer(tx, lic, rows)
             if existing is None:
                 seats = lic.seat_limit(issuer.plan)
                 if lic.seats_used - len(due) >= seats:
@@ -336,12 +344,16 @@ class Issuing:
         fingerprint: str | None,
         now: int,
         contact: "Contact | None" = None,
-    ) -> tuple[License, Activation]:
+    ) -> tuple[License, Activation, PlanRows | None]:
+        """The license and live activation a renewal names, and its plan's rows when
+        they were read with them."""
         if license_key is not None:
-            lic = license_of_key(tx, license_key)
-            live = None
-            if fingerprint is not None and lk.is_fingerprint(fingerprint):
-                live = tx.find_live_activation(lic.id, fingerprint)
+            key = normalize_key(license_key)
+            valid = fingerprint is not None and lk.is_fingerprint(fingerprint)
+            named, live, _, rows = tx.issue_reads(
+                lk.license_id(key), fingerprint if fingerprint and valid else "", now
+            )
+            lic = check_key(named, key)
             if contact is not None:
                 contact.refuse_unsigned(live)
             check_usable(lic, now)
@@ -357,7 +369,7 @@ class Issuing:
                 raise ActivationNotFound("this device has no live activation of this license")
             else:
                 act = live
-            return lic, act
+            return lic, act, rows
         if activation_id is None:
             raise InvalidRequest("name an activation")
         found = tx.get_activation(activation_id)
@@ -366,7 +378,7 @@ class Issuing:
         lic_found = tx.get_license(found.license_id)
         if lic_found is None:  # pragma: no cover - foreign key
             raise LicenseNotFound("the activation's license is missing")
-        return lic_found, found
+        return lic_found, found, None
 
     def renew(
         self,
@@ -384,7 +396,7 @@ class Issuing:
         if ttl_s is not None and ttl_s <= 0:
             raise InvalidRequest("a TTL is positive")
         with self.store.write() as tx:
-            lic, act = self._live_activation(
+            lic, act, rows = self._live_activation(
                 tx, activation_id, license_key, fingerprint, now, contact
             )
             check_usable(lic, now)
@@ -393,7 +405,9 @@ class Issuing:
             if contact is not None:
                 act = self.take_contact(tx, act, contact, now)
                 binding = contact.binding
-            issued = self.issuer(tx, lic).issue(tx, act, ttl_s, now, new=False, binding=binding)
+            issued = self.issuer(tx, lic, rows).issue(
+                tx, act, ttl_s, now, new=False, binding=binding
+            )
             serial = f"serial={issued.claims.serial}"
             tx.append_audit(event(now, actor, "renew", lic.id, act.id, serial))
         return issued.seal()
@@ -454,7 +468,7 @@ class Issuing:
                 if activation_id is not None and act.id != activation_id:
                     raise FingerprintMismatch("the activation belongs to another device")
             else:
-                _, act = self._live_activation(tx, activation_id, None, None, now)
+                _, act, _ = self._live_activation(tx, activation_id, None, None, now)
             tx.lock_license(act.license_id)
             tx.deactivate(act.id, now)
             if tell_device:

@@ -32,10 +32,11 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any, ClassVar
 
 from ..errors import ConfigError, Conflict, HQError, StorageError
-from ..models import Activation, License, Plan
+from ..models import Activation, License, Plan, PlanMeter
 from . import migrations
 from .interface import Store
-from .tx import Cursor, Tx, select_all
+from .tx import _LIVE, Cursor, PlanRows, Tx, _activation, keys_of, select_all
+from .usage_ops import DUE_RETURNS
 
 SCHEMES = ("postgresql", "postgres")
 POOL_TIMEOUT_S = 30.0
@@ -305,6 +306,26 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     ),
 ]
 
+# A license's row with its entitlements, and a plan's row with its meters, its counters
+# and HQ's signing keys: one statement each (the rows of the small tables as JSON arrays,
+# in the order storage/tx.py's own queries read them), where tx.py sends several.
+_LICENSE_AND_ENTITLEMENTS = (
+    "SELECT l.id, l.license_key, l.plan, l.status, l.expires_at, l.created_at, l.updated_at, "
+    "l.seats_used, l.seats, (SELECT json_agg(json_build_array(e.feature, e.expires_at) "
+    "ORDER BY e.feature) FROM entitlements e WHERE e.license_id = l.id) FROM licenses l"
+)
+_PLAN_ROWS = (
+    "SELECT p.name, p.product, p.offline_ttl_s, p.grace_s, p.seats, p.warn_s, p.created_at, "
+    "(SELECT json_agg(json_build_array(m.feature, m.counter, m.usage_limit, m.period_s) "
+    "ORDER BY m.feature) FROM plan_meters m WHERE m.plan = p.name), "
+    "(SELECT json_agg(c.counter ORDER BY c.counter) FROM plan_counters c WHERE c.plan = p.name), "
+    "(SELECT json_agg(json_build_array(k.kid, k.public_key, k.created_at, k.active, "
+    "k.retired_at) ORDER BY k.created_at, k.kid) FROM signing_keys k) "
+    "FROM plans p"
+)
+# (a license's plan never changes: read by the license's id, it needs no lock)
+_PLAN_OF_LICENSE = " WHERE p.name = (SELECT plan FROM licenses WHERE id = :id)"
+
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
 
@@ -409,6 +430,51 @@ class PostgresTx(Tx):
             sql = f"SELECT license_id FROM activations WHERE {where}"  # noqa: S608 - fixed text
             for license_id in sorted({str(r[0]) for r in self._all(sql, **params)}):
                 self.lock_license(license_id)
+
+    def _get_license(self, license_id: str, lock: str) -> License | None:
+        """The row and its entitlements in one statement."""
+        row = self._one(f"{_LICENSE_AND_ENTITLEMENTS} WHERE l.id = :id{lock}", id=license_id)
+        return None if row is None else self._license(row[:9], row[9] or [])
+
+    def plan_rows(self, plan: str) -> PlanRows:
+        """In one statement (nothing without the plan: its callers stop there)."""
+        return self._plan_rows(self._one(f"{_PLAN_ROWS} WHERE p.name = :name", name=plan))
+
+    def _plan_rows(self, row: Any) -> PlanRows:
+        if row is None:
+            return None, [], (), []
+        found = self._plans[row[0]] = Plan(*row[:7])
+        meters = [PlanMeter(*m) for m in row[7] or []]
+        counters = tuple(str(c) for c in row[8] or [])
+        return found, meters, counters, keys_of(row[9] or [])
+
+    def issue_reads(
+        self, license_id: str, fingerprint: str, now: int
+    ) -> tuple[License | None, Activation | None, list[str], PlanRows]:
+        """All four sent before any is read (one round trip), the license's lock
+        first: the server runs the others once it holds it."""
+        lock = " FOR UPDATE" if self._write and license_id not in self._locked else ""
+        sent = [
+            self._execute(
+                f"{_LICENSE_AND_ENTITLEMENTS} WHERE l.id = :id{lock}", {"id": license_id}
+            ),
+            self._execute(_LIVE, {"id": license_id, "fp": fingerprint}),
+            self._execute(DUE_RETURNS, {"l": license_id, "now": now}),
+            self._execute(f"{_PLAN_ROWS}{_PLAN_OF_LICENSE}", {"id": license_id}),
+        ]
+        row = sent[0].fetchone()  # (every result with it)
+        if row is None:
+            return None, None, [], (None, [], (), [])
+        if lock:
+            self._locked.add(license_id)
+        live = sent[1].fetchone()
+        due = [str(r[0]) for r in sent[2].fetchall()]
+        return (
+            self._license(row[:9], row[9] or []),
+            None if live is None else _activation(live),
+            due,
+            self._plan_rows(sent[3].fetchone()),
+        )
 
     def get_license(self, license_id: str) -> License | None:
         """Read and lock in one statement (the lock first: the row as of the lock)."""

@@ -71,6 +71,7 @@ _LICENSE = (
     "SELECT id, license_key, plan, status, expires_at, created_at, updated_at, "
     "seats_used, seats FROM licenses"
 )
+_LIVE = f"{_ACTIVATION} WHERE license_id = :id AND fingerprint = :fp AND deactivated_at IS NULL"
 _PLAN = "SELECT name, product, offline_ttl_s, grace_s, seats, warn_s, created_at FROM plans"
 _ENTITLEMENTS = (
     "SELECT feature, expires_at FROM entitlements WHERE license_id = :id ORDER BY feature"
@@ -81,6 +82,10 @@ _KEYS = (
 )
 _TOKEN = "SELECT name, created_at, expires_at, revoked_at FROM api_tokens"  # noqa: S105
 _AUDIT = "SELECT at, actor, source, action, license_id, activation_id, detail, id FROM audit"
+
+
+# A plan, its meters, its usage counters, HQ's signing keys (Tx.plan_rows).
+PlanRows = tuple[Plan | None, list[PlanMeter], tuple[str, ...], list[KeyInfo]]
 
 
 def select_all(table: str, columns: Sequence[str], order: Sequence[str]) -> str:
@@ -96,7 +101,8 @@ def _activation(row: Any) -> Activation:
     return Activation(*values)
 
 
-def _keys(rows: list[Any]) -> list[KeyInfo]:
+def keys_of(rows: Iterable[Sequence[Any]]) -> list[KeyInfo]:
+    """``KeyInfo`` of signing_keys rows (kid, public_key, created_at, active, retired_at)."""
     return [KeyInfo(r[0], base64.b64decode(r[1]), r[2], bool(r[3]), r[4]) for r in rows]
 
 
@@ -208,7 +214,7 @@ class Tx(UsageOps, OutboxOps, FleetViews, SessionRows):
         self._run("UPDATE signing_keys SET active = 1 WHERE kid = :kid", kid=kid)
 
     def list_keys(self) -> list[KeyInfo]:
-        return _keys(self._all(_KEYS))
+        return keys_of(self._all(_KEYS))
 
     def retire_key(self, kid: str, now: int) -> int:
         return self._run(
@@ -337,12 +343,7 @@ class Tx(UsageOps, OutboxOps, FleetViews, SessionRows):
         return 0 if row is None else int(row[0])
 
     def find_live_activation(self, license_id: str, fingerprint: str) -> Activation | None:
-        row = self._one(
-            f"{_ACTIVATION} WHERE license_id = :id AND fingerprint = :fp "
-            "AND deactivated_at IS NULL",
-            id=license_id,
-            fp=fingerprint,
-        )
+        row = self._one(_LIVE, id=license_id, fp=fingerprint)
         return None if row is None else _activation(row)
 
     def get_activation(self, activation_id: str) -> Activation | None:
@@ -363,18 +364,25 @@ class Tx(UsageOps, OutboxOps, FleetViews, SessionRows):
     ) -> tuple[Activation | None, list[str]]:
         """``find_live_activation`` and ``due_returns`` at once (both sent before either
         is read)."""
-        live = self._execute(
-            f"{_ACTIVATION} WHERE license_id = :id AND fingerprint = :fp "
-            "AND deactivated_at IS NULL",
-            {"id": license_id, "fp": fingerprint},
-        )
+        live = self._execute(_LIVE, {"id": license_id, "fp": fingerprint})
         due = self._execute(DUE_RETURNS, {"l": license_id, "now": now})
         row = live.fetchone()
         return None if row is None else _activation(row), [str(r[0]) for r in due.fetchall()]
 
-    def plan_rows(
-        self, plan: str
-    ) -> tuple[Plan | None, list[PlanMeter], tuple[str, ...], list[KeyInfo]]:
+    def issue_reads(
+        self, license_id: str, fingerprint: str, now: int
+    ) -> tuple[License | None, Activation | None, list[str], PlanRows]:
+        """What an activation reads before it decides: the license (``get_license``:
+        locked first in a write transaction), this device's live activation and the
+        license's due returns (``find_live_and_due``), its plan's rows (``plan_rows``).
+        Nothing but the license when there is none."""
+        lic = self.get_license(license_id)
+        if lic is None:
+            return None, None, [], (None, [], (), [])
+        live, due = self.find_live_and_due(license_id, fingerprint, now)
+        return lic, live, due, self.plan_rows(lic.plan)
+
+    def plan_rows(self, plan: str) -> PlanRows:
         """What every file issued under ``plan`` reads: the plan, its meters, its usage
         counters, and HQ's signing keys (all sent before any is read)."""
         sent = [
@@ -386,7 +394,7 @@ class Tx(UsageOps, OutboxOps, FleetViews, SessionRows):
         row = sent[0].fetchone()
         meters = [PlanMeter(*r) for r in sent[1].fetchall()]
         counters = tuple(str(r[0]) for r in sent[2].fetchall())
-        return None if row is None else Plan(*row), meters, counters, _keys(sent[3].fetchall())
+        return None if row is None else Plan(*row), meters, counters, keys_of(sent[3].fetchall())
 
     def insert_activation(self, act: Activation) -> None:
         from agent.wire.device_key import key_id

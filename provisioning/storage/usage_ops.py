@@ -16,10 +16,15 @@ PLAN_METERS = (
     "SELECT feature, counter, usage_limit, period_s FROM plan_meters "
     "WHERE plan = :p ORDER BY feature"
 )
-# The live activations of a license whose return frees the seat by now.
+# The live activations of a license whose return frees the seat by now: driven by the
+# returns (few), each probing its activation by id. (A join lets a planner without
+# fresh statistics walk every live activation of the license instead, on every
+# activation: linear in the license's devices.) A scalar subquery is never flattened
+# into a join, on either engine.
 DUE_RETURNS = (
-    "SELECT r.activation_id FROM returns r JOIN activations a ON a.id = r.activation_id "
-    "WHERE a.license_id = :l AND a.deactivated_at IS NULL AND r.frees_at <= :now"
+    "SELECT r.activation_id FROM returns r WHERE r.frees_at <= :now AND "
+    "(SELECT a.license_id FROM activations a WHERE a.id = r.activation_id "
+    "AND a.deactivated_at IS NULL) = :l"
 )
 
 
