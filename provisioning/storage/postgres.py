@@ -14,8 +14,8 @@ relied on. Read transactions are ``REPEATABLE READ READ ONLY`` snapshots.
 A write transaction runs in psycopg's pipeline mode: a statement is sent when it is
 issued and its result is waited for only when read (a row fetched, a row count asked),
 so ``BEGIN`` goes with the first read, the statements read together
-(``Tx.plan_rows``...) share one round trip, and the writes nobody reads the result of
-go out with the ``COMMIT`` and the durable wait after it: an activation costs four
+(``Tx.issue_reads``...) share one round trip, and the writes nobody reads the result of
+go out with the ``COMMIT`` and the durable wait after it: an activation costs two
 round trips, not eighteen.
 
 The URL goes to libpq as it is (``sslmode``, ``sslrootcert``, ``sslcert``, ``passfile``
@@ -738,10 +738,9 @@ class PostgresStore(Store):
         first (``PostgresTx``): what it reads of a license is what it writes on.
 
         Pipelined (the module's doc). Durable before it returns, like every write: it
-        commits with
-        ``synchronous_commit`` off for itself alone, which releases its row locks
-        without waiting for the disk, then waits for the WAL flush that covers its
-        commit (``_transaction``). Another transaction may read its rows in between;
+        commits with ``synchronous_commit`` off for itself alone, which releases its row
+        locks without waiting for the disk, then waits for the WAL flush that covers its
+        commit (``_pipelined``). Another transaction may read its rows in between;
         if the server crashed then, WAL order means nothing that read them was durable
         either, and nobody was answered."""
         return self._pipelined()
