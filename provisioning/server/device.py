@@ -38,7 +38,8 @@ from .common import client_host, now
 
 DEVICE = error_responses(400, 401, 403, 404, 409, *COMMON_ERRORS)
 # What HQ records of a request in the form of agents up to 0.1.0: version-1 claims.
-LEGACY = Contact(channel="http", agent_version="0.1.0", claims_format=1)
+# unsigned: a device with a device key is refused in the request's own transaction
+LEGACY = Contact(channel="http", agent_version="0.1.0", claims_format=1, unsigned=True)
 
 
 async def _device(request: Request) -> Actor:  # async: no thread-pool hop
@@ -111,7 +112,6 @@ def add_routes(app: FastAPI, hq: HQ) -> None:
             )
         else:
             assert body.fingerprint is not None
-            hq.device.refuse_legacy(body.license_key, body.fingerprint)
             issued = hq.activate(body.license_key, body.fingerprint, now(), actor, LEGACY)
         return JSONResponse(_issued(issued), status_code=201)
 
@@ -122,7 +122,6 @@ def add_routes(app: FastAPI, hq: HQ) -> None:
         if signed is not None:
             return JSONResponse(_issued(hq.device.renew(signed, now(), actor)))
         assert body.license_key is not None and body.fingerprint is not None
-        hq.device.refuse_legacy(body.license_key, body.fingerprint)
         issued = hq.renew(
             now(),
             actor,

@@ -34,7 +34,6 @@ from ..errors import (
     DeviceUnauthenticated,
     FingerprintMismatch,
     InvalidRequest,
-    SignedRequestRequired,
 )
 from ..models import Activation, Actor, License
 from ..storage import Store, Tx
@@ -360,11 +359,7 @@ class DeviceRequests:
 
             lic = license_of_key(tx, license_key)
             act = tx.find_live_activation(lic.id, fingerprint)
-        if act is not None and act.device_key is not None:
-            raise SignedRequestRequired(
-                "this device has a device key: its requests must be signed by it, without "
-                "the license key"
-            )
+        Contact(unsigned=True).refuse_unsigned(act)
 
 
 def request_contact(req: Request) -> Contact:

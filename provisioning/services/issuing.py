@@ -26,12 +26,20 @@ from ..errors import (
     LicenseNotFound,
     PlanNotFound,
     SeatLimitReached,
+    SignedRequestRequired,
 )
 from ..models import Activation, Actor, License, Plan, PlanMeter
-from ..storage import Store, Tx
+from ..storage import PlanRows, Store, Tx
 from .audit import event
 from .keys import Keys, Signer
-from .licenses import check_usable, find_license, license_of_key, license_status, usable_license
+from .licenses import (
+    check_key,
+    check_usable,
+    find_license,
+    license_of_key,
+    license_status,
+    normalize_key,
+)
 
 FINGERPRINT_HINT = "a fingerprint is 64 lowercase hex characters"
 
@@ -177,6 +185,17 @@ class Contact:
     device_key: bytes | None = None
     binding: Binding | None = None
     keyring: tuple[str, ...] | None = None
+    unsigned: bool = False  # a request in the form of agents up to 0.1.0 (refuse_unsigned)
+
+    def refuse_unsigned(self, live: Activation | None) -> None:
+        """A request in the form of agents up to 0.1.0 (the license key in the body, not
+        signed) is answered for a device without a device key only: one with a key must
+        sign its requests."""
+        if self.unsigned and live is not None and live.device_key is not None:
+            raise SignedRequestRequired(
+                "this device has a device key: its requests must be signed by it, without "
+                "the license key"
+            )
 
 
 @dataclass(frozen=True)
@@ -194,13 +213,12 @@ class Issuing:
         self.store = store
         self.keys = keys
 
-    def issuer(self, tx: Tx, lic: License) -> _Issuer:
+    def issuer(self, tx: Tx, lic: License, rows: PlanRows | None = None) -> _Issuer:
         """What every file of ``lic`` shares, read once in ``tx`` (for the bridge's and
-        the outbox's batches, too)."""
-        plan = tx.get_plan(lic.plan)
+        the outbox's batches, too); ``rows``: its plan's rows if read already."""
+        plan, plan_meters, counters, keys = rows or tx.plan_rows(lic.plan)
         if plan is None:  # pragma: no cover - a foreign key makes this impossible
             raise PlanNotFound(f"license {lic.id} names a missing plan")
-        plan_meters = tx.plan_meters(plan.name)
 
         def extras(act: Activation, now: int) -> tuple[tuple[Meter, ...], int, dict[str, int]]:
             report = tx.latest_report(act.id)
@@ -208,7 +226,7 @@ class Issuing:
             meters = tuple(_period(tx, act, m, now, usage) for m in plan_meters)
             return meters, (report.seq if report else 0), usage
 
-        return _Issuer(lic, plan, self.keys.signer(tx), tuple(tx.plan_counters(plan.name)), extras)
+        return _Issuer(lic, plan, Signer(self.keys, keys), counters, extras)
 
     def activate(
         self,
@@ -223,20 +241,30 @@ class Issuing:
         ``contact`` is what the device's request said of itself (its key, its agent, the
         claims it reads, what the answer must be bound to); None for an operator's
         activation by fingerprint (a version-1 file, no device key yet). A live
-        activation's device key is never replaced here (DeviceKeyMismatch)."""
+        activation's device key is never replaced here (DeviceKeyMismatch).
+
+        The seats in use are the locked license row's count (``License.seats_used``,
+        kept by the database itself), less the seats whose return falls due now."""
         if not lk.is_fingerprint(fingerprint):
             raise InvalidRequest(FINGERPRINT_HINT)
         contact = contact or Contact()
         with self.store.write() as tx:
-            lic = usable_license(tx, license_key, now)
+            # read with its row locked (PostgreSQL) or under the writer lock (SQLite):
+            # no other activation of it can change its seats before this one ends
+            key = normalize_key(license_key)
+            found, existing, due, rows = tx.issue_reads(lk.license_id(key), fingerprint, now)
+            lic = check_key(found, key)
             tx.lock_license(lic.id)
-            for act_id in tx.due_returns(lic.id, now):  # returned seats whose time came
+            contact.refuse_unsigned(existing)
+            check_usable(lic, now)
+            for act_id in due:  # returned seats whose time came
                 tx.deactivate(act_id, now)
-            existing = tx.find_live_activation(lic.id, fingerprint)
+            if existing is not None and existing.id in due:
+                existing = None
+            issuer = self.issuer(tx, lic, rows)
             if existing is None:
-                plan = tx.get_plan(lic.plan)
-                seats = lic.seat_limit(plan) if plan else 0
-                if tx.count_seats(lic.id) >= seats:
+                seats = lic.seat_limit(issuer.plan)
+                if lic.seats_used - len(due) >= seats:
                     raise SeatLimitReached(
                         f"license {lic.id} has all {seats} seats in use: deactivate a device first"
                     )
@@ -256,16 +284,12 @@ class Issuing:
                     last_channel=contact.channel,
                     keyring=contact.keyring or (),
                 )
-                issued = self.issuer(tx, lic).issue(
-                    tx, act, None, now, new=True, binding=contact.binding
-                )
+                issued = issuer.issue(tx, act, None, now, new=True, binding=contact.binding)
                 if contact.binding is not None and contact.binding.counter is not None:
                     tx.set_tpm_bound(act.id)
             else:
                 act = self.take_contact(tx, existing, contact, now)
-                issued = self.issuer(tx, lic).issue(
-                    tx, act, None, now, new=False, binding=contact.binding
-                )
+                issued = issuer.issue(tx, act, None, now, new=False, binding=contact.binding)
             action = "activate" if issued.created else "reactivate"
             serial = f"serial={issued.claims.serial}"
             tx.append_audit(event(now, actor, action, lic.id, issued.activation.id, serial))
@@ -319,9 +343,20 @@ class Issuing:
         license_key: str | None,
         fingerprint: str | None,
         now: int,
-    ) -> tuple[License, Activation]:
+        contact: "Contact | None" = None,
+    ) -> tuple[License, Activation, PlanRows | None]:
+        """The license and live activation a renewal names, and its plan's rows when
+        they were read with them."""
         if license_key is not None:
-            lic = usable_license(tx, license_key, now)
+            key = normalize_key(license_key)
+            valid = fingerprint is not None and lk.is_fingerprint(fingerprint)
+            named, live, _, rows = tx.issue_reads(
+                lk.license_id(key), fingerprint if fingerprint and valid else "", now
+            )
+            lic = check_key(named, key)
+            if contact is not None:
+                contact.refuse_unsigned(live)
+            check_usable(lic, now)
             if fingerprint is None or not lk.is_fingerprint(fingerprint):
                 raise InvalidRequest(FINGERPRINT_HINT)
             if activation_id is not None:
@@ -330,12 +365,11 @@ class Issuing:
                     raise ActivationNotFound("no live activation with this id for this license")
                 if act.fingerprint != fingerprint:
                     raise FingerprintMismatch("the activation belongs to another device")
+            elif live is None:
+                raise ActivationNotFound("this device has no live activation of this license")
             else:
-                found = tx.find_live_activation(lic.id, fingerprint)
-                if found is None:
-                    raise ActivationNotFound("this device has no live activation of this license")
-                act = found
-            return lic, act
+                act = live
+            return lic, act, rows
         if activation_id is None:
             raise InvalidRequest("name an activation")
         found = tx.get_activation(activation_id)
@@ -344,7 +378,7 @@ class Issuing:
         lic_found = tx.get_license(found.license_id)
         if lic_found is None:  # pragma: no cover - foreign key
             raise LicenseNotFound("the activation's license is missing")
-        return lic_found, found
+        return lic_found, found, None
 
     def renew(
         self,
@@ -362,14 +396,18 @@ class Issuing:
         if ttl_s is not None and ttl_s <= 0:
             raise InvalidRequest("a TTL is positive")
         with self.store.write() as tx:
-            lic, act = self._live_activation(tx, activation_id, license_key, fingerprint, now)
+            lic, act, rows = self._live_activation(
+                tx, activation_id, license_key, fingerprint, now, contact
+            )
             check_usable(lic, now)
             tx.lock_license(lic.id)
             binding = None
             if contact is not None:
                 act = self.take_contact(tx, act, contact, now)
                 binding = contact.binding
-            issued = self.issuer(tx, lic).issue(tx, act, ttl_s, now, new=False, binding=binding)
+            issued = self.issuer(tx, lic, rows).issue(
+                tx, act, ttl_s, now, new=False, binding=binding
+            )
             serial = f"serial={issued.claims.serial}"
             tx.append_audit(event(now, actor, "renew", lic.id, act.id, serial))
         return issued.seal()
@@ -430,7 +468,7 @@ class Issuing:
                 if activation_id is not None and act.id != activation_id:
                     raise FingerprintMismatch("the activation belongs to another device")
             else:
-                _, act = self._live_activation(tx, activation_id, None, None, now)
+                _, act, _ = self._live_activation(tx, activation_id, None, None, now)
             tx.lock_license(act.license_id)
             tx.deactivate(act.id, now)
             if tell_device:

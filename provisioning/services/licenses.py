@@ -92,12 +92,18 @@ def license_by_key(tx: Tx, key: str) -> License | None:
     return lic
 
 
-def license_of_key(tx: Tx, license_key: str) -> License:
-    """The license of a key as a device or a person typed it, whatever its status."""
-    lic = license_by_key(tx, normalize_key(license_key))
-    if lic is None:
+def check_key(lic: License | None, key: str) -> License:
+    """``lic``, read by the id in normalized ``key``, if ``key`` is its key (compared
+    in constant time)."""
+    if lic is None or not secrets.compare_digest(lic.license_key, key):
         raise LicenseNotFound("no license with this key")
     return lic
+
+
+def license_of_key(tx: Tx, license_key: str) -> License:
+    """The license of a key as a device or a person typed it, whatever its status."""
+    key = normalize_key(license_key)
+    return check_key(tx.get_license(lk.license_id(key)), key)
 
 
 def usable_license(tx: Tx, license_key: str, now: int) -> License:

@@ -20,9 +20,9 @@ from ..errors import ConfigError
 from . import postgres, sqlite
 from .interface import Store
 from .migrations import SCHEMA_VERSION
-from .tx import Tx
+from .tx import PlanRows, Tx
 
-__all__ = ["SCHEMA_VERSION", "Store", "Tx", "default_url", "engine_of", "open_store"]
+__all__ = ["SCHEMA_VERSION", "PlanRows", "Store", "Tx", "default_url", "engine_of", "open_store"]
 
 
 def default_url(home: Path) -> str:

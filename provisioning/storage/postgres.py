@@ -11,6 +11,13 @@ read, so a seat count and the insert after it, or a serial and the next one, see
 earlier writer's commit and no other writer in between. No process-local lock is
 relied on. Read transactions are ``REPEATABLE READ READ ONLY`` snapshots.
 
+A write transaction runs in psycopg's pipeline mode: a statement is sent when it is
+issued and its result is waited for only when read (a row fetched, a row count asked),
+so ``BEGIN`` goes with the first read, the statements read together
+(``Tx.issue_reads``...) share one round trip, and the writes nobody reads the result of
+go out with the ``COMMIT`` and the durable wait after it: an activation costs two
+round trips, not eighteen.
+
 The URL goes to libpq as it is (``sslmode``, ``sslrootcert``, ``sslcert``, ``passfile``
 and the other libpq parameters pass through) and is never echoed: it may hold a
 password, which is also scrubbed from any driver message. Never sees a signing key;
@@ -24,17 +31,19 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, ClassVar
 
-from ..errors import ConfigError, Conflict, StorageError
-from ..models import Activation, License, Plan
+from ..errors import ConfigError, Conflict, HQError, StorageError
+from ..models import Activation, License, Plan, PlanMeter
 from . import migrations
 from .interface import Store
-from .tx import Cursor, Tx, select_all
+from .tx import _LIVE, Cursor, PlanRows, Tx, _activation, keys_of, select_all
+from .usage_ops import DUE_RETURNS
 
 SCHEMES = ("postgresql", "postgres")
 POOL_TIMEOUT_S = 30.0
 READY_TIMEOUT_S = 5.0
 _READ = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
-_WRITE = "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL synchronous_commit TO off"
+# one statement each: the pipeline's extended protocol runs one per message
+_WRITE = ("BEGIN ISOLATION LEVEL READ COMMITTED", "SET LOCAL synchronous_commit TO off")
 # After a write transaction's commit, which did not wait for its WAL flush (so the
 # license's lock was released at once): a one-statement transaction that writes a WAL
 # record (a logical-decoding message nobody reads) and commits synchronously. It comes
@@ -297,6 +306,26 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     ),
 ]
 
+# A license's row with its entitlements, and a plan's row with its meters, its counters
+# and HQ's signing keys: one statement each (the rows of the small tables as JSON arrays,
+# in the order storage/tx.py's own queries read them), where tx.py sends several.
+_LICENSE_AND_ENTITLEMENTS = (
+    "SELECT l.id, l.license_key, l.plan, l.status, l.expires_at, l.created_at, l.updated_at, "
+    "l.seats_used, l.seats, (SELECT json_agg(json_build_array(e.feature, e.expires_at) "
+    "ORDER BY e.feature) FROM entitlements e WHERE e.license_id = l.id) FROM licenses l"
+)
+_PLAN_ROWS = (
+    "SELECT p.name, p.product, p.offline_ttl_s, p.grace_s, p.seats, p.warn_s, p.created_at, "
+    "(SELECT json_agg(json_build_array(m.feature, m.counter, m.usage_limit, m.period_s) "
+    "ORDER BY m.feature) FROM plan_meters m WHERE m.plan = p.name), "
+    "(SELECT json_agg(c.counter ORDER BY c.counter) FROM plan_counters c WHERE c.plan = p.name), "
+    "(SELECT json_agg(json_build_array(k.kid, k.public_key, k.created_at, k.active, "
+    "k.retired_at) ORDER BY k.created_at, k.kid) FROM signing_keys k) "
+    "FROM plans p"
+)
+# (a license's plan never changes: read by the license's id, it needs no lock)
+_PLAN_OF_LICENSE = " WHERE p.name = (SELECT plan FROM licenses WHERE id = :id)"
+
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
 
@@ -319,14 +348,42 @@ def check_url(url: str) -> None:
         raise ConfigError("a PostgreSQL database URL is postgresql://[USER@]HOST[:PORT]/DBNAME")
 
 
+class _Sent:
+    """A statement sent in pipeline mode, as storage/tx.py's ``Cursor``: fetching its
+    rows waits for its result (and every one before it); its row count waits for the
+    server to have run everything sent so far."""
+
+    __slots__ = ("_cur", "_pipeline")
+
+    def __init__(self, cur: Any, pipeline: Any) -> None:
+        self._cur = cur
+        self._pipeline = pipeline
+
+    @property
+    def rowcount(self) -> int:
+        self._pipeline.sync()
+        return int(self._cur.rowcount)
+
+    def fetchone(self) -> Any:
+        return self._cur.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        return self._cur.fetchall()  # type: ignore[no-any-return]
+
+    def fetchmany(self, size: int) -> list[Any]:
+        return self._cur.fetchmany(size)  # type: ignore[no-any-return]
+
+
 class _Adapter:
     """A psycopg connection seen as storage/tx.py's ``Connection``: named parameters
-    translated once per statement text, ``executemany`` counting every row changed."""
+    translated once per statement text, ``executemany`` counting every row changed; in
+    a ``pipeline``, statements sent without waiting (``_Sent``)."""
 
     _cache: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: Any, pipeline: Any = None) -> None:
         self.conn = conn
+        self.pipeline = pipeline
 
     def _sql(self, sql: str) -> str:
         text = self._cache.get(sql)
@@ -336,13 +393,15 @@ class _Adapter:
 
     def execute(self, sql: str, parameters: Mapping[str, Any], /) -> Cursor:
         if not parameters:
-            return self.conn.execute(sql)  # type: ignore[no-any-return] # not parsed for %
-        return self.conn.execute(self._sql(sql), parameters)  # type: ignore[no-any-return]
+            cur = self.conn.execute(sql)  # not parsed for %
+        else:
+            cur = self.conn.execute(self._sql(sql), parameters)
+        return cur if self.pipeline is None else _Sent(cur, self.pipeline)
 
     def executemany(self, sql: str, parameters: Iterable[Mapping[str, Any]], /) -> Cursor:
         cur = self.conn.cursor()
         cur.executemany(self._sql(sql), list(parameters))
-        return cur  # type: ignore[no-any-return]
+        return cur if self.pipeline is None else _Sent(cur, self.pipeline)
 
 
 class PostgresTx(Tx):
@@ -356,13 +415,14 @@ class PostgresTx(Tx):
         self._write = write
         self._locked: set[str] = set()
         self._plans: dict[str, Plan | None] = {}
+        self._cursors = 0
 
     def lock_license(self, license_id: str) -> None:
         """``SELECT ... FOR UPDATE`` on the license's row: every other write
         transaction touching this license waits until this one ends."""
         if not self._write or license_id in self._locked:
             return
-        self._run("SELECT id FROM licenses WHERE id = :id FOR UPDATE", id=license_id)
+        self._send("SELECT id FROM licenses WHERE id = :id FOR UPDATE", id=license_id)
         self._locked.add(license_id)
 
     def _license_of_activation(self, where: str, **params: Any) -> None:
@@ -370,6 +430,51 @@ class PostgresTx(Tx):
             sql = f"SELECT license_id FROM activations WHERE {where}"  # noqa: S608 - fixed text
             for license_id in sorted({str(r[0]) for r in self._all(sql, **params)}):
                 self.lock_license(license_id)
+
+    def _get_license(self, license_id: str, lock: str) -> License | None:
+        """The row and its entitlements in one statement."""
+        row = self._one(f"{_LICENSE_AND_ENTITLEMENTS} WHERE l.id = :id{lock}", id=license_id)
+        return None if row is None else self._license(row[:9], row[9] or [])
+
+    def plan_rows(self, plan: str) -> PlanRows:
+        """In one statement (nothing without the plan: its callers stop there)."""
+        return self._plan_rows(self._one(f"{_PLAN_ROWS} WHERE p.name = :name", name=plan))
+
+    def _plan_rows(self, row: Any) -> PlanRows:
+        if row is None:
+            return None, [], (), []
+        found = self._plans[row[0]] = Plan(*row[:7])
+        meters = [PlanMeter(*m) for m in row[7] or []]
+        counters = tuple(str(c) for c in row[8] or [])
+        return found, meters, counters, keys_of(row[9] or [])
+
+    def issue_reads(
+        self, license_id: str, fingerprint: str, now: int
+    ) -> tuple[License | None, Activation | None, list[str], PlanRows]:
+        """All four sent before any is read (one round trip), the license's lock
+        first: the server runs the others once it holds it."""
+        lock = " FOR UPDATE" if self._write and license_id not in self._locked else ""
+        sent = [
+            self._execute(
+                f"{_LICENSE_AND_ENTITLEMENTS} WHERE l.id = :id{lock}", {"id": license_id}
+            ),
+            self._execute(_LIVE, {"id": license_id, "fp": fingerprint}),
+            self._execute(DUE_RETURNS, {"l": license_id, "now": now}),
+            self._execute(f"{_PLAN_ROWS}{_PLAN_OF_LICENSE}", {"id": license_id}),
+        ]
+        row = sent[0].fetchone()  # (every result with it)
+        if row is None:
+            return None, None, [], (None, [], (), [])
+        if lock:
+            self._locked.add(license_id)
+        live = sent[1].fetchone()
+        due = [str(r[0]) for r in sent[2].fetchall()]
+        return (
+            self._license(row[:9], row[9] or []),
+            None if live is None else _activation(live),
+            due,
+            self._plan_rows(sent[3].fetchone()),
+        )
 
     def get_license(self, license_id: str) -> License | None:
         """Read and lock in one statement (the lock first: the row as of the lock)."""
@@ -394,6 +499,12 @@ class PostgresTx(Tx):
     def find_live_activation(self, license_id: str, fingerprint: str) -> Activation | None:
         self.lock_license(license_id)
         return super().find_live_activation(license_id, fingerprint)
+
+    def find_live_and_due(
+        self, license_id: str, fingerprint: str, now: int
+    ) -> tuple[Activation | None, list[str]]:
+        self.lock_license(license_id)
+        return super().find_live_and_due(license_id, fingerprint, now)
 
     def get_activation(self, activation_id: str) -> Activation | None:
         self._license_of_activation("id = :id", id=activation_id)
@@ -434,12 +545,14 @@ class PostgresTx(Tx):
         return {r[0] for r in rows}
 
     def iter_rows(self, table: str, columns: Sequence[str], order: Sequence[str]) -> Iterator[Any]:
-        """Streamed through a server-side cursor: a large table never sits in memory."""
-        assert isinstance(self._conn, _Adapter)
-        with self._conn.conn.cursor(name="fieldpass_rows") as cur:
-            cur.itersize = 2000
-            cur.execute(select_all(table, columns, order))
-            yield from cur
+        """Streamed through a server-side cursor, 2,000 rows a fetch: a large table
+        never sits in memory (SQL's own ``DECLARE``, which a pipeline runs too)."""
+        self._cursors += 1
+        name = f"fieldpass_rows_{self._cursors}"
+        self._run(f"DECLARE {name} NO SCROLL CURSOR FOR {select_all(table, columns, order)}")
+        while rows := self._all(f"FETCH 2000 FROM {name}"):
+            yield from rows
+        self._run(f"CLOSE {name}")
 
     def before_load(self) -> None:
         for trigger in _SEAT_TRIGGERS:
@@ -539,22 +652,65 @@ class PostgresStore(Store):
                     yield tx
                 except BaseException as e:
                     self._rollback(conn)
-                    if isinstance(e, psycopg.IntegrityError):
-                        raise Conflict(f"refused by the database: {_first_line(e)}") from e
-                    if isinstance(e, psycopg.Error):
-                        raise StorageError(self._message("error in", e)) from e
-                    raise
+                    if not isinstance(e, psycopg.Error):
+                        raise
+                    raise self._error("error in", e) from e
                 try:
-                    # a write: both statements in one round trip (no parameters: the
-                    # simple protocol runs them in turn, the second in its own transaction)
-                    conn.execute(f"COMMIT; {_DURABLE}" if write else "COMMIT")
+                    conn.execute("COMMIT")
                 except psycopg.Error as e:
                     self._rollback(conn)
-                    if isinstance(e, psycopg.IntegrityError):
-                        raise Conflict(f"refused by the database: {_first_line(e)}") from e
-                    raise StorageError(self._message("commit failed in", e)) from e
+                    raise self._error("commit failed in", e) from e
         except self._pool_errors() as e:
             raise StorageError(self._message("no connection to", e)) from e
+
+    @contextmanager
+    def _pipelined(self) -> Iterator[Tx]:
+        """A write transaction in pipeline mode (the module's doc): nothing is waited
+        for until read; the COMMIT, the durable wait after it and whatever was still
+        unread go out with the sync that ends the pipeline, which returns once the
+        server ran all of them (the durable wait's own commit included)."""
+        psycopg = self._psycopg
+        try:
+            with self._pool.connection() as conn:
+                failure: BaseException | None = None
+                try:
+                    with conn.pipeline() as pipeline:
+                        for statement in _WRITE:
+                            conn.execute(statement)
+                        try:
+                            yield PostgresTx(_Adapter(conn, pipeline), write=True)
+                        except BaseException as e:
+                            failure = e
+                            self._abort(conn, pipeline)
+                            raise
+                        conn.execute("COMMIT")
+                        conn.execute(_DURABLE)
+                except psycopg.Error as e:
+                    if failure is not None:
+                        raise self._error("error in", e) from e
+                    self._rollback(conn)
+                    raise self._error("commit failed in", e) from e
+        except self._pool_errors() as e:
+            raise StorageError(self._message("no connection to", e)) from e
+
+    def _error(self, step: str, e: BaseException) -> HQError:
+        """What a failure of the driver becomes."""
+        if isinstance(e, self._psycopg.IntegrityError):
+            return Conflict(f"refused by the database: {_first_line(e)}")
+        return StorageError(self._message(step, e))
+
+    def _abort(self, conn: Any, pipeline: Any) -> None:
+        """Roll back a pipelined transaction after a failure: the sync that ends an
+        aborted pipeline first (the server skipped what came after an error), then the
+        ROLLBACK, which the sync ending the pipeline sends."""
+        try:
+            pipeline.sync()
+        except self._psycopg.Error:
+            pass  # the error the caller raises already, or one after it
+        try:
+            conn.execute("ROLLBACK")
+        except self._psycopg.Error:
+            pass  # the connection is broken: the pool discards it
 
     def _pool_errors(self) -> tuple[type[BaseException], ...]:
         import psycopg_pool
@@ -581,13 +737,13 @@ class PostgresStore(Store):
         """A READ COMMITTED write transaction whose reads of a license lock its row
         first (``PostgresTx``): what it reads of a license is what it writes on.
 
-        Durable before it returns, like every write: it commits with
-        ``synchronous_commit`` off for itself alone, which releases its row locks
-        without waiting for the disk, then waits for the WAL flush that covers its
-        commit (``_transaction``). Another transaction may read its rows in between;
+        Pipelined (the module's doc). Durable before it returns, like every write: it
+        commits with ``synchronous_commit`` off for itself alone, which releases its row
+        locks without waiting for the disk, then waits for the WAL flush that covers its
+        commit (``_pipelined``). Another transaction may read its rows in between;
         if the server crashed then, WAL order means nothing that read them was durable
         either, and nobody was answered."""
-        return self._transaction(_WRITE, True)
+        return self._pipelined()
 
 
 def _first_line(e: BaseException) -> str:

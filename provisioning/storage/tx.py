@@ -9,6 +9,12 @@ FOR UPDATE`` on PostgreSQL), and the parameter style if its driver wants another
 (psycopg's ``%(name)s``: translate in ``_execute``). DDL is not here: each engine writes
 its own for every migration (``storage/migrations.py``).
 
+A statement whose result nobody reads goes through ``_send``, one whose rows are read
+later through ``_execute``: an engine that pipelines (PostgreSQL) sends such statements
+on without waiting, so that the reads of one step and the writes before the commit
+each cost one round trip, and an error of a sent write surfaces at the next read or at
+the commit, inside the same transaction.
+
 Never commits, rolls back or opens anything: the engine's ``Store`` does, and turns the
 driver's errors into ``Conflict`` and ``StorageError``. Never logs (rows hold license keys).
 """
@@ -25,11 +31,12 @@ from ..models import (
     KeyInfo,
     License,
     Plan,
+    PlanMeter,
     TokenInfo,
 )
 from .outbox_ops import OutboxOps
 from .sessions import SessionRows
-from .usage_ops import UsageOps
+from .usage_ops import DUE_RETURNS, PLAN_COUNTERS, PLAN_METERS, UsageOps
 from .views import FleetViews
 
 
@@ -64,9 +71,21 @@ _LICENSE = (
     "SELECT id, license_key, plan, status, expires_at, created_at, updated_at, "
     "seats_used, seats FROM licenses"
 )
+_LIVE = f"{_ACTIVATION} WHERE license_id = :id AND fingerprint = :fp AND deactivated_at IS NULL"
 _PLAN = "SELECT name, product, offline_ttl_s, grace_s, seats, warn_s, created_at FROM plans"
+_ENTITLEMENTS = (
+    "SELECT feature, expires_at FROM entitlements WHERE license_id = :id ORDER BY feature"
+)
+_KEYS = (
+    "SELECT kid, public_key, created_at, active, retired_at FROM signing_keys "
+    "ORDER BY created_at, kid"
+)
 _TOKEN = "SELECT name, created_at, expires_at, revoked_at FROM api_tokens"  # noqa: S105
 _AUDIT = "SELECT at, actor, source, action, license_id, activation_id, detail, id FROM audit"
+
+
+# A plan, its meters, its usage counters, HQ's signing keys (Tx.plan_rows).
+PlanRows = tuple[Plan | None, list[PlanMeter], tuple[str, ...], list[KeyInfo]]
 
 
 def select_all(table: str, columns: Sequence[str], order: Sequence[str]) -> str:
@@ -80,6 +99,11 @@ def _activation(row: Any) -> Activation:
     values[8] = None if values[8] is None else base64.b64decode(values[8])
     values[13] = tuple(values[13].split()) if values[13] else ()
     return Activation(*values)
+
+
+def keys_of(rows: Iterable[Sequence[Any]]) -> list[KeyInfo]:
+    """``KeyInfo`` of signing_keys rows (kid, public_key, created_at, active, retired_at)."""
+    return [KeyInfo(r[0], base64.b64decode(r[1]), r[2], bool(r[3]), r[4]) for r in rows]
 
 
 def _b64(data: bytes | None) -> str | None:
@@ -109,6 +133,10 @@ class Tx(UsageOps, OutboxOps, FleetViews, SessionRows):
 
     def _run(self, sql: str, **params: Any) -> int:
         return self._execute(sql, params).rowcount
+
+    def _send(self, sql: str, **params: Any) -> None:
+        """A statement whose result (rows, row count) is never read."""
+        self._execute(sql, params)
 
     # -- locking ---------------------------------------------------------------------
     def lock_license(self, license_id: str) -> None:
@@ -186,11 +214,7 @@ class Tx(UsageOps, OutboxOps, FleetViews, SessionRows):
         self._run("UPDATE signing_keys SET active = 1 WHERE kid = :kid", kid=kid)
 
     def list_keys(self) -> list[KeyInfo]:
-        rows = self._all(
-            "SELECT kid, public_key, created_at, active, retired_at FROM signing_keys "
-            "ORDER BY created_at, kid"
-        )
-        return [KeyInfo(r[0], base64.b64decode(r[1]), r[2], bool(r[3]), r[4]) for r in rows]
+        return keys_of(self._all(_KEYS))
 
     def retire_key(self, kid: str, now: int) -> int:
         return self._run(
@@ -265,11 +289,10 @@ class Tx(UsageOps, OutboxOps, FleetViews, SessionRows):
                 expires_at=ent.expires_at,
             )
 
-    def _license(self, row: Any) -> License:
-        ents = self._all(
-            "SELECT feature, expires_at FROM entitlements WHERE license_id = :id ORDER BY feature",
-            id=row[0],
-        )
+    def _license(self, row: Any, ents: list[Any] | None = None) -> License:
+        """``ents``: the license's entitlement rows if read already."""
+        if ents is None:
+            ents = self._all(_ENTITLEMENTS, id=row[0])
         return License(
             id=row[0],
             license_key=row[1],
@@ -288,8 +311,10 @@ class Tx(UsageOps, OutboxOps, FleetViews, SessionRows):
 
     def _get_license(self, license_id: str, lock: str) -> License | None:
         """``lock``: what an engine appends to lock the row it reads (`` FOR UPDATE``)."""
-        row = self._one(f"{_LICENSE} WHERE id = :id{lock}", id=license_id)
-        return None if row is None else self._license(row)
+        found = self._execute(f"{_LICENSE} WHERE id = :id{lock}", {"id": license_id})
+        ents = self._execute(_ENTITLEMENTS, {"id": license_id})  # sent before either is read
+        row = found.fetchone()
+        return None if row is None else self._license(row, ents.fetchall())
 
     def list_licenses(self) -> list[License]:
         rows = self._all(f"{_LICENSE} ORDER BY created_at, id")
@@ -318,12 +343,7 @@ class Tx(UsageOps, OutboxOps, FleetViews, SessionRows):
         return 0 if row is None else int(row[0])
 
     def find_live_activation(self, license_id: str, fingerprint: str) -> Activation | None:
-        row = self._one(
-            f"{_ACTIVATION} WHERE license_id = :id AND fingerprint = :fp "
-            "AND deactivated_at IS NULL",
-            id=license_id,
-            fp=fingerprint,
-        )
+        row = self._one(_LIVE, id=license_id, fp=fingerprint)
         return None if row is None else _activation(row)
 
     def get_activation(self, activation_id: str) -> Activation | None:
@@ -339,10 +359,47 @@ class Tx(UsageOps, OutboxOps, FleetViews, SessionRows):
             )
         return [_activation(r) for r in rows]
 
+    def find_live_and_due(
+        self, license_id: str, fingerprint: str, now: int
+    ) -> tuple[Activation | None, list[str]]:
+        """``find_live_activation`` and ``due_returns`` at once (both sent before either
+        is read)."""
+        live = self._execute(_LIVE, {"id": license_id, "fp": fingerprint})
+        due = self._execute(DUE_RETURNS, {"l": license_id, "now": now})
+        row = live.fetchone()
+        return None if row is None else _activation(row), [str(r[0]) for r in due.fetchall()]
+
+    def issue_reads(
+        self, license_id: str, fingerprint: str, now: int
+    ) -> tuple[License | None, Activation | None, list[str], PlanRows]:
+        """What an activation reads before it decides: the license (``get_license``:
+        locked first in a write transaction), this device's live activation and the
+        license's due returns (``find_live_and_due``), its plan's rows (``plan_rows``).
+        Nothing but the license when there is none."""
+        lic = self.get_license(license_id)
+        if lic is None:
+            return None, None, [], (None, [], (), [])
+        live, due = self.find_live_and_due(license_id, fingerprint, now)
+        return lic, live, due, self.plan_rows(lic.plan)
+
+    def plan_rows(self, plan: str) -> PlanRows:
+        """What every file issued under ``plan`` reads: the plan, its meters, its usage
+        counters, and HQ's signing keys (all sent before any is read)."""
+        sent = [
+            self._execute(f"{_PLAN} WHERE name = :name", {"name": plan}),
+            self._execute(PLAN_METERS, {"p": plan}),
+            self._execute(PLAN_COUNTERS, {"p": plan}),
+            self._execute(_KEYS, {}),
+        ]
+        row = sent[0].fetchone()
+        meters = [PlanMeter(*r) for r in sent[1].fetchall()]
+        counters = tuple(str(r[0]) for r in sent[2].fetchall())
+        return None if row is None else Plan(*row), meters, counters, keys_of(sent[3].fetchall())
+
     def insert_activation(self, act: Activation) -> None:
         from agent.wire.device_key import key_id
 
-        self._run(
+        self._send(
             "INSERT INTO activations (id, license_id, fingerprint, serial, created_at, "
             "last_issued_at, last_expires_at, deactivated_at, device_key, device_key_id, "
             "agent_version, claims_format, last_seen_at, last_channel, keyring) "
@@ -386,7 +443,7 @@ class Tx(UsageOps, OutboxOps, FleetViews, SessionRows):
     def set_device_key(self, activation_id: str, device_key: bytes | None) -> None:
         from agent.wire.device_key import key_id
 
-        self._run(
+        self._send(
             "UPDATE activations SET device_key = :dk, device_key_id = :dkid WHERE id = :id",
             dk=_b64(device_key),
             dkid=None if device_key is None else key_id(device_key),
@@ -397,7 +454,7 @@ class Tx(UsageOps, OutboxOps, FleetViews, SessionRows):
         self, activation_id: str, now: int, channel: str, agent_version: str, claims_format: int
     ) -> None:
         """When and how the device was last heard from, and what its agent reads."""
-        self._run(
+        self._send(
             "UPDATE activations SET last_seen_at = :now, last_channel = :channel, "
             "agent_version = :agent, claims_format = :format WHERE id = :id",
             now=now,
@@ -409,7 +466,7 @@ class Tx(UsageOps, OutboxOps, FleetViews, SessionRows):
 
     def set_keyring(self, activation_id: str, kids: Sequence[str]) -> None:
         """The ids of the signing keys the device says its keyring holds."""
-        self._run(
+        self._send(
             "UPDATE activations SET keyring = :keyring WHERE id = :id",
             keyring=" ".join(kids) or None,
             id=activation_id,
@@ -478,7 +535,7 @@ class Tx(UsageOps, OutboxOps, FleetViews, SessionRows):
             raise StorageError("activation serial changed under a write transaction")
 
     def deactivate(self, activation_id: str, now: int) -> None:
-        self._run(
+        self._send(
             "UPDATE activations SET deactivated_at = :now WHERE id = :id "
             "AND deactivated_at IS NULL",
             now=now,
@@ -515,7 +572,7 @@ class Tx(UsageOps, OutboxOps, FleetViews, SessionRows):
 
     # -- audit -----------------------------------------------------------------------
     def append_audit(self, ev: AuditEvent) -> None:
-        self._run(
+        self._send(
             "INSERT INTO audit (at, actor, source, action, license_id, activation_id, detail) "
             "VALUES (:at, :actor, :source, :action, :license_id, :activation_id, :detail)",
             at=ev.at,

@@ -11,9 +11,25 @@ from typing import Any
 
 from ..models import PlanMeter, ReturnRecord, UsageReport
 
+PLAN_COUNTERS = "SELECT counter FROM plan_counters WHERE plan = :p ORDER BY counter"
+PLAN_METERS = (
+    "SELECT feature, counter, usage_limit, period_s FROM plan_meters "
+    "WHERE plan = :p ORDER BY feature"
+)
+# The live activations of a license whose return frees the seat by now: driven by the
+# returns (few), each probing its activation by id. (A join lets a planner without
+# fresh statistics walk every live activation of the license instead, on every
+# activation: linear in the license's devices.) A scalar subquery is never flattened
+# into a join, on either engine.
+DUE_RETURNS = (
+    "SELECT r.activation_id FROM returns r WHERE r.frees_at <= :now AND "
+    "(SELECT a.license_id FROM activations a WHERE a.id = r.activation_id "
+    "AND a.deactivated_at IS NULL) = :l"
+)
+
 
 class UsageOps:
-    """Mixed into ``Tx``, which supplies the three query helpers."""
+    """Mixed into ``Tx``, which supplies the query helpers."""
 
     def _one(self, sql: str, **params: Any) -> Any:  # pragma: no cover - Tx's
         raise NotImplementedError
@@ -24,6 +40,9 @@ class UsageOps:
     def _run(self, sql: str, **params: Any) -> int:  # pragma: no cover - Tx's
         raise NotImplementedError
 
+    def _send(self, sql: str, **params: Any) -> None:  # pragma: no cover - Tx's
+        raise NotImplementedError
+
     # -- plans: counters, meters, return limit ------------------------------------------
     def set_plan_counters(self, plan: str, counters: list[str]) -> None:
         self._run("DELETE FROM plan_counters WHERE plan = :p", p=plan)
@@ -31,10 +50,7 @@ class UsageOps:
             self._run("INSERT INTO plan_counters (plan, counter) VALUES (:p, :c)", p=plan, c=name)
 
     def plan_counters(self, plan: str) -> list[str]:
-        rows = self._all(
-            "SELECT counter FROM plan_counters WHERE plan = :p ORDER BY counter", p=plan
-        )
-        return [str(r[0]) for r in rows]
+        return [str(r[0]) for r in self._all(PLAN_COUNTERS, p=plan)]
 
     def set_plan_meters(self, plan: str, meters: list[PlanMeter]) -> None:
         self._run("DELETE FROM plan_meters WHERE plan = :p", p=plan)
@@ -50,12 +66,7 @@ class UsageOps:
             )
 
     def plan_meters(self, plan: str) -> list[PlanMeter]:
-        rows = self._all(
-            "SELECT feature, counter, usage_limit, period_s FROM plan_meters "
-            "WHERE plan = :p ORDER BY feature",
-            p=plan,
-        )
-        return [PlanMeter(*r) for r in rows]
+        return [PlanMeter(*r) for r in self._all(PLAN_METERS, p=plan)]
 
     def set_plan_returns(self, plan: str, per_year: int | None) -> None:
         self._run("UPDATE plans SET returns_per_year = :n WHERE name = :p", n=per_year, p=plan)
@@ -111,7 +122,7 @@ class UsageOps:
         return [_report(r) for r in rows if wanted is None or r[0] in wanted]
 
     def set_tpm_bound(self, activation_id: str) -> None:
-        self._run("UPDATE activations SET tpm_bound = 1 WHERE id = :a", a=activation_id)
+        self._send("UPDATE activations SET tpm_bound = 1 WHERE id = :a", a=activation_id)
 
     def tpm_bound(self, activation_id: str) -> bool:
         row = self._one("SELECT tpm_bound FROM activations WHERE id = :a", a=activation_id)
@@ -133,7 +144,7 @@ class UsageOps:
     def insert_meter_period(
         self, activation_id: str, feature: str, start: int, end: int, base: int
     ) -> None:
-        self._run(
+        self._send(
             "INSERT INTO meter_periods (activation_id, feature, period_start, period_end, base) "
             "VALUES (:a, :f, :s, :e, :b)",
             a=activation_id,
@@ -173,13 +184,7 @@ class UsageOps:
 
     def due_returns(self, license_id: str, now: int) -> list[str]:
         """Activations of this license whose return frees the seat by now, still live."""
-        rows = self._all(
-            "SELECT r.activation_id FROM returns r JOIN activations a ON a.id = r.activation_id "
-            "WHERE a.license_id = :l AND a.deactivated_at IS NULL AND r.frees_at <= :now",
-            l=license_id,
-            now=now,
-        )
-        return [str(r[0]) for r in rows]
+        return [str(r[0]) for r in self._all(DUE_RETURNS, l=license_id, now=now)]
 
     # -- read views (the console, GET /v1/usage...) --------------------------------------
     def latest_reports(self, activation_ids: Sequence[str]) -> dict[str, UsageReport]:

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.wire import license_key
-from provisioning.errors import ActivationNotFound, SeatLimitReached
-from provisioning.models import Actor, Plan
+from provisioning.errors import ActivationNotFound, Conflict, SeatLimitReached
+from provisioning.models import Actor, AuditEvent, Plan
 from provisioning.services import HQ
 from provisioning.storage import SCHEMA_VERSION
 from provisioning.storage.sqlite import MIGRATIONS
@@ -122,4 +122,26 @@ def test_the_seat_count_agrees_with_the_activations_after_any_sequence(
         except ActivationNotFound:
             assert n not in live
         assert counted_in(hq_home)[lic] == (len(live), len(live))
+    hq.store.close()
+
+
+def test_a_write_the_database_refuses_fails_its_whole_transaction(hq_home: Path) -> None:
+    """On PostgreSQL a write whose result nobody reads is sent on without waiting
+    (storage/postgres.py's pipeline): its refusal surfaces at the commit. Either way
+    the transaction fails as a Conflict, nothing of it is stored (the audit line
+    written before the refused insert neither), and the next one runs."""
+    hq = HQ(hq_home)
+    now = int(time.time())
+    plan = f"p{time.monotonic_ns()}"
+    hq.create_plan(Plan(plan, "default", 365 * 86400, 0, 3, None, now), ACTOR)
+    key = hq.create_license(plan, [], None, now, ACTOR).license_key
+    act = hq.activate(key, fingerprint(1), now, ACTOR).activation
+    before = len(hq.audit_log.audit(10_000))
+    with pytest.raises(Conflict, match="refused by the database"), hq.store.write() as tx:
+        tx.append_audit(AuditEvent(now, "test", "local", "refused", act.license_id))
+        tx.insert_activation(act)  # its id is taken
+    assert len(hq.audit_log.audit(10_000)) == before
+    assert counted_in(hq_home)[act.license_id] == (1, 1)
+    hq.activate(key, fingerprint(2), now, ACTOR)  # the connection is usable again
+    assert counted_in(hq_home)[act.license_id] == (2, 2)
     hq.store.close()
