@@ -62,18 +62,22 @@ def hqs(cfg: Config, server: str | None = None, timeout_s: float | None = None) 
     urls = [server] if server else cfg.servers
     if not urls:
         raise OnlineError("no HQ server: pass --server URL or set [online] server in agent.toml")
-    return [Hq(cfg, url, timeout_s) for url in urls]
+    timeout = timeout_s if timeout_s is not None else cfg.online_timeout_s
+    return [Hq(url, timeout, cfg.ca_file or None) for url in urls]
 
 
 class Hq:
-    def __init__(self, cfg: Config, server: str, timeout_s: float | None = None):
+    """One HQ server (or a laptop standing in for it) over HTTP(S): TLS verified against
+    ``ca_file`` (None: the system's CAs)."""
+
+    def __init__(self, server: str, timeout_s: float, ca_file: str | None = None):
         self.server = server.rstrip("/")
         if not self.server.startswith(("https://", "http://")):
             raise OnlineError(f"HQ server must be an http(s) URL, not {self.server!r}")
-        self.timeout_s = timeout_s if timeout_s is not None else cfg.online_timeout_s
+        self.timeout_s = timeout_s
         self.context: ssl.SSLContext | None = None
         if self.server.startswith("https://"):
-            self.context = ssl.create_default_context(cafile=cfg.ca_file or None)
+            self.context = ssl.create_default_context(cafile=ca_file)
 
     def post(self, path: str, body: dict[str, object]) -> dict[str, object]:
         request = urllib.request.Request(  # noqa: S310 - the scheme is checked in __init__

@@ -82,25 +82,21 @@ class Relayed:
     receipts: list[dict[str, Any]]  # per receipt: activation_id, freed, frees_at, taken_before
 
 
-class _Hq(online.Hq):
-    """The agent's client, set up from the laptop's options instead of a device config."""
-
-    def __init__(self, url: str, ca_file: str | None, timeout_s: float) -> None:
-        self.server = url.rstrip("/")
-        if not self.server.startswith("https://") and not (
-            self.server.startswith("http://") and online.is_loopback(self.server)
-        ):
-            raise InvalidRequest(
-                f"refusing to send the license key to {self.server}: HQ is reached over "
-                "https:// (plain http:// only to this machine)"
-            )
-        self.timeout_s = timeout_s
-        self.context: ssl.SSLContext | None = None
-        if self.server.startswith("https://"):
-            try:
-                self.context = ssl.create_default_context(cafile=ca_file)
-            except (OSError, ssl.SSLError) as e:
-                raise MalformedInput(f"--ca-file {ca_file}: not a PEM CA certificate ({e})") from e
+def _hq(url: str, ca_file: str | None, timeout_s: float) -> online.Hq:
+    """The agent's client for ``url``, which must be https:// (plain http:// only to this
+    machine: the license key crosses the link)."""
+    server = url.rstrip("/")
+    if not server.startswith("https://") and not (
+        server.startswith("http://") and online.is_loopback(server)
+    ):
+        raise InvalidRequest(
+            f"refusing to send the license key to {server}: HQ is reached over "
+            "https:// (plain http:// only to this machine)"
+        )
+    try:
+        return online.Hq(server, timeout_s, ca_file)
+    except (OSError, ssl.SSLError) as e:
+        raise MalformedInput(f"--ca-file {ca_file}: not a PEM CA certificate ({e})") from e
 
 
 def read_license_key(path: Path) -> str:
@@ -168,7 +164,7 @@ def relay(
     """Send the request (and receipts) to HQ; HQ's answer, or a typed error."""
     if len(receipts) > MAX_RECEIPTS:
         raise InvalidRequest(f"at most {MAX_RECEIPTS} receipts with one activation")
-    hq = _Hq(url, ca_file, timeout_s)
+    hq = _hq(url, ca_file, timeout_s)
     body: dict[str, object] = {
         "license_key": key,
         "request": base64.b64encode(request).decode("ascii"),

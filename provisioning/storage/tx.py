@@ -475,11 +475,8 @@ class Tx(UsageOps, OutboxOps, FleetViews, SessionRows):
     def keyring_counts(self) -> dict[str, int]:
         """How many live activations reported each signing key in their keyring."""
         counts: dict[str, int] = {}
-        rows = self._all(
-            "SELECT keyring FROM activations WHERE deactivated_at IS NULL AND keyring IS NOT NULL"
-        )
-        for (text,) in rows:
-            for kid in str(text).split():
+        for kids in self._live_keyrings():
+            for kid in kids:
                 counts[kid] = counts.get(kid, 0) + 1
         return counts
 
@@ -487,11 +484,14 @@ class Tx(UsageOps, OutboxOps, FleetViews, SessionRows):
         """How many live activations reported ``kid`` in their keyring and none of
         ``others``: the devices a retirement of ``kid`` would leave with no key to
         renew with."""
+        return sum(1 for kids in self._live_keyrings() if kid in kids and not kids & others)
+
+    def _live_keyrings(self) -> "list[set[str]]":
+        """The key ids each live activation reported in its keyring (those that did)."""
         rows = self._all(
             "SELECT keyring FROM activations WHERE deactivated_at IS NULL AND keyring IS NOT NULL"
         )
-        held = (set(str(text).split()) for (text,) in rows)
-        return sum(1 for kids in held if kid in kids and not kids & others)
+        return [set(str(text).split()) for (text,) in rows]
 
     # -- server challenges -------------------------------------------------------------
     def insert_challenge(self, challenge: str, now: int) -> None:
