@@ -178,6 +178,31 @@ def test_a_board_without_tpm_waits_for_the_operator_then_the_relay_runs_again(
     assert len(site.returns()) == 1
 
 
+def test_the_operator_freed_the_old_seat_first_then_the_relay_runs(
+    site: Site, make_device: object
+) -> None:
+    """The operator freed the old board's seat by hand before the technician relayed its
+    receipt: nothing is left to free, so the receipt is no refusal and the swap runs."""
+    old, new = make_device(), make_device()  # type: ignore[operator]
+    old_act = installed(site, old)
+    returned(site, old, "old.receipt")
+    requested(site, new)
+    site.hq.run("deactivate", old_act, "--reason", "mainboard swap, ticket 4712")
+    args = ("--ca-file", str(site.ca), "--request", "new.request", "--receipt", "old.receipt")
+    done = site.relay(*args, "-o", "new.answer", "--json")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["created"] is True
+    [taken] = doc["receipts"]
+    assert taken["activation_id"] == old_act and taken["freed"] is True
+    assert taken["taken_before"] is False
+    assert site.returns() == []  # no return recorded: the seat was freed by the operator
+    assert new.run("install", str(site.work / "new.answer"), "--license-key-file",
+                   str(site.work / "license.key")).returncode == 0  # fmt: skip
+    assert new.check().returncode == 0
+    assert site.live() == [str(doc["activation_id"])]
+
+
 def test_a_dead_board_relayed_without_a_receipt(site: Site, make_device: object) -> None:
     old, new = make_device(), make_device()  # type: ignore[operator]
     old_act = installed(site, old)

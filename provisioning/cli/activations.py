@@ -178,13 +178,12 @@ def activate(
 
 
 def _taken_text(t: Taken) -> str:
-    rec = t.record
     how = "taken before" if t.again else "taken"
     if t.freed:
-        return f"return receipt of {rec.activation_id}: {how}, seat freed"
+        return f"return receipt of {t.activation_id}: {how}, seat freed"
     return (
-        f"return receipt of {rec.activation_id}: {how}, its seat frees on "
-        f"{format_time(rec.frees_at)} (its file's expiry and grace; no TPM binding)"
+        f"return receipt of {t.activation_id}: {how}, its seat frees on "
+        f"{format_time(t.frees_at)} (its file's expiry and grace; no TPM binding)"
     )
 
 

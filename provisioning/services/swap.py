@@ -9,7 +9,9 @@ with ``receipts``, what a technician's laptop relays).
 - Then each receipt is taken as ``Usage.accept_receipt`` takes it (its refusals, its
   audit, the TPM rule, the plan's return limit and the operator's override), except that
   the very receipt HQ holds already (the same bytes) is not taken twice and is no error:
-  running the swap again after a lost answer is safe.
+  running the swap again after a lost answer is safe; and the receipt of a board whose
+  seat the operator freed already (``deactivate ID --reason``) has nothing left to free
+  and is no error either: its seat is free, the new board takes it.
 - Then the activation, as ``Issuing.activate``: the same board again gets its seat again.
   A full license while a receipt's seat is not free yet (a board without a TPM binding)
   is ``SeatLimitReached`` saying when that seat frees and how the operator frees it now.
@@ -42,17 +44,21 @@ class ReceiptOtherLicense(HQError):
 
 @dataclass(frozen=True)
 class Taken:
-    record: ReturnRecord
-    freed: bool  # its seat is free (else at record.frees_at, or when an operator frees it)
+    activation_id: str
+    frees_at: int  # when its seat frees (or freed)
+    freed: bool  # its seat is free (else at frees_at, or when an operator frees it)
     again: bool  # HQ held this very receipt already (a run before this one took it)
+
+    @classmethod
+    def of(cls, record: ReturnRecord, *, freed: bool, again: bool) -> "Taken":
+        return cls(record.activation_id, record.frees_at, freed, again)
 
     def doc(self) -> dict[str, object]:
         """What the CLI's --json and the HTTP answer say of it (stable keys)."""
-        r = self.record
         return {
-            "activation_id": r.activation_id,
+            "activation_id": self.activation_id,
             "freed": self.freed,
-            "frees_at": r.frees_at,
+            "frees_at": self.frees_at,
             "taken_before": self.again,
         }
 
@@ -94,7 +100,7 @@ def swap(
     try:
         issued = usage.device.issuing.activate(license_key, fingerprint, now, actor, contact)
     except SeatLimitReached:
-        waiting = [t.record for t in taken if not t.freed]
+        waiting = [t for t in taken if not t.freed]
         if not waiting:
             raise
         raise SeatLimitReached(_waiting(lic.id, waiting)) from None
@@ -113,14 +119,16 @@ def _take(
     with usage.store.read() as tx:
         held = tx.get_return(verified.activation.id)
         act = tx.get_activation(verified.activation.id)
+    gone = act is None or act.deactivated_at is not None
     if held is not None and held.receipt == armor.armor(data, armor.RECEIPT):
-        gone = act is None or act.deactivated_at is not None
-        return Taken(held, freed=gone or held.frees_at <= now, again=True)
+        return Taken.of(held, freed=gone or held.frees_at <= now, again=True)
+    if held is None and act is not None and act.deactivated_at is not None:
+        return Taken(act.id, act.deactivated_at, freed=True, again=False)  # freed by hand
     returned = usage.accept_verified_receipt(verified, data, now, via, actor, override=override)
-    return Taken(returned.record, freed=returned.freed, again=False)
+    return Taken.of(returned.record, freed=returned.freed, again=False)
 
 
-def _waiting(license_id: str, records: list[ReturnRecord]) -> str:
+def _waiting(license_id: str, records: list[Taken]) -> str:
     """Short enough for a device's or laptop's one line (their clients keep 300 chars)."""
     first = records[0]
     more = f" (and {len(records) - 1} more)" if len(records) > 1 else ""
