@@ -197,7 +197,7 @@ def test_forged_foreign_replayed_and_reordered_are_refused_at_the_laptop(
     assert [base64.b64decode(r["receipt"]) for r in done["receipts"]] == [receipt]
     imported: Any = hq.json("field", "import", str(report))
     assert imported["usage_reports"] == {"accepted": 1, "refused": {}}
-    assert imported["receipts"] == {"accepted": 1, "refused": {}, "freed": 0}
+    assert imported["receipts"] == {"accepted": 1, "refused": {}, "freed": 0, "held": 0}
     totals = hq_counters(hq)
     assert set(totals) == {activation_of(robot)}
     assert totals[activation_of(robot)] == counters(robot)

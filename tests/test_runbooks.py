@@ -274,6 +274,7 @@ def test_mainboard_swap_runbook(
         assert [(e["activation_id"], e["actor"]) for e in returns] == [(old_act, "device")]
         assert f"seat_limit_reached: license {env['LICENSE_ID']} has all its seats" in out
         assert f"HQ took the return receipt of {old_act} (taken before): seat freed" in out
+        assert "1 return receipt(s) HQ held already" in out  # the report's copy of it
     else:
         assert [(e["activation_id"], e["actor"][:6]) for e in returns] == [(old_act, "field:")]
         assert "1 return receipt(s), 0 seat(s) freed now" in out

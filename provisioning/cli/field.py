@@ -482,6 +482,9 @@ def import_report(
         f"{receipts['accepted']} return receipt(s){_refused(receipts)}, "
         f"{receipts['freed']} seat(s) freed now"
     ]
+    if receipts["held"]:
+        held = receipts["held"]
+        lines.append(f"  {held} return receipt(s) HQ held already (relayed, or sent before)")
     if summary["already_recorded"]:
         lines.append(f"  {summary['already_recorded']} were recorded already (another report)")
     if unverified:

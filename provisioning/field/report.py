@@ -41,6 +41,7 @@ from ..models import Actor, AuditEvent
 from ..services import HQ
 from ..services.audit import event
 from ..services.device_requests import Verified
+from ..services.usage import ReceiptHeld
 from .bundle import MAX_BUNDLE_BYTES
 from .fields import (
     ACTIVATION_ID,
@@ -235,7 +236,7 @@ def _hand_over(
     do (``via`` "laptop"); count what it accepted and, by code, what it refused."""
     counts: dict[str, Any] = {}
     for name, _, _ in CARRIED:
-        accepted, freed = 0, 0
+        accepted, freed, held = 0, 0, 0
         refused: dict[str, int] = {}
         for data, refusal in handed[name]:
             try:
@@ -247,13 +248,16 @@ def _hand_over(
                     freed += hq.usage.accept_receipt(
                         data, now, "laptop", who, override=override
                     ).freed
+            except ReceiptHeld:
+                held += 1  # HQ took this very receipt already (a relay, a resend)
+                continue
             except HQError as e:
                 refused[e.code] = refused.get(e.code, 0) + 1
                 continue
             accepted += 1
         counts[name] = {"accepted": accepted, "refused": refused}
         if name == "receipts":
-            counts[name]["freed"] = freed
+            counts[name].update(freed=freed, held=held)
     return counts
 
 

@@ -54,6 +54,12 @@ class Accepted:
     regression: list[str]  # counters lower than HQ's last value
 
 
+class ReceiptHeld(Conflict):
+    """The very receipt HQ holds already (the same bytes) came again: a resend after a
+    lost answer, or the laptop's report carrying one HQ took over a relay. Nothing to
+    do; the same ``conflict`` as another receipt of a returned activation to a device."""
+
+
 @dataclass(frozen=True)
 class Returned:
     record: ReturnRecord
@@ -177,7 +183,10 @@ class Usage:
         with self.store.write() as tx:
             current = tx.get_activation(act.id)
             assert current is not None
-            if tx.get_return(act.id) is not None:
+            held = tx.get_return(act.id)
+            if held is not None and held.receipt == armor.armor(data, armor.RECEIPT):
+                raise ReceiptHeld(f"activation {act.id} was returned already (this receipt)")
+            if held is not None:
                 raise Conflict(f"activation {act.id} was returned already")
             if current.deactivated_at is not None:
                 raise ActivationNotFound(f"activation {act.id} is not live: nothing to free")
