@@ -293,6 +293,37 @@ def test_the_report_holds_what_the_devices_confirmed(
     assert len(audit_events(hq, "field_pickup")) == 2
 
 
+def test_a_pickup_tells_hq_which_keys_the_device_trusts(
+    hq: HQ, make_device: Callable[..., DeviceRoot], tmp_path: Path
+) -> None:
+    """A device seen only by the laptop: its signed status names its keyring, and HQ
+    records it at import as it does over HTTP, so that `keys list` counts it and
+    `keys retire` knows which devices a key would strand."""
+    key, (robot, other) = activated_fleet(hq, make_device, 2, tmp_path)
+    (old,) = [k["kid"] for k in hq.json("keys", "list")]  # type: ignore[union-attr, index]
+    new = str(hq.json("keys", "generate", "--standby")["kid"])
+    hq.image(robot)  # its image updated on site: it trusts both keys now
+    bundle, report = tmp_path / "site.bundle", tmp_path / "site.report"
+    hq.run("field", "export", "--license", str(hq.json("licenses", "show", key)["id"]),
+           "-o", str(bundle))  # fmt: skip
+    with laptop(bundle, report) as lp:
+        for device in (robot, other):
+            on_site(device, lp.url)
+            assert device.run("refresh").returncode == 0
+    assert len(json.loads(report.read_text())["pickups"]) == 2
+    listed: Any = hq.json("keys", "list")
+    assert {k["kid"]: k["reported_by"] for k in listed} == {old: 0, new: 0}  # provisioned
+    hq.run("field", "import", str(report))
+    listed = hq.json("keys", "list")
+    assert {k["kid"]: k["reported_by"] for k in listed} == {old: 2, new: 1}
+    acts: Any = hq.json("activations", "list")
+    assert sorted(len(a["keyring"]) for a in acts) == [1, 2]
+    hq.run("keys", "activate", new)
+    refused = hq.run("keys", "retire", old, check=False)
+    assert refused.returncode == 1
+    assert f"1 live device(s) trust no other key than {old}" in refused.stderr
+
+
 def test_a_status_obtained_by_another_laptop_session_is_recorded_once(
     hq: HQ, make_device: Callable[..., DeviceRoot], tmp_path: Path
 ) -> None:

@@ -36,11 +36,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from agent.wire import device_msg
+
 from ..errors import Conflict, HQError, MalformedInput, NotFound
 from ..models import Actor, AuditEvent
 from ..services import HQ
 from ..services.audit import event
 from ..services.device_requests import Verified
+from ..services.issuing import Issuing
 from ..services.usage import ReceiptHeld
 from .bundle import MAX_BUNDLE_BYTES
 from .fields import (
@@ -169,6 +172,7 @@ def import_report(
         )
     for s in report["served_unconfirmed"]:
         events.append(_served(s, who, f"agent={s['agent_version']}"))
+    _take_keyrings(hq, checked)
     usage = _hand_over(hq, handed, now, who, override)
     new = [e for e in events if _key(e) not in past.events]
     unconfirmed = sum(1 for e in new if e.action == "field_served")
@@ -259,6 +263,24 @@ def _hand_over(
         if name == "receipts":
             counts[name].update(freed=freed, held=held)
     return counts
+
+
+def _take_keyrings(hq: HQ, checked: list[tuple[dict[str, Any], Verified | HQError]]) -> None:
+    """The keyring each confirmed pickup's signed status names (the signing keys the
+    device trusts: what ``keys retire`` counts), recorded as a status over HTTP records
+    it, unless HQ heard from the device after the pickup (its newer word stands)."""
+    named = [
+        (p, v, kids)
+        for p, v in checked
+        if not isinstance(v, HQError) and (kids := device_msg.keyring_of(v.message)) is not None
+    ]
+    if not named:
+        return
+    with hq.store.write() as tx:
+        for p, verified, kids in sorted(named, key=lambda n: int(n[0]["at"])):
+            act = tx.get_activation(verified.activation.id)
+            if act is not None and (act.last_seen_at or 0) <= int(p["at"]):
+                Issuing.take_keyring(tx, act, kids)
 
 
 def _served(p: dict[str, Any], who: Actor, why: str) -> AuditEvent:
