@@ -256,6 +256,7 @@ class Bridge:
         else:
             verified = self._verified(dev_id, payload, "status")
             act, held = verified.activation, inbound.held(verified.message)
+            self.hq.device.heard_keyring(verified)  # an image update brings a new keyring
         confirmed = self.hq.outbox.confirm(act, held, self.clock())
         if confirmed is not None and confirmed.action == "deactivate":
             # Recorded on the device: the retained deactivation goes, so that the same

@@ -343,6 +343,17 @@ class DeviceRequests:
         self.register(verified, now, actor)
         return verified
 
+    def heard_keyring(self, verified: Verified) -> None:
+        """Record the keyring a verified message names (its status over MQTT, where no
+        challenge is spent): written only when it differs from the one HQ holds."""
+        kids = device_msg.keyring_of(verified.message)
+        if kids is None or kids == verified.activation.keyring:
+            return
+        with self.store.write() as tx:
+            act = tx.get_activation(verified.activation.id)
+            if act is not None:
+                Issuing.take_keyring(tx, act, kids)
+
     def deactivate(self, data: bytes, now: int, actor: Actor) -> Activation:
         verified = self.verify(data, "deactivate")
         with self.store.write() as tx:

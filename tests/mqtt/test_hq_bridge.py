@@ -371,3 +371,30 @@ def test_bridge_renews_each_device_with_a_key_its_keyring_holds(
         assert daemon.stop() == 0
     assert signer_of(both) == new and both.check().returncode == 0
     assert signer_of(only_old) == old and only_old.check().returncode == 0
+
+
+def test_a_status_over_mqtt_tells_hq_the_keyring_of_an_updated_image(
+    fleet: Fleet,
+    make_device: Callable[..., DeviceRoot],
+    daemons: Callable[[DeviceRoot], Daemon],
+) -> None:
+    """A device renewed over MQTT, then updated to an image whose keyring holds a new
+    key: its next status names it, and HQ records it (what `keys list` counts and
+    `keys retire` checks), with no renewal due."""
+    from tests.hq.test_key_selection import keys_by_kid
+
+    device = make_device()
+    fleet.enroll(device, faketime="-300d")  # a file due: the renewal registers its key
+    (old,) = keys_by_kid(fleet.hq)
+    fleet.lock_down([device])
+    fleet.start_bridge()
+    (daemon,) = connect_all(daemons, [device])
+    wait_for(lambda: device.verdict().get("serial") == 2, 20, "the bridge's renewal")
+    assert daemon.stop() == 0
+    assert keys_by_kid(fleet.hq)[old]["reported_by"] == 1
+    new = str(fleet.hq.json("keys", "generate", "--standby")["kid"])
+    fleet.hq.image(device)  # the image update: [old, new]
+    (daemon,) = connect_all(daemons, [device])
+    wait_for(lambda: keys_by_kid(fleet.hq)[new]["reported_by"] == 1, 20, "the keyring heard")
+    assert daemon.stop() == 0
+    assert device.verdict().get("serial") == 2  # nothing renewed: the status said it
