@@ -42,15 +42,21 @@ SCHEMES = ("postgresql", "postgres")
 POOL_TIMEOUT_S = 30.0
 READY_TIMEOUT_S = 5.0
 _READ = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
-# one statement each: the pipeline's extended protocol runs one per message
-_WRITE = ("BEGIN ISOLATION LEVEL READ COMMITTED", "SET LOCAL synchronous_commit TO off")
-# After a write transaction's commit, which did not wait for its WAL flush (so the
-# license's lock was released at once): a one-statement transaction that writes a WAL
-# record (a logical-decoding message nobody reads) and commits synchronously. It comes
-# after ours in the WAL, so its return means ours is on disk too; the flush is shared
-# with every backend committing at that moment. (A transaction that writes no WAL of
-# its own, such as SELECT txid_current(), would not wait for the flush.)
-_DURABLE = "SELECT pg_logical_emit_message(true, 'fieldpass-hq', 'durable')"
+_WRITE = "BEGIN ISOLATION LEVEL READ COMMITTED"
+# Every pooled connection's own setting (``_configure``): its commits do not wait for
+# their WAL flush, so a write transaction's commit releases the license's lock at once;
+# each is followed by _DURABLE, and read transactions write no WAL.
+_ASYNC_COMMIT = "SET synchronous_commit TO off"
+# After a write transaction's commit: a one-statement transaction that writes a WAL
+# record (a logical-decoding message nobody reads) and commits synchronously (the
+# setting turned on for it alone, in the same statement). It comes after ours in the
+# WAL, so its return means ours is on disk too; the flush is shared with every backend
+# committing at that moment. (A transaction that writes no WAL of its own, such as
+# SELECT txid_current(), would not wait for the flush.)
+_DURABLE = (
+    "SELECT set_config('synchronous_commit', 'on', true), "
+    "pg_logical_emit_message(true, 'fieldpass-hq', 'durable')"
+)
 CONNECT_TIMEOUT_S = 10
 DEFAULT_POOL_SIZE = 8
 # Taken by every migration transaction: two processes opening an old database at once
@@ -326,6 +332,25 @@ _PLAN_ROWS = (
 # (a license's plan never changes: read by the license's id, it needs no lock)
 _PLAN_OF_LICENSE = " WHERE p.name = (SELECT plan FROM licenses WHERE id = :id)"
 
+
+def _json_row(select: str, source: str) -> str:
+    """``select`` (``SELECT <columns> FROM <source> ...``) with its row as one JSON
+    array: a scalar subquery that is NULL when no row matches."""
+    columns, found, rest = select.partition(f" FROM {source}")
+    assert found and columns.startswith("SELECT "), select
+    listed = columns.removeprefix("SELECT ")
+    return f"SELECT json_build_array({listed}) FROM {source}{rest}"  # noqa: S608 - fixed text
+
+
+# What an activation or a renewal reads once it holds the license's lock, in one
+# statement (so under one snapshot taken after the lock): the device's live
+# activation, the returns falling due, and the plan's rows, each as JSON.
+_AFTER_LOCK = (
+    f"SELECT ({_json_row(_LIVE, 'activations')}), "  # noqa: S608 - fixed text
+    f"(SELECT json_agg(d.activation_id) FROM ({DUE_RETURNS}) d), "
+    f"({_json_row(_PLAN_ROWS, 'plans p')}{_PLAN_OF_LICENSE})"
+)
+
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
 
@@ -451,29 +476,27 @@ class PostgresTx(Tx):
     def issue_reads(
         self, license_id: str, fingerprint: str, now: int
     ) -> tuple[License | None, Activation | None, list[str], PlanRows]:
-        """All four sent before any is read (one round trip), the license's lock
-        first: the server runs the others once it holds it."""
+        """Two statements sent before either is read (one round trip): the license
+        read and locked first, then the rest (``_AFTER_LOCK``), which the server runs
+        once it holds the lock, with a snapshot that sees every earlier holder's
+        commit."""
         lock = " FOR UPDATE" if self._write and license_id not in self._locked else ""
-        sent = [
-            self._execute(
-                f"{_LICENSE_AND_ENTITLEMENTS} WHERE l.id = :id{lock}", {"id": license_id}
-            ),
-            self._execute(_LIVE, {"id": license_id, "fp": fingerprint}),
-            self._execute(DUE_RETURNS, {"l": license_id, "now": now}),
-            self._execute(f"{_PLAN_ROWS}{_PLAN_OF_LICENSE}", {"id": license_id}),
-        ]
-        row = sent[0].fetchone()  # (every result with it)
+        first = self._execute(
+            f"{_LICENSE_AND_ENTITLEMENTS} WHERE l.id = :id{lock}", {"id": license_id}
+        )
+        params = {"id": license_id, "fp": fingerprint, "l": license_id, "now": now}
+        rest = self._execute(_AFTER_LOCK, params)
+        row = first.fetchone()  # (every result with it)
         if row is None:
             return None, None, [], (None, [], (), [])
         if lock:
             self._locked.add(license_id)
-        live = sent[1].fetchone()
-        due = [str(r[0]) for r in sent[2].fetchall()]
+        live, due, plan = rest.fetchone()
         return (
             self._license(row[:9], row[9] or []),
             None if live is None else _activation(live),
-            due,
-            self._plan_rows(sent[3].fetchone()),
+            [str(d) for d in due or []],
+            self._plan_rows(plan),
         )
 
     def get_license(self, license_id: str) -> License | None:
@@ -603,6 +626,7 @@ class PostgresStore(Store):
                 min_size=max(1, pool_size),  # all opened at start: none at a burst
                 max_size=max(1, pool_size),
                 kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
+                configure=_configure,
                 open=False,
                 timeout=POOL_TIMEOUT_S,
                 name="fieldpass-hq",
@@ -675,8 +699,7 @@ class PostgresStore(Store):
                 failure: BaseException | None = None
                 try:
                     with conn.pipeline() as pipeline:
-                        for statement in _WRITE:
-                            conn.execute(statement)
+                        conn.execute(_WRITE)
                         try:
                             yield PostgresTx(_Adapter(conn, pipeline), write=True)
                         except BaseException as e:
@@ -738,12 +761,17 @@ class PostgresStore(Store):
         first (``PostgresTx``): what it reads of a license is what it writes on.
 
         Pipelined (the module's doc). Durable before it returns, like every write: it
-        commits with ``synchronous_commit`` off for itself alone, which releases its row
-        locks without waiting for the disk, then waits for the WAL flush that covers its
-        commit (``_pipelined``). Another transaction may read its rows in between;
+        commits with ``synchronous_commit`` off (the pooled connections' setting), which
+        releases its row locks without waiting for the disk, then waits for the WAL flush
+        that covers its commit (``_pipelined``). Another transaction may read its rows in between;
         if the server crashed then, WAL order means nothing that read them was durable
         either, and nobody was answered."""
         return self._pipelined()
+
+
+def _configure(conn: Any) -> None:
+    """A new pooled connection's session: its commits asynchronous (``_ASYNC_COMMIT``)."""
+    conn.execute(_ASYNC_COMMIT)
 
 
 def _first_line(e: BaseException) -> str:
