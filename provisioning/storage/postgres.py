@@ -35,22 +35,28 @@ from ..errors import ConfigError, Conflict, HQError, StorageError
 from ..models import Activation, License, Plan, PlanMeter
 from . import migrations
 from .interface import Store
-from .tx import _LIVE, Cursor, PlanRows, Tx, _activation, keys_of, select_all
+from .tx import _LIVE, SERIAL_CHANGED, Cursor, PlanRows, Tx, _activation, keys_of, select_all
 from .usage_ops import DUE_RETURNS
 
 SCHEMES = ("postgresql", "postgres")
 POOL_TIMEOUT_S = 30.0
 READY_TIMEOUT_S = 5.0
 _READ = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
-# one statement each: the pipeline's extended protocol runs one per message
-_WRITE = ("BEGIN ISOLATION LEVEL READ COMMITTED", "SET LOCAL synchronous_commit TO off")
-# After a write transaction's commit, which did not wait for its WAL flush (so the
-# license's lock was released at once): a one-statement transaction that writes a WAL
-# record (a logical-decoding message nobody reads) and commits synchronously. It comes
-# after ours in the WAL, so its return means ours is on disk too; the flush is shared
-# with every backend committing at that moment. (A transaction that writes no WAL of
-# its own, such as SELECT txid_current(), would not wait for the flush.)
-_DURABLE = "SELECT pg_logical_emit_message(true, 'fieldpass-hq', 'durable')"
+_WRITE = "BEGIN ISOLATION LEVEL READ COMMITTED"
+# Every pooled connection's own setting (``_configure``): its commits do not wait for
+# their WAL flush, so a write transaction's commit releases the license's lock at once;
+# each is followed by _DURABLE, and read transactions write no WAL.
+_ASYNC_COMMIT = "SET synchronous_commit TO off"
+# After a write transaction's commit: a one-statement transaction that writes a WAL
+# record (a logical-decoding message nobody reads) and commits synchronously (the
+# setting turned on for it alone, in the same statement). It comes after ours in the
+# WAL, so its return means ours is on disk too; the flush is shared with every backend
+# committing at that moment. (A transaction that writes no WAL of its own, such as
+# SELECT txid_current(), would not wait for the flush.)
+_DURABLE = (
+    "SELECT set_config('synchronous_commit', 'on', true), "
+    "pg_logical_emit_message(true, 'fieldpass-hq', 'durable')"
+)
 CONNECT_TIMEOUT_S = 10
 DEFAULT_POOL_SIZE = 8
 # Taken by every migration transaction: two processes opening an old database at once
@@ -326,6 +332,36 @@ _PLAN_ROWS = (
 # (a license's plan never changes: read by the license's id, it needs no lock)
 _PLAN_OF_LICENSE = " WHERE p.name = (SELECT plan FROM licenses WHERE id = :id)"
 
+
+def _json_row(select: str, source: str) -> str:
+    """``select`` (``SELECT <columns> FROM <source> ...``) with its row as one JSON
+    array: a scalar subquery that is NULL when no row matches."""
+    columns, found, rest = select.partition(f" FROM {source}")
+    assert found and columns.startswith("SELECT "), select
+    listed = columns.removeprefix("SELECT ")
+    return f"SELECT json_build_array({listed}) FROM {source}{rest}"  # noqa: S608 - fixed text
+
+
+# What an activation or a renewal reads once it holds the license's lock, in one
+# statement (so under one snapshot taken after the lock): the device's live
+# activation, the returns falling due, and the plan's rows, each as JSON.
+_AFTER_LOCK = (
+    f"SELECT ({_json_row(_LIVE, 'activations')}), "  # noqa: S608 - fixed text
+    f"(SELECT json_agg(d.activation_id) FROM ({DUE_RETURNS}) d), "
+    f"({_json_row(_PLAN_ROWS, 'plans p')}{_PLAN_OF_LICENSE})"
+)
+
+# Tx.record_issues's update, with its check in the statement: a serial that is not
+# the stored one + 1 makes the new value an integer that does not parse, which fails
+# the statement and so the transaction, with the reason in the error's text; so no
+# row count is waited for (a round trip). The activations were read in the same
+# transaction, under their license's lock, and none is ever deleted: each id matches.
+_RECORD_ISSUE = (
+    "UPDATE activations SET serial = CAST(CASE WHEN serial = :serial - 1 "  # noqa: S608
+    f"THEN CAST(:serial AS TEXT) ELSE '{SERIAL_CHANGED}' END AS BIGINT), "
+    "last_issued_at = :now, last_expires_at = :expires WHERE id = :id"
+)
+
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
 
@@ -451,30 +487,40 @@ class PostgresTx(Tx):
     def issue_reads(
         self, license_id: str, fingerprint: str, now: int
     ) -> tuple[License | None, Activation | None, list[str], PlanRows]:
-        """All four sent before any is read (one round trip), the license's lock
-        first: the server runs the others once it holds it."""
+        """Two statements sent before either is read (one round trip): the license
+        read and locked first, then the rest (``_AFTER_LOCK``), which the server runs
+        once it holds the lock, with a snapshot that sees every earlier holder's
+        commit."""
         lock = " FOR UPDATE" if self._write and license_id not in self._locked else ""
-        sent = [
-            self._execute(
-                f"{_LICENSE_AND_ENTITLEMENTS} WHERE l.id = :id{lock}", {"id": license_id}
-            ),
-            self._execute(_LIVE, {"id": license_id, "fp": fingerprint}),
-            self._execute(DUE_RETURNS, {"l": license_id, "now": now}),
-            self._execute(f"{_PLAN_ROWS}{_PLAN_OF_LICENSE}", {"id": license_id}),
-        ]
-        row = sent[0].fetchone()  # (every result with it)
+        first = self._execute(
+            f"{_LICENSE_AND_ENTITLEMENTS} WHERE l.id = :id{lock}", {"id": license_id}
+        )
+        params = {"id": license_id, "fp": fingerprint, "l": license_id, "now": now}
+        rest = self._execute(_AFTER_LOCK, params)
+        row = first.fetchone()  # (every result with it)
         if row is None:
             return None, None, [], (None, [], (), [])
         if lock:
             self._locked.add(license_id)
-        live = sent[1].fetchone()
-        due = [str(r[0]) for r in sent[2].fetchall()]
+        live, due, plan = rest.fetchone()
         return (
             self._license(row[:9], row[9] or []),
             None if live is None else _activation(live),
-            due,
-            self._plan_rows(sent[3].fetchone()),
+            [str(d) for d in due or []],
+            self._plan_rows(plan),
         )
+
+    def record_issues(self, issues: list[tuple[str, int, int, int]]) -> None:
+        """As ``Tx``'s, checked by the database itself (``_RECORD_ISSUE``): sent on
+        without waiting, like any write nobody reads the result of."""
+        rows = [
+            {"serial": serial, "now": now, "expires": expires, "id": act_id}
+            for act_id, serial, now, expires in issues
+        ]
+        if len(rows) == 1:
+            self._send(_RECORD_ISSUE, **rows[0])
+        elif rows:
+            self._execute_many(_RECORD_ISSUE, rows)
 
     def get_license(self, license_id: str) -> License | None:
         """Read and lock in one statement (the lock first: the row as of the lock)."""
@@ -603,6 +649,7 @@ class PostgresStore(Store):
                 min_size=max(1, pool_size),  # all opened at start: none at a burst
                 max_size=max(1, pool_size),
                 kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
+                configure=_configure,
                 open=False,
                 timeout=POOL_TIMEOUT_S,
                 name="fieldpass-hq",
@@ -675,8 +722,7 @@ class PostgresStore(Store):
                 failure: BaseException | None = None
                 try:
                     with conn.pipeline() as pipeline:
-                        for statement in _WRITE:
-                            conn.execute(statement)
+                        conn.execute(_WRITE)
                         try:
                             yield PostgresTx(_Adapter(conn, pipeline), write=True)
                         except BaseException as e:
@@ -738,12 +784,17 @@ class PostgresStore(Store):
         first (``PostgresTx``): what it reads of a license is what it writes on.
 
         Pipelined (the module's doc). Durable before it returns, like every write: it
-        commits with ``synchronous_commit`` off for itself alone, which releases its row
-        locks without waiting for the disk, then waits for the WAL flush that covers its
-        commit (``_pipelined``). Another transaction may read its rows in between;
+        commits with ``synchronous_commit`` off (the pooled connections' setting), which
+        releases its row locks without waiting for the disk, then waits for the WAL flush
+        that covers its commit (``_pipelined``). Another transaction may read its rows in between;
         if the server crashed then, WAL order means nothing that read them was durable
         either, and nobody was answered."""
         return self._pipelined()
+
+
+def _configure(conn: Any) -> None:
+    """A new pooled connection's session: its commits asynchronous (``_ASYNC_COMMIT``)."""
+    conn.execute(_ASYNC_COMMIT)
 
 
 def _first_line(e: BaseException) -> str:

@@ -84,6 +84,8 @@ _TOKEN = "SELECT name, created_at, expires_at, revoked_at FROM api_tokens"  # no
 _AUDIT = "SELECT at, actor, source, action, license_id, activation_id, detail, id FROM audit"
 
 
+SERIAL_CHANGED = "activation serial changed under a write transaction"
+
 # A plan, its meters, its usage counters, HQ's signing keys (Tx.plan_rows).
 PlanRows = tuple[Plan | None, list[PlanMeter], tuple[str, ...], list[KeyInfo]]
 
@@ -532,7 +534,7 @@ class Tx(UsageOps, OutboxOps, FleetViews, SessionRows):
             ],
         )
         if cur.rowcount != len(issues):
-            raise StorageError("activation serial changed under a write transaction")
+            raise StorageError(SERIAL_CHANGED)
 
     def deactivate(self, activation_id: str, now: int) -> None:
         self._send(

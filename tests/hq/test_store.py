@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.wire import license_key
-from provisioning.errors import ActivationNotFound, Conflict, SeatLimitReached
-from provisioning.models import Actor, AuditEvent, Plan
+from provisioning.errors import ActivationNotFound, Conflict, SeatLimitReached, StorageError
+from provisioning.models import Activation, Actor, AuditEvent, Plan
 from provisioning.services import HQ
 from provisioning.storage import SCHEMA_VERSION
 from provisioning.storage.sqlite import MIGRATIONS
@@ -125,17 +125,22 @@ def test_the_seat_count_agrees_with_the_activations_after_any_sequence(
     hq.store.close()
 
 
+def one_activation(home: Path) -> tuple[HQ, str, Activation, int]:
+    """A new 3-seat plan, a license on it and one activation of it."""
+    hq = HQ(home)
+    now = int(time.time())
+    plan = f"p{time.monotonic_ns()}"
+    hq.create_plan(Plan(plan, "default", 365 * 86400, 0, 3, None, now), ACTOR)
+    key = hq.create_license(plan, [], None, now, ACTOR).license_key
+    return hq, key, hq.activate(key, fingerprint(1), now, ACTOR).activation, now
+
+
 def test_a_write_the_database_refuses_fails_its_whole_transaction(hq_home: Path) -> None:
     """On PostgreSQL a write whose result nobody reads is sent on without waiting
     (storage/postgres.py's pipeline): its refusal surfaces at the commit. Either way
     the transaction fails as a Conflict, nothing of it is stored (the audit line
     written before the refused insert neither), and the next one runs."""
-    hq = HQ(hq_home)
-    now = int(time.time())
-    plan = f"p{time.monotonic_ns()}"
-    hq.create_plan(Plan(plan, "default", 365 * 86400, 0, 3, None, now), ACTOR)
-    key = hq.create_license(plan, [], None, now, ACTOR).license_key
-    act = hq.activate(key, fingerprint(1), now, ACTOR).activation
+    hq, key, act, now = one_activation(hq_home)
     before = len(hq.audit_log.audit(10_000))
     with pytest.raises(Conflict, match="refused by the database"), hq.store.write() as tx:
         tx.append_audit(AuditEvent(now, "test", "local", "refused", act.license_id))
@@ -144,4 +149,21 @@ def test_a_write_the_database_refuses_fails_its_whole_transaction(hq_home: Path)
     assert counted_in(hq_home)[act.license_id] == (1, 1)
     hq.activate(key, fingerprint(2), now, ACTOR)  # the connection is usable again
     assert counted_in(hq_home)[act.license_id] == (2, 2)
+    hq.store.close()
+
+
+def test_a_serial_that_is_not_the_next_fails_its_whole_transaction(hq_home: Path) -> None:
+    """Recording a file's serial checks it is the stored one + 1 (on PostgreSQL in the
+    statement itself, without waiting for a row count): otherwise the transaction
+    fails as a storage error naming the reason, and nothing of it is stored."""
+    hq, _, act, now = one_activation(hq_home)
+    before = len(hq.audit_log.audit(10_000))
+    with pytest.raises(StorageError, match="serial changed"), hq.store.write() as tx:
+        tx.append_audit(AuditEvent(now, "test", "local", "skipped", act.license_id))
+        tx.record_issues([(act.id, act.serial + 2, now + 1, now + 2)])
+    assert len(hq.audit_log.audit(10_000)) == before
+    assert hq.get_activation(act.id) == act
+    issued = hq.renew(now + 3, ACTOR, activation_id=act.id)  # the next serial is taken
+    assert issued.claims.serial == act.serial + 1
+    assert hq.get_activation(act.id).serial == act.serial + 1
     hq.store.close()
