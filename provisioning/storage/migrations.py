@@ -64,6 +64,11 @@ VERSIONS: tuple[Version, ...] = (
         "the ids of the signing keys each device says its keyring holds, so that HQ signs "
         "its files with a key the device trusts during a key rotation",
     ),
+    Version(
+        10,
+        "when a live activation's return frees its seat, on the activation and indexed, so "
+        "that activating reads only the license's waiting returns, not every return made",
+    ),
 )
 SCHEMA_VERSION = VERSIONS[-1].number
 

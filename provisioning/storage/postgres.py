@@ -36,7 +36,7 @@ from ..models import Activation, License, Plan, PlanMeter
 from . import migrations
 from .interface import Store
 from .tx import _LIVE, SERIAL_CHANGED, Cursor, PlanRows, Tx, _activation, keys_of, select_all
-from .usage_ops import DUE_RETURNS
+from .usage_ops import DUE_RETURNS, RETURNS_WAITING
 
 SCHEMES = ("postgresql", "postgres")
 POOL_TIMEOUT_S = 30.0
@@ -310,6 +310,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             f"ALTER TABLE activations ADD COLUMN keyring {_T}",
         ],
     ),
+    (10, RETURNS_WAITING),  # storage/usage_ops.py's, as storage/sqlite.py's version 10
 ]
 
 # A license's row with its entitlements, and a plan's row with its meters, its counters

@@ -24,6 +24,7 @@ from . import migrations
 from .group_commit import GroupCommit
 from .interface import Store
 from .tx import Tx
+from .usage_ops import RETURNS_WAITING
 
 SCHEME = "sqlite"
 DB_NAME = "hq.sqlite3"
@@ -276,6 +277,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "ALTER TABLE activations ADD COLUMN keyring TEXT",
         ],
     ),
+    (10, RETURNS_WAITING),  # Portable DDL (storage/usage_ops.py): the same on every engine.
 ]
 
 

@@ -16,16 +16,28 @@ PLAN_METERS = (
     "SELECT feature, counter, usage_limit, period_s FROM plan_meters "
     "WHERE plan = :p ORDER BY feature"
 )
-# The live activations of a license whose return frees the seat by now: driven by the
-# returns (few), each probing its activation by id. (A join lets a planner without
-# fresh statistics walk every live activation of the license instead, on every
-# activation: linear in the license's devices.) A scalar subquery is never flattened
-# into a join, on either engine.
+# The live activations of a license whose return frees the seat by now. Each one whose
+# return waits has the time it frees on its own row (``RETURNS_WAITING``, schema 10),
+# indexed for the live ones only: the query reads the license's waiting returns and
+# nothing else, however many returns HQ has recorded before or how many devices the
+# license has. (Read from the returns, every activation read every past return of every
+# license, freed long since.)
 DUE_RETURNS = (
-    "SELECT r.activation_id FROM returns r WHERE r.frees_at <= :now AND "
-    "(SELECT a.license_id FROM activations a WHERE a.id = r.activation_id "
-    "AND a.deactivated_at IS NULL) = :l"
+    "SELECT a.id AS activation_id FROM activations a WHERE a.license_id = :l "
+    "AND a.deactivated_at IS NULL AND a.return_frees_at IS NOT NULL "
+    "AND a.return_frees_at <= :now"
 )
+# Schema version 10, the same on every engine (portable DDL): when a live activation's
+# return frees its seat, on the activation, for the ones whose seat waits.
+RETURNS_WAITING = [
+    "ALTER TABLE activations ADD COLUMN return_frees_at BIGINT",
+    """UPDATE activations SET return_frees_at = (
+            SELECT r.frees_at FROM returns r WHERE r.activation_id = activations.id)
+        WHERE deactivated_at IS NULL
+            AND id IN (SELECT activation_id FROM returns)""",
+    """CREATE INDEX activations_returning ON activations (license_id, return_frees_at)
+        WHERE return_frees_at IS NOT NULL AND deactivated_at IS NULL""",
+]
 
 
 class UsageOps:
@@ -156,6 +168,12 @@ class UsageOps:
 
     # -- returns ------------------------------------------------------------------------
     def insert_return(self, rec: ReturnRecord) -> None:
+        """The return, and when it frees the seat on its activation (``DUE_RETURNS``)."""
+        self._run(
+            "UPDATE activations SET return_frees_at = :f WHERE id = :a",
+            a=rec.activation_id,
+            f=rec.frees_at,
+        )
         self._run(
             "INSERT INTO returns (activation_id, serial, returned_at, received_at, via, "
             "receipt, frees_at, override) VALUES (:a, :s, :r, :n, :v, :c, :f, :o)",

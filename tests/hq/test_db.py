@@ -80,6 +80,54 @@ def test_status_and_upgrade_from_version_1(hq_engine: Engine, tmp_path: Path) ->
     assert url.split("@")[-1] not in run(home, "db", "status").stdout  # never the URL
 
 
+def test_waiting_returns_carried_over_version_10_free_their_seats_when_due(
+    hq_engine: Engine, tmp_path: Path
+) -> None:
+    """Returns recorded at schema 9 (without a TPM, each seat waiting for its file's
+    expiry and grace): ``db upgrade`` puts each one's time on its activation, and an
+    activation on the full license frees the one that is due, not the other."""
+    import time
+
+    from provisioning.models import ReturnRecord
+
+    home = tmp_path / "hq"
+    url = hq_engine.configure(home)
+    prepare_home(home, seats=2)
+    key = str(hq_json(home, "licenses", "create", "--plan", "std")["key"])
+    due, waiting = (
+        str(hq_json(home, "activate", key, "--fingerprint", fingerprint(n))["activation_id"])
+        for n in (1, 2)
+    )
+    now = int(time.time())
+    store = open_store(url)
+    try:
+        with store.write() as tx:
+            for act, frees_at in ((due, now - 60), (waiting, now + 86_400)):
+                tx.insert_return(
+                    ReturnRecord(act, 1, now - 120, now - 120, "http", "-", frees_at, None)
+                )
+    finally:
+        store.close()
+    with connect(home) as conn:  # back to schema 9: what an HQ of the release before held
+        conn.execute("DROP INDEX activations_returning")
+        conn.execute("ALTER TABLE activations DROP COLUMN return_frees_at")
+        conn.execute("UPDATE schema_version SET version = 9")
+        if url_of(home) is None:
+            conn.commit()
+    up = json.loads(run(home, "db", "upgrade", "--json").stdout)
+    assert up["from"] == 9 and up["applied"] == list(range(10, SCHEMA_VERSION + 1))
+    third = hq_json(home, "activate", key, "--fingerprint", fingerprint(3))
+    assert third["created"] is True  # the due return's seat freed for it
+    full = run(home, "activate", key, "--fingerprint", fingerprint(4), check=False)
+    assert full.returncode == 1 and "seats in use" in full.stderr
+    live = {
+        str(a["activation_id"])
+        for a in hq_json(home, "licenses", "show", key)["activations"]
+        if a["live"]
+    }  # type: ignore[attr-defined, index]
+    assert live == {waiting, str(third["activation_id"])}
+
+
 def test_a_newer_schema_is_refused_by_every_command_and_the_server(
     hq_engine: Engine, tmp_path: Path
 ) -> None:
