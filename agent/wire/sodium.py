@@ -7,10 +7,23 @@ imports ``typing`` (+13 ms) and ``hashlib`` loads OpenSSL (+4 MiB RSS). libsodiu
 already loaded by PyNaCl's compiled ``_sodium`` module (+1 ms), has everything the
 format needs. See docs/performance.md.
 
+Where ``hashlib`` is loaded already (HQ: the price of OpenSSL is paid), ``sha256`` and
+``hmac_sha256`` use it and ``hmac.digest``, a fifth of the cost of building HMAC's pads
+here per call; the gate, which never loads ``hashlib``, keeps the libsodium ones. Both
+compute the same bytes (tests/test_sodium.py proves each against the other).
+
 Everything here is pure: bytes in, bytes or a boolean out.
 """
 
+import sys
+
 from nacl._sodium import ffi, lib
+
+if False:  # typing only (the gate cannot afford ``typing``, nor ``hashlib``)
+    from collections.abc import Callable
+    from hashlib import _Hash
+
+    _Stdlib = tuple[Callable[[bytes], _Hash], Callable[[bytes, bytes, str], bytes]]
 
 if lib.sodium_init() < 0:  # pragma: no cover - libsodium refuses only on a broken system
     raise ImportError("libsodium failed to initialise")
@@ -26,19 +39,50 @@ AEAD_TAG_BYTES = 16
 _HMAC_BLOCK = 64
 
 
+_stdlib: "_Stdlib | None" = None  # hashlib.sha256, hmac.digest, once loaded
+
+
+def _loaded_stdlib() -> "_Stdlib | None":
+    """hashlib's SHA-256 and hmac's one-shot HMAC if ``hashlib`` is loaded already (never
+    loads it: the gate must not pay for OpenSSL); None otherwise."""
+    global _stdlib
+    if _stdlib is None and "hashlib" in sys.modules:
+        import hashlib
+        import hmac
+
+        _stdlib = (hashlib.sha256, hmac.digest)
+    return _stdlib
+
+
 def sha256(data: bytes) -> bytes:
+    stdlib = _stdlib or _loaded_stdlib()
+    if stdlib is not None:
+        return stdlib[0](data).digest()
+    return sodium_sha256(data)
+
+
+def hmac_sha256(key: bytes, message: bytes) -> bytes:
+    """RFC 2104 HMAC-SHA256 (any key length)."""
+    stdlib = _stdlib or _loaded_stdlib()
+    if stdlib is not None:
+        return stdlib[1](key, message, "sha256")
+    return sodium_hmac_sha256(key, message)
+
+
+def sodium_sha256(data: bytes) -> bytes:
+    """libsodium's SHA-256 (what ``sha256`` is where ``hashlib`` is not loaded)."""
     out = ffi.new("unsigned char[]", SHA256_BYTES)
     lib.crypto_hash_sha256(out, data, len(data))
     return bytes(ffi.buffer(out, SHA256_BYTES))
 
 
-def hmac_sha256(key: bytes, message: bytes) -> bytes:
-    """RFC 2104 HMAC-SHA256 (any key length), built on libsodium's SHA-256."""
+def sodium_hmac_sha256(key: bytes, message: bytes) -> bytes:
+    """RFC 2104 HMAC-SHA256 built on libsodium's SHA-256 (``hmac_sha256`` on the gate)."""
     if len(key) > _HMAC_BLOCK:
-        key = sha256(key)
+        key = sodium_sha256(key)
     key = key.ljust(_HMAC_BLOCK, b"\0")
-    inner = sha256(bytes(b ^ 0x36 for b in key) + message)
-    return sha256(bytes(b ^ 0x5C for b in key) + inner)
+    inner = sodium_sha256(bytes(b ^ 0x36 for b in key) + message)
+    return sodium_sha256(bytes(b ^ 0x5C for b in key) + inner)
 
 
 def constant_time_equal(a: bytes, b: bytes) -> bool:
