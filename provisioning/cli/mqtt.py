@@ -235,8 +235,8 @@ def push(
     sel = push_mod.Selection(license_id, plan, devices, within_s)
     now = common.now()
     try:
-        count = len(push_mod.select(state.hq, sel, now))
-        with click.progressbar(length=count, label="renewing", file=sys.stderr) as bar:
+        chosen = push_mod.select(state.hq, sel, now)
+        with click.progressbar(length=len(chosen), label="renewing", file=sys.stderr) as bar:
             summary = push_mod.push(
                 state.hq,
                 client,
@@ -248,6 +248,7 @@ def push(
                 now=now,
                 actor=common.actor(),
                 progress=bar.update,
+                chosen=chosen,
             )
     finally:
         client.disconnect()

@@ -326,8 +326,11 @@ def push(
     now: int,
     actor: Actor,
     progress: Callable[[int], None] = lambda n: None,
+    chosen: list[Activation] | None = None,
 ) -> Summary:
-    chosen = select(hq, sel, now)
+    """``chosen``: ``select(hq, sel, now)`` if the caller has it already (the command
+    line, which sizes its progress bar by it)."""
+    chosen = select(hq, sel, now) if chosen is None else chosen
     summary = Summary(selected=len(chosen))
     telling_ids = {e.activation_id for e in hq.outbox.pending(sel.license_id)}
     to_tell = [a for a in chosen if a.id in telling_ids]
