@@ -2,11 +2,10 @@
 ``hashlib`` is loaded (here, as at HQ) ``sha256`` and ``hmac_sha256`` are the stdlib's,
 and the libsodium ones the gate uses compute the same bytes."""
 
-import subprocess
-import sys
-
 import hashlib
 import hmac
+import subprocess
+import sys
 
 import nacl.bindings
 import nacl.signing
