@@ -16,6 +16,7 @@ import ssl
 import threading
 import urllib.parse
 from collections.abc import Callable
+from typing import TypedDict, Unpack
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -102,7 +103,39 @@ def _client(
     return client, ready, failure
 
 
-def _open(client: mqtt.Client, host: str, port: int, session_expiry_s: int) -> None:
+class Options(TypedDict, total=False):
+    """What ``connect`` and ``open_link`` take besides the URL and credentials."""
+
+    ca_file: str | None  # the CA for mqtts://
+    on_message: MessageHandler | None
+    subscriptions: list[str]  # subscribed at every connection
+    session_expiry_s: int  # 0: a clean session
+    timeout_s: float  # for the broker's CONNACK (10 s)
+    on_connected: Callable[[], None] | None  # at every connection
+
+
+def _started(
+    url: str,
+    client_id: str,
+    username: str,
+    password: str,
+    options: Options,
+    start: Callable[[mqtt.Client], Callable[[], None]],
+) -> mqtt.Client:
+    """The client, connected, its loop started by ``start`` (which returns how to stop
+    it), once the broker has accepted it (CONNACK)."""
+    host, port, tls = parse_url(url)
+    client, ready, failure = _client(
+        client_id,
+        username,
+        password,
+        options.get("ca_file"),
+        options.get("on_message"),
+        options.get("subscriptions", []),
+        options.get("on_connected"),
+        tls,
+    )
+    session_expiry_s = options.get("session_expiry_s", 0)
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     if session_expiry_s:
         props.SessionExpiryInterval = session_expiry_s
@@ -111,38 +144,25 @@ def _open(client: mqtt.Client, host: str, port: int, session_expiry_s: int) -> N
     except (OSError, ValueError) as e:
         reason = (e.strerror if isinstance(e, OSError) else None) or str(e)
         raise BrokerUnavailable(f"cannot reach the broker at {host}:{port}: {reason}") from e
-
-
-def _refused(host: str, port: int, failure: list[str]) -> BrokerUnavailable:
-    reason = failure[0] if failure else "no answer"
-    return BrokerUnavailable(f"the broker at {host}:{port} refused HQ: {reason}")
+    stop = start(client)
+    if not ready.wait(options.get("timeout_s", 10)) or failure:
+        stop()
+        reason = failure[0] if failure else "no answer"
+        raise BrokerUnavailable(f"the broker at {host}:{port} refused HQ: {reason}")
+    return client
 
 
 def connect(
-    url: str,
-    client_id: str,
-    username: str,
-    password: str,
-    *,
-    ca_file: str | None = None,
-    on_message: MessageHandler | None = None,
-    subscriptions: list[str] = (),  # type: ignore[assignment]
-    session_expiry_s: int = 0,
-    timeout_s: float = 10,
-    on_connected: Callable[[], None] | None = None,
+    url: str, client_id: str, username: str, password: str, **options: Unpack[Options]
 ) -> mqtt.Client:
     """A client on paho's own loop thread (``loop_start``), for a few messages; a
     publisher of many takes ``open_link``."""
-    host, port, tls = parse_url(url)
-    client, ready, failure = _client(
-        client_id, username, password, ca_file, on_message, subscriptions, on_connected, tls
-    )
-    _open(client, host, port, session_expiry_s)
-    client.loop_start()
-    if not ready.wait(timeout_s) or failure:
-        client.loop_stop()
-        raise _refused(host, port, failure)
-    return client
+
+    def start(client: mqtt.Client) -> Callable[[], None]:
+        client.loop_start()
+        return client.loop_stop  # type: ignore[return-value]
+
+    return _started(url, client_id, username, password, options, start)
 
 
 def open_link(
@@ -151,25 +171,19 @@ def open_link(
     username: str,
     password: str,
     *,
-    ca_file: str | None = None,
-    on_message: MessageHandler | None = None,
-    subscriptions: list[str] = (),  # type: ignore[assignment]
-    session_expiry_s: int = 0,
-    timeout_s: float = 10,
-    on_connected: Callable[[], None] | None = None,
     window: int = PUBLISH_WINDOW,
     ack_wait_s: float = PUBACK_WAIT_S,
+    **options: Unpack[Options],
 ) -> Link:
     """``connect``'s client on a ``Link`` (link.py): its loop on a thread of its own,
-    at most ``window`` publishes awaiting their PUBACK. ``push`` and the bridge."""
-    host, port, tls = parse_url(url)
-    client, ready, failure = _client(
-        client_id, username, password, ca_file, on_message, subscriptions, on_connected, tls
-    )
-    _open(client, host, port, session_expiry_s)
-    link = Link(client, window, ack_wait_s)
-    link.start()
-    if not ready.wait(timeout_s) or failure:
-        link.close()
-        raise _refused(host, port, failure)
-    return link
+    at most ``window`` publishes awaiting their PUBACK, one failed after ``ack_wait_s``
+    without it. ``push`` and the bridge."""
+    links: list[Link] = []
+
+    def start(client: mqtt.Client) -> Callable[[], None]:
+        links.append(Link(client, window, ack_wait_s))
+        links[0].start()
+        return links[0].close
+
+    _started(url, client_id, username, password, options, start)
+    return links[0]

@@ -7,7 +7,7 @@ revocations to publish, paho never holds more than the window awaiting their PUB
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,14 +15,14 @@ import pytest
 from agent.daemon import topics
 from agent.wire.keys import Keyring
 from agent.wire.revocation import verify_revocation
-from provisioning.models import Actor, Plan
+from provisioning.models import Actor
 from provisioning.mqtt import bridge as bridge_mod
 from provisioning.mqtt import connection
 from provisioning.mqtt.link import Link
 from provisioning.services import HQ
 from tests.engines import Engine
 from tests.mqtt.conftest import Broker, Client, wait_for
-from tests.mqtt.simdevices import enroll
+from tests.mqtt.simdevices import enroll, industrial
 
 ACTOR = Actor("test", "local")
 PREFIX = topics.DEFAULT_PREFIX
@@ -33,10 +33,7 @@ WINDOW = 10
 @pytest.fixture
 def service(tmp_path: Path, hq_engine: Engine) -> Iterator[HQ]:
     hq_engine.configure(tmp_path / "home")
-    hq = HQ(tmp_path / "home")
-    now = int(time.time())
-    hq.generate_key(now, ACTOR)
-    hq.create_plan(Plan("industrial", "robot-os", 365 * 86400, 86400, 1000, None, now), ACTOR)
+    hq = industrial(tmp_path / "home")
     yield hq
     hq.store.close()
 
@@ -48,15 +45,19 @@ def test_a_stopped_broker_holds_the_bridge_to_its_window_and_loses_nothing(
     sims = enroll(service, lic.license_key, DEVICES)
     links: list[Link] = []
 
-    def connect(on_message: object, subscriptions: list[str], on_connected: object) -> Link:
+    def connect(
+        on_message: connection.MessageHandler,
+        subscriptions: list[str],
+        on_connected: Callable[[], None],
+    ) -> Link:
         link = connection.open_link(
             broker.url,
             "fieldpass-hq-bridge-1",
             "fieldpass-hq-bridge-1",
             "-",
-            on_message=on_message,  # type: ignore[arg-type]
+            on_message=on_message,
             subscriptions=subscriptions,
-            on_connected=on_connected,  # type: ignore[arg-type]
+            on_connected=on_connected,
             window=WINDOW,
         )
         links.append(link)

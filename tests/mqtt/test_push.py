@@ -14,13 +14,13 @@ import pytest
 from agent.daemon import topics
 from agent.wire.keys import Keyring
 from agent.wire.machine_file import open_machine_file
-from provisioning.models import Actor, Plan
+from provisioning.models import Actor
 from provisioning.mqtt import connection
 from provisioning.mqtt import push as push_mod
 from provisioning.services import HQ
 from tests.engines import Engine
 from tests.mqtt.conftest import Broker, Client
-from tests.mqtt.simdevices import SimDevice, enroll
+from tests.mqtt.simdevices import SimDevice, enroll, industrial
 
 ACTOR = Actor("test", "local")
 PREFIX = topics.DEFAULT_PREFIX
@@ -29,10 +29,7 @@ PREFIX = topics.DEFAULT_PREFIX
 @pytest.fixture
 def service(tmp_path: Path, hq_engine: Engine) -> Iterator[HQ]:
     hq_engine.configure(tmp_path / "home")
-    hq = HQ(tmp_path / "home")
-    now = int(time.time())
-    hq.generate_key(now, ACTOR)
-    hq.create_plan(Plan("industrial", "robot-os", 365 * 86400, 86400, 1000, None, now), ACTOR)
+    hq = industrial(tmp_path / "home")
     yield hq
     hq.store.close()
 
