@@ -8,9 +8,11 @@ already loaded by PyNaCl's compiled ``_sodium`` module (+1 ms), has everything t
 format needs. See docs/performance.md.
 
 Where ``hashlib`` is loaded already (HQ: the price of OpenSSL is paid), ``sha256`` and
-``hmac_sha256`` use it and ``hmac.digest``, a fifth of the cost of building HMAC's pads
-here per call; the gate, which never loads ``hashlib``, keeps the libsodium ones. Both
-compute the same bytes (tests/test_sodium.py proves each against the other).
+``hmac_sha256`` use it and OpenSSL's one-shot HMAC (what ``hmac.digest`` calls), a fifth
+of the cost of building HMAC's pads here per call, found in ``sys.modules``, never
+imported (the device's image has no ``hashlib``); the gate, which never loads it, keeps
+the libsodium ones. Both compute the same bytes (tests/test_sodium.py proves each
+against the other).
 
 Everything here is pure: bytes in, bytes or a boolean out.
 """
@@ -19,14 +21,10 @@ import sys
 
 from nacl._sodium import ffi, lib
 
-if False:  # typing only (the gate cannot afford ``typing``, nor ``hashlib``)
+if False:  # typing only (the gate cannot afford ``typing``)
     from collections.abc import Callable
-    from hashlib import _Hash
 
-    _Stdlib = tuple[Callable[[bytes], _Hash], Callable[[bytes, bytes, str], bytes]]
-
-if lib.sodium_init() < 0:  # pragma: no cover - libsodium refuses only on a broken system
-    raise ImportError("libsodium failed to initialise")
+    _Stdlib = tuple[Callable[[bytes], bytes], Callable[[bytes, bytes, str], bytes]]
 
 SHA256_BYTES = 32
 SIGNATURE_BYTES = 64
@@ -38,26 +36,32 @@ AEAD_NONCE_BYTES = 24
 AEAD_TAG_BYTES = 16
 _HMAC_BLOCK = 64
 
-
-_stdlib: "_Stdlib | None" = None  # hashlib.sha256, hmac.digest, once loaded
+# hashlib's SHA-256 and OpenSSL's one-shot HMAC (what hmac.digest calls), once loaded.
+_stdlib: "_Stdlib | None" = None
 
 
 def _loaded_stdlib() -> "_Stdlib | None":
-    """hashlib's SHA-256 and hmac's one-shot HMAC if ``hashlib`` is loaded already (never
-    loads it: the gate must not pay for OpenSSL); None otherwise."""
+    """The C SHA-256 and HMAC of ``hashlib`` if something loaded it already; never
+    imports it (nor anything: the gate must not pay for OpenSSL, and the device's image
+    holds no ``hashlib``). None otherwise."""
     global _stdlib
-    if _stdlib is None and "hashlib" in sys.modules:
-        import hashlib
-        import hmac
+    if _stdlib is None:
+        hashlib, openssl = sys.modules.get("hashlib"), sys.modules.get("_hashlib")
+        if hashlib is not None and openssl is not None:
+            new = hashlib.sha256
 
-        _stdlib = (hashlib.sha256, hmac.digest)
+            def sha256(data: bytes) -> bytes:
+                digest: bytes = new(data).digest()
+                return digest
+
+            _stdlib = (sha256, openssl.hmac_digest)
     return _stdlib
 
 
 def sha256(data: bytes) -> bytes:
     stdlib = _stdlib or _loaded_stdlib()
     if stdlib is not None:
-        return stdlib[0](data).digest()
+        return stdlib[0](data)
     return sodium_sha256(data)
 
 
