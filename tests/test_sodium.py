@@ -1,7 +1,11 @@
-"""The libsodium fast path agrees with PyNaCl's public API, hashlib and hmac."""
+"""The libsodium fast path agrees with PyNaCl's public API, hashlib and hmac; where
+``hashlib`` is loaded (here, as at HQ) ``sha256`` and ``hmac_sha256`` are the stdlib's,
+and the libsodium ones the gate uses compute the same bytes."""
 
 import hashlib
 import hmac
+import subprocess
+import sys
 
 import nacl.bindings
 import nacl.signing
@@ -16,9 +20,38 @@ def test_sha256(data: bytes) -> None:
     assert sodium.sha256(data) == hashlib.sha256(data).digest()
 
 
+@given(st.binary(max_size=2000))
+def test_sha256_of_libsodium_and_of_hashlib_agree(data: bytes) -> None:
+    assert sodium.sodium_sha256(data) == sodium.sha256(data) == hashlib.sha256(data).digest()
+
+
 @given(st.binary(max_size=200), st.binary(max_size=500))
 def test_hmac_sha256_any_key_length(key: bytes, message: bytes) -> None:
     assert sodium.hmac_sha256(key, message) == hmac.new(key, message, "sha256").digest()
+
+
+@given(st.binary(max_size=200), st.binary(max_size=500))
+def test_hmac_sha256_of_libsodium_and_of_the_stdlib_agree(key: bytes, message: bytes) -> None:
+    reference = hmac.new(key, message, "sha256").digest()
+    assert sodium.sodium_hmac_sha256(key, message) == sodium.hmac_sha256(key, message) == reference
+
+
+def test_the_stdlib_is_used_only_where_hashlib_is_loaded_already() -> None:
+    """On the gate (hashlib never imported) the libsodium path runs and loads nothing;
+    once hashlib is loaded, the stdlib's is taken, with the same result."""
+    probe = (
+        "import sys\n"
+        "from agent.wire import sodium\n"
+        "a = sodium.hmac_sha256(b'k', b'm'), sodium.sha256(b'm')\n"
+        "print(sodium._stdlib is None, 'hashlib' in sys.modules, 'hmac' in sys.modules)\n"
+        "import hashlib\n"
+        "b = sodium.hmac_sha256(b'k', b'm'), sodium.sha256(b'm')\n"
+        "print(sodium._stdlib is not None, a == b)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.split() == ["True", "False", "False", "True", "True"]
 
 
 @given(st.binary(min_size=32, max_size=32), st.binary(max_size=1000))

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from . import fields, sodium
 from .device_key import DeviceKey, key_id
 from .errors import ClaimMismatchError, FormatError, WireError
+from .keys import Keyring
 from .license_key import is_fingerprint
 from .signed import KeyLookup, open_signed, sign_message
 
@@ -269,13 +270,19 @@ def sign(key: DeviceKey, msg_type: str, values: dict[str, object]) -> bytes:
 
 
 def open_message(data: bytes, keys: KeyLookup, msg_type: str) -> DeviceMessage:
-    """Verify a device message of ``msg_type`` signed by a key ``keys`` knows."""
-    from .signed import signed_kid
+    """Verify a device message of ``msg_type`` signed by a key ``keys`` knows.
 
-    kid = signed_kid(data, MAX_MESSAGE_BYTES)
+    The envelope is read once (by ``open_signed``); its key id, checked as
+    ``signed_kid`` checks it, is taken as the key is looked up."""
+    named: list[str] = []
+
+    def lookup(kid: str) -> bytes | None:
+        named.append(fields.text(kid, "a signed message's key id"))
+        return keys.get(kid) if isinstance(keys, Keyring) else keys(kid)
+
     body = open_signed(
         data,
-        keys,
+        lookup,
         SIGNATURE_CONTEXT,
         what=f"device {msg_type} message",
         msg_type=msg_type,
@@ -285,7 +292,7 @@ def open_message(data: bytes, keys: KeyLookup, msg_type: str) -> DeviceMessage:
         optional=frozenset({KEYRING}) if msg_type in KEYRING_TYPES else frozenset(),
     )
     del body["v"], body["type"]
-    return DeviceMessage(msg_type, kid, _checked(msg_type, body))
+    return DeviceMessage(msg_type, named[0], _checked(msg_type, body))
 
 
 def open_self_signed(data: bytes, msg_type: str, key_field: str = "device_key") -> DeviceMessage:

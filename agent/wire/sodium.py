@@ -7,13 +7,24 @@ imports ``typing`` (+13 ms) and ``hashlib`` loads OpenSSL (+4 MiB RSS). libsodiu
 already loaded by PyNaCl's compiled ``_sodium`` module (+1 ms), has everything the
 format needs. See docs/performance.md.
 
+Where ``hashlib`` is loaded already (HQ: the price of OpenSSL is paid), ``sha256`` and
+``hmac_sha256`` use it and OpenSSL's one-shot HMAC (what ``hmac.digest`` calls), a fifth
+of the cost of building HMAC's pads here per call, found in ``sys.modules``, never
+imported (the device's image has no ``hashlib``); the gate, which never loads it, keeps
+the libsodium ones. Both compute the same bytes (tests/test_sodium.py proves each
+against the other).
+
 Everything here is pure: bytes in, bytes or a boolean out.
 """
 
+import sys
+
 from nacl._sodium import ffi, lib
 
-if lib.sodium_init() < 0:  # pragma: no cover - libsodium refuses only on a broken system
-    raise ImportError("libsodium failed to initialise")
+if False:  # typing only (the gate cannot afford ``typing``)
+    from collections.abc import Callable
+
+    _Stdlib = tuple[Callable[[bytes], bytes], Callable[[bytes, bytes, str], bytes]]
 
 SHA256_BYTES = 32
 SIGNATURE_BYTES = 64
@@ -25,20 +36,57 @@ AEAD_NONCE_BYTES = 24
 AEAD_TAG_BYTES = 16
 _HMAC_BLOCK = 64
 
+# hashlib's SHA-256 and OpenSSL's one-shot HMAC (what hmac.digest calls), once loaded.
+_stdlib: "_Stdlib | None" = None
+
+
+def _loaded_stdlib() -> "_Stdlib | None":
+    """The C SHA-256 and HMAC of ``hashlib`` if something loaded it already; never
+    imports it (nor anything: the gate must not pay for OpenSSL, and the device's image
+    holds no ``hashlib``). None otherwise."""
+    global _stdlib
+    if _stdlib is None:
+        hashlib, openssl = sys.modules.get("hashlib"), sys.modules.get("_hashlib")
+        if hashlib is not None and openssl is not None:
+            new = hashlib.sha256
+
+            def sha256(data: bytes) -> bytes:
+                digest: bytes = new(data).digest()
+                return digest
+
+            _stdlib = (sha256, openssl.hmac_digest)
+    return _stdlib
+
 
 def sha256(data: bytes) -> bytes:
+    stdlib = _stdlib or _loaded_stdlib()
+    if stdlib is not None:
+        return stdlib[0](data)
+    return sodium_sha256(data)
+
+
+def hmac_sha256(key: bytes, message: bytes) -> bytes:
+    """RFC 2104 HMAC-SHA256 (any key length)."""
+    stdlib = _stdlib or _loaded_stdlib()
+    if stdlib is not None:
+        return stdlib[1](key, message, "sha256")
+    return sodium_hmac_sha256(key, message)
+
+
+def sodium_sha256(data: bytes) -> bytes:
+    """libsodium's SHA-256 (what ``sha256`` is where ``hashlib`` is not loaded)."""
     out = ffi.new("unsigned char[]", SHA256_BYTES)
     lib.crypto_hash_sha256(out, data, len(data))
     return bytes(ffi.buffer(out, SHA256_BYTES))
 
 
-def hmac_sha256(key: bytes, message: bytes) -> bytes:
-    """RFC 2104 HMAC-SHA256 (any key length), built on libsodium's SHA-256."""
+def sodium_hmac_sha256(key: bytes, message: bytes) -> bytes:
+    """RFC 2104 HMAC-SHA256 built on libsodium's SHA-256 (``hmac_sha256`` on the gate)."""
     if len(key) > _HMAC_BLOCK:
-        key = sha256(key)
+        key = sodium_sha256(key)
     key = key.ljust(_HMAC_BLOCK, b"\0")
-    inner = sha256(bytes(b ^ 0x36 for b in key) + message)
-    return sha256(bytes(b ^ 0x5C for b in key) + inner)
+    inner = sodium_sha256(bytes(b ^ 0x36 for b in key) + message)
+    return sodium_sha256(bytes(b ^ 0x5C for b in key) + inner)
 
 
 def constant_time_equal(a: bytes, b: bytes) -> bool:

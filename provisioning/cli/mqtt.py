@@ -101,6 +101,7 @@ def bridge(
     """
     from ..mqtt import bridge as bridge_mod
     from ..mqtt import connection
+    from ..mqtt.link import Link
 
     connection.parse_url(broker_url)  # a wrong URL is a usage error before anything else
     try:
@@ -123,11 +124,11 @@ def bridge(
         on_message: connection.MessageHandler,
         subscriptions: list[str],
         on_connected: Callable[[], None],
-    ) -> object:
+    ) -> Link:
         # A clean session: a replica that is gone must leave none behind, or the broker
         # would keep handing it its share of the requests (devices ask again, and the
         # outbox is published again, so nothing waits in a session).
-        client = connection.connect(
+        client = connection.open_link(
             broker_url,
             user,
             user,
@@ -223,7 +224,7 @@ def push(
         raise click.BadParameter(str(e)) from e
     state = common.state(ctx)
     confirmations = push_mod.Confirmations(state.hq)
-    client = connection.connect(
+    link = connection.open_link(
         broker_url,
         username,
         username,
@@ -235,11 +236,11 @@ def push(
     sel = push_mod.Selection(license_id, plan, devices, within_s)
     now = common.now()
     try:
-        count = len(push_mod.select(state.hq, sel, now))
-        with click.progressbar(length=count, label="renewing", file=sys.stderr) as bar:
+        chosen = push_mod.select(state.hq, sel, now)
+        with click.progressbar(length=len(chosen), label="renewing", file=sys.stderr) as bar:
             summary = push_mod.push(
                 state.hq,
-                client,
+                link,
                 confirmations,
                 sel,
                 prefix=topic_prefix,
@@ -248,10 +249,10 @@ def push(
                 now=now,
                 actor=common.actor(),
                 progress=bar.update,
+                chosen=chosen,
             )
     finally:
-        client.disconnect()
-        client.loop_stop()
+        link.close()
     if as_json:
         output.emit_json(summary.doc())
     else:

@@ -53,6 +53,7 @@ from ..services.outbox import Delivery
 from ..services.renewals import AGAIN, GONE, ISSUED, RATE_LIMITED, RenewalRequest
 from ..services.usage import ReportRefused, ReturnLimitReached
 from . import inbound
+from .link import Link
 
 log = logging.getLogger("fieldpass.hq.bridge")
 ACTOR = Actor("mqtt-bridge", "mqtt")
@@ -61,6 +62,7 @@ REINDEX_S = 5.0
 OUTBOX_POLL_S = 1.0
 BATCH_MAX = 256  # messages answered in one database transaction
 OUTBOX_BATCH = 500  # outbox entries taken in one; a full one is followed by the next at once
+STOP_FLUSH_S = 5.0  # at a stop, how long what was published may take to be acknowledged
 LEGACY = Contact(channel="mqtt", agent_version="0.1.0", claims_format=1)
 
 Outgoing = tuple[str, bytes, bool]  # topic, payload, retain
@@ -339,10 +341,12 @@ class Bridge:
 CONNECTED = ("", b"", False)  # the marker the connection callback queues
 
 
-def serve(bridge: Bridge, connect: Callable[..., object], stop: threading.Event) -> None:
+def serve(bridge: Bridge, connect: Callable[..., Link], stop: threading.Event) -> None:
     """Run the bridge until ``stop`` is set. ``connect(on_message, subscriptions,
-    on_connected)`` returns a connected paho client (connection.connect with this
-    replica's credentials). paho's thread only queues; this thread does the work."""
+    on_connected)`` returns a connected link (connection.open_link with this replica's
+    credentials), whose window bounds what awaits its PUBACK: a broker slower than the
+    bridge holds the bridge back (link.py). The link's thread only queues; this thread
+    does the work."""
     inbox: queue.SimpleQueue[Incoming] = queue.SimpleQueue()
 
     def on_message(client: object, userdata: object, message: object) -> None:
@@ -364,10 +368,9 @@ def serve(bridge: Bridge, connect: Callable[..., object], stop: threading.Event)
                 polled = time.monotonic()
                 out += _guarded(bridge, bridge.deliver_due) or []
             for name, data, retain in out:
-                client.publish(name, data, qos=1, retain=retain)  # type: ignore[attr-defined]
+                client.publish(name, data, retain)
     finally:
-        client.disconnect()  # type: ignore[attr-defined]
-        client.loop_stop()  # type: ignore[attr-defined]
+        client.close(STOP_FLUSH_S)
 
 
 def _drain(inbox: "queue.SimpleQueue[Incoming]", wait_s: float) -> list[Incoming]:

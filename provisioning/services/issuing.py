@@ -28,7 +28,7 @@ from ..errors import (
     SeatLimitReached,
     SignedRequestRequired,
 )
-from ..models import Activation, Actor, License, Plan, PlanMeter
+from ..models import Activation, Actor, License, Plan, PlanMeter, UsageReport
 from ..storage import PlanRows, Store, Tx
 from .audit import event
 from .keys import Keys, Signer
@@ -213,15 +213,23 @@ class Issuing:
         self.store = store
         self.keys = keys
 
-    def issuer(self, tx: Tx, lic: License, rows: PlanRows | None = None) -> _Issuer:
+    def issuer(
+        self,
+        tx: Tx,
+        lic: License,
+        rows: PlanRows | None = None,
+        reports: dict[str, UsageReport] | None = None,
+    ) -> _Issuer:
         """What every file of ``lic`` shares, read once in ``tx`` (for the bridge's and
-        the outbox's batches, too); ``rows``: its plan's rows if read already."""
+        the outbox's batches, too); ``rows``: its plan's rows if read already;
+        ``reports``: the newest usage report of each activation to be issued, read
+        already for all of them (bulk issuance), else read per activation."""
         plan, plan_meters, counters, keys = rows or tx.plan_rows(lic.plan)
         if plan is None:  # pragma: no cover - a foreign key makes this impossible
             raise PlanNotFound(f"license {lic.id} names a missing plan")
 
         def extras(act: Activation, now: int) -> tuple[tuple[Meter, ...], int, dict[str, int]]:
-            report = tx.latest_report(act.id)
+            report = tx.latest_report(act.id) if reports is None else reports.get(act.id)
             usage = dict(report.counters) if report else {}
             meters = tuple(_period(tx, act, m, now, usage) for m in plan_meters)
             return meters, (report.seq if report else 0), usage
@@ -426,12 +434,11 @@ class Issuing:
             lic = find_license(tx, license_id)
             check_usable(lic, now)
             tx.lock_license(lic.id)
-            issuer = self.issuer(tx, lic)
-            issued = [
-                issuer.prepare(act, ttl_s, now, new=False)
-                for act in tx.list_activations(lic.id)
-                if act.deactivated_at is None
-            ]
+            live = [act for act in tx.list_activations(lic.id) if act.deactivated_at is None]
+            # One read of the newest reports for the whole license, not one per device.
+            reports = tx.latest_reports([act.id for act in live if act.claims_format >= 2])
+            issuer = self.issuer(tx, lic, reports=reports)
+            issued = [issuer.prepare(act, ttl_s, now, new=False) for act in live]
             tx.record_issues(
                 [(i.activation.id, i.claims.serial, now, i.claims.expires_at) for i in issued]
             )

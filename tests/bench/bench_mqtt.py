@@ -30,7 +30,8 @@ file on its own flash, in parallel across the fleet).
 
 Beside the times: the CPU seconds (user + system, from ``/proc``) of push's process
 (the benchmark's own, during push), of the simulator (or echo) processes and of
-mosquitto, over each phase: what the shared machine blurs least.
+mosquitto, over each phase: what the shared machine blurs least; and the seconds push's
+process spent in Python's cyclic garbage collector (``push_gc_s``).
 
 Idle daemon: one real ``fieldpass run`` connected to the broker with nothing to do; its
 peak RSS (VmHWM) and the CPU it uses over IDLE_S seconds.
@@ -41,6 +42,7 @@ bridges, default 1), ``BENCH_MQTT_IDLE_S`` shrink or grow a run;
 """
 
 import collections
+import gc
 import multiprocessing as mp
 import os
 import queue
@@ -283,7 +285,7 @@ def _push(tmp: Path, port: int, broker_pid: int) -> dict[str, float]:
     procs, go, stop, seen = _start_sims(port, "push")
     go.set()
     confirmations = push_mod.Confirmations(hq)
-    client = connection.connect(
+    link = connection.open_link(
         f"mqtt://127.0.0.1:{port}",
         "fieldpass-hq-push",
         "fieldpass-hq-push",
@@ -292,10 +294,11 @@ def _push(tmp: Path, port: int, broker_pid: int) -> dict[str, float]:
         subscriptions=[f"{PREFIX}/dev/+/status"],
     )
     cpu = _Cpu(broker_pid, [p.pid for p in procs])
+    gc_s = _GcTime()
     start = time.perf_counter()
     summary = push_mod.push(
         hq,
-        client,
+        link,
         confirmations,
         push_mod.Selection(license_id=license_id),
         prefix=PREFIX,
@@ -306,8 +309,8 @@ def _push(tmp: Path, port: int, broker_pid: int) -> dict[str, float]:
     )
     total_s = time.perf_counter() - start
     used = cpu.used()
-    client.disconnect()
-    client.loop_stop()
+    gc_used_s = gc_s.stop()
+    link.close()
     installed = {line.split(":")[0] for line in _stop_sims(procs, stop, seen)}
     hq.store.close()
     return {
@@ -321,6 +324,7 @@ def _push(tmp: Path, port: int, broker_pid: int) -> dict[str, float]:
         "push_cpu_push_s": used["self"],
         "push_cpu_devices_s": used["peers"],
         "push_cpu_mosquitto_s": used["broker"],
+        "push_gc_s": gc_used_s,
     }
 
 
@@ -436,6 +440,26 @@ def _floor(port: int, broker_pid: int) -> dict[str, float]:
 def _proc_cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _GcTime:
+    """CPU seconds the cyclic garbage collector uses in this process from now on (each
+    collection measured on the thread that runs it)."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.started = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.thread_time()
+        else:
+            self.total += time.thread_time() - self.started
+
+    def stop(self) -> float:
+        gc.callbacks.remove(self._on_gc)
+        return round(self.total, 2)
 
 
 class _Cpu:

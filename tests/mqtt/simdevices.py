@@ -7,11 +7,12 @@ real ``fieldpass run``; these stand in where a test needs hundreds of them.
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from agent.daemon import topics
 from agent.wire import device_msg
 from agent.wire.device_key import DeviceKey
-from provisioning.models import Actor
+from provisioning.models import Actor, Plan
 from provisioning.services import HQ, Contact
 
 ACTOR = Actor("test-fleet", "local")
@@ -110,6 +111,16 @@ class SimDevice:
                 "proof": None,
             },
         )
+
+
+def industrial(home: Path) -> HQ:
+    """HQ on ``home`` (its engine configured already) with a signing key and the plan
+    ``industrial`` (1,000 seats): what the in-process push and bridge tests enroll on."""
+    hq = HQ(home)
+    now = int(time.time())
+    hq.generate_key(now, ACTOR)
+    hq.create_plan(Plan("industrial", "robot-os", 365 * 86400, 86400, 1000, None, now), ACTOR)
+    return hq
 
 
 def enroll(hq: HQ, license_key: str, n: int, now: int | None = None) -> list[SimDevice]:

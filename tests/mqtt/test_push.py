@@ -14,13 +14,13 @@ import pytest
 from agent.daemon import topics
 from agent.wire.keys import Keyring
 from agent.wire.machine_file import open_machine_file
-from provisioning.models import Actor, Plan
+from provisioning.models import Actor
 from provisioning.mqtt import connection
 from provisioning.mqtt import push as push_mod
 from provisioning.services import HQ
 from tests.engines import Engine
 from tests.mqtt.conftest import Broker, Client
-from tests.mqtt.simdevices import SimDevice, enroll
+from tests.mqtt.simdevices import SimDevice, enroll, industrial
 
 ACTOR = Actor("test", "local")
 PREFIX = topics.DEFAULT_PREFIX
@@ -29,10 +29,7 @@ PREFIX = topics.DEFAULT_PREFIX
 @pytest.fixture
 def service(tmp_path: Path, hq_engine: Engine) -> Iterator[HQ]:
     hq_engine.configure(tmp_path / "home")
-    hq = HQ(tmp_path / "home")
-    now = int(time.time())
-    hq.generate_key(now, ACTOR)
-    hq.create_plan(Plan("industrial", "robot-os", 365 * 86400, 86400, 1000, None, now), ACTOR)
+    hq = industrial(tmp_path / "home")
     yield hq
     hq.store.close()
 
@@ -65,27 +62,35 @@ class Devices:
 
 
 def test_push_sends_through_a_small_window_and_counts_every_confirmation(
-    service: HQ, broker: Broker, monkeypatch: pytest.MonkeyPatch
+    service: HQ, broker: Broker
 ) -> None:
     """With at most 3 publishes awaiting their PUBACK, every one of 40 devices is sent its
     file, settled as acknowledged, and confirmed by its signed status."""
-    monkeypatch.setattr(push_mod, "PUBLISH_WINDOW", 3)
     lic = service.create_license("industrial", [], None, int(time.time()), ACTOR)
     sims = enroll(service, lic.license_key, 40)
     devices = Devices(broker, service, lic.license_key, sims)
     confirmations = push_mod.Confirmations(service)
-    client = connection.connect(
+    link = connection.open_link(
         broker.url,
         "fieldpass-hq-push",
         "fieldpass-hq-push",
         "-",
         on_message=confirmations.on_message,
         subscriptions=[topics.topic(PREFIX, "+", topics.STATUS)],
+        window=3,
     )
+    most = [0]
+    original = link._write_queued
+
+    def watched() -> None:  # what awaits its PUBACK, as each batch is written
+        original()
+        most[0] = max(most[0], len(link.client._out_messages))
+
+    link._write_queued = watched  # type: ignore[method-assign]
     try:
         summary = push_mod.push(
             service,
-            client,
+            link,
             confirmations,
             push_mod.Selection(license_id=lic.id),
             prefix=PREFIX,
@@ -95,9 +100,9 @@ def test_push_sends_through_a_small_window_and_counts_every_confirmation(
             actor=ACTOR,
         )
     finally:
-        client.disconnect()
-        client.loop_stop()
+        link.close()
         devices.client.close()
+    assert 0 < most[0] <= 3  # paho never held more than the window
     assert (summary.selected, summary.sent, summary.confirmed, summary.failed) == (40, 40, 40, 0)
     assert summary.pending == 0 and summary.ignored == {}
     assert devices.installed == {s.device_id: 2 for s in sims}
