@@ -207,7 +207,9 @@ def test_an_old_suspension_is_told_after_the_upgrade(service: HQ, tmp_path: Path
     service.set_status(lic.id, "suspend", 1500, ACTOR)
     service.store.close()
     home = tmp_path / "home"
-    undo_8 = [  # back to schema 6: undo 9 (the keyring), 8 (the console's), 7 (the outbox)
+    undo_8 = [  # back to schema 6: undo 10 (waiting returns), 9 (the keyring), 8, 7
+        "DROP INDEX activations_returning",
+        "ALTER TABLE activations DROP COLUMN return_frees_at",
         "ALTER TABLE activations DROP COLUMN keyring",
         "DROP TABLE console_sessions",
         "DROP INDEX activations_by_expiry",
