@@ -26,6 +26,9 @@ if False:  # typing only (the gate cannot afford ``typing``)
 
     _Stdlib = tuple[Callable[[bytes], bytes], Callable[[bytes, bytes, str], bytes]]
 
+if lib.sodium_init() < 0:  # pragma: no cover - libsodium refuses only on a broken system
+    raise ImportError("libsodium failed to initialise")
+
 SHA256_BYTES = 32
 SIGNATURE_BYTES = 64
 PUBLIC_KEY_BYTES = 32

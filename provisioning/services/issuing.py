@@ -436,7 +436,7 @@ class Issuing:
             tx.lock_license(lic.id)
             live = [act for act in tx.list_activations(lic.id) if act.deactivated_at is None]
             # One read of the newest reports for the whole license, not one per device.
-            reports = tx.latest_reports([act.id for act in live if act.claims_format >= 2])
+            reports = tx.latest_reports([act.id for act in live])
             issuer = self.issuer(tx, lic, reports=reports)
             issued = [issuer.prepare(act, ttl_s, now, new=False) for act in live]
             tx.record_issues(
