@@ -5,7 +5,9 @@ HTTP, in one run, interleaved ``ROUNDS`` times: the floor (tests/bench/echo_app.
 same request model validated and echoed), then ``fieldpass-hq serve --workers 2
 --no-access-log`` on SQLite at synchronous=FULL (every answer follows an fsynced commit;
 group commit shares one among the requests that arrive together), then the same on
-PostgreSQL (tests/pg_server.py on these same cores, fsync and synchronous_commit on).
+PostgreSQL (tests/pg_server.py on these same cores, fsync and synchronous_commit on),
+then PostgreSQL again with the devices dealt over ``LICENSES`` licenses (every
+activation of one license waits on its row lock: the other series put all on one).
 The load comes from tests/bench/load.py, 32 keep-alive connections, on the same cores.
 Timed: N new activations (a seat each, distinct fingerprints), then N renewals (POST
 /v1/machine-file) of the same devices. Every answer must be 201/200.
@@ -34,15 +36,24 @@ ROUNDS = int(os.environ.get("BENCH_HQ_ROUNDS", "3"))
 STORED = int(os.environ.get("BENCH_HQ_STORED", "1000000"))
 LATENCY_N = int(os.environ.get("BENCH_HQ_LATENCY_N", "2000"))
 CONNECTIONS = 32
+LICENSES = 8  # the PostgreSQL series whose devices are dealt over several licenses
+SPREAD = f"postgresql_{LICENSES}_licenses"
 WORKERS = 2
 HOST = "127.0.0.1"
 
 
-def _bodies(path: str, key: str, first: int, n: int) -> list[bytes]:
+def _bodies(path: str, key: str | list[str], first: int, n: int) -> list[bytes]:
+    """``n`` requests for distinct devices; with several license keys, the devices are
+    dealt over them in turn."""
     from tests.bench import load
 
+    keys = [key] if isinstance(key, str) else key
     return [
-        load.post(path, HOST, json.dumps({"license_key": key, "fingerprint": f"{i:064x}"}).encode())
+        load.post(
+            path,
+            HOST,
+            json.dumps({"license_key": keys[i % len(keys)], "fingerprint": f"{i:064x}"}).encode(),
+        )
         for i in range(first, first + n)
     ]
 
@@ -106,7 +117,9 @@ def _echo(first: int) -> float:
         proc.wait(30)
 
 
-def _http(home: Path, key: str, first: int, label: str, db_pid: int | None) -> tuple[float, float]:
+def _http(
+    home: Path, key: str | list[str], first: int, label: str, db_pid: int | None
+) -> tuple[float, float]:
     from tests.bench import load
     from tests.hq.server import start_server
 
@@ -277,9 +290,16 @@ def main() -> dict[str, object]:
                 Engine(name, pg if name == "postgresql" else None).configure(home)
                 prepare_home(home, seats=1_000_000)
                 keys[name] = str(hq_json(home, "licenses", "create", "--plan", "std")["key"])
-            rates: dict[str, list[float]] = {"echo": [], "sqlite": [], "postgresql": []}
-            renewals: dict[str, list[float]] = {"sqlite": [], "postgresql": []}
-            ratios: dict[str, list[float]] = {"sqlite": [], "postgresql": []}
+            # the same PostgreSQL home, its devices dealt over several licenses: what one
+            # license's row lock costs (every activation of a license waits on it)
+            spread = [
+                str(hq_json(homes["postgresql"], "licenses", "create", "--plan", "std")["key"])
+                for _ in range(LICENSES)
+            ]
+            series = [*homes, SPREAD]
+            rates: dict[str, list[float]] = {"echo": [], **{n: [] for n in series}}
+            renewals: dict[str, list[float]] = {n: [] for n in series}
+            ratios: dict[str, list[float]] = {n: [] for n in series}
             for r in range(ROUNDS):
                 echo = _echo(r * N)
                 rates["echo"].append(echo)
@@ -289,11 +309,16 @@ def main() -> dict[str, object]:
                     rates[name].append(act)
                     renewals[name].append(ren)
                     ratios[name].append(act / echo)
+                act, ren = _http(homes["postgresql"], spread, 10**8 + r * N, SPREAD,
+                                 pg.proc.pid if pg.proc else None)  # fmt: skip
+                rates[SPREAD].append(act)
+                renewals[SPREAD].append(ren)
+                ratios[SPREAD].append(act / echo)
                 print(f"  round {r + 1}: echo {echo:.0f}/s, " + ", ".join(
                     f"{n} {rates[n][-1]:.0f} act/s {renewals[n][-1]:.0f} ren/s"
-                    for n in homes), flush=True)  # fmt: skip
+                    for n in series), flush=True)  # fmt: skip
             results["echo_floor_per_s"] = _summary(rates["echo"])
-            for name in homes:
+            for name in series:
                 results[f"{name}_activations_per_s"] = _summary(rates[name])
                 results[f"{name}_renewals_per_s"] = _summary(renewals[name])
                 results[f"{name}_vs_echo"] = [round(x, 3) for x in ratios[name]]
@@ -302,7 +327,7 @@ def main() -> dict[str, object]:
             # what two otherwise idle cores would do, from the CPU each request costs
             # (HQ's processes, PostgreSQL's, the load generator): an estimate, not a
             # measurement, shown beside the measured rates
-            for name in ("echo", "sqlite", "postgresql"):
+            for name in ("echo", *series):
                 cost = cpu_us[name] + cpu_us.get(f"{name}_server", 0) + cpu_us["loadgen"]
                 results[f"{name}_per_s_on_2_idle_cores_est"] = round(2e6 / cost)
             results["http_requests_each"] = N
