@@ -11,12 +11,16 @@ read, so a seat count and the insert after it, or a serial and the next one, see
 earlier writer's commit and no other writer in between. No process-local lock is
 relied on. Read transactions are ``REPEATABLE READ READ ONLY`` snapshots.
 
-A write transaction runs in psycopg's pipeline mode: a statement is sent when it is
-issued and its result is waited for only when read (a row fetched, a row count asked),
-so ``BEGIN`` goes with the first read, the statements read together
-(``Tx.issue_reads``...) share one round trip, and the writes nobody reads the result of
-go out with the ``COMMIT`` and the durable wait after it: an activation costs two
-round trips, not eighteen.
+A write transaction sends its statements in batches (``_Batch``): a statement is
+queued when it is issued, with its values bound as SQL literals by psycopg's own
+client-side binding, and the queue goes to the server as one query of several
+statements when a result is read (a row fetched, a row count asked). So ``BEGIN`` goes
+with the first read, the statements read together (``Tx.issue_reads``...) share one
+round trip, and the writes nobody reads the result of go out with the ``COMMIT`` and
+the durable wait after it: an activation costs two round trips and two waits on the
+socket. (psycopg's pipeline mode, used before, also took two round trips, but waited
+on the socket once per statement, handing the GIL to the server's other threads each
+time: 40 % more of HQ's CPU per transaction, measured in docs/performance.md.)
 
 The URL goes to libpq as it is (``sslmode``, ``sslrootcert``, ``sslcert``, ``passfile``
 and the other libpq parameters pass through) and is never echoed: it may hold a
@@ -27,6 +31,7 @@ never logs anything (rows hold license keys).
 import re
 import threading
 import urllib.parse
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, ClassVar
@@ -385,42 +390,60 @@ def check_url(url: str) -> None:
         raise ConfigError("a PostgreSQL database URL is postgresql://[USER@]HOST[:PORT]/DBNAME")
 
 
-class _Sent:
-    """A statement sent in pipeline mode, as storage/tx.py's ``Cursor``: fetching its
-    rows waits for its result (and every one before it); its row count waits for the
-    server to have run everything sent so far."""
+class _Pending:
+    """A statement of a batched write transaction, as storage/tx.py's ``Cursor``: its
+    rows and row count are those of its result once the batch it is in ran (asking for
+    either runs everything queued so far)."""
 
-    __slots__ = ("_cur", "_pipeline")
+    __slots__ = ("_at", "_batch", "_rowcount", "_rows")
 
-    def __init__(self, cur: Any, pipeline: Any) -> None:
-        self._cur = cur
-        self._pipeline = pipeline
+    def __init__(self, batch: "_Batch") -> None:
+        self._batch = batch
+        self._rows: list[Any] | None = None
+        self._rowcount = -1
+        self._at = 0
+
+    def _result(self, rows: list[Any], rowcount: int) -> None:
+        self._rows, self._rowcount = rows, rowcount
+
+    def _ran(self) -> list[Any]:
+        if self._rows is None:
+            self._batch.flush()
+        assert self._rows is not None
+        return self._rows
 
     @property
     def rowcount(self) -> int:
-        self._pipeline.sync()
-        return int(self._cur.rowcount)
+        self._ran()
+        return self._rowcount
 
     def fetchone(self) -> Any:
-        return self._cur.fetchone()
+        rows = self._ran()
+        if self._at >= len(rows):
+            return None
+        self._at += 1
+        return rows[self._at - 1]
 
     def fetchall(self) -> list[Any]:
-        return self._cur.fetchall()  # type: ignore[no-any-return]
+        rows = self._ran()
+        rest, self._at = rows[self._at :], len(rows)
+        return rest
 
     def fetchmany(self, size: int) -> list[Any]:
-        return self._cur.fetchmany(size)  # type: ignore[no-any-return]
+        rows = self._ran()
+        some = rows[self._at : self._at + size]
+        self._at += len(some)
+        return some
 
 
 class _Adapter:
     """A psycopg connection seen as storage/tx.py's ``Connection``: named parameters
-    translated once per statement text, ``executemany`` counting every row changed; in
-    a ``pipeline``, statements sent without waiting (``_Sent``)."""
+    translated once per statement text, ``executemany`` counting every row changed."""
 
     _cache: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, conn: Any, pipeline: Any = None) -> None:
+    def __init__(self, conn: Any) -> None:
         self.conn = conn
-        self.pipeline = pipeline
 
     def _sql(self, sql: str) -> str:
         text = self._cache.get(sql)
@@ -430,15 +453,113 @@ class _Adapter:
 
     def execute(self, sql: str, parameters: Mapping[str, Any], /) -> Cursor:
         if not parameters:
-            cur = self.conn.execute(sql)  # not parsed for %
-        else:
-            cur = self.conn.execute(self._sql(sql), parameters)
-        return cur if self.pipeline is None else _Sent(cur, self.pipeline)
+            return self.conn.execute(sql)  # type: ignore[no-any-return] # not parsed for %
+        return self.conn.execute(self._sql(sql), parameters)  # type: ignore[no-any-return]
 
     def executemany(self, sql: str, parameters: Iterable[Mapping[str, Any]], /) -> Cursor:
         cur = self.conn.cursor()
         cur.executemany(self._sql(sql), list(parameters))
-        return cur if self.pipeline is None else _Sent(cur, self.pipeline)
+        return cur  # type: ignore[no-any-return]
+
+
+def _param_type(value: Any) -> str:
+    """A parameter's declared type in ``PREPARE``, as psycopg's own binding types it:
+    integers, booleans and bytes typed; text and NULL left for the server to infer from
+    where they are used."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "bigint"
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "bytea"
+    return "unknown"
+
+
+# The statements each pooled connection has prepared (``_Batch``): statement text ->
+# (prepared name, its parameters' names in order). Forgotten with the connection.
+_PREPARED: "weakref.WeakKeyDictionary[Any, dict[str, tuple[str, tuple[str, ...]]]]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class _Batch(_Adapter):
+    """A write transaction's statements queued and sent together (the module's doc).
+
+    ``execute`` queues a statement; the queue goes to the server as one query of
+    several statements (one round trip) when a result is asked for, or with the
+    ``COMMIT``. A statement with parameters runs as ``EXECUTE`` of a statement the
+    connection prepared (``PREPARE``, queued before its first use: the server plans it
+    once per connection), its values as SQL literals bound by psycopg's own client-side
+    binding (``ClientCursor.mogrify``). ``executemany`` (bulk loads) runs what is
+    queued, then itself, as the plain adapter does. A prepared statement outlives a
+    rollback; after a query the server refused part of, ``forget`` drops them all on
+    both sides (``DEALLOCATE ALL``)."""
+
+    def __init__(self, conn: Any, client_cursor: Any) -> None:
+        super().__init__(conn)
+        self._binder = client_cursor
+        self._queued: list[tuple[str, _Pending]] = []
+        self._prepared = _PREPARED.setdefault(conn, {})
+        self._preparing: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self._unsure = False
+
+    def _call(self, sql: str, parameters: Mapping[str, Any]) -> str:
+        known = self._prepared.get(sql) or self._preparing.get(sql)
+        if known is None:
+            order: dict[str, int] = {}
+            positional = _NAMED.sub(
+                lambda m: f"${order.setdefault(m.group(1), len(order) + 1)}", sql
+            )
+            name = f"fieldpass_{len(self._prepared) + len(self._preparing) + 1}"
+            known = self._preparing[sql] = (name, tuple(order))
+            types = ", ".join(_param_type(parameters[k]) for k in order)
+            self._queue(f"PREPARE {name} ({types}) AS {positional}")
+        name, names = known
+        template = f"EXECUTE {name}({', '.join(['%s'] * len(names))})"
+        return str(self._binder.mogrify(template, [parameters[k] for k in names]))
+
+    def _queue(self, text: str) -> "_Pending":
+        pending = _Pending(self)
+        self._queued.append((text.rstrip().removesuffix(";"), pending))  # one result each
+        return pending
+
+    def execute(self, sql: str, parameters: Mapping[str, Any], /) -> Cursor:
+        return self._queue(self._call(sql, parameters) if parameters else sql)
+
+    def executemany(self, sql: str, parameters: Iterable[Mapping[str, Any]], /) -> Cursor:
+        self.flush()
+        return super().executemany(sql, parameters)
+
+    def flush(self) -> None:
+        """Run every queued statement, in one query; each result goes to its statement.
+        A statement the server refuses raises here (the server ran none after it)."""
+        if not self._queued:
+            return
+        queued, self._queued = self._queued, []
+        # (each on its own lines: a statement's trailing comment never swallows the next)
+        try:
+            cur = self.conn.execute("\n;\n".join(text for text, _ in queued))  # no % parsing
+        except BaseException:
+            # the server ran the statements before the one it refused: which of this
+            # query's PREPAREs it ran is not known (a PREPARE outlives a rollback)
+            self._unsure = self._unsure or bool(self._preparing)
+            raise
+        self._prepared.update(self._preparing)
+        self._preparing.clear()
+        for i, (_, pending) in enumerate(queued):
+            if i:
+                cur.nextset()
+            pending._result(cur.fetchall() if cur.description else [], int(cur.rowcount))
+
+    def forget(self) -> None:
+        """After a failure (the transaction rolled back): nothing queued; the statements
+        prepared by a query the server refused part of are dropped on both sides."""
+        self._queued.clear()
+        self._preparing.clear()
+        if self._unsure:
+            self._prepared.clear()
+            self.conn.execute("DEALLOCATE ALL")
+            self._unsure = False
 
 
 class PostgresTx(Tx):
@@ -593,7 +714,7 @@ class PostgresTx(Tx):
 
     def iter_rows(self, table: str, columns: Sequence[str], order: Sequence[str]) -> Iterator[Any]:
         """Streamed through a server-side cursor, 2,000 rows a fetch: a large table
-        never sits in memory (SQL's own ``DECLARE``, which a pipeline runs too)."""
+        never sits in memory (SQL's own ``DECLARE``, which a batch runs too)."""
         self._cursors += 1
         name = f"fieldpass_rows_{self._cursors}"
         self._run(f"DECLARE {name} NO SCROLL CURSOR FOR {select_all(table, columns, order)}")
@@ -712,30 +833,30 @@ class PostgresStore(Store):
             raise StorageError(self._message("no connection to", e)) from e
 
     @contextmanager
-    def _pipelined(self) -> Iterator[Tx]:
-        """A write transaction in pipeline mode (the module's doc): nothing is waited
-        for until read; the COMMIT, the durable wait after it and whatever was still
-        unread go out with the sync that ends the pipeline, which returns once the
-        server ran all of them (the durable wait's own commit included)."""
+    def _batched(self) -> Iterator[Tx]:
+        """A write transaction whose statements go out in batches (``_Batch``, the
+        module's doc): ``BEGIN`` with the first statements read, and whatever was still
+        queued with the ``COMMIT`` and the durable wait after it, in one query the
+        server runs to its end (the durable wait's own commit included) before it
+        answers."""
         psycopg = self._psycopg
         try:
             with self._pool.connection() as conn:
-                failure: BaseException | None = None
+                batch = _Batch(conn, psycopg.ClientCursor(conn))
+                batch.execute(_WRITE, {})
                 try:
-                    with conn.pipeline() as pipeline:
-                        conn.execute(_WRITE)
-                        try:
-                            yield PostgresTx(_Adapter(conn, pipeline), write=True)
-                        except BaseException as e:
-                            failure = e
-                            self._abort(conn, pipeline)
-                            raise
-                        conn.execute("COMMIT")
-                        conn.execute(_DURABLE)
+                    yield PostgresTx(batch, write=True)
+                except BaseException as e:
+                    self._rollback(conn, batch)
+                    if not isinstance(e, psycopg.Error):
+                        raise
+                    raise self._error("error in", e) from e
+                batch.execute("COMMIT", {})
+                batch.execute(_DURABLE, {})
+                try:
+                    batch.flush()
                 except psycopg.Error as e:
-                    if failure is not None:
-                        raise self._error("error in", e) from e
-                    self._rollback(conn)
+                    self._rollback(conn, batch)
                     raise self._error("commit failed in", e) from e
         except self._pool_errors() as e:
             raise StorageError(self._message("no connection to", e)) from e
@@ -746,27 +867,16 @@ class PostgresStore(Store):
             return Conflict(f"refused by the database: {_first_line(e)}")
         return StorageError(self._message(step, e))
 
-    def _abort(self, conn: Any, pipeline: Any) -> None:
-        """Roll back a pipelined transaction after a failure: the sync that ends an
-        aborted pipeline first (the server skipped what came after an error), then the
-        ROLLBACK, which the sync ending the pipeline sends."""
-        try:
-            pipeline.sync()
-        except self._psycopg.Error:
-            pass  # the error the caller raises already, or one after it
-        try:
-            conn.execute("ROLLBACK")
-        except self._psycopg.Error:
-            pass  # the connection is broken: the pool discards it
-
     def _pool_errors(self) -> tuple[type[BaseException], ...]:
         import psycopg_pool
 
         return (psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed)
 
-    def _rollback(self, conn: Any) -> None:
+    def _rollback(self, conn: Any, batch: "_Batch | None" = None) -> None:
         try:
             conn.execute("ROLLBACK")
+            if batch is not None:
+                batch.forget()
         except self._psycopg.Error:
             pass  # the connection is broken: the pool discards it
 
@@ -784,17 +894,21 @@ class PostgresStore(Store):
         """A READ COMMITTED write transaction whose reads of a license lock its row
         first (``PostgresTx``): what it reads of a license is what it writes on.
 
-        Pipelined (the module's doc). Durable before it returns, like every write: it
+        In batches (the module's doc). Durable before it returns, like every write: it
         commits with ``synchronous_commit`` off (the pooled connections' setting), which
         releases its row locks without waiting for the disk, then waits for the WAL flush
-        that covers its commit (``_pipelined``). Another transaction may read its rows in between;
+        that covers its commit (``_batched``). Another transaction may read its rows in between;
         if the server crashed then, WAL order means nothing that read them was durable
         either, and nobody was answered."""
-        return self._pipelined()
+        return self._batched()
 
 
 def _configure(conn: Any) -> None:
-    """A new pooled connection's session: its commits asynchronous (``_ASYNC_COMMIT``)."""
+    """A new pooled connection's session: its commits asynchronous (``_ASYNC_COMMIT``);
+    psycopg's own prepared statements off (it deallocates every statement of the
+    session after a ``ROLLBACK`` or an ``ALTER``, ``_Batch``'s too: ``_Batch``
+    prepares what write transactions run, and knows what it prepared)."""
+    conn.prepare_threshold = None
     conn.execute(_ASYNC_COMMIT)
 
 
