@@ -791,7 +791,11 @@ class PostgresStore(Store):
                 raise
 
     def _message(self, what: str, e: BaseException) -> str:
-        text = " ".join(str(e).split())
+        """One line naming the database and the error: for an error the server reported,
+        its primary message alone (its context quotes the statement, whose values may
+        be license keys; its detail may quote a row), else the driver's text."""
+        primary = getattr(getattr(e, "diag", None), "message_primary", None)
+        text = " ".join(str(primary or e).split())
         if self._secret:
             text = text.replace(self._secret, "***")
         return f"{what} the database {self.where}: {text[:300]}"

@@ -10,7 +10,7 @@ FOR UPDATE`` on PostgreSQL), and the parameter style if its driver wants another
 its own for every migration (``storage/migrations.py``).
 
 A statement whose result nobody reads goes through ``_send``, one whose rows are read
-later through ``_execute``: an engine that pipelines (PostgreSQL) sends such statements
+later through ``_execute``: an engine that batches (PostgreSQL) sends such statements
 on without waiting, so that the reads of one step and the writes before the commit
 each cost one round trip, and an error of a sent write surfaces at the next read or at
 the commit, inside the same transaction.

@@ -111,3 +111,16 @@ def test_an_alter_in_a_transaction_keeps_the_prepared_statements(one_connection:
         tx._send("ALTER TABLE activations DISABLE TRIGGER seats_on_activate")
         tx._send("ALTER TABLE activations ENABLE TRIGGER seats_on_activate")
         assert tx._one(statement, id="none")[0] == 0
+
+
+def test_an_error_never_quotes_the_values_of_the_batch(one_connection: Store) -> None:
+    """The server's context for an error quotes the statement (here an ``EXECUTE``
+    with its values as literals, a license key among them): the error says the
+    server's primary message only."""
+    key = "FP-SECRT-SECRT-SECRT-SECRT-SECRT"
+    statement = "SELECT 1 WHERE CAST(:v AS BIGINT) > 0 AND :key = 'x'"
+    with pytest.raises(StorageError) as refused, one_connection.write() as tx:
+        tx._one(statement, v="not a number", key=key)
+    assert "invalid input syntax for type bigint" in str(refused.value)
+    assert key not in str(refused.value)
+    assert "EXECUTE" not in str(refused.value)
