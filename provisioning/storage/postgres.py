@@ -733,9 +733,9 @@ class PostgresStore(Store):
                         conn.execute("COMMIT")
                         conn.execute(_DURABLE)
                 except psycopg.Error as e:
+                    _discard(conn)
                     if failure is not None:
                         raise self._error("error in", e) from e
-                    self._rollback(conn)
                     raise self._error("commit failed in", e) from e
         except self._pool_errors() as e:
             raise StorageError(self._message("no connection to", e)) from e
@@ -753,7 +753,8 @@ class PostgresStore(Store):
         try:
             pipeline.sync()
         except self._psycopg.Error:
-            pass  # the error the caller raises already, or one after it
+            _discard(conn)  # (the error the caller raises already, or one after it)
+            return
         try:
             conn.execute("ROLLBACK")
         except self._psycopg.Error:
@@ -791,6 +792,18 @@ class PostgresStore(Store):
         if the server crashed then, WAL order means nothing that read them was durable
         either, and nobody was answered."""
         return self._pipelined()
+
+
+def _discard(conn: Any) -> None:
+    """Close a connection whose pipeline an error aborted, so that the pool replaces
+    it: the server skipped every statement sent after the error, and psycopg may have
+    counted one of them as prepared (the fifth run of a statement prepares it), which
+    left every later transaction on the connection failing ("prepared statement
+    ... does not exist"). Closing also rolls back whatever was open."""
+    try:
+        conn.close()
+    except Exception:  # noqa: S110 - nothing more to release
+        pass
 
 
 def _configure(conn: Any) -> None:
