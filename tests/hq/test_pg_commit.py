@@ -81,6 +81,8 @@ def test_refused_writes_leave_the_pooled_connection_usable(
         for n in range(12):
             hq.activate(key, f"{n:02x}" * 32, now, ACTOR)
             assert hq.list_licenses()[0].seats_used == n + 2
+        with hq.store.write() as tx:  # the connection that replaced it is set up as any
+            assert tx._one("SHOW synchronous_commit")[0] == "off"
     finally:
         hq.store.close()
 
