@@ -187,7 +187,7 @@ def test_a_returned_activation_whose_seat_waits_gets_no_file_past_it(hq_home: Pa
     to the activation after its return must expire (with the grace) by the time its
     seat frees, or be refused; else the seat goes to another device while this one
     keeps a file valid for another TTL."""
-    hq, key, act, now = one_activation(hq_home)
+    hq, _, act, now = one_activation(hq_home)
     frees_at = act.last_expires_at  # the plan's grace is 0
     with hq.store.write() as tx:  # what a receipt records for a device without a TPM
         tx.insert_return(ReturnRecord(act.id, act.serial, now, now, "http", "-", frees_at, None))
