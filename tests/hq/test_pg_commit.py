@@ -7,6 +7,9 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
+from provisioning.errors import Conflict
 from provisioning.models import Actor, AuditEvent
 from provisioning.services import HQ, Issued
 from provisioning.storage import open_store
@@ -47,6 +50,41 @@ def test_the_pooled_connections_commit_asynchronously_and_only_writes_wait(
             assert tx._one("SHOW synchronous_commit")[0] == "off"
     finally:
         store.close()
+
+
+def test_refused_writes_leave_the_pooled_connection_usable(
+    tmp_path: Path, postgres_server: Postgres
+) -> None:
+    """A write the database refuses at the commit (a statement sent without waiting)
+    makes the server skip what was sent after it, the COMMIT and the durable wait
+    among them, while psycopg counts them as run and, at the fifth, takes one as
+    prepared: a pooled connection that refused a few writes failed every later
+    transaction of HQ, read or write ("prepared statement ... does not exist"), for as
+    long as it stayed in the pool."""
+    from tests.hq.server import hq_json, prepare_home
+
+    home = tmp_path / "hq"
+    home.mkdir()
+    (home / "hq.toml").write_text(
+        f'[database]\nurl = "{postgres_server.database()}"\npool_size = 1\n'
+    )
+    prepare_home(home, seats=20)
+    key = str(hq_json(home, "licenses", "create", "--plan", "std")["key"])
+    hq = HQ(home)
+    now = int(time.time())
+    try:
+        act = hq.activate(key, "ab" * 32, now, ACTOR).activation
+        for _ in range(12):
+            with pytest.raises(Conflict, match="refused by the database"), hq.store.write() as tx:
+                tx.append_audit(AuditEvent(now, "test", "local", "refused", act.license_id))
+                tx.insert_activation(act)  # its id is taken
+        for n in range(12):
+            hq.activate(key, f"{n:02x}" * 32, now, ACTOR)
+            assert hq.list_licenses()[0].seats_used == n + 2
+        with hq.store.write() as tx:  # the connection that replaced it is set up as any
+            assert tx._one("SHOW synchronous_commit")[0] == "off"
+    finally:
+        hq.store.close()
 
 
 def test_concurrent_activations_of_one_device_reuse_its_seat(

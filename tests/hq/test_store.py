@@ -11,8 +11,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.wire import license_key
-from provisioning.errors import ActivationNotFound, Conflict, SeatLimitReached, StorageError
-from provisioning.models import Activation, Actor, AuditEvent, Plan
+from provisioning.errors import (
+    ActivationNotFound,
+    Conflict,
+    HQError,
+    SeatLimitReached,
+    StorageError,
+)
+from provisioning.models import Activation, Actor, AuditEvent, Plan, ReturnRecord
 from provisioning.services import HQ
 from provisioning.storage import SCHEMA_VERSION
 from provisioning.storage.sqlite import MIGRATIONS
@@ -167,3 +173,28 @@ def test_a_serial_that_is_not_the_next_fails_its_whole_transaction(hq_home: Path
     assert issued.claims.serial == act.serial + 1
     assert hq.get_activation(act.id).serial == act.serial + 1
     hq.store.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="not fixed (review of schema 10): a returned activation whose seat waits is "
+    "still renewed, so the file it holds outlives the time its seat frees",
+)
+def test_a_returned_activation_whose_seat_waits_gets_no_file_past_it(hq_home: Path) -> None:
+    """Without a TPM, HQ frees a returned device's seat only once the returned file's
+    expiry and grace have passed, because a copy of the data directory put back would
+    still run on it (docs/usage.md). A copy put back also renews: every file HQ issues
+    to the activation after its return must expire (with the grace) by the time its
+    seat frees, or be refused; else the seat goes to another device while this one
+    keeps a file valid for another TTL."""
+    hq, _, act, now = one_activation(hq_home)
+    frees_at = act.last_expires_at  # the plan's grace is 0
+    with hq.store.write() as tx:  # what a receipt records for a device without a TPM
+        tx.insert_return(ReturnRecord(act.id, act.serial, now, now, "http", "-", frees_at, None))
+    try:
+        renewed = hq.renew(frees_at - 86_400, ACTOR, activation_id=act.id)
+    except HQError:
+        return  # refused: what a fix may do
+    finally:
+        hq.store.close()
+    assert renewed.claims.expires_at <= frees_at
