@@ -15,7 +15,8 @@ API (``loop_read``, ``loop_write``, ``loop_misc`` on ``select``), never ``loop_s
 which, for every packet queued (each PUBACK of a status, too), writes a wake-up byte
 through a socket pair and waits on a ``Condition`` per publish. Here a publish is handed
 over with one wake-up byte per batch, written at once by the link's thread, and
-settled by paho's ``on_publish``. A lost connection is reconnected (at most
+settled by paho's ``on_publish``: accepted, or, with an MQTT 5 failure reason code in
+the PUBACK (0x80 and up: the broker's ACL denied it, a quota...), failed. A lost connection is reconnected (at most
 ``RECONNECT_MAX_S`` apart), as paho's own loop does; the ``on_connect`` callback
 subscribes again. Callbacks (``on_message``, ``done``) run on the link's thread and must
 not raise; if paho fails under the link, it is logged, and whatever is outstanding then
@@ -32,7 +33,7 @@ from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 
-Done = Callable[[bool], None]  # True: the broker acknowledged it
+Done = Callable[[bool], None]  # True: the broker acknowledged it (False: refused, or no answer)
 log = logging.getLogger("fieldpass.hq.mqtt")
 RECONNECT_MAX_S = 30.0
 MISC_EVERY_S = 1.0  # keepalive (paho's loop_misc)
@@ -131,11 +132,15 @@ class Link:
     def _on_publish(
         self, client: object, userdata: object, mid: int, reason: object, props: object
     ) -> None:
+        # MQTT 5: a PUBACK with a failure reason code (0x80 and up: 0x87 not authorized,
+        # 0x97 quota exceeded...) is the broker refusing the message; a success-class
+        # code (0x10 no matching subscribers) is an acknowledgement.
+        accepted = not getattr(reason, "is_failure", False)
         with self._lock:
             entry = self._awaiting.pop(mid, None)
             self._acked_at = time.monotonic()
         if entry is not None and entry[0] is not None:
-            entry[0](True)
+            entry[0](accepted)
 
     def _run(self) -> None:
         try:

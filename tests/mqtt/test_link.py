@@ -1,0 +1,73 @@
+"""The link (provisioning/mqtt/link.py) against a real mosquitto: what its ``done``
+callbacks are told. A PUBACK with an MQTT 5 failure reason code (mosquitto's 0x87 "not
+authorized" for a publish its ACL denies) is a failure; one with a success-class code
+(0x10 "no matching subscribers") an acknowledgement."""
+
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from provisioning.mqtt import connection
+from provisioning.mqtt.link import Done, Link
+from tests.mqtt.conftest import Broker
+
+USER, PASSWORD = "link-test", "link-test-password"
+
+
+class Outcomes:
+    """What each publish's ``done`` was told, by name, once each."""
+
+    def __init__(self) -> None:
+        self.told: dict[str, list[bool]] = {}
+        self.lock = threading.Lock()
+        self.settled = threading.Condition(self.lock)
+
+    def done(self, name: str) -> Done:
+        def tell(acknowledged: bool) -> None:
+            with self.settled:
+                self.told.setdefault(name, []).append(acknowledged)
+                self.settled.notify_all()
+
+        return tell
+
+    def wait(self, names: list[str], timeout: float = 15) -> dict[str, list[bool]]:
+        with self.settled:
+            self.settled.wait_for(lambda: all(n in self.told for n in names), timeout)
+            return {n: list(self.told.get(n, [])) for n in names}
+
+
+@pytest.fixture
+def acl_broker(tmp_path: Path) -> Iterator[Broker]:
+    """mosquitto with one user, who may write ``allowed/#`` and nothing else."""
+    home = tmp_path / "broker"
+    home.mkdir()
+    passwd, acl = home / "passwd", home / "acl"
+    passwd.touch()
+    subprocess.run(["mosquitto_passwd", "-b", str(passwd), USER, PASSWORD], check=True)
+    acl.write_text(f"user {USER}\ntopic write allowed/#\n")
+    b = Broker(home)
+    b.configure(f"allow_anonymous false\npassword_file {passwd}\nacl_file {acl}\n")
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def link(acl_broker: Broker) -> Iterator[Link]:
+    lk = connection.open_link(acl_broker.url, "link-test", USER, PASSWORD, window=5)
+    yield lk
+    lk.close()
+
+
+def test_a_publish_the_acl_denies_is_failed_one_nobody_reads_is_acknowledged(
+    link: Link,
+) -> None:
+    outcomes = Outcomes()
+    link.publish("denied/x", b"refused", False, outcomes.done("denied"))
+    link.publish("allowed/x", b"nobody reads", False, outcomes.done("allowed"))
+    assert outcomes.wait(["denied", "allowed"]) == {"denied": [False], "allowed": [True]}
+    assert link.flush(5) and link.awaiting() == 0
+
