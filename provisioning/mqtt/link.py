@@ -16,11 +16,12 @@ which, for every packet queued (each PUBACK of a status, too), writes a wake-up 
 through a socket pair and waits on a ``Condition`` per publish. Here a publish is handed
 over with one wake-up byte per batch, written at once by the link's thread, and
 settled by paho's ``on_publish``: accepted, or, with an MQTT 5 failure reason code in
-the PUBACK (0x80 and up: the broker's ACL denied it, a quota...), failed. A lost connection is reconnected (at most
-``RECONNECT_MAX_S`` apart), as paho's own loop does; the ``on_connect`` callback
-subscribes again. Callbacks (``on_message``, ``done``) run on the link's thread and must
-not raise; if paho fails under the link, it is logged, and whatever is outstanding then
-or published later is reported failed (nobody waits for it). Never logs a payload.
+the PUBACK (0x80 and up: the broker's ACL denied it, a quota...), failed. A lost
+connection is reconnected (at most ``RECONNECT_MAX_S`` apart), as paho's own loop does;
+the ``on_connect`` callback subscribes again. Callbacks (``on_message``, ``done``) run
+on the link's thread and must not raise; if paho fails under the link, it is logged, and
+whatever is outstanding then or published later is reported failed (nobody waits for
+it). Never logs a payload.
 """
 
 import logging
