@@ -70,4 +70,3 @@ def test_a_publish_the_acl_denies_is_failed_one_nobody_reads_is_acknowledged(
     link.publish("allowed/x", b"nobody reads", False, outcomes.done("allowed"))
     assert outcomes.wait(["denied", "allowed"]) == {"denied": [False], "allowed": [True]}
     assert link.flush(5) and link.awaiting() == 0
-
