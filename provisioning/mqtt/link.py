@@ -8,7 +8,12 @@ most ``window`` publishes written and awaiting their PUBACK, or waiting to be wr
 ``publish`` waits for room, so that the caller goes at the broker's pace. A publish not
 acknowledged within ``ack_wait_s`` of when it was written or of the last
 acknowledgement, whichever is later, is reported failed and leaves the window: a broker
-that stops acknowledging costs that wait once, not once per message.
+that stops acknowledging costs that wait once, not once per message. Paho keeps such a
+publish under its packet id (and writes it again on reconnection): its PUBACK, if it
+comes late, is ignored (each ``done`` is told once; tests/mqtt/test_link.py). Not
+bounded by the window, then: what paho keeps of publishes failed this way, until the
+broker answers them; past 65,535 more publishes with one still unanswered, paho would
+reuse its id, and that late PUBACK would settle the newer publish.
 
 The loop: every paho call is made on the link's thread, with paho's own external-loop
 API (``loop_read``, ``loop_write``, ``loop_misc`` on ``select``), never ``loop_start``,

@@ -3,8 +3,10 @@ callbacks are told. A PUBACK with an MQTT 5 failure reason code (mosquitto's 0x8
 authorized" for a publish its ACL denies) is a failure; one with a success-class code
 (0x10 "no matching subscribers") an acknowledgement."""
 
+import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,4 +71,39 @@ def test_a_publish_the_acl_denies_is_failed_one_nobody_reads_is_acknowledged(
     link.publish("denied/x", b"refused", False, outcomes.done("denied"))
     link.publish("allowed/x", b"nobody reads", False, outcomes.done("allowed"))
     assert outcomes.wait(["denied", "allowed"]) == {"denied": [False], "allowed": [True]}
+    assert link.flush(5) and link.awaiting() == 0
+
+
+def test_a_publish_failed_for_no_puback_is_told_once_and_its_late_puback_is_ignored(
+    acl_broker: Broker, link: Link
+) -> None:
+    """The broker stopped (SIGSTOP): each publish awaiting its PUBACK is failed once,
+    after ``ack_wait_s``, and leaves the window, while paho still holds it under its
+    packet id. The broker running again (SIGCONT) answers those ids late: nobody is told
+    a second time, the window stays empty (never below), paho lets its copies go, and
+    the next publishes are acknowledged as usual."""
+    assert acl_broker.proc is not None
+    link.ack_wait_s = 1.0
+    outcomes = Outcomes()
+    acl_broker.proc.send_signal(signal.SIGSTOP)
+    try:
+        names = [f"stalled-{i}" for i in range(5)]
+        for name in names:
+            link.publish(f"allowed/{name}", b"x", False, outcomes.done(name))
+        assert outcomes.wait(names) == {n: [False] for n in names}
+        assert link.awaiting() == 0
+        held = len(link.client._out_messages)
+        assert held == 5  # paho keeps them, under the ids the broker will answer
+    finally:
+        acl_broker.proc.send_signal(signal.SIGCONT)
+    deadline = time.monotonic() + 10
+    while link.client._out_messages and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not link.client._out_messages  # the late PUBACKs came, and freed paho's copies
+    assert link.awaiting() == 0
+    after = [f"after-{i}" for i in range(12)]  # more than the window: it turns over
+    for name in after:
+        link.publish(f"allowed/{name}", b"x", False, outcomes.done(name))
+    assert outcomes.wait(after) == {n: [True] for n in after}
+    assert outcomes.wait(names) == {n: [False] for n in names}  # told once, still
     assert link.flush(5) and link.awaiting() == 0
