@@ -7,16 +7,23 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from agent.daemon import topics
+from provisioning.models import Actor
+from provisioning.mqtt import bridge as bridge_mod
 from provisioning.mqtt import connection
 from provisioning.mqtt.link import Done, Link
-from tests.mqtt.conftest import Broker
+from provisioning.services import HQ
+from tests.engines import Engine
+from tests.mqtt.conftest import Broker, wait_for
+from tests.mqtt.simdevices import enroll, industrial
 
 USER, PASSWORD = "link-test", "link-test-password"
+ACTOR = Actor("test", "local")
 
 
 class Outcomes:
@@ -107,3 +114,50 @@ def test_a_publish_failed_for_no_puback_is_told_once_and_its_late_puback_is_igno
     assert outcomes.wait(after) == {n: [True] for n in after}
     assert outcomes.wait(names) == {n: [False] for n in names}  # told once, still
     assert link.flush(5) and link.awaiting() == 0
+
+
+@pytest.fixture
+def service(tmp_path: Path, hq_engine: Engine) -> Iterator[HQ]:
+    hq_engine.configure(tmp_path / "home")
+    hq = industrial(tmp_path / "home")
+    yield hq
+    hq.store.close()
+
+
+def test_the_bridge_counts_what_the_broker_refused(service: HQ, acl_broker: Broker) -> None:
+    """The bridge on credentials whose ACL denies the devices' topics: each revocation it
+    tells is refused (PUBACK 0x87), and counted as such, not as delivered."""
+    lic = service.create_license("industrial", [], None, int(time.time()), ACTOR)
+    enroll(service, lic.license_key, 3)
+    links: list[Link] = []
+
+    def connect(
+        on_message: connection.MessageHandler,
+        subscriptions: list[str],
+        on_connected: Callable[[], None],
+    ) -> Link:
+        link = connection.open_link(
+            acl_broker.url,
+            "link-test",
+            USER,
+            PASSWORD,
+            on_message=on_message,
+            subscriptions=subscriptions,
+            on_connected=on_connected,
+        )
+        links.append(link)
+        return link
+
+    stop = threading.Event()
+    worker = bridge_mod.Bridge(service, topics.DEFAULT_PREFIX)
+    thread = threading.Thread(target=bridge_mod.serve, args=(worker, connect, stop), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: links and links[0].client.is_connected(), 10, "the bridge to connect")
+        service.set_status(lic.id, "suspend", int(time.time()), ACTOR)  # 3 devices to tell
+        wait_for(lambda: worker.counts.get("publish_failed", 0) >= 3, 15, "the refusals")
+    finally:
+        stop.set()
+        thread.join(30)
+    assert sum(worker.told.values()) == 3
+    assert worker.counts == {"publish_failed": 3}
