@@ -161,3 +161,30 @@ def test_the_bridge_counts_what_the_broker_refused(service: HQ, acl_broker: Brok
         thread.join(30)
     assert sum(worker.told.values()) == 3
     assert worker.counts == {"publish_failed": 3}
+
+
+def test_push_counts_what_the_broker_refused_as_failed(service: HQ, acl_broker: Broker) -> None:
+    """push on credentials whose ACL denies the devices' topics: every file is refused
+    (PUBACK 0x87) and counted failed, none sent."""
+    from provisioning.mqtt import push as push_mod
+
+    lic = service.create_license("industrial", [], None, int(time.time()), ACTOR)
+    enroll(service, lic.license_key, 3)
+    confirmations = push_mod.Confirmations(service)
+    link = connection.open_link(acl_broker.url, "link-test", USER, PASSWORD)
+    try:
+        summary = push_mod.push(
+            service,
+            link,
+            confirmations,
+            push_mod.Selection(license_id=lic.id),
+            prefix=topics.DEFAULT_PREFIX,
+            ttl_s=None,
+            wait_s=0,
+            now=int(time.time()),
+            actor=ACTOR,
+        )
+    finally:
+        link.close()
+    assert (summary.selected, summary.sent, summary.failed, summary.pending) == (3, 0, 3, 0)
+    assert all("not accepted by the broker" in f for f in summary.failures)
