@@ -9,11 +9,13 @@ most ``window`` publishes written and awaiting their PUBACK, or waiting to be wr
 acknowledged within ``ack_wait_s`` of when it was written or of the last
 acknowledgement, whichever is later, is reported failed and leaves the window: a broker
 that stops acknowledging costs that wait once, not once per message. Paho keeps such a
-publish under its packet id (and writes it again on reconnection): its PUBACK, if it
-comes late, is ignored (each ``done`` is told once; tests/mqtt/test_link.py). Not
-bounded by the window, then: what paho keeps of publishes failed this way, until the
-broker answers them; past 65,535 more publishes with one still unanswered, paho would
-reuse its id, and that late PUBACK would settle the newer publish.
+publish under its packet id (and writes it again on reconnection) until the broker
+answers it: that late PUBACK is ignored (each ``done`` is told once), and, until it
+comes, paho is never given that id again (the ids paho numbers next skip it), so that
+the late PUBACK cannot settle a newer publish, nor a newer publish replace the one
+paho keeps (tests/mqtt/test_link.py). What paho keeps of those is not bounded by the
+window: a broker that stops answering is found out by the keepalive, and what paho
+keeps is written again once reconnected, and answered.
 
 The loop: every paho call is made on the link's thread, with paho's own external-loop
 API (``loop_read``, ``loop_write``, ``loop_misc`` on ``select``), never ``loop_start``,
@@ -59,6 +61,9 @@ class Link:
         # packet id -> what to tell, and when it was written (monotonic), oldest first
         self._awaiting: dict[int, tuple[Done | None, float]] = {}
         self._acked_at = 0.0
+        # packet ids failed without their PUBACK, which paho keeps: the broker may still
+        # answer them, and paho gives none of them to a publish until it does
+        self._expired: set[int] = set()
         self._woken = False
         self._stopping = False
         self._wake_r, self._wake_w = socket.socketpair()
@@ -143,7 +148,11 @@ class Link:
         # code (0x10 no matching subscribers) is an acknowledgement.
         accepted = not getattr(reason, "is_failure", False)
         with self._lock:
-            entry = self._awaiting.pop(mid, None)
+            if mid in self._expired:  # failed already: told once
+                self._expired.discard(mid)
+                entry = None
+            else:
+                entry = self._awaiting.pop(mid, None)
             self._acked_at = time.monotonic()
         if entry is not None and entry[0] is not None:
             entry[0](accepted)
@@ -160,6 +169,7 @@ class Link:
                 left += [done for done, _ in self._awaiting.values()]
                 self._queued.clear()
                 self._awaiting.clear()
+                self._expired.clear()
                 self._room.notify_all()
             for done in left:
                 if done is not None:
@@ -231,10 +241,21 @@ class Link:
             # Written at once, or (connection lost meanwhile) kept by paho and written
             # again on reconnection: awaited either way. Its PUBACK can only come in a
             # later loop_read on this thread.
+            self._skip_expired_ids()
             info = self.client.publish(topic, payload, qos=1, retain=retain)
             with self._lock:
                 self._awaiting[info.mid] = (done, time.monotonic())
                 self._writing -= 1
+
+    def _skip_expired_ids(self) -> None:
+        """Have paho number the next publish with an id no failed publish it keeps has:
+        paho (``Client._mid_generate``, 1 to 65,535 and round again) checks none."""
+        client = self.client
+        with self._lock:
+            for _ in range(len(self._expired)):
+                if client._last_mid % 65535 + 1 not in self._expired:
+                    break
+                client._mid_generate()
 
     def _expire(self, now: float) -> None:
         """Fail the publishes not acknowledged in time (oldest first); make room."""
@@ -247,6 +268,7 @@ class Link:
             if failed:
                 for mid in list(self._awaiting)[: len(failed)]:
                     del self._awaiting[mid]
+                    self._expired.add(mid)
             if self._used() < self.window:
                 self._room.notify_all()
         for done in failed:

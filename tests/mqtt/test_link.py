@@ -116,6 +116,43 @@ def test_a_publish_failed_for_no_puback_is_told_once_and_its_late_puback_is_igno
     assert link.flush(5) and link.awaiting() == 0
 
 
+def test_paho_gives_no_unanswered_failed_id_to_a_newer_publish(
+    acl_broker: Broker, link: Link
+) -> None:
+    """Paho numbers publishes 1 to 65,535 and round again, with no check: a publish
+    failed for want of its PUBACK, which paho keeps, must not lend its id to a newer one
+    (its late PUBACK would settle that one, and paho would drop the one it kept). The
+    round trip is taken in a step here: paho's counter set back to where the failed ids
+    come next, as 65,535 publishes later."""
+    assert acl_broker.proc is not None
+    link.ack_wait_s = 1.0
+    outcomes = Outcomes()
+    paho = link.client
+    paho._last_mid = 65530
+    acl_broker.proc.send_signal(signal.SIGSTOP)
+    try:
+        old = [f"old-{i}" for i in range(5)]  # ids 65531 to 65535
+        for name in old:
+            link.publish(f"allowed/{name}", b"x", False, outcomes.done(name))
+        assert outcomes.wait(old) == {n: [False] for n in old}
+        kept = set(paho._out_messages)
+        assert kept == set(range(65531, 65536))
+        link.ack_wait_s = 30.0  # the newer ones are answered, once the broker runs
+        paho._last_mid = 65529  # round again: 65530 is free, 65531 to 65535 are kept
+        new = [f"new-{i}" for i in range(3)]
+        for name in new:
+            link.publish(f"allowed/{name}", b"x", False, outcomes.done(name))
+        wait_for(lambda: len(paho._out_messages) == 8, 5, "the new publishes written")
+        assert set(paho._out_messages) == kept | {65530, 1, 2}
+    finally:
+        acl_broker.proc.send_signal(signal.SIGCONT)
+    assert outcomes.wait(new) == {n: [True] for n in new}
+    assert link.flush(5) and link.awaiting() == 0
+    wait_for(lambda: not paho._out_messages, 10, "the late PUBACKs")
+    assert outcomes.wait(old) == {n: [False] for n in old}  # told once
+    assert not link._expired
+
+
 @pytest.fixture
 def service(tmp_path: Path, hq_engine: Engine) -> Iterator[HQ]:
     hq_engine.configure(tmp_path / "home")
