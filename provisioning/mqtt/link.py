@@ -62,7 +62,8 @@ class Link:
         self._awaiting: dict[int, tuple[Done | None, float]] = {}
         self._acked_at = 0.0
         # packet ids failed without their PUBACK, which paho keeps: the broker may still
-        # answer them, and paho gives none of them to a publish until it does
+        # answer them, and paho gives none of them to a publish until it does (the
+        # link's thread only)
         self._expired: set[int] = set()
         self._woken = False
         self._stopping = False
@@ -250,12 +251,12 @@ class Link:
     def _skip_expired_ids(self) -> None:
         """Have paho number the next publish with an id no failed publish it keeps has:
         paho (``Client._mid_generate``, 1 to 65,535 and round again) checks none."""
+        expired = self._expired  # changed on this thread only: no lock
         client = self.client
-        with self._lock:
-            for _ in range(len(self._expired)):
-                if client._last_mid % 65535 + 1 not in self._expired:
-                    break
-                client._mid_generate()
+        for _ in range(len(expired)):
+            if client._last_mid % 65535 + 1 not in expired:
+                break
+            client._mid_generate()
 
     def _expire(self, now: float) -> None:
         """Fail the publishes not acknowledged in time (oldest first); make room."""
