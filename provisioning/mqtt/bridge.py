@@ -120,6 +120,18 @@ class Bridge:
                 str(e)[:200],
             )
 
+    def undelivered(self, n: int) -> None:
+        """``n`` publishes the broker did not accept (a PUBACK with an MQTT 5 failure
+        reason code, its ACL denying it; or none in time): counted, and logged once.
+        The device asks again (a renewal), or the outbox makes it due again."""
+        first = "publish_failed" not in self.counts
+        self.counts["publish_failed"] = self.counts.get("publish_failed", 0) + n
+        if first:
+            log.warning(
+                "the broker did not accept a publish (refused, or no PUBACK in time); "
+                "more are only counted"
+            )
+
     def _topic(self, act: Activation, kind: str) -> str:
         return topics.topic(self.prefix, topics.device_id(act.fingerprint), kind)
 
@@ -339,6 +351,7 @@ class Bridge:
 
 
 CONNECTED = ("", b"", False)  # the marker the connection callback queues
+UNDELIVERED = ("", b"", True)  # the marker a publish the broker did not accept queues
 
 
 def serve(bridge: Bridge, connect: Callable[..., Link], stop: threading.Event) -> None:
@@ -353,6 +366,10 @@ def serve(bridge: Bridge, connect: Callable[..., Link], stop: threading.Event) -
         m = message
         inbox.put((m.topic, bytes(m.payload), bool(m.retain)))  # type: ignore[attr-defined]
 
+    def settled(accepted: bool) -> None:  # on the link's thread: counted on this one
+        if not accepted:
+            inbox.put(UNDELIVERED)
+
     client = connect(on_message, subscriptions(bridge.prefix), lambda: inbox.put(CONNECTED))
     polled = 0.0
     try:
@@ -362,13 +379,17 @@ def serve(bridge: Bridge, connect: Callable[..., Link], stop: threading.Event) -
             if CONNECTED in batch:
                 batch = [m for m in batch if m != CONNECTED]
                 _guarded(bridge, bridge.connected)
+            if UNDELIVERED in batch:
+                kept = [m for m in batch if m != UNDELIVERED]
+                bridge.undelivered(len(batch) - len(kept))
+                batch = kept
             if batch:
                 out += bridge.handle_batch(batch)
             if bridge.more_due or time.monotonic() - polled >= OUTBOX_POLL_S:
                 polled = time.monotonic()
                 out += _guarded(bridge, bridge.deliver_due) or []
             for name, data, retain in out:
-                client.publish(name, data, retain)
+                client.publish(name, data, retain, settled)
     finally:
         client.close(STOP_FLUSH_S)
 

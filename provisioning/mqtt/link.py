@@ -8,18 +8,27 @@ most ``window`` publishes written and awaiting their PUBACK, or waiting to be wr
 ``publish`` waits for room, so that the caller goes at the broker's pace. A publish not
 acknowledged within ``ack_wait_s`` of when it was written or of the last
 acknowledgement, whichever is later, is reported failed and leaves the window: a broker
-that stops acknowledging costs that wait once, not once per message.
+that stops acknowledging costs that wait once, not once per message. Paho keeps such a
+publish under its packet id (and writes it again on reconnection) until the broker
+answers it: that late PUBACK is ignored (each ``done`` is told once), and, until it
+comes, paho is never given that id again (the ids paho numbers next skip it), so that
+the late PUBACK cannot settle a newer publish, nor a newer publish replace the one
+paho keeps (tests/mqtt/test_link.py). What paho keeps of those is not bounded by the
+window: a broker that stops answering is found out by the keepalive, and what paho
+keeps is written again once reconnected, and answered.
 
 The loop: every paho call is made on the link's thread, with paho's own external-loop
 API (``loop_read``, ``loop_write``, ``loop_misc`` on ``select``), never ``loop_start``,
 which, for every packet queued (each PUBACK of a status, too), writes a wake-up byte
 through a socket pair and waits on a ``Condition`` per publish. Here a publish is handed
 over with one wake-up byte per batch, written at once by the link's thread, and
-settled by paho's ``on_publish``. A lost connection is reconnected (at most
-``RECONNECT_MAX_S`` apart), as paho's own loop does; the ``on_connect`` callback
-subscribes again. Callbacks (``on_message``, ``done``) run on the link's thread and must
-not raise; if paho fails under the link, it is logged, and whatever is outstanding then
-or published later is reported failed (nobody waits for it). Never logs a payload.
+settled by paho's ``on_publish``: accepted, or, with an MQTT 5 failure reason code in
+the PUBACK (0x80 and up: the broker's ACL denied it, a quota...), failed. A lost
+connection is reconnected (at most ``RECONNECT_MAX_S`` apart), as paho's own loop does;
+the ``on_connect`` callback subscribes again. Callbacks (``on_message``, ``done``) run
+on the link's thread and must not raise; if paho fails under the link, it is logged, and
+whatever is outstanding then or published later is reported failed (nobody waits for
+it). Never logs a payload.
 """
 
 import logging
@@ -32,7 +41,7 @@ from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 
-Done = Callable[[bool], None]  # True: the broker acknowledged it
+Done = Callable[[bool], None]  # True: the broker acknowledged it (False: refused, or no answer)
 log = logging.getLogger("fieldpass.hq.mqtt")
 RECONNECT_MAX_S = 30.0
 MISC_EVERY_S = 1.0  # keepalive (paho's loop_misc)
@@ -52,6 +61,10 @@ class Link:
         # packet id -> what to tell, and when it was written (monotonic), oldest first
         self._awaiting: dict[int, tuple[Done | None, float]] = {}
         self._acked_at = 0.0
+        # packet ids failed without their PUBACK, which paho keeps: the broker may still
+        # answer them, and paho gives none of them to a publish until it does (the
+        # link's thread only)
+        self._expired: set[int] = set()
         self._woken = False
         self._stopping = False
         self._wake_r, self._wake_w = socket.socketpair()
@@ -131,11 +144,19 @@ class Link:
     def _on_publish(
         self, client: object, userdata: object, mid: int, reason: object, props: object
     ) -> None:
+        # MQTT 5: a PUBACK with a failure reason code (0x80 and up: 0x87 not authorized,
+        # 0x97 quota exceeded...) is the broker refusing the message; a success-class
+        # code (0x10 no matching subscribers) is an acknowledgement.
+        accepted = not getattr(reason, "is_failure", False)
         with self._lock:
-            entry = self._awaiting.pop(mid, None)
+            if mid in self._expired:  # failed already: told once
+                self._expired.discard(mid)
+                entry = None
+            else:
+                entry = self._awaiting.pop(mid, None)
             self._acked_at = time.monotonic()
         if entry is not None and entry[0] is not None:
-            entry[0](True)
+            entry[0](accepted)
 
     def _run(self) -> None:
         try:
@@ -149,6 +170,7 @@ class Link:
                 left += [done for done, _ in self._awaiting.values()]
                 self._queued.clear()
                 self._awaiting.clear()
+                self._expired.clear()
                 self._room.notify_all()
             for done in left:
                 if done is not None:
@@ -220,10 +242,21 @@ class Link:
             # Written at once, or (connection lost meanwhile) kept by paho and written
             # again on reconnection: awaited either way. Its PUBACK can only come in a
             # later loop_read on this thread.
+            self._skip_expired_ids()
             info = self.client.publish(topic, payload, qos=1, retain=retain)
             with self._lock:
                 self._awaiting[info.mid] = (done, time.monotonic())
                 self._writing -= 1
+
+    def _skip_expired_ids(self) -> None:
+        """Have paho number the next publish with an id no failed publish it keeps has:
+        paho (``Client._mid_generate``, 1 to 65,535 and round again) checks none."""
+        expired = self._expired  # changed on this thread only: no lock
+        client = self.client
+        for _ in range(len(expired)):
+            if client._last_mid % 65535 + 1 not in expired:
+                break
+            client._mid_generate()
 
     def _expire(self, now: float) -> None:
         """Fail the publishes not acknowledged in time (oldest first); make room."""
@@ -236,6 +269,7 @@ class Link:
             if failed:
                 for mid in list(self._awaiting)[: len(failed)]:
                     del self._awaiting[mid]
+                    self._expired.add(mid)
             if self._used() < self.window:
                 self._room.notify_all()
         for done in failed:

@@ -114,7 +114,9 @@ STATUS_ACTOR = Actor("mqtt-push", "mqtt")
 class Confirmations:
     """Collects the devices' status messages (what each device id says it holds), and
     counts, as they arrive, the confirmations of what push sent: a file's serial, or an
-    outbox entry (``confirms``), which it also records at HQ."""
+    outbox entry (``confirms``), which it also records at HQ, as it records the keyring
+    a verified status names (``DeviceRequests.keyring_heard``: a write only when it
+    changed, the activation at hand kept up to date)."""
 
     def __init__(self, hq: HQ | None = None) -> None:
         self.hq = hq
@@ -214,6 +216,13 @@ class Confirmations:
             kid, act = known
             m = inbound.signed_by_kid(act, kid, payload, "status")
             if m is not None:
+                if self.hq is not None:  # an image update brings a new keyring
+                    recorded = self.hq.device.keyring_heard(act, m)
+                    if recorded is not act:
+                        with self.lock:
+                            if self.known.get(dev_id) is known:
+                                self.known[dev_id] = (kid, recorded)
+                        act = recorded
                 return inbound.held(m), act
         if self.hq is None:
             raise inbound.BadMessage("unverifiable")
@@ -222,7 +231,8 @@ class Confirmations:
             raise inbound.BadMessage("foreign_topic")
         if verified.activation.deactivated_at is None:
             self.hq.device.register(verified, int(time.time()), STATUS_ACTOR)
-        return inbound.held(verified.message), verified.activation
+        act = self.hq.device.heard_keyring(verified)
+        return inbound.held(verified.message), act
 
     def outstanding(self) -> int:
         with self.lock:

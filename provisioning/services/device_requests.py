@@ -343,16 +343,25 @@ class DeviceRequests:
         self.register(verified, now, actor)
         return verified
 
-    def heard_keyring(self, verified: Verified) -> None:
+    def heard_keyring(self, verified: Verified) -> Activation:
         """Record the keyring a verified message names (its status over MQTT, where no
-        challenge is spent): written only when it differs from the one HQ holds."""
-        kids = device_msg.keyring_of(verified.message)
-        if kids is None or kids == verified.activation.keyring:
-            return
+        challenge is spent); the activation as HQ holds it now."""
+        return self.keyring_heard(verified.activation, verified.message)
+
+    def keyring_heard(self, act: Activation, message: device_msg.DeviceMessage) -> Activation:
+        """``heard_keyring`` for a message the caller verified against ``act``, an
+        activation it holds already (``push``, per device it sends to): written only
+        when the keyring differs from ``act``'s (no write, no read otherwise); the
+        activation with the keyring recorded (the caller keeps it, so that the next
+        status naming the same keyring costs nothing)."""
+        kids = device_msg.keyring_of(message)
+        if kids is None or kids == act.keyring:
+            return act
         with self.store.write() as tx:
-            act = tx.get_activation(verified.activation.id)
-            if act is not None:
-                Issuing.take_keyring(tx, act, kids)
+            current = tx.get_activation(act.id)
+            if current is None:
+                return act
+            return Issuing.take_keyring(tx, current, kids)
 
     def deactivate(self, data: bytes, now: int, actor: Actor) -> Activation:
         verified = self.verify(data, "deactivate")

@@ -61,7 +61,14 @@ class SimDevice:
             },
         )
 
-    def status(self, serial: int, revoked: str = "", revoked_at: int = 0) -> bytes:
+    def status(
+        self,
+        serial: int,
+        revoked: str = "",
+        revoked_at: int = 0,
+        keyring: list[str] | None = None,
+    ) -> bytes:
+        """``keyring``: the key ids its image's keyring holds (None: says nothing)."""
         return device_msg.sign(
             self.key,
             "status",
@@ -81,6 +88,7 @@ class SimDevice:
                 "challenge": None,
                 "device_key": None,
                 "proof": None,
+                device_msg.KEYRING: keyring,
             },
         )
 

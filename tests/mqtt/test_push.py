@@ -3,6 +3,7 @@ devices (tests/mqtt/simdevices.py): its window of publishes awaiting their PUBAC
 how it reads statuses of the devices it sends to. The command through the real
 process: test_hq_bridge.py, test_hostile.py."""
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from provisioning.mqtt import connection
 from provisioning.mqtt import push as push_mod
 from provisioning.services import HQ
 from tests.engines import Engine
-from tests.mqtt.conftest import Broker, Client
+from tests.mqtt.conftest import Broker, Client, wait_for
 from tests.mqtt.simdevices import SimDevice, enroll, industrial
 
 ACTOR = Actor("test", "local")
@@ -38,8 +39,16 @@ class Devices:
     """Simulated devices on the broker: each file received is opened as the daemon
     opens it and answered by the device's signed status."""
 
-    def __init__(self, broker: Broker, hq: HQ, license_key: str, sims: list[SimDevice]):
+    def __init__(
+        self,
+        broker: Broker,
+        hq: HQ,
+        license_key: str,
+        sims: list[SimDevice],
+        keyring: list[str] | None = None,
+    ):
         self.ring = Keyring.loads(hq.keyring().dumps().encode())
+        self.keyring = keyring  # what each status says the device's keyring holds
         self.license_key = license_key
         self.by_id = {s.device_id: s for s in sims}
         self.installed: dict[str, int] = {}
@@ -58,7 +67,8 @@ class Devices:
         )
         with self.lock:
             self.installed[sim.device_id] = claims.serial
-        self.client.client.publish(sim.topic(topics.STATUS), sim.status(claims.serial), qos=1)
+        status = sim.status(claims.serial, keyring=self.keyring)
+        self.client.client.publish(sim.topic(topics.STATUS), status, qos=1)
 
 
 def test_push_sends_through_a_small_window_and_counts_every_confirmation(
@@ -146,3 +156,53 @@ def test_statuses_of_known_devices_verify_against_their_own_topic(service: HQ) -
     assert confirmations.counts["file"] == 1 and confirmations.outstanding() == 1
     confirmations.on_message(None, None, _status(b.topic(topics.STATUS), b.status(2)))
     assert confirmations.counts["file"] == 2 and confirmations.outstanding() == 0
+
+
+def test_push_records_the_keyring_a_verified_status_names(service: HQ, broker: Broker) -> None:
+    """As the bridge does (test_hq_bridge.py): a device updated to an image whose keyring
+    holds a new key names it in the status that confirms its file, and push records it
+    at HQ, keeping the activation it holds up to date (the next status naming the same
+    keyring writes nothing). A status on another device's topic, or one whose signature
+    fails, records nothing."""
+    lic = service.create_license("industrial", [], None, int(time.time()), ACTOR)
+    a, b = enroll(service, lic.license_key, 2)
+    (old,) = Keyring.loads(service.keyring().dumps().encode()).keys
+    new, hostile = "fpk_" + os.urandom(8).hex(), "fpk_" + os.urandom(8).hex()
+    assert {act.keyring for act in service.list_activations(lic.id)} == {()}
+    devices = Devices(broker, service, lic.license_key, [a, b], keyring=[old, new])
+    confirmations = push_mod.Confirmations(service)
+    link = connection.open_link(
+        broker.url,
+        "fieldpass-hq-push",
+        "fieldpass-hq-push",
+        "-",
+        on_message=confirmations.on_message,
+        subscriptions=[topics.topic(PREFIX, "+", topics.STATUS)],
+    )
+    try:
+        summary = push_mod.push(
+            service,
+            link,
+            confirmations,
+            push_mod.Selection(license_id=lic.id),
+            prefix=PREFIX,
+            ttl_s=None,
+            wait_s=30,
+            now=int(time.time()),
+            actor=ACTOR,
+        )
+        assert (summary.sent, summary.confirmed, summary.ignored) == (2, 2, {})
+        keyrings = {act.id: act.keyring for act in service.list_activations(lic.id)}
+        assert keyrings == {a.activation_id: (old, new), b.activation_id: (old, new)}
+        assert confirmations.known[b.device_id][1].keyring == (old, new)
+
+        forged = bytearray(b.status(2, keyring=[hostile]))
+        forged[-1] ^= 1  # the signature's last byte
+        devices.client.publish(b.topic(topics.STATUS), a.status(2, keyring=[hostile]))
+        devices.client.publish(b.topic(topics.STATUS), bytes(forged))
+        wanted = {"foreign_topic": 1, "device_unauthenticated": 1}
+        wait_for(lambda: confirmations.ignored == wanted, 15, "the hostile statuses")
+    finally:
+        link.close()
+        devices.client.close()
+    assert {act.id: act.keyring for act in service.list_activations(lic.id)} == keyrings
