@@ -410,3 +410,13 @@ def test_an_older_report_imported_last_leaves_the_newer_keyring(
     assert {k["kid"]: k["reported_by"] for k in listed} == {old: 1, new: 1}
     (act,) = hq.json("activations", "list")  # type: ignore[misc]
     assert sorted(act["keyring"]) == sorted([old, new])
+    # the older visit's report edited to say its pickup came after the newer one's: the
+    # status it carries was signed before, and the device's own time is what stands
+    edited = json.loads(reports[0].read_text())
+    edited["pickups"][0]["at"] = second + 60
+    edited["ended_at"] = max(edited["ended_at"], second + 60)
+    forged = tmp_path / "edited.report"
+    forged.write_text(json.dumps(edited))
+    hq.run("field", "import", str(forged))
+    (act,) = hq.json("activations", "list")  # type: ignore[misc]
+    assert sorted(act["keyring"]) == sorted([old, new])

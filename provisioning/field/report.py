@@ -276,7 +276,9 @@ def _take_keyrings(
     device trusts: what ``keys retire`` counts), recorded as a status over HTTP records
     it, unless HQ heard from the device after the pickup (its newer word stands): a
     contact, or a newer pickup an earlier import recorded (an older report imported
-    last never moves the keyring back)."""
+    last never moves the keyring back). The pickup is as old as the earlier of the
+    report's time and the time the device signed its status: an old status in an
+    edited report moves nothing back either."""
     named = [
         (p, v, kids)
         for p, v in checked
@@ -290,7 +292,9 @@ def _take_keyrings(
             if act is None:
                 continue
             heard = max(act.last_seen_at or 0, past.last_pickup.get(act.id, 0))
-            if heard <= int(p["at"]):
+            # the pickup's time is the laptop's word, in the report (which anyone may
+            # edit); the status is no newer than when the device signed it
+            if heard <= min(int(p["at"]), int(str(verified.message["at"]))):
                 Issuing.take_keyring(tx, act, kids)
 
 
