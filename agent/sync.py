@@ -211,6 +211,14 @@ def validate(device: Device, servers: list[Hq], now: int) -> list[str]:
     return [] if status == "active" else [f"HQ says this license is {status}"]
 
 
+# HQ's refusals of a receipt that say its seat is taken care of: HQ holds a return of the
+# activation already (this very receipt, carried by hand or by a laptop, or a resend after
+# a lost answer: 409 "conflict"), or the operator freed the seat by hand (404
+# "activation_not_found", which only the HQ that knows the activation answers). Kept, the
+# receipt would be sent at every contact for ever.
+RECEIPT_SETTLED = frozenset({"conflict", "activation_not_found"})
+
+
 def send_report(device: Device, servers: list[Hq], now: int) -> list[str]:
     """Send a signed usage report (best effort: a failure is a note, the counters being
     cumulative the next report carries it all). Sends a pending return receipt too.
@@ -233,6 +241,11 @@ def send_report(device: Device, servers: list[Hq], now: int) -> list[str]:
         try:
             first_answer(servers, lambda hq: hq.post("/v1/receipt", {"request": _b64(receipt)}))
             device.receipt_delivered()
+        except Refused as e:
+            if e.code in RECEIPT_SETTLED:
+                device.receipt_delivered()  # HQ has nothing left to free with it
+            else:
+                notes.append(f"return receipt not delivered: {e}")
         except OnlineError as e:
             notes.append(f"return receipt not delivered: {e}")
     return notes

@@ -379,3 +379,44 @@ def test_the_http_daemon_renews_from_the_laptop_and_confirms(
     assert [(p["fingerprint"], p["serial"], p["via"]) for p in done["pickups"]] == [
         (robot.fingerprint, 2, "http")
     ]
+
+
+def test_an_older_report_imported_last_leaves_the_newer_keyring(
+    hq: HQ, make_device: Callable[..., DeviceRoot], tmp_path: Path
+) -> None:
+    """Two site visits, their reports imported in the other order: the device's keyring
+    HQ records is the one its newer pickup named, never moved back to the older one."""
+    key, (robot,) = activated_fleet(hq, make_device, 1, tmp_path)
+    license_id = str(hq.json("licenses", "show", key)["id"])
+    (old,) = [k["kid"] for k in hq.json("keys", "list")]  # type: ignore[union-attr, index]
+    reports = []
+    for visit in (1, 2):
+        if visit == 2:
+            new = str(hq.json("keys", "generate", "--standby")["kid"])
+            hq.image(robot)  # its image updated between the visits: it trusts both keys
+        bundle, report = tmp_path / f"visit{visit}.bundle", tmp_path / f"visit{visit}.report"
+        hq.run("field", "export", "--license", license_id, "-o", str(bundle))
+        with laptop(bundle, report) as lp:
+            on_site(robot, lp.url)
+            assert robot.run("refresh").returncode == 0
+        reports.append(report)
+    first, second = (json.loads(r.read_text())["pickups"][0]["at"] for r in reports)
+    assert first < second
+    hq.run("field", "import", str(reports[1]))  # the newer visit's report comes back first
+    listed: Any = hq.json("keys", "list")
+    assert {k["kid"]: k["reported_by"] for k in listed} == {old: 1, new: 1}
+    hq.run("field", "import", str(reports[0]))
+    listed = hq.json("keys", "list")
+    assert {k["kid"]: k["reported_by"] for k in listed} == {old: 1, new: 1}
+    (act,) = hq.json("activations", "list")  # type: ignore[misc]
+    assert sorted(act["keyring"]) == sorted([old, new])
+    # the older visit's report edited to say its pickup came after the newer one's: the
+    # status it carries was signed before, and the device's own time is what stands
+    edited = json.loads(reports[0].read_text())
+    edited["pickups"][0]["at"] = second + 60
+    edited["ended_at"] = max(edited["ended_at"], second + 60)
+    forged = tmp_path / "edited.report"
+    forged.write_text(json.dumps(edited))
+    hq.run("field", "import", str(forged))
+    (act,) = hq.json("activations", "list")  # type: ignore[misc]
+    assert sorted(act["keyring"]) == sorted([old, new])

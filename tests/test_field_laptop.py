@@ -84,6 +84,10 @@ MALFORMED = {
         b"2\r\n{}\r\n0\r\n\r\n",
         411,
     ),
+    "another transfer coding": (  # h11 hints 501: the peer's fault all the same
+        b"POST /v1/challenge HTTP/1.1\r\nHost: l\r\nTransfer-Encoding: gzip\r\n\r\n{}",
+        411,
+    ),
     "a length over the limit": (
         b"POST /v1/machine-file HTTP/1.1\r\nHost: l\r\nContent-Length: 99999999\r\n\r\n{",
         413,

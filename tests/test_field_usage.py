@@ -260,3 +260,53 @@ def test_replayed_older_and_edited_reports_are_refused_at_import(
     once: Any = hq.json("field", "import", str(first))
     assert once["usage_reports"]["accepted"] == 1
     assert hq_counters(hq)[activation_of(other)] == counters(other)
+
+
+def test_a_receipt_hq_has_no_use_for_is_forgotten_by_the_device_when_it_reaches_hq(
+    hq: HQ, make_device: Callable[..., DeviceRoot], tmp_path: Path
+) -> None:
+    """The operator carried one board's receipt to HQ (`deactivate --receipt FILE`, the
+    step `fieldpass return` names) and freed the other's seat by hand; later each
+    board's daemon reaches HQ with the receipt it kept. HQ has nothing left to free (409
+    conflict: it holds that receipt; 404: the seat is free): the board lets it go,
+    rather than sending it at every contact for ever."""
+    _, boards = online_fleet(hq, make_device, 2)
+    acts = [activation_of(b) for b in boards]
+    for board in boards:
+        assert board.run("return", "--yes", "-o", str(tmp_path / "r")).returncode == 0
+        if board is boards[0]:
+            hq.run("deactivate", "--receipt", str(tmp_path / "r"))
+    hq.run("deactivate", acts[1], "--reason", "board dead, ticket 4713")
+    server = start_server(hq.home)
+    try:
+        for board in boards:
+            assert (board.state_dir / "return.receipt").exists()
+            board.write_config(f'[online]\nserver = "{server.url}"\ntimeout_s = 5\n')
+            assert board.run("run", "--once").returncode == 0
+            assert not (board.state_dir / "return.receipt").exists()
+    finally:
+        server.stop()
+    assert [e["activation_id"] for e in audit_events(hq, "return")] == [acts[0]]
+
+
+def test_a_carried_receipt_of_a_seat_freed_by_hand_is_counted_refused_at_import(
+    hq: HQ, make_device: Callable[..., DeviceRoot], tmp_path: Path
+) -> None:
+    """The mainboard swap runbook's word: the operator freed the old board's seat by hand
+    before the laptop's report came back; its receipt has nothing left to free, and the
+    import's summary says so as a refusal (activation_not_found), changing nothing."""
+    _, (board,) = online_fleet(hq, make_device, 1)
+    act = activation_of(board)
+    bundle, report = tmp_path / "site.bundle", tmp_path / "site.report"
+    hq.run("field", "export", "--all", "-o", str(bundle))
+    with laptop(bundle, report) as lp:
+        assert board.run("return", "--yes").returncode == 0
+        on_site(board, lp.url)
+        assert board.run("run", "--once").returncode == 0
+    assert [r["activation_id"] for r in json.loads(report.read_text())["receipts"]] == [act]
+    hq.run("deactivate", act, "--reason", "mainboard swap: board dead, ticket 4714")
+    imported = hq.run("field", "import", str(report))
+    assert "0 return receipt(s) (1 refused: 1 activation_not_found), 0 seat(s) freed now" in (
+        imported.stdout
+    )
+    assert audit_events(hq, "return") == []

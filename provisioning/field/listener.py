@@ -202,6 +202,9 @@ class Listener:
                 event = conn.next_event()
             except h11.RemoteProtocolError as e:
                 status = e.error_status_hint
+                if status == 501:  # h11's word for a Transfer-Encoding it does not read
+                    raise Refusal(411, "invalid_request", _NO_LENGTH) from None
+                status = status if 400 <= status < 500 else 400  # the peer's fault: 4xx
                 raise Refusal(status, "invalid_request", _protocol_message(status)) from None
             if event is h11.NEED_DATA:
                 conn.receive_data(await self._read(reader, deadline - loop.time(), request))
@@ -282,7 +285,7 @@ def _check_head(request: h11.Request) -> None:
         raise Refusal(431, "invalid_request", _protocol_message(431))
     headers = {name.lower(): value for name, value in request.headers}
     if b"transfer-encoding" in headers:
-        raise Refusal(411, "invalid_request", "a body must be sent with a Content-Length")
+        raise Refusal(411, "invalid_request", _NO_LENGTH)
     length = headers.get(b"content-length")
     if length is None:
         if request.method == b"POST":
@@ -290,6 +293,9 @@ def _check_head(request: h11.Request) -> None:
         return
     if int(length) > MAX_BODY_BYTES:  # h11 checked it is digits
         raise _too_large()
+
+
+_NO_LENGTH = "a body must be sent with a Content-Length"
 
 
 def _too_large() -> Refusal:

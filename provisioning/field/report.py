@@ -110,6 +110,7 @@ class _Past:
         self.exports: dict[str, int] = {}
         self.imports: set[str] = set()
         self.events: set[tuple[str, str | None, int, str | None]] = set()
+        self.last_pickup: dict[str, int] = {}  # per activation: its newest confirmed pickup
         for e in hq.audit(AUDIT_WINDOW):
             words = dict(w.split("=", 1) for w in (e.detail or "").split() if "=" in w)
             if e.action == "field_export" and "bundle" in words:
@@ -118,6 +119,9 @@ class _Past:
                 self.imports.add(words["report"])
             elif e.action in ("field_pickup", "field_served"):
                 self.events.add(_key(e))
+                if e.action == "field_pickup" and e.activation_id is not None:
+                    newest = max(e.at, self.last_pickup.get(e.activation_id, 0))
+                    self.last_pickup[e.activation_id] = newest
 
 
 def _key(e: AuditEvent) -> tuple[str, str | None, int, str | None]:
@@ -172,7 +176,7 @@ def import_report(
         )
     for s in report["served_unconfirmed"]:
         events.append(_served(s, who, f"agent={s['agent_version']}"))
-    _take_keyrings(hq, checked)
+    _take_keyrings(hq, checked, past)
     usage = _hand_over(hq, handed, now, who, override)
     new = [e for e in events if _key(e) not in past.events]
     unconfirmed = sum(1 for e in new if e.action == "field_served")
@@ -265,10 +269,16 @@ def _hand_over(
     return counts
 
 
-def _take_keyrings(hq: HQ, checked: list[tuple[dict[str, Any], Verified | HQError]]) -> None:
+def _take_keyrings(
+    hq: HQ, checked: list[tuple[dict[str, Any], Verified | HQError]], past: _Past
+) -> None:
     """The keyring each confirmed pickup's signed status names (the signing keys the
     device trusts: what ``keys retire`` counts), recorded as a status over HTTP records
-    it, unless HQ heard from the device after the pickup (its newer word stands)."""
+    it, unless HQ heard from the device after the pickup (its newer word stands): a
+    contact, or a newer pickup an earlier import recorded (an older report imported
+    last never moves the keyring back). The pickup is as old as the earlier of the
+    report's time and the time the device signed its status: an old status in an
+    edited report moves nothing back either."""
     named = [
         (p, v, kids)
         for p, v in checked
@@ -279,7 +289,12 @@ def _take_keyrings(hq: HQ, checked: list[tuple[dict[str, Any], Verified | HQErro
     with hq.store.write() as tx:
         for p, verified, kids in sorted(named, key=lambda n: int(n[0]["at"])):
             act = tx.get_activation(verified.activation.id)
-            if act is not None and (act.last_seen_at or 0) <= int(p["at"]):
+            if act is None:
+                continue
+            heard = max(act.last_seen_at or 0, past.last_pickup.get(act.id, 0))
+            # the pickup's time is the laptop's word, in the report (which anyone may
+            # edit); the status is no newer than when the device signed it
+            if heard <= min(int(p["at"]), int(str(verified.message["at"]))):
                 Issuing.take_keyring(tx, act, kids)
 
 
