@@ -6,10 +6,10 @@ what the device says it holds, what it said of itself) and answers all of them i
 write transaction. For each, in that transaction: the license locked, the check-and-set
 of the bridges' last answer (``Tx.claim_bridge_answer``: one guarded statement, so of
 two replicas asking at once one wins), the next serial, the audit event and the sealed
-file, committed together. An activation whose device gave its license back gets no
-file (``ActivationReturned``, refused like an unusable license). Within the interval a request gets the file already issued
+file, committed together. Within the interval a request gets the file already issued
 again (when the device says it holds an older serial) or nothing. A request whose
-license can get no file is answered ``refused`` and audited ``mqtt_refused``.
+license can get no file, or whose device gave its license back (``ActivationReturned``),
+is answered ``refused`` and audited ``mqtt_refused``.
 
 If the batch's transaction fails, each request is answered in a transaction of its own,
 so that one request cannot sink the others. Nothing here reads the clock, publishes or

@@ -184,7 +184,7 @@ def test_a_returned_activation_whose_seat_waits_gets_no_file_past_it(hq_home: Pa
     to the activation after its return must expire (with the grace) by the time its
     seat frees, or be refused; else the seat goes to another device while this one
     keeps a file valid for another TTL."""
-    hq, key, act, now = one_activation(hq_home)
+    hq, _key, act, now = one_activation(hq_home)
     frees_at = act.last_expires_at  # the plan's grace is 0
     with hq.store.write() as tx:  # what a receipt records for a device without a TPM
         tx.insert_return(ReturnRecord(act.id, act.serial, now, now, "http", "-", frees_at, None))
@@ -253,7 +253,7 @@ def test_a_returned_activation_is_refused_every_file_until_its_seat_frees(
 def test_once_the_returned_seat_frees_the_device_activates_anew(hq_home: Path) -> None:
     """After ``frees_at`` the old activation still gets no file (the device gave it
     back); the same device's activation frees the due seat and takes a new one."""
-    hq, key, act, now, frees_at = returned_one(hq_home)
+    hq, key, act, _now, frees_at = returned_one(hq_home)
     try:
         after = frees_at + 1
         with pytest.raises(ActivationReturned, match="seat is free since"):
