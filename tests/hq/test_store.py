@@ -267,3 +267,23 @@ def test_once_the_returned_seat_frees_the_device_activates_anew(hq_home: Path) -
         assert renewed.claims.serial == 2
     finally:
         hq.store.close()
+
+
+def test_a_field_bundle_skips_a_returned_device_and_carries_the_others(hq_home: Path) -> None:
+    """``field export`` renews every chosen device in turn: a device that gave its
+    license back is ``skipped`` (status ``returned``), not a failure of the export."""
+    from provisioning.field import bundle
+
+    hq, key, act, now, _frees_at = returned_one(hq_home)
+    try:
+        other = hq.activate(key, fingerprint(2), now, ACTOR).activation
+        lic, acts = hq.licenses.get_license(act.license_id)
+        by_id = {a.id: a for a in acts}
+        doc = bundle.export(hq, [(by_id[act.id], lic), (by_id[other.id], lic)], None, now, ACTOR)
+        assert [d["activation_id"] for d in doc["devices"]] == [other.id]
+        assert doc["skipped"] == [
+            {"activation_id": act.id, "license_id": lic.id, "status": "returned"}
+        ]
+        assert hq.get_activation(act.id).serial == act.serial
+    finally:
+        hq.store.close()
