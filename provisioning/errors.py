@@ -92,6 +92,14 @@ class Conflict(HQError):
     http_status = 409
 
 
+class ActivationReturned(Conflict):
+    """The device gave its license back (a signed return receipt HQ holds) and its seat
+    waits to free: HQ issues that activation no file, renewal or reactivation, or a copy
+    of its data put back would outlive the time the seat goes to another device."""
+
+    code = "activation_returned"
+
+
 class NotFound(HQError):
     code = "not_found"
     http_status = 404

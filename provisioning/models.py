@@ -60,7 +60,9 @@ class Activation:
     """A seat held by one device. ``device_key`` is the device's own Ed25519 public key
     (None until the device registered one); ``claims_format`` the newest machine-file
     claims version its agent reads (1 for agents up to 0.1.0); ``keyring`` the ids of
-    the signing keys the device last said its keyring holds (empty: it never said)."""
+    the signing keys the device last said its keyring holds (empty: it never said);
+    ``return_frees_at`` when the seat of a device that gave its license back frees
+    (None: no return recorded; HQ issues a returned activation no file)."""
 
     id: str
     license_id: str
@@ -76,6 +78,7 @@ class Activation:
     last_seen_at: int | None = None
     last_channel: str | None = None
     keyring: tuple[str, ...] = ()
+    return_frees_at: int | None = None
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,15 @@ def export(
         f"field bundle {out}: {len(devices)} renewed machine file(s), "
         f"{len(revocations)} signed revocation(s)"
     ]
-    lines += [f"  skipped {s['activation_id']}: license {s['status']}" for s in skipped]
+    lines += [
+        f"  skipped {s['activation_id']}: "
+        + (
+            "given back (returned), no file"
+            if s["status"] == "returned"
+            else f"license {s['status']}"
+        )
+        for s in skipped
+    ]
     lines.append(
         f"Next: copy {out} to the laptop and run `fieldpass-hq field serve {out.name}` on site."
     )

@@ -263,6 +263,7 @@ def push(
             f"{told['revocations_sent']}, confirmed {told['revocations_confirmed']}; "
             f"deactivations sent {told['deactivations_sent']}, confirmed "
             f"{told['deactivations_confirmed']}"
+            + (f"; given back (no file) {summary.returned}" if summary.returned else "")
         )
         for failure in summary.failures[:20]:
             click.echo(f"  failed: {failure}", err=True)

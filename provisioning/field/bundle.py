@@ -74,7 +74,8 @@ def export(
     progress: Callable[[int], None] = lambda n: None,
 ) -> dict[str, Any]:
     """Renew ``chosen`` (a revocation instead where the license is revoked or
-    suspended; nothing where it expired) and return the bundle, its id audited
+    suspended; nothing where it expired, nor for a device that gave its license back:
+    ``skipped``, status ``returned``) and return the bundle, its id audited
     (``field_export``). ``progress(1)`` is called as each device is taken up."""
     devices: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
@@ -97,6 +98,9 @@ def export(
                     "revocation": armor.armor(signed, armor.REVOCATION),
                 }
             )
+            continue
+        if act.return_frees_at is not None:  # it gave its license back: HQ issues no file
+            skipped.append({"activation_id": act.id, "license_id": lic.id, "status": "returned"})
             continue
         issued = hq.renew(now, actor, activation_id=act.id, ttl_s=ttl_s)
         devices.append(

@@ -51,9 +51,11 @@ KINDS = ("revocation", "deactivation")
 @dataclass
 class Summary:
     """``sent``/``confirmed``: machine files (renewals and reinstatements);
-    ``revocations_*`` and ``deactivations_*``: what the outbox had to tell."""
+    ``revocations_*`` and ``deactivations_*``: what the outbox had to tell;
+    ``returned``: devices selected that gave their license back, which get no file."""
 
     selected: int = 0
+    returned: int = 0
     sent: int = 0
     confirmed: int = 0
     failed: int = 0
@@ -71,6 +73,7 @@ class Summary:
     def doc(self) -> dict[str, object]:
         return {
             "selected": self.selected,
+            "returned": self.returned,
             "sent": self.sent,
             "confirmed": self.confirmed,
             "failed": self.failed,
@@ -344,6 +347,12 @@ def push(
     telling_ids = {e.activation_id for e in hq.outbox.pending(sel.license_id)}
     to_tell = [a for a in chosen if a.id in telling_ids]
     to_renew = [a for a in chosen if a.id not in telling_ids]
+    # a device that gave its license back gets no file (bulk issuance skips it too)
+    given_back = [a for a in to_renew if a.return_frees_at is not None]
+    to_renew = [a for a in to_renew if a.return_frees_at is None]
+    summary.returned = len(given_back)
+    if given_back:
+        progress(len(given_back))
     narrowed = bool(sel.plan or sel.devices or sel.expiring_within_s is not None)
     whole = not narrowed and not to_tell
     confirmations.know(to_tell)  # those to renew: as each is sent

@@ -20,6 +20,7 @@ from agent.wire.machine_file import Binding, Claims, Entitlement, Meter, seal_ma
 
 from ..errors import (
     ActivationNotFound,
+    ActivationReturned,
     DeviceKeyMismatch,
     FingerprintMismatch,
     InvalidRequest,
@@ -30,6 +31,7 @@ from ..errors import (
 )
 from ..models import Activation, Actor, License, Plan, PlanMeter, UsageReport
 from ..storage import PlanRows, Store, Tx
+from ..units import format_time
 from .audit import event
 from .keys import Keys, Signer
 from .licenses import (
@@ -42,6 +44,35 @@ from .licenses import (
 )
 
 FINGERPRINT_HINT = "a fingerprint is 64 lowercase hex characters"
+
+
+def returned(act: Activation, now: int) -> ActivationReturned | None:
+    """The refusal of any file for ``act`` when its device gave its license back (a
+    return HQ recorded, its seat not freed yet: ``Activation.return_frees_at``); None
+    when HQ may issue it one. Without a TPM the seat frees only once the returned
+    file's expiry and grace have passed, because a copy of the device's data put back
+    would run until then: a file issued after the return would outlive that time, on
+    a seat another device may take by then (docs/usage.md)."""
+    frees_at = act.return_frees_at
+    if frees_at is None:
+        return None
+    if frees_at > now:
+        return ActivationReturned(
+            f"activation {act.id} was given back (return receipt): HQ issues it no file; "
+            f"its seat frees on {format_time(frees_at)}, or now by hand: `fieldpass-hq "
+            f"deactivate {act.id} --reason TEXT`, then activate the device anew"
+        )
+    return ActivationReturned(
+        f"activation {act.id} was given back (return receipt): HQ issues it no file; "
+        f"its seat is free since {format_time(frees_at)}: activate the device anew"
+    )
+
+
+def check_not_returned(act: Activation, now: int) -> None:
+    """Raise ``returned``'s refusal, if any."""
+    refusal = returned(act, now)
+    if refusal is not None:
+        raise refusal
 
 
 @dataclass(frozen=True)
@@ -117,7 +148,9 @@ class _Issuer:
     ) -> _Recorded:
         """The next file of ``act``: its claims and the activation as it will be stored.
         The claims' version is the newest the activation's agent reads (version 1 for
-        agents up to 0.1.0, which know no device key and no binding)."""
+        agents up to 0.1.0, which know no device key and no binding). None for an
+        activation given back (``check_not_returned``)."""
+        check_not_returned(act, now)
         ttl = self.plan.offline_ttl_s if ttl_s is None else min(ttl_s, self.plan.offline_ttl_s)
         expires_at = now + ttl
         if self.lic.expires_at is not None:
@@ -296,6 +329,9 @@ class Issuing:
                 if contact.binding is not None and contact.binding.counter is not None:
                     tx.set_tpm_bound(act.id)
             else:
+                # the device gave this activation back and its seat waits: refused until
+                # the seat frees (then it is due above, and a new activation takes one)
+                check_not_returned(existing, now)
                 act = self.take_contact(tx, existing, contact, now)
                 issued = issuer.issue(tx, act, None, now, new=False, binding=contact.binding)
             action = "activate" if issued.created else "reactivate"
@@ -408,6 +444,7 @@ class Issuing:
                 tx, activation_id, license_key, fingerprint, now, contact
             )
             check_usable(lic, now)
+            check_not_returned(act, now)
             tx.lock_license(lic.id)
             binding = None
             if contact is not None:
@@ -422,7 +459,9 @@ class Issuing:
 
     def renew_all(self, license_id: str, ttl_s: int | None, now: int, actor: Actor) -> list[Issued]:
         """Bulk issuance: a fresh file for every live activation of a license, in one
-        transaction (field bundles, fleet refresh)."""
+        transaction (field bundles, fleet refresh). An activation whose device gave its
+        license back gets none (``returned``): it is skipped, and the audit event counts
+        it (``skipped_returned=N``)."""
         return list(self.renew_all_lazily(license_id, ttl_s, now, actor))
 
     def renew_all_lazily(
@@ -435,6 +474,8 @@ class Issuing:
             check_usable(lic, now)
             tx.lock_license(lic.id)
             live = [act for act in tx.list_activations(lic.id) if act.deactivated_at is None]
+            kept = [act for act in live if returned(act, now) is None]
+            skipped, live = len(live) - len(kept), kept
             # One read of the newest reports for the whole license, not one per device.
             reports = tx.latest_reports([act.id for act in live])
             issuer = self.issuer(tx, lic, reports=reports)
@@ -442,7 +483,8 @@ class Issuing:
             tx.record_issues(
                 [(i.activation.id, i.claims.serial, now, i.claims.expires_at) for i in issued]
             )
-            tx.append_audit(event(now, actor, "renew_all", lic.id, detail=f"files={len(issued)}"))
+            detail = f"files={len(issued)}" + (f" skipped_returned={skipped}" if skipped else "")
+            tx.append_audit(event(now, actor, "renew_all", lic.id, detail=detail))
         return (i.seal() for i in issued)
 
     def deactivate(

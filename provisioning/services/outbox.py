@@ -163,7 +163,8 @@ class Outbox:
             return token
         lic = tx.get_license(act.license_id)
         usable = lic is not None and license_status(lic, now) == LICENSE_ACTIVE
-        if lic is None or not usable or act.deactivated_at is not None:
+        given_back = act.return_frees_at is not None  # HQ issues it no file (returned)
+        if lic is None or not usable or act.deactivated_at is not None or given_back:
             tx.outbox_drop(act.id)
             tx.append_audit(event(now, actor, "mqtt_refused", act.license_id, act.id, "outbox"))
             return None

@@ -8,7 +8,8 @@ of the bridges' last answer (``Tx.claim_bridge_answer``: one guarded statement, 
 two replicas asking at once one wins), the next serial, the audit event and the sealed
 file, committed together. Within the interval a request gets the file already issued
 again (when the device says it holds an older serial) or nothing. A request whose
-license can get no file is answered ``refused`` and audited ``mqtt_refused``.
+license can get no file, or whose device gave its license back (``ActivationReturned``),
+is answered ``refused`` and audited ``mqtt_refused``.
 
 If the batch's transaction fails, each request is answered in a transaction of its own,
 so that one request cannot sink the others. Nothing here reads the clock, publishes or
@@ -21,7 +22,7 @@ from ..errors import ChallengeInvalid, HQError, InvalidRequest
 from ..models import Activation, Actor
 from ..storage import Store, Tx
 from .audit import event
-from .issuing import Contact, Issuing
+from .issuing import Contact, Issuing, returned
 from .licenses import check_usable
 
 CHALLENGE_TTL_S = 300
@@ -102,6 +103,9 @@ class Renewals:
             assert lic is not None
             try:
                 check_usable(lic, now)
+                refusal = returned(act, now)  # the device gave its license back
+                if refusal is not None:
+                    raise refusal
             except HQError as e:
                 tx.append_audit(event(now, actor, "mqtt_refused", lic.id, act.id, e.code))
                 answers[i] = Answer(REFUSED, act, error=e)

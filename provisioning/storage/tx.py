@@ -65,7 +65,7 @@ class Connection(Protocol):
 _ACTIVATION = (
     "SELECT id, license_id, fingerprint, serial, created_at, last_issued_at, "
     "last_expires_at, deactivated_at, device_key, agent_version, claims_format, "
-    "last_seen_at, last_channel, keyring FROM activations"
+    "last_seen_at, last_channel, keyring, return_frees_at FROM activations"
 )
 _LICENSE = (
     "SELECT id, license_key, plan, status, expires_at, created_at, updated_at, "

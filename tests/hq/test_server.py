@@ -363,6 +363,38 @@ def test_the_api_refuses_a_name_with_a_newline(online: Online, bad: str) -> None
     assert not [n for n in names if not n.isprintable()]
 
 
+def test_a_returned_device_gets_no_file_over_http_until_its_seat_frees(online: Online) -> None:
+    """A device that gave its license back without a TPM (the receipt HQ recorded; its
+    seat frees at its file's expiry and grace) is refused a renewal and a reactivation
+    with 409 ``activation_returned`` (a copy of its data put back must not outlive the
+    seat); once the operator frees the seat, the device activates anew."""
+    from provisioning.models import Actor, ReturnRecord
+    from provisioning.services import HQ
+
+    key = online.new_license()
+    act = post(online.url, "/v1/activate", device_body(key, 1)).json()
+    now = int(time.time())
+    hq = HQ(online.server.home)
+    try:
+        with hq.store.write() as tx:  # what a receipt records for a device without a TPM
+            rec = ReturnRecord(
+                act["activation_id"], 1, now, now, "http", "-", act["expires_at"], None
+            )
+            tx.insert_return(rec)
+        for path in ("/v1/machine-file", "/v1/activate"):
+            res = post(online.url, path, device_body(key, 1))
+            error = res.json()["error"]
+            assert (res.status_code, error["code"]) == (409, "activation_returned"), res.text
+            assert f"fieldpass-hq deactivate {act['activation_id']} --reason" in error["message"]
+        assert hq.get_activation(act["activation_id"]).serial == 1  # nothing issued
+        hq.deactivate(now, Actor("test", "local"), activation_id=act["activation_id"], reason="t")
+    finally:
+        hq.store.close()
+    fresh = post(online.url, "/v1/activate", device_body(key, 1))
+    assert fresh.status_code == 201 and fresh.json()["created"] is True
+    assert fresh.json()["activation_id"] != act["activation_id"]
+
+
 def test_the_audit_log_says_who_when_and_from_where(online: Online) -> None:
     key = online.new_license()
     lic = license_key.license_id(key)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from agent.wire import license_key
 from provisioning.errors import (
     ActivationNotFound,
+    ActivationReturned,
     Conflict,
     HQError,
     SeatLimitReached,
@@ -23,6 +24,7 @@ from provisioning.services import HQ
 from provisioning.storage import SCHEMA_VERSION
 from provisioning.storage.sqlite import MIGRATIONS
 from provisioning.storage.sqlite import SQLiteStore as Store
+from provisioning.units import format_time
 from tests.engines import Engine, connect
 
 from .conftest import fingerprint
@@ -175,11 +177,6 @@ def test_a_serial_that_is_not_the_next_fails_its_whole_transaction(hq_home: Path
     hq.store.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed (review of schema 10): a returned activation whose seat waits is "
-    "still renewed, so the file it holds outlives the time its seat frees",
-)
 def test_a_returned_activation_whose_seat_waits_gets_no_file_past_it(hq_home: Path) -> None:
     """Without a TPM, HQ frees a returned device's seat only once the returned file's
     expiry and grace have passed, because a copy of the data directory put back would
@@ -187,7 +184,7 @@ def test_a_returned_activation_whose_seat_waits_gets_no_file_past_it(hq_home: Pa
     to the activation after its return must expire (with the grace) by the time its
     seat frees, or be refused; else the seat goes to another device while this one
     keeps a file valid for another TTL."""
-    hq, _, act, now = one_activation(hq_home)
+    hq, _key, act, now = one_activation(hq_home)
     frees_at = act.last_expires_at  # the plan's grace is 0
     with hq.store.write() as tx:  # what a receipt records for a device without a TPM
         tx.insert_return(ReturnRecord(act.id, act.serial, now, now, "http", "-", frees_at, None))
@@ -198,3 +195,95 @@ def test_a_returned_activation_whose_seat_waits_gets_no_file_past_it(hq_home: Pa
     finally:
         hq.store.close()
     assert renewed.claims.expires_at <= frees_at
+
+
+def returned_one(home: Path) -> tuple[HQ, str, Activation, int, int]:
+    """``one_activation`` whose device gave its license back without a TPM: its seat
+    frees at its file's expiry (the plan's grace is 0)."""
+    hq, key, act, now = one_activation(home)
+    frees_at = act.last_expires_at
+    with hq.store.write() as tx:
+        tx.insert_return(ReturnRecord(act.id, act.serial, now, now, "http", "-", frees_at, None))
+    return hq, key, act, now, frees_at
+
+
+def test_a_returned_activation_is_refused_every_file_until_its_seat_frees(
+    hq_home: Path,
+) -> None:
+    """Renewal (by id, by key and fingerprint) and reactivation by the same device are
+    refused with ``activation_returned``, saying when the seat frees and how the
+    operator frees it now; nothing is recorded; the activation keeps its seat."""
+    hq, key, act, now, frees_at = returned_one(hq_home)
+    try:
+        assert hq.get_activation(act.id).return_frees_at == frees_at
+        later = now + 3600
+        with pytest.raises(ActivationReturned) as by_id:
+            hq.renew(later, ACTOR, activation_id=act.id)
+        assert by_id.value.code == "activation_returned" and by_id.value.http_status == 409
+        assert isinstance(by_id.value, Conflict)
+        assert format_time(frees_at) in by_id.value.message
+        assert f"fieldpass-hq deactivate {act.id} --reason" in by_id.value.message
+        with pytest.raises(ActivationReturned):
+            hq.renew(later, ACTOR, license_key=key, fingerprint=fingerprint(1))
+        with pytest.raises(ActivationReturned):
+            hq.activate(key, fingerprint(1), later, ACTOR)
+        stored = hq.get_activation(act.id)
+        assert (stored.serial, stored.deactivated_at) == (act.serial, None)
+        assert counted_in(hq_home)[act.license_id] == (1, 1)
+        # bulk issuance skips it (and says so), and renews the others
+        other = hq.activate(key, fingerprint(2), later, ACTOR).activation
+        issued = hq.renew_all(act.license_id, None, later, ACTOR)
+        assert [i.activation.id for i in issued] == [other.id]
+        assert hq.get_activation(act.id).serial == act.serial
+        bulk = [
+            e.detail
+            for e in hq.audit_log.audit(10_000)
+            if e.action == "renew_all" and e.license_id == act.license_id
+        ]
+        assert bulk == ["files=1 skipped_returned=1"]
+        # the operator frees it by hand: the device activates anew, on a new seat
+        hq.deactivate(later, ACTOR, activation_id=act.id, reason="returned, freed early")
+        fresh = hq.activate(key, fingerprint(1), later, ACTOR)
+        assert fresh.created and fresh.activation.id != act.id
+        assert fresh.activation.return_frees_at is None
+    finally:
+        hq.store.close()
+
+
+def test_once_the_returned_seat_frees_the_device_activates_anew(hq_home: Path) -> None:
+    """After ``frees_at`` the old activation still gets no file (the device gave it
+    back); the same device's activation frees the due seat and takes a new one."""
+    hq, key, act, _now, frees_at = returned_one(hq_home)
+    try:
+        after = frees_at + 1
+        with pytest.raises(ActivationReturned, match="seat is free since"):
+            hq.renew(after, ACTOR, activation_id=act.id)
+        assert hq.renew_all(act.license_id, None, after, ACTOR) == []
+        fresh = hq.activate(key, fingerprint(1), after, ACTOR)
+        assert fresh.created and fresh.activation.id != act.id
+        assert hq.get_activation(act.id).deactivated_at == after
+        assert counted_in(hq_home)[act.license_id] == (1, 1)
+        renewed = hq.renew(after + 60, ACTOR, activation_id=fresh.activation.id)
+        assert renewed.claims.serial == 2
+    finally:
+        hq.store.close()
+
+
+def test_a_field_bundle_skips_a_returned_device_and_carries_the_others(hq_home: Path) -> None:
+    """``field export`` renews every chosen device in turn: a device that gave its
+    license back is ``skipped`` (status ``returned``), not a failure of the export."""
+    from provisioning.field import bundle
+
+    hq, key, act, now, _frees_at = returned_one(hq_home)
+    try:
+        other = hq.activate(key, fingerprint(2), now, ACTOR).activation
+        lic, acts = hq.licenses.get_license(act.license_id)
+        by_id = {a.id: a for a in acts}
+        doc = bundle.export(hq, [(by_id[act.id], lic), (by_id[other.id], lic)], None, now, ACTOR)
+        assert [d["activation_id"] for d in doc["devices"]] == [other.id]
+        assert doc["skipped"] == [
+            {"activation_id": act.id, "license_id": lic.id, "status": "returned"}
+        ]
+        assert hq.get_activation(act.id).serial == act.serial
+    finally:
+        hq.store.close()

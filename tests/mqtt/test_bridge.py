@@ -100,6 +100,32 @@ def test_two_bridges_on_one_database_issue_one_file_per_interval(
     assert service.get_activation(device.activation_id).serial == 2
 
 
+def test_a_returned_device_is_refused_renewals_and_push_skips_it(service: HQ) -> None:
+    """A device that gave its license back without a TPM (its seat frees at its file's
+    expiry and grace) gets no renewal over MQTT: refused ``activation_returned`` and
+    audited, whichever serial it says it holds; a whole license's bulk issuance renews
+    the others and skips it."""
+    from provisioning.models import ReturnRecord
+
+    lic = service.create_license("industrial", [], None, 1000, ACTOR)
+    gave, kept = enroll(service, lic.license_key, 2, now=1000)
+    act = service.get_activation(gave.activation_id)
+    frees_at = act.last_expires_at + 86400  # the plan's grace
+    with service.store.write() as tx:
+        tx.insert_return(ReturnRecord(act.id, act.serial, 1500, 1500, "mqtt", "-", frees_at, None))
+    bridge = Bridge(service, min_interval_s=60, clock=lambda: 2000)
+    for serial in (0, act.serial):
+        assert bridge.handle(gave.topic(topics.RENEW_REQUEST), gave.renew(serial=serial)) == []
+    assert bridge.counts["activation_returned"] == 2
+    assert service.get_activation(act.id).serial == act.serial
+    refused = [e for e in service.audit(100000) if e.action == "mqtt_refused"]
+    assert [(e.activation_id, e.detail) for e in refused] == [(act.id, "activation_returned")] * 2
+    out = bridge.handle(kept.topic(topics.RENEW_REQUEST), kept.renew(serial=1))
+    assert _kinds(out) == ["machine-file", "revocation"]  # the other device: as ever
+    issued = service.issuing.renew_all(lic.id, None, 3000, ACTOR)
+    assert [i.activation.id for i in issued] == [kept.activation_id]
+
+
 def _keyring(hq: HQ) -> Keyring:
     return hq.keyring()  # type: ignore[no-any-return]
 

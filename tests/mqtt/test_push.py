@@ -121,6 +121,53 @@ def test_push_sends_through_a_small_window_and_counts_every_confirmation(
     }
 
 
+def test_push_sends_no_file_to_a_device_that_gave_its_license_back(
+    service: HQ, broker: Broker
+) -> None:
+    """A device whose return waits for its seat to free (no TPM) gets no file, from a
+    whole license's push (bulk issuance) or a push naming it: ``returned`` counts it,
+    no failure; the others are sent theirs."""
+    from provisioning.models import ReturnRecord
+
+    now = int(time.time())
+    lic = service.create_license("industrial", [], None, now, ACTOR)
+    sims = enroll(service, lic.license_key, 4, now=now)
+    gave = service.get_activation(sims[0].activation_id)
+    with service.store.write() as tx:
+        rec = ReturnRecord(gave.id, gave.serial, now, now, "mqtt", "-", gave.last_expires_at, None)
+        tx.insert_return(rec)
+    devices = Devices(broker, service, lic.license_key, sims)
+    try:
+        for sel, sent in (
+            (push_mod.Selection(license_id=lic.id), 3),
+            (push_mod.Selection(license_id=lic.id, devices=(gave.id, sims[1].activation_id)), 1),
+        ):
+            confirmations = push_mod.Confirmations(service)
+            link = connection.open_link(
+                broker.url,
+                "fieldpass-hq-push",
+                "fieldpass-hq-push",
+                "-",
+                on_message=confirmations.on_message,
+                subscriptions=[topics.topic(PREFIX, "+", topics.STATUS)],
+            )
+            try:
+                summary = push_mod.push(
+                    service, link, confirmations, sel, prefix=PREFIX, ttl_s=None, wait_s=30,
+                    now=int(time.time()), actor=ACTOR,
+                )  # fmt: skip
+            finally:
+                link.close()
+            assert (summary.selected, summary.returned, summary.sent, summary.failed) == (
+                len(sel.devices) or 4, 1, sent, 0
+            )  # fmt: skip
+            assert summary.doc()["returned"] == 1
+    finally:
+        devices.client.close()
+    assert sims[0].device_id not in devices.installed
+    assert service.get_activation(gave.id).serial == gave.serial
+
+
 def _status(topic: str, payload: bytes) -> mqtt.MQTTMessage:
     message = mqtt.MQTTMessage(topic=topic.encode())
     message.payload = payload
