@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -18,6 +19,7 @@ from agent.wire.machine_file import open_machine_file
 from provisioning.models import Actor
 from provisioning.mqtt import connection
 from provisioning.mqtt import push as push_mod
+from provisioning.mqtt.link import Link
 from provisioning.services import HQ
 from tests.engines import Engine
 from tests.mqtt.conftest import Broker, Client, wait_for
@@ -71,6 +73,19 @@ class Devices:
         self.client.client.publish(sim.topic(topics.STATUS), status, qos=1)
 
 
+def _push_link(broker: Broker, confirmations: push_mod.Confirmations, **options: Any) -> Link:
+    """push's own link to the broker, taking the devices' statuses."""
+    return connection.open_link(
+        broker.url,
+        "fieldpass-hq-push",
+        "fieldpass-hq-push",
+        "-",
+        on_message=confirmations.on_message,
+        subscriptions=[topics.topic(PREFIX, "+", topics.STATUS)],
+        **options,
+    )
+
+
 def test_push_sends_through_a_small_window_and_counts_every_confirmation(
     service: HQ, broker: Broker
 ) -> None:
@@ -80,15 +95,7 @@ def test_push_sends_through_a_small_window_and_counts_every_confirmation(
     sims = enroll(service, lic.license_key, 40)
     devices = Devices(broker, service, lic.license_key, sims)
     confirmations = push_mod.Confirmations(service)
-    link = connection.open_link(
-        broker.url,
-        "fieldpass-hq-push",
-        "fieldpass-hq-push",
-        "-",
-        on_message=confirmations.on_message,
-        subscriptions=[topics.topic(PREFIX, "+", topics.STATUS)],
-        window=3,
-    )
+    link = _push_link(broker, confirmations, window=3)
     most = [0]
     original = link._write_queued
 
@@ -143,14 +150,7 @@ def test_push_sends_no_file_to_a_device_that_gave_its_license_back(
             (push_mod.Selection(license_id=lic.id, devices=(gave.id, sims[1].activation_id)), 1),
         ):
             confirmations = push_mod.Confirmations(service)
-            link = connection.open_link(
-                broker.url,
-                "fieldpass-hq-push",
-                "fieldpass-hq-push",
-                "-",
-                on_message=confirmations.on_message,
-                subscriptions=[topics.topic(PREFIX, "+", topics.STATUS)],
-            )
+            link = _push_link(broker, confirmations)
             try:
                 summary = push_mod.push(
                     service, link, confirmations, sel, prefix=PREFIX, ttl_s=None, wait_s=30,
@@ -218,14 +218,7 @@ def test_push_records_the_keyring_a_verified_status_names(service: HQ, broker: B
     assert {act.keyring for act in service.list_activations(lic.id)} == {()}
     devices = Devices(broker, service, lic.license_key, [a, b], keyring=[old, new])
     confirmations = push_mod.Confirmations(service)
-    link = connection.open_link(
-        broker.url,
-        "fieldpass-hq-push",
-        "fieldpass-hq-push",
-        "-",
-        on_message=confirmations.on_message,
-        subscriptions=[topics.topic(PREFIX, "+", topics.STATUS)],
-    )
+    link = _push_link(broker, confirmations)
     try:
         summary = push_mod.push(
             service,
