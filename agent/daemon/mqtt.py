@@ -20,6 +20,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from .. import fsio
@@ -113,6 +114,7 @@ class MqttTransport:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.cfg.mqtt_session_expiry_s
         props.MaximumPacketSize = self.max_payload + PACKET_OVERHEAD
@@ -177,7 +179,21 @@ class MqttTransport:
             self._post(DISCONNECTED, gen)
             return
         options = SubscribeOptions(qos=1)
+        # CONNECTED waits for the SUBACK: until the broker holds the subscriptions, a
+        # revocation published to this device would be dropped, not delivered.
         client.subscribe([(name, options) for name in self.inbound])
+
+    def _on_subscribe(
+        self, client: mqtt.Client, gen: int, mid: int, reasons: list[ReasonCode], props: Properties
+    ) -> None:
+        refused = [r for r in reasons if r.is_failure]
+        if refused:  # the broker's ACL: the link still carries requests and statuses
+            log.info(
+                "broker %s refused %d subscription(s): %s",
+                self.describe(),
+                len(refused),
+                refused[0],
+            )
         self._post(CONNECTED, gen)
 
     def _on_connect_fail(self, client: mqtt.Client, gen: int) -> None:
