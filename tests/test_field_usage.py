@@ -197,7 +197,13 @@ def test_forged_foreign_replayed_and_reordered_are_refused_at_the_laptop(
     assert [base64.b64decode(r["receipt"]) for r in done["receipts"]] == [receipt]
     imported: Any = hq.json("field", "import", str(report))
     assert imported["usage_reports"] == {"accepted": 1, "refused": {}}
-    assert imported["receipts"] == {"accepted": 1, "refused": {}, "freed": 0, "held": 0}
+    assert imported["receipts"] == {
+        "accepted": 1,
+        "refused": {},
+        "freed": 0,
+        "held": 0,
+        "freed_by_hand": 0,
+    }
     totals = hq_counters(hq)
     assert set(totals) == {activation_of(robot)}
     assert totals[activation_of(robot)] == counters(robot)
@@ -289,12 +295,14 @@ def test_a_receipt_hq_has_no_use_for_is_forgotten_by_the_device_when_it_reaches_
     assert [e["activation_id"] for e in audit_events(hq, "return")] == [acts[0]]
 
 
-def test_a_carried_receipt_of_a_seat_freed_by_hand_is_counted_refused_at_import(
+def test_a_carried_receipt_of_a_seat_freed_by_hand_is_counted_apart_at_import(
     hq: HQ, make_device: Callable[..., DeviceRoot], tmp_path: Path
 ) -> None:
     """The mainboard swap runbook's word: the operator freed the old board's seat by hand
     before the laptop's report came back; its receipt has nothing left to free, and the
-    import's summary says so as a refusal (activation_not_found), changing nothing."""
+    import's summary counts it apart, not as a refusal (as a swap takes it), changing
+    nothing; the same receipt over HTTP is still 404 activation_not_found (the device
+    drops its copy)."""
     _, (board,) = online_fleet(hq, make_device, 1)
     act = activation_of(board)
     bundle, report = tmp_path / "site.bundle", tmp_path / "site.report"
@@ -306,7 +314,6 @@ def test_a_carried_receipt_of_a_seat_freed_by_hand_is_counted_refused_at_import(
     assert [r["activation_id"] for r in json.loads(report.read_text())["receipts"]] == [act]
     hq.run("deactivate", act, "--reason", "mainboard swap: board dead, ticket 4714")
     imported = hq.run("field", "import", str(report))
-    assert "0 return receipt(s) (1 refused: 1 activation_not_found), 0 seat(s) freed now" in (
-        imported.stdout
-    )
+    assert "0 return receipt(s), 0 seat(s) freed now" in imported.stdout
+    assert "1 return receipt(s) of a seat freed by hand already" in imported.stdout
     assert audit_events(hq, "return") == []

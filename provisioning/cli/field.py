@@ -493,6 +493,9 @@ def import_report(
     if receipts["held"]:
         held = receipts["held"]
         lines.append(f"  {held} return receipt(s) HQ held already (relayed, or sent before)")
+    if receipts["freed_by_hand"]:
+        by_hand = receipts["freed_by_hand"]
+        lines.append(f"  {by_hand} return receipt(s) of a seat freed by hand already")
     if summary["already_recorded"]:
         lines.append(f"  {summary['already_recorded']} were recorded already (another report)")
     if unverified:

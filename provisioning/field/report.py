@@ -44,7 +44,7 @@ from ..services import HQ
 from ..services.audit import event
 from ..services.device_requests import Verified
 from ..services.issuing import Issuing
-from ..services.usage import ReceiptHeld
+from ..services.usage import ReceiptHeld, SeatFreedAlready
 from .bundle import MAX_BUNDLE_BYTES
 from .fields import (
     ACTIVATION_ID,
@@ -244,7 +244,7 @@ def _hand_over(
     do (``via`` "laptop"); count what it accepted and, by code, what it refused."""
     counts: dict[str, Any] = {}
     for name, _, _ in CARRIED:
-        accepted, freed, held = 0, 0, 0
+        accepted, freed, held, by_hand = 0, 0, 0, 0
         refused: dict[str, int] = {}
         for data, refusal in handed[name]:
             try:
@@ -259,13 +259,16 @@ def _hand_over(
             except ReceiptHeld:
                 held += 1  # HQ took this very receipt already (a relay, a resend)
                 continue
+            except SeatFreedAlready:
+                by_hand += 1  # the operator freed the seat before the receipt came
+                continue
             except HQError as e:
                 refused[e.code] = refused.get(e.code, 0) + 1
                 continue
             accepted += 1
         counts[name] = {"accepted": accepted, "refused": refused}
         if name == "receipts":
-            counts[name].update(freed=freed, held=held)
+            counts[name].update(freed=freed, held=held, freed_by_hand=by_hand)
     return counts
 
 

@@ -210,7 +210,9 @@ class LicenseSeats(Strict):
 
 
 class ErrorDetail(BaseModel):
-    code: str = Field(description="Stable: seat_limit_reached, license_not_found, activation_returned, ...")
+    code: str = Field(
+        description="Stable: seat_limit_reached, license_not_found, activation_returned, ..."
+    )
     message: str = Field(description="One line for a person; never holds a secret.")
 
 

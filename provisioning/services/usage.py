@@ -48,6 +48,13 @@ class ReturnLimitReached(HQError):
     http_status = 409
 
 
+class SeatFreedAlready(ActivationNotFound):
+    """A receipt of an activation the operator freed by hand (``deactivate``) before it
+    came: nothing is left to free. The same 404 ``activation_not_found`` to a device
+    (which drops its copy); a laptop's report counts it apart, not as a refusal, as a
+    mainboard swap does."""
+
+
 @dataclass(frozen=True)
 class Accepted:
     report: UsageReport
@@ -189,7 +196,7 @@ class Usage:
             if held is not None:
                 raise Conflict(f"activation {act.id} was returned already")
             if current.deactivated_at is not None:
-                raise ActivationNotFound(f"activation {act.id} is not live: nothing to free")
+                raise SeatFreedAlready(f"activation {act.id} is not live: nothing to free")
             lic = tx.get_license(act.license_id)
             assert lic is not None
             plan = tx.get_plan(lic.plan)
