@@ -558,7 +558,7 @@ class Device:
             stored = self._stored_claims(key)
             if stored is not None and verdict.compare(stored, st) == verdict.NEWER:
                 st = verdict.absorb(stored, st)  # an install cut short before its state
-        order = verdict.compare(claims, st)
+        order = verdict.compare(claims, st, bound=fresh)
         if order == verdict.OLDER:
             assert st is not None
             raise InstallRefused(

@@ -155,11 +155,14 @@ def decide_at(claims: Claims, t: int) -> Verdict:
 OLDER, SAME, NEWER = "older", "same", "newer"
 
 
-def compare(claims: Claims, state: State | None) -> str:
+def compare(claims: Claims, state: State | None, *, bound: bool = False) -> str:
     """Is this machine file older than, the same as, or newer than the newest accepted?
 
     Within one activation the signed serial decides; a different activation (the device
-    was activated again) is newer only if HQ issued it later.
+    was activated again) is newer only if HQ issued it later, or if it is ``bound`` to
+    the nonce this device just sent: HQ's answer now, even issued in the same second as
+    the last file (activated, returned and activated again within it) or by an HQ host
+    whose clock lags another's. A copied older file cannot name that nonce.
     """
     if state is None or not state.activation_id:
         return NEWER
@@ -167,7 +170,7 @@ def compare(claims: Claims, state: State | None) -> str:
         if claims.serial == state.serial:
             return SAME
         return NEWER if claims.serial > state.serial else OLDER
-    return NEWER if claims.issued_at > state.issued_at else OLDER
+    return NEWER if bound or claims.issued_at > state.issued_at else OLDER
 
 
 def absorb(claims: Claims, state: State, *, bound: bool = False) -> State:

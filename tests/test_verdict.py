@@ -16,7 +16,7 @@ def claims(issued_at: int, ttl: int, grace: int, warn: int, **kw: object) -> Cla
         license_id="lic_x",
         product="p",
         plan="q",
-        activation_id="act",
+        activation_id=kw.pop("activation_id", "act"),  # type: ignore[arg-type]
         fingerprint=FP,
         issued_at=issued_at,
         not_before=issued_at,
@@ -121,6 +121,21 @@ def test_downgrade_ordering() -> None:
     assert v.compare(a2, st_) == v.SAME
     assert v.compare(claims(3000, DAY, 0, 0, serial=3), st_) == v.NEWER
     assert v.compare(a1, None) == v.NEWER
+
+
+def test_a_new_activation_is_newer_if_issued_later_or_bound_to_the_nonce_just_sent() -> None:
+    """Activated, returned and activated again within one second: the new activation's
+    file carries the same issued-at. Bound to the nonce just sent it is HQ's answer now;
+    a copied file of another activation (not bound) must be issued later."""
+    st_ = v.absorb(claims(2000, DAY, 0, 0, serial=4), State())
+    again = claims(2000, DAY, 0, 0, serial=1, activation_id="act_2")
+    assert v.compare(again, st_) == v.OLDER
+    assert v.compare(again, st_, bound=True) == v.NEWER
+    earlier = claims(1500, DAY, 0, 0, serial=9, activation_id="act_0")
+    assert v.compare(earlier, st_) == v.OLDER
+    assert v.compare(claims(2001, DAY, 0, 0, activation_id="act_3"), st_) == v.NEWER
+    # within one activation the serial decides, bound or not
+    assert v.compare(claims(9000, DAY, 0, 0, serial=3), st_, bound=True) == v.OLDER
 
 
 def test_absorb_raises_the_mark_and_lifts_a_revocation_hq_superseded() -> None:
