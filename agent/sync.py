@@ -52,7 +52,16 @@ def _b64(data: bytes) -> str:
 
 def activate(device: Device, servers: list[Hq], key: str, now: int) -> tuple[Claims, str]:
     """Take a seat with the license key (the one request that carries it) and install the
-    file, bound to this request's nonce and the TPM counter."""
+    file, bound to this request's nonce and the TPM counter. A return receipt still
+    waiting to reach HQ goes first: HQ that does not know of the return would hand back
+    the returned activation, which this device never installs again; knowing it, HQ
+    frees the seat (at once with a TPM) or says when it frees. HQ's refusal of the
+    receipt (a plan's return limit) ends the activation: the returned activation is all
+    HQ would give back."""
+    try:
+        deliver_receipt(device, servers)
+    except Unreachable:
+        pass  # the activation, to the same servers, says what is wrong with the link
     nonce = new_nonce()
     with device.writer_lock():
         signed = asks.activate(device, license_id(key), now, nonce=nonce)
@@ -236,19 +245,26 @@ def send_report(device: Device, servers: list[Hq], now: int) -> list[str]:
         first_answer(servers, lambda hq: hq.post("/v1/report", {"request": _b64(report)}))
     except OnlineError as e:
         notes.append(f"usage report not delivered: {e}")
-    receipt = device.pending_receipt()
-    if receipt is not None:
-        try:
-            first_answer(servers, lambda hq: hq.post("/v1/receipt", {"request": _b64(receipt)}))
-            device.receipt_delivered()
-        except Refused as e:
-            if e.code in RECEIPT_SETTLED:
-                device.receipt_delivered()  # HQ has nothing left to free with it
-            else:
-                notes.append(f"return receipt not delivered: {e}")
-        except OnlineError as e:
-            notes.append(f"return receipt not delivered: {e}")
+    try:
+        deliver_receipt(device, servers)
+    except OnlineError as e:
+        notes.append(f"return receipt not delivered: {e}")
     return notes
+
+
+def deliver_receipt(device: Device, servers: list[Hq]) -> None:
+    """Send the pending return receipt, if any, to the first of ``servers`` that takes
+    it; removed once HQ holds it or has nothing left to free with it. Raises HQ's other
+    refusals (Refused) and OnlineError: the receipt stays, to go at the next contact."""
+    receipt = device.pending_receipt()
+    if receipt is None:
+        return
+    try:
+        first_answer(servers, lambda hq: hq.post("/v1/receipt", {"request": _b64(receipt)}))
+    except Refused as e:
+        if e.code not in RECEIPT_SETTLED:
+            raise
+    device.receipt_delivered()  # HQ holds it, or has nothing left to free with it
 
 
 def _others(device: Device, servers: list[Hq]) -> list[Hq]:

@@ -266,3 +266,53 @@ def test_the_daemons_socket_counts_without_a_process_per_event(
         assert daemon.proc is not None and daemon.proc.poll() is None  # bad datagrams: counted
     finally:
         assert daemon.stop() == 0
+
+
+def test_activating_again_sends_the_waiting_receipt_first(
+    hqc: HQ, server: Server, make_device: object, tmp_path: Path
+) -> None:
+    """A robot gives its license back while HQ is out of reach, then is activated again.
+    Its receipt goes to HQ first: with a TPM the seat frees at once and the robot takes a
+    new activation; without one HQ says when the seat frees; past the plan's return limit
+    HQ's refusal of the receipt is the answer, and the receipt stays. Before, HQ (not
+    knowing of the return) handed back the returned activation and the robot refused to
+    install it, saying to activate again."""
+    from tests.tpm_server import Swtpm
+
+    with Swtpm(tmp_path / "tpmstate") as tpm:
+        robot, plain = make_device(), make_device()  # type: ignore[operator]
+        robot.write_config(
+            f'[online]\nserver = "{server.url}"\n[tpm]\nenabled = true\n'
+            f'nv_index = "0x01500030"\ntcti = "{tpm.tcti}"\n'
+        )
+        plain.write_config(f'[online]\nserver = "{server.url}"\n')
+        keys, returned = {}, {}
+        for device in (robot, plain):  # a license each: the plan allows one return a year
+            keys[device] = str(hqc.json("licenses", "create", "--plan", "industrial")["key"])
+            hqc.image(device)
+            done = device.run("activate", keys[device], "--server", server.url)
+            assert done.returncode == 0, done.stderr
+            returned[device] = device.verdict()["activation_id"]
+            given = device.run("return", "--yes", "-o", str(tmp_path / "given.receipt"))
+            assert given.returncode == 0, given.stderr
+            assert (device.state_dir / "return.receipt").exists()  # waiting for HQ
+        again = robot.run("activate", keys[robot], "--server", server.url)
+        assert again.returncode == 0, again.stderr
+        assert not (robot.state_dir / "return.receipt").exists()
+        assert robot.check().returncode == 0
+        assert robot.verdict()["activation_id"] != returned[robot]
+        refused = plain.run("activate", keys[plain], "--server", server.url)
+        assert refused.returncode == 77 and "activation_returned" in refused.stderr
+        assert "frees on" in refused.stderr and "Traceback" not in refused.stderr
+        assert not (plain.state_dir / "return.receipt").exists()  # HQ holds it
+        # the robot's license had its one return this year: a second is refused
+        second = tmp_path / "second.receipt"
+        assert robot.run("return", "--yes", "-o", str(second)).returncode == 0
+        limited = robot.run("activate", keys[robot], "--server", server.url)
+        assert limited.returncode == 77 and "return limit" in limited.stderr, limited.stderr
+        assert (robot.state_dir / "return.receipt").exists()  # kept for an override
+    acts = hqc.json("activations", "list", "--all")
+    live = {a["activation_id"]: a["deactivated_at"] for a in acts}  # type: ignore[attr-defined]
+    assert live[returned[robot]] is not None and live[returned[plain]] is None
+    returns = [e for e in hqc.json("audit") if e["action"] == "return"]  # type: ignore[attr-defined]
+    assert {e["activation_id"] for e in returns} == {returned[robot], returned[plain]}
