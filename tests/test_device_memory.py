@@ -4,6 +4,7 @@ CLI, the real gate and libfaketime. The TPM-bound cases are in tests/test_tpm_bi
 """
 
 import time
+from pathlib import Path
 
 from agent.config import load
 from agent.device import Device
@@ -197,3 +198,23 @@ def test_an_agent_of_0_1_0_state_is_migrated_once(device: DeviceRoot, signer: Si
     assert versions == {2}
     status = device.run("status", "--json")
     assert '"boot_counter": 10' in status.stdout  # 0.1.0's nine boots and this one
+
+
+def test_a_device_activated_again_after_a_return_takes_its_renewals(
+    device: DeviceRoot, signer: Signer, tmp_path: Path
+) -> None:
+    """Returned, then activated again (a new activation): the return was of the old
+    activation, so the new one renews as any; the old one's files stay refused."""
+    t0 = int(time.time())
+    signer.provision(device, serial=3, issued_at=t0 - 60)
+    old = (device.state_dir / "machine.file").read_bytes()
+    assert device.run("return", "--yes", "-o", str(tmp_path / "robot.receipt")).returncode == 0
+    key_file = device.path.parent / f"{device.path.name}.key"
+    again = keep(device, signer, "again", activation_id="act_2", serial=1, issued_at=t0)
+    assert device.run("install", again, "--license-key-file", str(key_file)).returncode == 0
+    renewal = keep(device, signer, "renewal", activation_id="act_2", serial=2, issued_at=t0)
+    renewed = device.run("install", renewal)
+    assert renewed.returncode == 0, renewed.stderr
+    assert device.check().returncode == 0 and device.verdict()["serial"] == 2
+    (device.state_dir / "machine.file").write_bytes(old)  # the returned activation's file
+    assert device.check().returncode == 31 and device.verdict()["reason"] == "downgrade"
