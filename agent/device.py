@@ -371,16 +371,11 @@ class Device:
         if data is None or key is None:
             if loaded.error is not None:
                 return Outcome(self._refusal(loaded), identity, None)
+            if st is not None and st.returned_at:
+                return Outcome(_given_back(st), identity, st)
             what = "no machine file" if data is None else "no license key"
             message = f"This device is not activated ({what}): activate it with a license key"
-            reason = ""
-            if st is not None and st.returned_at:
-                message = (
-                    f"This device gave its license back on {verdict.date(st.returned_at)}: "
-                    "activate it again with a license key"
-                )
-                reason = "returned"
-            return Outcome(Verdict(NOT_ACTIVATED, message, reason=reason), identity, st)
+            return Outcome(Verdict(NOT_ACTIVATED, message), identity, st)
         keyring = self.keyring()
         try:
             claims = open_machine_file(data, keyring, key, identity.fingerprint)
@@ -402,6 +397,10 @@ class Device:
                 identity,
                 None,
             )
+        if st.returned_at and claims.activation_id == st.activation_id:
+            # the file and key of the activation given back, put back by hand, or a
+            # return cut short before it removed them: given back all the same
+            return Outcome(_given_back(st), identity, st)
         order = verdict.compare(claims, st)
         if order == verdict.OLDER:
             return Outcome(
@@ -909,6 +908,16 @@ def _agent_version() -> str:
     from . import __version__
 
     return __version__
+
+
+def _given_back(st: State) -> Verdict:
+    """The verdict of a device whose state records the return of its activation."""
+    return Verdict(
+        NOT_ACTIVATED,
+        f"This device gave its license back on {verdict.date(st.returned_at)}: "
+        "activate it again with a license key",
+        reason="returned",
+    )
 
 
 def _lost(detail: str) -> StateError:

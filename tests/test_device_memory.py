@@ -200,6 +200,25 @@ def test_an_agent_of_0_1_0_state_is_migrated_once(device: DeviceRoot, signer: Si
     assert '"boot_counter": 10' in status.stdout  # 0.1.0's nine boots and this one
 
 
+def test_a_returned_activations_file_and_key_put_back_by_hand_do_not_run(
+    device: DeviceRoot, signer: Signer, tmp_path: Path
+) -> None:
+    """Root on the data partition keeps the machine file and the license key, gives the
+    license back (with a TPM HQ frees the seat at once) and copies both back: the state
+    remembers the return, and the gate refuses what it gave back as it refuses the
+    install of the kept file."""
+    signer.provision(device, serial=2)
+    names = ("machine.file", "license.key")
+    kept = {name: (device.state_dir / name).read_bytes() for name in names}
+    assert device.run("return", "--yes", "-o", str(tmp_path / "robot.receipt")).returncode == 0
+    for name, data in kept.items():
+        (device.state_dir / name).write_bytes(data)
+    put_back = device.check()
+    assert put_back.returncode == 30, put_back.stdout
+    assert device.verdict()["reason"] == "returned"
+    assert device.check().returncode == 30  # and it stays so
+
+
 def test_a_device_activated_again_after_a_return_takes_its_renewals(
     device: DeviceRoot, signer: Signer, tmp_path: Path
 ) -> None:
