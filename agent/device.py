@@ -557,7 +557,12 @@ class Device:
             stored = self._stored_claims(key)
             if stored is not None and verdict.compare(stored, st) == verdict.NEWER:
                 st = verdict.absorb(stored, st)  # an install cut short before its state
-        order = verdict.compare(claims, st, bound=fresh)
+        # Another activation's file not issued later is newer only as HQ's answer now: to
+        # the nonce just sent, or with a TPM to the pending request at the counter as it
+        # is now. Without a TPM the pending nonce stays until its own answer comes, so it
+        # may name a request of long ago that another file answered since.
+        answers_now = fresh and (loaded.reading is not None or _names(claims, nonce))
+        order = verdict.compare(claims, st, bound=answers_now)
         if order == verdict.OLDER:
             assert st is not None
             raise InstallRefused(
@@ -908,6 +913,11 @@ def _agent_version() -> str:
     from . import __version__
 
     return __version__
+
+
+def _names(claims: Claims, nonce: str | None) -> bool:
+    """The file is bound to ``nonce``, the nonce this process just sent HQ."""
+    return nonce is not None and claims.binding is not None and claims.binding.nonce == nonce
 
 
 def _given_back(st: State) -> Verdict:

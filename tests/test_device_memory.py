@@ -237,3 +237,25 @@ def test_a_device_activated_again_after_a_return_takes_its_renewals(
     assert device.check().returncode == 0 and device.verdict()["serial"] == 2
     (device.state_dir / "machine.file").write_bytes(old)  # the returned activation's file
     assert device.check().returncode == 31 and device.verdict()["reason"] == "downgrade"
+
+
+def test_an_old_answer_to_a_request_left_pending_does_not_wind_the_device_back(
+    device: DeviceRoot, signer: Signer, tmp_path: Path
+) -> None:
+    """A request carried to HQ 100 days ago was answered, but the device took another
+    activation since (online, by hand) and the answer was never installed: its nonce is
+    still the pending one, yet it answers no request of now. Installed today it is an
+    older file of another activation, not HQ's word now, and lowers no mark."""
+    t0 = int(time.time())
+    signer.provision(device, serial=1, issued_at=t0 - 101 * DAY)
+    request = tmp_path / "old.request"
+    assert device.run("request", "-o", str(request), faketime="-100d").returncode == 0
+    old = tmp_path / "old.answer"
+    old.write_bytes(
+        signer.answer(device, request.read_bytes(), activation_id="act_3", issued_at=t0 - 100 * DAY)
+    )
+    current = keep(device, signer, "current", activation_id="act_2", serial=1, issued_at=t0)
+    assert device.run("install", current).returncode == 0
+    replayed = device.run("install", str(old))
+    assert replayed.returncode == 31 and "older" in replayed.stderr, replayed.stderr
+    assert device.check(faketime="-99d").returncode == 40  # the mark stayed
