@@ -400,7 +400,7 @@ class Device:
         if st.returned_at and claims.activation_id == st.activation_id:
             # the file and key of the activation given back, put back by hand, or a
             # return cut short before it removed them: given back all the same
-            return Outcome(_given_back(st), identity, st)
+            return Outcome(_given_back(st, left_behind=True), identity, st)
         order = verdict.compare(claims, st)
         if order == verdict.OLDER:
             return Outcome(
@@ -920,14 +920,18 @@ def _names(claims: Claims, nonce: str | None) -> bool:
     return nonce is not None and claims.binding is not None and claims.binding.nonce == nonce
 
 
-def _given_back(st: State) -> Verdict:
-    """The verdict of a device whose state records the return of its activation."""
-    return Verdict(
-        NOT_ACTIVATED,
-        f"This device gave its license back on {verdict.date(st.returned_at)}: "
-        "activate it again with a license key",
-        reason="returned",
-    )
+def _given_back(st: State, *, left_behind: bool = False) -> Verdict:
+    """The verdict of a device whose state records the return of its activation; with
+    ``left_behind``, that activation's file is still (or again) in place."""
+    then = f"This device gave its license back on {verdict.date(st.returned_at)}"
+    if left_behind:  # a return cut short may have written no receipt yet
+        message = (
+            f"{then}, but its machine file is still here: run `fieldpass return` to "
+            "finish (its receipt frees the seat), then activate it again"
+        )
+    else:
+        message = f"{then}: activate it again with a license key"
+    return Verdict(NOT_ACTIVATED, message, reason="returned")
 
 
 def _lost(detail: str) -> StateError:

@@ -142,6 +142,8 @@ def test_crash_at_every_write_step_of_a_return(
             assert not receipt.exists(), n  # licensed, yet HQ may free the seat
         else:
             assert (code, verdict["reason"]) == (30, "returned"), (n, verdict)
+            if cfg.machine_file and os.path.exists(cfg.machine_file):
+                assert "run `fieldpass return` to finish" in str(verdict["message"])
             if not receipt.exists():
                 with fsio.ExclusiveLock(cfg.state_dir):
                     Device(cfg).give_back(int(time.time()))
