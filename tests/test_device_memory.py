@@ -3,6 +3,7 @@
 CLI, the real gate and libfaketime. The TPM-bound cases are in tests/test_tpm_binding.py.
 """
 
+import json
 import time
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from agent.state import State, seal, seal_legacy
 from agent.wire import sodium
 from agent.wire.revocation import Revocation, sign_revocation
 from agent.wire.signed_time import SignedStatus
+from tests.answering_server import AnsweringServer
 from tests.conftest import DAY, DeviceRoot, Signer
 
 
@@ -259,3 +261,41 @@ def test_an_old_answer_to_a_request_left_pending_does_not_wind_the_device_back(
     replayed = device.run("install", str(old))
     assert replayed.returncode == 31 and "older" in replayed.stderr, replayed.stderr
     assert device.check(faketime="-99d").returncode == 40  # the mark stayed
+
+
+def test_a_lying_server_replaying_old_answers_to_activate_installs_none(
+    device: DeviceRoot, signer: Signer, answering_server: AnsweringServer, tmp_path: Path
+) -> None:
+    """Returned, activated again; then a server on the link answers `fieldpass activate`
+    with HQ's old answers, each bound to a nonce of an earlier request: the returned
+    activation's, and another activation's issued before the current one. Neither names
+    the nonce just sent, so neither is HQ's answer now."""
+    from agent.wire import armor
+    from agent.wire.machine_file import Binding
+
+    t0 = int(time.time())
+    old_answers = [
+        signer.issue(
+            device.fingerprint,
+            version=2,
+            binding=Binding(nonce=f"an-old-nonce-{n}"),
+            activation_id=act,
+            serial=9,
+            issued_at=t0 - 60,
+        )
+        for n, act in enumerate(("act_1", "act_0"))
+    ]
+    signer.provision(device, serial=1, issued_at=t0 - 60)
+    assert device.run("return", "--yes", "-o", str(tmp_path / "robot.receipt")).returncode == 0
+    key_file = device.path.parent / f"{device.path.name}.key"
+    again = keep(device, signer, "again", activation_id="act_2", serial=1, issued_at=t0)
+    assert device.run("install", again, "--license-key-file", str(key_file)).returncode == 0
+    device.write_config(f'[online]\nserver = "{answering_server.url}"\ntimeout_s = 3\n')
+    answering_server.answer("/v1/receipt", 200, b"{}")
+    for data in old_answers:
+        text = armor.armor(data, armor.MACHINE_FILE)
+        answering_server.answer("/v1/activate", 200, json.dumps({"machine_file": text}).encode())
+        replayed = device.run("activate", signer.license_key)
+        assert replayed.returncode == 31 and "Traceback" not in replayed.stderr, replayed.stderr
+        assert device.check().returncode == 0
+        assert device.verdict()["activation_id"] == "act_2"
