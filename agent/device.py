@@ -546,12 +546,14 @@ class Device:
         if loaded.error is not None or (st is None and self._needs_binding(loaded)):
             return self._rebuild(data, key, claims, loaded, fresh)
         if st is not None and st.returned_at and claims.activation_id == st.activation_id:
+            then = "activate the device again"
+            if os.path.lexists(self.cfg.machine_file):  # a return cut short: no receipt yet
+                then = "run `fieldpass return` to finish giving it back, then " + then
             raise InstallRefused(
                 INVALID,
                 "returned",
                 f"this device gave activation {st.activation_id} back on "
-                f"{verdict.date(st.returned_at)}: its files cannot be installed again; "
-                "activate the device again",
+                f"{verdict.date(st.returned_at)}: its files cannot be installed again; {then}",
             )
         if st is not None:
             stored = self._stored_claims(key)

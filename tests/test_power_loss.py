@@ -22,7 +22,7 @@ import pytest
 
 from agent import fsio, gate
 from agent.config import load
-from agent.device import Device
+from agent.device import Device, InstallRefused
 from tests.conftest import FIELDPASS, DeviceRoot, Signer, clean_env
 
 RESULTS = Path(__file__).resolve().parents[1] / "bench-out" / "reliability.json"
@@ -142,8 +142,13 @@ def test_crash_at_every_write_step_of_a_return(
             assert not receipt.exists(), n  # licensed, yet HQ may free the seat
         else:
             assert (code, verdict["reason"]) == (30, "returned"), (n, verdict)
-            if cfg.machine_file and os.path.exists(cfg.machine_file):
+            if os.path.exists(cfg.machine_file):
                 assert "run `fieldpass return` to finish" in str(verdict["message"])
+                # HQ, told nothing, answers `activate` with the returned activation
+                returned = Path(cfg.machine_file).read_bytes()
+                finish = "run `fieldpass return` to finish"
+                with pytest.raises(InstallRefused, match=finish), fsio.ExclusiveLock(cfg.state_dir):
+                    Device(cfg).install(returned, None, 0)
             if not receipt.exists():
                 with fsio.ExclusiveLock(cfg.state_dir):
                     Device(cfg).give_back(int(time.time()))
