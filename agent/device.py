@@ -371,16 +371,11 @@ class Device:
         if data is None or key is None:
             if loaded.error is not None:
                 return Outcome(self._refusal(loaded), identity, None)
+            if st is not None and st.returned_at:
+                return Outcome(_given_back(st), identity, st)
             what = "no machine file" if data is None else "no license key"
             message = f"This device is not activated ({what}): activate it with a license key"
-            reason = ""
-            if st is not None and st.returned_at:
-                message = (
-                    f"This device gave its license back on {verdict.date(st.returned_at)}: "
-                    "activate it again with a license key"
-                )
-                reason = "returned"
-            return Outcome(Verdict(NOT_ACTIVATED, message, reason=reason), identity, st)
+            return Outcome(Verdict(NOT_ACTIVATED, message), identity, st)
         keyring = self.keyring()
         try:
             claims = open_machine_file(data, keyring, key, identity.fingerprint)
@@ -402,6 +397,10 @@ class Device:
                 identity,
                 None,
             )
+        if st.returned_at and claims.activation_id == st.activation_id:
+            # the file and key of the activation given back, put back by hand, or a
+            # return cut short before it removed them: given back all the same
+            return Outcome(_given_back(st, left_behind=True), identity, st)
         order = verdict.compare(claims, st)
         if order == verdict.OLDER:
             return Outcome(
@@ -547,18 +546,25 @@ class Device:
         if loaded.error is not None or (st is None and self._needs_binding(loaded)):
             return self._rebuild(data, key, claims, loaded, fresh)
         if st is not None and st.returned_at and claims.activation_id == st.activation_id:
+            then = "activate the device again"
+            if os.path.lexists(self.cfg.machine_file):  # a return cut short: no receipt yet
+                then = "run `fieldpass return` to finish giving it back, then " + then
             raise InstallRefused(
                 INVALID,
                 "returned",
                 f"this device gave activation {st.activation_id} back on "
-                f"{verdict.date(st.returned_at)}: its files cannot be installed again; "
-                "activate the device again",
+                f"{verdict.date(st.returned_at)}: its files cannot be installed again; {then}",
             )
         if st is not None:
             stored = self._stored_claims(key)
             if stored is not None and verdict.compare(stored, st) == verdict.NEWER:
                 st = verdict.absorb(stored, st)  # an install cut short before its state
-        order = verdict.compare(claims, st, bound=fresh)
+        # Another activation's file not issued later is newer only as HQ's answer now: to
+        # the nonce just sent, or with a TPM to the pending request at the counter as it
+        # is now. Without a TPM the pending nonce stays until its own answer comes, so it
+        # may name a request of long ago that another file answered since.
+        answers_now = fresh and (loaded.reading is not None or _names(claims, nonce))
+        order = verdict.compare(claims, st, bound=answers_now)
         if order == verdict.OLDER:
             assert st is not None
             raise InstallRefused(
@@ -909,6 +915,25 @@ def _agent_version() -> str:
     from . import __version__
 
     return __version__
+
+
+def _names(claims: Claims, nonce: str | None) -> bool:
+    """The file is bound to ``nonce``, the nonce this process just sent HQ."""
+    return nonce is not None and claims.binding is not None and claims.binding.nonce == nonce
+
+
+def _given_back(st: State, *, left_behind: bool = False) -> Verdict:
+    """The verdict of a device whose state records the return of its activation; with
+    ``left_behind``, that activation's file is still (or again) in place."""
+    then = f"This device gave its license back on {verdict.date(st.returned_at)}"
+    if left_behind:  # a return cut short may have written no receipt yet
+        message = (
+            f"{then}, but its machine file is still here: run `fieldpass return` to "
+            "finish (its receipt frees the seat), then activate it again"
+        )
+    else:
+        message = f"{then}: activate it again with a license key"
+    return Verdict(NOT_ACTIVATED, message, reason="returned")
 
 
 def _lost(detail: str) -> StateError:

@@ -60,6 +60,12 @@ def activate(device: Device, servers: list[Hq], key: str, now: int) -> tuple[Cla
     HQ would give back."""
     try:
         deliver_receipt(device, servers)
+    except Refused as e:  # said as what it is: the user asked for an activation
+        raise Refused(
+            e.code,
+            f"the return receipt waiting on this device (kept; nothing was activated): {e}",
+            e.status,
+        ) from None
     except Unreachable:
         pass  # the activation, to the same servers, says what is wrong with the link
     nonce = new_nonce()

@@ -181,6 +181,8 @@ def absorb(claims: Claims, state: State, *, bound: bool = False) -> State:
     the time *now*, and may lower the mark (a clock once set far ahead must not lock the
     device out forever). A file HQ issued after a recorded revocation lifts it, and the
     lift's time is kept: revocations issued at or before it are ignored from then on.
+    A return is of one activation: the next one (the device activated again) is not
+    returned, and the returned one's files are older than it from then on.
     """
     changes: dict[str, object] = {
         "activation_id": claims.activation_id,
@@ -188,6 +190,8 @@ def absorb(claims: Claims, state: State, *, bound: bool = False) -> State:
         "issued_at": claims.issued_at,
         "hwm": claims.issued_at if bound else max(state.hwm, claims.issued_at),
     }
+    if claims.activation_id != state.activation_id:
+        changes["returned_at"] = 0
     if state.revoked and claims.issued_at > state.revoked_at:
         changes.update(revoked="", revoked_at=0, lifted_at=max(state.lifted_at, claims.issued_at))
     return state.replace(**changes)

@@ -3,7 +3,9 @@
 CLI, the real gate and libfaketime. The TPM-bound cases are in tests/test_tpm_binding.py.
 """
 
+import json
 import time
+from pathlib import Path
 
 from agent.config import load
 from agent.device import Device
@@ -12,6 +14,7 @@ from agent.state import State, seal, seal_legacy
 from agent.wire import sodium
 from agent.wire.revocation import Revocation, sign_revocation
 from agent.wire.signed_time import SignedStatus
+from tests.answering_server import AnsweringServer
 from tests.conftest import DAY, DeviceRoot, Signer
 
 
@@ -197,3 +200,102 @@ def test_an_agent_of_0_1_0_state_is_migrated_once(device: DeviceRoot, signer: Si
     assert versions == {2}
     status = device.run("status", "--json")
     assert '"boot_counter": 10' in status.stdout  # 0.1.0's nine boots and this one
+
+
+def test_a_returned_activations_file_and_key_put_back_by_hand_do_not_run(
+    device: DeviceRoot, signer: Signer, tmp_path: Path
+) -> None:
+    """Root on the data partition keeps the machine file and the license key, gives the
+    license back (with a TPM HQ frees the seat at once) and copies both back: the state
+    remembers the return, and the gate refuses what it gave back as it refuses the
+    install of the kept file."""
+    signer.provision(device, serial=2)
+    names = ("machine.file", "license.key")
+    kept = {name: (device.state_dir / name).read_bytes() for name in names}
+    assert device.run("return", "--yes", "-o", str(tmp_path / "robot.receipt")).returncode == 0
+    for name, data in kept.items():
+        (device.state_dir / name).write_bytes(data)
+    put_back = device.check()
+    assert put_back.returncode == 30, put_back.stdout
+    assert device.verdict()["reason"] == "returned"
+    assert device.check().returncode == 30  # and it stays so
+
+
+def test_a_device_activated_again_after_a_return_takes_its_renewals(
+    device: DeviceRoot, signer: Signer, tmp_path: Path
+) -> None:
+    """Returned, then activated again (a new activation): the return was of the old
+    activation, so the new one renews as any; the old one's files stay refused."""
+    t0 = int(time.time())
+    signer.provision(device, serial=3, issued_at=t0 - 60)
+    old = (device.state_dir / "machine.file").read_bytes()
+    assert device.run("return", "--yes", "-o", str(tmp_path / "robot.receipt")).returncode == 0
+    key_file = device.path.parent / f"{device.path.name}.key"
+    again = keep(device, signer, "again", activation_id="act_2", serial=1, issued_at=t0)
+    assert device.run("install", again, "--license-key-file", str(key_file)).returncode == 0
+    renewal = keep(device, signer, "renewal", activation_id="act_2", serial=2, issued_at=t0)
+    renewed = device.run("install", renewal)
+    assert renewed.returncode == 0, renewed.stderr
+    assert device.check().returncode == 0 and device.verdict()["serial"] == 2
+    (device.state_dir / "machine.file").write_bytes(old)  # the returned activation's file
+    assert device.check().returncode == 31 and device.verdict()["reason"] == "downgrade"
+
+
+def test_an_old_answer_to_a_request_left_pending_does_not_wind_the_device_back(
+    device: DeviceRoot, signer: Signer, tmp_path: Path
+) -> None:
+    """A request carried to HQ 100 days ago was answered, but the device took another
+    activation since (online, by hand) and the answer was never installed: its nonce is
+    still the pending one, yet it answers no request of now. Installed today it is an
+    older file of another activation, not HQ's word now, and lowers no mark."""
+    t0 = int(time.time())
+    signer.provision(device, serial=1, issued_at=t0 - 101 * DAY)
+    request = tmp_path / "old.request"
+    assert device.run("request", "-o", str(request), faketime="-100d").returncode == 0
+    old = tmp_path / "old.answer"
+    old.write_bytes(
+        signer.answer(device, request.read_bytes(), activation_id="act_3", issued_at=t0 - 100 * DAY)
+    )
+    current = keep(device, signer, "current", activation_id="act_2", serial=1, issued_at=t0)
+    assert device.run("install", current).returncode == 0
+    replayed = device.run("install", str(old))
+    assert replayed.returncode == 31 and "older" in replayed.stderr, replayed.stderr
+    assert device.check(faketime="-99d").returncode == 40  # the mark stayed
+
+
+def test_a_lying_server_replaying_old_answers_to_activate_installs_none(
+    device: DeviceRoot, signer: Signer, answering_server: AnsweringServer, tmp_path: Path
+) -> None:
+    """Returned, activated again; then a server on the link answers `fieldpass activate`
+    with HQ's old answers, each bound to a nonce of an earlier request: the returned
+    activation's, and another activation's issued before the current one. Neither names
+    the nonce just sent, so neither is HQ's answer now."""
+    from agent.wire import armor
+    from agent.wire.machine_file import Binding
+
+    t0 = int(time.time())
+    old_answers = [
+        signer.issue(
+            device.fingerprint,
+            version=2,
+            binding=Binding(nonce=f"an-old-nonce-{n}"),
+            activation_id=act,
+            serial=9,
+            issued_at=t0 - 60,
+        )
+        for n, act in enumerate(("act_1", "act_0"))
+    ]
+    signer.provision(device, serial=1, issued_at=t0 - 60)
+    assert device.run("return", "--yes", "-o", str(tmp_path / "robot.receipt")).returncode == 0
+    key_file = device.path.parent / f"{device.path.name}.key"
+    again = keep(device, signer, "again", activation_id="act_2", serial=1, issued_at=t0)
+    assert device.run("install", again, "--license-key-file", str(key_file)).returncode == 0
+    device.write_config(f'[online]\nserver = "{answering_server.url}"\ntimeout_s = 3\n')
+    answering_server.answer("/v1/receipt", 200, b"{}")
+    for data in old_answers:
+        text = armor.armor(data, armor.MACHINE_FILE)
+        answering_server.answer("/v1/activate", 200, json.dumps({"machine_file": text}).encode())
+        replayed = device.run("activate", signer.license_key)
+        assert replayed.returncode == 31 and "Traceback" not in replayed.stderr, replayed.stderr
+        assert device.check().returncode == 0
+        assert device.verdict()["activation_id"] == "act_2"

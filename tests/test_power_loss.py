@@ -14,7 +14,7 @@ import random
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -22,7 +22,7 @@ import pytest
 
 from agent import fsio, gate
 from agent.config import load
-from agent.device import Device
+from agent.device import Device, InstallRefused
 from tests.conftest import FIELDPASS, DeviceRoot, Signer, clean_env
 
 RESULTS = Path(__file__).resolve().parents[1] / "bench-out" / "reliability.json"
@@ -101,6 +101,62 @@ def test_crash_at_every_write_step_of_install_and_check(
             n += 1
     assert crash_points > 10
     record("crash_points", crash_points_tried=crash_points)
+
+
+def test_crash_at_every_write_step_of_a_return(
+    make_device: Callable[[], DeviceRoot], signer: Signer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stop `fieldpass return` at each of its writes in turn, on a fresh device each
+    time: the device is licensed only while the return has not begun (no receipt, the
+    state not marked); once the state is marked the gate says returned (30) whatever is
+    left on disk, and the receipt is there or `return` run again writes it."""
+    real = {name: getattr(os, name) for name in ("write", "fsync", "rename", "unlink")}
+    n = 0
+    while True:
+        device = make_device()
+        signer.provision(device, serial=1)
+        cfg = load(str(device.path))
+        calls = {"left": n}
+
+        def counting(name: str, calls: dict[str, int] = calls):  # type: ignore[no-untyped-def]
+            def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+                if calls["left"] == 0:
+                    raise Crash
+                calls["left"] -= 1
+                return real[name](*args, **kwargs)
+
+            return wrapper
+
+        with monkeypatch.context() as m:
+            for name in real:
+                m.setattr(fsio.os, name, counting(name))
+            try:
+                with fsio.ExclusiveLock(cfg.state_dir):
+                    Device(cfg).give_back(int(time.time()))
+                finished = True
+            except Crash:
+                finished = False
+        receipt = device.state_dir / "return.receipt"
+        code, verdict = gate_in_process(device)
+        if code == 0:
+            assert not receipt.exists(), n  # licensed, yet HQ may free the seat
+        else:
+            assert (code, verdict["reason"]) == (30, "returned"), (n, verdict)
+            if os.path.exists(cfg.machine_file):
+                assert "run `fieldpass return` to finish" in str(verdict["message"])
+                # HQ, told nothing, answers `activate` with the returned activation
+                returned = Path(cfg.machine_file).read_bytes()
+                finish = "run `fieldpass return` to finish"
+                with pytest.raises(InstallRefused, match=finish), fsio.ExclusiveLock(cfg.state_dir):
+                    Device(cfg).install(returned, None, 0)
+            if not receipt.exists():
+                with fsio.ExclusiveLock(cfg.state_dir):
+                    Device(cfg).give_back(int(time.time()))
+                assert receipt.exists() and gate_in_process(device)[0] == 30
+        if finished:
+            break
+        n += 1
+    assert n > 5
 
 
 def test_sigkill_at_random_moments(device: DeviceRoot, signer: Signer) -> None:

@@ -270,3 +270,23 @@ def test_a_read_only_partition_cannot_freeze_the_clock_mark_for_ever(
     subprocess.run(["mount", "-o", "remount,rw", str(tmpfs_data)], check=True)
     assert device.check().returncode == 10  # this boot is recorded...
     assert device.check().returncode == 0  # ...and the count starts again
+
+
+def test_a_returned_activation_does_not_come_back_from_kept_files_or_an_image(
+    device: DeviceRoot, signer: Signer, tpm: Swtpm, tmp_path: Path
+) -> None:
+    """HQ frees a TPM-bound device's seat at once on its receipt, trusting that nothing
+    kept brings the activation back: neither its file and key copied back beside the
+    returned state, nor the whole data directory as it was before the return."""
+    enrolled(device, signer, tpm, serial=1)
+    image = tmp_path / "image"
+    shutil.copytree(device.state_dir, image)
+    assert device.run("return", "--yes", "-o", str(tmp_path / "robot.receipt")).returncode == 0
+    for name in ("machine.file", "license.key"):
+        shutil.copy(image / name, device.state_dir / name)
+    assert device.check().returncode == 30
+    assert device.verdict()["reason"] == "returned"
+    shutil.rmtree(device.state_dir)
+    shutil.copytree(image, device.state_dir)
+    assert device.check().returncode == 31
+    assert device.verdict()["reason"] == "state_lost"

@@ -149,6 +149,16 @@ def test_absorb_raises_the_mark_and_lifts_a_revocation_hq_superseded() -> None:
     assert still.revoked == "revoked"
 
 
+def test_a_return_is_of_one_activation() -> None:
+    """Returned, then activated again: the new activation is not returned (its renewals
+    install), and the returned one's file is older than it."""
+    given = v.absorb(claims(2000, DAY, 0, 0, serial=4), State()).replace(returned_at=2100)
+    assert v.absorb(claims(2000, DAY, 0, 0, serial=5), given).returned_at == 2100
+    again = v.absorb(claims(2200, DAY, 0, 0, serial=1, activation_id="act_2"), given)
+    assert again.returned_at == 0 and again.activation_id == "act_2"
+    assert v.compare(claims(2000, DAY, 0, 0, serial=4), again) == v.OLDER
+
+
 def test_only_a_file_bound_to_a_fresh_nonce_lowers_the_mark() -> None:
     st_ = State(hwm=5_000_000_000)
     assert v.absorb(claims(2000, DAY, 0, 0, serial=2), st_, bound=True).hwm == 2000

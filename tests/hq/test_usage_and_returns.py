@@ -310,6 +310,8 @@ def test_activating_again_sends_the_waiting_receipt_first(
         assert robot.run("return", "--yes", "-o", str(second)).returncode == 0
         limited = robot.run("activate", keys[robot], "--server", server.url)
         assert limited.returncode == 77 and "return limit" in limited.stderr, limited.stderr
+        assert "the return receipt waiting on this device (kept" in limited.stderr
+        assert limited.stderr.count("fieldpass: error:") == 1 and "Traceback" not in limited.stderr
         assert (robot.state_dir / "return.receipt").exists()  # kept for an override
     acts = hqc.json("activations", "list", "--all")
     live = {a["activation_id"]: a["deactivated_at"] for a in acts}  # type: ignore[attr-defined]
