@@ -3,6 +3,8 @@ several hosts would: the seat rule, the serials and the audit log hold across th
 (the database's row lock, no lock in any process), and each answers ``/healthz`` and
 ``/readyz`` for a load balancer."""
 
+import base64
+import secrets
 import signal
 import threading
 import time
@@ -14,7 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from agent.wire import license_key
+from agent.wire import device_msg, license_key
+from agent.wire.device_key import DeviceKey
 from tests.engines import snapshot
 from tests.pg_server import Postgres
 
@@ -203,3 +206,65 @@ def test_postgresql_crashing_mid_activation_loses_nothing_answered(tmp_path: Pat
         assert {r[0]: r[7] for r in snap["licenses"]}[license_key.license_id(key)] == len(acts)
     finally:
         pg.stop()
+
+
+def _signed_activation(key: str, device: DeviceKey, fp: str) -> str:
+    """What ``fieldpass activate`` sends in ``request``: the device's self-signed
+    message, bound to its TPM counter."""
+    msg = device_msg.sign(
+        device,
+        "activate",
+        {"activation_id": "", "fingerprint": fp, "at": int(time.time()),
+         "agent_version": "test", "license_id": license_key.license_id(key),
+         "device_key": device.public_key, "counter": 7, "nonce": secrets.token_hex(8),
+         "device_name": "", "formats": [1, 2]},
+    )  # fmt: skip
+    return base64.b64encode(msg).decode()
+
+
+def test_a_relayed_swap_sent_to_every_replica_at_once_takes_its_receipt_once(
+    replicas: list[Server],
+) -> None:
+    """A laptop whose relay timed out runs it again (it is safe, it says) while HQ is
+    still answering the first: every copy of the same swap, on every replica at once,
+    is answered as the same swap run again is, the receipt taken and audited once."""
+    key = str(hq_json(replicas[0].home, "licenses", "create", "--plan", "std")["key"])
+    old = DeviceKey.generate()
+    first = httpx.post(
+        replicas[0].url + "/v1/activate",
+        json={"license_key": key, "request": _signed_activation(key, old, fingerprint(1))},
+        timeout=60,
+    )
+    assert first.status_code == 201, first.text
+    old_act = first.json()["activation_id"]
+    now = int(time.time())
+    receipt = device_msg.sign(
+        old,
+        "receipt",
+        {"activation_id": old_act, "fingerprint": fingerprint(1), "at": now,
+         "agent_version": "test", "serial": 1, "returned_at": now, "reason": "returned",
+         "device_key": None, "proof": None},
+    )  # fmt: skip
+    body = {
+        "license_key": key,
+        "request": _signed_activation(key, DeviceKey.generate(), fingerprint(2)),
+        "receipts": [base64.b64encode(receipt).decode()],
+    }
+    copies = 12
+    barrier = threading.Barrier(copies)
+
+    def one(n: int) -> httpx.Response:
+        with httpx.Client(timeout=120) as client:
+            barrier.wait()
+            return client.post(replicas[n % REPLICAS].url + "/v1/activate", json=body)
+
+    with ThreadPoolExecutor(copies) as pool:
+        results = list(pool.map(one, range(copies)))
+    assert [r.status_code for r in results] == [201] * copies, {r.text for r in results}
+    assert len({r.json()["activation_id"] for r in results}) == 1
+    taken = [r.json()["receipts"] for r in results]
+    assert all(t[0]["activation_id"] == old_act and t[0]["freed"] for t in taken)
+    assert sorted(t[0]["taken_before"] for t in taken) == [False] + [True] * (copies - 1)
+    snap = snapshot(replicas[0].home)
+    assert [r[0] for r in snap["returns"]].count(old_act) == 1
+    assert [(a[4], a[6]) for a in snap["audit"]].count(("return", old_act)) == 1
