@@ -287,3 +287,28 @@ def test_a_field_bundle_skips_a_returned_device_and_carries_the_others(hq_home: 
         assert hq.get_activation(act.id).serial == act.serial
     finally:
         hq.store.close()
+
+
+def test_a_device_returned_after_the_export_chose_it_is_skipped_too(hq_home: Path) -> None:
+    """``field export`` chooses the devices first, then renews them one by one: a
+    receipt HQ takes in between (over HTTP, MQTT, a laptop's report) makes that device
+    ``skipped`` (status ``returned``) as if it had come before, not the export's end."""
+    from provisioning.field import bundle
+
+    hq, key, act, now = one_activation(hq_home)
+    try:
+        other = hq.activate(key, fingerprint(2), now, ACTOR).activation
+        chosen = bundle.select(hq, (act.license_id,), None, None, None, now)
+        assert {a.id for a, _ in chosen} == {act.id, other.id}
+        with hq.store.write() as tx:  # what a receipt records for a device without a TPM
+            tx.insert_return(
+                ReturnRecord(act.id, act.serial, now, now, "http", "-", act.last_expires_at, None)
+            )
+        doc = bundle.export(hq, chosen, None, now, ACTOR)
+        assert [d["activation_id"] for d in doc["devices"]] == [other.id]
+        assert doc["skipped"] == [
+            {"activation_id": act.id, "license_id": act.license_id, "status": "returned"}
+        ]
+        assert hq.get_activation(act.id).serial == act.serial
+    finally:
+        hq.store.close()
