@@ -14,7 +14,7 @@ from ..services import HQ
 from .api_models import COMMON_ERRORS, SignedMessage, error_responses
 from .common import client_host, now
 
-REPORTS = error_responses(400, 401, 404, 409, *COMMON_ERRORS)
+REPORTS = error_responses(400, 401, 403, 404, 409, *COMMON_ERRORS)
 
 
 async def _device(request: Request) -> Actor:
