@@ -396,15 +396,18 @@ def test_a_returned_device_gets_no_file_over_http_until_its_seat_frees(online: O
     assert fresh.json()["activation_id"] != act["activation_id"]
 
 
-def _keyed_activation(online: Online, key: str, n: int) -> tuple[DeviceKey, str]:
-    """A device activated as ``fieldpass activate`` does (its own key, self-signed)."""
-    device = DeviceKey.generate()
+def _keyed_activation(
+    online: Online, key: str, n: int, device: DeviceKey | None = None, counter: int | None = None
+) -> tuple[DeviceKey, str]:
+    """A device activated as ``fieldpass activate`` does (its own key, self-signed;
+    ``counter``: its state bound to its TPM counter)."""
+    device = device or DeviceKey.generate()
     msg = device_msg.sign(
         device,
         "activate",
         {"activation_id": "", "fingerprint": fingerprint(n), "at": int(time.time()),
          "agent_version": "test", "license_id": license_key.license_id(key),
-         "device_key": device.public_key, "counter": None, "nonce": f"n{n}",
+         "device_key": device.public_key, "counter": counter, "nonce": f"n{n}",
          "device_name": "", "formats": [1, 2]},
     )  # fmt: skip
     body = {"license_key": key, "request": base64.b64encode(msg).decode()}
@@ -463,6 +466,29 @@ def test_hostile_receipts_get_a_documented_status_and_change_nothing(online: Onl
     again = post(online.url, "/v1/receipt", own)
     assert (again.status_code, again.json()["error"]["code"]) == (409, "conflict")
     assert [r[0] for r in db_snapshot(online.server.home)["returns"]].count(a_id) == 1
+
+
+def test_a_receipt_replayed_after_the_device_activated_anew_is_the_one_hq_holds(
+    online: Online,
+) -> None:
+    """A device bound to its TPM gives its license back (the seat frees at once) and
+    activates anew with the same device key (a new activation): its kept copy of the
+    old receipt, sent again (its daemon, a laptop's report), is answered as before the
+    new activation, 409 ``conflict`` (HQ holds it: the device drops its copy), not as a
+    receipt naming another activation than its key's; nothing changes."""
+    key = online.new_license()
+    device, old_id = _keyed_activation(online, key, 1, counter=5)
+    receipt = {"request": base64.b64encode(_receipt(device, old_id, 1)).decode()}
+    taken = post(online.url, "/v1/receipt", receipt)
+    assert taken.status_code == 200 and taken.json()["freed"] is True, taken.text
+    _, new_id = _keyed_activation(online, key, 1, device=device, counter=6)
+    assert new_id != old_id
+    before = db_snapshot(online.server.home)
+    again = post(online.url, "/v1/receipt", receipt)
+    assert (again.status_code, again.json()["error"]["code"]) == (409, "conflict"), again.text
+    after = db_snapshot(online.server.home)
+    for table in ("returns", "activations", "licenses"):
+        assert after[table] == before[table], table
 
 
 def test_the_audit_log_says_who_when_and_from_where(online: Online) -> None:
