@@ -10,7 +10,8 @@
   once for a device whose state is bound to its TPM counter, else once the returned
   file's expiry and grace have passed (a copy of the data directory taken before the
   return could be put back: docs/runbooks/technician.md). A plan may limit returns per
-  year; past it HQ refuses unless the operator overrides (audited).
+  year; past it HQ refuses unless the operator overrides (audited; a return within the
+  limit counts as one, override or not).
 - ``usage``: totals per device, license and period for billing (the CLI, the console).
 - ``acknowledgement``: HQ's signed status of an activation bound to a nonce the device
   derives from what it sent (the MQTT bridge's ``ack``: the device stops resending).
@@ -208,6 +209,7 @@ class Usage:
                     f"license {lic.id} has had its {limit} return(s) this year: the plan's "
                     "return limit is reached; an operator may override (--override REASON)"
                 )
+            override = override if over else None  # within the limit: nothing overridden
             bound = tx.tpm_bound(act.id)
             frees_at = now if bound else max(now, current.last_expires_at + plan.grace_s)
             record = ReturnRecord(

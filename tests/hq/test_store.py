@@ -312,3 +312,33 @@ def test_a_device_returned_after_the_export_chose_it_is_skipped_too(hq_home: Pat
         assert hq.get_activation(act.id).serial == act.serial
     finally:
         hq.store.close()
+
+
+def test_an_override_counts_only_the_returns_past_the_limit(hq_home: Path) -> None:
+    """``--override REASON`` lets receipts past a plan's return limit free their seats
+    (a laptop's report imported with it, ``deactivate --receipt``): a receipt within
+    the limit has nothing to override and counts as the year's return it is, so the
+    limit holds for the next one; the one past it is recorded with the reason."""
+    from provisioning.services.usage import ReturnLimitReached, set_terms
+    from tests.hq.fleet import SeedDevice
+
+    hq = HQ(hq_home)
+    try:
+        now = int(time.time())
+        plan = f"p{time.monotonic_ns()}"
+        hq.create_plan(Plan(plan, "default", 365 * 86400, 0, 3, None, now), ACTOR)
+        set_terms(hq.store, plan, [], [], 1, now, ACTOR)
+        key = hq.create_license(plan, [], None, now, ACTOR).license_key
+        within, past, later = (SeedDevice(hq, key, fingerprint(n), now) for n in (1, 2, 3))
+        within.give_back(now, "laptop", override="import with --override, ticket 7")
+        past.give_back(now, "laptop", override="import with --override, ticket 7")
+        with pytest.raises(ReturnLimitReached):
+            later.give_back(now + 60, "http")  # the year's one return is taken
+        with hq.store.read() as tx:
+            held = {a.id: tx.get_return(a.id) for a in (within.act, past.act)}
+        assert [None if r is None else r.override for r in held.values()] == [
+            None,
+            "import with --override, ticket 7",
+        ]
+    finally:
+        hq.store.close()
