@@ -168,7 +168,7 @@ def test_a_serial_that_is_not_the_next_fails_its_whole_transaction(hq_home: Path
     before = len(hq.audit_log.audit(10_000))
     with pytest.raises(StorageError, match="serial changed"), hq.store.write() as tx:
         tx.append_audit(AuditEvent(now, "test", "local", "skipped", act.license_id))
-        tx.record_issues([(act.id, act.serial + 2, now + 1, now + 2)])
+        tx.record_issues([(act.id, act.serial + 2, now + 1, now + 2, now + 2)])
     assert len(hq.audit_log.audit(10_000)) == before
     assert hq.get_activation(act.id) == act
     issued = hq.renew(now + 3, ACTOR, activation_id=act.id)  # the next serial is taken
@@ -340,5 +340,37 @@ def test_an_override_counts_only_the_returns_past_the_limit(hq_home: Path) -> No
             None,
             "import with --override, ticket 7",
         ]
+    finally:
+        hq.store.close()
+
+
+def test_a_return_without_a_tpm_waits_for_every_file_issued_before_it(hq_home: Path) -> None:
+    """A copy of the data directory taken before the return may hold any file HQ issued
+    the activation, not only the last: a device that took a year's file, had the data
+    copied, then asked a one-day file (``fieldpass prepare-offline --days 1``) and gave
+    its license back frees its seat only when the year's file and its grace (the grace
+    it was issued with, whatever the plan says since) have passed; until then HQ issues
+    the activation nothing."""
+    from provisioning.services.terms import PlanChange
+    from tests.hq.fleet import SeedDevice
+
+    hq = HQ(hq_home)
+    try:
+        now = int(time.time())
+        year, month = 365 * 86400, 30 * 86400
+        plan = f"p{time.monotonic_ns()}"
+        hq.create_plan(Plan(plan, "default", year, month, 3, None, now), ACTOR)
+        key = hq.create_license(plan, [], None, now, ACTOR).license_key
+        device = SeedDevice(hq, key, fingerprint(1), now)
+        first_ends = device.act.last_expires_at + month  # the year's file, with its grace
+        short = hq.renew(now + 60, ACTOR, activation_id=device.act.id, ttl_s=86400)
+        assert short.claims.expires_at == now + 60 + 86400
+        hq.update_plan(plan, PlanChange(grace_s=0), now + 120, ACTOR)
+        device.give_back(now + 180, "http")
+        with hq.store.read() as tx:
+            held = tx.get_return(device.act.id)
+        assert held is not None and held.frees_at >= first_ends
+        with pytest.raises(ActivationReturned):
+            hq.renew(now + 2 * 86400, ACTOR, activation_id=device.act.id)
     finally:
         hq.store.close()
