@@ -49,8 +49,8 @@ FINGERPRINT_HINT = "a fingerprint is 64 lowercase hex characters"
 def returned(act: Activation, now: int) -> ActivationReturned | None:
     """The refusal of any file for ``act`` when its device gave its license back (a
     return HQ recorded, its seat not freed yet: ``Activation.return_frees_at``); None
-    when HQ may issue it one. Without a TPM the seat frees only once the returned
-    file's expiry and grace have passed, because a copy of the device's data put back
+    when HQ may issue it one. Without a TPM the seat frees only once every file issued
+    to it has expired with its grace, because a copy of the device's data put back
     would run until then: a file issued after the return would outlive that time, on
     a seat another device may take by then (docs/usage.md)."""
     frees_at = act.return_frees_at
