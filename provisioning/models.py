@@ -183,8 +183,9 @@ class UsageReport:
 @dataclass(frozen=True)
 class ReturnRecord:
     """A license given back (`fieldpass return`): the receipt (armored), and when the
-    seat is freed (at once for a TPM-bound device, else after the file's expiry and
-    grace). ``override``: the operator's note when a plan's return limit was passed."""
+    seat is freed (at once for a TPM-bound device, else after the expiry and grace of
+    every file issued to the activation). ``override``: the operator's note when a
+    plan's return limit was passed."""
 
     activation_id: str
     serial: int

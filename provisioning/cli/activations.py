@@ -262,7 +262,8 @@ def deactivate(
     gave its license back (--receipt FILE, verified against the device's key).
 
     A returned device's seat is free at once when its state is bound to its TPM, else
-    once its last file's expiry and grace have passed (docs/runbooks/technician.md).
+    once the expiry and grace of every file issued to it have passed
+    (docs/runbooks/technician.md).
 
     Examples:
 

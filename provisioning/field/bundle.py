@@ -23,7 +23,7 @@ from typing import Any
 from agent.wire import armor, sodium
 from agent.wire.errors import FormatError
 
-from ..errors import MalformedInput
+from ..errors import ActivationReturned, MalformedInput
 from ..models import Activation, Actor, License
 from ..services import HQ, license_status
 from ..services.audit import event
@@ -99,10 +99,15 @@ def export(
                 }
             )
             continue
+        given_back = {"activation_id": act.id, "license_id": lic.id, "status": "returned"}
         if act.return_frees_at is not None:  # it gave its license back: HQ issues no file
-            skipped.append({"activation_id": act.id, "license_id": lic.id, "status": "returned"})
+            skipped.append(given_back)
             continue
-        issued = hq.renew(now, actor, activation_id=act.id, ttl_s=ttl_s)
+        try:
+            issued = hq.renew(now, actor, activation_id=act.id, ttl_s=ttl_s)
+        except ActivationReturned:  # its receipt came after it was chosen
+            skipped.append(given_back)
+            continue
         devices.append(
             {
                 "activation_id": act.id,

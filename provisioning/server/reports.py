@@ -14,7 +14,7 @@ from ..services import HQ
 from .api_models import COMMON_ERRORS, SignedMessage, error_responses
 from .common import client_host, now
 
-REPORTS = error_responses(400, 401, 404, 409, *COMMON_ERRORS)
+REPORTS = error_responses(400, 401, 403, 404, 409, *COMMON_ERRORS)
 
 
 async def _device(request: Request) -> Actor:
@@ -40,7 +40,7 @@ def add_routes(app: FastAPI, hq: HQ) -> None:
     @app.post("/v1/receipt", tags=["device"], responses=REPORTS)
     def receipt(body: SignedMessage, actor: DeviceActor) -> JSONResponse:
         """A return receipt (`fieldpass return`): frees the seat (at once for a TPM-bound
-        device, else after the returned file's expiry and grace)."""
+        device, else after the expiry and grace of every file issued to it)."""
         returned = hq.usage.accept_receipt(base64.b64decode(body.request), now(), "http", actor)
         rec = returned.record
         return JSONResponse(

@@ -90,14 +90,18 @@ def open_for(act: Activation, data: bytes, msg_type: str) -> device_msg.DeviceMe
     """A device message verified against ``act``'s recorded device key, naming ``act``'s
     device and activation (for a caller that holds the activation already: ``push``
     knows those it renewed)."""
+    msg = _signed_by(act, data, msg_type)
+    _names(msg, act)
+    return msg
+
+
+def _signed_by(act: Activation, data: bytes, msg_type: str) -> device_msg.DeviceMessage:
     key = act.device_key
     kid = None if key is None else key_id(key)
     try:
-        msg = device_msg.open_message(data, lambda k: key if k == kid else None, msg_type)
+        return device_msg.open_message(data, lambda k: key if k == kid else None, msg_type)
     except WireError as e:
         raise DeviceUnauthenticated(f"device request refused ({e})") from None
-    _names(msg, act)
-    return msg
 
 
 def _names(m: device_msg.DeviceMessage, act: Activation) -> None:
@@ -105,6 +109,14 @@ def _names(m: device_msg.DeviceMessage, act: Activation) -> None:
         raise FingerprintMismatch("the request names another device than its key's")
     if m.activation_id not in ("", act.id):
         raise FingerprintMismatch("the request names another activation than its key's")
+
+
+def _same_key(tx: Tx, act: Activation, named: str) -> Activation:
+    """The activation a message verified against ``act``'s key names, when it holds the
+    same device key (an earlier activation of the same device: its receipt or report
+    sent again after it activated anew); else ``act``, whose name check refuses it."""
+    other = tx.get_activation(named)
+    return other if other is not None and other.device_key == act.device_key else act
 
 
 def _key(m: device_msg.DeviceMessage) -> bytes | None:
@@ -145,7 +157,9 @@ class DeviceRequests:
     def verify(self, data: bytes, msg_type: str, *, live: bool = True) -> Verified:
         """The message, verified against the device key HQ holds for it. A renewal that
         carries a key for an activation without one is verified against that key and
-        the proof that the device holds the license key."""
+        the proof that the device holds the license key. With ``live=False``, a message
+        naming an earlier activation of the same device key (the device activated anew
+        since) is about that activation."""
         try:
             kid = signed_kid(data, device_msg.MAX_MESSAGE_BYTES)
         except WireError as e:
@@ -155,7 +169,10 @@ class DeviceRequests:
             if act is None and not live:
                 act = tx.find_by_device_key_any(kid)
             if act is not None:
-                msg = open_for(act, data, msg_type)
+                msg = _signed_by(act, data, msg_type)
+                if not live and msg.activation_id not in ("", act.id):
+                    act = _same_key(tx, act, msg.activation_id)
+                _names(msg, act)
                 lic = tx.get_license(act.license_id)
                 assert lic is not None
                 return Verified(msg, act, lic, registering=False)

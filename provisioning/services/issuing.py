@@ -49,8 +49,8 @@ FINGERPRINT_HINT = "a fingerprint is 64 lowercase hex characters"
 def returned(act: Activation, now: int) -> ActivationReturned | None:
     """The refusal of any file for ``act`` when its device gave its license back (a
     return HQ recorded, its seat not freed yet: ``Activation.return_frees_at``); None
-    when HQ may issue it one. Without a TPM the seat frees only once the returned
-    file's expiry and grace have passed, because a copy of the device's data put back
+    when HQ may issue it one. Without a TPM the seat frees only once every file issued
+    to it has expired with its grace, because a copy of the device's data put back
     would run until then: a file issued after the return would outlive that time, on
     a seat another device may take by then (docs/usage.md)."""
     frees_at = act.return_frees_at
@@ -98,6 +98,12 @@ class _Recorded:
     signing: SigningKey
     created: bool
 
+    @property
+    def runs_until(self) -> int:
+        """When this file stops running: its expiry and grace (what a return without a
+        TPM waits for)."""
+        return self.claims.expires_at + self.claims.grace_s
+
     def seal(self) -> Issued:
         machine_file = seal_machine_file(self.claims, self.license_key, self.signing)
         return Issued(self.activation, self.claims, machine_file, self.created)
@@ -131,11 +137,13 @@ class _Issuer:
         """Choose the next serial and expiry and record them; the sealing comes later."""
         rec = self.prepare(act, ttl_s, now, new, binding)
         if new:
-            tx.insert_activation(rec.activation)
+            tx.insert_activation(rec.activation, rec.runs_until)
             for m in rec.claims.meters:  # the first period's base, fixed now
                 tx.insert_meter_period(act.id, m.feature, m.period_start, m.period_end, m.base)
         else:
-            tx.record_issues([(act.id, rec.claims.serial, now, rec.claims.expires_at)])
+            tx.record_issues(
+                [(act.id, rec.claims.serial, now, rec.claims.expires_at, rec.runs_until)]
+            )
         return rec
 
     def prepare(
@@ -481,7 +489,10 @@ class Issuing:
             issuer = self.issuer(tx, lic, reports=reports)
             issued = [issuer.prepare(act, ttl_s, now, new=False) for act in live]
             tx.record_issues(
-                [(i.activation.id, i.claims.serial, now, i.claims.expires_at) for i in issued]
+                [
+                    (i.activation.id, i.claims.serial, now, i.claims.expires_at, i.runs_until)
+                    for i in issued
+                ]
             )
             detail = f"files={len(issued)}" + (f" skipped_returned={skipped}" if skipped else "")
             tx.append_audit(event(now, actor, "renew_all", lic.id, detail=detail))

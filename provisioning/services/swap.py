@@ -9,7 +9,8 @@ with ``receipts``, what a technician's laptop relays).
 - Then each receipt is taken as ``Usage.accept_receipt`` takes it (its refusals, its
   audit, the TPM rule, the plan's return limit and the operator's override), except that
   the very receipt HQ holds already (the same bytes) is not taken twice and is no error:
-  running the swap again after a lost answer is safe; and the receipt of a board whose
+  running the swap again after a lost answer is safe, even while HQ (this replica or
+  another) is still answering the first run; and the receipt of a board whose
   seat the operator freed already (``deactivate ID --reason``) has nothing left to free
   and is no error either: its seat is free, the new board takes it.
 - Then the activation, as ``Issuing.activate``: the same board again gets its seat again.
@@ -30,7 +31,7 @@ from ..units import format_time
 from .device_requests import Verified
 from .issuing import Contact, Issued
 from .licenses import usable_license
-from .usage import Usage
+from .usage import ReceiptHeld, SeatFreedAlready, Usage
 
 MAX_RECEIPTS = 8  # receipts with one activation: a swap gives back a board or a few
 
@@ -116,6 +117,25 @@ def _take(
     actor: Actor,
     override: str | None,
 ) -> Taken:
+    taken = _taken_before(usage, verified, data, now)
+    if taken is not None:
+        return taken
+    try:
+        returned = usage.accept_verified_receipt(verified, data, now, via, actor, override=override)
+    except (ReceiptHeld, SeatFreedAlready):
+        # another run of the same swap (a relay sent again while HQ answered the first,
+        # on this replica or another) or the operator got there between the read and
+        # the write: answered as a run after it is
+        taken = _taken_before(usage, verified, data, now)
+        if taken is None:  # pragma: no cover - the refusal says one of them is there
+            raise
+        return taken
+    return Taken.of(returned.record, freed=returned.freed, again=False)
+
+
+def _taken_before(usage: Usage, verified: Verified, data: bytes, now: int) -> Taken | None:
+    """The receipt as HQ holds it already (``again``), the seat the operator freed by
+    hand before it came, or None: the receipt is still to take."""
     with usage.store.read() as tx:
         held = tx.get_return(verified.activation.id)
         act = tx.get_activation(verified.activation.id)
@@ -124,8 +144,7 @@ def _take(
         return Taken.of(held, freed=gone or held.frees_at <= now, again=True)
     if held is None and act is not None and act.deactivated_at is not None:
         return Taken(act.id, act.deactivated_at, freed=True, again=False)  # freed by hand
-    returned = usage.accept_verified_receipt(verified, data, now, via, actor, override=override)
-    return Taken.of(returned.record, freed=returned.freed, again=False)
+    return None
 
 
 def _waiting(license_id: str, records: list[Taken]) -> str:

@@ -7,10 +7,12 @@
   device restored from an old state) is stored and flagged to the operator (audited
   ``usage_regression``), never refused for ever.
 - ``accept_receipt``: a return receipt signed by the device key frees the seat: at
-  once for a device whose state is bound to its TPM counter, else once the returned
-  file's expiry and grace have passed (a copy of the data directory taken before the
-  return could be put back: docs/runbooks/technician.md). A plan may limit returns per
-  year; past it HQ refuses unless the operator overrides (audited).
+  once for a device whose state is bound to its TPM counter, else once the expiry and
+  grace of every file issued to it have passed, the returned one's and any earlier
+  one's (a copy of the data directory taken before the return could be put back:
+  docs/runbooks/technician.md). A plan may limit returns per
+  year; past it HQ refuses unless the operator overrides (audited; a return within the
+  limit counts as one, override or not).
 - ``usage``: totals per device, license and period for billing (the CLI, the console).
 - ``acknowledgement``: HQ's signed status of an activation bound to a nonce the device
   derives from what it sent (the MQTT bridge's ``ack``: the device stops resending).
@@ -208,8 +210,15 @@ class Usage:
                     f"license {lic.id} has had its {limit} return(s) this year: the plan's "
                     "return limit is reached; an operator may override (--override REASON)"
                 )
+            override = override if over else None  # within the limit: nothing overridden
             bound = tx.tpm_bound(act.id)
-            frees_at = now if bound else max(now, current.last_expires_at + plan.grace_s)
+            # without a TPM: once every file issued to it has stopped running, the last
+            # and any before it (a copy of the data may hold one: a year's file, then
+            # a day's), each with the grace it was issued with
+            runs_until = max(
+                current.last_expires_at + plan.grace_s, tx.files_run_until(act.id) or 0
+            )
+            frees_at = now if bound else max(now, runs_until)
             record = ReturnRecord(
                 act.id,
                 int(str(m["serial"])),

@@ -69,6 +69,12 @@ VERSIONS: tuple[Version, ...] = (
         "when a live activation's return frees its seat, on the activation and indexed, so "
         "that activating reads only the license's waiting returns, not every return made",
     ),
+    Version(
+        11,
+        "when the files HQ issued each activation stop running (the latest expiry and "
+        "grace of any of them), so that a return without a TPM frees its seat only after "
+        "every file a copy of the device's data could hold, not only the last",
+    ),
 )
 SCHEMA_VERSION = VERSIONS[-1].number
 

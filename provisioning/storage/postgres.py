@@ -41,7 +41,7 @@ from ..models import Activation, License, Plan, PlanMeter
 from . import migrations
 from .interface import Store
 from .tx import _LIVE, SERIAL_CHANGED, Cursor, PlanRows, Tx, _activation, keys_of, select_all
-from .usage_ops import DUE_RETURNS, RETURNS_WAITING
+from .usage_ops import DUE_RETURNS, FILES_RUN_UNTIL, RAISE_FILES_RUN_UNTIL, RETURNS_WAITING
 
 SCHEMES = ("postgresql", "postgres")
 POOL_TIMEOUT_S = 30.0
@@ -316,6 +316,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         ],
     ),
     (10, RETURNS_WAITING),  # storage/usage_ops.py's, as storage/sqlite.py's version 10
+    (11, FILES_RUN_UNTIL),  # storage/usage_ops.py's, as storage/sqlite.py's version 11
 ]
 
 # A license's row with its entitlements, and a plan's row with its meters, its counters
@@ -365,7 +366,8 @@ _AFTER_LOCK = (
 _RECORD_ISSUE = (
     "UPDATE activations SET serial = CAST(CASE WHEN serial = :serial - 1 "  # noqa: S608
     f"THEN CAST(:serial AS TEXT) ELSE '{SERIAL_CHANGED}' END AS BIGINT), "
-    "last_issued_at = :now, last_expires_at = :expires WHERE id = :id"
+    f"last_issued_at = :now, last_expires_at = :expires, {RAISE_FILES_RUN_UNTIL} "
+    "WHERE id = :id"
 )
 
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
@@ -632,12 +634,12 @@ class PostgresTx(Tx):
             self._plan_rows(plan),
         )
 
-    def record_issues(self, issues: list[tuple[str, int, int, int]]) -> None:
+    def record_issues(self, issues: list[tuple[str, int, int, int, int]]) -> None:
         """As ``Tx``'s, checked by the database itself (``_RECORD_ISSUE``): sent on
         without waiting, like any write nobody reads the result of."""
         rows = [
-            {"serial": serial, "now": now, "expires": expires, "id": act_id}
-            for act_id, serial, now, expires in issues
+            {"serial": serial, "now": now, "expires": expires, "runs": runs, "id": act_id}
+            for act_id, serial, now, expires, runs in issues
         ]
         if len(rows) == 1:
             self._send(_RECORD_ISSUE, **rows[0])

@@ -24,7 +24,7 @@ from . import migrations
 from .group_commit import GroupCommit
 from .interface import Store
 from .tx import Tx
-from .usage_ops import RETURNS_WAITING
+from .usage_ops import FILES_RUN_UNTIL, RETURNS_WAITING
 
 SCHEME = "sqlite"
 DB_NAME = "hq.sqlite3"
@@ -278,6 +278,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         ],
     ),
     (10, RETURNS_WAITING),  # Portable DDL (storage/usage_ops.py): the same on every engine.
+    (11, FILES_RUN_UNTIL),  # Portable DDL (storage/usage_ops.py), as version 10.
 ]
 
 

@@ -36,7 +36,13 @@ from ..models import (
 )
 from .outbox_ops import OutboxOps
 from .sessions import SessionRows
-from .usage_ops import DUE_RETURNS, PLAN_COUNTERS, PLAN_METERS, UsageOps
+from .usage_ops import (
+    DUE_RETURNS,
+    PLAN_COUNTERS,
+    PLAN_METERS,
+    RAISE_FILES_RUN_UNTIL,
+    UsageOps,
+)
 from .views import FleetViews
 
 
@@ -398,15 +404,17 @@ class Tx(UsageOps, OutboxOps, FleetViews, SessionRows):
         counters = tuple(str(r[0]) for r in sent[2].fetchall())
         return None if row is None else Plan(*row), meters, counters, keys_of(sent[3].fetchall())
 
-    def insert_activation(self, act: Activation) -> None:
+    def insert_activation(self, act: Activation, runs_until: int | None = None) -> None:
+        """``runs_until``: when its first file stops running (expiry and grace)."""
         from agent.wire.device_key import key_id
 
         self._send(
             "INSERT INTO activations (id, license_id, fingerprint, serial, created_at, "
             "last_issued_at, last_expires_at, deactivated_at, device_key, device_key_id, "
-            "agent_version, claims_format, last_seen_at, last_channel, keyring) "
+            "agent_version, claims_format, last_seen_at, last_channel, keyring, "
+            "files_run_until) "
             "VALUES (:id, :license_id, :fp, :serial, :created_at, :issued, :expires, NULL, "
-            ":dk, :dkid, :agent, :format, :seen, :channel, :keyring)",
+            ":dk, :dkid, :agent, :format, :seen, :channel, :keyring, :runs)",
             id=act.id,
             license_id=act.license_id,
             fp=act.fingerprint,
@@ -421,6 +429,7 @@ class Tx(UsageOps, OutboxOps, FleetViews, SessionRows):
             seen=act.last_seen_at,
             channel=act.last_channel,
             keyring=" ".join(act.keyring) or None,
+            runs=runs_until,
         )
 
     def find_by_device_key(self, device_key_id: str) -> Activation | None:
@@ -519,18 +528,20 @@ class Tx(UsageOps, OutboxOps, FleetViews, SessionRows):
     def prune_challenges(self, before: int) -> int:
         return self._run("DELETE FROM challenges WHERE created_at < :before", before=before)
 
-    def record_issues(self, issues: list[tuple[str, int, int, int]]) -> None:
+    def record_issues(self, issues: list[tuple[str, int, int, int, int]]) -> None:
         """Store the serials of files being issued: (activation id, serial, now, expires
-        at), each serial the activation's last + 1 (checked: another writer's change in
-        between fails the whole transaction)."""
+        at, runs until: the expiry and the file's grace), each serial the activation's
+        last + 1 (checked: another writer's change in between fails the whole
+        transaction)."""
         if not issues:
             return
         cur = self._execute_many(
-            "UPDATE activations SET serial = :serial, last_issued_at = :now, "
-            "last_expires_at = :expires WHERE id = :id AND serial = :serial - 1",
+            "UPDATE activations SET serial = :serial, last_issued_at = :now, "  # noqa: S608 - constants only
+            f"last_expires_at = :expires, {RAISE_FILES_RUN_UNTIL} "
+            "WHERE id = :id AND serial = :serial - 1",
             [
-                {"serial": serial, "now": now, "expires": expires, "id": act_id}
-                for act_id, serial, now, expires in issues
+                {"serial": serial, "now": now, "expires": expires, "runs": runs, "id": act_id}
+                for act_id, serial, now, expires, runs in issues
             ],
         )
         if cur.rowcount != len(issues):

@@ -39,6 +39,23 @@ RETURNS_WAITING = [
         WHERE return_frees_at IS NOT NULL AND deactivated_at IS NULL""",
 ]
 
+# Schema version 11, the same on every engine: the latest time any file HQ issued the
+# activation stops running, its expiry plus the grace it was issued with (each issue
+# raises it, never lowers it: a shorter renewal or a plan's grace cut later leaves the
+# earlier files running). Activations issued before it existed: their last file's
+# expiry and the plan's grace.
+FILES_RUN_UNTIL = [
+    "ALTER TABLE activations ADD COLUMN files_run_until BIGINT",
+    """UPDATE activations SET files_run_until = last_expires_at + (
+            SELECT p.grace_s FROM licenses l JOIN plans p ON p.name = l.plan
+            WHERE l.id = activations.license_id)""",
+]
+# Tx.record_issues's raise of it (the same on every engine).
+RAISE_FILES_RUN_UNTIL = (
+    "files_run_until = CASE WHEN files_run_until IS NULL OR files_run_until < :runs "
+    "THEN :runs ELSE files_run_until END"
+)
+
 
 class UsageOps:
     """Mixed into ``Tx``, which supplies the query helpers."""
@@ -139,6 +156,12 @@ class UsageOps:
     def tpm_bound(self, activation_id: str) -> bool:
         row = self._one("SELECT tpm_bound FROM activations WHERE id = :a", a=activation_id)
         return row is not None and bool(row[0])
+
+    def files_run_until(self, activation_id: str) -> int | None:
+        """When every file HQ issued the activation has stopped running (expiry and
+        grace); None if unknown."""
+        row = self._one("SELECT files_run_until FROM activations WHERE id = :a", a=activation_id)
+        return None if row is None or row[0] is None else int(row[0])
 
     # -- meters' periods ------------------------------------------------------------------
     def meter_period(

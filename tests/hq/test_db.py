@@ -109,6 +109,7 @@ def test_waiting_returns_carried_over_version_10_free_their_seats_when_due(
     finally:
         store.close()
     with connect(home) as conn:  # back to schema 9: what an HQ of the release before held
+        conn.execute("ALTER TABLE activations DROP COLUMN files_run_until")  # version 11
         conn.execute("DROP INDEX activations_returning")
         conn.execute("ALTER TABLE activations DROP COLUMN return_frees_at")
         conn.execute("UPDATE schema_version SET version = 9")

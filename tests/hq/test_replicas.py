@@ -1,8 +1,11 @@
 """Several ``fieldpass-hq serve`` processes sharing one PostgreSQL, as replicas on
-several hosts would: the seat rule, the serials and the audit log hold across them
+several hosts would: the seat rule, the serials, return receipts and the plan's return
+limit, and the audit log hold across them
 (the database's row lock, no lock in any process), and each answers ``/healthz`` and
 ``/readyz`` for a load balancer."""
 
+import base64
+import secrets
 import signal
 import threading
 import time
@@ -14,12 +17,13 @@ from typing import Any
 import httpx
 import pytest
 
-from agent.wire import license_key
+from agent.wire import device_msg, license_key
+from agent.wire.device_key import DeviceKey
 from tests.engines import snapshot
 from tests.pg_server import Postgres
 
 from .conftest import fingerprint
-from .server import Server, hq_json, prepare_home, start_server
+from .server import Server, hq_cli, hq_json, prepare_home, start_server
 
 REPLICAS = 3
 DEVICES = 300
@@ -203,3 +207,118 @@ def test_postgresql_crashing_mid_activation_loses_nothing_answered(tmp_path: Pat
         assert {r[0]: r[7] for r in snap["licenses"]}[license_key.license_id(key)] == len(acts)
     finally:
         pg.stop()
+
+
+def _signed_activation(key: str, device: DeviceKey, fp: str) -> str:
+    """What ``fieldpass activate`` sends in ``request``: the device's self-signed
+    message, bound to its TPM counter."""
+    msg = device_msg.sign(
+        device,
+        "activate",
+        {"activation_id": "", "fingerprint": fp, "at": int(time.time()),
+         "agent_version": "test", "license_id": license_key.license_id(key),
+         "device_key": device.public_key, "counter": 7, "nonce": secrets.token_hex(8),
+         "device_name": "", "formats": [1, 2]},
+    )  # fmt: skip
+    return base64.b64encode(msg).decode()
+
+
+def test_a_relayed_swap_sent_to_every_replica_at_once_takes_its_receipt_once(
+    replicas: list[Server],
+) -> None:
+    """A laptop whose relay timed out runs it again (it is safe, it says) while HQ is
+    still answering the first: every copy of the same swap, on every replica at once,
+    is answered as the same swap run again is, the receipt taken and audited once."""
+    key = str(hq_json(replicas[0].home, "licenses", "create", "--plan", "std")["key"])
+    old = DeviceKey.generate()
+    first = httpx.post(
+        replicas[0].url + "/v1/activate",
+        json={"license_key": key, "request": _signed_activation(key, old, fingerprint(1))},
+        timeout=60,
+    )
+    assert first.status_code == 201, first.text
+    old_act = first.json()["activation_id"]
+    now = int(time.time())
+    receipt = device_msg.sign(
+        old,
+        "receipt",
+        {"activation_id": old_act, "fingerprint": fingerprint(1), "at": now,
+         "agent_version": "test", "serial": 1, "returned_at": now, "reason": "returned",
+         "device_key": None, "proof": None},
+    )  # fmt: skip
+    body = {
+        "license_key": key,
+        "request": _signed_activation(key, DeviceKey.generate(), fingerprint(2)),
+        "receipts": [base64.b64encode(receipt).decode()],
+    }
+    copies = 12
+    barrier = threading.Barrier(copies)
+
+    def one(n: int) -> httpx.Response:
+        with httpx.Client(timeout=120) as client:
+            barrier.wait()
+            return client.post(replicas[n % REPLICAS].url + "/v1/activate", json=body)
+
+    with ThreadPoolExecutor(copies) as pool:
+        results = list(pool.map(one, range(copies)))
+    assert [r.status_code for r in results] == [201] * copies, {r.text for r in results}
+    assert len({r.json()["activation_id"] for r in results}) == 1
+    taken = [r.json()["receipts"] for r in results]
+    assert all(t[0]["activation_id"] == old_act and t[0]["freed"] for t in taken)
+    assert sorted(t[0]["taken_before"] for t in taken) == [False] + [True] * (copies - 1)
+    snap = snapshot(replicas[0].home)
+    assert [r[0] for r in snap["returns"]].count(old_act) == 1
+    assert [(a[4], a[6]) for a in snap["audit"]].count(("return", old_act)) == 1
+
+
+def test_receipts_raced_on_every_replica_free_once_and_keep_the_return_limit(
+    replicas: list[Server],
+) -> None:
+    """Four TPM-bound devices of one license (a plan allowing one return a year) each
+    post their receipt three times, on every replica at once: one receipt is taken
+    (200, its seat freed, one return row, one ``return`` audit line); the copies of it
+    are 409 ``conflict``, every other receipt 409 ``return_limit_reached``; the seats
+    the database counts agree with the live activations."""
+    home = replicas[0].home
+    hq_cli(home, "plans", "create", "ret", "--offline-ttl", "365d", "--seats", "4")
+    hq_cli(home, "usage", "terms", "ret", "--returns-per-year", "1")
+    key = str(hq_json(home, "licenses", "create", "--plan", "ret")["key"])
+    now = int(time.time())
+    bodies = []
+    for n in range(4):
+        device = DeviceKey.generate()
+        res = httpx.post(
+            replicas[0].url + "/v1/activate",
+            json={"license_key": key, "request": _signed_activation(key, device, fingerprint(n))},
+            timeout=60,
+        )
+        assert res.status_code == 201, res.text
+        receipt = device_msg.sign(
+            device,
+            "receipt",
+            {"activation_id": res.json()["activation_id"], "fingerprint": fingerprint(n),
+             "at": now, "agent_version": "test", "serial": 1, "returned_at": now,
+             "reason": "returned", "device_key": None, "proof": None},
+        )  # fmt: skip
+        bodies += [{"request": base64.b64encode(receipt).decode()}] * 3
+    barrier = threading.Barrier(len(bodies))
+
+    def one(n: int) -> httpx.Response:
+        with httpx.Client(timeout=120) as client:
+            barrier.wait()
+            return client.post(replicas[n % REPLICAS].url + "/v1/receipt", json=bodies[n])
+
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        results = list(pool.map(one, range(len(bodies))))
+    taken = [r for r in results if r.status_code == 200]
+    assert len(taken) == 1 and taken[0].json()["freed"] is True
+    winner = taken[0].json()["activation_id"]
+    codes = sorted((r.status_code, r.json()["error"]["code"]) for r in results if r not in taken)
+    assert codes == [(409, "conflict")] * 2 + [(409, "return_limit_reached")] * 9
+    snap = snapshot(home)
+    lic = license_key.license_id(key)
+    mine = {a[0] for a in snap["activations"] if a[1] == lic}
+    assert [r[0] for r in snap["returns"] if r[0] in mine] == [winner]
+    assert [a[6] for a in snap["audit"] if a[4] == "return" and a[6] in mine] == [winner]
+    live = [a for a in snap["activations"] if a[1] == lic and a[7] is None]
+    assert {r[0]: r[7] for r in snap["licenses"]}[lic] == len(live) == 3

@@ -19,7 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from agent.wire import armor, license_key
+from agent.wire import armor, cbor, device_msg, license_key
+from agent.wire.device_key import DeviceKey
 from agent.wire.keys import Keyring
 from agent.wire.machine_file import open_machine_file
 from agent.wire.signed_time import verify_time_v1
@@ -393,6 +394,101 @@ def test_a_returned_device_gets_no_file_over_http_until_its_seat_frees(online: O
     fresh = post(online.url, "/v1/activate", device_body(key, 1))
     assert fresh.status_code == 201 and fresh.json()["created"] is True
     assert fresh.json()["activation_id"] != act["activation_id"]
+
+
+def _keyed_activation(
+    online: Online, key: str, n: int, device: DeviceKey | None = None, counter: int | None = None
+) -> tuple[DeviceKey, str]:
+    """A device activated as ``fieldpass activate`` does (its own key, self-signed;
+    ``counter``: its state bound to its TPM counter)."""
+    device = device or DeviceKey.generate()
+    msg = device_msg.sign(
+        device,
+        "activate",
+        {"activation_id": "", "fingerprint": fingerprint(n), "at": int(time.time()),
+         "agent_version": "test", "license_id": license_key.license_id(key),
+         "device_key": device.public_key, "counter": counter, "nonce": f"n{n}",
+         "device_name": "", "formats": [1, 2]},
+    )  # fmt: skip
+    body = {"license_key": key, "request": base64.b64encode(msg).decode()}
+    res = post(online.url, "/v1/activate", body)
+    assert res.status_code == 201, res.text
+    return device, str(res.json()["activation_id"])
+
+
+def _receipt(device: DeviceKey, activation_id: str, n: int) -> bytes:
+    now = int(time.time())
+    return device_msg.sign(
+        device,
+        "receipt",
+        {"activation_id": activation_id, "fingerprint": fingerprint(n), "at": now,
+         "agent_version": "test", "serial": 1, "returned_at": now, "reason": "returned",
+         "device_key": None, "proof": None},
+    )  # fmt: skip
+
+
+def test_hostile_receipts_get_a_documented_status_and_change_nothing(online: Online) -> None:
+    """``POST /v1/receipt`` with another device's activation (of this license or
+    another), a stranger's key, a cut, oversized or deeply nested message: each refused
+    with a one-line error whose status the route's OpenAPI document names; no return is
+    recorded and no seat freed. The device's own receipt then frees once; a replay is
+    409 ``conflict``."""
+    key, other_key = online.new_license(), online.new_license()
+    a, a_id = _keyed_activation(online, key, 1)
+    _, b_id = _keyed_activation(online, key, 2)
+    _, c_id = _keyed_activation(online, other_key, 3)
+    nested = b"\x81" * 500 + b"\x00"
+    hostile = {
+        "names another device's activation": _receipt(a, b_id, 2),
+        "names another activation, its own device": _receipt(a, b_id, 1),
+        "names another license's activation": _receipt(a, c_id, 3),
+        "signed by a stranger": _receipt(DeviceKey.generate(), a_id, 1),
+        "cut short": _receipt(a, a_id, 1)[:-7],
+        "oversized": b"\xa0" * 3000,
+        "nested": nested,
+        "nested inside a signature": cbor.dumps(
+            {"kid": a.kid, "msg": nested, "sig": a.sign(b"fieldpass/device/" + nested)}
+        ),
+    }
+    spec = httpx.get(online.url + "/openapi.json", timeout=10).json()
+    documented = {int(s) for s in spec["paths"]["/v1/receipt"]["post"]["responses"]}
+    before = db_snapshot(online.server.home)
+    for what, data in hostile.items():
+        res = post(online.url, "/v1/receipt", {"request": base64.b64encode(data).decode()})
+        error = res.json()["error"]
+        assert res.status_code in documented - {200}, (what, res.status_code, res.text)
+        assert error["code"] and "\n" not in error["message"], what
+    after = db_snapshot(online.server.home)
+    for table in ("returns", "activations", "licenses"):
+        assert after[table] == before[table], table
+    own = {"request": base64.b64encode(_receipt(a, a_id, 1)).decode()}
+    assert post(online.url, "/v1/receipt", own).status_code == 200
+    again = post(online.url, "/v1/receipt", own)
+    assert (again.status_code, again.json()["error"]["code"]) == (409, "conflict")
+    assert [r[0] for r in db_snapshot(online.server.home)["returns"]].count(a_id) == 1
+
+
+def test_a_receipt_replayed_after_the_device_activated_anew_is_the_one_hq_holds(
+    online: Online,
+) -> None:
+    """A device bound to its TPM gives its license back (the seat frees at once) and
+    activates anew with the same device key (a new activation): its kept copy of the
+    old receipt, sent again (its daemon, a laptop's report), is answered as before the
+    new activation, 409 ``conflict`` (HQ holds it: the device drops its copy), not as a
+    receipt naming another activation than its key's; nothing changes."""
+    key = online.new_license()
+    device, old_id = _keyed_activation(online, key, 1, counter=5)
+    receipt = {"request": base64.b64encode(_receipt(device, old_id, 1)).decode()}
+    taken = post(online.url, "/v1/receipt", receipt)
+    assert taken.status_code == 200 and taken.json()["freed"] is True, taken.text
+    _, new_id = _keyed_activation(online, key, 1, device=device, counter=6)
+    assert new_id != old_id
+    before = db_snapshot(online.server.home)
+    again = post(online.url, "/v1/receipt", receipt)
+    assert (again.status_code, again.json()["error"]["code"]) == (409, "conflict"), again.text
+    after = db_snapshot(online.server.home)
+    for table in ("returns", "activations", "licenses"):
+        assert after[table] == before[table], table
 
 
 def test_the_audit_log_says_who_when_and_from_where(online: Online) -> None:

@@ -168,7 +168,7 @@ def test_a_serial_that_is_not_the_next_fails_its_whole_transaction(hq_home: Path
     before = len(hq.audit_log.audit(10_000))
     with pytest.raises(StorageError, match="serial changed"), hq.store.write() as tx:
         tx.append_audit(AuditEvent(now, "test", "local", "skipped", act.license_id))
-        tx.record_issues([(act.id, act.serial + 2, now + 1, now + 2)])
+        tx.record_issues([(act.id, act.serial + 2, now + 1, now + 2, now + 2)])
     assert len(hq.audit_log.audit(10_000)) == before
     assert hq.get_activation(act.id) == act
     issued = hq.renew(now + 3, ACTOR, activation_id=act.id)  # the next serial is taken
@@ -285,5 +285,92 @@ def test_a_field_bundle_skips_a_returned_device_and_carries_the_others(hq_home: 
             {"activation_id": act.id, "license_id": lic.id, "status": "returned"}
         ]
         assert hq.get_activation(act.id).serial == act.serial
+    finally:
+        hq.store.close()
+
+
+def test_a_device_returned_after_the_export_chose_it_is_skipped_too(hq_home: Path) -> None:
+    """``field export`` chooses the devices first, then renews them one by one: a
+    receipt HQ takes in between (over HTTP, MQTT, a laptop's report) makes that device
+    ``skipped`` (status ``returned``) as if it had come before, not the export's end."""
+    from provisioning.field import bundle
+
+    hq, key, act, now = one_activation(hq_home)
+    try:
+        other = hq.activate(key, fingerprint(2), now, ACTOR).activation
+        chosen = bundle.select(hq, (act.license_id,), None, None, None, now)
+        assert {a.id for a, _ in chosen} == {act.id, other.id}
+        with hq.store.write() as tx:  # what a receipt records for a device without a TPM
+            tx.insert_return(
+                ReturnRecord(act.id, act.serial, now, now, "http", "-", act.last_expires_at, None)
+            )
+        doc = bundle.export(hq, chosen, None, now, ACTOR)
+        assert [d["activation_id"] for d in doc["devices"]] == [other.id]
+        assert doc["skipped"] == [
+            {"activation_id": act.id, "license_id": act.license_id, "status": "returned"}
+        ]
+        assert hq.get_activation(act.id).serial == act.serial
+    finally:
+        hq.store.close()
+
+
+def test_an_override_counts_only_the_returns_past_the_limit(hq_home: Path) -> None:
+    """``--override REASON`` lets receipts past a plan's return limit free their seats
+    (a laptop's report imported with it, ``deactivate --receipt``): a receipt within
+    the limit has nothing to override and counts as the year's return it is, so the
+    limit holds for the next one; the one past it is recorded with the reason."""
+    from provisioning.services.usage import ReturnLimitReached, set_terms
+    from tests.hq.fleet import SeedDevice
+
+    hq = HQ(hq_home)
+    try:
+        now = int(time.time())
+        plan = f"p{time.monotonic_ns()}"
+        hq.create_plan(Plan(plan, "default", 365 * 86400, 0, 3, None, now), ACTOR)
+        set_terms(hq.store, plan, [], [], 1, now, ACTOR)
+        key = hq.create_license(plan, [], None, now, ACTOR).license_key
+        within, past, later = (SeedDevice(hq, key, fingerprint(n), now) for n in (1, 2, 3))
+        within.give_back(now, "laptop", override="import with --override, ticket 7")
+        past.give_back(now, "laptop", override="import with --override, ticket 7")
+        with pytest.raises(ReturnLimitReached):
+            later.give_back(now + 60, "http")  # the year's one return is taken
+        with hq.store.read() as tx:
+            held = {a.id: tx.get_return(a.id) for a in (within.act, past.act)}
+        assert [None if r is None else r.override for r in held.values()] == [
+            None,
+            "import with --override, ticket 7",
+        ]
+    finally:
+        hq.store.close()
+
+
+def test_a_return_without_a_tpm_waits_for_every_file_issued_before_it(hq_home: Path) -> None:
+    """A copy of the data directory taken before the return may hold any file HQ issued
+    the activation, not only the last: a device that took a year's file, had the data
+    copied, then asked a one-day file (``fieldpass prepare-offline --days 1``) and gave
+    its license back frees its seat only when the year's file and its grace (the grace
+    it was issued with, whatever the plan says since) have passed; until then HQ issues
+    the activation nothing."""
+    from provisioning.services.terms import PlanChange
+    from tests.hq.fleet import SeedDevice
+
+    hq = HQ(hq_home)
+    try:
+        now = int(time.time())
+        year, month = 365 * 86400, 30 * 86400
+        plan = f"p{time.monotonic_ns()}"
+        hq.create_plan(Plan(plan, "default", year, month, 3, None, now), ACTOR)
+        key = hq.create_license(plan, [], None, now, ACTOR).license_key
+        device = SeedDevice(hq, key, fingerprint(1), now)
+        first_ends = device.act.last_expires_at + month  # the year's file, with its grace
+        short = hq.renew(now + 60, ACTOR, activation_id=device.act.id, ttl_s=86400)
+        assert short.claims.expires_at == now + 60 + 86400
+        hq.update_plan(plan, PlanChange(grace_s=0), now + 120, ACTOR)
+        device.give_back(now + 180, "http")
+        with hq.store.read() as tx:
+            held = tx.get_return(device.act.id)
+        assert held is not None and held.frees_at >= first_ends
+        with pytest.raises(ActivationReturned):
+            hq.renew(now + 2 * 86400, ACTOR, activation_id=device.act.id)
     finally:
         hq.store.close()
