@@ -233,7 +233,8 @@ def test_an_old_suspension_is_told_after_the_upgrade(service: HQ, tmp_path: Path
     service.set_status(lic.id, "suspend", 1500, ACTOR)
     service.store.close()
     home = tmp_path / "home"
-    undo_8 = [  # back to schema 6: undo 10 (waiting returns), 9 (the keyring), 8, 7
+    undo_8 = [  # back to schema 6: undo 11 (files' end), 10 (waiting returns), 9, 8, 7
+        "ALTER TABLE activations DROP COLUMN files_run_until",
         "DROP INDEX activations_returning",
         "ALTER TABLE activations DROP COLUMN return_frees_at",
         "ALTER TABLE activations DROP COLUMN keyring",
