@@ -15,7 +15,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -52,6 +52,37 @@ class Crash(BaseException):
     """Stands for the power going out: nothing after it runs."""
 
 
+REAL_OS = {name: getattr(os, name) for name in ("write", "fsync", "rename", "unlink")}
+
+
+@contextmanager
+def power_cut_after(monkeypatch: pytest.MonkeyPatch, writes: int) -> Iterator[dict[str, bool]]:
+    """Run the block with the power going out at its write(2), fsync(2), rename(2) or
+    unlink(2) through fsio numbered ``writes`` (0: the first); ``cut["happened"]`` says
+    afterwards whether it went out before the block finished."""
+    left = [writes]
+
+    def counting(name: str):  # type: ignore[no-untyped-def]
+        real = REAL_OS[name]
+
+        def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+            if left[0] == 0:
+                raise Crash
+            left[0] -= 1
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    cut = {"happened": False}
+    with monkeypatch.context() as m:
+        for name in REAL_OS:
+            m.setattr(fsio.os, name, counting(name))
+        try:
+            yield cut
+        except Crash:
+            cut["happened"] = True
+
+
 def test_crash_at_every_write_step_of_install_and_check(
     device: DeviceRoot, signer: Signer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -60,37 +91,19 @@ def test_crash_at_every_write_step_of_install_and_check(
     the new one, never neither, never a half file."""
     signer.provision(device, serial=1)
     cfg = load(str(device.path))
-    real = {name: getattr(os, name) for name in ("write", "fsync", "rename", "unlink")}
     crash_points = 0
     serial = 1
     for step in ("install", "check"):
         n = 0
         while True:
-            calls = {"left": n}
-
-            def counting(name: str, calls: dict[str, int] = calls):  # type: ignore[no-untyped-def]
-                def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
-                    if calls["left"] == 0:
-                        raise Crash
-                    calls["left"] -= 1
-                    return real[name](*args, **kwargs)
-
-                return wrapper
-
             new = serial + 1
             data = signer.issue(device.fingerprint, serial=new)
-            with monkeypatch.context() as m:
-                for name in real:
-                    m.setattr(fsio.os, name, counting(name))
-                try:
-                    with fsio.ExclusiveLock(cfg.state_dir):
-                        if step == "install":
-                            Device(cfg).install(data, None, int(time.time()))
-                        else:
-                            Device(cfg).evaluate(int(time.time()), record=True)
-                    finished = True
-                except Crash:
-                    finished = False
+            with power_cut_after(monkeypatch, n) as cut, fsio.ExclusiveLock(cfg.state_dir):
+                if step == "install":
+                    Device(cfg).install(data, None, int(time.time()))
+                else:
+                    Device(cfg).evaluate(int(time.time()), record=True)
+            finished = not cut["happened"]
             code, verdict = gate_in_process(device)
             assert code == 0, verdict
             assert verdict["serial"] in (serial, new)
@@ -110,32 +123,14 @@ def test_crash_at_every_write_step_of_a_return(
     time: the device is licensed only while the return has not begun (no receipt, the
     state not marked); once the state is marked the gate says returned (30) whatever is
     left on disk, and the receipt is there or `return` run again writes it."""
-    real = {name: getattr(os, name) for name in ("write", "fsync", "rename", "unlink")}
     n = 0
     while True:
         device = make_device()
         signer.provision(device, serial=1)
         cfg = load(str(device.path))
-        calls = {"left": n}
-
-        def counting(name: str, calls: dict[str, int] = calls):  # type: ignore[no-untyped-def]
-            def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
-                if calls["left"] == 0:
-                    raise Crash
-                calls["left"] -= 1
-                return real[name](*args, **kwargs)
-
-            return wrapper
-
-        with monkeypatch.context() as m:
-            for name in real:
-                m.setattr(fsio.os, name, counting(name))
-            try:
-                with fsio.ExclusiveLock(cfg.state_dir):
-                    Device(cfg).give_back(int(time.time()))
-                finished = True
-            except Crash:
-                finished = False
+        with power_cut_after(monkeypatch, n) as cut, fsio.ExclusiveLock(cfg.state_dir):
+            Device(cfg).give_back(int(time.time()))
+        finished = not cut["happened"]
         receipt = device.state_dir / "return.receipt"
         code, verdict = gate_in_process(device)
         if code == 0:
