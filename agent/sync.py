@@ -55,17 +55,20 @@ def activate(device: Device, servers: list[Hq], key: str, now: int) -> tuple[Cla
     file, bound to this request's nonce and the TPM counter. A return receipt still
     waiting to reach HQ goes first: HQ that does not know of the return would hand back
     the returned activation, which this device never installs again; knowing it, HQ
-    frees the seat (at once with a TPM) or says when it frees. HQ's refusal of the
-    receipt (a plan's return limit) ends the activation: the returned activation is all
-    HQ would give back."""
+    frees the seat (at once with a TPM) or says when it frees. HQ's refusal to free the
+    seat (a plan's return limit) ends the activation: the returned activation is all HQ
+    would give back. Refused for another reason (an HQ restored from a backup older than
+    the returned activation does not know it), the receipt stays and the activation goes
+    on: what HQ answers it, a new activation or the returned one, says the rest."""
     try:
         deliver_receipt(device, servers)
-    except Refused as e:  # said as what it is: the user asked for an activation
-        raise Refused(
-            e.code,
-            f"the return receipt waiting on this device (kept; nothing was activated): {e}",
-            e.status,
-        ) from None
+    except Refused as e:
+        if e.code in RECEIPT_KEEPS_SEAT:  # said as what it is: the user asked to activate
+            raise Refused(
+                e.code,
+                f"the return receipt waiting on this device (kept; nothing was activated): {e}",
+                e.status,
+            ) from None
     except Unreachable:
         pass  # the activation, to the same servers, says what is wrong with the link
     nonce = new_nonce()
@@ -232,6 +235,8 @@ def validate(device: Device, servers: list[Hq], now: int) -> list[str]:
 # "activation_not_found", which only the HQ that knows the activation answers). Kept, the
 # receipt would be sent at every contact for ever.
 RECEIPT_SETTLED = frozenset({"conflict", "activation_not_found"})
+# HQ holds the returned activation and will not free its seat: activating stops there.
+RECEIPT_KEEPS_SEAT = frozenset({"return_limit_reached"})
 
 
 def send_report(device: Device, servers: list[Hq], now: int) -> list[str]:

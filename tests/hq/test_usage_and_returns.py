@@ -318,3 +318,39 @@ def test_activating_again_sends_the_waiting_receipt_first(
     assert live[returned[robot]] is not None and live[returned[plain]] is None
     returns = [e for e in hqc.json("audit") if e["action"] == "return"]  # type: ignore[attr-defined]
     assert {e["activation_id"] for e in returns} == {returned[robot], returned[plain]}
+
+
+def test_a_receipt_hq_does_not_know_does_not_stop_the_activation(
+    hqc: HQ, server: Server, device: DeviceRoot, tmp_path: Path
+) -> None:
+    """HQ restored from a backup taken before the robot was activated: the robot, which
+    gave its license back while HQ was out of reach, is activated against it. That HQ
+    has no record of the returned activation (401 to the receipt) and nothing to free,
+    so the receipt does not stop the activation: the robot takes a new one, and keeps
+    the receipt (the HQ that knew the activation may yet see it)."""
+    passphrase = tmp_path / "pass"
+    passphrase.write_text("correct horse battery staple\n")
+    backup = tmp_path / "hq.backup"
+    key = str(hqc.json("licenses", "create", "--plan", "industrial")["key"])
+    hqc.run("backup", "-o", str(backup), "--with-secrets", "--passphrase-file", str(passphrase))
+    device.write_config(f'[online]\nserver = "{server.url}"\n')
+    hqc.image(device)
+    done = device.run("activate", key, "--server", server.url)
+    assert done.returncode == 0, done.stderr
+    returned = device.verdict()["activation_id"]
+    given = device.run("return", "--yes", "-o", str(tmp_path / "given.receipt"))
+    assert given.returncode == 0, given.stderr
+    server.stop()  # HQ lost; the vendor restores the backup
+    older = HQ(tmp_path / "restored")
+    older.run("restore", str(backup), "--passphrase-file", str(passphrase))
+    restored = start_server(older.home)
+    try:
+        again = device.run("activate", key, "--server", restored.url)
+    finally:
+        restored.stop()
+    assert again.returncode == 0, again.stderr
+    assert device.check().returncode == 0
+    assert device.verdict()["activation_id"] not in ("", returned)
+    assert (device.state_dir / "return.receipt").exists()
+    (act,) = older.json("activations", "list", "--all")  # type: ignore[misc]
+    assert act["activation_id"] == device.verdict()["activation_id"]
