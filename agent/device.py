@@ -604,11 +604,11 @@ class Device:
         just sent HQ, or the nonce of the pending air-gapped request (and, with a TPM,
         the counter as it is now: a pending file is on the data partition, the counter
         is not)."""
+        if _names(claims, nonce):
+            return True
         binding = claims.binding
         if binding is None or binding.nonce is None:
             return False
-        if nonce is not None and binding.nonce == nonce:
-            return True
         pending = self.pending_request()
         if pending is None or binding.nonce != pending[0]:
             return False

@@ -159,8 +159,9 @@ def compare(claims: Claims, state: State | None, *, bound: bool = False) -> str:
     """Is this machine file older than, the same as, or newer than the newest accepted?
 
     Within one activation the signed serial decides; a different activation (the device
-    was activated again) is newer only if HQ issued it later, or if it is ``bound`` to
-    the nonce this device just sent: HQ's answer now, even issued in the same second as
+    was activated again) is newer only if HQ issued it later, or if it is ``bound``:
+    HQ's answer now (Device.install decides: to the nonce just sent, or with a TPM to
+    the pending request at the counter as it is now), even issued in the same second as
     the last file (activated, returned and activated again within it) or by an HQ host
     whose clock lags another's. A copied older file cannot name that nonce.
     """
