@@ -169,7 +169,9 @@ def test_a_held_up_answer_of_a_returned_activation_never_installs_over_the_next(
     requests = hq_client.received("renew-request")
     assert device.signed(requests[-1], "renew")["nonce"] == nonce  # still the last one sent
     hq_client.publish(device_topic(device, "machine-file"), held, retain=True)
-    daemon.wait_log("ignored a bad message (machine_file_returned)")
-    assert device.machine_file.read_bytes() == again.read_bytes()
+    refused, installed = "ignored a bad message (machine_file_returned)", "installed machine file"
+    wait_for(lambda: refused in daemon.text() or installed in daemon.text(), what="the answer")
+    assert device.machine_file.read_bytes() == again.read_bytes(), "installed over act_2"
+    assert refused in daemon.text()
     assert daemon.stop() == 0
     assert device.check().returncode == 0 and device.verdict()["activation_id"] == "act_2"
