@@ -397,10 +397,11 @@ class Device:
                 identity,
                 None,
             )
-        if st.returned_at and claims.activation_id == st.activation_id:
-            # the file and key of the activation given back, put back by hand, or a
-            # return cut short before it removed them: given back all the same
-            return Outcome(_given_back(st, left_behind=True), identity, st)
+        if verdict.given_back(claims, st):
+            # the file and key of an activation given back, put back by hand (even over
+            # a later activation's), or a return cut short before it removed them:
+            # given back all the same
+            return Outcome(_given_back(st, claims), identity, st)
         order = verdict.compare(claims, st)
         if order == verdict.OLDER:
             return Outcome(
@@ -545,19 +546,17 @@ class Device:
         st = loaded.state
         if loaded.error is not None or (st is None and self._needs_binding(loaded)):
             return self._rebuild(data, key, claims, loaded, fresh)
-        if st is not None and st.returned_at and claims.activation_id == st.activation_id:
-            then = "activate the device again"
-            if os.path.lexists(self.cfg.machine_file):  # a return cut short: no receipt yet
-                then = "run `fieldpass return` to finish giving it back, then " + then
-            raise InstallRefused(
-                INVALID,
-                "returned",
-                f"this device gave activation {st.activation_id} back on "
-                f"{verdict.date(st.returned_at)}: its files cannot be installed again; {then}",
-            )
+        if st is not None and verdict.given_back(claims, st):
+            # any file of an activation given back, bound to a nonce just sent (an answer
+            # to a renewal of before the return) or issued later than the current one
+            raise InstallRefused(INVALID, "returned", self._returned_refusal(claims, st))
         if st is not None:
             stored = self._stored_claims(key)
-            if stored is not None and verdict.compare(stored, st) == verdict.NEWER:
+            if (
+                stored is not None
+                and not verdict.given_back(stored, st)
+                and verdict.compare(stored, st) == verdict.NEWER
+            ):
                 st = verdict.absorb(stored, st)  # an install cut short before its state
         # Another activation's file not issued later is newer only as HQ's answer now: to
         # the nonce just sent, or with a TPM to the pending request at the counter as it
@@ -593,6 +592,20 @@ class Device:
             self.save_state(verdict.absorb(claims, st, bound=fresh), loaded, bump=True)
         self._clear_pending(claims)
         return claims, "installed"
+
+    def _returned_refusal(self, claims: Claims, st: State) -> str:
+        current = claims.activation_id == st.activation_id and st.returned_at
+        when = f" on {verdict.date(st.returned_at)}" if current else ""
+        if st.activation_id and not st.returned_at:
+            then = "the installed file stays in force"
+        else:
+            then = "activate the device again"
+            if current and os.path.lexists(self.cfg.machine_file):  # cut short: no receipt yet
+                then = "run `fieldpass return` to finish giving it back, then " + then
+        return (
+            f"this device gave activation {claims.activation_id} back{when}: its files "
+            f"cannot be installed again; {then}"
+        )
 
     def _needs_binding(self, loaded: Loaded) -> bool:
         """With a TPM even a first install onto empty state must be bound to the counter
@@ -868,7 +881,7 @@ class Device:
             raise InstallRefused(NOT_ACTIVATED, "not_activated", "this device holds no license")
         key = self.ensure_device_key()
         public, proof = self._registration(key, st.activation_id, None)
-        st = self.save_state(st.replace(returned_at=now), loaded, bump=True)
+        st = self.save_state(verdict.give_back(st, now), loaded, bump=True)
         receipt = device_msg.sign(
             key,
             "receipt",
@@ -922,11 +935,22 @@ def _names(claims: Claims, nonce: str | None) -> bool:
     return nonce is not None and claims.binding is not None and claims.binding.nonce == nonce
 
 
-def _given_back(st: State, *, left_behind: bool = False) -> Verdict:
-    """The verdict of a device whose state records the return of its activation; with
-    ``left_behind``, that activation's file is still (or again) in place."""
+def _given_back(st: State, claims: Claims | None = None) -> Verdict:
+    """The verdict of a device whose state records the return of its activation, or
+    whose machine file (``claims``) is of an activation it gave back: the current one
+    (its file still or again in place) or an earlier one (put back over a later)."""
+    if claims is not None and not (claims.activation_id == st.activation_id and st.returned_at):
+        then = "activate it again"
+        if not st.returned_at:
+            then = "put back the current activation's machine file and license key, or " + then
+        return Verdict(
+            NOT_ACTIVATED,
+            f"Machine file is of activation {claims.activation_id}, which this device gave "
+            f"back: it cannot run again; {then}",
+            reason="returned",
+        )
     then = f"This device gave its license back on {verdict.date(st.returned_at)}"
-    if left_behind:  # a return cut short may have written no receipt yet
+    if claims is not None:  # a return cut short may have written no receipt yet
         message = (
             f"{then}, but its machine file is still here: run `fieldpass return` to "
             "finish (its receipt frees the seat), then activate it again"

@@ -6,7 +6,9 @@ a fresh device nonce lowers it); the newest machine file accepted (activation id
 serial, issued-at) for anti-downgrade; a revocation recorded from an authoritative HQ
 answer and the signed time of the last lift (older revocations are ignored); the last
 verdict (to run on-verdict hooks on a change); with a TPM, the NV counter values the
-state is bound to; the identity source that gave the fingerprint; usage counters.
+state is bound to; the identity source that gave the fingerprint; usage counters; the
+activations this device gave back (``returned_ids``, the last ``MAX_RETURNED``, oldest
+first: their files never install or run again, docs/device.md "Returned activations").
 
 On disk each slot (``state.a``, ``state.b``) is canonical CBOR
 ``{"v": 2, "body": CBOR(record), "mac": HMAC-SHA256(state_key, CONTEXT || body)}``.
@@ -35,6 +37,11 @@ MAC_CONTEXT = b"fieldpass/state/v2\0"
 LEGACY_MAC_CONTEXT = b"fieldpass/state/v1\0"
 MAX_STATE_BYTES = 4096
 MAX_USAGE_COUNTERS = 64
+# The record of returned activations: at most this many ids and characters in all (16
+# ids of HQ's form, ``act_`` and 20 hex digits, take 384), so that it always fits in
+# MAX_STATE_BYTES beside the rest; the oldest id is dropped first.
+MAX_RETURNED = 16
+MAX_RETURNED_CHARS = 1024
 
 
 class StateError(Exception):
@@ -49,6 +56,10 @@ _UINTS = ("gen", "boot", "serial", "report_seq")
 _TIMES = ("hwm", "issued_at", "revoked_at", "lifted_at", "returned_at", "usage_at", "usage_stop")
 _TEXTS = ("activation_id", "revoked", "last_verdict", "id_source")
 _OPTIONAL_UINTS = ("tpm", "unrecorded_mark")
+# Written only when not empty: a state without it (every state of an agent before it,
+# and one with no return) reads as an empty record, and such a state is byte for byte
+# what the agent before wrote, so an image rolled back to it still reads it.
+_ADDED = ("returned_ids",)
 LEGACY_FIELDS = frozenset(
     {
         "gen",
@@ -71,7 +82,8 @@ class State:
     ``legacy`` (not stored) marks a record read from a version-1 slot.
     """
 
-    FIELDS = (*_UINTS, *_TIMES, *_TEXTS, *_OPTIONAL_UINTS, "usage")
+    FIELDS = (*_UINTS, *_TIMES, *_TEXTS, *_OPTIONAL_UINTS, "usage", *_ADDED)
+    REQUIRED = frozenset(FIELDS) - frozenset(_ADDED)
     __slots__ = (*FIELDS, "legacy")
 
     def __init__(
@@ -95,6 +107,7 @@ class State:
         usage_at: int = 0,
         usage_stop: int = 0,
         report_seq: int = 0,
+        returned_ids: tuple[str, ...] | list[str] = (),
         legacy: bool = False,
     ) -> None:
         self.gen = gen
@@ -115,16 +128,21 @@ class State:
         self.usage_at = usage_at
         self.usage_stop = usage_stop
         self.report_seq = report_seq
+        self.returned_ids = tuple(returned_ids)
         self.legacy = legacy
 
     def to_dict(self) -> dict[str, object]:
         doc = {name: getattr(self, name) for name in self.FIELDS}
         doc["usage"] = dict(self.usage)
+        if self.returned_ids:
+            doc["returned_ids"] = list(self.returned_ids)
+        else:
+            del doc["returned_ids"]
         return doc
 
     @classmethod
     def from_dict(cls, d: object) -> "State":
-        if not isinstance(d, dict) or set(d) != set(cls.FIELDS):
+        if not isinstance(d, dict) or not cls.REQUIRED <= set(d) <= set(cls.FIELDS):
             raise FormatError("state record has missing or unknown fields")
         _check_common(d, _UINTS, _TIMES, _TEXTS)
         usage = d["usage"]
@@ -133,6 +151,8 @@ class State:
         for key, value in usage.items():
             fields.name(key, "a usage counter")
             fields.uint(value, "a usage counter")
+        if "returned_ids" in d:
+            check_returned(d["returned_ids"])
         return cls(**d)
 
     @classmethod
@@ -170,6 +190,29 @@ def _check_common(
     for name in _OPTIONAL_UINTS:
         if name in d and d[name] is not None:
             fields.uint(d[name], f"state field {name}")
+
+
+def check_returned(ids: object) -> tuple[str, ...]:
+    """A stored record of returned activations: not empty (an empty one is not written),
+    distinct ids, within MAX_RETURNED and MAX_RETURNED_CHARS."""
+    what = "state field returned_ids"
+    if type(ids) is not list or not 0 < len(ids) <= MAX_RETURNED:
+        raise FormatError(f"{what} is not a list of at most {MAX_RETURNED} activation ids")
+    for value in ids:
+        fields.text(value, what)
+    if len(set(ids)) != len(ids) or sum(len(v) for v in ids) > MAX_RETURNED_CHARS:
+        raise FormatError(f"{what} repeats an id or is longer than {MAX_RETURNED_CHARS}")
+    return tuple(ids)
+
+
+def remember_return(ids: tuple[str, ...], activation_id: str) -> tuple[str, ...]:
+    """The record with ``activation_id`` given back: it moves to the newest end, and the
+    oldest ids drop out beyond MAX_RETURNED ids or MAX_RETURNED_CHARS characters (one
+    id, at most fields.MAX_TEXT, always fits). Nothing else ever removes an id."""
+    kept = [v for v in ids if v != activation_id] + [activation_id]
+    while len(kept) > MAX_RETURNED or sum(len(v) for v in kept) > MAX_RETURNED_CHARS:
+        kept.pop(0)
+    return tuple(kept)
 
 
 def seal(state: State, key: bytes) -> bytes:

@@ -7,7 +7,7 @@ hypothesis tests in tests/test_verdict.py check over arbitrary times.
 
 import time
 
-from .state import State
+from .state import State, remember_return
 from .wire.machine_file import Claims
 
 VALID, GRACE, EXPIRED = "valid", "grace", "expired"
@@ -183,7 +183,9 @@ def absorb(claims: Claims, state: State, *, bound: bool = False) -> State:
     device out forever). A file HQ issued after a recorded revocation lifts it, and the
     lift's time is kept: revocations issued at or before it are ignored from then on.
     A return is of one activation: the next one (the device activated again) is not
-    returned, and the returned one's files are older than it from then on.
+    returned, and the returned one stays in the record of returned activations (a
+    state written before the record existed has it added now). Never call it with a
+    file of a returned activation (``given_back``): its callers refuse those first.
     """
     changes: dict[str, object] = {
         "activation_id": claims.activation_id,
@@ -193,9 +195,28 @@ def absorb(claims: Claims, state: State, *, bound: bool = False) -> State:
     }
     if claims.activation_id != state.activation_id:
         changes["returned_at"] = 0
+        if state.returned_at:
+            changes["returned_ids"] = remember_return(state.returned_ids, state.activation_id)
     if state.revoked and claims.issued_at > state.revoked_at:
         changes.update(revoked="", revoked_at=0, lifted_at=max(state.lifted_at, claims.issued_at))
     return state.replace(**changes)
+
+
+def given_back(claims: Claims, state: State) -> bool:
+    """The file is of an activation this device gave back: one in the record of returned
+    activations, or the current one once returned (a state an agent before the record
+    wrote). No file of it ever installs or runs again, whatever it is bound to or when
+    it was issued: HQ gives an activation again under a new id only, never the same."""
+    if claims.activation_id in state.returned_ids:
+        return True
+    return bool(state.returned_at) and claims.activation_id == state.activation_id
+
+
+def give_back(state: State, now: int) -> State:
+    """The state after ``fieldpass return`` of its current activation at ``now``."""
+    return state.replace(
+        returned_at=now, returned_ids=remember_return(state.returned_ids, state.activation_id)
+    )
 
 
 def lift(state: State, t: int) -> State:

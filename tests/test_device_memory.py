@@ -7,6 +7,8 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from agent.config import load
 from agent.device import Device
 from agent.identity import Identity
@@ -225,7 +227,9 @@ def test_a_device_activated_again_after_a_return_takes_its_renewals(
     device: DeviceRoot, signer: Signer, tmp_path: Path
 ) -> None:
     """Returned, then activated again (a new activation): the return was of the old
-    activation, so the new one renews as any; the old one's files stay refused."""
+    activation, so the new one renews as any; the old one's files stay refused, as
+    given back, even one HQ issued later than the new activation's (before it saw the
+    receipt): installed, or copied in place with its key."""
     t0 = int(time.time())
     signer.provision(device, serial=3, issued_at=t0 - 60)
     old = (device.state_dir / "machine.file").read_bytes()
@@ -237,8 +241,71 @@ def test_a_device_activated_again_after_a_return_takes_its_renewals(
     renewed = device.run("install", renewal)
     assert renewed.returncode == 0, renewed.stderr
     assert device.check().returncode == 0 and device.verdict()["serial"] == 2
-    (device.state_dir / "machine.file").write_bytes(old)  # the returned activation's file
-    assert device.check().returncode == 31 and device.verdict()["reason"] == "downgrade"
+    late = keep(device, signer, "late", activation_id="act_1", serial=4, issued_at=t0 + 60)
+    refused = device.run("install", late)
+    assert refused.returncode == 31 and "gave activation act_1 back" in refused.stderr
+    assert device.check().returncode == 0 and device.verdict()["activation_id"] == "act_2"
+    for data in (old, Path(late).read_bytes()):  # the returned activation's files
+        (device.state_dir / "machine.file").write_bytes(data)
+        put_back = device.check()
+        assert put_back.returncode == 30, put_back.stdout
+        assert device.verdict()["reason"] == "returned" and "act_1" in put_back.stdout
+
+
+def test_a_return_an_earlier_agent_recorded_is_remembered_past_the_next_activation(
+    device: DeviceRoot, signer: Signer, tmp_path: Path
+) -> None:
+    """The agent before the record of returned activations knew only the current one
+    given back (``returned_at``). Its state loads, and when the device is activated
+    anew that return joins the record: a file of it issued later is refused still."""
+    from agent import state as state_mod
+
+    t0 = int(time.time())
+    signer.provision(device, serial=2, issued_at=t0 - 60)
+    dev = Device(device.config())
+    with dev.writer_lock():  # `fieldpass return` as that agent did it
+        st = dev.load_state()
+        assert st is not None
+        key = dev._state_key(None)
+        assert key is not None
+        state_mod.save(str(device.state_dir), key, st.replace(returned_at=t0 - 30))
+        dev.remove()
+    for slot in state_mod.SLOTS:  # byte for byte what that agent wrote
+        assert b"returned_ids" not in (device.state_dir / slot).read_bytes()
+    assert device.check().returncode == 30 and device.verdict()["reason"] == "returned"
+    key_file = device.path.parent / f"{device.path.name}.key"
+    again = keep(device, signer, "again", activation_id="act_2", serial=1, issued_at=t0)
+    assert device.run("install", again, "--license-key-file", str(key_file)).returncode == 0
+    late = keep(device, signer, "late", activation_id="act_1", serial=3, issued_at=t0 + 60)
+    refused = device.run("install", late)
+    assert refused.returncode == 31 and "gave activation act_1 back" in refused.stderr
+    assert device.check().returncode == 0 and device.verdict()["activation_id"] == "act_2"
+
+
+def test_an_answer_bound_to_the_nonce_just_sent_of_a_returned_activation_is_refused(
+    device: DeviceRoot, signer: Signer, tmp_path: Path
+) -> None:
+    """What `refresh` and the daemon (HTTP or MQTT) do with HQ's answer: install it
+    with the nonce they sent. An answer of an activation given back since (by another
+    process, the device activated anew meanwhile) names that nonce and is refused."""
+    from agent.device import InstallRefused
+    from agent.wire.machine_file import Binding
+
+    t0 = int(time.time())
+    signer.provision(device, serial=1, issued_at=t0 - 60)
+    held = signer.issue(
+        device.fingerprint, version=2, binding=Binding(nonce="the-nonce-sent"), serial=2
+    )
+    assert device.run("return", "--yes", "-o", str(tmp_path / "robot.receipt")).returncode == 0
+    key_file = device.path.parent / f"{device.path.name}.key"
+    again = keep(device, signer, "again", activation_id="act_2", serial=1, issued_at=t0)
+    assert device.run("install", again, "--license-key-file", str(key_file)).returncode == 0
+    dev = Device(device.config())
+    with dev.writer_lock(), pytest.raises(InstallRefused) as refused:
+        dev.install(held, None, t0, nonce="the-nonce-sent")
+    assert refused.value.reason == "returned" and "act_1" in str(refused.value)
+    assert device.machine_file.read_bytes() == Path(again).read_bytes()
+    assert device.check().returncode == 0 and device.verdict()["activation_id"] == "act_2"
 
 
 def test_an_old_answer_to_a_request_left_pending_does_not_wind_the_device_back(

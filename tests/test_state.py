@@ -7,6 +7,9 @@ from hypothesis import strategies as st
 from agent import state
 from agent.state import State, StateError
 
+if False:  # typing only
+    from agent.wire.machine_file import Claims
+
 KEY = bytes(range(32))
 OTHER = bytes(range(1, 33))
 
@@ -101,3 +104,147 @@ def test_a_version_1_slot_is_read_only_while_no_version_2_exists(tmp_path: objec
     (d / "state.b").write_bytes(b"junk")
     with pytest.raises(StateError):
         state.load(str(d), KEY, OTHER)
+
+
+# -- the record of returned activations --------------------------------------------------
+
+
+def _sealed_record(record: dict[str, object]) -> bytes:
+    from agent.wire import cbor, sodium
+
+    body = cbor.dumps(record)
+    return cbor.dumps(
+        {"v": 2, "body": body, "mac": sodium.hmac_sha256(KEY, state.MAC_CONTEXT + body)}
+    )
+
+
+def test_the_returned_record_round_trips_and_an_earlier_agents_state_loads(
+    tmp_path: object,
+) -> None:
+    d = str(tmp_path)
+    kept = State(activation_id="act_3", returned_ids=("act_1", "act_2"), returned_at=50)
+    saved = state.save(d, KEY, kept)
+    assert state.load(d, KEY) == saved and saved.returned_ids == ("act_1", "act_2")
+    # What the agent before the record wrote: every field but returned_ids. It loads as
+    # an empty record, and a state with none is written as that agent wrote it.
+    earlier = State(activation_id="act_1", returned_at=50).to_dict()
+    assert "returned_ids" not in earlier
+    loaded = state.unseal(_sealed_record(earlier), KEY)
+    assert loaded.returned_ids == () and loaded.returned_at == 50
+    assert state.seal(loaded, KEY) == _sealed_record(earlier)
+
+
+def test_a_bad_returned_record_is_refused() -> None:
+    good = State(hwm=10).to_dict()
+    long_id = "a" * 200
+    for bad in (
+        [],  # an empty record is never written
+        ["act_1", "act_1"],
+        [f"act_{n}" for n in range(state.MAX_RETURNED + 1)],
+        [f"{n:03d}" + long_id[3:] for n in range(6)],  # 1,200 characters
+        ["act_1", 7],
+        [""],
+        "act_1",
+        [["act_1"]],  # nested: also past the parser's depth bound
+    ):
+        with pytest.raises(StateError) as caught:
+            state.unseal(_sealed_record({**good, "returned_ids": bad}), KEY)
+        assert caught.value.reason == "state_corrupt"
+
+
+def test_the_fullest_record_fits_the_state_parsers_bound() -> None:
+    """MAX_RETURNED_CHARS of the longest ids the wire allows, beside a full state."""
+    ids: tuple[str, ...] = ()
+    for n in range(40):
+        ids = state.remember_return(ids, f"{n:03d}" + "x" * 197)
+    assert sum(map(len, ids)) <= state.MAX_RETURNED_CHARS and len(ids) == 5
+    for n in range(40):
+        ids = state.remember_return(ids, f"act_{n:020x}")
+    assert len(ids) == state.MAX_RETURNED and ids[-1] == f"act_{39:020x}"
+    full = State(
+        hwm=253_402_300_000, activation_id="a" * 200, usage={f"c{n}": 1 << 60 for n in range(8)}
+    )
+    for record in (ids, tuple(f"{n:03d}" + "x" * 197 for n in range(5))):
+        sealed = state.seal(full.replace(returned_ids=record), KEY)
+        assert len(sealed) < state.MAX_STATE_BYTES
+        assert state.unseal(sealed, KEY).returned_ids == record
+
+
+def _claims(activation_id: str, serial: int, issued_at: int) -> "Claims":
+    from agent.wire.machine_file import Claims
+
+    return Claims(
+        license_id="lic_x",
+        product="p",
+        plan="q",
+        activation_id=activation_id,
+        fingerprint="ab" * 32,
+        issued_at=issued_at,
+        not_before=issued_at,
+        expires_at=issued_at + 86400,
+        grace_s=0,
+        warn_s=0,
+        serial=serial,
+        kid="fpk_x",
+    )
+
+
+def _fits(ids: tuple[str, ...]) -> bool:
+    return len(ids) <= state.MAX_RETURNED and sum(map(len, ids)) <= state.MAX_RETURNED_CHARS
+
+
+_ops = st.lists(
+    st.tuples(
+        st.sampled_from(["return", "activate", "renew", "bound", "check"]), st.integers(0, 40)
+    ),
+    max_size=60,
+)
+
+
+@given(_ops, st.integers(3, 200))
+def test_the_returned_record_only_grows_and_keeps_the_last_returns(
+    ops: list[tuple[str, int]], id_len: int
+) -> None:
+    """Whatever the device does (give back, activate anew, renew, boot) and however long
+    HQ's ids are: only a return changes the record, and only by adding the id given back
+    and dropping the oldest beyond the bounds; the files of the last returns that fit
+    are refused from then on; the state round-trips through its seal."""
+    from agent import verdict as v
+
+    current = State()
+    given_back: list[str] = []
+    t = 1_700_000_000
+    for op, n in ops:
+        before = current.returned_ids
+        t += 60
+        if op == "return" and current.activation_id and not current.returned_at:
+            current = v.give_back(current, t)
+            new = current.activation_id
+            given_back.append(new)
+            after = current.returned_ids
+            grown = (*(a for a in before if a != new), new)
+            # the longest tail of the grown record that fits the bounds: nothing else lost
+            assert after == grown[-len(after) :]
+            assert after == grown or not _fits(grown[-len(after) - 1 :])
+        elif op == "activate":
+            found = _claims(f"{n:03d}".ljust(id_len, "x"), 1, t)
+            if v.given_back(found, current):  # refused by every caller
+                assert found.activation_id in given_back
+                continue
+            current = v.absorb(found, current)
+        elif op in ("renew", "bound") and current.activation_id and not current.returned_at:
+            renewal = _claims(current.activation_id, current.serial + 1, t)
+            current = v.absorb(renewal, current, bound=op == "bound")
+        elif op == "check":
+            current = v.advance(current, t, v.Verdict(v.VALID, ""))
+        if op != "return":
+            assert current.returned_ids == before
+        assert _fits(current.returned_ids)
+        assert state.unseal(state.seal(current, KEY), KEY) == current
+    chars = 0
+    for act in list(dict.fromkeys(reversed(given_back)))[: state.MAX_RETURNED]:  # newest first
+        chars += len(act)
+        if chars > state.MAX_RETURNED_CHARS:
+            break
+        assert act in current.returned_ids
+        assert v.given_back(_claims(act, 99, t + 60), current)

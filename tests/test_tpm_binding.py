@@ -290,3 +290,37 @@ def test_a_returned_activation_does_not_come_back_from_kept_files_or_an_image(
     shutil.copytree(image, device.state_dir)
     assert device.check().returncode == 31
     assert device.verdict()["reason"] == "state_lost"
+
+
+def test_a_returned_activation_stays_returned_on_a_tpm_device_after_the_next_one(
+    device: DeviceRoot, signer: Signer, tpm: Swtpm, tmp_path: Path
+) -> None:
+    """The record of returned activations is in the TPM-bound state: given back, then
+    activated anew (act_2, HQ's answer bound to the counter), the device refuses a file
+    of act_1 issued later than act_2's, installed or put in place with its key; and the
+    state from before the return, put back to forget it, is lost state."""
+    import time
+
+    enrolled(device, signer, tpm, serial=1)
+    t0 = int(time.time())
+    before = tmp_path / "before-return"
+    shutil.copytree(device.state_dir, before)
+    assert device.run("return", "--yes", "-o", str(tmp_path / "robot.receipt")).returncode == 0
+    request, answer = tmp_path / "again.request", tmp_path / "again.machine"
+    assert device.run("request", "-o", str(request)).returncode == 0
+    answer.write_bytes(signer.answer(device, request.read_bytes(), activation_id="act_2"))
+    key_file = device.path.parent / "key.txt"
+    done = device.run("install", str(answer), "--license-key-file", str(key_file))
+    assert done.returncode == 0, done.stderr
+    late = tmp_path / "late.machine"
+    late.write_bytes(signer.issue(device.fingerprint, serial=2, issued_at=t0 + 60))
+    refused = device.run("install", str(late))
+    assert refused.returncode == 31 and "gave activation act_1 back" in refused.stderr
+    assert device.check().returncode == 0 and device.verdict()["activation_id"] == "act_2"
+    shutil.copy(late, device.machine_file)
+    assert device.check().returncode == 30 and device.verdict()["reason"] == "returned"
+    for name in state.SLOTS:
+        (device.state_dir / name).unlink()
+        if (before / name).exists():
+            shutil.copy(before / name, device.state_dir / name)
+    assert device.check().returncode == 31 and device.verdict()["reason"] == "state_lost"

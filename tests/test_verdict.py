@@ -222,3 +222,22 @@ def test_messages_read_as_the_brief_says() -> None:
     assert grace.message == "License expired 2 days ago: limited mode for 28 more days"
     three = v.decide(claims(t0, 30 * DAY, 0, 10 * DAY), State(hwm=t0), t0 + 27 * DAY)
     assert three.warning == "Offline license expires in 3 days: connect to extend"
+
+
+def test_a_given_back_activation_stays_given_back_past_the_next_ones() -> None:
+    """A return is of one activation and is remembered after the device took others:
+    its files are given back whatever they are issued at or bound to; a state from
+    before the record (only ``returned_at``) adds its return when the next comes."""
+    st_ = v.give_back(v.absorb(claims(1000, DAY, 0, 0), State()), 1100)
+    assert st_.returned_ids == ("act",) and st_.returned_at == 1100
+    nxt = v.absorb(claims(1200, DAY, 0, 0, activation_id="act_2"), st_, bound=True)
+    assert nxt.returned_at == 0 and nxt.returned_ids == ("act",)
+    late = claims(9000, DAY, 0, 0, serial=7)
+    assert v.given_back(late, nxt) and v.compare(late, nxt) == v.NEWER  # newer, yet refused
+    assert not v.given_back(claims(9000, DAY, 0, 0, activation_id="act_2", serial=2), nxt)
+    third = v.absorb(claims(1300, DAY, 0, 0, activation_id="act_3"), v.give_back(nxt, 1250))
+    assert third.returned_ids == ("act", "act_2") and v.given_back(late, third)
+    earlier_agent = v.absorb(claims(1000, DAY, 0, 0), State()).replace(returned_at=1100)
+    assert earlier_agent.returned_ids == () and v.given_back(late, earlier_agent)
+    after = v.absorb(claims(1200, DAY, 0, 0, activation_id="act_2"), earlier_agent)
+    assert after.returned_ids == ("act",) and v.given_back(late, after)

@@ -354,3 +354,51 @@ def test_a_receipt_hq_does_not_know_does_not_stop_the_activation(
     assert (device.state_dir / "return.receipt").exists()
     (act,) = older.json("activations", "list", "--all")  # type: ignore[misc]
     assert act["activation_id"] == device.verdict()["activation_id"]
+
+
+def test_a_file_hq_issued_a_returned_activation_after_the_next_one_never_runs(
+    hqc: HQ, server: Server, device: DeviceRoot, tmp_path: Path
+) -> None:
+    """The robot, activated by hand by its fingerprint (HQ knows no device key of that
+    activation), gives its license back, the receipt not yet at HQ, and is activated
+    anew by hand at HQ on another license; then an operator, not knowing of the
+    return, issues the returned activation a file. Issued later than the new
+    activation's, it was taken as newer; it is of an activation given back: `install`
+    refuses it, and put in place with its key the gate says "returned" (30)."""
+    import shutil
+    import time
+
+    hqc.image(device)
+    keys = {name: tmp_path / f"{name}.key" for name in ("a", "b")}
+    for name in keys:
+        key = str(hqc.json("licenses", "create", "--plan", "industrial")["key"])
+        keys[name].write_text(key + "\n")
+    first = tmp_path / "a.machine"
+    act_a = hqc.json(
+        "activate", keys["a"].read_text().strip(), "--fingerprint", device.fingerprint,
+        "-o", str(first),
+    )["activation_id"]  # fmt: skip
+    done = device.run("install", str(first), "--license-key-file", str(keys["a"]))
+    assert done.returncode == 0, done.stderr
+    assert device.run("return", "--yes", "-o", str(tmp_path / "robot.receipt")).returncode == 0
+    request, answer = tmp_path / "b.request", tmp_path / "b.machine"
+    assert device.run("request", "-o", str(request)).returncode == 0
+    activated_b = hqc.json(
+        "activate", keys["b"].read_text().strip(), "--request", str(request), "-o", str(answer)
+    )
+    act_b = activated_b["activation_id"]
+    done = device.run("install", str(answer), "--license-key-file", str(keys["b"]))
+    assert done.returncode == 0, done.stderr
+    assert device.check().returncode == 0
+    time.sleep(1.1)  # HQ's times are whole seconds: the late file is issued later
+    late = tmp_path / "late.machine"
+    issued = hqc.json("machine-file", str(act_a), "-o", str(late))
+    assert issued["issued_at"] > activated_b["issued_at"]  # type: ignore[operator]
+    refused = device.run("install", str(late), "--license-key-file", str(keys["a"]))
+    assert refused.returncode == 31 and f"gave activation {act_a} back" in refused.stderr
+    assert device.check().returncode == 0 and device.verdict()["activation_id"] == act_b
+    shutil.copy(late, device.machine_file)  # root on the data partition: file and key back
+    shutil.copy(keys["a"], device.state_dir / "license.key")
+    put_back = device.check()
+    assert put_back.returncode == 30, put_back.stdout
+    assert device.verdict()["reason"] == "returned"

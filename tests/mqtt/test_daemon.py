@@ -130,3 +130,48 @@ def test_asks_when_the_file_enters_its_window_while_running(
     hq_client.publish(device_topic(device, "machine-file"), fresh, retain=True)
     daemon.wait_log("state RENEWING -> CONNECTED")
     assert daemon.stop() == 0
+
+
+def test_a_held_up_answer_of_a_returned_activation_never_installs_over_the_next(
+    make_device: Callable[..., DeviceRoot],
+    signer: Signer,
+    broker: Broker,
+    hq_client: Client,
+    daemons: Callable[[DeviceRoot], Daemon],
+    tmp_path: Path,
+) -> None:
+    """The daemon asks for a renewal of act_1; HQ's answer, bound to that request's
+    nonce, is held up at the broker while another process gives the license back and
+    the device is activated anew (act_2). When it arrives it still names the last nonce
+    the daemon sent, so it is HQ's answer now, but of an activation given back: refused,
+    act_2 stays in force (before, it installed over it)."""
+    from agent.wire.machine_file import Binding
+
+    t0 = int(time.time())
+    device = make_device()
+    device.write_config(mqtt_config(broker, renew_timeout_s=600))  # one request, no resend
+    signer.provision(device, issued_at=t0 - 300 * DAY)
+    hq_client.subscribe(device_topic(device, "#"))
+    daemon = daemons(device)
+    daemon.start()
+    wait_for(lambda: hq_client.received("renew-request"), what="a renewal request")
+    nonce = device.signed(hq_client.received("renew-request")[-1], "renew")["nonce"]
+    held = signer.issue(
+        device.fingerprint, version=2, binding=Binding(nonce=str(nonce)), serial=2, issued_at=t0
+    )
+    given = device.run("return", "--yes", "-o", str(tmp_path / "robot.receipt"))
+    assert given.returncode == 0, given.stderr
+    again = tmp_path / "again.machine"
+    again.write_bytes(signer.issue(device.fingerprint, activation_id="act_2", issued_at=t0))
+    key_file = device.path.parent / f"{device.path.name}.key"
+    done = device.run("install", str(again), "--license-key-file", str(key_file))
+    assert done.returncode == 0, done.stderr
+    requests = hq_client.received("renew-request")
+    assert device.signed(requests[-1], "renew")["nonce"] == nonce  # still the last one sent
+    hq_client.publish(device_topic(device, "machine-file"), held, retain=True)
+    refused, installed = "ignored a bad message (machine_file_returned)", "installed machine file"
+    wait_for(lambda: refused in daemon.text() or installed in daemon.text(), what="the answer")
+    assert device.machine_file.read_bytes() == again.read_bytes(), "installed over act_2"
+    assert refused in daemon.text()
+    assert daemon.stop() == 0
+    assert device.check().returncode == 0 and device.verdict()["activation_id"] == "act_2"
