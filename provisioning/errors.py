@@ -92,6 +92,14 @@ class Conflict(HQError):
     http_status = 409
 
 
+class DeviceKeyInUse(Conflict):
+    """The device's key holds a live activation already (of another license, or of
+    another fingerprint): one device key, one live activation. That one is given back
+    (``fieldpass return``) or deactivated first."""
+
+    code = "device_key_in_use"
+
+
 class ActivationReturned(Conflict):
     """The device gave its license back (a signed return receipt HQ holds) and its seat
     waits to free: HQ issues that activation no file, renewal or reactivation, or a copy

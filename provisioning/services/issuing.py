@@ -15,12 +15,14 @@ from dataclasses import dataclass, replace
 
 from agent.wire import license_key as lk
 from agent.wire import revocation, signed_time
+from agent.wire.device_key import key_id
 from agent.wire.keys import SigningKey
 from agent.wire.machine_file import Binding, Claims, Entitlement, Meter, seal_machine_file
 
 from ..errors import (
     ActivationNotFound,
     ActivationReturned,
+    DeviceKeyInUse,
     DeviceKeyMismatch,
     FingerprintMismatch,
     InvalidRequest,
@@ -297,6 +299,50 @@ class Issuing:
         if not lk.is_fingerprint(fingerprint):
             raise InvalidRequest(FINGERPRINT_HINT)
         contact = contact or Contact()
+        try:
+            return self._activate(license_key, fingerprint, now, actor, contact)
+        except DeviceKeyInUse:
+            held = self._holder(contact)
+            if held is None or not self._freed_if_due(held, now):
+                raise self._key_in_use(held, now) from None
+        return self._activate(license_key, fingerprint, now, actor, contact)
+
+    def _holder(self, contact: "Contact") -> Activation | None:
+        """The live activation that holds the request's device key (read after the
+        database refused the activation for it: nothing of the request was stored)."""
+        if contact.device_key is None:
+            return None
+        with self.store.read() as tx:
+            return tx.find_by_device_key(key_id(contact.device_key))
+
+    def _freed_if_due(self, held: Activation, now: int) -> bool:
+        """Free ``held``'s seat if its device gave it back and the seat's time has come
+        (seats of returns free when their license next counts them: the device moving
+        to another license must not wait for that); True if it is free now."""
+        if held.return_frees_at is None or held.return_frees_at > now:
+            return False
+        with self.store.write() as tx:
+            tx.lock_license(held.license_id)
+            for act_id in tx.due_returns(held.license_id, now):
+                tx.deactivate(act_id, now)
+        return True
+
+    @staticmethod
+    def _key_in_use(held: Activation | None, now: int) -> DeviceKeyInUse:
+        if held is None:  # freed in between: the device may simply try again
+            return DeviceKeyInUse("this device's key held another live activation: try again")
+        refusal = returned(held, now)
+        if refusal is not None:  # given back, its seat waits: say when it frees
+            return DeviceKeyInUse(f"this device's key is still held: {refusal}")
+        return DeviceKeyInUse(
+            f"this device's key holds live activation {held.id} of license "
+            f"{held.license_id}: give it back first (`fieldpass return` on the device), "
+            f"or free its seat at HQ (`fieldpass-hq deactivate {held.id}`)"
+        )
+
+    def _activate(
+        self, license_key: str, fingerprint: str, now: int, actor: Actor, contact: "Contact"
+    ) -> Issued:
         with self.store.write() as tx:
             # read with its row locked (PostgreSQL) or under the writer lock (SQLite):
             # no other activation of it can change its seats before this one ends

@@ -36,11 +36,21 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, ClassVar
 
-from ..errors import ConfigError, Conflict, HQError, StorageError
+from ..errors import ConfigError, HQError, StorageError
 from ..models import Activation, License, Plan, PlanMeter
 from . import migrations
 from .interface import Store
-from .tx import _LIVE, SERIAL_CHANGED, Cursor, PlanRows, Tx, _activation, keys_of, select_all
+from .tx import (
+    _LIVE,
+    SERIAL_CHANGED,
+    Cursor,
+    PlanRows,
+    Tx,
+    _activation,
+    keys_of,
+    refused,
+    select_all,
+)
 from .usage_ops import DUE_RETURNS, FILES_RUN_UNTIL, RAISE_FILES_RUN_UNTIL, RETURNS_WAITING
 
 SCHEMES = ("postgresql", "postgres")
@@ -870,7 +880,7 @@ class PostgresStore(Store):
     def _error(self, step: str, e: BaseException) -> HQError:
         """What a failure of the driver becomes."""
         if isinstance(e, self._psycopg.IntegrityError):
-            return Conflict(f"refused by the database: {_first_line(e)}")
+            return refused(_first_line(e), getattr(e.diag, "constraint_name", None))
         return StorageError(self._message(step, e))
 
     def _pool_errors(self) -> tuple[type[BaseException], ...]:

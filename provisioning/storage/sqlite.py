@@ -23,7 +23,7 @@ from ..errors import ConfigError, Conflict, StorageError
 from . import migrations
 from .group_commit import GroupCommit
 from .interface import Store
-from .tx import Tx
+from .tx import DEVICE_KEY_INDEX, Tx, refused
 from .usage_ops import FILES_RUN_UNTIL, RETURNS_WAITING
 
 SCHEME = "sqlite"
@@ -315,6 +315,12 @@ class SQLiteTx(Tx):
         return {r[0] for r in rows} - {"sqlite_sequence"}
 
 
+def _refused(e: sqlite3.IntegrityError) -> Conflict:
+    # SQLite names the columns of a unique index it enforces, not the index
+    index = DEVICE_KEY_INDEX if str(e).endswith("activations.device_key_id") else None
+    return refused(str(e), index)
+
+
 def _rollback(conn: sqlite3.Connection) -> None:
     try:
         conn.execute("ROLLBACK")
@@ -453,7 +459,7 @@ class SQLiteStore(Store):
         except BaseException as e:
             _rollback(conn)
             if isinstance(e, sqlite3.IntegrityError):
-                raise Conflict(f"refused by the database: {e}") from e
+                raise _refused(e) from e
             if isinstance(e, sqlite3.Error):
                 raise StorageError(f"database error: {e}") from e
             raise
@@ -479,6 +485,6 @@ class SQLiteStore(Store):
                 try:
                     yield SQLiteTx(self._writer())
                 except sqlite3.IntegrityError as e:
-                    raise Conflict(f"refused by the database: {e}") from e
+                    raise _refused(e) from e
         except sqlite3.Error as e:
             raise StorageError(f"database error: {e}") from e

@@ -23,7 +23,7 @@ import base64
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from ..errors import StorageError
+from ..errors import Conflict, DeviceKeyInUse, StorageError
 from ..models import (
     Activation,
     AuditEvent,
@@ -44,6 +44,22 @@ from .usage_ops import (
     UsageOps,
 )
 from .views import FleetViews
+
+# The one constraint a request runs into on its own: a device key holds one live
+# activation (the partial unique index of schema 4).
+DEVICE_KEY_INDEX = "activations_by_device_key"
+
+
+def refused(detail: str, constraint: str | None) -> Conflict:
+    """What a write the database refused (an integrity error) becomes: a device key with
+    a live activation already as DeviceKeyInUse, anything else as Conflict naming the
+    database's words (``constraint``: the index the engine names, None if it names none)."""
+    if constraint == DEVICE_KEY_INDEX:
+        return DeviceKeyInUse(
+            "this device's key holds a live activation already: give that one back "
+            "(`fieldpass return`) or deactivate it first"
+        )
+    return Conflict(f"refused by the database: {detail}")
 
 
 class Cursor(Protocol):

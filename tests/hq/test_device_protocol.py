@@ -240,3 +240,38 @@ def test_activation_over_plain_http_is_refused_off_this_machine_and_warned_on_it
     assert key not in far.stderr and not (device.state_dir / "license.key").exists()
     near = device.run("activate", key, "--server", server.url)
     assert near.returncode == 0 and "clear text" in near.stderr
+
+
+def test_a_device_on_one_license_activated_on_another_is_told_which_holds_its_key(
+    hqc: HQ, server: Server, device: DeviceRoot, tmp_path: Path
+) -> None:
+    """One device key holds one live activation. Activating a device that runs on
+    license A with license B's key is refused, naming the activation that holds the
+    key (it used to surface as the database's own UNIQUE constraint message), and
+    nothing changes. Given back (no TPM), its seat waits: the refusal says until when.
+    Once that time has come, license B activates it, though no activation of license A
+    came to free the seat (seats of returns free when their license next counts them)."""
+    key_a, key_b = new_key(hqc), new_key(hqc)
+    activated(hqc, device, server.url, key_a)
+    act_a = str(device.verdict()["activation_id"])
+    refused = device.run("activate", key_b, "--server", server.url)
+    assert refused.returncode == 77, refused.stderr
+    assert "device_key_in_use" in refused.stderr and act_a in refused.stderr
+    assert "UNIQUE" not in refused.stderr and "constraint" not in refused.stderr
+    assert device.check().returncode == 0 and device.verdict()["activation_id"] == act_a
+    lic_b = hqc.json("licenses", "show", license_key.license_id(key_b))
+    assert lic_b["activations"] == []  # type: ignore[index]
+    assert device.run("return", "--yes").returncode == 0
+    waits = device.run("activate", key_b, "--server", server.url)  # the receipt goes first
+    assert waits.returncode == 77, waits.stderr
+    assert "device_key_in_use" in waits.stderr and f"{act_a} was given back" in waits.stderr
+    assert "frees on" in waits.stderr
+    request, answer = tmp_path / "b.request", tmp_path / "b.machine"
+    assert device.run("request", "-o", str(request)).returncode == 0
+    later = hqc.json(
+        "activate", key_b, "--request", str(request), "-o", str(answer), faketime="+800d"
+    )
+    assert later["activation_id"] != act_a
+    lic_a = hqc.json("licenses", "show", license_key.license_id(key_a))
+    (gone,) = lic_a["activations"]  # type: ignore[index]
+    assert gone["activation_id"] == act_a and gone["deactivated_at"] is not None

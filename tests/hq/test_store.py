@@ -15,6 +15,7 @@ from provisioning.errors import (
     ActivationNotFound,
     ActivationReturned,
     Conflict,
+    DeviceKeyInUse,
     HQError,
     SeatLimitReached,
     StorageError,
@@ -157,6 +158,28 @@ def test_a_write_the_database_refuses_fails_its_whole_transaction(hq_home: Path)
     assert counted_in(hq_home)[act.license_id] == (1, 1)
     hq.activate(key, fingerprint(2), now, ACTOR)  # the connection is usable again
     assert counted_in(hq_home)[act.license_id] == (2, 2)
+    hq.store.close()
+
+
+def test_a_second_live_activation_of_one_device_key_is_device_key_in_use(
+    hq_home: Path,
+) -> None:
+    """The database's own guard (one live activation per device key) surfaces as the
+    typed refusal ``device_key_in_use`` on both engines (SQLite names the columns,
+    PostgreSQL the index), never as the database's words; nothing is stored."""
+    from dataclasses import replace
+
+    from agent.wire.device_key import DeviceKey
+
+    hq, _, act, _ = one_activation(hq_home)
+    public = DeviceKey.generate().public_key
+    with hq.store.write() as tx:
+        tx.set_device_key(act.id, public)
+    other = replace(act, id=f"act_{time.monotonic_ns():020x}"[:24], fingerprint=fingerprint(2),
+                    device_key=public)  # fmt: skip
+    with pytest.raises(DeviceKeyInUse, match="holds a live activation"), hq.store.write() as tx:
+        tx.insert_activation(other)
+    assert counted_in(hq_home)[act.license_id] == (1, 1)
     hq.store.close()
 
 
