@@ -24,6 +24,7 @@ while no version-2 slot exists, and only to migrate: the first save writes versi
 and removes them, so a v1 slot can never shadow or replace a v2 state.
 """
 
+import errno
 import os
 
 from . import fsio
@@ -35,7 +36,11 @@ LEGACY_VERSION = 1
 SLOTS = ("state.a", "state.b")
 MAC_CONTEXT = b"fieldpass/state/v2\0"
 LEGACY_MAC_CONTEXT = b"fieldpass/state/v1\0"
-MAX_STATE_BYTES = 4096
+# A slot's size bound, read and written. The fullest state the rules allow (every text
+# at its longest, MAX_USAGE_COUNTERS counters of the longest names a plan may declare,
+# the fullest record of returned activations) seals to about 7 KiB. Agents before read
+# at most 4096 bytes: a state that fits that bound reads the same in both.
+MAX_STATE_BYTES = 16384
 MAX_USAGE_COUNTERS = 64
 # The record of returned activations: at most this many ids and characters in all (16
 # ids of HQ's form, ``act_`` and 20 hex digits, take 384), so that it always fits in
@@ -375,11 +380,22 @@ def save(state_dir: str, key: bytes, state: State) -> State:
     """Write ``state`` with the next generation into the other slot; return it. A state
     migrated from version 1 is written to both slots, so no v1 slot remains."""
     new = state.replace(gen=state.gen + 1, legacy=False)
-    fsio.atomic_write(os.path.join(state_dir, SLOTS[new.gen % 2]), seal(new, key), 0o600)
+    _write(state_dir, new, key)
     if state.legacy:
         new = new.replace(gen=new.gen + 1)
-        fsio.atomic_write(os.path.join(state_dir, SLOTS[new.gen % 2]), seal(new, key), 0o600)
+        _write(state_dir, new, key)
     return new
+
+
+def _write(state_dir: str, state: State, key: bytes) -> None:
+    """One slot, never one that ``load`` would refuse as too large: such a state is an
+    error of the write (as a full disk is), and the slots keep what they held."""
+    sealed = seal(state, key)
+    if len(sealed) > MAX_STATE_BYTES:
+        raise OSError(
+            errno.EFBIG, f"the state would take {len(sealed)} bytes, over its {MAX_STATE_BYTES}"
+        )
+    fsio.atomic_write(os.path.join(state_dir, SLOTS[state.gen % 2]), sealed, 0o600)
 
 
 def discard(state_dir: str) -> None:

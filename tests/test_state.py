@@ -248,3 +248,58 @@ def test_the_returned_record_only_grows_and_keeps_the_last_returns(
             break
         assert act in current.returned_ids
         assert v.given_back(_claims(act, 99, t + 60), current)
+
+
+def _fullest() -> State:
+    """Every field at the longest or largest the rules allow: texts of fields.MAX_TEXT,
+    MAX_USAGE_COUNTERS counters of the longest names a plan may declare at the largest
+    count, the fullest record of returned activations."""
+    from agent.wire.fields import MAX_NAME, MAX_TEXT, MAX_TIME_S, MAX_UINT
+
+    ids: tuple[str, ...] = ()
+    for n in range(100):
+        ids = state.remember_return(ids, f"{n:03d}" + "x" * 61)
+    usage = {f"{n:02d}".ljust(MAX_NAME, "c"): MAX_UINT for n in range(state.MAX_USAGE_COUNTERS)}
+    return State(
+        gen=MAX_UINT - 10, boot=MAX_UINT, hwm=MAX_TIME_S, activation_id="a" * MAX_TEXT,
+        serial=MAX_UINT, issued_at=MAX_TIME_S, revoked="r" * MAX_TEXT, revoked_at=MAX_TIME_S,
+        lifted_at=MAX_TIME_S, returned_at=MAX_TIME_S, last_verdict="v" * MAX_TEXT,
+        id_source="i" * MAX_TEXT, tpm=MAX_UINT, unrecorded_mark=MAX_TIME_S, usage=usage,
+        usage_at=MAX_TIME_S, usage_stop=MAX_TIME_S, report_seq=MAX_UINT, returned_ids=ids,
+    )  # fmt: skip
+
+
+def test_the_fullest_state_the_rules_allow_is_saved_and_loads(tmp_path: object) -> None:
+    """It was 7,005 bytes against a bound of 4,096: a plan declaring 64 counters with
+    long names made a state the device wrote and then refused as corrupt at the next
+    boot. Every field at its largest now saves and loads back equal."""
+    import pathlib
+
+    directory = pathlib.Path(str(tmp_path))
+    fullest = _fullest()
+    assert len(state.seal(fullest, KEY)) > 4096  # what the bound was
+    saved = state.save(str(directory), KEY, fullest)
+    loaded = state.load(str(directory), KEY)
+    assert loaded is not None
+    assert loaded.to_dict() == saved.to_dict()
+
+
+def test_a_state_past_the_bound_is_not_written_and_the_slots_keep_theirs(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Never a slot that load would refuse: past the bound (the bound lowered here, as
+    no state the rules allow reaches it), the write fails as a full disk does, and
+    what the slots held still loads."""
+    import errno
+    import pathlib
+
+    directory = pathlib.Path(str(tmp_path))
+    first = state.save(str(directory), KEY, State(activation_id="act_1"))
+    slots = {p.name: p.read_bytes() for p in directory.iterdir()}
+    monkeypatch.setattr(state, "MAX_STATE_BYTES", len(state.seal(first, KEY)) + 20)
+    with pytest.raises(OSError) as caught:
+        state.save(str(directory), KEY, first.replace(usage={"c" * 64: 1, "d" * 64: 2}))
+    assert caught.value.errno == errno.EFBIG and "over its" in str(caught.value)
+    assert {p.name: p.read_bytes() for p in directory.iterdir()} == slots
+    loaded = state.load(str(directory), KEY)
+    assert loaded is not None and loaded.to_dict() == first.to_dict()
