@@ -197,11 +197,14 @@ class Bridge:
         return act
 
     def _verified(self, dev_id: str, payload: bytes, msg_type: str) -> Verified:
+        """The message verified, from the device whose topic it came on; the key a
+        renewal or status registers recorded (a report or receipt registers it in its
+        own transaction: services/usage.py)."""
         verified = inbound.signed(self.hq, payload, msg_type)
         act = verified.activation
         if topics.device_id(act.fingerprint) != dev_id:
             raise inbound.BadMessage("foreign_topic")  # signed by one, sent on another's
-        if act.deactivated_at is None:
+        if act.deactivated_at is None and msg_type not in ("report", "receipt"):
             self.hq.device.register(verified, self.clock(), ACTOR)
         return verified
 

@@ -91,11 +91,11 @@ class Usage:
     ) -> Accepted:
         """A report ``DeviceRequests.verify`` verified (the bridge checks its topic
         between the two)."""
-        self.device.register(verified, now, actor)
         m, act = verified.message, verified.activation
         seq = int(str(m["seq"]))
         counters = dict(m["counters"])  # type: ignore[call-overload]
         with self.store.write() as tx:
+            self.device.register_in(tx, verified, now, actor)  # with the report, or not
             last = tx.report_seq(act.id)
             if seq <= last:
                 raise ReportRefused(
@@ -187,9 +187,10 @@ class Usage:
     ) -> Returned:
         """A receipt ``DeviceRequests.verify`` verified from ``data`` (kept, armored,
         with the return: the audit's evidence)."""
-        self.device.register(verified, now, actor)
         m, act = verified.message, verified.activation
         with self.store.write() as tx:
+            # the key a receipt registers is recorded with its return or not at all
+            self.device.register_in(tx, verified, now, actor)
             current = tx.get_activation(act.id)
             assert current is not None
             held = tx.get_return(act.id)

@@ -13,10 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.daemon import messages, topics
+from agent.wire import device_msg
+from agent.wire.device_key import DeviceKey, key_proof
 from agent.wire.keys import Keyring
 from agent.wire.machine_file import open_machine_file
 from agent.wire.revocation import verify_revocation
-from provisioning.models import Actor, Plan
+from provisioning.models import Activation, Actor, Plan
 from provisioning.mqtt import brokerconf, credentials
 from provisioning.mqtt.bridge import Bridge
 from provisioning.services import HQ
@@ -124,6 +126,37 @@ def test_a_returned_device_is_refused_renewals_and_push_skips_it(service: HQ) ->
     assert _kinds(out) == ["machine-file", "revocation"]  # the other device: as ever
     issued = service.issuing.renew_all(lic.id, None, 3000, ACTOR)
     assert [i.activation.id for i in issued] == [kept.activation_id]
+
+
+def _registering_receipt(key: DeviceKey, license_key: str, act: Activation) -> bytes:
+    """A receipt that registers ``key`` for ``act`` (an activation HQ made without a
+    key), with the proof of the license key, as the agent makes it."""
+    return device_msg.sign(
+        key,
+        "receipt",
+        {"activation_id": act.id, "fingerprint": act.fingerprint, "at": 1500,
+         "agent_version": "0.2.0", "serial": act.serial, "returned_at": 1500,
+         "reason": "returned", "device_key": key.public_key,
+         "proof": key_proof(license_key, key.public_key, act.id, "")},
+    )  # fmt: skip
+
+
+def test_a_receipt_refused_over_mqtt_registers_no_key(service: HQ) -> None:
+    """A receipt that registers the device key, refused past the plan's return limit,
+    leaves the activation without a key (registration and return are one transaction,
+    over MQTT as over HTTP): counted ``return_limit_reached``, unacknowledged."""
+    from provisioning.services.usage import set_terms
+
+    set_terms(service.store, "industrial", [], [], 0, 1000, ACTOR)  # no return allowed
+    lic = service.create_license("industrial", [], None, 1000, ACTOR)
+    act = service.activate(lic.license_key, "3" * 64, 1000, ACTOR).activation
+    bridge = Bridge(service, min_interval_s=60, clock=lambda: 2000)
+    topic = _topic(topics.device_id(act.fingerprint), topics.RECEIPT)
+    receipt = _registering_receipt(DeviceKey.generate(), lic.license_key, act)
+    assert bridge.handle(topic, receipt) == []
+    assert bridge.counts == {"return_limit_reached": 1}
+    assert service.get_activation(act.id).device_key is None
+    assert "device_key_register" not in [e.action for e in service.audit(100000)]
 
 
 def _keyring(hq: HQ) -> Keyring:
