@@ -44,14 +44,14 @@ from collections.abc import Callable
 
 from agent.daemon import topics
 
-from ..errors import ActivationNotFound, Conflict, HQError
+from ..errors import ActivationNotFound, Conflict, DeviceKeyMismatch, HQError
 from ..models import Activation, Actor
 from ..services import HQ, Contact, license_status
 from ..services.audit import event
 from ..services.device_requests import Verified
 from ..services.outbox import Delivery
 from ..services.renewals import AGAIN, GONE, ISSUED, RATE_LIMITED, RenewalRequest
-from ..services.usage import ReportRefused, ReturnLimitReached
+from ..services.usage import ReportRefused, ReturnHeld, ReturnLimitReached
 from . import inbound
 from .link import Link
 
@@ -297,12 +297,17 @@ class Bridge:
                 verified, payload, self.clock(), "mqtt", ACTOR
             )
             self._heard("receipts_freed" if returned.freed else "receipts_recorded")
-        except Conflict:
-            self._count("receipt_returned_already")
+        except ReturnHeld:
+            self._count("receipt_returned_already")  # HQ holds it or another: acknowledged
         except ActivationNotFound:
             self._count("receipt_not_live")  # the seat is free already
         except ReturnLimitReached:
             self._count("return_limit_reached")  # kept on the device for the operator
+            return []
+        except (Conflict, DeviceKeyMismatch) as e:
+            # HQ took nothing (a key registered by another device meanwhile, a write the
+            # database refused): unacknowledged, the device keeps its receipt
+            self._count(e.code)
             return []
         return self._ack(verified.activation, payload)
 

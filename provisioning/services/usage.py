@@ -63,7 +63,14 @@ class Accepted:
     regression: list[str]  # counters lower than HQ's last value
 
 
-class ReceiptHeld(Conflict):
+class ReturnHeld(Conflict):
+    """HQ holds a return of this activation already (another receipt of it, or one a
+    second replica recorded at the same moment): nothing to do, and nothing a resend
+    changes. The same ``conflict`` to a device as any other (the MQTT bridge tells them
+    apart: it acknowledges this one only)."""
+
+
+class ReceiptHeld(ReturnHeld):
     """The very receipt HQ holds already (the same bytes) came again: a resend after a
     lost answer, or the laptop's report carrying one HQ took over a relay. Nothing to
     do; the same ``conflict`` as another receipt of a returned activation to a device."""
@@ -186,7 +193,33 @@ class Usage:
         override: str | None = None,
     ) -> Returned:
         """A receipt ``DeviceRequests.verify`` verified from ``data`` (kept, armored,
-        with the return: the audit's evidence)."""
+        with the return: the audit's evidence). A return another replica recorded
+        between this one's read and its write (the database refuses the second) is
+        ``ReturnHeld`` (``ReceiptHeld`` if the same bytes), as if it had come first."""
+        try:
+            return self._take_receipt(verified, data, now, via, actor, override)
+        except ReturnHeld:
+            raise
+        except Conflict:
+            with self.store.read() as tx:
+                held = tx.get_return(verified.activation.id)
+            if held is None:
+                raise
+            if held.receipt == armor.armor(data, armor.RECEIPT):
+                raise ReceiptHeld(
+                    f"activation {verified.activation.id} was returned already (this receipt)"
+                ) from None
+            raise ReturnHeld(f"activation {verified.activation.id} was returned already") from None
+
+    def _take_receipt(
+        self,
+        verified: Verified,
+        data: bytes,
+        now: int,
+        via: str,
+        actor: Actor,
+        override: str | None,
+    ) -> Returned:
         m, act = verified.message, verified.activation
         with self.store.write() as tx:
             # the key a receipt registers is recorded with its return or not at all
@@ -197,7 +230,7 @@ class Usage:
             if held is not None and held.receipt == armor.armor(data, armor.RECEIPT):
                 raise ReceiptHeld(f"activation {act.id} was returned already (this receipt)")
             if held is not None:
-                raise Conflict(f"activation {act.id} was returned already")
+                raise ReturnHeld(f"activation {act.id} was returned already")
             if current.deactivated_at is not None:
                 raise SeatFreedAlready(f"activation {act.id} is not live: nothing to free")
             lic = tx.get_license(act.license_id)

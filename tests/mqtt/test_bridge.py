@@ -159,6 +159,55 @@ def test_a_receipt_refused_over_mqtt_registers_no_key(service: HQ) -> None:
     assert "device_key_register" not in [e.action for e in service.audit(100000)]
 
 
+def test_only_a_receipt_of_a_returned_activation_is_acknowledged_as_one(
+    service: HQ, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bridge acknowledges a receipt HQ refuses only when HQ holds a return of that
+    activation (the same receipt or another: ``receipt_returned_already``). A receipt HQ
+    refused for another reason, which took nothing, is counted under that reason and
+    left unacknowledged (the device keeps it): its key registered by another device
+    between the receipt's check and its write (``device_key_mismatch``), or a write the
+    database refused (``conflict``: the key it registers taken meanwhile by another
+    activation). Here the other replica's write lands between the two, as a race would
+    have it."""
+    lic = service.create_license("industrial", [], None, 1000, ACTOR)
+    first, second = (
+        service.activate(lic.license_key, fp, 1000, ACTOR).activation for fp in ("1" * 64, "2" * 64)
+    )
+    key, other = DeviceKey.generate(), DeviceKey.generate()
+    bridge = Bridge(service, min_interval_s=60, clock=lambda: 2000)
+    verify = service.device.verify
+    meanwhile: list[tuple[str, bytes]] = []
+
+    def verify_then_race(data: bytes, msg_type: str, *, live: bool = True) -> object:
+        verified = verify(data, msg_type, live=live)
+        while meanwhile:
+            act_id, public = meanwhile.pop()
+            with service.store.write() as tx:
+                tx.set_device_key(act_id, public)
+        return verified
+
+    monkeypatch.setattr(service.device, "verify", verify_then_race)
+    topic = _topic(topics.device_id(first.fingerprint), topics.RECEIPT)
+    receipt = _registering_receipt(key, lic.license_key, first)
+    meanwhile.append((second.id, key.public_key))  # its key, taken by another activation
+    assert bridge.handle(topic, receipt) == []
+    with service.store.write() as tx:
+        tx.set_device_key(second.id, None)  # free again
+    meanwhile.append((first.id, other.public_key))  # another device registers first
+    assert bridge.handle(topic, receipt) == []
+    assert bridge.counts == {"conflict": 1, "device_key_mismatch": 1}
+    with service.store.read() as tx:
+        assert tx.get_return(first.id) is None
+    assert service.get_activation(first.id).device_key == other.public_key
+    # a receipt of an activation HQ holds a return of: acknowledged, whichever receipt
+    device = enroll(service, lic.license_key, 1, now=1000)[0]
+    again = device.receipt()
+    for payload in (device.receipt(), again, again):
+        assert _kinds(bridge.handle(device.topic(topics.RECEIPT), payload)) == ["ack"]
+    assert bridge.counts["receipt_returned_already"] == 2
+
+
 def _keyring(hq: HQ) -> Keyring:
     return hq.keyring()  # type: ignore[no-any-return]
 
