@@ -264,6 +264,7 @@ class Usage:
                 override,
             )
             tx.insert_return(record)
+            tx.outbox_drop_file(act.id)  # a reinstatement's file, the device would refuse it
             freed = frees_at <= now
             if freed:
                 tx.lock_license(lic.id)

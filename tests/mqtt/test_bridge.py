@@ -266,6 +266,46 @@ def test_a_suspension_is_told_until_the_device_confirms_it(service: HQ) -> None:
     assert entry is not None and entry.confirmed_at == 3002
 
 
+def test_a_reinstatement_prepared_before_a_return_is_sent_no_more(service: HQ) -> None:
+    """A reinstatement's file, published and not confirmed yet, is published again and
+    again until the device's status confirms it. A device that gave its license back
+    refuses any file of the activation (and HQ issues it none): its receipt drops the
+    entry, and an entry an older HQ left prepared for a returned activation is dropped
+    when next taken (audited ``mqtt_refused``), never published again, after an outage
+    (``rearm``) neither. The other devices are told as ever."""
+    from provisioning.models import ReturnRecord
+
+    lic = service.create_license("industrial", [], None, 1000, ACTOR)
+    gave, kept, older = enroll(service, lic.license_key, 3, now=1000)
+    clock = [2000]
+    bridge = Bridge(service, clock=lambda: clock[0])
+    service.set_status(lic.id, "suspend", 2000, ACTOR)
+    assert sorted(_kinds(bridge.deliver_due())) == ["revocation"] * 3
+    service.set_status(lic.id, "reinstate", 2100, ACTOR)
+    clock[0] = 2100
+    assert sorted(_kinds(bridge.deliver_due())) == ["machine-file"] * 3 + ["revocation"] * 3
+    # one returns over MQTT; for another, a return recorded as an older HQ did (the
+    # entry left as it was)
+    receipt = gave.receipt()
+    assert _kinds(bridge.handle(gave.topic(topics.RECEIPT), receipt)) == ["ack"]
+    assert service.outbox.get(gave.activation_id) is None
+    act = service.get_activation(older.activation_id)
+    with service.store.write() as tx:
+        tx.insert_return(
+            ReturnRecord(act.id, act.serial, 2150, 2150, "http", "-", act.last_expires_at, None)
+        )
+    for _ in range(2):
+        clock[0] += 3600
+        out = bridge.deliver_due()
+        assert [t for t, _, r in out if r and t.endswith(topics.MACHINE_FILE)] == [
+            kept.topic(topics.MACHINE_FILE)
+        ]
+        service.outbox.rearm(clock[0])
+    assert [e.activation_id for e in service.outbox.pending()] == [kept.activation_id]
+    refused = [e.activation_id for e in service.audit(100000) if e.action == "mqtt_refused"]
+    assert refused == [older.activation_id]
+
+
 def test_a_large_fleet_is_told_batch_after_batch(service: HQ) -> None:
     from provisioning.mqtt.bridge import OUTBOX_BATCH
 
