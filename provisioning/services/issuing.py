@@ -68,6 +68,18 @@ def returned(act: Activation, now: int) -> ActivationReturned | None:
     )
 
 
+def free_due(tx: Tx, license_id: str, due: list[str], now: int, actor: Actor) -> None:
+    """Free the seats of ``due``, returns of ``license_id`` whose time has come (the
+    license locked, read in the same transaction: ``Tx.issue_reads``), each audited
+    ``return_freed`` with when it fell due: the receipt's ``return`` line said when it
+    would, this one says it did. Once: a seat freed is due no more."""
+    for act_id in due:
+        tx.deactivate(act_id, now)
+        held = tx.get_return(act_id)
+        detail = "" if held is None else f"serial={held.serial} frees_at={held.frees_at}"
+        tx.append_audit(event(now, actor, "return_freed", license_id, act_id, detail))
+
+
 def check_not_returned(act: Activation, now: int) -> None:
     """Raise ``returned``'s refusal, if any."""
     refusal = returned(act, now)
@@ -306,8 +318,7 @@ class Issuing:
             tx.lock_license(lic.id)
             contact.refuse_unsigned(existing)
             check_usable(lic, now)
-            for act_id in due:  # returned seats whose time came
-                tx.deactivate(act_id, now)
+            free_due(tx, lic.id, due, now, actor)  # returned seats whose time came
             if existing is not None and existing.id in due:
                 existing = None
             issuer = self.issuer(tx, lic, rows)

@@ -31,6 +31,7 @@ from ..models import Activation, Actor, PlanMeter, ReturnRecord, UsageReport
 from ..storage import Store, Tx
 from .audit import event
 from .device_requests import DeviceRequests, Verified
+from .issuing import free_due
 from .licenses import license_status
 
 YEAR_S = 365 * 86400
@@ -299,12 +300,12 @@ class Usage:
         )
 
     @staticmethod
-    def free_due_returns(tx: Tx, license_id: str, now: int) -> list[str]:
-        """Free the seats of returns whose time has come (called with the license
-        locked, before a seat count)."""
+    def free_due_returns(tx: Tx, license_id: str, now: int, actor: Actor) -> list[str]:
+        """Free the seats of returns whose time has come, each audited ``return_freed``
+        (called with the license locked, before a seat count: ``Issuing.activate``
+        does the same with what it read at once)."""
         due = tx.due_returns(license_id, now)
-        for act_id in due:
-            tx.deactivate(act_id, now)
+        free_due(tx, license_id, due, now, actor)
         return due
 
 

@@ -417,3 +417,25 @@ def test_a_receipt_refused_past_the_return_limit_registers_no_key(hq_home: Path)
         assert sorted(actions) == ["device_key_register", "return"]
     finally:
         hq.store.close()
+
+
+def test_a_seat_freed_when_its_return_falls_due_is_audited_once(hq_home: Path) -> None:
+    """Without a TPM the receipt's ``return`` line says when the seat will free
+    (``frees_at``); HQ frees it at the first activation of the license after that, in
+    its transaction, and audits that too: one ``return_freed`` line, naming the
+    activation, its serial and ``frees_at``, written once however many activations
+    come after (the same device's as another's)."""
+    hq, key, act, _now, frees_at = returned_one(hq_home)
+    try:
+        after = frees_at + 1
+        hq.activate(key, fingerprint(2), after, ACTOR)  # the due seat frees here
+        hq.activate(key, fingerprint(1), after + 1, ACTOR)  # the returned device, anew
+        hq.activate(key, fingerprint(3), after + 2, ACTOR)
+        freed = [e for e in hq.audit_log.audit(10_000) if e.action == "return_freed"]
+        assert [(e.at, e.license_id, e.activation_id, e.detail) for e in freed] == [
+            (after, act.license_id, act.id, f"serial={act.serial} frees_at={frees_at}")
+        ]
+        assert hq.get_activation(act.id).deactivated_at == after
+        assert counted_in(hq_home)[act.license_id] == (3, 3)
+    finally:
+        hq.store.close()
