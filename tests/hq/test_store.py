@@ -431,7 +431,11 @@ def test_a_seat_freed_when_its_return_falls_due_is_audited_once(hq_home: Path) -
         hq.activate(key, fingerprint(2), after, ACTOR)  # the due seat frees here
         hq.activate(key, fingerprint(1), after + 1, ACTOR)  # the returned device, anew
         hq.activate(key, fingerprint(3), after + 2, ACTOR)
-        freed = [e for e in hq.audit_log.audit(10_000) if e.action == "return_freed"]
+        freed = [
+            e
+            for e in hq.audit_log.audit(10_000, act.license_id)  # the home is the module's
+            if e.action == "return_freed"
+        ]
         assert [(e.at, e.license_id, e.activation_id, e.detail) for e in freed] == [
             (after, act.license_id, act.id, f"serial={act.serial} frees_at={frees_at}")
         ]
