@@ -208,6 +208,47 @@ def test_only_a_receipt_of_a_returned_activation_is_acknowledged_as_one(
     assert bridge.counts["receipt_returned_already"] == 2
 
 
+def test_a_receipt_that_loses_the_race_to_another_replicas_is_acknowledged(
+    service: HQ, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two replicas take two receipts of one activation at once: both read no return,
+    the database refuses the second's write. HQ then holds a return of the activation
+    (the other's): the loser is ``receipt_returned_already`` and acknowledged, as if it
+    had come second, not a refusal the device would send again for ever. Here the
+    loser's read is the one before the other's commit (what PostgreSQL's READ COMMITTED
+    gives it in the race)."""
+    from provisioning.storage.usage_ops import UsageOps
+
+    lic = service.create_license("industrial", [], None, 1000, ACTOR)
+    device = enroll(service, lic.license_key, 1, now=1000)[0]
+    first = device.receipt()
+    service.usage.accept_receipt(first, 1500, "http", ACTOR)  # the other replica's
+    real = UsageOps.get_return
+    stale = [1]
+
+    def read_before_the_commit(self: UsageOps, activation_id: str) -> object:
+        if stale:
+            stale.pop()
+            return None
+        return real(self, activation_id)
+
+    monkeypatch.setattr(UsageOps, "get_return", read_before_the_commit)
+    bridge = Bridge(service, min_interval_s=60, clock=lambda: 2000)
+    second = device_msg.sign(
+        device.key,
+        "receipt",
+        {"activation_id": device.activation_id, "fingerprint": device.fingerprint,
+         "at": 1600, "agent_version": "0.2.0", "serial": device.serial,
+         "returned_at": 1600, "reason": "returned", "device_key": None, "proof": None},
+    )  # fmt: skip
+    assert _kinds(bridge.handle(device.topic(topics.RECEIPT), second)) == ["ack"]
+    assert not stale  # the stale read happened
+    assert bridge.counts == {"receipt_returned_already": 1}
+    with service.store.read() as tx:
+        held = tx.get_return(device.activation_id)
+    assert held is not None and held.via == "http"  # the first one's, kept
+
+
 def _keyring(hq: HQ) -> Keyring:
     return hq.keyring()  # type: ignore[no-any-return]
 
