@@ -22,7 +22,9 @@ answered on ``.../ack`` (not retained) with HQ's signed status bound to the payl
 ``topics.ack_nonce``, and so is a replay of what HQ already holds (a report not newer
 than the last accepted, a receipt of an activation returned or freed already: counted,
 nothing changes), so that the device stops resending. Forged ones, another device's on
-this device's topic, and receipts past the plan's return limit are counted, unanswered.
+this device's topic, receipts past the plan's return limit and receipts HQ refused for
+another reason, which took nothing (``device_key_mismatch``, ``conflict``), are
+counted, unanswered: the device keeps them and sends them again at its next check.
 Every second (``OUTBOX_POLL_S``), and on
 every (re)connection to the broker, the bridge publishes the outbox entries due: what a
 suspension, revocation, reinstatement or deactivation means for each device, retained,
