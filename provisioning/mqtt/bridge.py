@@ -22,7 +22,9 @@ answered on ``.../ack`` (not retained) with HQ's signed status bound to the payl
 ``topics.ack_nonce``, and so is a replay of what HQ already holds (a report not newer
 than the last accepted, a receipt of an activation returned or freed already: counted,
 nothing changes), so that the device stops resending. Forged ones, another device's on
-this device's topic, and receipts past the plan's return limit are counted, unanswered.
+this device's topic, receipts past the plan's return limit and receipts HQ refused for
+another reason, which took nothing (``device_key_mismatch``, ``conflict``), are
+counted, unanswered: the device keeps them and sends them again at its next check.
 Every second (``OUTBOX_POLL_S``), and on
 every (re)connection to the broker, the bridge publishes the outbox entries due: what a
 suspension, revocation, reinstatement or deactivation means for each device, retained,
@@ -44,14 +46,14 @@ from collections.abc import Callable
 
 from agent.daemon import topics
 
-from ..errors import ActivationNotFound, Conflict, HQError
+from ..errors import ActivationNotFound, Conflict, DeviceKeyMismatch, HQError
 from ..models import Activation, Actor
 from ..services import HQ, Contact, license_status
 from ..services.audit import event
 from ..services.device_requests import Verified
 from ..services.outbox import Delivery
 from ..services.renewals import AGAIN, GONE, ISSUED, RATE_LIMITED, RenewalRequest
-from ..services.usage import ReportRefused, ReturnLimitReached
+from ..services.usage import ReportRefused, ReturnHeld, ReturnLimitReached
 from . import inbound
 from .link import Link
 
@@ -197,11 +199,14 @@ class Bridge:
         return act
 
     def _verified(self, dev_id: str, payload: bytes, msg_type: str) -> Verified:
+        """The message verified, from the device whose topic it came on; the key a
+        renewal or status registers recorded (a report or receipt registers it in its
+        own transaction: services/usage.py)."""
         verified = inbound.signed(self.hq, payload, msg_type)
         act = verified.activation
         if topics.device_id(act.fingerprint) != dev_id:
             raise inbound.BadMessage("foreign_topic")  # signed by one, sent on another's
-        if act.deactivated_at is None:
+        if act.deactivated_at is None and msg_type not in ("report", "receipt"):
             self.hq.device.register(verified, self.clock(), ACTOR)
         return verified
 
@@ -294,12 +299,17 @@ class Bridge:
                 verified, payload, self.clock(), "mqtt", ACTOR
             )
             self._heard("receipts_freed" if returned.freed else "receipts_recorded")
-        except Conflict:
-            self._count("receipt_returned_already")
+        except ReturnHeld:
+            self._count("receipt_returned_already")  # HQ holds it or another: acknowledged
         except ActivationNotFound:
             self._count("receipt_not_live")  # the seat is free already
         except ReturnLimitReached:
             self._count("return_limit_reached")  # kept on the device for the operator
+            return []
+        except (Conflict, DeviceKeyMismatch) as e:
+            # HQ took nothing (a key registered by another device meanwhile, a write the
+            # database refused): unacknowledged, the device keeps its receipt
+            self._count(e.code)
             return []
         return self._ack(verified.activation, payload)
 

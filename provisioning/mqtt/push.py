@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from agent.daemon import topics
 from agent.wire.device_key import key_id
 
-from ..errors import HQError
+from ..errors import ActivationReturned, HQError
 from ..models import Activation, Actor, OutboxEntry
 from ..services import HQ, Issued
 from ..services.outbox import Delivery, Held, confirms
@@ -52,7 +52,8 @@ KINDS = ("revocation", "deactivation")
 class Summary:
     """``sent``/``confirmed``: machine files (renewals and reinstatements);
     ``revocations_*`` and ``deactivations_*``: what the outbox had to tell;
-    ``returned``: devices selected that gave their license back, which get no file."""
+    ``returned``: devices selected that gave their license back (before push or while
+    it ran), which get no file."""
 
     selected: int = 0
     returned: int = 0
@@ -250,19 +251,23 @@ def issue(
     now: int,
     actor: Actor,
     whole_license: bool,
-) -> Iterable[Issued | HQError]:
-    """Fresh files for ``chosen``: one transaction for a whole license, else one each."""
+) -> Iterable[tuple[str | None, Issued | HQError]]:
+    """Fresh files for ``chosen``, each with the activation it is for (None: the whole
+    license's refusal): one transaction for a whole license, else one each. A whole
+    license's issuance skips the devices that gave their license back, those returned
+    since ``chosen`` was read too: they have no result."""
     if whole_license and sel.license_id is not None:
         try:
-            yield from hq.issuing.renew_all_lazily(sel.license_id, ttl_s, now, actor)
+            for issued in hq.issuing.renew_all_lazily(sel.license_id, ttl_s, now, actor):
+                yield issued.activation.id, issued
         except HQError as e:
-            yield e
+            yield None, e
         return
     for act in chosen:
         try:
-            yield hq.renew(now, actor, activation_id=act.id, ttl_s=ttl_s)
+            yield act.id, hq.renew(now, actor, activation_id=act.id, ttl_s=ttl_s)
         except HQError as e:
-            yield e
+            yield act.id, e
 
 
 class _Sent:
@@ -298,6 +303,25 @@ class _Sent:
                 self.confirmations.expect_told(dev_id, what.entry, what.activation)
 
         return done
+
+
+def _count_gone(
+    hq: HQ,
+    acts: list[Activation],
+    summary: Summary,
+    sent: _Sent,
+    progress: Callable[[int], None],
+    why: str,
+) -> None:
+    """Devices selected that were sent nothing: ``returned`` if HQ holds their return
+    now (taken while push ran), else a failure saying ``why``."""
+    for act in acts:
+        progress(1)
+        current = hq.get_activation(act.id)
+        if current is not None and current.return_frees_at is not None:
+            summary.returned += 1
+        else:
+            sent.failed(f"activation {act.id}: {why}")
 
 
 @contextmanager
@@ -357,10 +381,18 @@ def push(
     whole = not narrowed and not to_tell
     confirmations.know(to_tell)  # those to renew: as each is sent
     sent = _Sent(confirmations, summary)
+    answered: set[str] = set()  # the activations renewed or refused one by one
+    refused_whole = False
     with _collector_for_bulk() as issued:
-        for result in issue(hq, sel, to_renew, ttl_s, now, actor, whole):
+        for act_id, result in issue(hq, sel, to_renew, ttl_s, now, actor, whole):
             issued()
             progress(1)
+            refused_whole = refused_whole or act_id is None
+            if act_id is not None:
+                answered.add(act_id)
+            if isinstance(result, ActivationReturned):
+                summary.returned += 1  # gave its license back while push ran
+                continue
             if isinstance(result, HQError):
                 sent.failed(result.message)
                 continue
@@ -368,6 +400,9 @@ def push(
             name = topics.topic(prefix, dev_id, topics.MACHINE_FILE)
             done = sent.settle(dev_id, result.claims.serial)
             link.publish(name, result.machine_file, True, done)
+    unanswered = [a for a in to_renew if a.id not in answered]
+    if unanswered and not refused_whole:  # skipped by the whole license's issuance
+        _count_gone(hq, unanswered, summary, sent, progress, "no file")
     deliveries = hq.outbox.deliver([a.id for a in to_tell], now, actor)
     for delivery in deliveries:
         dev_id = confirmations.device_id(delivery.activation)
@@ -375,10 +410,9 @@ def push(
             link.publish(name, data, retain, sent.settle(dev_id, delivery) if i == 0 else None)
         progress(1)
     delivered = {d.activation.id for d in deliveries}
-    for act in to_tell:
-        if act.id not in delivered:
-            progress(1)
-            sent.failed(f"activation {act.id}: nothing can be told (no file now)")
+    untold = [a for a in to_tell if a.id not in delivered]
+    if untold:
+        _count_gone(hq, untold, summary, sent, progress, "nothing can be told (no file now)")
     # Every publish is settled by then: acknowledged, or failed after the link's wait.
     while not link.flush(60):
         pass

@@ -292,20 +292,27 @@ class DeviceRequests:
         the device's status and requests verify. Audited. False if nothing to do."""
         if not verified.registering:
             return False
+        with self.store.write() as tx:
+            return self.register_in(tx, verified, now, actor)
+
+    @staticmethod
+    def register_in(tx: Tx, verified: Verified, now: int, actor: Actor) -> bool:
+        """``register`` within the caller's transaction: a report or receipt that
+        registers the key records it with what it brings, or not at all (a refused
+        receipt leaves no key behind)."""
+        if not verified.registering:
+            return False
         key = _key(verified.message)
         act = verified.activation
-        with self.store.write() as tx:
-            current = tx.get_activation(act.id)
-            if current is None or current.deactivated_at is not None:
-                raise ActivationNotFound(f"no live activation {act.id}")
-            if current.device_key is not None:
-                if current.device_key == key:
-                    return False
-                raise DeviceKeyMismatch(f"activation {act.id} belongs to another device key")
-            tx.set_device_key(act.id, key)
-            tx.append_audit(
-                event(now, actor, "device_key_register", act.license_id, act.id, "renewal")
-            )
+        current = tx.get_activation(act.id)
+        if current is None or current.deactivated_at is not None:
+            raise ActivationNotFound(f"no live activation {act.id}")
+        if current.device_key is not None:
+            if current.device_key == key:
+                return False
+            raise DeviceKeyMismatch(f"activation {act.id} belongs to another device key")
+        tx.set_device_key(act.id, key)
+        tx.append_audit(event(now, actor, "device_key_register", act.license_id, act.id, "renewal"))
         return True
 
     def reset_key(self, activation_id: str, now: int, actor: Actor) -> Activation:

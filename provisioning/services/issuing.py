@@ -70,6 +70,18 @@ def returned(act: Activation, now: int) -> ActivationReturned | None:
     )
 
 
+def free_due(tx: Tx, license_id: str, due: list[str], now: int, actor: Actor) -> None:
+    """Free the seats of ``due``, returns of ``license_id`` whose time has come (the
+    license locked, read in the same transaction: ``Tx.issue_reads``), each audited
+    ``return_freed`` with when it fell due: the receipt's ``return`` line said when it
+    would, this one says it did. Once: a seat freed is due no more."""
+    for act_id in due:
+        tx.deactivate(act_id, now)
+        held = tx.get_return(act_id)
+        detail = "" if held is None else f"serial={held.serial} frees_at={held.frees_at}"
+        tx.append_audit(event(now, actor, "return_freed", license_id, act_id, detail))
+
+
 def check_not_returned(act: Activation, now: int) -> None:
     """Raise ``returned``'s refusal, if any."""
     refusal = returned(act, now)
@@ -303,7 +315,7 @@ class Issuing:
             return self._activate(license_key, fingerprint, now, actor, contact)
         except DeviceKeyInUse:
             held = self._holder(contact)
-            if held is None or not self._freed_if_due(held, now):
+            if held is None or not self._freed_if_due(held, now, actor):
                 raise self._key_in_use(held, now) from None
         return self._activate(license_key, fingerprint, now, actor, contact)
 
@@ -315,7 +327,7 @@ class Issuing:
         with self.store.read() as tx:
             return tx.find_by_device_key(key_id(contact.device_key))
 
-    def _freed_if_due(self, held: Activation, now: int) -> bool:
+    def _freed_if_due(self, held: Activation, now: int, actor: Actor) -> bool:
         """Free ``held``'s seat if its device gave it back and the seat's time has come
         (seats of returns free when their license next counts them: the device moving
         to another license must not wait for that); True if it is free now."""
@@ -323,8 +335,7 @@ class Issuing:
             return False
         with self.store.write() as tx:
             tx.lock_license(held.license_id)
-            for act_id in tx.due_returns(held.license_id, now):
-                tx.deactivate(act_id, now)
+            free_due(tx, held.license_id, tx.due_returns(held.license_id, now), now, actor)
         return True
 
     @staticmethod
@@ -352,8 +363,7 @@ class Issuing:
             tx.lock_license(lic.id)
             contact.refuse_unsigned(existing)
             check_usable(lic, now)
-            for act_id in due:  # returned seats whose time came
-                tx.deactivate(act_id, now)
+            free_due(tx, lic.id, due, now, actor)  # returned seats whose time came
             if existing is not None and existing.id in due:
                 existing = None
             issuer = self.issuer(tx, lic, rows)

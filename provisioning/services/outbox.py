@@ -17,6 +17,9 @@ one. A deliverer (the MQTT bridge, ``push``) then:
 - ``confirm``: what a device's status says it holds (``Held``) confirms its entry, or
   makes it due again now (the device is connected), at most every ``RESEND_GAP_S``; a
   file that did not lift the device's revocation is replaced by a newer one;
+- a return (services/usage.py) drops a reinstatement still to be sent, and one
+  prepared before it (an older HQ's) is dropped when next taken: the device refuses
+  any file of a returned activation, and HQ issues it none;
 - ``rearm``: after an outage of the broker or of the deliverer, everything sent and
   unconfirmed is due now (what the broker kept retained may be lost, and so may the
   status a device sent when it reconnected): a reinstatement with a new file, since a
@@ -52,6 +55,12 @@ def reason_for(action: str, act: Activation) -> str:
     if reason not in revocation.REASONS_V0_1 and not later_agent:
         return "revoked"
     return reason
+
+
+def _takes_files(act: Activation) -> bool:
+    """HQ may send the activation a file: live, and not given back (a returned device
+    refuses any file of it, and a copy of its data put back must get none)."""
+    return act.deactivated_at is None and act.return_frees_at is None
 
 
 def retry_after_s(attempts: int) -> int:
@@ -135,6 +144,9 @@ class Outbox:
             if act is None or not tx.outbox_claim(act.id, now, next_at, due_by):
                 continue
             payload = None if fresh_files and entry.is_file else entry.payload
+            if payload is not None and entry.is_file and not _takes_files(act):
+                self._drop(tx, act, now, actor)  # prepared before the device gave it back
+                continue
             if payload is None:
                 payload = self._make(tx, entry, act, now, actor)
                 made = tx.outbox_get(act.id)
@@ -163,10 +175,8 @@ class Outbox:
             return token
         lic = tx.get_license(act.license_id)
         usable = lic is not None and license_status(lic, now) == LICENSE_ACTIVE
-        given_back = act.return_frees_at is not None  # HQ issues it no file (returned)
-        if lic is None or not usable or act.deactivated_at is not None or given_back:
-            tx.outbox_drop(act.id)
-            tx.append_audit(event(now, actor, "mqtt_refused", act.license_id, act.id, "outbox"))
+        if lic is None or not usable or not _takes_files(act):
+            self._drop(tx, act, now, actor)
             return None
         tx.lock_license(lic.id)
         rec = self.issuing.issuer(tx, lic).issue(tx, act, None, now, new=False)
@@ -175,6 +185,11 @@ class Outbox:
         machine_file = rec.seal().machine_file
         tx.outbox_prepared(act.id, None, rec.claims.serial, machine_file)
         return machine_file
+
+    @staticmethod
+    def _drop(tx: Tx, act: Activation, now: int, actor: Actor) -> None:
+        tx.outbox_drop(act.id)
+        tx.append_audit(event(now, actor, "mqtt_refused", act.license_id, act.id, "outbox"))
 
     def confirm(self, act: Activation, held: Held, now: int) -> OutboxEntry | None:
         """Record what the device's status says it holds: returns the entry it confirms

@@ -31,6 +31,7 @@ from ..models import Activation, Actor, PlanMeter, ReturnRecord, UsageReport
 from ..storage import Store, Tx
 from .audit import event
 from .device_requests import DeviceRequests, Verified
+from .issuing import free_due
 from .licenses import license_status
 
 YEAR_S = 365 * 86400
@@ -63,7 +64,14 @@ class Accepted:
     regression: list[str]  # counters lower than HQ's last value
 
 
-class ReceiptHeld(Conflict):
+class ReturnHeld(Conflict):
+    """HQ holds a return of this activation already (another receipt of it, or one a
+    second replica recorded at the same moment): nothing to do, and nothing a resend
+    changes. The same ``conflict`` to a device as any other (the MQTT bridge tells them
+    apart: it acknowledges this one only)."""
+
+
+class ReceiptHeld(ReturnHeld):
     """The very receipt HQ holds already (the same bytes) came again: a resend after a
     lost answer, or the laptop's report carrying one HQ took over a relay. Nothing to
     do; the same ``conflict`` as another receipt of a returned activation to a device."""
@@ -91,11 +99,11 @@ class Usage:
     ) -> Accepted:
         """A report ``DeviceRequests.verify`` verified (the bridge checks its topic
         between the two)."""
-        self.device.register(verified, now, actor)
         m, act = verified.message, verified.activation
         seq = int(str(m["seq"]))
         counters = dict(m["counters"])  # type: ignore[call-overload]
         with self.store.write() as tx:
+            self.device.register_in(tx, verified, now, actor)  # with the report, or not
             last = tx.report_seq(act.id)
             if seq <= last:
                 raise ReportRefused(
@@ -186,17 +194,44 @@ class Usage:
         override: str | None = None,
     ) -> Returned:
         """A receipt ``DeviceRequests.verify`` verified from ``data`` (kept, armored,
-        with the return: the audit's evidence)."""
-        self.device.register(verified, now, actor)
+        with the return: the audit's evidence). A return another replica recorded
+        between this one's read and its write (the database refuses the second) is
+        ``ReturnHeld`` (``ReceiptHeld`` if the same bytes), as if it had come first."""
+        try:
+            return self._take_receipt(verified, data, now, via, actor, override)
+        except ReturnHeld:
+            raise
+        except Conflict:
+            with self.store.read() as tx:
+                held = tx.get_return(verified.activation.id)
+            if held is None:
+                raise
+            if held.receipt == armor.armor(data, armor.RECEIPT):
+                raise ReceiptHeld(
+                    f"activation {verified.activation.id} was returned already (this receipt)"
+                ) from None
+            raise ReturnHeld(f"activation {verified.activation.id} was returned already") from None
+
+    def _take_receipt(
+        self,
+        verified: Verified,
+        data: bytes,
+        now: int,
+        via: str,
+        actor: Actor,
+        override: str | None,
+    ) -> Returned:
         m, act = verified.message, verified.activation
         with self.store.write() as tx:
+            # the key a receipt registers is recorded with its return or not at all
+            self.device.register_in(tx, verified, now, actor)
             current = tx.get_activation(act.id)
             assert current is not None
             held = tx.get_return(act.id)
             if held is not None and held.receipt == armor.armor(data, armor.RECEIPT):
                 raise ReceiptHeld(f"activation {act.id} was returned already (this receipt)")
             if held is not None:
-                raise Conflict(f"activation {act.id} was returned already")
+                raise ReturnHeld(f"activation {act.id} was returned already")
             if current.deactivated_at is not None:
                 raise SeatFreedAlready(f"activation {act.id} is not live: nothing to free")
             lic = tx.get_license(act.license_id)
@@ -230,6 +265,7 @@ class Usage:
                 override,
             )
             tx.insert_return(record)
+            tx.outbox_drop_file(act.id)  # a reinstatement's file, the device would refuse it
             freed = frees_at <= now
             if freed:
                 tx.lock_license(lic.id)
@@ -264,12 +300,12 @@ class Usage:
         )
 
     @staticmethod
-    def free_due_returns(tx: Tx, license_id: str, now: int) -> list[str]:
-        """Free the seats of returns whose time has come (called with the license
-        locked, before a seat count)."""
+    def free_due_returns(tx: Tx, license_id: str, now: int, actor: Actor) -> list[str]:
+        """Free the seats of returns whose time has come, each audited ``return_freed``
+        (called with the license locked, before a seat count: ``Issuing.activate``
+        does the same with what it read at once)."""
         due = tx.due_returns(license_id, now)
-        for act_id in due:
-            tx.deactivate(act_id, now)
+        free_due(tx, license_id, due, now, actor)
         return due
 
 

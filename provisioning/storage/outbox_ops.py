@@ -199,6 +199,14 @@ class OutboxOps:
         """Nothing can be told any more (the license can get no file)."""
         self._run("DELETE FROM device_outbox WHERE activation_id = :id", id=activation_id)
 
+    def outbox_drop_file(self, activation_id: str) -> None:
+        """A reinstatement's file is no longer to be sent (the device gave its license
+        back: it refuses any file of the activation, and HQ issues it none)."""
+        self._run(
+            "DELETE FROM device_outbox WHERE activation_id = :id AND action = 'reinstate'",
+            id=activation_id,
+        )
+
     def outbox_rearm(self, now: int) -> int:
         """Every entry sent and not confirmed is due now (after a broker or bridge
         outage: what the broker kept retained may be lost), a reinstatement with a new

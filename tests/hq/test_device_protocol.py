@@ -275,3 +275,5 @@ def test_a_device_on_one_license_activated_on_another_is_told_which_holds_its_ke
     lic_a = hqc.json("licenses", "show", license_key.license_id(key_a))
     (gone,) = lic_a["activations"]  # type: ignore[index]
     assert gone["activation_id"] == act_a and gone["deactivated_at"] is not None
+    audit = json.loads(hqc.run("audit", "--json").stdout)
+    assert [e["activation_id"] for e in audit if e["action"] == "return_freed"] == [act_a]

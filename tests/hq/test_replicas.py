@@ -322,3 +322,52 @@ def test_receipts_raced_on_every_replica_free_once_and_keep_the_return_limit(
     assert [a[6] for a in snap["audit"] if a[4] == "return" and a[6] in mine] == [winner]
     live = [a for a in snap["activations"] if a[1] == lic and a[7] is None]
     assert {r[0]: r[7] for r in snap["licenses"]}[lic] == len(live) == 3
+
+
+def test_a_due_return_raced_on_every_replica_frees_its_seat_once(
+    replicas: list[Server],
+) -> None:
+    """A device without a TPM gave its license back, and its seat's time came
+    (``frees_at`` past): twelve new devices activate on every replica at once, for a
+    license of two seats. The first to hold the license's lock frees the returned seat
+    (one ``return_freed`` audit line) and takes it; one more takes the other seat; the
+    rest are refused ``seat_limit_reached``; the seats the database counts agree."""
+    from provisioning.models import Actor, Plan
+    from provisioning.services import HQ
+
+    from .fleet import SeedDevice
+
+    home = replicas[0].home
+    hq = HQ(home)
+    try:
+        day, then = 86400, int(time.time()) - 10 * 86400
+        plan = f"due{time.monotonic_ns()}"
+        hq.create_plan(Plan(plan, "default", day, 0, 2, None, then), Actor("test", "local"))
+        key = hq.create_license(plan, [], None, then, Actor("test", "local")).license_key
+        returned = SeedDevice(hq, key, fingerprint(900), then)
+        returned.give_back(then + 3600, "http")  # frees at its file's expiry: 9 days ago
+        act_id = returned.act.id
+    finally:
+        hq.store.close()
+    racers = 12
+    barrier = threading.Barrier(racers)
+
+    def one(n: int) -> httpx.Response:
+        body = {
+            "license_key": key,
+            "request": _signed_activation(key, DeviceKey.generate(), fingerprint(901 + n)),
+        }
+        with httpx.Client(timeout=120) as client:
+            barrier.wait()
+            return client.post(replicas[n % REPLICAS].url + "/v1/activate", json=body)
+
+    with ThreadPoolExecutor(racers) as pool:
+        results = list(pool.map(one, range(racers)))
+    codes = sorted(r.status_code for r in results)
+    assert codes == [201] * 2 + [409] * (racers - 2), {r.text for r in results}
+    snap = snapshot(home)
+    lic = license_key.license_id(key)
+    freed = [a for a in snap["audit"] if a[4] == "return_freed" and a[5] == lic]
+    assert [a[6] for a in freed] == [act_id]
+    live = [a for a in snap["activations"] if a[1] == lic and a[7] is None]
+    assert {r[0]: r[7] for r in snap["licenses"]}[lic] == len(live) == 2

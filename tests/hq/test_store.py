@@ -397,3 +397,72 @@ def test_a_return_without_a_tpm_waits_for_every_file_issued_before_it(hq_home: P
             hq.renew(now + 2 * 86400, ACTOR, activation_id=device.act.id)
     finally:
         hq.store.close()
+
+
+def test_a_receipt_refused_past_the_return_limit_registers_no_key(hq_home: Path) -> None:
+    """A receipt may register the device key (a key-registration proof inside it, for
+    an activation HQ made without one). Registration and return are one transaction:
+    a receipt HQ refuses (here past the plan's return limit) leaves the activation
+    without a key and the audit without a ``device_key_register`` line; taken with an
+    override, it records both."""
+    from agent.wire import device_msg
+    from agent.wire.device_key import DeviceKey, key_proof
+    from provisioning.services.usage import ReturnLimitReached, set_terms
+
+    hq = HQ(hq_home)
+    try:
+        now = int(time.time())
+        plan = f"p{time.monotonic_ns()}"
+        hq.create_plan(Plan(plan, "default", 365 * 86400, 0, 3, None, now), ACTOR)
+        set_terms(hq.store, plan, [], [], 0, now, ACTOR)  # no return allowed
+        key = hq.create_license(plan, [], None, now, ACTOR).license_key
+        act = hq.activate(key, fingerprint(1), now, ACTOR).activation
+        assert act.device_key is None
+        device = DeviceKey.generate()
+        receipt = device_msg.sign(
+            device,
+            "receipt",
+            {"activation_id": act.id, "fingerprint": act.fingerprint, "at": now,
+             "agent_version": "test", "serial": act.serial, "returned_at": now,
+             "reason": "returned", "device_key": device.public_key,
+             "proof": key_proof(key, device.public_key, act.id, "")},
+        )  # fmt: skip
+        before = len(hq.audit_log.audit(10_000))
+        with pytest.raises(ReturnLimitReached):
+            hq.usage.accept_receipt(receipt, now + 60, "http", ACTOR)
+        assert hq.get_activation(act.id).device_key is None
+        assert len(hq.audit_log.audit(10_000)) == before
+        with hq.store.read() as tx:
+            assert tx.get_return(act.id) is None
+        hq.usage.accept_receipt(receipt, now + 120, "http", ACTOR, override="ticket 9")
+        assert hq.get_activation(act.id).device_key == device.public_key
+        actions = [e.action for e in hq.audit_log.audit(10_000)[before:]]
+        assert sorted(actions) == ["device_key_register", "return"]
+    finally:
+        hq.store.close()
+
+
+def test_a_seat_freed_when_its_return_falls_due_is_audited_once(hq_home: Path) -> None:
+    """Without a TPM the receipt's ``return`` line says when the seat will free
+    (``frees_at``); HQ frees it at the first activation of the license after that, in
+    its transaction, and audits that too: one ``return_freed`` line, naming the
+    activation, its serial and ``frees_at``, written once however many activations
+    come after (the same device's as another's)."""
+    hq, key, act, _now, frees_at = returned_one(hq_home)
+    try:
+        after = frees_at + 1
+        hq.activate(key, fingerprint(2), after, ACTOR)  # the due seat frees here
+        hq.activate(key, fingerprint(1), after + 1, ACTOR)  # the returned device, anew
+        hq.activate(key, fingerprint(3), after + 2, ACTOR)
+        freed = [
+            e
+            for e in hq.audit_log.audit(10_000, act.license_id)  # the home is the module's
+            if e.action == "return_freed"
+        ]
+        assert [(e.at, e.license_id, e.activation_id, e.detail) for e in freed] == [
+            (after, act.license_id, act.id, f"serial={act.serial} frees_at={frees_at}")
+        ]
+        assert hq.get_activation(act.id).deactivated_at == after
+        assert counted_in(hq_home)[act.license_id] == (3, 3)
+    finally:
+        hq.store.close()

@@ -13,10 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.daemon import messages, topics
+from agent.wire import device_msg
+from agent.wire.device_key import DeviceKey, key_proof
 from agent.wire.keys import Keyring
 from agent.wire.machine_file import open_machine_file
 from agent.wire.revocation import verify_revocation
-from provisioning.models import Actor, Plan
+from provisioning.models import Activation, Actor, Plan
 from provisioning.mqtt import brokerconf, credentials
 from provisioning.mqtt.bridge import Bridge
 from provisioning.services import HQ
@@ -126,6 +128,127 @@ def test_a_returned_device_is_refused_renewals_and_push_skips_it(service: HQ) ->
     assert [i.activation.id for i in issued] == [kept.activation_id]
 
 
+def _registering_receipt(key: DeviceKey, license_key: str, act: Activation) -> bytes:
+    """A receipt that registers ``key`` for ``act`` (an activation HQ made without a
+    key), with the proof of the license key, as the agent makes it."""
+    return device_msg.sign(
+        key,
+        "receipt",
+        {"activation_id": act.id, "fingerprint": act.fingerprint, "at": 1500,
+         "agent_version": "0.2.0", "serial": act.serial, "returned_at": 1500,
+         "reason": "returned", "device_key": key.public_key,
+         "proof": key_proof(license_key, key.public_key, act.id, "")},
+    )  # fmt: skip
+
+
+def test_a_receipt_refused_over_mqtt_registers_no_key(service: HQ) -> None:
+    """A receipt that registers the device key, refused past the plan's return limit,
+    leaves the activation without a key (registration and return are one transaction,
+    over MQTT as over HTTP): counted ``return_limit_reached``, unacknowledged."""
+    from provisioning.services.usage import set_terms
+
+    set_terms(service.store, "industrial", [], [], 0, 1000, ACTOR)  # no return allowed
+    lic = service.create_license("industrial", [], None, 1000, ACTOR)
+    act = service.activate(lic.license_key, "3" * 64, 1000, ACTOR).activation
+    bridge = Bridge(service, min_interval_s=60, clock=lambda: 2000)
+    topic = _topic(topics.device_id(act.fingerprint), topics.RECEIPT)
+    receipt = _registering_receipt(DeviceKey.generate(), lic.license_key, act)
+    assert bridge.handle(topic, receipt) == []
+    assert bridge.counts == {"return_limit_reached": 1}
+    assert service.get_activation(act.id).device_key is None
+    assert "device_key_register" not in [e.action for e in service.audit(100000)]
+
+
+def test_only_a_receipt_of_a_returned_activation_is_acknowledged_as_one(
+    service: HQ, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bridge acknowledges a receipt HQ refuses only when HQ holds a return of that
+    activation (the same receipt or another: ``receipt_returned_already``). A receipt HQ
+    refused for another reason, which took nothing, is counted under that reason and
+    left unacknowledged (the device keeps it): its key registered by another device
+    between the receipt's check and its write (``device_key_mismatch``), or a write the
+    database refused (``conflict``: the key it registers taken meanwhile by another
+    activation). Here the other replica's write lands between the two, as a race would
+    have it."""
+    lic = service.create_license("industrial", [], None, 1000, ACTOR)
+    first, second = (
+        service.activate(lic.license_key, fp, 1000, ACTOR).activation for fp in ("1" * 64, "2" * 64)
+    )
+    key, other = DeviceKey.generate(), DeviceKey.generate()
+    bridge = Bridge(service, min_interval_s=60, clock=lambda: 2000)
+    verify = service.device.verify
+    meanwhile: list[tuple[str, bytes]] = []
+
+    def verify_then_race(data: bytes, msg_type: str, *, live: bool = True) -> object:
+        verified = verify(data, msg_type, live=live)
+        while meanwhile:
+            act_id, public = meanwhile.pop()
+            with service.store.write() as tx:
+                tx.set_device_key(act_id, public)
+        return verified
+
+    monkeypatch.setattr(service.device, "verify", verify_then_race)
+    topic = _topic(topics.device_id(first.fingerprint), topics.RECEIPT)
+    receipt = _registering_receipt(key, lic.license_key, first)
+    meanwhile.append((second.id, key.public_key))  # its key, taken by another activation
+    assert bridge.handle(topic, receipt) == []
+    with service.store.write() as tx:
+        tx.set_device_key(second.id, None)  # free again
+    meanwhile.append((first.id, other.public_key))  # another device registers first
+    assert bridge.handle(topic, receipt) == []
+    assert bridge.counts == {"conflict": 1, "device_key_mismatch": 1}
+    with service.store.read() as tx:
+        assert tx.get_return(first.id) is None
+    assert service.get_activation(first.id).device_key == other.public_key
+    # a receipt of an activation HQ holds a return of: acknowledged, whichever receipt
+    device = enroll(service, lic.license_key, 1, now=1000)[0]
+    again = device.receipt()
+    for payload in (device.receipt(), again, again):
+        assert _kinds(bridge.handle(device.topic(topics.RECEIPT), payload)) == ["ack"]
+    assert bridge.counts["receipt_returned_already"] == 2
+
+
+def test_a_receipt_that_loses_the_race_to_another_replicas_is_acknowledged(
+    service: HQ, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two replicas take two receipts of one activation at once: both read no return,
+    the database refuses the second's write. HQ then holds a return of the activation
+    (the other's): the loser is ``receipt_returned_already`` and acknowledged, as if it
+    had come second, not a refusal the device would send again for ever. Here the
+    loser's read is the one before the other's commit (what PostgreSQL's READ COMMITTED
+    gives it in the race)."""
+    from provisioning.storage.usage_ops import UsageOps
+
+    lic = service.create_license("industrial", [], None, 1000, ACTOR)
+    device = enroll(service, lic.license_key, 1, now=1000)[0]
+    first = device.receipt()
+    service.usage.accept_receipt(first, 1500, "http", ACTOR)  # the other replica's
+    real = UsageOps.get_return
+    stale = [1]
+
+    def read_before_the_commit(self: UsageOps, activation_id: str) -> object:
+        if stale:
+            stale.pop()
+            return None
+        return real(self, activation_id)
+
+    monkeypatch.setattr(UsageOps, "get_return", read_before_the_commit)
+    bridge = Bridge(service, min_interval_s=60, clock=lambda: 2000)
+    second = device_msg.sign(
+        device.key,
+        "receipt",
+        {"activation_id": device.activation_id, "fingerprint": device.fingerprint,
+         "at": 1600, "agent_version": "0.2.0", "serial": device.serial,
+         "returned_at": 1600, "reason": "returned", "device_key": None, "proof": None},
+    )  # fmt: skip
+    assert _kinds(bridge.handle(device.topic(topics.RECEIPT), second)) == ["ack"]
+    assert not stale  # the stale read happened
+    assert bridge.counts == {"receipt_returned_already": 1}
+    with service.store.read() as tx:
+        held = tx.get_return(device.activation_id)
+    assert held is not None and held.via == "http"  # the first one's, kept
+
+
 def _keyring(hq: HQ) -> Keyring:
     return hq.keyring()  # type: ignore[no-any-return]
 
@@ -182,6 +305,46 @@ def test_a_suspension_is_told_until_the_device_confirms_it(service: HQ) -> None:
     bridge.handle(d.topic(topics.STATUS), d.status(3))
     entry = service.outbox.get(d.activation_id)
     assert entry is not None and entry.confirmed_at == 3002
+
+
+def test_a_reinstatement_prepared_before_a_return_is_sent_no_more(service: HQ) -> None:
+    """A reinstatement's file, published and not confirmed yet, is published again and
+    again until the device's status confirms it. A device that gave its license back
+    refuses any file of the activation (and HQ issues it none): its receipt drops the
+    entry, and an entry an older HQ left prepared for a returned activation is dropped
+    when next taken (audited ``mqtt_refused``), never published again, after an outage
+    (``rearm``) neither. The other devices are told as ever."""
+    from provisioning.models import ReturnRecord
+
+    lic = service.create_license("industrial", [], None, 1000, ACTOR)
+    gave, kept, older = enroll(service, lic.license_key, 3, now=1000)
+    clock = [2000]
+    bridge = Bridge(service, clock=lambda: clock[0])
+    service.set_status(lic.id, "suspend", 2000, ACTOR)
+    assert sorted(_kinds(bridge.deliver_due())) == ["revocation"] * 3
+    service.set_status(lic.id, "reinstate", 2100, ACTOR)
+    clock[0] = 2100
+    assert sorted(_kinds(bridge.deliver_due())) == ["machine-file"] * 3 + ["revocation"] * 3
+    # one returns over MQTT; for another, a return recorded as an older HQ did (the
+    # entry left as it was)
+    receipt = gave.receipt()
+    assert _kinds(bridge.handle(gave.topic(topics.RECEIPT), receipt)) == ["ack"]
+    assert service.outbox.get(gave.activation_id) is None
+    act = service.get_activation(older.activation_id)
+    with service.store.write() as tx:
+        tx.insert_return(
+            ReturnRecord(act.id, act.serial, 2150, 2150, "http", "-", act.last_expires_at, None)
+        )
+    for _ in range(2):
+        clock[0] += 3600
+        out = bridge.deliver_due()
+        assert [t for t, _, r in out if r and t.endswith(topics.MACHINE_FILE)] == [
+            kept.topic(topics.MACHINE_FILE)
+        ]
+        service.outbox.rearm(clock[0])
+    assert [e.activation_id for e in service.outbox.pending()] == [kept.activation_id]
+    refused = [e.activation_id for e in service.audit(100000) if e.action == "mqtt_refused"]
+    assert refused == [older.activation_id]
 
 
 def test_a_large_fleet_is_told_batch_after_batch(service: HQ) -> None:

@@ -168,6 +168,53 @@ def test_push_sends_no_file_to_a_device_that_gave_its_license_back(
     assert service.get_activation(gave.id).serial == gave.serial
 
 
+def test_a_device_that_gives_its_license_back_while_push_runs_counts_as_returned(
+    service: HQ, broker: Broker
+) -> None:
+    """``push`` selects, then issues: a receipt HQ takes in between (over MQTT, HTTP, a
+    laptop's report) makes that device ``returned``, as if it had come before, never a
+    failure nor missing from the counts: from a whole license's push (bulk issuance
+    skips it), a push naming devices (its renewal refused ``activation_returned``), and
+    a push with a reinstatement to tell (the receipt dropped the device's entry)."""
+    now = int(time.time())
+    lic = service.create_license("industrial", [], None, now, ACTOR)
+    sims = enroll(service, lic.license_key, 5, now=now)
+    devices = Devices(broker, service, lic.license_key, sims)
+    cases = (
+        (push_mod.Selection(license_id=lic.id), None),
+        (push_mod.Selection(license_id=lic.id, devices=(sims[0].activation_id,
+                                                        sims[1].activation_id)), None),
+        (push_mod.Selection(license_id=lic.id), "reinstate"),
+    )  # fmt: skip
+    try:
+        for n, (sel, change) in enumerate(cases):
+            if change is not None:
+                service.set_status(lic.id, "suspend", now + 10 * n, ACTOR)
+                service.set_status(lic.id, change, now + 10 * n + 1, ACTOR)
+            chosen = push_mod.select(service, sel, now + 10 * n + 2)
+            gives_back = sims[n]  # a device push chose, not returned yet
+            assert gives_back.activation_id in {a.id for a in chosen}
+            serial = service.get_activation(gives_back.activation_id).serial
+            service.usage.accept_receipt(gives_back.receipt(), now + 10 * n + 2, "mqtt", ACTOR)
+            confirmations = push_mod.Confirmations(service)
+            link = _push_link(broker, confirmations)
+            try:
+                summary = push_mod.push(
+                    service, link, confirmations, sel, prefix=PREFIX, ttl_s=None, wait_s=30,
+                    now=now + 10 * n + 3, actor=ACTOR, chosen=chosen,
+                )  # fmt: skip
+            finally:
+                link.close()
+            returned_before = n  # the devices of the earlier cases, returned before it
+            selected = len(chosen)
+            assert summary.failed == 0, summary.failures
+            assert summary.returned == 1 + (returned_before if not sel.devices else 1)
+            assert summary.sent + summary.returned == selected
+            assert service.get_activation(gives_back.activation_id).serial == serial
+    finally:
+        devices.client.close()
+
+
 def _status(topic: str, payload: bytes) -> mqtt.MQTTMessage:
     message = mqtt.MQTTMessage(topic=topic.encode())
     message.payload = payload
