@@ -8,7 +8,8 @@ challenge (asks.py). Validation records HQ's authoritative answers (revoked, sus
 deactivated) in the authenticated state, so that the gate gives 32 from then on even
 offline, until HQ says otherwise; HQ's signed time re-anchors the clock mark. Every
 answer that can lower the mark or rebuild a lost state is bound to a nonce this process
-chose for this request.
+chose for this request, and a return receipt is removed only on HQ's signed
+acknowledgement of that very receipt (``deliver_receipt``), never on a status or a code.
 """
 
 import base64
