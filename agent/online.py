@@ -48,12 +48,17 @@ class ServerError(Unreachable):
 
 
 class Refused(OnlineError):
-    """HQ answered and said no. ``code`` is HQ's stable error code."""
+    """HQ answered and said no. ``code`` is HQ's stable error code; ``answer`` the whole
+    JSON document of the refusal (bounded, unsigned: only what it carries signed counts,
+    an acknowledgement of a return receipt for one)."""
 
-    def __init__(self, code: str, message: str, status: int) -> None:
+    def __init__(
+        self, code: str, message: str, status: int, answer: dict[str, object] | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.status = status
+        self.answer = answer if answer is not None else {}
 
 
 def hqs(cfg: Config, server: str | None = None, timeout_s: float | None = None) -> list["Hq"]:
@@ -109,7 +114,7 @@ class Hq:
             if isinstance(error, dict):
                 code = _printable(error.get("code"), code, 64)
                 message = _printable(error.get("message"), message, 300)
-            raise Refused(code, message, e.code) from None
+            raise Refused(code, message, e.code, payload) from None
         except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
             raise Unreachable(f"HQ at {self.server} is unreachable ({_why(e)})") from None
 

@@ -8,7 +8,8 @@ challenge (asks.py). Validation records HQ's authoritative answers (revoked, sus
 deactivated) in the authenticated state, so that the gate gives 32 from then on even
 offline, until HQ says otherwise; HQ's signed time re-anchors the clock mark. Every
 answer that can lower the mark or rebuild a lost state is bound to a nonce this process
-chose for this request.
+chose for this request, and a return receipt is removed only on HQ's signed
+acknowledgement of that very receipt (``deliver_receipt``), never on a status or a code.
 """
 
 import base64
@@ -21,10 +22,11 @@ from .device import Device, InstallRefused
 from .identity import IdentityError
 from .online import Hq, OnlineError, Refused, Unreachable, new_nonce
 from .state import StateError
+from .wire import device_msg
 from .wire.errors import WireError
 from .wire.license_key import license_id
 from .wire.machine_file import Claims
-from .wire.signed_time import verify_time
+from .wire.signed_time import ack_nonce, verify_ack, verify_time
 
 T = TypeVar("T")
 
@@ -232,11 +234,12 @@ def validate(device: Device, servers: list[Hq], now: int) -> list[str]:
 # HQ's refusals of a receipt that say its seat is taken care of: HQ holds a return of the
 # activation already (this very receipt, carried by hand or by a laptop, or a resend after
 # a lost answer: 409 "conflict"), or the operator freed the seat by hand (404
-# "activation_not_found", which only the HQ that knows the activation answers). Kept, the
-# receipt would be sent at every contact for ever.
+# "activation_not_found", which only the HQ that knows the activation answers). Like its
+# 200, each counts only with HQ's signed acknowledgement of this very receipt ("ack").
 RECEIPT_SETTLED = frozenset({"conflict", "activation_not_found"})
 # HQ holds the returned activation and will not free its seat: activating stops there.
 RECEIPT_KEEPS_SEAT = frozenset({"return_limit_reached"})
+MAX_ACK_CHARS = 2048  # base64 of a signed status (wire/signed_time.py: at most 1 KiB)
 
 
 def send_report(device: Device, servers: list[Hq], now: int) -> list[str]:
@@ -265,17 +268,59 @@ def send_report(device: Device, servers: list[Hq], now: int) -> list[str]:
 
 def deliver_receipt(device: Device, servers: list[Hq]) -> None:
     """Send the pending return receipt, if any, to the first of ``servers`` that takes
-    it; removed once HQ holds it or has nothing left to free with it. Raises HQ's other
-    refusals (Refused) and OnlineError: the receipt stays, to go at the next contact."""
+    it; removed only once HQ's signed acknowledgement of this very receipt verifies
+    (HQ holds it, or has nothing left to free with it: 200, 409 ``conflict``, 404
+    ``activation_not_found``). An answer without one (a technician's laptop carrying
+    it, an HQ older than this agent, a server that lies) keeps it and asks the next
+    server. Raises HQ's other refusals (Refused) and OnlineError: the receipt stays, to
+    go at the next contact."""
     receipt = device.pending_receipt()
     if receipt is None:
         return
+
+    def ask(hq: Hq) -> None:
+        try:
+            doc = hq.post("/v1/receipt", {"request": _b64(receipt)})
+        except Refused as e:
+            if e.code not in RECEIPT_SETTLED:
+                raise
+            doc = e.answer
+        _acknowledged(device, receipt, doc, hq)
+
+    first_answer(servers, ask)
+    device.receipt_delivered()  # HQ said, signed, that it holds it or has nothing to free
+
+
+def _acknowledged(device: Device, receipt: bytes, doc: dict[str, object], hq: Hq) -> None:
+    """Nothing if ``doc`` carries HQ's acknowledgement of ``receipt`` (its signed status
+    bound to ``ack_nonce(receipt)``, verified as the MQTT daemon verifies it, for this
+    device and the activation the receipt names); otherwise Unreachable, saying why."""
+    token = doc.get("ack")
+    if not isinstance(token, str):
+        why = "carried, not acknowledged" if doc.get("carried") is True else "no acknowledgement"
+        raise Unreachable(
+            f"{hq.server} answered the return receipt without HQ's signed acknowledgement "
+            f"({why}; a technician's laptop or an HQ older than this agent answers so): "
+            "the receipt is kept"
+        )
+    key = device.device_key()
+    own_key = {key.kid: key.public_key} if key is not None else {}
     try:
-        first_answer(servers, lambda hq: hq.post("/v1/receipt", {"request": _b64(receipt)}))
-    except Refused as e:
-        if e.code not in RECEIPT_SETTLED:
-            raise
-    device.receipt_delivered()  # HQ holds it, or has nothing left to free with it
+        if len(token) > MAX_ACK_CHARS:
+            raise ValueError("an acknowledgement too long")
+        own = device_msg.open_message(receipt, own_key.get, "receipt")  # this device's
+        verify_ack(
+            base64.b64decode(token, validate=True),
+            device.keyring(),
+            device.identity.fingerprint,
+            ack_nonce(receipt),
+            activation_id=own.activation_id,
+        )
+    except (WireError, ValueError, ConfigError, IdentityError):
+        raise Unreachable(
+            f"{hq.server} answered the return receipt with an acknowledgement that does not "
+            "verify (not HQ's, or of another receipt): the receipt is kept"
+        ) from None
 
 
 def _others(device: Device, servers: list[Hq]) -> list[Hq]:

@@ -89,7 +89,9 @@ def test_reports_and_a_receipt_collected_on_site_reach_hqs_totals(
         on_site(old_board, lp.url)
         daemon = old_board.run("run", "--once")
         assert daemon.returncode == 0, daemon.stderr
-        assert not (old_board.state_dir / "return.receipt").exists()  # the laptop has it
+        # the laptop carries it, but only HQ's signed acknowledgement lets the board drop it
+        assert (old_board.state_dir / "return.receipt").exists()
+        assert "carried, not acknowledged" in daemon.stderr, daemon.stderr
     assert "Traceback" not in lp.stderr, lp.stderr
     assert "carrying 2 usage report(s) and 1 return receipt(s) for HQ" in lp.stdout
     done = json.loads(report.read_text())
@@ -113,6 +115,14 @@ def test_reports_and_a_receipt_collected_on_site_reach_hqs_totals(
     assert full.returncode != 0 and "seat" in full.stderr
     later = hq.run("activate", key, "--fingerprint", new_board, "--json", faketime="+400d")
     assert later.returncode == 0, later.stderr
+    # the board reaches HQ: HQ holds its receipt (409 conflict) and says so, signed
+    server = start_server(hq.home)
+    try:
+        old_board.write_config(f'[online]\nserver = "{server.url}"\ntimeout_s = 5\n')
+        assert old_board.run("run", "--once").returncode == 0
+    finally:
+        server.stop()
+    assert not (old_board.state_dir / "return.receipt").exists()
 
 
 def device_key(device: DeviceRoot) -> DeviceKey:

@@ -266,7 +266,8 @@ def test_mainboard_swap_runbook(
         if server is not None:
             server.stop()
     assert old.check().returncode == 30  # the old board gave its license back
-    assert not (old.state_dir / "return.receipt").exists()  # the laptop took it
+    # the laptop carries it; only HQ's signed acknowledgement would take it off the board
+    assert (old.state_dir / "return.receipt").exists()
     assert new.check().returncode == 0  # the new one runs, on the one seat
     returns = [e for e in hq.json("audit", "--limit", "1000") if e["action"] == "return"]  # type: ignore[attr-defined]
     out = "".join(r.stdout + r.stderr for r in results)

@@ -12,8 +12,10 @@ and a pending return receipt, sent again until HQ acknowledges them.
   acknowledges it; then the file goes (``Device.receipt_delivered``).
 - HQ's acknowledgement (``topics.ACK``) is HQ's signed status as it is (wire/
   signed_time.py), bound to ``topics.ack_nonce`` of the payload it acknowledges: it is
-  verified against the image's keyring, this device's fingerprint, license and
-  activation, and the nonce of something this daemon sent, before anything is done.
+  verified (``verify_ack``, as sync.py verifies HQ's HTTP answer to a receipt) against
+  the image's keyring, this device's fingerprint and activation, and the nonce of
+  something this daemon sent, and it must name the license of the last file the daemon
+  saw, before anything is done.
 
 Never acts on an unsigned or unverified acknowledgement, never removes a receipt but for
 a verified acknowledgement of that very receipt, and never records the acknowledgement's
@@ -31,7 +33,7 @@ from ..identity import IdentityError
 from ..state import StateError
 from ..usage import counters as usage_counters
 from ..wire.errors import WireError
-from ..wire.signed_time import verify_time
+from ..wire.signed_time import verify_ack
 from . import topics
 
 log = logging.getLogger("fieldpass.daemon")
@@ -110,15 +112,16 @@ class Reporter:
         nonces = [*self.unacked, *([self.receipt_nonce] if self.receipt_nonce else [])]
         for nonce in nonces:
             try:
-                signed = verify_time(
+                signed = verify_ack(
                     data,
                     self.device.keyring(),
                     self.device.identity.fingerprint,
                     nonce,
-                    license_id=self.license_id,
                     activation_id=st.activation_id,
                 )
             except (WireError, ConfigError):
+                continue
+            if signed.license_id != self.license_id:
                 continue
             if nonce == self.receipt_nonce:
                 self.receipt_nonce = None

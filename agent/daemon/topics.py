@@ -8,12 +8,15 @@ carries the fingerprint, the license key or a raw hardware id, and never ``+ # /
 HQ computes the same id from the fingerprints it holds.
 
 ``ack`` carries HQ's signed status (agent/wire/signed_time.py, as it is) bound to the
-nonce ``ack_nonce(payload)`` of the report or receipt it acknowledges: the device
-verifies it as it verifies HQ's answer to a validation, and stops resending what HQ
-holds. Pure functions: no I/O.
+nonce ``ack_nonce(payload)`` (wire/signed_time.py; HQ's HTTP answers to a receipt carry
+the same) of the report or receipt it acknowledges: the device verifies it as it
+verifies HQ's answer to a validation, and stops resending what HQ holds. Pure
+functions: no I/O.
 """
 
 from ..wire import sodium
+from ..wire.signed_time import ACK_NONCE_PREFIX as ACK_NONCE_PREFIX  # the wire's, named here
+from ..wire.signed_time import ack_nonce as ack_nonce
 
 DEVICE_ID_CONTEXT = b"fieldpass/mqtt-device-id/v1"
 DEFAULT_PREFIX = "fieldpass/v1"
@@ -27,17 +30,11 @@ RECEIPT = "receipt"  # device -> HQ, QoS 1: a signed return receipt
 ACK = "ack"  # HQ -> device, QoS 1, not retained: HQ holds that report or receipt
 FROM_HQ = (MACHINE_FILE, REVOCATION, ACK)
 TO_HQ = (RENEW_REQUEST, STATUS, REPORT, RECEIPT)
-ACK_NONCE_PREFIX = "ack/"
 
 
 def device_id(fingerprint: str) -> str:
     digest = sodium.hmac_sha256(DEVICE_ID_CONTEXT, fingerprint.encode("ascii"))
     return "d" + digest.hex()[:24]
-
-
-def ack_nonce(payload: bytes) -> str:
-    """The nonce HQ's acknowledgement of ``payload`` (a report or receipt) is bound to."""
-    return ACK_NONCE_PREFIX + sodium.sha256(payload).hex()
 
 
 def is_device_id(text: str) -> bool:

@@ -20,7 +20,7 @@ signature covers the exact bytes of ``msg``, and is checked before ``msg`` is pa
 Pure functions: nothing here reads a clock.
 """
 
-from . import fields
+from . import fields, sodium
 from .errors import ClaimMismatchError, FormatError
 from .keys import Keyring, SigningKey
 from .license_key import is_fingerprint
@@ -32,6 +32,7 @@ MAX_TOKEN_BYTES = 1024
 MAX_NONCE_CHARS = 128
 _FIELDS_V1 = frozenset({"t", "fingerprint", "nonce", "status"})
 _FIELDS_V2 = _FIELDS_V1 | {"license_id", "activation_id"}
+ACK_NONCE_PREFIX = "ack/"  # an acknowledgement's nonce: "ack/" + hex(SHA-256(payload))
 STATUSES = frozenset({"active", "suspended", "revoked", "expired", "deactivated"})
 
 
@@ -121,6 +122,33 @@ def verify_time(
 ) -> SignedStatus:
     """HQ's time and status in ``data``, if a trusted key signed it for this device, this
     license, this activation and this nonce; otherwise a ``WireError``."""
+    signed = _open_status(data, keyring, fingerprint, nonce, activation_id)
+    if signed.license_id != license_id:
+        raise ClaimMismatchError("signed status is about another license or activation")
+    return signed
+
+
+def ack_nonce(payload: bytes) -> str:
+    """The nonce HQ's acknowledgement of ``payload`` (a usage report or a return receipt,
+    the exact bytes the device sent) is bound to."""
+    return ACK_NONCE_PREFIX + sodium.sha256(payload).hex()
+
+
+def verify_ack(
+    data: bytes, keyring: Keyring, fingerprint: str, nonce: str, *, activation_id: str
+) -> SignedStatus:
+    """HQ's acknowledgement in ``data`` (its signed status bound to ``nonce``, the
+    ``ack_nonce`` of a report or receipt the device sent), if a trusted key signed it for
+    this device and this activation; otherwise a ``WireError``. The license it names is
+    HQ's signed word (``SignedStatus.license_id``), left to the caller: a device that gave
+    its license back no longer knows it, and the nonce already names the very payload,
+    which names the activation."""
+    return _open_status(data, keyring, fingerprint, nonce, activation_id)
+
+
+def _open_status(
+    data: bytes, keyring: Keyring, fingerprint: str, nonce: str, activation_id: str
+) -> SignedStatus:
     body = open_signed(
         data,
         keyring,
@@ -133,13 +161,13 @@ def verify_time(
     t = fields.time_s(body["t"], "the signed time")
     if body["fingerprint"] != fingerprint:
         raise ClaimMismatchError("signed status is for another device")
-    if body["license_id"] != license_id or body["activation_id"] != activation_id:
+    if body["activation_id"] != activation_id or type(body["license_id"]) is not str:
         raise ClaimMismatchError("signed status is about another license or activation")
     if body["nonce"] != nonce:
         raise ClaimMismatchError("signed status answers another request")
     if body["status"] not in STATUSES:
         raise FormatError("signed status carries an unknown status")
-    return SignedStatus(t, str(body["status"]), license_id, activation_id)
+    return SignedStatus(t, str(body["status"]), body["license_id"], activation_id)
 
 
 def verify_time_v1(

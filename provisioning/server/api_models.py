@@ -220,6 +220,27 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+_ACK = (
+    "HQ's signed acknowledgement of this very receipt, base64: its signed status of the "
+    "activation (docs/wire-format.md §7) bound to the nonce `ack/` + hex(SHA-256(the "
+    "receipt's bytes)). The device drops its copy only once this verifies."
+)
+
+
+class ReceiptTaken(BaseModel):
+    activation_id: str
+    freed: bool = Field(description="The seat is free now (else at `frees_at`).")
+    frees_at: int = Field(description="When the seat frees (Unix seconds).")
+    ack: str = Field(description=_ACK)
+
+
+class ReceiptSettled(ErrorBody):
+    """A refusal that settles the receipt (`conflict`, `activation_not_found` of a seat
+    freed by hand) carries `ack`; other refusals of these statuses carry none."""
+
+    ack: str | None = Field(default=None, description=_ACK)
+
+
 # Every route may answer 413 (middleware.RequestBody) and 422 (validation); 503 when HQ
 # has no key or its storage fails. app.CONNECTION_ERRORS adds, on every operation of the
 # OpenAPI document, what any request may get before its route runs.

@@ -15,7 +15,8 @@
   limit counts as one, override or not).
 - ``usage``: totals per device, license and period for billing (the CLI, the console).
 - ``acknowledgement``: HQ's signed status of an activation bound to a nonce the device
-  derives from what it sent (the MQTT bridge's ``ack``: the device stops resending).
+  derives from what it sent (the MQTT bridge's ``ack``: the device stops resending);
+  ``receipt_acknowledgement``, the same of a receipt, for HTTP's answers to it.
 
 Every change is one transaction with its audit row. Never reads the clock or logs.
 """
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 
 from agent.wire import armor
 from agent.wire.device_msg import DeviceMessage
-from agent.wire.signed_time import sign_time
+from agent.wire.signed_time import ack_nonce, sign_time
 
 from ..errors import ActivationNotFound, Conflict, HQError, InvalidRequest
 from ..models import Activation, Actor, PlanMeter, ReturnRecord, UsageReport
@@ -298,6 +299,13 @@ class Usage:
             license_id=lic.id,
             activation_id=act.id,
         )
+
+    def receipt_acknowledgement(self, data: bytes, now: int) -> bytes:
+        """HQ's acknowledgement of the receipt ``data`` (``acknowledgement`` bound to its
+        ``ack_nonce``), verified again against the device key HQ holds: for an answer
+        that tells the device HQ holds it or has nothing left to free with it."""
+        verified = self.device.verify(data, "receipt", live=False)
+        return self.acknowledgement(verified.activation.id, ack_nonce(data), now)
 
     @staticmethod
     def free_due_returns(tx: Tx, license_id: str, now: int, actor: Actor) -> list[str]:

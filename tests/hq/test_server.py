@@ -23,7 +23,7 @@ from agent.wire import armor, cbor, device_msg, license_key
 from agent.wire.device_key import DeviceKey
 from agent.wire.keys import Keyring
 from agent.wire.machine_file import open_machine_file
-from agent.wire.signed_time import verify_time_v1
+from agent.wire.signed_time import verify_time, verify_time_v1
 from tests.engines import Engine, connect, snapshot, url_of
 
 from .conftest import Online, fingerprint
@@ -489,6 +489,52 @@ def test_a_receipt_replayed_after_the_device_activated_anew_is_the_one_hq_holds(
     after = db_snapshot(online.server.home)
     for table in ("returns", "activations", "licenses"):
         assert after[table] == before[table], table
+
+
+def test_the_answers_that_settle_a_receipt_carry_hqs_signed_acknowledgement_of_it(
+    online: Online,
+) -> None:
+    """``POST /v1/receipt``: HQ takes a receipt (200), holds it already (409
+    ``conflict``), or has nothing left to free because the operator freed the seat by
+    hand (404 ``activation_not_found``): each answer carries ``ack``, HQ's signed status
+    bound to ``ack_nonce`` of that very receipt, which verifies against HQ's keyring for
+    that device and activation, and for no other receipt. A refusal that settles nothing
+    (another device's receipt, 403) carries none. Before, no answer was signed."""
+    from agent.daemon.topics import ack_nonce
+    from agent.wire.errors import WireError
+
+    ring = keyring(online.url)
+    key = online.new_license()
+    a, a_id = _keyed_activation(online, key, 1, counter=5)
+    b, b_id = _keyed_activation(online, key, 2)
+    taken_receipt, freed_receipt = _receipt(a, a_id, 1), _receipt(b, b_id, 2)
+    hq_cli(online.server.home, "deactivate", b_id, "--reason", "freed by hand, ticket 7")
+
+    def ack(res: httpx.Response, receipt: bytes, n: int, act: str) -> str:
+        token = base64.b64decode(res.json()["ack"])
+        lic = license_key.license_id(key)
+        for other in (receipt + b"x", b""):  # for this very receipt only
+            with pytest.raises(WireError):
+                verify_time(token, ring, fingerprint(n), ack_nonce(other), license_id=lic,
+                            activation_id=act)  # fmt: skip
+        nonce = ack_nonce(receipt)
+        signed = verify_time(token, ring, fingerprint(n), nonce, license_id=lic, activation_id=act)
+        return signed.status
+
+    body = {"request": base64.b64encode(taken_receipt).decode()}
+    taken = post(online.url, "/v1/receipt", body)
+    assert taken.status_code == 200 and taken.json()["freed"] is True, taken.text
+    assert ack(taken, taken_receipt, 1, a_id) == "deactivated"
+    again = post(online.url, "/v1/receipt", body)
+    assert (again.status_code, again.json()["error"]["code"]) == (409, "conflict"), again.text
+    assert ack(again, taken_receipt, 1, a_id) == "deactivated"
+    freed = post(online.url, "/v1/receipt", {"request": base64.b64encode(freed_receipt).decode()})
+    assert (freed.status_code, freed.json()["error"]["code"]) == (404, "activation_not_found")
+    assert ack(freed, freed_receipt, 2, b_id) == "deactivated"
+    foreign = post(
+        online.url, "/v1/receipt", {"request": base64.b64encode(_receipt(a, b_id, 2)).decode()}
+    )
+    assert foreign.status_code in (401, 403) and "ack" not in foreign.json(), foreign.text
 
 
 def test_the_audit_log_says_who_when_and_from_where(online: Online) -> None:

@@ -5,7 +5,9 @@ and receipts refused; a metered limit enforced offline and reset by the next per
 renewal; a returned device that cannot be brought back with a kept file.
 """
 
+import base64
 import json
+import time as _time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pytest
 from agent.wire import armor, device_msg
 from agent.wire.device_key import DeviceKey
 from agent.wire.license_key import license_id
+from tests.answering_server import AnsweringServer
 from tests.conftest import HQ, DeviceRoot
 from tests.hq.server import Server, start_server
 
@@ -402,3 +405,86 @@ def test_a_file_hq_issued_a_returned_activation_after_the_next_one_never_runs(
     put_back = device.check()
     assert put_back.returncode == 30, put_back.stdout
     assert device.verdict()["reason"] == "returned"
+
+
+def test_a_server_that_lies_about_a_receipt_does_not_take_it_from_the_device(
+    hqc: HQ, server: Server, make_device: object, answering_server: AnsweringServer, tmp_path: Path
+) -> None:
+    """A server in the robot's config answers its return receipt as if HQ held it (200,
+    409 conflict, 404 activation_not_found) with no acknowledgement, with a damaged one,
+    one signed by a key the robot does not trust, HQ's own acknowledgement of another
+    device's receipt, and HQ's signed status of this very activation bound to another
+    nonce: each time the robot keeps its receipt and says so, and HQ's seat stays taken.
+    Then the real HQ: its signed acknowledgement verifies, the receipt goes, and the
+    TPM-bound seat is free at once. Before, any such answer made the robot drop its
+    copy, and the seat stayed taken until the operator freed it."""
+    from agent.daemon.topics import ack_nonce
+    from agent.wire.keys import SigningKey
+    from agent.wire.signed_time import sign_time
+    from provisioning.services import HQ as Service
+    from tests.tpm_server import Swtpm
+
+    with Swtpm(tmp_path / "tpmstate") as tpm:
+        robot, other = make_device(), make_device()  # type: ignore[operator]
+        with_tpm = f'[tpm]\nenabled = true\nnv_index = "0x01500030"\ntcti = "{tpm.tcti}"\n'
+        acts, lics = {}, {}
+        for device in (robot, other):
+            key = str(hqc.json("licenses", "create", "--plan", "industrial")["key"])
+            hqc.image(device)
+            device.write_config(
+                f'[online]\nserver = "{server.url}"\n' + with_tpm * (device is robot)
+            )
+            done = device.run("activate", key, "--server", server.url)
+            assert done.returncode == 0, done.stderr
+            acts[device], lics[device] = str(device.verdict()["activation_id"]), license_id(key)
+            assert device.run("return", "--yes").returncode == 0
+        receipts = {d: (d.state_dir / "return.receipt").read_bytes() for d in (robot, other)}
+        service = Service(hqc.home)
+        try:
+            now = int(_time.time())
+            others_ack = service.usage.acknowledgement(acts[other], ack_nonce(receipts[other]), now)
+            another_nonce = service.usage.acknowledgement(acts[robot], ack_nonce(b"other"), now)
+        finally:
+            service.store.close()
+        forged = sign_time(
+            SigningKey.generate(), now, robot.fingerprint, ack_nonce(receipts[robot]),
+            "deactivated", license_id=lics[robot], activation_id=acts[robot],
+        )  # fmt: skip
+        b64 = lambda data: base64.b64encode(data).decode("ascii")  # noqa: E731
+        taken = {"activation_id": acts[robot], "freed": True, "frees_at": now}
+        conflict = {"error": {"code": "conflict", "message": "returned already"}}
+        gone = {"error": {"code": "activation_not_found", "message": "freed by hand"}}
+        lies = [
+            (200, taken),
+            (409, conflict),
+            (404, gone),
+            (200, {**taken, "ack": "not base64!"}),
+            (409, {**conflict, "ack": b64(forged)}),
+            (404, {**gone, "ack": b64(others_ack)}),
+            (200, {**taken, "ack": b64(another_nonce)}),
+        ]
+        robot.write_config(
+            f'[online]\nserver = "{answering_server.url}"\ntimeout_s = 5\n' + with_tpm
+        )
+        for status, body in lies:
+            answering_server.answer("/v1/receipt", status, json.dumps(body).encode())
+            ran = robot.run("run", "--once")
+            assert ran.returncode == 0, ran.stderr
+            assert (robot.state_dir / "return.receipt").exists(), (status, body)
+            assert "the receipt is kept" in ran.stderr, (status, ran.stderr)
+            assert "Traceback" not in ran.stderr
+        assert answering_server.asked.count("/v1/receipt") == len(lies)
+        live = {
+            a["activation_id"]: a["deactivated_at"]
+            for a in hqc.json("activations", "list", "--all")
+        }  # type: ignore[attr-defined]
+        assert live[acts[robot]] is None  # the seat is still taken: HQ never saw the receipt
+        # the real HQ: the receipt is taken, acknowledged, signed; the robot drops it
+        robot.write_config(f'[online]\nserver = "{server.url}"\ntimeout_s = 5\n' + with_tpm)
+        ran = robot.run("run", "--once")
+        assert ran.returncode == 0, ran.stderr
+        assert not (robot.state_dir / "return.receipt").exists(), ran.stderr
+    live = {
+        a["activation_id"]: a["deactivated_at"] for a in hqc.json("activations", "list", "--all")
+    }  # type: ignore[attr-defined]
+    assert live[acts[robot]] is not None  # TPM-bound: the seat is free at once
