@@ -167,8 +167,8 @@ def test_only_a_receipt_of_a_returned_activation_is_acknowledged_as_one(
     refused for another reason, which took nothing, is counted under that reason and
     left unacknowledged (the device keeps it): its key registered by another device
     between the receipt's check and its write (``device_key_mismatch``), or a write the
-    database refused (``conflict``: the key it registers taken meanwhile by another
-    activation). Here the other replica's write lands between the two, as a race would
+    database refused (``device_key_in_use``: the key it registers taken meanwhile by
+    another activation). Here the other replica's write lands between the two, as a race would
     have it."""
     lic = service.create_license("industrial", [], None, 1000, ACTOR)
     first, second = (
@@ -196,7 +196,7 @@ def test_only_a_receipt_of_a_returned_activation_is_acknowledged_as_one(
         tx.set_device_key(second.id, None)  # free again
     meanwhile.append((first.id, other.public_key))  # another device registers first
     assert bridge.handle(topic, receipt) == []
-    assert bridge.counts == {"conflict": 1, "device_key_mismatch": 1}
+    assert bridge.counts == {"device_key_in_use": 1, "device_key_mismatch": 1}
     with service.store.read() as tx:
         assert tx.get_return(first.id) is None
     assert service.get_activation(first.id).device_key == other.public_key
