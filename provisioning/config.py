@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .storage import default_url
-from .storage.postgres import DEFAULT_POOL_SIZE
+from .storage.interface import DEFAULT_POOL_SIZE
 
 CONFIG_NAME = "hq.toml"
 DATABASE_ENV = "FIELDPASS_HQ_DATABASE"

@@ -30,8 +30,18 @@ def walk(command: click.Command, path: tuple[str, ...]) -> Iterator[tuple[tuple[
     """(path below the program, is a leaf) for every command and group."""
     yield path, not isinstance(command, click.Group)
     if isinstance(command, click.Group):
-        for name in sorted(command.commands):
-            yield from walk(command.commands[name], (*path, name))
+        for name, sub in subcommands(command):
+            yield from walk(sub, (*path, name))
+
+
+def subcommands(group: click.Group) -> Iterator[tuple[str, click.Command]]:
+    """Each command of ``group`` by name, as click finds it (fieldpass-hq's root loads
+    its command modules on demand: they are not in ``group.commands``)."""
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        assert command is not None, name
+        yield name, command
 
 
 PROGRAMS = {"fieldpass-hq": hq_cli, "fieldpass": device_cli}

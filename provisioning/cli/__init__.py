@@ -7,40 +7,68 @@ One module per command group, each a thin layer that parses options, calls
 ``field``, ``serve``, ``tokens``, ``audit``, ``mqtt`` (bridge, push, broker-config),
 ``db`` (status, upgrade, copy), ``backup`` (backup, restore).
 What they share is ``common`` (the HQ of the home, the clock, the actor, shared
-options) and ``output``. This module imports them and adds their commands to ``cli``;
-none of them imports this module. An error never reaches the user as a traceback: it is
-one line on stderr, and its exit code comes from its type.
+options) and ``output``. This module names them (``COMMANDS``) and imports one when its
+command runs: ``fieldpass-hq licenses create`` loads neither the laptop's server nor
+the MQTT clients (a command costs its own imports only; the suite runs the command line
+over a thousand times). None of them imports this module. An error never reaches the
+user as a traceback: it is one line on stderr, and its exit code comes from its type.
 """
 
+import importlib
 import sys
 from pathlib import Path
 
 import click
 
 from ..errors import EXIT_NOINPUT, EXIT_SOFTWARE, EXIT_USAGE, HQError
-from ..keystore import default_home
-from . import (
-    activations,
-    audit,
-    backup,
-    common,
-    db,
-    field,
-    keys,
-    licenses,
-    mqtt,
-    plans,
-    provision,
-    serve,
-    sites,
-    tokens,
-    usage,
-)
 
 PROG = "fieldpass-hq"
 
+# Each command of the root group: its name -> (its module under cli/, its attribute).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "keys": ("keys", "keys"),
+    "plans": ("plans", "plans"),
+    "licenses": ("licenses", "licenses"),
+    "activate": ("activations", "activate"),
+    "machine-file": ("activations", "machine_file"),
+    "deactivate": ("activations", "deactivate"),
+    "activations": ("activations", "activations"),
+    "provision": ("provision", "provision"),
+    "sites": ("sites", "sites"),
+    "field": ("field", "field"),
+    "serve": ("serve", "serve"),
+    "tokens": ("tokens", "tokens"),
+    "audit": ("audit", "audit"),
+    "usage": ("usage", "usage"),
+    "bridge": ("mqtt", "bridge"),
+    "push": ("mqtt", "push"),
+    "broker-config": ("mqtt", "broker_config"),
+    "db": ("db", "db"),
+    "backup": ("backup", "backup"),
+    "restore": ("backup", "restore"),
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+class _Commands(click.Group):
+    """The root group: a command's module is imported when the command is named (or
+    listed, for ``--help`` and shell completion)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        spec = COMMANDS.get(cmd_name)
+        if spec is None:
+            return None
+        module = importlib.import_module(f"{__name__}.{spec[0]}")
+        command: click.Command = getattr(module, spec[1])
+        return command
+
+
+@click.group(
+    cls=_Commands,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.option(
     "--home",
     type=click.Path(file_okay=False, path_type=Path),
@@ -70,34 +98,11 @@ def cli(ctx: click.Context, home: Path | None, database: str | None) -> None:
       fieldpass-hq activate FP-XXXXX-... --fingerprint 3f2a... -o device.lic
       fieldpass-hq serve --port 8750
     """
+    from ..keystore import default_home
+    from . import common
+
     ctx.obj = common.State(home if home is not None else default_home(), database)
     ctx.call_on_close(ctx.obj.close)
-
-
-COMMANDS: tuple[click.Command, ...] = (
-    keys.keys,
-    plans.plans,
-    licenses.licenses,
-    activations.activate,
-    activations.machine_file,
-    activations.deactivate,
-    activations.activations,
-    provision.provision,
-    sites.sites,
-    field.field,
-    serve.serve,
-    tokens.tokens,
-    audit.audit,
-    usage.usage,
-    mqtt.bridge,
-    mqtt.push,
-    mqtt.broker_config,
-    db.db,
-    backup.backup,
-    backup.restore,
-)
-for _command in COMMANDS:
-    cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> int:

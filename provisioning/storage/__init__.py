@@ -17,8 +17,8 @@ imports a database driver.
 from pathlib import Path
 
 from ..errors import ConfigError
-from . import postgres, sqlite
-from .interface import Store
+from . import sqlite
+from .interface import DEFAULT_POOL_SIZE, POSTGRES_SCHEMES, Store
 from .migrations import SCHEMA_VERSION
 from .tx import PlanRows, Tx
 
@@ -30,16 +30,16 @@ def default_url(home: Path) -> str:
     return sqlite.url(home / sqlite.DB_NAME)
 
 
-def open_store(
-    url: str, *, pool_size: int = postgres.DEFAULT_POOL_SIZE, migrate: bool = True
-) -> Store:
+def open_store(url: str, *, pool_size: int = DEFAULT_POOL_SIZE, migrate: bool = True) -> Store:
     """Open the database at ``url`` and bring its schema to this program's version
     (``migrate=False``: leave it as it is, for ``db status``). The URL is never echoed:
     a PostgreSQL URL may hold a password."""
     scheme = url.partition(":")[0]
     if scheme == sqlite.SCHEME:
         return sqlite.open_url(url, migrate=migrate)
-    if scheme in postgres.SCHEMES:
+    if scheme in POSTGRES_SCHEMES:
+        from . import postgres  # its module only where its engine is used
+
         return postgres.open_url(url, pool_size=pool_size, migrate=migrate)
     raise ConfigError(
         "unsupported database URL: use sqlite:///PATH or postgresql://[USER@]HOST/DBNAME"
@@ -50,4 +50,4 @@ def engine_of(url: str) -> str:
     """``sqlite`` or ``postgresql``: the engine a URL names (the URL itself is never
     shown)."""
     scheme = url.partition(":")[0]
-    return "postgresql" if scheme in postgres.SCHEMES else scheme
+    return "postgresql" if scheme in POSTGRES_SCHEMES else scheme

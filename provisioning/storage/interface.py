@@ -15,6 +15,11 @@ from contextlib import AbstractContextManager
 
 from .tx import Tx
 
+# The URL schemes that name the PostgreSQL engine, and its default pool size: here, so
+# that choosing an engine (storage/__init__.py, config.py) loads no engine's module.
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+DEFAULT_POOL_SIZE = 8
+
 
 class Store(ABC):
     """A database with HQ's schema at the current version (migrated when opened)."""

@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 from ..errors import ConfigError, HQError, StorageError
 from ..models import Activation, License, Plan, PlanMeter
 from . import migrations
-from .interface import Store
+from .interface import DEFAULT_POOL_SIZE, POSTGRES_SCHEMES, Store
 from .tx import (
     _LIVE,
     SERIAL_CHANGED,
@@ -53,7 +53,7 @@ from .tx import (
 )
 from .usage_ops import DUE_RETURNS, FILES_RUN_UNTIL, RAISE_FILES_RUN_UNTIL, RETURNS_WAITING
 
-SCHEMES = ("postgresql", "postgres")
+SCHEMES = POSTGRES_SCHEMES
 POOL_TIMEOUT_S = 30.0
 READY_TIMEOUT_S = 5.0
 _READ = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
@@ -73,7 +73,6 @@ _DURABLE = (
     "pg_logical_emit_message(true, 'fieldpass-hq', 'durable')"
 )
 CONNECT_TIMEOUT_S = 10
-DEFAULT_POOL_SIZE = 8
 # Taken by every migration transaction: two processes opening an old database at once
 # apply its migrations one after the other, never both.
 _MIGRATION_LOCK = 0x46505351  # "FPSQ"

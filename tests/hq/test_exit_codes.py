@@ -18,6 +18,7 @@ import pytest
 
 from provisioning.cli import cli
 from tests.hq.server import free_port
+from tests.test_cli_help import subcommands
 
 from .conftest import FIELDPASS_HQ, Result, Run, fingerprint
 
@@ -122,7 +123,7 @@ FAILURES: list[tuple[str, int]] = [
 
 def leaf_commands(group: click.Group, prefix: str = "") -> set[str]:
     found: set[str] = set()
-    for name, command in group.commands.items():
+    for name, command in subcommands(group):
         if isinstance(command, click.Group):
             found |= leaf_commands(command, f"{prefix}{name} ")
         else:

@@ -89,7 +89,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_hq_package_has_no_import_cycle() -> None:
     graph = import_graph()
-    assert "provisioning.cli.keys" in graph["provisioning.cli"]  # the graph sees the imports
+    assert "provisioning.cli.common" in graph["provisioning.cli.licenses"]  # it sees imports
     cycle = find_cycle(graph)
     assert cycle is None, " -> ".join(cycle or [])
 
@@ -131,3 +131,33 @@ def test_only_storage_speaks_sql_or_imports_a_database_engine() -> None:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Constant) and isinstance(node.value, str):
                 assert not SQL.match(node.value), f"{where}:{node.lineno}: SQL outside storage/"
+
+
+def test_a_command_loads_its_own_modules_only(tmp_path: Path) -> None:
+    """The root names its commands and imports one when it runs (cli/__init__.py):
+    `fieldpass-hq licenses list` on SQLite loads neither the laptop's server, the MQTT
+    clients, the HTTP server nor the PostgreSQL engine (the suite runs the command line
+    over a thousand times; each import is paid each time)."""
+    code = (
+        "import sys\n"
+        "from provisioning.cli import main\n"
+        f"code = main(['--home', {str(tmp_path / 'hq')!r}, 'licenses', 'list', '--json'])\n"
+        "print(code, ' '.join(sorted(m for m in sys.modules if m.startswith('provisioning'))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    code_out, loaded = result.stdout.splitlines()[-1].split(" ", 1)
+    assert code_out == "0", result.stdout
+    names = set(loaded.split())
+    assert "provisioning.cli.licenses" in names and "provisioning.storage.sqlite" in names
+    heavy = {
+        "provisioning.field.server",
+        "provisioning.field.listener",
+        "provisioning.mqtt",
+        "provisioning.server",
+        "provisioning.storage.postgres",
+        "provisioning.cli.field",
+    }
+    assert names & heavy == set()
