@@ -204,14 +204,10 @@ class Usage:
             raise
         except Conflict:
             with self.store.read() as tx:
-                held = tx.get_return(verified.activation.id)
-            if held is None:
+                refusal = _held(tx.get_return(verified.activation.id), verified, data)
+            if refusal is None:
                 raise
-            if held.receipt == armor.armor(data, armor.RECEIPT):
-                raise ReceiptHeld(
-                    f"activation {verified.activation.id} was returned already (this receipt)"
-                ) from None
-            raise ReturnHeld(f"activation {verified.activation.id} was returned already") from None
+            raise refusal from None
 
     def _take_receipt(
         self,
@@ -228,11 +224,9 @@ class Usage:
             self.device.register_in(tx, verified, now, actor)
             current = tx.get_activation(act.id)
             assert current is not None
-            held = tx.get_return(act.id)
-            if held is not None and held.receipt == armor.armor(data, armor.RECEIPT):
-                raise ReceiptHeld(f"activation {act.id} was returned already (this receipt)")
-            if held is not None:
-                raise ReturnHeld(f"activation {act.id} was returned already")
+            refusal = _held(tx.get_return(act.id), verified, data)
+            if refusal is not None:
+                raise refusal
             if current.deactivated_at is not None:
                 raise SeatFreedAlready(f"activation {act.id} is not live: nothing to free")
             lic = tx.get_license(act.license_id)
@@ -315,6 +309,17 @@ class Usage:
         due = tx.due_returns(license_id, now)
         free_due(tx, license_id, due, now, actor)
         return due
+
+
+def _held(held: ReturnRecord | None, verified: Verified, data: bytes) -> ReturnHeld | None:
+    """The refusal of a receipt of an activation whose return HQ holds (``held``):
+    ``ReceiptHeld`` for these very bytes, ``ReturnHeld`` for another receipt of it."""
+    if held is None:
+        return None
+    act_id = verified.activation.id
+    if held.receipt == armor.armor(data, armor.RECEIPT):
+        return ReceiptHeld(f"activation {act_id} was returned already (this receipt)")
+    return ReturnHeld(f"activation {act_id} was returned already")
 
 
 def message_counters(m: DeviceMessage) -> dict[str, int]:
