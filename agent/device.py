@@ -908,6 +908,25 @@ class Device:
         except fsio.StorageError:
             return None
 
+    def verify_receipt_ack(self, receipt: bytes, ack: bytes) -> "SignedStatus":
+        """HQ's acknowledgement of ``receipt`` (its signed status, for this device and the
+        activation the receipt names, bound to the receipt's own digest), verified; raises
+        WireError or ConfigError otherwise. Needs no machine file and no license: a
+        returned device has neither (the daemon restarted after a return, say)."""
+        from .wire import device_msg
+        from .wire.signed_time import ack_nonce, verify_ack
+
+        key = self.device_key()
+        own_key: dict[str, bytes] = {key.kid: key.public_key} if key is not None else {}
+        own = device_msg.open_message(receipt, own_key.get, "receipt")  # this device's
+        return verify_ack(
+            ack,
+            self.keyring(),
+            self.identity.fingerprint,
+            ack_nonce(receipt),
+            activation_id=own.activation_id,
+        )
+
     def receipt_delivered(self) -> None:
         try:
             os.unlink(self._path(RECEIPT_NAME))

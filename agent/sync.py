@@ -22,11 +22,10 @@ from .device import Device, InstallRefused
 from .identity import IdentityError
 from .online import Hq, OnlineError, Refused, Unreachable, new_nonce
 from .state import StateError
-from .wire import device_msg
 from .wire.errors import WireError
 from .wire.license_key import license_id
 from .wire.machine_file import Claims
-from .wire.signed_time import ack_nonce, verify_ack, verify_time
+from .wire.signed_time import verify_time
 
 T = TypeVar("T")
 
@@ -303,19 +302,10 @@ def _acknowledged(device: Device, receipt: bytes, doc: dict[str, object], hq: Hq
             f"({why}; a technician's laptop or an HQ older than this agent answers so): "
             "the receipt is kept"
         )
-    key = device.device_key()
-    own_key = {key.kid: key.public_key} if key is not None else {}
     try:
         if len(token) > MAX_ACK_CHARS:
             raise ValueError("an acknowledgement too long")
-        own = device_msg.open_message(receipt, own_key.get, "receipt")  # this device's
-        verify_ack(
-            base64.b64decode(token, validate=True),
-            device.keyring(),
-            device.identity.fingerprint,
-            ack_nonce(receipt),
-            activation_id=own.activation_id,
-        )
+        device.verify_receipt_ack(receipt, base64.b64decode(token, validate=True))
     except (WireError, ValueError, ConfigError, IdentityError):
         raise Unreachable(
             f"{hq.server} answered the return receipt with an acknowledgement that does not "

@@ -100,17 +100,35 @@ class Reporter:
             del self.unacked[next(iter(self.unacked))]
         return payload
 
+    def _receipt_acknowledged(self, data: bytes) -> bool:
+        """True once ``data`` is HQ's acknowledgement of the receipt sent (then the file
+        goes): verified against the receipt itself (its digest, the activation it names),
+        not the license of a machine file, which a returned device (its daemon restarted
+        since the return) no longer has."""
+        receipt = self.device.pending_receipt() if self.receipt_nonce else None
+        if receipt is None or topics.ack_nonce(receipt) != self.receipt_nonce:
+            return False
+        try:
+            signed = self.device.verify_receipt_ack(receipt, data)
+        except (WireError, ConfigError, IdentityError):
+            return False
+        self.receipt_nonce = None
+        self.device.receipt_delivered()
+        log.info("HQ holds the return receipt (the activation is %s)", signed.status)
+        return True
+
     def acknowledged(self, data: bytes) -> str:
         """Act on HQ's acknowledgement: "report" or "receipt" (what it acknowledged), or
         AckRefused (unsigned, for another device, or for nothing this daemon sent)."""
+        if self._receipt_acknowledged(data):
+            return "receipt"
         try:
             st = self.device.load_state()
         except StateError:
             raise AckRefused("ack_state_refused") from None
         if st is None or not st.activation_id or not self.license_id:
             raise AckRefused("ack_unexpected")
-        nonces = [*self.unacked, *([self.receipt_nonce] if self.receipt_nonce else [])]
-        for nonce in nonces:
+        for nonce in list(self.unacked):
             try:
                 signed = verify_ack(
                     data,
@@ -123,11 +141,6 @@ class Reporter:
                 continue
             if signed.license_id != self.license_id:
                 continue
-            if nonce == self.receipt_nonce:
-                self.receipt_nonce = None
-                self.device.receipt_delivered()
-                log.info("HQ holds the return receipt (the activation is %s)", signed.status)
-                return "receipt"
             while self.unacked:  # this one, and the older ones HQ holds a newer of
                 older, values = next(iter(self.unacked.items()))
                 del self.unacked[older]

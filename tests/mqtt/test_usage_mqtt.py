@@ -137,6 +137,11 @@ def test_a_returned_daemon_sends_its_receipt_until_hq_holds_it(
     # no bridge yet: the daemon keeps its receipt and sends it again at every tick
     time.sleep(2.5)
     assert receipt_file.exists()
+    # the robot reboots: its new daemon has seen no machine file (the return removed
+    # it); HQ's acknowledgement still verifies, against the receipt itself
+    assert daemon.stop() == 0
+    daemon = daemons(robot)
+    daemon.start()
     fleet.start_bridge()
     daemon.wait_log("HQ holds the return receipt", 20)
     assert not receipt_file.exists()
