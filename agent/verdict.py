@@ -163,10 +163,10 @@ def compare(claims: Claims, state: State | None, *, bound: bool = False) -> str:
     HQ's answer now (Device.install decides: to the nonce just sent, or with a TPM to
     the pending request at the counter as it is now), even issued in the same second as
     the last file (activated, returned and activated again within it) or by an HQ host
-    whose clock lags another's. A copied older file cannot name that nonce. Once the
-    device gave its activation back, a file of another issued in the same second is
-    newer too (HQ's times are whole seconds: a return and an activation by hand, at
-    once); one of an activation given back never reaches here (``given_back``).
+    whose clock lags another's. A copied older file cannot name that nonce. Not bound,
+    a file of another activation issued in the same second is older, also after a
+    return: a copy of one issued at that second (a push renews every device at one
+    ``now``) must not take the returned one's place.
     """
     if state is None or not state.activation_id:
         return NEWER
@@ -174,9 +174,7 @@ def compare(claims: Claims, state: State | None, *, bound: bool = False) -> str:
         if claims.serial == state.serial:
             return SAME
         return NEWER if claims.serial > state.serial else OLDER
-    if bound or claims.issued_at > state.issued_at:
-        return NEWER
-    return NEWER if state.returned_at and claims.issued_at == state.issued_at else OLDER
+    return NEWER if bound or claims.issued_at > state.issued_at else OLDER
 
 
 def absorb(claims: Claims, state: State, *, bound: bool = False) -> State:

@@ -136,11 +136,11 @@ def test_a_new_activation_is_newer_if_issued_later_or_bound_to_the_nonce_just_se
     assert v.compare(claims(2001, DAY, 0, 0, activation_id="act_3"), st_) == v.NEWER
     # within one activation the serial decides, bound or not
     assert v.compare(claims(9000, DAY, 0, 0, serial=3), st_, bound=True) == v.OLDER
-    # given back: the next activation's file of the same second is newer, unbound too
-    # (activated by hand at HQ from a request, at once); an earlier one is not
+    # given back: another activation's file of the same second is still older unbound
+    # (a copy of one a push issued at that second), newer bound to the nonce just sent
     given = st_.replace(returned_at=2000)
-    assert v.compare(again, given) == v.NEWER
-    assert v.compare(earlier, given) == v.OLDER
+    assert v.compare(again, given) == v.OLDER
+    assert v.compare(again, given, bound=True) == v.NEWER
 
 
 def test_absorb_raises_the_mark_and_lifts_a_revocation_hq_superseded() -> None:
