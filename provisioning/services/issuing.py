@@ -316,7 +316,7 @@ class Issuing:
         except DeviceKeyInUse:
             held = self._holder(contact)
             if held is None or not self._freed_if_due(held, now, actor):
-                raise self._key_in_use(held, now) from None
+                raise self._key_in_use(held, now, actor) from None
         return self._activate(license_key, fingerprint, now, actor, contact)
 
     def _holder(self, contact: "Contact") -> Activation | None:
@@ -339,10 +339,25 @@ class Issuing:
         return True
 
     @staticmethod
-    def _key_in_use(held: Activation | None, now: int) -> DeviceKeyInUse:
+    def _key_in_use(held: Activation | None, now: int, actor: Actor) -> DeviceKeyInUse:
+        """The refusal, naming the activation that holds the key to HQ's operator only:
+        a request a laptop relays names no license, and whoever holds a copy of it and
+        any license key must not learn which customer's license the device is on."""
         if held is None:  # freed in between: the device may simply try again
             return DeviceKeyInUse("this device's key held another live activation: try again")
         refusal = returned(held, now)
+        if not actor.who.startswith("cli:"):
+            if refusal is not None:
+                return DeviceKeyInUse(
+                    "the activation this device gave back holds its key until its seat "
+                    "frees (without a TPM: once every file issued to it has expired, with "
+                    "its grace); HQ's operator can free it now"
+                )
+            return DeviceKeyInUse(
+                "this device's key holds a live activation already (of another license, "
+                "or of another fingerprint): give it back first (`fieldpass return`), or "
+                "ask HQ's operator to free it"
+            )
         if refusal is not None:  # given back, its seat waits: say when it frees
             return DeviceKeyInUse(f"this device's key is still held: {refusal}")
         return DeviceKeyInUse(

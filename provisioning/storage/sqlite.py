@@ -315,9 +315,12 @@ class SQLiteTx(Tx):
         return {r[0] for r in rows} - {"sqlite_sequence"}
 
 
+_DEVICE_KEY_TAKEN = "UNIQUE constraint failed: activations.device_key_id"
+
+
 def _refused(e: sqlite3.IntegrityError) -> Conflict:
     # SQLite names the columns of a unique index it enforces, not the index
-    index = DEVICE_KEY_INDEX if str(e).endswith("activations.device_key_id") else None
+    index = DEVICE_KEY_INDEX if str(e) == _DEVICE_KEY_TAKEN else None
     return refused(str(e), index)
 
 

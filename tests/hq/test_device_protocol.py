@@ -246,34 +246,45 @@ def test_a_device_on_one_license_activated_on_another_is_told_which_holds_its_ke
     hqc: HQ, server: Server, device: DeviceRoot, tmp_path: Path
 ) -> None:
     """One device key holds one live activation. Activating a device that runs on
-    license A with license B's key is refused, naming the activation that holds the
-    key (it used to surface as the database's own UNIQUE constraint message), and
-    nothing changes. Given back (no TPM), its seat waits: the refusal says until when.
+    license A with license B's key is refused as device_key_in_use (it used to surface
+    as the database's own UNIQUE constraint message), and nothing changes; the device
+    is not told which activation and license hold its key, HQ's operator is. Given
+    back (no TPM), its seat waits: the refusal says so, and to the operator until when.
     Once that time has come, license B activates it, though no activation of license A
     came to free the seat (seats of returns free when their license next counts them)."""
     key_a, key_b = new_key(hqc), new_key(hqc)
     activated(hqc, device, server.url, key_a)
     act_a = str(device.verdict()["activation_id"])
+    lic_a = license_key.license_id(key_a)
     refused = device.run("activate", key_b, "--server", server.url)
     assert refused.returncode == 77, refused.stderr
-    assert "device_key_in_use" in refused.stderr and act_a in refused.stderr
+    assert "device_key_in_use" in refused.stderr and "give it back first" in refused.stderr
+    assert act_a not in refused.stderr and lic_a not in refused.stderr
     assert "UNIQUE" not in refused.stderr and "constraint" not in refused.stderr
     assert device.check().returncode == 0 and device.verdict()["activation_id"] == act_a
     lic_b = hqc.json("licenses", "show", license_key.license_id(key_b))
     assert lic_b["activations"] == []  # type: ignore[index]
+    request, answer = tmp_path / "b.request", tmp_path / "b.machine"
+    assert device.run("request", "-o", str(request)).returncode == 0
+    by_hand = hqc.run("activate", key_b, "--request", str(request), check=False)
+    assert (
+        by_hand.returncode == 1 and f"live activation {act_a} of license {lic_a}" in by_hand.stderr
+    )
     assert device.run("return", "--yes").returncode == 0
     waits = device.run("activate", key_b, "--server", server.url)  # the receipt goes first
     assert waits.returncode == 77, waits.stderr
-    assert "device_key_in_use" in waits.stderr and f"{act_a} was given back" in waits.stderr
-    assert "frees on" in waits.stderr
-    request, answer = tmp_path / "b.request", tmp_path / "b.machine"
+    assert "device_key_in_use" in waits.stderr and "gave back holds its key" in waits.stderr
+    assert act_a not in waits.stderr
     assert device.run("request", "-o", str(request)).returncode == 0
+    by_hand = hqc.run("activate", key_b, "--request", str(request), check=False)
+    assert by_hand.returncode == 1 and f"{act_a} was given back" in by_hand.stderr
+    assert "frees on" in by_hand.stderr
     later = hqc.json(
         "activate", key_b, "--request", str(request), "-o", str(answer), faketime="+800d"
     )
     assert later["activation_id"] != act_a
-    lic_a = hqc.json("licenses", "show", license_key.license_id(key_a))
-    (gone,) = lic_a["activations"]  # type: ignore[index]
+    shown = hqc.json("licenses", "show", lic_a)
+    (gone,) = shown["activations"]  # type: ignore[index]
     assert gone["activation_id"] == act_a and gone["deactivated_at"] is not None
     audit = json.loads(hqc.run("audit", "--json").stdout)
     assert [e["activation_id"] for e in audit if e["action"] == "return_freed"] == [act_a]
