@@ -335,6 +335,10 @@ class DeviceRequests:
         """HQ's signed status of the request's activation, bound to its nonce."""
         verified = self.verify(data, "validate", live=False)
         m = verified.message
+        if str(m["nonce"]).startswith(signed_time.ACK_NONCE_PREFIX):
+            # HQ's acknowledgements are signed statuses bound to such a nonce: a
+            # validation never answers as one (an agent's nonces are random hex)
+            raise InvalidRequest("a validation's nonce may not start with 'ack/'")
         act, lic = verified.activation, verified.license
         with self.store.write() as tx:
             self._spend(tx, m["challenge"], now, True)

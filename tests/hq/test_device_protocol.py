@@ -288,3 +288,26 @@ def test_a_device_on_one_license_activated_on_another_is_told_which_holds_its_ke
     assert gone["activation_id"] == act_a and gone["deactivated_at"] is not None
     audit = json.loads(hqc.run("audit", "--json").stdout)
     assert [e["activation_id"] for e in audit if e["action"] == "return_freed"] == [act_a]
+
+
+def test_a_validation_never_answers_as_an_acknowledgement(
+    hqc: HQ, server: Server, device: DeviceRoot
+) -> None:
+    """HQ's acknowledgement of a receipt is its signed status bound to ``ack/`` and the
+    receipt's digest; a validation names its own nonce. One naming an acknowledgement's
+    nonce is refused, so no status HQ signs for a validation stands in for one (a
+    review found the device key's holder could have asked for one)."""
+    from agent import asks
+    from agent.config import load
+    from agent.device import Device
+
+    activated(hqc, device, server.url, new_key(hqc))
+    dev = Device(load(str(device.path)))
+    for nonce, status in (("ack/" + "0" * 64, 422), ("a" * 32, 200)):
+        challenge = httpx.post(server.url + "/v1/challenge", json={}).json()["challenge"]
+        with dev.writer_lock():
+            signed = asks.validate(dev, 0, challenge=challenge, nonce=nonce)
+        answer = httpx.post(
+            server.url + "/v1/validate", json={"request": base64.b64encode(signed).decode()}
+        )
+        assert answer.status_code == status, answer.text
