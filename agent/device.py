@@ -908,6 +908,21 @@ class Device:
         except fsio.StorageError:
             return None
 
+    def receipt_activation(self, receipt: bytes) -> str | None:
+        """The activation a receipt this device signed gives back (None: not one of its
+        own, or unreadable)."""
+        from .wire import device_msg
+
+        key = self.device_key()
+        if key is None:
+            return None
+        try:
+            return device_msg.open_message(
+                receipt, {key.kid: key.public_key}.get, "receipt"
+            ).activation_id
+        except WireError:
+            return None
+
     def verify_receipt_ack(self, receipt: bytes, ack: bytes) -> "SignedStatus":
         """HQ's acknowledgement of ``receipt`` (its signed status, for this device and the
         activation the receipt names, bound to the receipt's own digest), verified; raises

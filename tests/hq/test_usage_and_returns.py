@@ -491,3 +491,38 @@ def test_a_server_that_lies_about_a_receipt_does_not_take_it_from_the_device(
         a["activation_id"]: a["deactivated_at"] for a in hqc.json("activations", "list", "--all")
     }  # type: ignore[attr-defined]
     assert live[acts[robot]] is not None  # TPM-bound: the seat is free at once
+
+
+def test_a_second_return_never_replaces_a_receipt_hq_has_not_taken(
+    hqc: HQ, server: Server, device: DeviceRoot, tmp_path: Path
+) -> None:
+    """Given back with no HQ in reach, activated anew by hand (the receipt still on the
+    robot), then given back again: the first receipt would be replaced, and its seat
+    stay taken at HQ. The second return is refused (75, receipt_waiting), changing
+    nothing; once the first receipt is gone, it goes ahead."""
+    import time
+
+    hqc.image(device)
+    keys = {name: tmp_path / f"{name}.key" for name in ("a", "b")}
+    for name in keys:
+        keys[name].write_text(str(hqc.json("licenses", "create", "--plan", "industrial")["key"]))
+    first = tmp_path / "a.machine"
+    hqc.run(
+        "activate", keys["a"].read_text(), "--fingerprint", device.fingerprint, "-o", str(first)
+    )
+    assert device.run("install", str(first), "--license-key-file", str(keys["a"])).returncode == 0
+    assert device.run("return", "--yes", "-o", str(tmp_path / "a.receipt")).returncode == 0
+    receipt = (device.state_dir / "return.receipt").read_bytes()
+    time.sleep(1.1)  # HQ's times are whole seconds: B's file is issued later than A's
+    request, answer = tmp_path / "b.request", tmp_path / "b.machine"
+    assert device.run("request", "-o", str(request)).returncode == 0
+    hqc.run("activate", keys["b"].read_text(), "--request", str(request), "-o", str(answer))
+    assert device.run("install", str(answer), "--license-key-file", str(keys["b"])).returncode == 0
+    again = device.run("return", "--yes")
+    assert again.returncode == 75, again.stderr
+    assert "still waits for HQ" in again.stderr and "nothing was changed" in again.stderr
+    assert (device.state_dir / "return.receipt").read_bytes() == receipt
+    assert device.check().returncode == 0  # B still runs
+    (device.state_dir / "return.receipt").unlink()  # HQ took it (carried by hand)
+    assert device.run("return", "--yes").returncode == 0
+    assert device.check().returncode == 30
