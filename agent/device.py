@@ -928,18 +928,17 @@ class Device:
         activation the receipt names, bound to the receipt's own digest), verified; raises
         WireError or ConfigError otherwise. Needs no machine file and no license: a
         returned device has neither (the daemon restarted after a return, say)."""
-        from .wire import device_msg
         from .wire.signed_time import ack_nonce, verify_ack
 
-        key = self.device_key()
-        own_key: dict[str, bytes] = {key.kid: key.public_key} if key is not None else {}
-        own = device_msg.open_message(receipt, own_key.get, "receipt")  # this device's
+        activation_id = self.receipt_activation(receipt)
+        if activation_id is None:
+            raise FormatError("the receipt is not one this device signed")
         return verify_ack(
             ack,
             self.keyring(),
             self.identity.fingerprint,
             ack_nonce(receipt),
-            activation_id=own.activation_id,
+            activation_id=activation_id,
         )
 
     def receipt_delivered(self) -> None:
