@@ -14,7 +14,7 @@ import click
 
 from . import __version__, clock, exitcodes, fsio, gate, perms, report
 from .config import Config, ConfigError, load
-from .device import Device, InstallRefused, Outcome
+from .device import Device, InstallRefused, Outcome, ReceiptWaiting
 from .identity import IdentityError
 from .verdict import EXIT_CODES
 from .wire import license_key
@@ -621,7 +621,6 @@ def give_back(c: Context, output: str | None, yes: bool, as_json: bool) -> None:
             "Give this device's license back? The equipment stops running (exit 30)", abort=True
         )
     with device.writer_lock():
-        _refuse_over_a_waiting_receipt(device)
         receipt = device.give_back(_now())
     text = armor.armor(receipt, armor.RECEIPT)
     if as_json:
@@ -634,27 +633,6 @@ def give_back(c: Context, output: str | None, yes: bool, as_json: bool) -> None:
         "fieldpass: license given back. Next: carry the receipt to HQ "
         "(`fieldpass-hq deactivate --receipt FILE`) to free the seat.",
         err=True,
-    )
-
-
-def _refuse_over_a_waiting_receipt(device: Device) -> None:
-    """A receipt HQ has not acknowledged, of an earlier activation, is never replaced:
-    its seat would stay taken at HQ. (One of the activation being given back, from a
-    return cut short, is written again.)"""
-    waiting = device.pending_receipt()
-    if waiting is None:
-        return
-    earlier = device.receipt_activation(waiting)
-    st = device.load_state()
-    if earlier is not None and st is not None and earlier == st.activation_id:
-        return
-    raise CliError(
-        f"the return receipt of an earlier activation ({earlier or 'unreadable'}) still waits "
-        "for HQ (return.receipt in the state directory): let it reach HQ first (the daemon "
-        "or `fieldpass refresh`; by hand, `fieldpass-hq deactivate --receipt FILE`), "
-        "or remove it once HQ shows that activation returned; nothing was changed",
-        exitcodes.EX_TEMPFAIL,
-        "receipt_waiting",
     )
 
 
@@ -795,7 +773,7 @@ def _classify(e: Exception) -> tuple[str, int, str] | None:
         return str(e), exitcodes.EX_UNAVAILABLE, "unreachable"
     if isinstance(e, online.OnlineError):
         return str(e), exitcodes.EX_USAGE, "usage"
-    if isinstance(e, fsio.LockTimeout):
+    if isinstance(e, (fsio.LockTimeout, ReceiptWaiting)):
         return str(e), exitcodes.EX_TEMPFAIL, e.reason
     if isinstance(e, fsio.NoAccess):
         return str(e), exitcodes.EX_NOACCESS, e.reason

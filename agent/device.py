@@ -55,6 +55,13 @@ class InstallRefused(Exception):
         self.reason = reason
 
 
+class ReceiptWaiting(Exception):
+    """``fieldpass return`` while an earlier activation's receipt waits for HQ: it is
+    never replaced (its seat would stay taken at HQ); nothing was changed."""
+
+    reason = "receipt_waiting"
+
+
 class Outcome:
     """A verdict plus what the device knows around it (for files, status and hooks)."""
 
@@ -879,6 +886,17 @@ class Device:
             )
         if self.stored_machine_file() is None:
             raise InstallRefused(NOT_ACTIVATED, "not_activated", "this device holds no license")
+        waiting = self.pending_receipt()
+        # one of the activation being given back (a return cut short) is written again
+        earlier = self.receipt_activation(waiting) if waiting is not None else st.activation_id
+        if earlier != st.activation_id:
+            raise ReceiptWaiting(
+                f"the return receipt of an earlier activation ({earlier or 'unreadable'}) "
+                "still waits for HQ (return.receipt in the state directory): let it reach HQ "
+                "first (the daemon or `fieldpass refresh`; by hand, `fieldpass-hq deactivate "
+                "--receipt FILE`), or remove it once HQ shows that activation returned; "
+                "nothing was changed"
+            )
         key = self.ensure_device_key()
         public, proof = self._registration(key, st.activation_id, None)
         st = self.save_state(verdict.give_back(st, now), loaded, bump=True)

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 
 from ..models import Actor
 from ..services import HQ
+from ..services.device_requests import Verified
 from ..services.usage import ReturnHeld, SeatFreedAlready
 from .api_models import (
     COMMON_ERRORS,
@@ -67,10 +68,11 @@ def add_routes(app: FastAPI, hq: HQ) -> None:
         signed acknowledgement of this very receipt: the device drops its copy only on
         that (docs/wire-format.md §9)."""
         data = base64.b64decode(body.request)
+        verified = hq.device.verify(data, "receipt", live=False)
         try:
-            returned = hq.usage.accept_receipt(data, now(), "http", actor)
+            returned = hq.usage.accept_verified_receipt(verified, data, now(), "http", actor)
         except (ReturnHeld, SeatFreedAlready) as e:  # settled: nothing left to free
-            doc = {"error": {"code": e.code, "message": e.message}, "ack": _ack(hq, data)}
+            doc = {"error": {"code": e.code, "message": e.message}, "ack": _ack(hq, verified, data)}
             return JSONResponse(doc, status_code=e.http_status)
         rec = returned.record
         return JSONResponse(
@@ -78,10 +80,11 @@ def add_routes(app: FastAPI, hq: HQ) -> None:
                 "activation_id": rec.activation_id,
                 "freed": returned.freed,
                 "frees_at": rec.frees_at,
-                "ack": _ack(hq, data),
+                "ack": _ack(hq, verified, data),
             }
         )
 
 
-def _ack(hq: HQ, receipt: bytes) -> str:
-    return base64.b64encode(hq.usage.receipt_acknowledgement(receipt, now())).decode("ascii")
+def _ack(hq: HQ, verified: Verified, receipt: bytes) -> str:
+    token = hq.usage.receipt_acknowledgement(verified, receipt, now())
+    return base64.b64encode(token).decode("ascii")

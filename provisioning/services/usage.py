@@ -32,7 +32,6 @@ from ..models import Activation, Actor, PlanMeter, ReturnRecord, UsageReport
 from ..storage import Store, Tx
 from .audit import event
 from .device_requests import DeviceRequests, Verified
-from .issuing import free_due
 from .licenses import license_status
 
 YEAR_S = 365 * 86400
@@ -294,21 +293,11 @@ class Usage:
             activation_id=act.id,
         )
 
-    def receipt_acknowledgement(self, data: bytes, now: int) -> bytes:
+    def receipt_acknowledgement(self, verified: Verified, data: bytes, now: int) -> bytes:
         """HQ's acknowledgement of the receipt ``data`` (``acknowledgement`` bound to its
-        ``ack_nonce``), verified again against the device key HQ holds: for an answer
+        ``ack_nonce``; ``verified`` as ``accept_verified_receipt`` took it): for an answer
         that tells the device HQ holds it or has nothing left to free with it."""
-        verified = self.device.verify(data, "receipt", live=False)
         return self.acknowledgement(verified.activation.id, ack_nonce(data), now)
-
-    @staticmethod
-    def free_due_returns(tx: Tx, license_id: str, now: int, actor: Actor) -> list[str]:
-        """Free the seats of returns whose time has come, each audited ``return_freed``
-        (called with the license locked, before a seat count: ``Issuing.activate``
-        does the same with what it read at once)."""
-        due = tx.due_returns(license_id, now)
-        free_due(tx, license_id, due, now, actor)
-        return due
 
 
 def _held(held: ReturnRecord | None, verified: Verified, data: bytes) -> ReturnHeld | None:

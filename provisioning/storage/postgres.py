@@ -53,7 +53,6 @@ from .tx import (
 )
 from .usage_ops import DUE_RETURNS, FILES_RUN_UNTIL, RAISE_FILES_RUN_UNTIL, RETURNS_WAITING
 
-SCHEMES = POSTGRES_SCHEMES
 POOL_TIMEOUT_S = 30.0
 READY_TIMEOUT_S = 5.0
 _READ = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
@@ -397,7 +396,7 @@ def redact(url: str) -> str:
 
 def check_url(url: str) -> None:
     parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in SCHEMES or parts.fragment:
+    if parts.scheme not in POSTGRES_SCHEMES or parts.fragment:
         raise ConfigError("a PostgreSQL database URL is postgresql://[USER@]HOST[:PORT]/DBNAME")
 
 
