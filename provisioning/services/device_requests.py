@@ -176,11 +176,15 @@ class DeviceRequests:
                 lic = tx.get_license(act.license_id)
                 assert lic is not None
                 return Verified(msg, act, lic, registering=False)
-            verified = self._registration(tx, data, msg_type)
+            verified = self._registration(tx, data, msg_type, live)
         _names(verified.message, verified.activation)
         return verified
 
-    def _registration(self, tx: Tx, data: bytes, msg_type: str) -> Verified:
+    def _registration(self, tx: Tx, data: bytes, msg_type: str, live: bool) -> Verified:
+        """A message carrying the device key it is signed with, verified by the proof
+        that the device holds the license key. With ``live=False`` (a receipt, a report)
+        an activation freed meanwhile is no refusal here: the proof verified, the caller
+        answers what is left (a receipt of a seat freed by hand is acknowledged)."""
         unknown = DeviceUnauthenticated(
             "no live activation has this device key: activate the device, or register "
             "its key with a renewal"
@@ -196,7 +200,7 @@ class DeviceRequests:
         act = tx.get_activation(msg.activation_id) if msg.activation_id else None
         if public is None or not isinstance(proof, bytes) or act is None:
             raise unknown
-        if act.deactivated_at is not None:
+        if live and act.deactivated_at is not None:
             raise ActivationNotFound(f"no live activation {act.id}")
         if act.device_key is not None:
             raise DeviceKeyMismatch(

@@ -219,15 +219,16 @@ class Usage:
     ) -> Returned:
         m, act = verified.message, verified.activation
         with self.store.write() as tx:
-            # the key a receipt registers is recorded with its return or not at all
-            self.device.register_in(tx, verified, now, actor)
             current = tx.get_activation(act.id)
             assert current is not None
             refusal = _held(tx.get_return(act.id), verified, data)
             if refusal is not None:
                 raise refusal
             if current.deactivated_at is not None:
+                # also a receipt whose key HQ never recorded (the proof verified it)
                 raise SeatFreedAlready(f"activation {act.id} is not live: nothing to free")
+            # the key a receipt registers is recorded with its return or not at all
+            self.device.register_in(tx, verified, now, actor)
             lic = tx.get_license(act.license_id)
             assert lic is not None
             plan = tx.get_plan(lic.plan)

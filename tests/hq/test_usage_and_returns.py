@@ -526,3 +526,50 @@ def test_a_second_return_never_replaces_a_receipt_hq_has_not_taken(
     (device.state_dir / "return.receipt").unlink()  # HQ took it (carried by hand)
     assert device.run("return", "--yes").returncode == 0
     assert device.check().returncode == 30
+
+
+def test_a_receipt_registering_its_key_of_a_seat_freed_by_hand_is_acknowledged(
+    hqc: HQ, server: Server, device: DeviceRoot
+) -> None:
+    """HQ forgot the robot's device key (`activations reset-key`), the robot gave its
+    license back, and the operator freed the seat by hand before the receipt came. The
+    receipt carries its key and the proof of the license key: HQ verifies that proof,
+    answers 404 `activation_not_found` with its signed acknowledgement, and records no
+    key on the freed activation; the robot drops its receipt. Before, HQ refused the
+    receipt before the proof (404 without an acknowledgement) and the robot sent it
+    again at every contact."""
+    from agent.config import load
+    from agent.device import Device
+    from agent.wire.device_key import key_proof
+
+    key = activated(hqc, server, device)
+    act = str(device.verdict()["activation_id"])
+    hqc.run("activations", "reset-key", act)
+    assert device.run("return", "--yes").returncode == 0
+    # The receipt an activation made without a key carries (its file names none, as
+    # the previous agent's by-hand activations were): this agent's file names the key,
+    # so its receipt is signed again here with the key and the proof added.
+    robot = Device(load(str(device.path)))
+    dev_key = robot.device_key()
+    assert dev_key is not None
+    path = device.state_dir / "return.receipt"
+    proof = key_proof(key, dev_key.public_key, act, "")
+    fields = {**_receipt_fields(path, dev_key), "device_key": dev_key.public_key, "proof": proof}
+    path.write_bytes(device_msg.sign(dev_key, "receipt", fields))
+    assert hqc.run("deactivate", act).returncode == 0  # freed by hand meanwhile
+    ran = device.run("run", "--once")
+    assert ran.returncode == 0, ran.stderr
+    assert not (device.state_dir / "return.receipt").exists(), ran.stderr
+    assert "Traceback" not in ran.stderr
+    (row,) = [a for a in hqc.json("activations", "list", "--all") if a["activation_id"] == act]  # type: ignore[attr-defined]
+    assert row["deactivated_at"] is not None
+    audit = hqc.run("audit", "--json").stdout
+    assert "device_key_register" not in audit  # a freed activation takes no key
+    again = device.run("run", "--once")  # nothing left to send
+    assert again.returncode == 0 and "receipt" not in again.stderr, again.stderr
+
+
+def _receipt_fields(path: Path, key: DeviceKey) -> dict[str, object]:
+    """The fields of the device's receipt at ``path``, verified with its key."""
+    m = device_msg.open_message(path.read_bytes(), lambda _kid: key.public_key, "receipt")
+    return dict(m.fields)

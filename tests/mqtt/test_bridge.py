@@ -159,6 +159,36 @@ def test_a_receipt_refused_over_mqtt_registers_no_key(service: HQ) -> None:
     assert "device_key_register" not in [e.action for e in service.audit(100000)]
 
 
+def test_a_registering_receipt_of_a_seat_freed_by_hand_is_acknowledged(service: HQ) -> None:
+    """The operator freed by hand an activation HQ made without a key; its receipt
+    comes after, registering the key with the proof of the license key: acknowledged
+    (``receipt_not_live``: nothing left to free), and no key recorded on the freed
+    activation. A report registering a key there is refused and not acknowledged, and
+    neither is a fault of the bridge. Before, the receipt was refused before its proof
+    was read (``activation_not_found``, unacknowledged) and came again at every contact."""
+    lic = service.create_license("industrial", [], None, 1000, ACTOR)
+    act = service.activate(lic.license_key, "5" * 64, 1000, ACTOR).activation
+    service.deactivate(1200, ACTOR, activation_id=act.id)
+    bridge = Bridge(service, min_interval_s=60, clock=lambda: 2000)
+    key = DeviceKey.generate()
+    receipt = _registering_receipt(key, lic.license_key, act)
+    out = bridge.handle(_topic(topics.device_id(act.fingerprint), topics.RECEIPT), receipt)
+    assert _kinds(out) == ["ack"] and bridge.counts == {"receipt_not_live": 1}
+    report = device_msg.sign(
+        key,
+        "report",
+        {"activation_id": act.id, "fingerprint": act.fingerprint, "at": 1500,
+         "agent_version": "0.2.0", "seq": 1, "counters": {}, "challenge": None,
+         "device_key": key.public_key,
+         "proof": key_proof(lic.license_key, key.public_key, act.id, "")},
+    )  # fmt: skip
+    topic = _topic(topics.device_id(act.fingerprint), topics.REPORT)
+    assert bridge.handle(topic, report) == []
+    assert bridge.counts == {"receipt_not_live": 1, "activation_not_found": 1}
+    assert service.get_activation(act.id).device_key is None
+    assert "device_key_register" not in [e.action for e in service.audit(100000)]
+
+
 def test_only_a_receipt_of_a_returned_activation_is_acknowledged_as_one(
     service: HQ, monkeypatch: pytest.MonkeyPatch
 ) -> None:
