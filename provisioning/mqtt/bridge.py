@@ -290,9 +290,6 @@ class Bridge:
             self._heard("reports")
         except ReportRefused:
             self._count("report_refused")  # a replay or an older one: HQ holds a newer
-        except ActivationNotFound as e:  # registering a key on a seat freed meanwhile
-            self._count(e.code)
-            return []
         return self._ack(verified.activation, payload)
 
     def _receipt(self, dev_id: str, payload: bytes) -> list[Outgoing]:

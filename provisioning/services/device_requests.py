@@ -182,9 +182,9 @@ class DeviceRequests:
 
     def _registration(self, tx: Tx, data: bytes, msg_type: str, live: bool) -> Verified:
         """A message carrying the device key it is signed with, verified by the proof
-        that the device holds the license key. With ``live=False`` (a receipt, a report)
-        an activation freed meanwhile is no refusal here: the proof verified, the caller
-        answers what is left (a receipt of a seat freed by hand is acknowledged)."""
+        that the device holds the license key. A receipt (``live=False``) of an
+        activation freed meanwhile is no refusal here: its proof verified, the caller
+        acknowledges it (nothing is left to free)."""
         unknown = DeviceUnauthenticated(
             "no live activation has this device key: activate the device, or register "
             "its key with a renewal"
@@ -200,7 +200,7 @@ class DeviceRequests:
         act = tx.get_activation(msg.activation_id) if msg.activation_id else None
         if public is None or not isinstance(proof, bytes) or act is None:
             raise unknown
-        if live and act.deactivated_at is not None:
+        if act.deactivated_at is not None and (live or msg_type != "receipt"):
             raise ActivationNotFound(f"no live activation {act.id}")
         if act.device_key is not None:
             raise DeviceKeyMismatch(
