@@ -7,6 +7,7 @@ decoded strictly, and the label must be the expected one.
 """
 
 import binascii
+import codecs
 
 from .errors import FormatError
 
@@ -36,7 +37,17 @@ def _clean(line: str) -> str:
 
 
 def is_armored(data: bytes) -> bool:
-    return b"-----BEGIN " in data[:MAX_ARMOR_CHARS]
+    """True for text holding an armored block; False for binary CBOR, though its text
+    fields hold "-----BEGIN " (a device named so): every CBOR map starts with a byte
+    (0xa0-0xbf) that no UTF-8 text starts with."""
+    head = data[:MAX_ARMOR_CHARS]
+    if b"-----BEGIN " not in head:
+        return False
+    try:  # a character cut at the end of head is no error
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def unarmor(text: str | bytes, label: str) -> bytes:
