@@ -321,7 +321,10 @@ class Device:
                 self.ensure_device_key()
                 key = self._state_key(None)
             assert key is not None
-            return state.save(self.cfg.state_dir, key, st)
+            # no counter to tell an older slot from the newest: what must not come back
+            # goes to both slots
+            both = state.lasting_change(loaded.state, st)
+            return state.save(self.cfg.state_dir, key, st, both=both)
         anchor = self.anchor()
         assert anchor is not None
         from .tpm import TpmError

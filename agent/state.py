@@ -17,7 +17,8 @@ hardware id reveals: the device key's seed, and with ``[tpm]`` a secret held in 
 The MAC is checked over the stored body bytes before they are
 decoded. Each write goes to the slot the newest state is not in, with a generation one
 higher, through ``fsio.atomic_write``; a reader takes the valid slot with the highest
-generation.
+generation. A write that changes what a deleted slot must not bring back (``LASTING``:
+the file accepted, a revocation, a return) goes to both slots, one after the other.
 
 Version 1 slots (agents up to 0.1.0: MAC keyed by the hardware id alone) are read only
 while no version-2 slot exists, and only to migrate: the first save writes version 2
@@ -376,12 +377,35 @@ def load(state_dir: str, key: bytes | None, legacy_key: bytes | None = None) -> 
     return slots.state
 
 
-def save(state_dir: str, key: bytes, state: State) -> State:
-    """Write ``state`` with the next generation into the other slot; return it. A state
-    migrated from version 1 is written to both slots, so no v1 slot remains."""
+# What a deleted slot must not bring back: the file this device accepted (anti-
+# downgrade), a revocation or its lift, the record of returned activations. A save that
+# changes one of them writes both slots (``save``'s ``both``).
+LASTING = (
+    "activation_id",
+    "serial",
+    "issued_at",
+    "revoked",
+    "revoked_at",
+    "lifted_at",
+    "returned_at",
+    "returned_ids",
+)
+
+
+def lasting_change(old: State | None, new: State) -> bool:
+    """True when ``new`` differs from ``old`` (None: no state yet) in what a deleted slot
+    must not bring back (``LASTING``)."""
+    return old is None or any(getattr(old, f) != getattr(new, f) for f in LASTING)
+
+
+def save(state_dir: str, key: bytes, state: State, *, both: bool = False) -> State:
+    """Write ``state`` with the next generation into the other slot; return it. With
+    ``both`` (and for a state migrated from version 1) it is written to the other slot,
+    then again to the first, so that deleting either slot brings back no older state
+    (a power cut between the two leaves the new state in the slot written first)."""
     new = state.replace(gen=state.gen + 1, legacy=False)
     _write(state_dir, new, key)
-    if state.legacy:
+    if both or state.legacy:
         new = new.replace(gen=new.gen + 1)
         _write(state_dir, new, key)
     return new

@@ -366,3 +366,59 @@ def test_a_lying_server_replaying_old_answers_to_activate_installs_none(
         assert replayed.returncode == 31 and "Traceback" not in replayed.stderr, replayed.stderr
         assert device.check().returncode == 0
         assert device.verdict()["activation_id"] == "act_2"
+
+
+def _each_slot_deleted(device: DeviceRoot, *args: str) -> list[tuple[int, str]]:
+    """For each state slot in turn: both slots as they are now, that one deleted, then
+    ``fieldpass ARGS`` (default: the gate) and the verdict file's reason; the slots and
+    the machine file are put back after each."""
+    kept = [device.state_dir / n for n in ("state.a", "state.b", "machine.file")]
+    before = {path: path.read_bytes() for path in kept if path.exists()}
+    seen = []
+    for gone in ("state.a", "state.b"):
+        for path, data in before.items():
+            path.write_bytes(data)
+        (device.state_dir / gone).unlink()
+        result = device.run(*args) if args else device.check()
+        seen.append((result.returncode, device.verdict()["reason"] if not args else ""))
+    for path, data in before.items():
+        path.write_bytes(data)
+    return seen
+
+
+def test_deleting_one_state_slot_brings_back_no_revocation_or_older_file(
+    device: DeviceRoot, signer: Signer
+) -> None:
+    """Without a TPM nothing tells an older slot from the newest, so the slot left
+    beside a deleted one must hold the same revocation and file: a newer file, a
+    revocation and a return (below) are written to both slots."""
+    from agent.wire import armor
+
+    signer.provision(device, serial=2)
+    kept = keep(device, signer, "old", serial=2)
+    newer = keep(device, signer, "new", serial=3)
+    assert device.run("install", newer).returncode == 0
+    # the slot left knows serial 3: the kept serial-2 file is a downgrade
+    assert _each_slot_deleted(device, "install", kept) == [(31, ""), (31, "")]
+    rev = device.path.parent / "rev.txt"
+    rev.write_text(
+        armor.armor(
+            sign_revocation(signer.key, Revocation("act_1", int(time.time()), "revoked")),
+            armor.REVOCATION,
+        )
+    )
+    assert device.run("install", str(rev)).returncode == 0
+    assert _each_slot_deleted(device) == [(32, "revoked"), (32, "revoked")]
+
+
+def test_deleting_one_state_slot_after_a_return_brings_back_no_activation(
+    device: DeviceRoot, signer: Signer, tmp_path: Path
+) -> None:
+    signer.provision(device, serial=2)
+    names = ("machine.file", "license.key")
+    kept = {name: (device.state_dir / name).read_bytes() for name in names}
+    assert device.check().returncode == 0
+    assert device.run("return", "--yes", "-o", str(tmp_path / "robot.receipt")).returncode == 0
+    for name, data in kept.items():
+        (device.state_dir / name).write_bytes(data)
+    assert _each_slot_deleted(device) == [(30, "returned"), (30, "returned")]
