@@ -103,16 +103,19 @@ def open_secrets(sealed: Any, passphrase: bytes) -> dict[str, bytes]:
 
 
 def secret_files(home: Path) -> dict[str, bytes]:
-    """HQ's secrets in ``home``: every signing seed and the MQTT secret."""
+    """HQ's secrets in ``home``: every signing seed, the MQTT secret and the license-key
+    secret."""
     from .keystore import KEYS_DIR
     from .mqtt.credentials import SECRET_NAME
+    from .sealed_keys import SECRET_NAME as LICENSE_KEYS_SECRET
 
     files: dict[str, bytes] = {}
     keys = home / KEYS_DIR
     for path in sorted(keys.glob("*.seed")) if keys.is_dir() else []:
         files[f"{KEYS_DIR}/{path.name}"] = path.read_bytes()
-    if (home / SECRET_NAME).exists():
-        files[SECRET_NAME] = (home / SECRET_NAME).read_bytes()
+    for name in (SECRET_NAME, LICENSE_KEYS_SECRET):
+        if (home / name).exists():
+            files[name] = (home / name).read_bytes()
     return files
 
 
@@ -120,11 +123,12 @@ def install_secrets(home: Path, files: dict[str, bytes]) -> list[str]:
     """Write restored secrets into ``home`` (0600, never over an existing file)."""
     from .keystore import KEYS_DIR
     from .mqtt.credentials import SECRET_NAME
+    from .sealed_keys import SECRET_NAME as LICENSE_KEYS_SECRET
 
     written = []
     for name, data in files.items():
         parts = name.split("/")
-        ok = name == SECRET_NAME or (
+        ok = name in (SECRET_NAME, LICENSE_KEYS_SECRET) or (
             len(parts) == 2 and parts[0] == KEYS_DIR and parts[1].endswith(".seed")
         )
         if not ok or any(p in ("", ".", "..") for p in parts):

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from .. import backup as backup_file
-from .. import config
+from .. import config, sealed_keys
 from ..errors import ConfigError
 from ..keystore import KEYS_DIR, prepare_home
 from ..storage import engine_of, open_store
@@ -44,7 +44,8 @@ def _passphrase(path: Path | None) -> bytes:
 @click.option(
     "--with-secrets",
     is_flag=True,
-    help="Also the signing seeds and the MQTT secret, sealed under the passphrase.",
+    help="Also the signing seeds, the MQTT secret and the license-key secret, sealed "
+    "under the passphrase.",
 )
 @passphrase_option
 @common.json_option
@@ -56,7 +57,9 @@ def backup(
     read transaction), while servers go on writing.
 
     The signing keys' public parts are in it, their seeds only with --with-secrets,
-    sealed under a passphrase (Argon2id, XSalsa20-Poly1305), as is the MQTT secret.
+    sealed under a passphrase (Argon2id, XSalsa20-Poly1305), as are the MQTT secret and
+    the license-key secret (the license keys are in it sealed: without that secret,
+    they do not open).
 
     Examples:
 
@@ -109,6 +112,10 @@ def restore(ctx: click.Context, file: Path, passphrase_file: Path | None, as_jso
     prepare_home(state.home)
     if any((state.home / KEYS_DIR).iterdir()):
         raise ConfigError(f"{state.home} already holds signing keys: restore into an empty home")
+    if (state.home / sealed_keys.SECRET_NAME).exists():
+        raise ConfigError(
+            f"{state.home} already holds a license-key secret: restore into an empty home"
+        )
     db = config.database(state.home, state.database)
     store = open_store(db.url, pool_size=2)
     try:
@@ -131,6 +138,9 @@ def restore(ctx: click.Context, file: Path, passphrase_file: Path | None, as_jso
         return
     output.emit_text(f"restored {sum(s.rows for s in sums.values())} rows: every table verified")
     if sealed is None:
-        output.emit_text("the backup holds no secrets: install the signing seeds in HOME/keys/")
+        output.emit_text(
+            "the backup holds no secrets: install the signing seeds in HOME/keys/ and "
+            f"HOME/{sealed_keys.SECRET_NAME} from the home it was made of"
+        )
     elif not secrets:
         output.emit_text("secrets not restored: give --passphrase-file to restore them")

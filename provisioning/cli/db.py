@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from .. import config
+from .. import config, sealed_keys
 from ..errors import ConfigError
 from ..storage import SCHEMA_VERSION, Store, copy, engine_of, migrations, open_store
 from . import common, output
@@ -48,6 +48,7 @@ def db() -> None:
     \b
       fieldpass-hq db status
       fieldpass-hq db upgrade
+      fieldpass-hq db seal-keys
       fieldpass-hq db copy --to postgresql://fieldpass@db.example/fieldpass
     """
 
@@ -68,6 +69,8 @@ def db_status(ctx: click.Context, as_json: bool) -> None:
     store, engine = _open(ctx, migrate=False)
     try:
         doc = _status_doc(engine, _current(store))
+        if doc["state"] == "current":
+            doc["license_keys"] = sealed_keys.status(common.state(ctx).home, store)
     finally:
         store.close()
     if as_json:
@@ -79,6 +82,49 @@ def db_status(ctx: click.Context, as_json: bool) -> None:
     )
     for v in doc["pending"]:
         output.emit_text(f"  pending {v['version']}: {v['brings']}")
+    if "license_keys" in doc:
+        output.emit_text(f"  license keys: {_KEY_STATES[doc['license_keys']['state']]}")
+
+
+_KEY_STATES = {
+    "sealed": "sealed at rest",
+    "none": "none yet (they will be sealed)",
+    "in_clear": "IN CLEAR: run `fieldpass-hq db seal-keys` once every HQ process runs this release",
+    "secret_missing": f"sealed, and HOME/{sealed_keys.SECRET_NAME} is missing: copy it "
+    "from the HQ home that sealed them",
+    "secret_mismatch": f"sealed with another secret than HOME/{sealed_keys.SECRET_NAME}: "
+    "copy it from the HQ home that sealed them",
+}
+
+
+@db.command("seal-keys")
+@common.json_option
+@click.pass_context
+def db_seal_keys(ctx: click.Context, as_json: bool) -> None:
+    """Seal the license keys a database upgraded from before schema 12 holds in clear,
+    under HOME/license-keys.secret (made now if HOME has none, and named in the
+    database). Run it once every HQ process runs this release: an earlier one reads keys
+    in clear only. Then copy the secret to every other HQ host. Running it again seals
+    what is left in clear, if anything.
+
+    Examples:
+
+    \b
+      fieldpass-hq db seal-keys
+      fieldpass-hq db seal-keys --json
+    """
+    store, engine = _open(ctx, migrate=True)
+    try:
+        sealed, kid, created = sealed_keys.seal(common.state(ctx).home, store)
+    finally:
+        store.close()
+    if as_json:
+        output.emit_json({"engine": engine, "sealed": sealed, "secret": kid, "created": created})
+        return
+    made = f", the secret made now in HOME/{sealed_keys.SECRET_NAME}" if created else ""
+    output.emit_text(f"{engine}: {sealed} license keys sealed under secret {kid}{made}")
+    if created:
+        output.emit_text("copy that file to every other HQ host (with keys/*.seed)")
 
 
 @db.command("upgrade")
@@ -133,9 +179,10 @@ def db_copy(ctx: click.Context, target_url: str, as_json: bool) -> None:
     """Copy every row of this HQ's database into an empty one, then verify each
     table's row count and digest read back from it.
 
-    Keys' public parts, plans, licenses (with their keys), activations and serials,
-    sites, challenges, tokens' hashes and the whole audit log move; the signing seeds
-    and the MQTT secret stay in HOME (they are never in the database). Stop the
+    Keys' public parts, plans, licenses (with their keys, sealed as they are),
+    activations and serials, sites, challenges, tokens' hashes and the whole audit log
+    move; the signing seeds, the MQTT secret and the license-key secret stay in HOME
+    (they are never in the database). Stop the
     servers first (what they write after the copy's snapshot would not be copied), then
     point the config at the new database: [database] url in HOME/hq.toml.
 

@@ -26,7 +26,7 @@ of its operations is one service's method, by the same name). Every operation ta
 
 from pathlib import Path
 
-from .. import config
+from .. import config, sealed_keys
 from ..keystore import KeyStore, prepare_home
 from ..storage import open_store
 from .audit import AuditLog
@@ -58,6 +58,11 @@ class HQ:
         prepare_home(home)
         db = config.database(home, database)
         self.store = open_store(db.url, pool_size=db.pool_size)
+        try:
+            self.store.license_keys = sealed_keys.use(home, self.store)
+        except BaseException:
+            self.store.close()
+            raise
         self.audit_log = AuditLog(self.store)
         self.keys = Keys(self.store, KeyStore(home))
         self.licenses = Licenses(self.store)

@@ -39,6 +39,7 @@ TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("bridge_answers", ("activation_id",)),
     ("device_outbox", ("activation_id",)),
     ("console_sessions", ("id_hash",)),
+    ("sealing", ("name",)),
 )
 # Kept by the database itself (triggers on activations): loaded as 0, counted again
 # (by the triggers as rows arrive, or at the end: Tx.after_load), then verified like

@@ -13,6 +13,7 @@ Services depend on this module and on ``Tx`` only, never on an engine module.
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 
+from .sealing import UNSEALED, LicenseKeys
 from .tx import Tx
 
 # The URL schemes that name the PostgreSQL engine, and its default pool size: here, so
@@ -22,7 +23,12 @@ DEFAULT_POOL_SIZE = 8
 
 
 class Store(ABC):
-    """A database with HQ's schema at the current version (migrated when opened)."""
+    """A database with HQ's schema at the current version (migrated when opened).
+
+    ``license_keys`` seals and opens the license keys its transactions write and read
+    (storage/sealing.py); HQ sets it once the store is open (provisioning/sealed_keys.py)."""
+
+    license_keys: LicenseKeys = UNSEALED
 
     @abstractmethod
     def read(self) -> AbstractContextManager[Tx]:

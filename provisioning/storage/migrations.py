@@ -75,6 +75,12 @@ VERSIONS: tuple[Version, ...] = (
         "grace of any of them), so that a return without a TPM frees its seat only after "
         "every file a copy of the device's data could hold, not only the last",
     ),
+    Version(
+        12,
+        "license keys sealed at rest: the name of the secret that seals them "
+        "(storage/sealing.py), so that a home holding another secret, or none, says so "
+        "instead of sealing with its own",
+    ),
 )
 SCHEMA_VERSION = VERSIONS[-1].number
 

@@ -40,6 +40,7 @@ from ..errors import ConfigError, HQError, StorageError
 from ..models import Activation, License, Plan, PlanMeter
 from . import migrations
 from .interface import DEFAULT_POOL_SIZE, POSTGRES_SCHEMES, Store
+from .sealing import UNSEALED, LicenseKeys
 from .tx import (
     _LIVE,
     SERIAL_CHANGED,
@@ -325,6 +326,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     ),
     (10, RETURNS_WAITING),  # storage/usage_ops.py's, as storage/sqlite.py's version 10
     (11, FILES_RUN_UNTIL),  # storage/usage_ops.py's, as storage/sqlite.py's version 11
+    (12, [f"CREATE TABLE sealing (name {_T} PRIMARY KEY, kid TEXT NOT NULL)"]),
 ]
 
 # A license's row with its entitlements, and a plan's row with its meters, its counters
@@ -578,8 +580,10 @@ class PostgresTx(Tx):
     the one order license -> activation (so two writers never wait on each other in
     a circle)."""
 
-    def __init__(self, conn: _Adapter, *, write: bool) -> None:
-        super().__init__(conn)
+    def __init__(
+        self, conn: _Adapter, *, write: bool, license_keys: LicenseKeys = UNSEALED
+    ) -> None:
+        super().__init__(conn, license_keys)
         self._write = write
         self._locked: set[str] = set()
         self._plans: dict[str, Plan | None] = {}
@@ -830,7 +834,7 @@ class PostgresStore(Store):
                     conn.execute(begin)
                 except psycopg.Error as e:
                     raise StorageError(self._message("cannot use", e)) from e
-                tx = PostgresTx(_Adapter(conn), write=write)
+                tx = PostgresTx(_Adapter(conn), write=write, license_keys=self.license_keys)
                 try:
                     yield tx
                 except BaseException as e:
@@ -859,7 +863,7 @@ class PostgresStore(Store):
                 batch = _Batch(conn, psycopg.ClientCursor(conn))
                 batch.execute(_WRITE, {})
                 try:
-                    yield PostgresTx(batch, write=True)
+                    yield PostgresTx(batch, write=True, license_keys=self.license_keys)
                 except BaseException as e:
                     self._rollback(conn, batch)
                     if not isinstance(e, psycopg.Error):

@@ -279,6 +279,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     ),
     (10, RETURNS_WAITING),  # Portable DDL (storage/usage_ops.py): the same on every engine.
     (11, FILES_RUN_UNTIL),  # Portable DDL (storage/usage_ops.py), as version 10.
+    (12, ["CREATE TABLE sealing (name TEXT PRIMARY KEY, kid TEXT NOT NULL)"]),
 ]
 
 
@@ -458,7 +459,7 @@ class SQLiteStore(Store):
         except sqlite3.Error as e:
             raise StorageError(f"database unavailable: {e}") from e
         try:
-            yield SQLiteTx(conn)
+            yield SQLiteTx(conn, self.license_keys)
         except BaseException as e:
             _rollback(conn)
             if isinstance(e, sqlite3.IntegrityError):
@@ -486,7 +487,7 @@ class SQLiteStore(Store):
         try:
             with self._commits.run():
                 try:
-                    yield SQLiteTx(self._writer())
+                    yield SQLiteTx(self._writer(), self.license_keys)
                 except sqlite3.IntegrityError as e:
                     raise _refused(e) from e
         except sqlite3.Error as e:

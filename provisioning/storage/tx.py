@@ -35,6 +35,8 @@ from ..models import (
     TokenInfo,
 )
 from .outbox_ops import OutboxOps
+from .sealing import PREFIX as SEALED_PREFIX
+from .sealing import UNSEALED, LicenseKeys
 from .sessions import SessionRows
 from .usage_ops import (
     DUE_RETURNS,
@@ -140,8 +142,9 @@ class Tx(UsageOps, OutboxOps, FleetViews, SessionRows):
     fleet views' queries (storage/views.py) and the console's session rows
     (storage/sessions.py) are in their own modules."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, license_keys: LicenseKeys = UNSEALED) -> None:
         self._conn = conn
+        self.license_keys = license_keys  # seals and opens licenses.license_key
 
     def _execute(self, sql: str, params: Mapping[str, Any]) -> Cursor:
         return self._conn.execute(sql, params)
@@ -297,7 +300,7 @@ class Tx(UsageOps, OutboxOps, FleetViews, SessionRows):
             "updated_at) VALUES "
             "(:id, :key, :plan, :status, :expires_at, :created_at, :updated_at)",
             id=lic.id,
-            key=lic.license_key,
+            key=self.license_keys.seal(lic.id, lic.license_key),
             plan=lic.plan,
             status=lic.status,
             expires_at=lic.expires_at,
@@ -313,13 +316,46 @@ class Tx(UsageOps, OutboxOps, FleetViews, SessionRows):
                 expires_at=ent.expires_at,
             )
 
+    # -- license keys sealed at rest (storage/sealing.py) ---------------------------
+    def sealing_kid(self, name: str) -> str | None:
+        """The name of the secret that seals ``name`` (``license_keys``), if recorded."""
+        row = self._one("SELECT kid FROM sealing WHERE name = :name", name=name)
+        return None if row is None else str(row[0])
+
+    def record_sealing_kid(self, name: str, kid: str) -> None:
+        """Record ``kid`` unless a secret is recorded already (the first HQ wins)."""
+        self._run(
+            "INSERT INTO sealing (name, kid) VALUES (:name, :kid) ON CONFLICT (name) DO NOTHING",
+            name=name,
+            kid=kid,
+        )
+
+    def keys_in_clear(self, limit: int | None = None) -> list[tuple[str, str]]:
+        """``(license id, key)`` of the licenses whose key is not sealed yet (``limit``:
+        at most so many)."""
+        rows = self._all(
+            "SELECT id, license_key FROM licenses WHERE license_key NOT LIKE :sealed "
+            "ORDER BY id LIMIT :limit",
+            sealed=f"{SEALED_PREFIX}%",
+            limit=2**62 if limit is None else limit,
+        )
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    def seal_license_key(self, license_id: str, key: str) -> None:
+        """Replace a key in clear with its sealed form (``license_keys.seal``)."""
+        self._send(
+            "UPDATE licenses SET license_key = :value WHERE id = :id",
+            value=self.license_keys.seal(license_id, key),
+            id=license_id,
+        )
+
     def _license(self, row: Any, ents: list[Any] | None = None) -> License:
         """``ents``: the license's entitlement rows if read already."""
         if ents is None:
             ents = self._all(_ENTITLEMENTS, id=row[0])
         return License(
             id=row[0],
-            license_key=row[1],
+            license_key=self.license_keys.open(row[0], row[1]),
             plan=row[2],
             status=row[3],
             expires_at=row[4],

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..models import Activation, AuditEvent, EntitlementRow, License
+from .sealing import LicenseKeys
 
 # Whitelists: the name a caller sorts by -> the column. Unknown names are the caller's
 # error (``InvalidRequest`` in services/fleet.py), never text put into SQL.
@@ -172,6 +173,8 @@ def _like_suffix(name: str) -> str:
 class FleetViews:
     """The queries; ``Tx`` supplies ``_one`` and ``_all`` (and the transaction)."""
 
+    license_keys: LicenseKeys  # Tx's
+
     def _one(self, sql: str, **params: Any) -> Any:
         raise NotImplementedError
 
@@ -279,7 +282,7 @@ class FleetViews:
         for r in rows:
             lic = License(
                 id=r[0],
-                license_key=r[1],
+                license_key=self.license_keys.open(r[0], r[1]),
                 plan=r[2],
                 status=r[3],
                 expires_at=r[4],

@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from agent.wire import license_key
+
 from . import fleet
 from .server import Server, hq_cli, start_server
 
@@ -202,10 +204,10 @@ def test_a_license_key_is_shown_once_and_a_private_key_never(
         assert created.status_code == 200 and created.headers["cache-control"] == "no-store"
         key = re.search(r'id="license-key">([^<]+)<', created.text)
         assert key is not None and fleet.is_license_key(key.group(1))
-        keys = [str(r[0]) for r in fleet.stored(server.home, "SELECT license_key FROM licenses")]
-        assert key.group(1) in keys
-        lic = str(fleet.stored(server.home, "SELECT id FROM licenses WHERE license_key = ?",
-                               key.group(1))[0][0])  # fmt: skip
+        lic = license_key.license_id(key.group(1))
+        (stored,) = fleet.stored(server.home, "SELECT license_key FROM licenses WHERE id = ?", lic)
+        # the new license's row, its key sealed (storage/sealing.py), never in clear
+        assert str(stored[0]).startswith("sealed1:") and key.group(1) not in str(stored[0])
         pages = [
             "/console/", "/console/licenses", "/console/activations", "/console/sites",
             "/console/sites/north", "/console/audit", "/console/plans", "/console/keys",
@@ -215,7 +217,7 @@ def test_a_license_key_is_shown_once_and_a_private_key_never(
         ]  # fmt: skip
         seen = "".join(c.get(p).text for p in pages)
         seen += c.post("/console/sites/north/bundle", data={"csrf": csrf_of(c)}).text
-        for k in keys:
+        for k in [*world.keys.values(), key.group(1)]:
             assert k not in seen
             assert k.replace("-", "") not in seen.replace("-", "")
         for s in seeds:

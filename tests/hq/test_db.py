@@ -109,6 +109,7 @@ def test_waiting_returns_carried_over_version_10_free_their_seats_when_due(
     finally:
         store.close()
     with connect(home) as conn:  # back to schema 9: what an HQ of the release before held
+        conn.execute("DROP TABLE sealing")  # version 12
         conn.execute("ALTER TABLE activations DROP COLUMN files_run_until")  # version 11
         conn.execute("DROP INDEX activations_returning")
         conn.execute("ALTER TABLE activations DROP COLUMN return_frees_at")
@@ -245,9 +246,11 @@ def test_a_backup_taken_under_load_restores_every_answered_activation(
     )
     assert doc["verified"] is True
     assert sorted(doc["secrets_restored"]) == sorted(
-        [f"keys/{p.name}" for p in (home / "keys").iterdir()] + ["mqtt.secret"]
+        [f"keys/{p.name}" for p in (home / "keys").iterdir()]
+        + ["mqtt.secret", "license-keys.secret"]
     )
-    assert (restored / "mqtt.secret").read_bytes() == (home / "mqtt.secret").read_bytes()
+    for name in ("mqtt.secret", "license-keys.secret"):
+        assert (restored / name).read_bytes() == (home / name).read_bytes()
     snap = snapshot(restored)
     acts = {r[0] for r in snap["activations"]}
     assert before_backup <= acts  # nothing answered 201 before the backup is missing

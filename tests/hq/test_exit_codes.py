@@ -109,6 +109,7 @@ FAILURES: list[tuple[str, int]] = [
     ("broker-config -o {report}/sub", 73),
     ("--home {broken}/home db status", 78),
     ("--home {broken}/home db upgrade", 78),
+    ("--home {broken}/home db seal-keys", 78),
     ("db copy --to mysql://db/hq", 78),
     ("db copy --to sqlite://{tmp}/missing/copy.sqlite3", 78),
     ("--database postgresql://127.0.0.1:{closed}/hq db status", 74),

@@ -35,7 +35,7 @@ def replicas(
     tmp_path_factory: pytest.TempPathFactory, postgres_server: Postgres
 ) -> Iterator[list[Server]]:
     """Three servers, each with its own home (as on its own host: the same signing key
-    copied into it) and one shared database."""
+    and license-key secret copied into it) and one shared database."""
     base = tmp_path_factory.mktemp("replicas")
     url = postgres_server.database()
     homes = [base / f"host{n}" for n in range(REPLICAS)]
@@ -47,6 +47,8 @@ def replicas(
         (home / "keys").mkdir(mode=0o700)
         for seed in (homes[0] / "keys").iterdir():
             (home / "keys" / seed.name).write_bytes(seed.read_bytes())
+        secret = homes[0] / "license-keys.secret"
+        (home / secret.name).write_bytes(secret.read_bytes())
     servers = [start_server(home) for home in homes]
     try:
         yield servers

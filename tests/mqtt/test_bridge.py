@@ -426,7 +426,8 @@ def test_an_old_suspension_is_told_after_the_upgrade(service: HQ, tmp_path: Path
     service.set_status(lic.id, "suspend", 1500, ACTOR)
     service.store.close()
     home = tmp_path / "home"
-    undo_8 = [  # back to schema 6: undo 11 (files' end), 10 (waiting returns), 9, 8, 7
+    undo_8 = [  # back to schema 6: undo 12 (sealing), 11 (files' end), 10, 9, 8, 7
+        "DROP TABLE sealing",
         "ALTER TABLE activations DROP COLUMN files_run_until",
         "DROP INDEX activations_returning",
         "ALTER TABLE activations DROP COLUMN return_frees_at",

@@ -1,0 +1,176 @@
+"""HQ's license-key secret (``HOME/license-keys.secret``: 32 random bytes, base64, mode
+0600), which seals the license keys the database holds (storage/sealing.py), and how a
+home and a database agree on it.
+
+The database records the name (``kid``) of the secret its keys are sealed with
+(``sealing``, schema 12). Opening HQ (``use``):
+
+- the database names the home's secret: it is used;
+- the database names another secret, or the home has none: nothing is created, and
+  every use of a license key is a one-line configuration error (exit 78, HTTP 503)
+  saying to copy ``license-keys.secret`` from the home that sealed them (every host of
+  a multi-host HQ holds the same one, as it holds the same signing seeds);
+- the database names no secret and holds no license yet (a new database): the home's
+  secret is used, created if the home has none, and recorded. The first HQ to record
+  one wins; a home that created its own in the meantime removes it and stops as above;
+- the database names no secret and holds licenses (upgraded from before schema 12):
+  their keys stay in clear, read and written so, until ``seal`` (``fieldpass-hq db
+  seal-keys``) seals them: an HQ of the release before, still running beside this one
+  in a rolling upgrade, reads keys in clear only, so the operator seals once every HQ
+  process runs this release.
+"""
+
+import base64
+import binascii
+import os
+import secrets
+from pathlib import Path
+
+from .errors import ConfigError
+from .storage import Store
+from .storage.sealing import IN_CLEAR, LicenseKeys, SealedLicenseKeys, kid_of
+
+SECRET_NAME = "license-keys.secret"  # noqa: S105 - a file name
+RECORD = "license_keys"
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from e
+    try:
+        secret = base64.b64decode(raw.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(f"{path} is corrupt (not base64)") from None
+    if len(secret) != 32:
+        raise ConfigError(f"{path} does not hold a 32-byte secret")
+    return secret
+
+
+def _create(path: Path) -> bytes:
+    """The secret at ``path``: a new one, or the one another process linked there first
+    (written whole to a temp file, then linked: never read half written)."""
+    secret = os.urandom(32)
+    tmp = path.with_name(f"{path.name}.tmp.{secrets.token_hex(8)}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, base64.b64encode(secret) + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            theirs = _read(path)
+            assert theirs is not None
+            return theirs
+        finally:
+            tmp.unlink()
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        raise ConfigError(f"cannot create {path}: {e.strerror}") from e
+    return secret
+
+
+def _unusable(home: Path, recorded: str, secret: bytes | None) -> LicenseKeys:
+    path = home / SECRET_NAME
+    held = f"{path} holds secret {kid_of(secret)}" if secret is not None else f"{path} is missing"
+    return LicenseKeys(
+        f"the license keys in the database are sealed with the license-key secret "
+        f"{recorded} and {held}: copy {SECRET_NAME} from the HQ home that sealed them "
+        "(or restore a backup made --with-secrets)"
+    )
+
+
+def _record(home: Path, store: Store, secret: bytes | None) -> tuple[LicenseKeys, bool]:
+    """Record the home's secret (made now if it has none) as the database's, unless
+    another is recorded first; the keys, and whether this call made the secret."""
+    path = home / SECRET_NAME
+    created = secret is None
+    if secret is None:
+        secret = _create(path)
+    with store.write() as tx:
+        tx.record_sealing_kid(RECORD, kid_of(secret))
+        recorded = tx.sealing_kid(RECORD)
+    if recorded != kid_of(secret):
+        if created:
+            path.unlink(missing_ok=True)  # another home's secret won the race: not ours
+        assert recorded is not None
+        return _unusable(home, recorded, None if created else secret), created
+    return SealedLicenseKeys(secret), created
+
+
+def use(home: Path, store: Store) -> LicenseKeys:
+    """What seals and opens the license keys of ``store`` for this home (the module's
+    doc); the caller sets it as ``store.license_keys``."""
+    secret = _read(home / SECRET_NAME)
+    with store.read() as tx:
+        recorded = tx.sealing_kid(RECORD)
+        clear = bool(tx.keys_in_clear(limit=1))
+    if recorded is not None:
+        if secret is None or recorded != kid_of(secret):
+            return _unusable(home, recorded, secret)
+        keys: LicenseKeys = SealedLicenseKeys(secret)
+        if clear:  # a row an HQ before schema 12 wrote after the keys were sealed
+            _seal_all(store, keys)
+        return keys
+    if clear:
+        return IN_CLEAR
+    return _record(home, store, secret)[0]
+
+
+def seal(home: Path, store: Store) -> tuple[int, str, bool]:
+    """Seal every key still in clear (``fieldpass-hq db seal-keys``): the number sealed,
+    the secret's name, and whether the secret was made now. Refused (ConfigError) when
+    the database names another secret than the home's."""
+    secret = _read(home / SECRET_NAME)
+    with store.read() as tx:
+        recorded = tx.sealing_kid(RECORD)
+    created = False
+    keys: LicenseKeys
+    if recorded is None:
+        keys, created = _record(home, store, secret)
+    elif secret is None or recorded != kid_of(secret):
+        keys = _unusable(home, recorded, secret)
+    else:
+        keys = SealedLicenseKeys(secret)
+    if not isinstance(keys, SealedLicenseKeys):
+        raise ConfigError(keys.why)
+    return _seal_all(store, keys), keys.kid or "", created
+
+
+def _seal_all(store: Store, keys: LicenseKeys) -> int:
+    store.license_keys = keys
+    with store.write() as tx:
+        clear = tx.keys_in_clear()
+        for license_id, key in clear:
+            tx.seal_license_key(license_id, key)
+    return len(clear)
+
+
+def status(home: Path, store: Store) -> dict[str, object]:
+    """Where the license keys of ``store`` stand for this home (``db status``):
+    ``state`` is ``sealed``, ``in_clear`` (run ``db seal-keys``), ``secret_missing`` or
+    ``secret_mismatch`` (copy the secret from the home that sealed them), or ``none``
+    (no license yet); ``secret`` the name of the secret the database names."""
+    secret = _read(home / SECRET_NAME)
+    with store.read() as tx:
+        recorded = tx.sealing_kid(RECORD)
+        clear = bool(tx.keys_in_clear(limit=1))
+    if recorded is None:
+        state = "in_clear" if clear else "none"
+    elif secret is None:
+        state = "secret_missing"
+    elif recorded != kid_of(secret):
+        state = "secret_mismatch"
+    else:
+        state = "in_clear" if clear else "sealed"
+    return {"state": state, "secret": recorded}
