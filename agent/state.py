@@ -402,12 +402,20 @@ def save(state_dir: str, key: bytes, state: State, *, both: bool = False) -> Sta
     """Write ``state`` with the next generation into the other slot; return it. With
     ``both`` (and for a state migrated from version 1) it is written to the other slot,
     then again to the first, so that deleting either slot brings back no older state
-    (a power cut between the two leaves the new state in the slot written first)."""
+    (a power cut between the two leaves the new state in the slot written first). A
+    second write of ``both`` that fails (the disk filled up in between) leaves the state
+    saved as a save without ``both`` saves it, and is no error."""
     new = state.replace(gen=state.gen + 1, legacy=False)
     _write(state_dir, new, key)
     if both or state.legacy:
-        new = new.replace(gen=new.gen + 1)
-        _write(state_dir, new, key)
+        second = new.replace(gen=new.gen + 1)
+        try:
+            _write(state_dir, second, key)
+        except OSError:
+            if state.legacy:
+                raise
+            return new
+        new = second
     return new
 
 

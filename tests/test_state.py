@@ -1,5 +1,7 @@
 """The authenticated A/B state: tampering, foreign copies, future formats, slot choice."""
 
+import pathlib
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -303,3 +305,36 @@ def test_a_state_past_the_bound_is_not_written_and_the_slots_keep_theirs(
     assert {p.name: p.read_bytes() for p in directory.iterdir()} == slots
     loaded = state.load(str(directory), KEY)
     assert loaded is not None and loaded.to_dict() == first.to_dict()
+
+
+def test_both_slots_take_a_lasting_change_and_a_full_disk_at_the_second_is_no_error(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``both``: either slot alone holds the new state. The disk filling up between the
+    two writes cannot be timed on a real disk, so the second write's ENOSPC is raised
+    by hand: the state stays saved in the slot written first, as without ``both``."""
+    import errno
+
+    d = str(tmp_path)
+    first = state.save(d, KEY, State(activation_id="act_1", serial=1))
+    saved = state.save(d, KEY, first.replace(revoked="revoked", revoked_at=5), both=True)
+    for slot in state.SLOTS:
+        blob = (tmp_path / slot).read_bytes()
+        assert state.unseal(blob, KEY).revoked == "revoked"
+    assert state.lasting_change(first, saved) and not state.lasting_change(
+        saved, saved.replace(boot=saved.boot + 1, hwm=99)
+    )
+    writes: list[int] = []
+    real = state._write
+
+    def disk_fills(state_dir: str, st: State, key: bytes) -> None:
+        writes.append(st.gen)
+        if len(writes) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(state_dir, st, key)
+
+    monkeypatch.setattr(state, "_write", disk_fills)
+    lifted = state.save(d, KEY, saved.replace(revoked="", lifted_at=9), both=True)
+    assert writes == [saved.gen + 1, saved.gen + 2] and lifted.gen == saved.gen + 1
+    monkeypatch.undo()
+    assert state.load(d, KEY) == lifted
