@@ -13,11 +13,20 @@ The database records the name (``kid``) of the secret its keys are sealed with
 - the database names no secret and holds no license yet (a new database): the home's
   secret is used, created if the home has none, and recorded. The first HQ to record
   one wins; a home that created its own in the meantime removes it and stops as above;
-- the database names no secret and holds licenses (upgraded from before schema 12):
-  their keys stay in clear, read and written so, until ``seal`` (``fieldpass-hq db
-  seal-keys``) seals them: an HQ of the release before, still running beside this one
-  in a rolling upgrade, reads keys in clear only, so the operator seals once every HQ
-  process runs this release.
+- the database names no secret and holds licenses in clear (upgraded from before
+  schema 12): their keys stay in clear, read and written so, until ``seal``
+  (``fieldpass-hq db seal-keys``) records the secret and seals them in one
+  transaction: an HQ of the release before, still running beside this one in a
+  rolling upgrade, reads keys in clear only, so the operator seals once every HQ
+  process runs this release. A process of this release started before that opens the
+  sealed keys it meets with its home's secret if it is the one they name
+  (storage/sealing.py, ``ClearLicenseKeys``);
+- the database names no secret but holds sealed keys (its record lost by hand): the
+  secret those keys name is the one, never a new one.
+
+``serve``, ``bridge`` and ``push`` refuse to start (exit 78) in a home that cannot open
+the keys (``HQ.require_license_keys``), so that no balancer or shared subscription sends
+devices to it.
 """
 
 import base64
@@ -28,7 +37,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .storage import Store
-from .storage.sealing import IN_CLEAR, LicenseKeys, SealedLicenseKeys, kid_of
+from .storage.sealing import ClearLicenseKeys, LicenseKeys, SealedLicenseKeys, kid_in, kid_of
 
 SECRET_NAME = "license-keys.secret"  # noqa: S105 - a file name
 RECORD = "license_keys"
@@ -56,27 +65,28 @@ def _create(path: Path) -> bytes:
     secret = os.urandom(32)
     tmp = path.with_name(f"{path.name}.tmp.{secrets.token_hex(8)}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, base64.b64encode(secret) + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, base64.b64encode(secret) + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             os.link(tmp, path)
-        except FileExistsError:
-            theirs = _read(path)
-            assert theirs is not None
-            return theirs
         finally:
-            tmp.unlink()
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            tmp.unlink(missing_ok=True)
+    except FileExistsError:
+        theirs = _read(path)
+        if theirs is None:
+            raise ConfigError(f"{path} came and went while HQ made it: run again") from None
+        return theirs
     except OSError as e:
         raise ConfigError(f"cannot create {path}: {e.strerror}") from e
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
     return secret
 
 
@@ -90,70 +100,62 @@ def _unusable(home: Path, recorded: str, secret: bytes | None) -> LicenseKeys:
     )
 
 
-def _record(home: Path, store: Store, secret: bytes | None) -> tuple[LicenseKeys, bool]:
-    """Record the home's secret (made now if it has none) as the database's, unless
-    another is recorded first; the keys, and whether this call made the secret."""
+def _recorded(store: Store) -> tuple[str | None, str | None, bool]:
+    """The secret the database records, the one it names (recorded, else the one its
+    sealed rows name: a record lost by hand), and whether a key is in clear."""
+    with store.read() as tx:
+        in_db = tx.sealing_kid(RECORD)
+        clear = bool(tx.keys_in_clear(limit=1))
+        sealed = tx.a_sealed_key() if in_db is None else None
+    return in_db, in_db or (kid_in(sealed) if sealed is not None else None), clear
+
+
+def _settle(home: Path, store: Store, *, seal_now: bool) -> tuple[LicenseKeys, bool, int]:
+    """The keys for this home, whether its secret was made now, and how many keys were
+    sealed now. ``seal_now`` (``db seal-keys``): a database upgraded from before schema
+    12 gets its secret recorded and every key sealed, in one transaction; without it
+    such a database keeps its keys in clear (the module's doc)."""
     path = home / SECRET_NAME
+    secret = _read(path)
+    in_db, recorded, clear = _recorded(store)
+    if recorded is not None and (secret is None or recorded != kid_of(secret)):
+        return _unusable(home, recorded, secret), False, 0
+    if recorded is None and clear and not seal_now:
+        return ClearLicenseKeys(lambda: _read(path)), False, 0
     created = secret is None
     if secret is None:
         secret = _create(path)
+    keys = SealedLicenseKeys(secret)
+    if in_db is not None and not clear:
+        return keys, False, 0  # the usual start: nothing to write
+    store.license_keys = keys
     with store.write() as tx:
-        tx.record_sealing_kid(RECORD, kid_of(secret))
-        recorded = tx.sealing_kid(RECORD)
-    if recorded != kid_of(secret):
+        tx.record_sealing_kid(RECORD, keys.kid or "")
+        won = tx.sealing_kid(RECORD)
+        in_clear = tx.keys_in_clear() if won == keys.kid else []
+        for license_id, key in in_clear:
+            tx.seal_license_key(license_id, key)
+    if won != keys.kid:
         if created:
             path.unlink(missing_ok=True)  # another home's secret won the race: not ours
-        assert recorded is not None
-        return _unusable(home, recorded, None if created else secret), created
-    return SealedLicenseKeys(secret), created
+        return _unusable(home, won or "?", None if created else secret), False, 0
+    return keys, created, len(in_clear)
 
 
 def use(home: Path, store: Store) -> LicenseKeys:
     """What seals and opens the license keys of ``store`` for this home (the module's
     doc); the caller sets it as ``store.license_keys``."""
-    secret = _read(home / SECRET_NAME)
-    with store.read() as tx:
-        recorded = tx.sealing_kid(RECORD)
-        clear = bool(tx.keys_in_clear(limit=1))
-    if recorded is not None:
-        if secret is None or recorded != kid_of(secret):
-            return _unusable(home, recorded, secret)
-        keys: LicenseKeys = SealedLicenseKeys(secret)
-        if clear:  # a row an HQ before schema 12 wrote after the keys were sealed
-            _seal_all(store, keys)
-        return keys
-    if clear:
-        return IN_CLEAR
-    return _record(home, store, secret)[0]
+    return _settle(home, store, seal_now=False)[0]
 
 
 def seal(home: Path, store: Store) -> tuple[int, str, bool]:
     """Seal every key still in clear (``fieldpass-hq db seal-keys``): the number sealed,
     the secret's name, and whether the secret was made now. Refused (ConfigError) when
     the database names another secret than the home's."""
-    secret = _read(home / SECRET_NAME)
-    with store.read() as tx:
-        recorded = tx.sealing_kid(RECORD)
-    created = False
-    keys: LicenseKeys
-    if recorded is None:
-        keys, created = _record(home, store, secret)
-    elif secret is None or recorded != kid_of(secret):
-        keys = _unusable(home, recorded, secret)
-    else:
-        keys = SealedLicenseKeys(secret)
+    keys, created, sealed = _settle(home, store, seal_now=True)
     if not isinstance(keys, SealedLicenseKeys):
         raise ConfigError(keys.why)
-    return _seal_all(store, keys), keys.kid or "", created
-
-
-def _seal_all(store: Store, keys: LicenseKeys) -> int:
-    store.license_keys = keys
-    with store.write() as tx:
-        clear = tx.keys_in_clear()
-        for license_id, key in clear:
-            tx.seal_license_key(license_id, key)
-    return len(clear)
+    return sealed, keys.kid or "", created
 
 
 def status(home: Path, store: Store) -> dict[str, object]:
@@ -162,9 +164,7 @@ def status(home: Path, store: Store) -> dict[str, object]:
     ``secret_mismatch`` (copy the secret from the home that sealed them), or ``none``
     (no license yet); ``secret`` the name of the secret the database names."""
     secret = _read(home / SECRET_NAME)
-    with store.read() as tx:
-        recorded = tx.sealing_kid(RECORD)
-        clear = bool(tx.keys_in_clear(limit=1))
+    _, recorded, clear = _recorded(store)
     if recorded is None:
         state = "in_clear" if clear else "none"
     elif secret is None:

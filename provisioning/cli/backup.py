@@ -68,14 +68,21 @@ def backup(
       fieldpass-hq backup -o hq.backup --with-secrets --passphrase-file /root/backup.pass
     """
     state = common.state(ctx)
-    sealed = None
-    if with_secrets:
-        sealed = backup_file.seal_secrets(
-            backup_file.secret_files(state.home), _passphrase(passphrase_file)
-        )
     db = config.database(state.home, state.database)
     store = open_store(db.url, pool_size=2)
     try:
+        sealed = None
+        if with_secrets:
+            keys = sealed_keys.status(state.home, store)
+            if keys["state"] in ("secret_missing", "secret_mismatch"):
+                raise ConfigError(
+                    f"HOME/{sealed_keys.SECRET_NAME} is not the secret the database's license "
+                    f"keys are sealed with ({keys['secret']}): a backup made here could not "
+                    "open them; make it on a host that holds that secret"
+                )
+            sealed = backup_file.seal_secrets(
+                backup_file.secret_files(state.home), _passphrase(passphrase_file)
+            )
         sums = backup_file.write(out, store, db.url, sealed)
     finally:
         store.close()

@@ -110,6 +110,7 @@ def bridge(
         raise click.BadParameter(str(e), param_hint="--min-interval") from e
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(name)s: %(message)s")
     state = common.state(ctx)
+    state.hq.require_license_keys()
     user = username or credentials.bridge_user(replica)
     password = _password(state.home, password_file, user)
     stop = threading.Event()
@@ -223,6 +224,7 @@ def push(
     except ValueError as e:
         raise click.BadParameter(str(e)) from e
     state = common.state(ctx)
+    state.hq.require_license_keys()
     confirmations = push_mod.Confirmations(state.hq)
     link = connection.open_link(
         broker_url,

@@ -130,7 +130,8 @@ def serve(
             f"the server needs the 'hq' extra: pip install 'fieldpass[hq]' ({e})"
         ) from e
     state = common.state(ctx)
-    state.hq.store.close()  # check the home is usable before forking workers
+    state.hq.require_license_keys()  # check the home is usable before forking workers
+    state.hq.store.close()
     bounds = limits.Limits(
         header_timeout_s=header_timeout_s,
         body_timeout_s=body_timeout_s,

@@ -27,6 +27,7 @@ of its operations is one service's method, by the same name). Every operation ta
 from pathlib import Path
 
 from .. import config, sealed_keys
+from ..errors import ConfigError
 from ..keystore import KeyStore, prepare_home
 from ..storage import open_store
 from .audit import AuditLog
@@ -113,4 +114,13 @@ class HQ:
         self.check_token = self.tokens.check_token
 
         self.audit = self.audit_log.audit
+
+    def require_license_keys(self) -> None:
+        """Refuse (ConfigError, exit 78) a home that cannot open the database's license
+        keys: ``serve``, ``bridge`` and ``push`` check it before they take any traffic,
+        so that a host without the license-key secret is not one a balancer or a shared
+        subscription sends devices to (provisioning/sealed_keys.py)."""
+        keys = self.store.license_keys
+        if not keys.usable:
+            raise ConfigError(keys.why)
         self.record_audit = self.audit_log.record_audit

@@ -23,6 +23,7 @@ import base64
 import binascii
 import hashlib
 import os
+from collections.abc import Callable
 
 import nacl.bindings
 import nacl.exceptions
@@ -45,11 +46,18 @@ def is_sealed(value: str) -> bool:
     return value.startswith(PREFIX)
 
 
+def kid_in(value: str) -> str:
+    """The name of the secret a sealed value names."""
+    return value[len(PREFIX) :].partition(":")[0][:16]
+
+
 class LicenseKeys:
     """Seals and opens license keys; this base holds no secret: it reads keys still in
-    clear and refuses sealed ones with ``why`` (a ``ConfigError`` naming what to do)."""
+    clear and refuses sealed ones with ``why`` (a ``ConfigError`` naming what to do).
+    ``usable``: False for this base (a home without the database's secret)."""
 
     kid: str | None = None
+    usable = False
 
     def __init__(self, why: str = "") -> None:
         self.why = why or (
@@ -68,6 +76,8 @@ class LicenseKeys:
 
 class SealedLicenseKeys(LicenseKeys):
     """License keys sealed under ``secret``."""
+
+    usable = True
 
     def __init__(self, secret: bytes) -> None:
         if len(secret) != SECRET_BYTES:
@@ -88,7 +98,7 @@ class SealedLicenseKeys(LicenseKeys):
         if not is_sealed(value):
             return value
         if not value.startswith(self._head):
-            kid = value[len(PREFIX) :].partition(":")[0][:16]
+            kid = kid_in(value)
             raise ConfigError(
                 f"license {license_id}'s key is sealed with the license-key secret {kid!r}, "
                 f"not this home's ({self.kid}): copy license-keys.secret from the HQ home "
@@ -109,11 +119,38 @@ class SealedLicenseKeys(LicenseKeys):
 
 class ClearLicenseKeys(LicenseKeys):
     """Keys kept in clear: a database upgraded from before schema 12 until its keys are
-    sealed (``fieldpass-hq db seal-keys``, provisioning/sealed_keys.py)."""
+    sealed (``fieldpass-hq db seal-keys``, provisioning/sealed_keys.py). A sealed key
+    met meanwhile (sealed by ``db seal-keys`` while this process runs) opens with the
+    secret ``load_secret`` gives (the home's) if it is the one the value names; from
+    then on new keys are sealed too."""
+
+    usable = True
+
+    def __init__(self, load_secret: Callable[[], bytes | None] = lambda: None) -> None:
+        super().__init__()
+        self._load_secret = load_secret
+        self._sealed: SealedLicenseKeys | None = None
+
+    def _sealing(self, value: str) -> SealedLicenseKeys:
+        if self._sealed is None:
+            secret = self._load_secret()
+            if secret is None or kid_of(secret) != kid_in(value):
+                raise ConfigError(
+                    f"the license keys were sealed (secret {kid_in(value)!r}) since this HQ "
+                    "started, and its home holds "
+                    + ("no license-key secret" if secret is None else "another")
+                    + ": copy license-keys.secret from the home that sealed them and restart"
+                )
+            self._sealed = SealedLicenseKeys(secret)
+        return self._sealed
 
     def seal(self, license_id: str, key: str) -> str:
-        return key
+        return key if self._sealed is None else self._sealed.seal(license_id, key)
+
+    def open(self, license_id: str, value: str) -> str:
+        if not is_sealed(value):
+            return value
+        return self._sealing(value).open(license_id, value)
 
 
 UNSEALED = LicenseKeys()
-IN_CLEAR = ClearLicenseKeys()

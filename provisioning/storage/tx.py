@@ -341,6 +341,14 @@ class Tx(UsageOps, OutboxOps, FleetViews, SessionRows):
         )
         return [(str(r[0]), str(r[1])) for r in rows]
 
+    def a_sealed_key(self) -> str | None:
+        """One sealed value of the column (it names its secret), None if none is."""
+        row = self._one(
+            "SELECT license_key FROM licenses WHERE license_key LIKE :sealed LIMIT 1",
+            sealed=f"{SEALED_PREFIX}%",
+        )
+        return None if row is None else str(row[0])
+
     def seal_license_key(self, license_id: str, key: str) -> None:
         """Replace a key in clear with its sealed form (``license_keys.seal``)."""
         self._send(

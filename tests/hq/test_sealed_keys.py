@@ -18,6 +18,7 @@ from provisioning.storage import sealing
 from tests.engines import Engine, connect, snapshot, url_of
 
 from .conftest import fingerprint
+from .server import free_port
 from .test_db import populated, run
 
 SECRET = "license-keys.secret"
@@ -71,6 +72,16 @@ def test_a_home_without_the_secret_says_so_and_makes_none(
     refused("missing")
     assert not (other / SECRET).exists()  # no secret of its own, nothing sealed with it
     assert run(other, "audit", "--json").returncode == 0  # what reads no key still works
+    # a server or a bridge there would take traffic it cannot answer: neither starts
+    port = str(free_port())
+    for args in (("serve", "--port", port), ("bridge", "--broker", f"mqtt://127.0.0.1:{port}")):
+        res = run(other, *args, check=False)
+        assert res.returncode == 78 and SECRET in res.stderr, res.stderr
+    # nor is a backup with secrets made there: it could not open the keys
+    (other / "pass").write_text("correct horse battery staple\n")
+    res = run(other, "backup", "-o", str(other / "b"), "--with-secrets", "--passphrase-file",
+              str(other / "pass"), check=False)  # fmt: skip
+    assert res.returncode == 78 and not (other / "b").exists(), res.stderr
     populated(tmp_path / "unrelated", Engine("sqlite"))  # a home with a secret of its own
     shutil.copy(tmp_path / "unrelated" / SECRET, other / SECRET)
     refused("holds secret")
@@ -167,3 +178,50 @@ def test_an_altered_sealed_key_does_not_open() -> None:
         flipped = sealed[:i] + ("A" if sealed[i] != "A" else "B") + sealed[i + 1 :]
         with pytest.raises((StorageError, ConfigError)):
             box.open("lic_1", flipped)
+
+
+def test_a_lost_record_never_makes_a_new_secret(hq_engine: Engine, tmp_path: Path) -> None:
+    """The ``sealing`` row deleted by hand (a partial dump, a hand migration): the
+    sealed keys name their secret, so a home without it refuses as before, and the
+    home that holds it records it again."""
+    home = tmp_path / "hq"
+    key = populated(home, hq_engine)
+    with connect(home) as conn:
+        conn.execute("DELETE FROM sealing")
+        if url_of(home) is None:
+            conn.commit()
+    other = _second_home(home, tmp_path, "host-b")
+    res = run(other, "activate", key, "--fingerprint", fingerprint(8), check=False)
+    assert res.returncode == 78 and "missing" in res.stderr, res.stderr
+    assert not (other / SECRET).exists()
+    assert run(home, "activate", key, "--fingerprint", fingerprint(9)).returncode == 0
+    assert _key_state(home) == "sealed" and _key_state(other) == "secret_missing"
+
+
+def test_a_process_started_before_seal_keys_opens_the_keys_sealed_since(
+    hq_engine: Engine, tmp_path: Path
+) -> None:
+    """A process of this release that started on keys in clear (before ``db
+    seal-keys``) goes on working once they are sealed: it opens them with its home's
+    secret, and seals the keys it writes from then on."""
+    from provisioning.models import Actor
+    from provisioning.services import HQ
+    from provisioning.storage.sealing import ClearLicenseKeys
+
+    home = tmp_path / "hq"
+    key = populated(home, hq_engine)
+    (home / SECRET).unlink()
+    _key_in_clear(home, key)
+    with connect(home) as conn:
+        conn.execute("DELETE FROM sealing")
+        if url_of(home) is None:
+            conn.commit()
+    running = HQ(home)
+    try:
+        assert isinstance(running.store.license_keys, ClearLicenseKeys)
+        assert run(home, "db", "seal-keys").returncode == 0
+        assert running.get_license(key)[0].license_key == key  # found by its sealed key
+        new = running.create_license("std", [], None, 1000, Actor("test", "local"))
+        assert new.license_key not in _every_value(home)
+    finally:
+        running.store.close()
