@@ -114,6 +114,7 @@ class HQ:
         self.check_token = self.tokens.check_token
 
         self.audit = self.audit_log.audit
+        self.record_audit = self.audit_log.record_audit
 
     def require_license_keys(self) -> None:
         """Refuse (ConfigError, exit 78) a home that cannot open the database's license
@@ -123,4 +124,3 @@ class HQ:
         keys = self.store.license_keys
         if not keys.usable:
             raise ConfigError(keys.why)
-        self.record_audit = self.audit_log.record_audit
