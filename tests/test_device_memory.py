@@ -26,6 +26,16 @@ def keep(device: DeviceRoot, signer: Signer, name: str, **kw: object) -> str:
     return str(path)
 
 
+def revocation(device: DeviceRoot, signer: Signer, name: str = "rev.txt") -> str:
+    """A revocation of ``act_1`` signed now, armored in a file beside the device."""
+    from agent.wire import armor
+
+    path = device.path.parent / name
+    signed = sign_revocation(signer.key, Revocation("act_1", int(time.time()), "revoked"))
+    path.write_text(armor.armor(signed, armor.REVOCATION))
+    return str(path)
+
+
 def test_stockpiled_renewals_with_the_clock_set_back_never_lower_the_mark(
     device: DeviceRoot, signer: Signer
 ) -> None:
@@ -47,16 +57,7 @@ def test_a_state_forged_with_the_hardware_id_alone_is_refused(
     device: DeviceRoot, signer: Signer
 ) -> None:
     signer.provision(device, serial=5)
-    rev = device.path.parent / "rev.txt"
-    from agent.wire import armor
-
-    rev.write_text(
-        armor.armor(
-            sign_revocation(signer.key, Revocation("act_1", int(time.time()), "revoked")),
-            armor.REVOCATION,
-        )
-    )
-    assert device.run("install", str(rev)).returncode == 0
+    assert device.run("install", revocation(device, signer)).returncode == 0
     assert device.check().returncode == 32
     # What 0.1.0 keyed the state with: HMAC(raw hardware id, public app id). The raw id
     # (/etc/machine-id, DMI) is world-readable on a running device.
@@ -392,22 +393,13 @@ def test_deleting_one_state_slot_brings_back_no_revocation_or_older_file(
     """Without a TPM nothing tells an older slot from the newest, so the slot left
     beside a deleted one must hold the same revocation and file: a newer file, a
     revocation and a return (below) are written to both slots."""
-    from agent.wire import armor
-
     signer.provision(device, serial=2)
     kept = keep(device, signer, "old", serial=2)
     newer = keep(device, signer, "new", serial=3)
     assert device.run("install", newer).returncode == 0
     # the slot left knows serial 3: the kept serial-2 file is a downgrade
     assert _each_slot_deleted(device, "install", kept) == [(31, ""), (31, "")]
-    rev = device.path.parent / "rev.txt"
-    rev.write_text(
-        armor.armor(
-            sign_revocation(signer.key, Revocation("act_1", int(time.time()), "revoked")),
-            armor.REVOCATION,
-        )
-    )
-    assert device.run("install", str(rev)).returncode == 0
+    assert device.run("install", revocation(device, signer)).returncode == 0
     assert _each_slot_deleted(device) == [(32, "revoked"), (32, "revoked")]
 
 
