@@ -4,7 +4,9 @@ key in clear; a home without the secret, or with another one, says so in one lin
 makes none of its own; keys left in clear by an HQ before schema 12 are sealed at the
 next start."""
 
+import base64
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -82,8 +84,7 @@ def test_a_home_without_the_secret_says_so_and_makes_none(
     res = run(other, "backup", "-o", str(other / "b"), "--with-secrets", "--passphrase-file",
               str(other / "pass"), check=False)  # fmt: skip
     assert res.returncode == 78 and not (other / "b").exists(), res.stderr
-    populated(tmp_path / "unrelated", Engine("sqlite"))  # a home with a secret of its own
-    shutil.copy(tmp_path / "unrelated" / SECRET, other / SECRET)
+    (other / SECRET).write_bytes(base64.b64encode(os.urandom(32)) + b"\n")  # another home's
     refused("holds secret")
     (other / SECRET).write_text("not base64!\n")
     refused("corrupt")
