@@ -12,8 +12,10 @@ commit. A failed commit fails every member (none was answered yet).
 
 What a member may rely on is what a serial order gives: bodies run one after the other
 on one connection, each sees the writes of those before it, and nothing of a batch is
-visible to other connections, or durable, before its commit. A body must not open
-another write transaction (it would wait for itself).
+visible to other connections, or durable, before its commit. A member that fails raises
+only once its batch ended too: its refusal may rest on an earlier member's row, which
+the caller may read (another connection) to answer. A body must not open another write
+transaction (it would wait for itself).
 
 No SQL here, no driver: the engine gives the four statements as callables.
 """
@@ -143,6 +145,10 @@ class GroupCommit:
             except BaseException as e:
                 batch.error = batch.error or e
             self._leave(batch, member=False)
+            # Raised only once the batch ended: the failure may rest on what a member
+            # before it wrote (a row found there), which other connections see only
+            # after the commit, and the caller may read it to answer.
+            batch.done.wait()
             raise
         try:
             self._release(name)

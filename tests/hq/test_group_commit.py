@@ -144,3 +144,47 @@ def test_a_lone_transaction_commits_at_once(tmp_path: Path, fail_at: str) -> Non
         rows = conn.execute("SELECT name FROM plans").fetchall()
     assert rows == ([] if fail_at == "body" else [("alone",)])
     store.close()
+
+
+def test_a_member_refused_for_a_row_of_its_batch_sees_that_row_once_refused(
+    tmp_path: Path,
+) -> None:
+    """A member refused because of what an earlier member of its batch wrote (a relay
+    of a swap sent twice: the second finds the first's receipt) answers by reading what
+    is there (services/swap.py). It raises only once its batch committed, so that read
+    sees the row it was refused for: were it to raise at once, while the batch goes on
+    with a third member, the row would not be committed yet."""
+    store = SQLiteStore(tmp_path / "hq.sqlite3")
+    inside, go = threading.Event(), threading.Event()
+    seen: list[bool] = []
+
+    def first() -> None:
+        with store.write() as tx:
+            tx.insert_plan(plan("same"))
+            inside.set()
+            assert go.wait(30)
+
+    def duplicate() -> None:
+        try:
+            with store.write() as tx:
+                tx.insert_plan(plan("same"))
+        except Conflict:
+            with store.read() as tx:
+                seen.append(tx.get_plan("same") is not None)
+
+    a = threading.Thread(target=first)
+    a.start()
+    assert inside.wait(30)
+    others = [threading.Thread(target=duplicate) for _ in range(2)]
+    for t in others:
+        t.start()
+    for _ in range(3000):  # both queued for the slot the first holds
+        if store._commits._waiting == 2:
+            break
+        threading.Event().wait(0.01)
+    assert store._commits._waiting == 2
+    go.set()
+    for t in (a, *others):
+        t.join(30)
+    assert seen == [True, True]
+    store.close()
