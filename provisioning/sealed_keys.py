@@ -29,65 +29,15 @@ the keys (``HQ.require_license_keys``), so that no balancer or shared subscripti
 devices to it.
 """
 
-import base64
-import binascii
-import os
-import secrets
 from pathlib import Path
 
+from . import secret_file
 from .errors import ConfigError
 from .storage import Store
 from .storage.sealing import ClearLicenseKeys, LicenseKeys, SealedLicenseKeys, kid_in, kid_of
 
 SECRET_NAME = "license-keys.secret"  # noqa: S105 - a file name
 RECORD = "license_keys"
-
-
-def _read(path: Path) -> bytes | None:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        raise ConfigError(f"cannot read {path}: {e.strerror}") from e
-    try:
-        secret = base64.b64decode(raw.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        raise ConfigError(f"{path} is corrupt (not base64)") from None
-    if len(secret) != 32:
-        raise ConfigError(f"{path} does not hold a 32-byte secret")
-    return secret
-
-
-def _create(path: Path) -> bytes:
-    """The secret at ``path``: a new one, or the one another process linked there first
-    (written whole to a temp file, then linked: never read half written)."""
-    secret = os.urandom(32)
-    tmp = path.with_name(f"{path.name}.tmp.{secrets.token_hex(8)}")
-    try:
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, base64.b64encode(secret) + b"\n")
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.link(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-    except FileExistsError:
-        theirs = _read(path)
-        if theirs is None:
-            raise ConfigError(f"{path} came and went while HQ made it: run again") from None
-        return theirs
-    except OSError as e:
-        raise ConfigError(f"cannot create {path}: {e.strerror}") from e
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return secret
 
 
 def _unusable(home: Path, recorded: str, secret: bytes | None) -> LicenseKeys:
@@ -116,15 +66,15 @@ def _settle(home: Path, store: Store, *, seal_now: bool) -> tuple[LicenseKeys, b
     12 gets its secret recorded and every key sealed, in one transaction; without it
     such a database keeps its keys in clear (the module's doc)."""
     path = home / SECRET_NAME
-    secret = _read(path)
+    secret = secret_file.read(path)
     in_db, recorded, clear = _recorded(store)
     if recorded is not None and (secret is None or recorded != kid_of(secret)):
         return _unusable(home, recorded, secret), False, 0
     if recorded is None and clear and not seal_now:
-        return ClearLicenseKeys(lambda: _read(path)), False, 0
+        return ClearLicenseKeys(lambda: secret_file.read(path)), False, 0
     created = secret is None
     if secret is None:
-        secret = _create(path)
+        secret = secret_file.create(path)
     keys = SealedLicenseKeys(secret)
     if in_db is not None and not clear:
         return keys, False, 0  # the usual start: nothing to write
@@ -163,7 +113,7 @@ def status(home: Path, store: Store) -> dict[str, object]:
     ``state`` is ``sealed``, ``in_clear`` (run ``db seal-keys``), ``secret_missing`` or
     ``secret_mismatch`` (copy the secret from the home that sealed them), or ``none``
     (no license yet); ``secret`` the name of the secret the database names."""
-    secret = _read(home / SECRET_NAME)
+    secret = secret_file.read(home / SECRET_NAME)
     _, recorded, clear = _recorded(store)
     if recorded is None:
         state = "in_clear" if clear else "none"

@@ -182,9 +182,9 @@ def db_copy(ctx: click.Context, target_url: str, as_json: bool) -> None:
     Keys' public parts, plans, licenses (with their keys, sealed as they are),
     activations and serials, sites, challenges, tokens' hashes and the whole audit log
     move; the signing seeds, the MQTT secret and the license-key secret stay in HOME
-    (they are never in the database). Stop the
-    servers first (what they write after the copy's snapshot would not be copied), then
-    point the config at the new database: [database] url in HOME/hq.toml.
+    (they are never in the database). Stop the servers first (what they write after
+    the copy's snapshot would not be copied), then point the config at the new
+    database: [database] url in HOME/hq.toml.
 
     Examples:
 

@@ -12,12 +12,11 @@ Rotating the secret rotates every password.
 """
 
 import base64
-import os
 from pathlib import Path
 
 from agent.wire import sodium
 
-from ..errors import ConfigError
+from .. import secret_file
 
 SECRET_NAME = "mqtt.secret"  # noqa: S105 - a file name
 HQ_PREFIX = "fieldpass-hq"
@@ -28,25 +27,9 @@ CONTEXT = b"fieldpass/mqtt-password/v1\0"
 
 
 def secret(home: Path) -> bytes:
+    """The MQTT secret of ``home``, made on first use."""
     path = home / SECRET_NAME
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except FileExistsError:
-        pass
-    except OSError as e:
-        raise ConfigError(f"cannot create {path}: {e.strerror}") from e
-    else:
-        with os.fdopen(fd, "wb") as f:
-            f.write(base64.b64encode(os.urandom(32)) + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
-    try:
-        data = base64.b64decode(path.read_bytes().strip(), validate=True)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot read {path}: {e}") from e
-    if len(data) != 32:
-        raise ConfigError(f"{path} does not hold a 32-byte secret")
-    return data
+    return secret_file.read(path) or secret_file.create(path)
 
 
 def bridge_user(replica: int) -> str:
